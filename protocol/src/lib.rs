@@ -1,1 +1,31 @@
-//! Sans-IO protocol.
+//! Ringcast's wire protocol, sans IO.
+//!
+//! This crate turns bytes into typed values and typed values into bytes. It has no
+//! sockets, no threads, no runtime and no clock of its own: every function that needs
+//! the time takes `now` (epoch milliseconds) as an argument. The engine drives it.
+//!
+//! ```text
+//!  socket bytes ──► http::parse_request_head ──► (upgrade) ──► ws::WsDecoder
+//!                                                               │ text message
+//!                                                               ▼
+//!                                              client::FrameParser::parse ──► ClientFrame
+//!  engine decides what happens, then encodes each outgoing event ONCE:
+//!      event::* ──► a complete WebSocket frame (header + JSON) as `Bytes`, shared by
+//!                   every subscriber on every shard.
+//! ```
+//!
+//! Invariants: no function here panics on any input (the fuzz targets and property
+//! tests check it), and `data` payloads are carried as the raw bytes the publisher sent.
+#![forbid(unsafe_code)]
+
+pub mod channel;
+pub mod client;
+pub mod error;
+pub mod event;
+pub mod http;
+mod json;
+pub mod ws;
+
+pub use channel::{ChannelName, TenantId};
+pub use client::{ClientFrame, FrameParser, ParseFailure};
+pub use error::{CloseCode, ErrorCode};

@@ -1,0 +1,115 @@
+use super::*;
+use proptest::prelude::*;
+
+/// A masked client frame, as browsers send.
+fn client_frame(first_byte: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x12, 0x34, 0x56, 0x78];
+    let mut out = vec![first_byte];
+    match payload.len() {
+        n if n < 126 => out.push(0x80 | n as u8),
+        n if n <= 0xFFFF => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    out
+}
+
+fn decode_all(decoder: &mut WsDecoder, mut buf: Vec<u8>) -> Result<Vec<(Message, Vec<u8>)>, WsError> {
+    let mut out = Vec::new();
+    while let Some(Decoded { consumed, message }) = decoder.decode(&mut buf)? {
+        let bytes = match &message {
+            Message::Text(p) | Message::Binary(p) | Message::Ping(p) => p.bytes(&buf).to_vec(),
+            _ => Vec::new(),
+        };
+        out.push((message, bytes));
+        buf.drain(..consumed);
+    }
+    Ok(out)
+}
+
+#[test]
+fn text_frame_in_place() {
+    let mut buf = client_frame(0x81, b"{\"action\":\"ping\"}");
+    let decoded = WsDecoder::new(1024).decode(&mut buf).unwrap().unwrap();
+    assert_eq!(decoded.consumed, buf.len());
+    let Message::Text(payload) = decoded.message else { panic!("not text") };
+    assert_eq!(payload.bytes(&buf), b"{\"action\":\"ping\"}");
+}
+
+#[test]
+fn partial_frames_wait_for_more() {
+    let full = client_frame(0x81, b"hello world");
+    for cut in 0..full.len() {
+        let mut part = full[..cut].to_vec();
+        assert_eq!(WsDecoder::new(1024).decode(&mut part), Ok(None), "cut at {cut}");
+    }
+}
+
+#[test]
+fn fragments_reassemble_with_control_frames_between() {
+    let mut buf = client_frame(0x01, b"hel");
+    buf.extend(client_frame(0x89, b"p"));
+    buf.extend(client_frame(0x80, b"lo"));
+    let messages = decode_all(&mut WsDecoder::new(1024), buf).unwrap();
+    assert_eq!(messages.len(), 2);
+    assert!(matches!(messages[0].0, Message::Ping(_)));
+    assert_eq!(messages[1].1, b"hello");
+}
+
+#[test]
+fn violations_map_to_close_codes() {
+    let cases: Vec<(Vec<u8>, CloseCode)> = vec![
+        (client_frame(0x81, &[0xff, 0xfe]), CloseCode::INVALID_PAYLOAD),
+        (client_frame(0xC1, b"x"), CloseCode::PROTOCOL_ERROR),
+        (client_frame(0x83, b"x"), CloseCode::PROTOCOL_ERROR),
+        (client_frame(0x80, b"x"), CloseCode::PROTOCOL_ERROR),
+        (client_frame(0x09, b"x"), CloseCode::PROTOCOL_ERROR),
+        (client_frame(0x89, &[0u8; 126]), CloseCode::PROTOCOL_ERROR),
+        (vec![0x81, 0x01, b'x'], CloseCode::PROTOCOL_ERROR),
+        (client_frame(0x88, &[3]), CloseCode::PROTOCOL_ERROR),
+    ];
+    for (frame, code) in cases {
+        let err = decode_all(&mut WsDecoder::new(1024), frame.clone()).unwrap_err();
+        assert_eq!(err.close_code(), code, "{frame:02x?}");
+    }
+}
+
+#[test]
+fn too_big_is_known_from_the_header_alone() {
+    let frame = client_frame(0x82, &vec![0u8; 70_000]);
+    let mut head = frame[..14].to_vec();
+    assert_eq!(WsDecoder::new(65_536).decode(&mut head), Err(WsError::TooBig));
+    let mut fragments = client_frame(0x01, &[b'a'; 40]);
+    fragments.extend(client_frame(0x80, &[b'a'; 40]));
+    assert_eq!(decode_all(&mut WsDecoder::new(64), fragments).unwrap_err(), WsError::TooBig);
+}
+
+#[test]
+fn close_frames() {
+    let mut payload = 1000u16.to_be_bytes().to_vec();
+    payload.extend_from_slice(b"bye");
+    let messages = decode_all(&mut WsDecoder::new(1024), client_frame(0x88, &payload)).unwrap();
+    assert_eq!(messages[0].0, Message::Close(Some(CloseCode::NORMAL)));
+    let out = close_frame(CloseCode::SLOW_CONSUMER, "slow consumer");
+    assert_eq!(&out[..4], &[0x88, 15, 0x0f, 0xa8]);
+}
+
+proptest! {
+    #[test]
+    fn never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+        let _ = decode_all(&mut WsDecoder::new(256), bytes);
+    }
+
+    #[test]
+    fn masked_round_trip(payload in proptest::collection::vec(any::<u8>(), 0..70_000)) {
+        let messages = decode_all(&mut WsDecoder::new(1 << 20), client_frame(0x82, &payload)).unwrap();
+        prop_assert_eq!(&messages[0].1, &payload);
+    }
+}

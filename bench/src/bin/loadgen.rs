@@ -1,0 +1,119 @@
+//! The load generator: thousands of WebSocket clients on one epoll (`mio`), one thread.
+//!
+//! `loadgen --url ws://127.0.0.1:PORT/_rt/ws --protocol ringcast --workload w1
+//!  --subscribers 1000 --payload 64 --burst 16 --duration-s 5 --server-pid PID --json`
+//!
+//! Workloads are those of `shared/BENCHMARKS.md`; see `bench/README.md`.
+
+use clap::Parser;
+use ringcast_bench::client::Protocol;
+use ringcast_bench::procfs;
+use ringcast_bench::workload::{self, Config};
+
+#[derive(Parser, Debug)]
+#[command(about = "Ringcast load generator (W1–W6 of BENCHMARKS.md)")]
+struct Args {
+    /// Server URL; loopback only.
+    #[arg(long, default_value = "ws://127.0.0.1:8080/_rt/ws")]
+    url: String,
+    /// ringcast (also node-ws, bun), socketio or floor.
+    #[arg(long, default_value = "ringcast")]
+    protocol: String,
+    /// Name of the server in the report (defaults to the protocol).
+    #[arg(long)]
+    label: Option<String>,
+    /// w1 (fan-out saturation), w2 (personal+group, open loop at 50/80 %), w3 (hot channel,
+    /// fixed rate), w4 (connection storm + churn), w5 (idle memory), w6 (w2 + stalled readers).
+    #[arg(long, default_value = "w1")]
+    workload: String,
+    /// Subscribers (w1/w3) or connections (w2/w4/w5/w6).
+    #[arg(long, default_value_t = 1000)]
+    subscribers: usize,
+    /// Published data size in bytes.
+    #[arg(long, default_value_t = 64)]
+    payload: usize,
+    /// Publishes back to back per burst (K).
+    #[arg(long, default_value_t = 1)]
+    burst: usize,
+    /// Open-loop publishes per second. w1 without it runs closed loop (saturation);
+    /// w3 defaults to 10000; w6 defaults to half the probed maximum.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Measured seconds per phase.
+    #[arg(long, default_value_t = 5.0)]
+    duration_s: f64,
+    /// Unmeasured warm-up seconds (w1/w3).
+    #[arg(long, default_value_t = 1.0)]
+    warmup_s: f64,
+    /// Bursts in flight in closed loop (w1).
+    #[arg(long, default_value_t = 1)]
+    window: usize,
+    /// Server process id, for CPU seconds and RSS from /proc.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Publisher connections (w2/w6).
+    #[arg(long, default_value_t = 4)]
+    publishers: usize,
+    /// Handshakes in flight while connecting.
+    #[arg(long, default_value_t = 512)]
+    max_inflight: usize,
+    /// Percent of readers that stop reading in w6.
+    #[arg(long, default_value_t = 1.0)]
+    stopped_pct: f64,
+    /// Reconnects per second during w4's churn.
+    #[arg(long, default_value_t = 3000.0)]
+    churn_per_s: f64,
+    /// Print one JSON line instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() {
+    let a = Args::parse();
+    let nofile = procfs::raise_nofile();
+    let Some(protocol) = Protocol::parse(&a.protocol) else {
+        eprintln!("unknown --protocol {:?}: ringcast, socketio or floor", a.protocol);
+        std::process::exit(2);
+    };
+    let needed = a.subscribers + a.publishers + 64;
+    if needed as u64 > nofile && a.workload != "w4" {
+        eprintln!("{needed} sockets needed but RLIMIT_NOFILE is {nofile}");
+        std::process::exit(2);
+    }
+    let cfg = Config {
+        url: a.url,
+        protocol,
+        label: a.label.unwrap_or_else(|| a.protocol.clone()),
+        workload: a.workload,
+        subscribers: a.subscribers,
+        payload: a.payload,
+        burst: a.burst.max(1),
+        rate: a.rate,
+        duration_s: a.duration_s,
+        warmup_s: a.warmup_s,
+        window: a.window.max(1),
+        server_pid: a.server_pid,
+        publishers: a.publishers.max(1),
+        max_inflight: a.max_inflight.max(1),
+        stopped_pct: a.stopped_pct,
+        churn_per_s: a.churn_per_s,
+    };
+    match workload::run(&cfg) {
+        Ok(r) if a.json => println!("{}", r.to_json()),
+        Ok(r) => print!("{}", r.to_text()),
+        Err(e) => {
+            if a.json {
+                let mut r = ringcast_bench::report::Report::default();
+                r.str("server", &cfg.label);
+                r.str("workload", &cfg.workload);
+                r.int("subscribers", cfg.subscribers as u64);
+                r.int("payload", cfg.payload as u64);
+                r.int("burst", cfg.burst as u64);
+                r.str("error", &format!("{e:#}"));
+                println!("{}", r.to_json());
+            }
+            eprintln!("loadgen: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}

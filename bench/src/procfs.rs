@@ -1,0 +1,77 @@
+//! What the load generator reads about the server and the box from `/proc`.
+
+use std::fs;
+
+/// utime + stime of `pid`, in seconds (from `/proc/<pid>/stat`), summed over its threads.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: fields count from the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After ')': state is field 3 of the man page, so utime (14) is index 11, stime 12.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) as f64 / clock_ticks())
+}
+
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf reads a constant of the running system; no memory is touched.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as f64
+    } else {
+        100.0
+    }
+}
+
+/// Resident set size of `pid` in bytes (`VmRSS` in `/proc/<pid>/status`).
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    kib_field(&status, "VmRSS:")
+}
+
+/// Kernel slab memory of the whole box in bytes (`Slab` in `/proc/meminfo`). Socket
+/// buffers of BOTH ends of a loopback connection land here.
+pub fn slab_bytes() -> Option<u64> {
+    let meminfo = fs::read_to_string("/proc/meminfo").ok()?;
+    kib_field(&meminfo, "Slab:")
+}
+
+fn kib_field(text: &str, name: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with(name))?;
+    let kib: u64 = line[name.len()..].split_whitespace().next()?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Raises RLIMIT_NOFILE to its hard limit; returns the soft limit now in force.
+pub fn raise_nofile() -> u64 {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `lim` is a valid, writable rlimit for the duration of the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 1024;
+    }
+    lim.rlim_cur = lim.rlim_max;
+    // SAFETY: `lim` is a valid rlimit; setting soft = hard is always permitted.
+    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+    lim.rlim_cur
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_own_process() {
+        let me = std::process::id();
+        // Burn a little CPU so the counter is not trivially zero on coarse clocks.
+        let mut x = 0u64;
+        for i in 0..20_000_000u64 {
+            x = x.wrapping_mul(31).wrapping_add(i);
+        }
+        assert!(x != 1);
+        assert!(cpu_seconds(me).unwrap() >= 0.0);
+        assert!(rss_bytes(me).unwrap() > 100 * 1024);
+        assert!(slab_bytes().unwrap() > 0);
+        assert_eq!(kib_field("Foo:   12 kB\nSlab:  3 kB\n", "Slab:"), Some(3072));
+    }
+}

@@ -1,0 +1,488 @@
+//! Workloads W1–W6 of `shared/BENCHMARKS.md`, each driving one [`Pool`].
+//!
+//! Two ways to publish:
+//! - closed loop (`window` bursts in flight): publish K, wait until every expected
+//!   delivery arrived, repeat. Used to find saturation (W1, the W2 probe).
+//! - open loop (`rate`): burst `b` is due at `t0 + b·K/rate`, and its payload carries
+//!   that INTENDED time, so a late loop turn never hides latency (no coordinated
+//!   omission).
+
+use std::time::{Duration, Instant};
+
+use crate::client::{ConnIx, Pool, Protocol};
+use crate::payload;
+use crate::procfs;
+use crate::report::Report;
+
+/// What the command line asked for.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `ws://127.0.0.1:PORT/path`.
+    pub url: String,
+    /// Wire protocol.
+    pub protocol: Protocol,
+    /// Name of the server under test, echoed in the report.
+    pub label: String,
+    /// `w1`…`w6`.
+    pub workload: String,
+    /// Subscribers (W1/W3), connections (W2/W4/W5/W6).
+    pub subscribers: usize,
+    /// Data object size in bytes.
+    pub payload: usize,
+    /// Publishes back to back per burst.
+    pub burst: usize,
+    /// Open-loop publishes per second; `None` = closed loop (saturation).
+    pub rate: Option<f64>,
+    /// Measured seconds (per phase).
+    pub duration_s: f64,
+    /// Unmeasured seconds first.
+    pub warmup_s: f64,
+    /// Bursts in flight in closed loop.
+    pub window: usize,
+    /// Server process for CPU and RSS.
+    pub server_pid: Option<u32>,
+    /// Publisher connections (W2/W6).
+    pub publishers: usize,
+    /// Handshakes in flight while ramping.
+    pub max_inflight: usize,
+    /// Percent of readers stopped in W6.
+    pub stopped_pct: f64,
+    /// Reconnects per second in W4's churn phase.
+    pub churn_per_s: f64,
+}
+
+/// Runs the workload named in `cfg`.
+pub fn run(cfg: &Config) -> anyhow::Result<Report> {
+    let mut r = Report::default();
+    r.str("server", &cfg.label);
+    r.str("workload", &cfg.workload);
+    r.int("subscribers", cfg.subscribers as u64);
+    r.int("payload", cfg.payload as u64);
+    r.int("burst", cfg.burst as u64);
+    match cfg.workload.as_str() {
+        "w1" => fanout(cfg, cfg.rate, &mut r)?,
+        "w3" => fanout(cfg, Some(cfg.rate.unwrap_or(10_000.0)), &mut r)?,
+        "w2" => personal_and_group(cfg, false, &mut r)?,
+        "w6" => personal_and_group(cfg, true, &mut r)?,
+        "w4" => storm_and_churn(cfg, &mut r)?,
+        "w5" => idle(cfg, &mut r)?,
+        other => anyhow::bail!("unknown workload {other:?} (w1…w6)"),
+    }
+    Ok(r)
+}
+
+/// Where publishes go and how many deliveries each expects.
+#[derive(Debug)]
+struct Traffic {
+    publishers: Vec<ConnIx>,
+    channels: Vec<String>,
+    expected: Vec<u32>,
+    burst: usize,
+    payload: usize,
+    next_id: u64,
+    rr: usize,
+    rng: u64,
+    data: Vec<u8>,
+}
+
+impl Traffic {
+    fn new(publishers: Vec<ConnIx>, channels: Vec<(String, u32)>, cfg: &Config) -> Traffic {
+        let (channels, expected) = channels.into_iter().unzip();
+        Traffic {
+            publishers,
+            channels,
+            expected,
+            burst: cfg.burst.max(1),
+            payload: cfg.payload,
+            next_id: 0,
+            rr: 0,
+            rng: 0x2545_f491_4f6c_dd1d,
+            data: Vec::new(),
+        }
+    }
+
+    /// K publishes back to back from one publisher, each to a uniformly chosen channel.
+    fn burst(&mut self, pool: &mut Pool, intended_ns: u64) {
+        let publisher = self.publishers[self.rr % self.publishers.len()];
+        self.rr += 1;
+        for _ in 0..self.burst {
+            let t = if self.channels.len() == 1 { 0 } else { self.rand() % self.channels.len() };
+            payload::write_data(&mut self.data, intended_ns, self.next_id, self.payload);
+            pool.publish(
+                publisher,
+                &self.channels[t],
+                &self.data,
+                self.next_id,
+                intended_ns,
+                self.expected[t],
+            );
+            self.next_id += 1;
+        }
+    }
+
+    fn rand(&mut self) -> usize {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        (self.rng >> 11) as usize
+    }
+}
+
+const STALL: Duration = Duration::from_secs(5);
+
+/// Closed loop for `secs`: a new burst whenever fewer than `window` bursts are in flight.
+fn closed_loop(pool: &mut Pool, tr: &mut Traffic, window: usize, secs: f64) -> anyhow::Result<f64> {
+    let t0 = Instant::now();
+    let limit = (window.max(1) * tr.burst) as u64;
+    let mut last = (pool.stats.deliveries, Instant::now());
+    while t0.elapsed().as_secs_f64() < secs {
+        while pool.outstanding() + tr.burst as u64 <= limit {
+            let now = pool.now_ns();
+            tr.burst(pool, now);
+        }
+        pool.turn(Some(Duration::from_millis(1)))?;
+        if pool.stats.deliveries != last.0 {
+            last = (pool.stats.deliveries, Instant::now());
+        } else if last.1.elapsed() > STALL {
+            anyhow::bail!(
+                "stalled: no delivery for {STALL:?}, {} messages outstanding, {} closed by server",
+                pool.outstanding(),
+                pool.stats.closed_by_server
+            );
+        }
+    }
+    Ok(t0.elapsed().as_secs_f64())
+}
+
+/// What an open-loop phase saw.
+#[derive(Debug)]
+struct OpenLoop {
+    secs: f64,
+    /// Deliveries that arrived before publishing stopped.
+    in_window: u64,
+    published: u64,
+}
+
+/// Open loop at `rate` publishes/s for `secs`, then up to `drain` for stragglers.
+fn open_loop(
+    pool: &mut Pool,
+    tr: &mut Traffic,
+    rate: f64,
+    secs: f64,
+    drain: Duration,
+) -> anyhow::Result<OpenLoop> {
+    let bursts_per_s = (rate / tr.burst as f64).max(1e-3);
+    let due = |b: u64, t0: u64| t0 + (b as f64 * 1e9 / bursts_per_s) as u64;
+    let t0 = pool.now_ns();
+    let end = t0 + (secs * 1e9) as u64;
+    let d0 = pool.stats.deliveries;
+    let id0 = tr.next_id;
+    let mut b = 0u64;
+    loop {
+        let now = pool.now_ns();
+        if now >= end {
+            break;
+        }
+        // Every burst already due leaves now, stamped with the time it was due.
+        while due(b, t0) <= now {
+            tr.burst(pool, due(b, t0));
+            b += 1;
+        }
+        let wait = due(b, t0).min(end).saturating_sub(pool.now_ns());
+        // epoll waits whole milliseconds: below one, spin (the load generator owns its core).
+        let timeout = if wait < 1_000_000 { Duration::ZERO } else { Duration::from_nanos(wait) };
+        pool.turn(Some(timeout))?;
+    }
+    let secs = (pool.now_ns() - t0) as f64 / 1e9;
+    let in_window = pool.stats.deliveries - d0;
+    let t_drain = Instant::now();
+    while pool.outstanding() > 0 && t_drain.elapsed() < drain {
+        pool.turn(Some(Duration::from_millis(5)))?;
+    }
+    Ok(OpenLoop { secs, in_window, published: tr.next_id - id0 })
+}
+
+fn cpu(cfg: &Config) -> Option<f64> {
+    cfg.server_pid.and_then(procfs::cpu_seconds)
+}
+
+fn rss(cfg: &Config) -> Option<u64> {
+    cfg.server_pid.and_then(procfs::rss_bytes)
+}
+
+fn connect_report(pool: &Pool, r: &mut Report, secs: f64, n: usize) {
+    r.num("connect_s", secs);
+    r.num("connects_per_s", n as f64 / secs.max(1e-9));
+    r.hist("handshake", &pool.stats.handshake_us);
+}
+
+fn server_report(cfg: &Config, r: &mut Report, cpu0: Option<f64>, deliveries: u64) {
+    if let (Some(a), Some(b)) = (cpu0, cpu(cfg)) {
+        r.num("server_cpu_s", b - a);
+        r.num("cpu_s_per_m_deliveries", (b - a) / deliveries.max(1) as f64 * 1e6);
+    }
+    if let Some(m) = rss(cfg) {
+        r.int("server_rss_bytes", m);
+    }
+}
+
+/// W1 (closed loop, saturation) and W3 (open loop at a fixed rate): one publisher,
+/// N subscribers on channel `bench`.
+fn fanout(cfg: &Config, rate: Option<f64>, r: &mut Report) -> anyhow::Result<()> {
+    let start = Instant::now();
+    let mut pool = Pool::new(&cfg.url, cfg.protocol, start)?;
+    let n = cfg.subscribers;
+    let mut specs = vec![vec!["bench".to_string()]; n];
+    specs.push(Vec::new());
+    let (ixs, secs, errors) =
+        pool.connect_all(specs, cfg.max_inflight, Duration::from_secs(120))?;
+    anyhow::ensure!(errors == 0, "{errors} of {} connections failed", n + 1);
+    connect_report(&pool, r, secs, n + 1);
+    let publisher = *ixs.last().expect("publisher");
+    let mut tr = Traffic::new(vec![publisher], vec![("bench".to_string(), n as u32)], cfg);
+
+    // Warm-up, then let everything in flight land before measuring.
+    match rate {
+        None => closed_loop(&mut pool, &mut tr, cfg.window, cfg.warmup_s)?,
+        Some(rate) => open_loop(&mut pool, &mut tr, rate, cfg.warmup_s, Duration::ZERO)?.secs,
+    };
+    let t = Instant::now();
+    while pool.outstanding() > 0 && t.elapsed() < STALL {
+        pool.turn(Some(Duration::from_millis(5)))?;
+    }
+    pool.reset_stats();
+
+    let cpu0 = cpu(cfg);
+    let (secs, deliveries, published) = match rate {
+        None => {
+            r.str("mode", "closed");
+            r.int("window", cfg.window as u64);
+            let id0 = tr.next_id;
+            let secs = closed_loop(&mut pool, &mut tr, cfg.window, cfg.duration_s)?;
+            (secs, pool.stats.deliveries, tr.next_id - id0)
+        }
+        Some(rate) => {
+            r.str("mode", "open");
+            r.num("rate", rate);
+            let o = open_loop(&mut pool, &mut tr, rate, cfg.duration_s, Duration::from_secs(2))?;
+            (o.secs, o.in_window, o.published)
+        }
+    };
+    let total = pool.stats.deliveries;
+    r.num("duration_s", secs);
+    r.int("published", published);
+    r.int("deliveries", total);
+    r.num("msgs_per_s", published as f64 / secs);
+    r.num("deliveries_per_s", deliveries as f64 / secs);
+    r.int("lagging_msgs", pool.outstanding());
+    r.hist("completion", &pool.stats.completion_us);
+    r.hist("latency", &pool.stats.latency_us);
+    r.num("frames_per_read", pool.stats.frames_in as f64 / pool.stats.reads.max(1) as f64);
+    r.int("closed_by_server", pool.stats.closed_by_server);
+    server_report(cfg, r, cpu0, total);
+    Ok(())
+}
+
+/// W2/W6 setup: C connections, each on `p{i}` and the 10-member group `g{i/10}`, plus
+/// publishers on no channel. Returns the subscriber and publisher indices and the
+/// channels with their expected delivery counts.
+#[allow(clippy::type_complexity)]
+fn personal_group_setup(
+    cfg: &Config,
+    pool: &mut Pool,
+    r: &mut Report,
+) -> anyhow::Result<(Vec<ConnIx>, Vec<ConnIx>, Vec<(String, u32)>)> {
+    let c = cfg.subscribers;
+    let mut specs: Vec<Vec<String>> =
+        (0..c).map(|i| vec![format!("p{i}"), format!("g{}", i / 10)]).collect();
+    specs.extend((0..cfg.publishers.max(1)).map(|_| Vec::new()));
+    let total = specs.len();
+    let (ixs, secs, errors) = pool.connect_all(specs, cfg.max_inflight, Duration::from_secs(180))?;
+    anyhow::ensure!(errors == 0, "{errors} of {total} connections failed");
+    connect_report(pool, r, secs, total);
+    let (subs, pubs) = ixs.split_at(c);
+    let mut channels: Vec<(String, u32)> = (0..c).map(|i| (format!("p{i}"), 1)).collect();
+    channels.extend((0..c.div_ceil(10)).map(|g| (format!("g{g}"), (c - g * 10).min(10) as u32)));
+    Ok((subs.to_vec(), pubs.to_vec(), channels))
+}
+
+/// Finds the closed-loop maximum publish rate with many messages in flight.
+fn probe_max_rate(pool: &mut Pool, tr: &mut Traffic, secs: f64) -> anyhow::Result<f64> {
+    let c0 = pool.stats.completed;
+    let took = closed_loop(pool, tr, 256 / tr.burst.max(1), secs)?;
+    Ok((pool.stats.completed - c0) as f64 / took)
+}
+
+fn phase_report(pool: &Pool, r: &mut Report, tag: &str, o: &OpenLoop) {
+    r.num(&format!("{tag}_duration_s"), o.secs);
+    r.int(&format!("{tag}_published"), o.published);
+    r.num(&format!("{tag}_deliveries_per_s"), o.in_window as f64 / o.secs);
+    r.int(&format!("{tag}_lagging_msgs"), pool.outstanding());
+    r.hist(&format!("{tag}_latency"), &pool.stats.latency_us);
+}
+
+/// W2 (`stalled = false`): end-to-end latency at 50 % and 80 % of the probed maximum.
+/// W6 (`stalled = true`): the same traffic before and after 1 % of readers stop reading;
+/// server RSS sampled throughout.
+fn personal_and_group(cfg: &Config, stalled: bool, r: &mut Report) -> anyhow::Result<()> {
+    let start = Instant::now();
+    let mut pool = Pool::new(&cfg.url, cfg.protocol, start)?;
+    let (subs, pubs, channels) = personal_group_setup(cfg, &mut pool, r)?;
+    let mut tr = Traffic::new(pubs, channels, cfg);
+    let probed = match cfg.rate {
+        Some(rate) if stalled => rate / 0.5,
+        _ => {
+            let m = probe_max_rate(&mut pool, &mut tr, cfg.duration_s.min(5.0))?;
+            r.num("max_msgs_per_s", m);
+            m
+        }
+    };
+    let drain = Duration::from_secs(2);
+    if !stalled {
+        for (tag, frac) in [("at50", 0.5), ("at80", 0.8)] {
+            pool.reset_stats();
+            let cpu0 = cpu(cfg);
+            let rate = probed * frac;
+            r.num(&format!("{tag}_rate"), rate);
+            let o = open_loop(&mut pool, &mut tr, rate, cfg.duration_s, drain)?;
+            phase_report(&pool, r, tag, &o);
+            if let (Some(a), Some(b)) = (cpu0, cpu(cfg)) {
+                r.num(&format!("{tag}_cpu_s_per_m_deliveries"), (b - a) / o.in_window.max(1) as f64 * 1e6);
+            }
+        }
+        if let Some(m) = rss(cfg) {
+            r.int("server_rss_bytes", m);
+        }
+        return Ok(());
+    }
+
+    let rate = probed * 0.5;
+    r.num("rate", rate);
+    pool.reset_stats();
+    let o = open_loop(&mut pool, &mut tr, rate, cfg.duration_s, drain)?;
+    phase_report(&pool, r, "before", &o);
+    let rss_before = rss(cfg).unwrap_or(0);
+    r.int("before_server_rss_bytes", rss_before);
+
+    let every = (100.0 / cfg.stopped_pct.max(0.01)).round().max(1.0) as usize;
+    let stopped: Vec<ConnIx> = subs.iter().copied().step_by(every).collect();
+    for &ix in &stopped {
+        pool.pause(ix);
+    }
+    r.int("stopped_readers", stopped.len() as u64);
+    pool.reset_stats();
+    let mut rss_max = rss_before;
+    let mut agg = OpenLoop { secs: 0.0, in_window: 0, published: 0 };
+    let chunks = (cfg.duration_s / 0.25).ceil().max(1.0) as usize;
+    for _ in 0..chunks {
+        let o = open_loop(&mut pool, &mut tr, rate, 0.25, Duration::ZERO)?;
+        agg.secs += o.secs;
+        agg.in_window += o.in_window;
+        agg.published += o.published;
+        rss_max = rss_max.max(rss(cfg).unwrap_or(0));
+    }
+    let t = Instant::now();
+    while t.elapsed() < drain {
+        pool.turn(Some(Duration::from_millis(5)))?;
+    }
+    phase_report(&pool, r, "stalled", &agg);
+    r.int("stalled_server_rss_max_bytes", rss_max);
+    r.int("stalled_server_rss_end_bytes", rss(cfg).unwrap_or(0));
+    r.int("closed_by_server", pool.stats.closed_by_server);
+    Ok(())
+}
+
+/// W4: a storm of connections (each subscribing to its personal channel), then churn:
+/// close a random connection and open a new one, `churn_per_s` times a second.
+fn storm_and_churn(cfg: &Config, r: &mut Report) -> anyhow::Result<()> {
+    let start = Instant::now();
+    let mut pool = Pool::new(&cfg.url, cfg.protocol, start)?;
+    let limit = procfs::raise_nofile() as usize;
+    let n = cfg.subscribers.min(limit.saturating_sub(200));
+    r.int("storm_connections", n as u64);
+    let specs: Vec<Vec<String>> = (0..n).map(|i| vec![format!("p{i}")]).collect();
+    let (ixs, secs, errors) = pool.connect_all(specs, cfg.max_inflight, Duration::from_secs(180))?;
+    r.num("storm_s", secs);
+    r.num("storm_connects_per_s", pool.stats.opened as f64 / secs);
+    r.int("storm_errors", errors);
+    r.hist("storm_handshake", &pool.stats.handshake_us);
+
+    let mut live: Vec<ConnIx> = ixs.into_iter().filter(|&ix| pool.is_ready(ix)).collect();
+    pool.reset_stats();
+    let t0 = Instant::now();
+    let mut churned = 0u64;
+    let mut rng = 0x9e37_79b9_u64;
+    let mut next_name = n;
+    let mut sync_errors = 0u64;
+    while t0.elapsed().as_secs_f64() < cfg.duration_s {
+        let want = (t0.elapsed().as_secs_f64() * cfg.churn_per_s) as u64;
+        while churned < want && !live.is_empty() && pool.in_progress < cfg.max_inflight {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let victim = live.swap_remove((rng as usize) % live.len());
+            pool.close(victim);
+            match pool.connect(vec![format!("p{next_name}")]) {
+                Ok(ix) => live.push(ix),
+                Err(_) => sync_errors += 1,
+            }
+            next_name += 1;
+            churned += 1;
+        }
+        pool.turn(Some(Duration::from_millis(1)))?;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let t = Instant::now();
+    while pool.in_progress > 0 && t.elapsed() < Duration::from_secs(10) {
+        pool.turn(Some(Duration::from_millis(5)))?;
+    }
+    r.num("churn_s", secs);
+    r.num("churn_target_per_s", cfg.churn_per_s);
+    r.num("churn_connects_per_s", pool.stats.opened as f64 / secs);
+    r.int("churn_errors", pool.stats.connect_errors + sync_errors);
+    r.int("churn_still_connecting", pool.in_progress as u64);
+    r.hist("churn_handshake", &pool.stats.handshake_us);
+    r.int("closed_by_server", pool.stats.closed_by_server);
+    if let Some(m) = rss(cfg) {
+        r.int("server_rss_bytes", m);
+    }
+    Ok(())
+}
+
+/// W5: N idle connections, each on two channels; server RSS and kernel slab per connection.
+fn idle(cfg: &Config, r: &mut Report) -> anyhow::Result<()> {
+    let start = Instant::now();
+    let mut pool = Pool::new(&cfg.url, cfg.protocol, start)?;
+    let n = cfg.subscribers;
+    let settle = |pool: &mut Pool| -> anyhow::Result<()> {
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_millis(500) {
+            pool.turn(Some(Duration::from_millis(20)))?;
+        }
+        Ok(())
+    };
+    settle(&mut pool)?;
+    let rss0 = rss(cfg);
+    let slab0 = procfs::slab_bytes();
+    if let Some(m) = rss0 {
+        r.int("server_rss_base_bytes", m);
+    }
+    if n == 0 {
+        return Ok(());
+    }
+    let specs: Vec<Vec<String>> = (0..n).map(|i| vec![format!("u{i}"), "bench".into()]).collect();
+    let (_ixs, secs, errors) = pool.connect_all(specs, cfg.max_inflight, Duration::from_secs(180))?;
+    anyhow::ensure!(errors == 0, "{errors} of {n} connections failed");
+    connect_report(&pool, r, secs, n);
+    settle(&mut pool)?;
+    if let (Some(a), Some(b)) = (rss0, rss(cfg)) {
+        r.int("server_rss_bytes", b);
+        r.num("rss_per_conn_bytes", (b as f64 - a as f64) / n as f64);
+    }
+    if let (Some(a), Some(b)) = (slab0, procfs::slab_bytes()) {
+        // Both ends of every loopback connection, and anything else the box did meanwhile.
+        r.num("slab_per_conn_bytes", (b as f64 - a as f64) / n as f64);
+    }
+    r.int("closed_by_server", pool.stats.closed_by_server);
+    Ok(())
+}

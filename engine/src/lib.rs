@@ -1,1 +1,35 @@
-//! Engine.
+//! Ringcast's engine: a thread-per-core realtime fan-out server.
+//!
+//! ```text
+//!            SO_REUSEPORT: one listener per shard
+//!   client ──► shard k: http::serve_connection ──► session (reads, parses) ──┐
+//!                                                                           │ publish / subscribe
+//!                                 owner shard of the channel ◄──────────────┘ (inline or via inbox)
+//!                                 assigns seq, appends history, encodes ONCE
+//!                                      │ Deliver{frame} to each watching shard (crossbeam queues)
+//!                                      ▼
+//!                     each shard: same Bytes to every local subscriber's queue
+//!                                      ▼
+//!                     writer task per connection: one writev with everything queued
+//! ```
+//!
+//! Each shard's state (`Shard`) lives on its own thread and is touched only there; the
+//! only cross-thread traffic is the inbox queues in [`mesh`] and the read-mostly
+//! [`shard::Shared`]. See `ARCHITECTURE.md` for the ownership map and invariants.
+#![deny(unsafe_code)]
+
+pub mod clock;
+pub mod config;
+pub mod conn;
+pub mod history;
+pub mod http;
+mod iovec;
+pub mod keys;
+pub mod mesh;
+pub mod metrics;
+pub mod owner;
+pub mod server;
+pub mod session;
+pub mod shard;
+pub mod tenant;
+pub mod topic_table;

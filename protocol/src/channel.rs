@@ -91,7 +91,13 @@ mod tests {
 
     #[test]
     fn accepts_ordinary_names() {
-        for name in ["chat:lobby", "private-room:vip", "a", "ünïcødé/😀", &"x".repeat(255)] {
+        for name in [
+            "chat:lobby",
+            "private-room:vip",
+            "a",
+            "ünïcødé/😀",
+            &"x".repeat(255),
+        ] {
             assert!(ChannelName::new(name).is_ok(), "{name}");
         }
     }
@@ -99,9 +105,18 @@ mod tests {
     #[test]
     fn refuses_bad_names() {
         assert_eq!(ChannelName::new(""), Err(ChannelNameError::Empty));
-        assert_eq!(ChannelName::new(&"x".repeat(256)), Err(ChannelNameError::TooLong));
-        assert_eq!(ChannelName::new("a\nb"), Err(ChannelNameError::ControlCharacter));
-        assert_eq!(ChannelName::new("a\u{7f}"), Err(ChannelNameError::ControlCharacter));
+        assert_eq!(
+            ChannelName::new(&"x".repeat(256)),
+            Err(ChannelNameError::TooLong)
+        );
+        assert_eq!(
+            ChannelName::new("a\nb"),
+            Err(ChannelNameError::ControlCharacter)
+        );
+        assert_eq!(
+            ChannelName::new("a\u{7f}"),
+            Err(ChannelNameError::ControlCharacter)
+        );
     }
 
     #[test]

@@ -111,7 +111,10 @@ impl Default for FrameParser {
 impl FrameParser {
     /// A parser with empty buffers.
     pub fn new() -> FrameParser {
-        FrameParser { scratch: Vec::new(), buffers: Buffers::new(512) }
+        FrameParser {
+            scratch: Vec::new(),
+            buffers: Buffers::new(512),
+        }
     }
 
     /// Parses one text message (already known to be valid UTF-8).
@@ -124,7 +127,11 @@ impl FrameParser {
             .map_err(|e| bad_request(format!("malformed JSON: {e}"), None, None))?;
         let root = tape.as_value();
         if root.value_type() != ValueType::Object {
-            return Err(bad_request("a frame must be a JSON object".into(), None, None));
+            return Err(bad_request(
+                "a frame must be a JSON object".into(),
+                None,
+                None,
+            ));
         }
         let raw = raw_members(text).unwrap_or_default();
         let reference = checked_reference(root, &raw)?;
@@ -137,7 +144,9 @@ impl FrameParser {
                 last_event_id: fields.last_event_id()?,
                 epoch: fields.epoch()?,
             })),
-            "unsubscribe" => Ok(ClientFrame::Unsubscribe { channel: fields.channel()? }),
+            "unsubscribe" => Ok(ClientFrame::Unsubscribe {
+                channel: fields.channel()?,
+            }),
             "publish" => {
                 let channel = fields.channel()?;
                 let data = match (root.get("data"), raw.data) {
@@ -172,7 +181,9 @@ impl FrameParser {
                     ClientFrame::PresenceUpdate(join)
                 })
             }
-            "presence:leave" => Ok(ClientFrame::PresenceLeave { channel: fields.channel()? }),
+            "presence:leave" => Ok(ClientFrame::PresenceLeave {
+                channel: fields.channel()?,
+            }),
             "ping" => Ok(ClientFrame::Ping),
             other => Err(fields.fail(&format!("unknown action `{}`", truncate(other)), None)),
         }
@@ -186,7 +197,11 @@ struct Fields<'t, 'i, 'a> {
 
 impl<'a> Fields<'_, '_, 'a> {
     fn fail(&self, message: &str, channel: Option<&ChannelName>) -> ParseFailure<'a> {
-        bad_request(message.to_owned(), channel.map(|c| c.as_str().to_owned()), self.reference)
+        bad_request(
+            message.to_owned(),
+            channel.map(|c| c.as_str().to_owned()),
+            self.reference,
+        )
     }
 
     fn required_str(&self, key: &str) -> Result<String, ParseFailure<'a>> {
@@ -221,7 +236,9 @@ impl<'a> Fields<'_, '_, 'a> {
     }
 
     fn last_event_id(&self) -> Result<Option<u64>, ParseFailure<'a>> {
-        let Some(v) = self.root.get("lastEventId") else { return Ok(None) };
+        let Some(v) = self.root.get("lastEventId") else {
+            return Ok(None);
+        };
         if v.is_null() {
             return Ok(None);
         }
@@ -235,7 +252,9 @@ impl<'a> Fields<'_, '_, 'a> {
     }
 
     fn epoch(&self) -> Result<Option<String>, ParseFailure<'a>> {
-        let Some(v) = self.root.get("epoch") else { return Ok(None) };
+        let Some(v) = self.root.get("epoch") else {
+            return Ok(None);
+        };
         if v.is_null() {
             return Ok(None);
         }
@@ -259,14 +278,31 @@ fn checked_reference<'a>(
         Some(v) if v.is_null() => Ok(None),
         Some(v) if v.is_str() || v.is_number() => match raw.reference {
             Some(r) => Ok(Some(r)),
-            None => Err(bad_request("`ref` key must not be escaped".into(), None, None)),
+            None => Err(bad_request(
+                "`ref` key must not be escaped".into(),
+                None,
+                None,
+            )),
         },
-        Some(_) => Err(bad_request("`ref` must be a string or a number".into(), None, None)),
+        Some(_) => Err(bad_request(
+            "`ref` must be a string or a number".into(),
+            None,
+            None,
+        )),
     }
 }
 
-fn bad_request<'a>(message: String, channel: Option<String>, reference: Option<&'a [u8]>) -> ParseFailure<'a> {
-    ParseFailure { code: ErrorCode::BadRequest, message, channel, reference }
+fn bad_request<'a>(
+    message: String,
+    channel: Option<String>,
+    reference: Option<&'a [u8]>,
+) -> ParseFailure<'a> {
+    ParseFailure {
+        code: ErrorCode::BadRequest,
+        message,
+        channel,
+        reference,
+    }
 }
 
 /// Keeps echoed client text short in error messages.

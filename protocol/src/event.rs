@@ -48,7 +48,8 @@ impl EventFrame {
 
     fn bool_field(mut self, key: &str, value: bool) -> Self {
         self.key(key);
-        self.buf.extend_from_slice(if value { b"true" } else { b"false" });
+        self.buf
+            .extend_from_slice(if value { b"true" } else { b"false" });
         self
     }
 
@@ -91,7 +92,9 @@ pub fn subscribed(channel: &str, seq: u64, epoch: &str, recovered: bool, ts: u64
 
 /// `unsubscribed`.
 pub fn unsubscribed(channel: &str, ts: u64) -> Bytes {
-    EventFrame::new("unsubscribed", channel.len() + 16).str_field("channel", channel).finish(ts)
+    EventFrame::new("unsubscribed", channel.len() + 16)
+        .str_field("channel", channel)
+        .finish(ts)
 }
 
 /// `realtime.message`: `data` is the publisher's raw JSON, written as is.
@@ -115,7 +118,13 @@ pub fn ack(reference: &[u8], channel: &str, seq: u64, ts: u64) -> Bytes {
 }
 
 /// `error`, echoing the frame's channel and `ref` when known.
-pub fn error(channel: Option<&str>, reference: Option<&[u8]>, code: ErrorCode, message: &str, ts: u64) -> Bytes {
+pub fn error(
+    channel: Option<&str>,
+    reference: Option<&[u8]>,
+    code: ErrorCode,
+    message: &str,
+    ts: u64,
+) -> Bytes {
     let mut frame = EventFrame::new("error", message.len() + 96);
     if let Some(channel) = channel {
         frame = frame.str_field("channel", channel);
@@ -159,7 +168,13 @@ mod tests {
 
     #[test]
     fn message_keeps_data_bytes() {
-        let frame = message("chat:lobby", br#"{"b":1,"a":[1.50]}"#, Some("alice"), 43, 1_710_000_000_000);
+        let frame = message(
+            "chat:lobby",
+            br#"{"b":1,"a":[1.50]}"#,
+            Some("alice"),
+            43,
+            1_710_000_000_000,
+        );
         assert!(frame.windows(18).any(|w| w == br#"{"b":1,"a":[1.50]}"#));
         let v = unframe(&frame);
         assert_eq!(v["event"], "realtime.message");
@@ -177,7 +192,11 @@ mod tests {
             assert_eq!(unframe(&frame)["data"].as_str().unwrap().len(), size);
             let mut decoder = WsDecoder::new(1 << 20).accept_unmasked();
             let mut copy = frame.to_vec();
-            let Ok(Some(Decoded { consumed, message: Message::Text(range) })) = decoder.decode(&mut copy) else {
+            let Ok(Some(Decoded {
+                consumed,
+                message: Message::Text(range),
+            })) = decoder.decode(&mut copy)
+            else {
                 panic!("frame did not decode")
             };
             assert_eq!(consumed, frame.len());
@@ -188,7 +207,13 @@ mod tests {
 
     #[test]
     fn error_echoes_ref() {
-        let v = unframe(&error(Some("c"), Some(b"\"r\""), ErrorCode::BadRequest, "no \"quote\"", 5));
+        let v = unframe(&error(
+            Some("c"),
+            Some(b"\"r\""),
+            ErrorCode::BadRequest,
+            "no \"quote\"",
+            5,
+        ));
         assert_eq!(v["event"], "error");
         assert_eq!(v["ref"], "r");
         assert_eq!(v["channel"], "c");
@@ -200,7 +225,14 @@ mod tests {
     fn other_events() {
         assert_eq!(unframe(&connected("abc", 1))["data"]["clientId"], "abc");
         let s = unframe(&subscribed("c", 42, "7", true, 1));
-        assert_eq!((s["seq"].as_u64(), s["epoch"].as_str(), s["recovered"].as_bool()), (Some(42), Some("7"), Some(true)));
+        assert_eq!(
+            (
+                s["seq"].as_u64(),
+                s["epoch"].as_str(),
+                s["recovered"].as_bool()
+            ),
+            (Some(42), Some("7"), Some(true))
+        );
         assert_eq!(unframe(&unsubscribed("c", 1))["event"], "unsubscribed");
         assert_eq!(unframe(&ack(b"7", "c", 3, 1))["ref"], 7);
         assert_eq!(unframe(&pong(9))["ts"], 9);

@@ -40,7 +40,9 @@ pub fn parse_request_head(buf: &[u8]) -> Result<Option<RequestHead>, HttpError> 
     let mut request = httparse::Request::new(&mut headers);
     let head_len = match request.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD_BYTES => return Err(HttpError::TooLarge),
+        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD_BYTES => {
+            return Err(HttpError::TooLarge)
+        }
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => return Err(HttpError::TooLarge),
         Err(_) => return Err(HttpError::Malformed),
@@ -54,7 +56,11 @@ pub fn parse_request_head(buf: &[u8]) -> Result<Option<RequestHead>, HttpError> 
         method: request.method.unwrap_or("").to_owned(),
         path: path.to_owned(),
         query: query.to_owned(),
-        headers: request.headers.iter().map(|h| (h.name.to_ascii_lowercase(), h.value.to_vec())).collect(),
+        headers: request
+            .headers
+            .iter()
+            .map(|h| (h.name.to_ascii_lowercase(), h.value.to_vec()))
+            .collect(),
         head_len,
     }))
 }
@@ -62,38 +68,56 @@ pub fn parse_request_head(buf: &[u8]) -> Result<Option<RequestHead>, HttpError> 
 impl RequestHead {
     /// The first header named `name` (lower case).
     pub fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_slice())
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_slice())
     }
 
     /// The first query parameter named `name`, percent-decoded.
     pub fn query_param(&self, name: &str) -> Option<String> {
-        form_urlencoded::parse(self.query.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
+        form_urlencoded::parse(self.query.as_bytes())
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned())
     }
 
     /// Whether the client asked to keep the connection open after the response.
     pub fn keep_alive(&self) -> bool {
-        !self.header("connection").is_some_and(|v| header_has_token(v, "close"))
+        !self
+            .header("connection")
+            .is_some_and(|v| header_has_token(v, "close"))
     }
 
     /// The `Content-Length`, if any and valid.
     pub fn content_length(&self) -> Option<usize> {
-        std::str::from_utf8(self.header("content-length")?).ok()?.trim().parse().ok()
+        std::str::from_utf8(self.header("content-length")?)
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
     }
 
     /// What the request says about a WebSocket upgrade.
     pub fn websocket_upgrade(&self) -> Upgrade {
-        let wants_upgrade = self.header("upgrade").is_some_and(|v| header_has_token(v, "websocket"));
+        let wants_upgrade = self
+            .header("upgrade")
+            .is_some_and(|v| header_has_token(v, "websocket"));
         if !wants_upgrade {
             return Upgrade::NotRequested;
         }
-        if !self.header("connection").is_some_and(|v| header_has_token(v, "upgrade")) {
+        if !self
+            .header("connection")
+            .is_some_and(|v| header_has_token(v, "upgrade"))
+        {
             return Upgrade::Malformed("`Connection: Upgrade` missing");
         }
         if self.header("sec-websocket-version") != Some(b"13") {
             return Upgrade::Malformed("`Sec-WebSocket-Version: 13` required");
         }
         match self.header("sec-websocket-key") {
-            Some(key) if !key.is_empty() => Upgrade::Valid { accept: tungstenite::handshake::derive_accept_key(key) },
+            Some(key) if !key.is_empty() => Upgrade::Valid {
+                accept: tungstenite::handshake::derive_accept_key(key),
+            },
             _ => Upgrade::Malformed("`Sec-WebSocket-Key` missing"),
         }
     }
@@ -114,13 +138,17 @@ pub enum Upgrade {
 }
 
 fn header_has_token(value: &[u8], token: &str) -> bool {
-    value.split(|&b| b == b',').any(|part| part.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+    value
+        .split(|&b| b == b',')
+        .any(|part| part.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
 /// `101 Switching Protocols` with any extra headers.
 pub fn switching_protocols(accept: &str, extra_headers: &[(&str, &str)]) -> Vec<u8> {
     let mut out = String::with_capacity(160);
-    out.push_str("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n");
+    out.push_str(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n",
+    );
     let _ = write!(out, "Sec-WebSocket-Accept: {accept}\r\n");
     for (name, value) in extra_headers {
         let _ = write!(out, "{name}: {value}\r\n");
@@ -191,24 +219,40 @@ mod tests {
     #[test]
     fn parses_an_upgrade() {
         let head = parse_request_head(UPGRADE).unwrap().unwrap();
-        assert_eq!((head.method.as_str(), head.path.as_str()), ("GET", "/_rt/ws"));
+        assert_eq!(
+            (head.method.as_str(), head.path.as_str()),
+            ("GET", "/_rt/ws")
+        );
         assert_eq!(head.query_param("cid").as_deref(), Some("a b"));
         assert_eq!(head.head_len, UPGRADE.len());
         // RFC 6455's example key and accept value.
-        assert_eq!(head.websocket_upgrade(), Upgrade::Valid { accept: "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".into() });
+        assert_eq!(
+            head.websocket_upgrade(),
+            Upgrade::Valid {
+                accept: "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".into()
+            }
+        );
     }
 
     #[test]
     fn incomplete_and_oversized_heads() {
         assert_eq!(parse_request_head(&UPGRADE[..30]), Ok(None));
         let huge = format!("GET / HTTP/1.1\r\nX: {}\r\n", "a".repeat(MAX_HEAD_BYTES));
-        assert_eq!(parse_request_head(huge.as_bytes()), Err(HttpError::TooLarge));
-        assert_eq!(parse_request_head(b"\x00\x01garbage\r\n\r\n"), Err(HttpError::Malformed));
+        assert_eq!(
+            parse_request_head(huge.as_bytes()),
+            Err(HttpError::TooLarge)
+        );
+        assert_eq!(
+            parse_request_head(b"\x00\x01garbage\r\n\r\n"),
+            Err(HttpError::Malformed)
+        );
     }
 
     #[test]
     fn upgrade_checks() {
-        let plain = parse_request_head(b"GET /_rt/ws HTTP/1.1\r\nHost: x\r\n\r\n").unwrap().unwrap();
+        let plain = parse_request_head(b"GET /_rt/ws HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap()
+            .unwrap();
         assert_eq!(plain.websocket_upgrade(), Upgrade::NotRequested);
         let no_key = parse_request_head(
             b"GET /_rt/ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n",

@@ -98,7 +98,11 @@ pub struct WsDecoder {
 impl WsDecoder {
     /// A decoder refusing messages over `max_message` bytes.
     pub fn new(max_message: usize) -> WsDecoder {
-        WsDecoder { max_message, require_mask: true, fragments: None }
+        WsDecoder {
+            max_message,
+            require_mask: true,
+            fragments: None,
+        }
     }
 
     /// Accepts unmasked frames (for decoding our own output in tests and tools).
@@ -132,8 +136,12 @@ impl WsDecoder {
                 OpCode::Data(data) if !header.is_final => {
                     match (data, self.fragments.as_mut()) {
                         (Data::Continue, Some((_, acc))) => acc.extend_from_slice(&buf[start..end]),
-                        (Data::Continue, None) => return Err(WsError::Protocol("continuation without a start")),
-                        (first, _) => self.fragments = Some((first == Data::Text, buf[start..end].to_vec())),
+                        (Data::Continue, None) => {
+                            return Err(WsError::Protocol("continuation without a start"))
+                        }
+                        (first, _) => {
+                            self.fragments = Some((first == Data::Text, buf[start..end].to_vec()))
+                        }
                     }
                     continue;
                 }
@@ -144,9 +152,14 @@ impl WsDecoder {
                     acc.extend_from_slice(&buf[start..end]);
                     data_message(is_text, Payload::Assembled(acc), buf)?
                 }
-                OpCode::Data(data) => data_message(data == Data::Text, Payload::InPlace(start..end), buf)?,
+                OpCode::Data(data) => {
+                    data_message(data == Data::Text, Payload::InPlace(start..end), buf)?
+                }
             };
-            return Ok(Some(Decoded { consumed: offset, message }));
+            return Ok(Some(Decoded {
+                consumed: offset,
+                message,
+            }));
         }
     }
 
@@ -168,7 +181,10 @@ impl WsDecoder {
         if is_control && (len > 125 || !header.is_final) {
             return Err(WsError::Protocol("control frame too long or fragmented"));
         }
-        let so_far = self.fragments.as_ref().map_or(0, |(_, acc)| acc.len() as u64);
+        let so_far = self
+            .fragments
+            .as_ref()
+            .map_or(0, |(_, acc)| acc.len() as u64);
         if len.saturating_add(so_far) > self.max_message as u64 {
             return Err(WsError::TooBig);
         }
@@ -204,7 +220,9 @@ fn close_code(payload: &[u8]) -> Result<Option<CloseCode>, WsError> {
 }
 
 fn unmask(payload: &mut [u8], mask: [u8; 4]) {
-    let mask64 = u64::from_ne_bytes([mask[0], mask[1], mask[2], mask[3], mask[0], mask[1], mask[2], mask[3]]);
+    let mask64 = u64::from_ne_bytes([
+        mask[0], mask[1], mask[2], mask[3], mask[0], mask[1], mask[2], mask[3],
+    ]);
     let mut chunks = payload.chunks_exact_mut(8);
     for chunk in &mut chunks {
         let mut word = [0u8; 8];
@@ -227,7 +245,10 @@ pub fn header_len(payload_len: usize) -> usize {
 
 /// Writes a final, unmasked frame header into `out` (exactly `header_len` bytes).
 pub fn write_header(out: &mut [u8], opcode_byte: u8, payload_len: usize) {
-    let header = FrameHeader { opcode: opcode(opcode_byte), ..FrameHeader::default() };
+    let header = FrameHeader {
+        opcode: opcode(opcode_byte),
+        ..FrameHeader::default()
+    };
     let mut cursor = Cursor::new(out);
     // Writing into a slice sized by `header_len` cannot fail.
     let _ = header.format(payload_len as u64, &mut cursor);

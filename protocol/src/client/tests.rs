@@ -7,8 +7,11 @@ fn parse(text: &str) -> Result<ClientFrame<'_>, ParseFailure<'_>> {
 
 #[test]
 fn subscribe_with_catch_up() {
-    let frame = parse(r#"{"action":"subscribe","channel":"chat:lobby","lastEventId":41,"epoch":"e1"}"#);
-    let ClientFrame::Subscribe(sub) = frame.unwrap() else { panic!("not a subscribe") };
+    let frame =
+        parse(r#"{"action":"subscribe","channel":"chat:lobby","lastEventId":41,"epoch":"e1"}"#);
+    let ClientFrame::Subscribe(sub) = frame.unwrap() else {
+        panic!("not a subscribe")
+    };
     assert_eq!(sub.channel.as_str(), "chat:lobby");
     assert_eq!(sub.last_event_id, Some(41));
     assert_eq!(sub.epoch.as_deref(), Some("e1"));
@@ -18,7 +21,9 @@ fn subscribe_with_catch_up() {
 #[test]
 fn publish_keeps_raw_data_and_ref() {
     let text = r#"{"action":"publish","channel":"c","data":{"b":1,"a":[1.50,"x"]},"userId":"alice","ref":"r-1"}"#;
-    let ClientFrame::Publish(p) = parse(text).unwrap() else { panic!("not a publish") };
+    let ClientFrame::Publish(p) = parse(text).unwrap() else {
+        panic!("not a publish")
+    };
     assert_eq!(p.data, br#"{"b":1,"a":[1.50,"x"]}"#);
     assert_eq!(p.user_id.as_deref(), Some("alice"));
     assert_eq!(p.reference, Some(&br#""r-1""#[..]));
@@ -27,7 +32,8 @@ fn publish_keeps_raw_data_and_ref() {
 #[test]
 fn publish_with_null_user_id_as_the_sdk_sends_it() {
     // The SDK sends `userId: undefined`, which JSON.stringify drops; null is accepted too.
-    let ClientFrame::Publish(p) = parse(r#"{"action":"publish","channel":"c","data":1,"userId":null}"#).unwrap()
+    let ClientFrame::Publish(p) =
+        parse(r#"{"action":"publish","channel":"c","data":1,"userId":null}"#).unwrap()
     else {
         panic!("not a publish")
     };
@@ -69,19 +75,35 @@ fn invalid_channels() {
         r#"{"action":"subscribe","channel":""}"#,
         r#"{"action":"subscribe","channel":"a\u0001b"}"#,
     ] {
-        assert_eq!(parse(text).unwrap_err().code, ErrorCode::InvalidChannel, "{text}");
+        assert_eq!(
+            parse(text).unwrap_err().code,
+            ErrorCode::InvalidChannel,
+            "{text}"
+        );
     }
-    let long = format!(r#"{{"action":"subscribe","channel":"{}"}}"#, "x".repeat(256));
+    let long = format!(
+        r#"{{"action":"subscribe","channel":"{}"}}"#,
+        "x".repeat(256)
+    );
     assert_eq!(parse(&long).unwrap_err().code, ErrorCode::InvalidChannel);
 }
 
 #[test]
 fn presence_frames() {
-    let f = parse(r#"{"action":"presence:join","channel":"c","userId":"u","metadata":{"n":1}}"#).unwrap();
-    let ClientFrame::PresenceJoin(j) = f else { panic!("not a join") };
+    let f = parse(r#"{"action":"presence:join","channel":"c","userId":"u","metadata":{"n":1}}"#)
+        .unwrap();
+    let ClientFrame::PresenceJoin(j) = f else {
+        panic!("not a join")
+    };
     assert_eq!(j.metadata, Some(&br#"{"n":1}"#[..]));
-    assert!(matches!(parse(r#"{"action":"presence:leave","channel":"c"}"#), Ok(ClientFrame::PresenceLeave { .. })));
-    assert!(matches!(parse(r#"{"action":"ping"}"#), Ok(ClientFrame::Ping)));
+    assert!(matches!(
+        parse(r#"{"action":"presence:leave","channel":"c"}"#),
+        Ok(ClientFrame::PresenceLeave { .. })
+    ));
+    assert!(matches!(
+        parse(r#"{"action":"ping"}"#),
+        Ok(ClientFrame::Ping)
+    ));
 }
 
 proptest! {
@@ -111,9 +133,11 @@ fn arb_json() -> impl Strategy<Value = String> {
     ];
     leaf.prop_recursive(3, 24, 4, |inner| {
         prop_oneof![
-            proptest::collection::vec(inner.clone(), 0..4).prop_map(|v| format!("[{}]", v.join(","))),
+            proptest::collection::vec(inner.clone(), 0..4)
+                .prop_map(|v| format!("[{}]", v.join(","))),
             proptest::collection::vec(("[a-z]{1,4}", inner), 0..4).prop_map(|v| {
-                let members: Vec<String> = v.into_iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+                let members: Vec<String> =
+                    v.into_iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
                 format!("{{{}}}", members.join(","))
             }),
         ]

@@ -21,7 +21,10 @@ fn client_frame(first_byte: u8, payload: &[u8]) -> Vec<u8> {
     out
 }
 
-fn decode_all(decoder: &mut WsDecoder, mut buf: Vec<u8>) -> Result<Vec<(Message, Vec<u8>)>, WsError> {
+fn decode_all(
+    decoder: &mut WsDecoder,
+    mut buf: Vec<u8>,
+) -> Result<Vec<(Message, Vec<u8>)>, WsError> {
     let mut out = Vec::new();
     while let Some(Decoded { consumed, message }) = decoder.decode(&mut buf)? {
         let bytes = match &message {
@@ -39,7 +42,9 @@ fn text_frame_in_place() {
     let mut buf = client_frame(0x81, b"{\"action\":\"ping\"}");
     let decoded = WsDecoder::new(1024).decode(&mut buf).unwrap().unwrap();
     assert_eq!(decoded.consumed, buf.len());
-    let Message::Text(payload) = decoded.message else { panic!("not text") };
+    let Message::Text(payload) = decoded.message else {
+        panic!("not text")
+    };
     assert_eq!(payload.bytes(&buf), b"{\"action\":\"ping\"}");
 }
 
@@ -48,7 +53,11 @@ fn partial_frames_wait_for_more() {
     let full = client_frame(0x81, b"hello world");
     for cut in 0..full.len() {
         let mut part = full[..cut].to_vec();
-        assert_eq!(WsDecoder::new(1024).decode(&mut part), Ok(None), "cut at {cut}");
+        assert_eq!(
+            WsDecoder::new(1024).decode(&mut part),
+            Ok(None),
+            "cut at {cut}"
+        );
     }
 }
 
@@ -66,7 +75,10 @@ fn fragments_reassemble_with_control_frames_between() {
 #[test]
 fn violations_map_to_close_codes() {
     let cases: Vec<(Vec<u8>, CloseCode)> = vec![
-        (client_frame(0x81, &[0xff, 0xfe]), CloseCode::INVALID_PAYLOAD),
+        (
+            client_frame(0x81, &[0xff, 0xfe]),
+            CloseCode::INVALID_PAYLOAD,
+        ),
         (client_frame(0xC1, b"x"), CloseCode::PROTOCOL_ERROR),
         (client_frame(0x83, b"x"), CloseCode::PROTOCOL_ERROR),
         (client_frame(0x80, b"x"), CloseCode::PROTOCOL_ERROR),
@@ -85,10 +97,16 @@ fn violations_map_to_close_codes() {
 fn too_big_is_known_from_the_header_alone() {
     let frame = client_frame(0x82, &vec![0u8; 70_000]);
     let mut head = frame[..14].to_vec();
-    assert_eq!(WsDecoder::new(65_536).decode(&mut head), Err(WsError::TooBig));
+    assert_eq!(
+        WsDecoder::new(65_536).decode(&mut head),
+        Err(WsError::TooBig)
+    );
     let mut fragments = client_frame(0x01, &[b'a'; 40]);
     fragments.extend(client_frame(0x80, &[b'a'; 40]));
-    assert_eq!(decode_all(&mut WsDecoder::new(64), fragments).unwrap_err(), WsError::TooBig);
+    assert_eq!(
+        decode_all(&mut WsDecoder::new(64), fragments).unwrap_err(),
+        WsError::TooBig
+    );
 }
 
 #[test]

@@ -1,0 +1,304 @@
+//! Server configuration: defaults, the TOML file (`--config`) and command-line flags, in
+//! that order of precedence (a flag beats the file, the file beats the default). Every
+//! flag has a twin key in the file.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::tenant::{Plan, TenantConfig};
+
+/// The `--dev` tenant (SPEC §2).
+pub const DEV_TENANT: &str = "dev";
+
+/// Everything the server needs to start, after merging file and flags.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Address every shard listens on (SO_REUSEPORT).
+    pub listen: SocketAddr,
+    /// Number of shards (threads, one per CPU by default).
+    pub shards: usize,
+    /// Where history logs live.
+    pub data_dir: PathBuf,
+    /// Development mode: the `dev` tenant, no API key.
+    pub dev: bool,
+    /// Connections beyond this get `503 overloaded`.
+    pub max_connections: usize,
+    /// Largest WebSocket message accepted (close 1009 beyond).
+    pub max_message_bytes: usize,
+    /// Per-connection outbound buffer; when full the connection is closed with 4008.
+    pub outbound_buffer_bytes: usize,
+    /// Time allowed for a request head to arrive.
+    pub handshake_timeout_ms: u64,
+    /// Time allowed for connections to close on shutdown.
+    pub shutdown_grace_ms: u64,
+    /// Tenant used when a request names none.
+    pub default_tenant: Option<String>,
+    /// Tenants and their plans.
+    pub tenants: Vec<TenantConfig>,
+    /// History settings.
+    pub history: HistoryConfig,
+}
+
+/// How history logs are kept (see `docs/store-format.md`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HistoryConfig {
+    /// Byte bound of each channel's ring (the message bound comes from the plan).
+    pub max_bytes_per_channel: u64,
+    /// `never` (page cache; survives a process crash), `every_append` (msync per
+    /// message; survives power loss), or `interval` with `flush_interval_ms`.
+    pub flush: FlushPolicy,
+    /// For `flush = "interval"`.
+    pub flush_interval_ms: u32,
+    /// Logs of channels idle this long are deleted.
+    pub idle_ttl_secs: u64,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        HistoryConfig {
+            max_bytes_per_channel: 1 << 20,
+            flush: FlushPolicy::Never,
+            flush_interval_ms: 1000,
+            idle_ttl_secs: 7 * 24 * 3600,
+        }
+    }
+}
+
+/// When history is msync'ed to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FlushPolicy {
+    /// Never explicitly: the page cache keeps it across a process crash.
+    Never,
+    /// After every append.
+    EveryAppend,
+    /// At most every `flush_interval_ms`.
+    Interval,
+}
+
+/// The TOML file, every key optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    listen: Option<SocketAddr>,
+    shards: Option<usize>,
+    data_dir: Option<PathBuf>,
+    dev: Option<bool>,
+    max_connections: Option<usize>,
+    max_message_bytes: Option<usize>,
+    outbound_buffer_bytes: Option<usize>,
+    handshake_timeout_ms: Option<u64>,
+    shutdown_grace_ms: Option<u64>,
+    default_tenant: Option<String>,
+    #[serde(default)]
+    tenants: Vec<TenantConfig>,
+    #[serde(default)]
+    history: HistoryConfig,
+}
+
+/// Values given on the command line (each `None` when absent).
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// `--listen`
+    pub listen: Option<SocketAddr>,
+    /// `--shards`
+    pub shards: Option<usize>,
+    /// `--data-dir`
+    pub data_dir: Option<PathBuf>,
+    /// `--dev`
+    pub dev: bool,
+    /// `--max-connections`
+    pub max_connections: Option<usize>,
+    /// `--max-message-bytes`
+    pub max_message_bytes: Option<usize>,
+    /// `--outbound-buffer-bytes`
+    pub outbound_buffer_bytes: Option<usize>,
+    /// `--handshake-timeout-ms`
+    pub handshake_timeout_ms: Option<u64>,
+}
+
+/// Why the configuration was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("invalid config {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: Box<toml::de::Error>,
+    },
+    /// A value is out of range.
+    #[error("invalid setting: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Merges defaults, the file at `path` (if any) and the flags.
+    pub fn load(path: Option<&Path>, flags: &Overrides) -> Result<Config, ConfigError> {
+        let file = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                toml::from_str(&text).map_err(|source| ConfigError::Parse {
+                    path: path.to_owned(),
+                    source: Box::new(source),
+                })?
+            }
+            None => FileConfig::default(),
+        };
+        Config::merge(file, flags)
+    }
+
+    fn merge(file: FileConfig, flags: &Overrides) -> Result<Config, ConfigError> {
+        let dev = flags.dev || file.dev.unwrap_or(false);
+        let mut tenants = file.tenants;
+        if dev && !tenants.iter().any(|t| t.id == DEV_TENANT) {
+            tenants.push(TenantConfig::new(DEV_TENANT, Plan::Enterprise));
+        }
+        let default_tenant = file
+            .default_tenant
+            .or_else(|| dev.then(|| DEV_TENANT.to_owned()));
+        let config = Config {
+            listen: flags
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| "127.0.0.1:3001".parse().expect("literal address")),
+            shards: flags.shards.or(file.shards).unwrap_or_else(default_shards),
+            data_dir: flags
+                .data_dir
+                .clone()
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from("./data")),
+            dev,
+            max_connections: flags
+                .max_connections
+                .or(file.max_connections)
+                .unwrap_or(100_000),
+            max_message_bytes: flags
+                .max_message_bytes
+                .or(file.max_message_bytes)
+                .unwrap_or(2 << 20),
+            outbound_buffer_bytes: flags
+                .outbound_buffer_bytes
+                .or(file.outbound_buffer_bytes)
+                .unwrap_or(4 << 20),
+            handshake_timeout_ms: flags
+                .handshake_timeout_ms
+                .or(file.handshake_timeout_ms)
+                .unwrap_or(10_000),
+            shutdown_grace_ms: file.shutdown_grace_ms.unwrap_or(5_000),
+            default_tenant,
+            tenants,
+            history: file.history,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.shards == 0 || self.shards > 1024 {
+            return Err(ConfigError::Invalid(format!(
+                "shards must be 1..=1024, got {}",
+                self.shards
+            )));
+        }
+        if self.max_message_bytes < 1024 {
+            return Err(ConfigError::Invalid(
+                "max_message_bytes must be at least 1024".into(),
+            ));
+        }
+        if self.outbound_buffer_bytes < 1024 {
+            return Err(ConfigError::Invalid(
+                "outbound_buffer_bytes must be at least 1024".into(),
+            ));
+        }
+        if let Some(default) = &self.default_tenant {
+            if !self.tenants.iter().any(|t| &t.id == default) {
+                return Err(ConfigError::Invalid(format!(
+                    "default_tenant `{default}` is not configured"
+                )));
+            }
+        }
+        let mut ids: Vec<&str> = self.tenants.iter().map(|t| t.id.as_str()).collect();
+        ids.sort_unstable();
+        if let Some(pair) = ids.windows(2).find(|w| w[0] == w[1]) {
+            return Err(ConfigError::Invalid(format!(
+                "tenant `{}` configured twice",
+                pair[0]
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn default_shards() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_beat_the_file_and_the_file_beats_defaults() {
+        let file: FileConfig = toml::from_str(
+            "listen = \"127.0.0.1:4000\"\nshards = 3\nmax_connections = 7\n[[tenants]]\nid = \"acme\"\nplan = \"pro\"\n",
+        )
+        .unwrap();
+        let flags = Overrides {
+            shards: Some(2),
+            ..Overrides::default()
+        };
+        let config = Config::merge(file, &flags).unwrap();
+        assert_eq!(config.listen, "127.0.0.1:4000".parse().unwrap());
+        assert_eq!(config.shards, 2);
+        assert_eq!(config.max_connections, 7);
+        assert_eq!(config.tenants.len(), 1);
+        assert_eq!(
+            config.default_tenant, None,
+            "nothing open that the config does not open"
+        );
+    }
+
+    #[test]
+    fn dev_adds_the_dev_tenant() {
+        let config = Config::merge(
+            FileConfig::default(),
+            &Overrides {
+                dev: true,
+                ..Overrides::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(config.default_tenant.as_deref(), Some(DEV_TENANT));
+        assert_eq!(config.tenants[0].plan, Plan::Enterprise);
+        assert_eq!(config.listen.port(), 3001);
+    }
+
+    #[test]
+    fn refuses_bad_values() {
+        let flags = Overrides {
+            shards: Some(0),
+            ..Overrides::default()
+        };
+        assert!(Config::merge(FileConfig::default(), &flags).is_err());
+        let file: FileConfig = toml::from_str("default_tenant = \"ghost\"").unwrap();
+        assert!(Config::merge(file, &Overrides::default()).is_err());
+        assert!(toml::from_str::<FileConfig>("no_such_key = 1").is_err());
+    }
+}

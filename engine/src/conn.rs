@@ -1,0 +1,318 @@
+//! One WebSocket connection's shared state and its writer task.
+//!
+//! A connection is served by two tasks on its shard: the session (reads frames, acts on
+//! them) and the writer (drains the outbound queue with `writev`). Fan-out only appends
+//! shared `Bytes` to the queue and wakes the writer; everything queued while the writer
+//! was busy goes out in the next single `writev` — the per-connection coalescing.
+//!
+//! The queue is bounded by `outbound_buffer_bytes` (queued plus in flight). A push that
+//! would exceed it drops what is queued and closes the connection with 4008.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hashbrown::HashMap;
+use monoio::io::{AsyncWriteRent, OwnedWriteHalf};
+use monoio::net::TcpStream;
+use ringcast_protocol::ws::close_frame;
+use ringcast_protocol::{ChannelName, CloseCode};
+
+use crate::iovec::FrameBatch;
+use crate::keys::ConnId;
+use crate::tenant::Tenant;
+
+/// How long a closing connection may take to flush its last frames.
+const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Where a connection stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnState {
+    /// Serving.
+    Open,
+    /// A close frame with this code is queued; flush, then shut the socket down.
+    Closing(CloseCode),
+    /// Gone: stop writing.
+    Closed,
+}
+
+/// The state of one of the connection's subscriptions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sub {
+    /// Sent to the owner; waiting for the answer with this request number.
+    Pending(u64),
+    /// Receiving messages.
+    Active,
+}
+
+/// What happened to a pushed frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    /// Queued for writing.
+    Queued,
+    /// The connection is closing; the frame was dropped.
+    Dropped,
+    /// The buffer overflowed: the connection is now closing with 4008.
+    Overflowed,
+}
+
+#[derive(Debug)]
+struct Outbound {
+    frames: VecDeque<Bytes>,
+    /// Queued plus in-flight bytes.
+    bytes: usize,
+    limit: usize,
+    state: ConnState,
+}
+
+/// A connection as its shard sees it.
+pub struct Conn {
+    /// Shard-local id.
+    pub id: ConnId,
+    /// The tenant it belongs to.
+    pub tenant: Arc<Tenant>,
+    /// Its subscriptions.
+    pub subs: RefCell<HashMap<ChannelName, Sub>>,
+    out: RefCell<Outbound>,
+    writer_waker: Cell<Option<Waker>>,
+    session_waker: Cell<Option<Waker>>,
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn")
+            .field("id", &self.id)
+            .field("tenant", &self.tenant.id)
+            .field("state", &self.state())
+            .finish()
+    }
+}
+
+impl Conn {
+    /// A new open connection with an outbound bound of `limit` bytes.
+    pub fn new(id: ConnId, tenant: Arc<Tenant>, limit: usize) -> Conn {
+        Conn {
+            id,
+            tenant,
+            subs: RefCell::new(HashMap::new()),
+            out: RefCell::new(Outbound {
+                frames: VecDeque::new(),
+                bytes: 0,
+                limit,
+                state: ConnState::Open,
+            }),
+            writer_waker: Cell::new(None),
+            session_waker: Cell::new(None),
+        }
+    }
+
+    /// The current state.
+    pub fn state(&self) -> ConnState {
+        self.out.borrow().state
+    }
+
+    /// Queues a frame for writing.
+    pub fn push(&self, frame: Bytes) -> Pushed {
+        let mut out = self.out.borrow_mut();
+        if out.state != ConnState::Open {
+            return Pushed::Dropped;
+        }
+        if out.bytes + frame.len() > out.limit {
+            // Memory stays bounded: what is queued goes; the client catches up from history.
+            out.frames.clear();
+            out.bytes = 0;
+            out.state = ConnState::Closing(CloseCode::SLOW_CONSUMER);
+            out.frames
+                .push_back(close_frame(CloseCode::SLOW_CONSUMER, "slow consumer"));
+            drop(out);
+            self.wake_both();
+            return Pushed::Overflowed;
+        }
+        out.bytes += frame.len();
+        let was_empty = out.frames.is_empty();
+        out.frames.push_back(frame);
+        drop(out);
+        if was_empty {
+            wake(&self.writer_waker);
+        }
+        Pushed::Queued
+    }
+
+    /// Starts a close with `code`: the close frame goes after what is queued.
+    pub fn close(&self, code: CloseCode, reason: &str) {
+        let mut out = self.out.borrow_mut();
+        if out.state != ConnState::Open {
+            return;
+        }
+        out.state = ConnState::Closing(code);
+        out.frames.push_back(close_frame(code, reason));
+        drop(out);
+        self.wake_both();
+    }
+
+    /// The connection is gone: drop what is queued and stop the writer.
+    pub fn mark_closed(&self) {
+        let mut out = self.out.borrow_mut();
+        out.state = ConnState::Closed;
+        out.frames.clear();
+        out.bytes = 0;
+        drop(out);
+        self.wake_both();
+    }
+
+    /// Resolves once the connection is no longer open.
+    pub async fn until_not_open(&self) {
+        poll_fn(|cx| {
+            if self.state() != ConnState::Open {
+                return Poll::Ready(());
+            }
+            self.session_waker.set(Some(cx.waker().clone()));
+            Poll::Pending
+        })
+        .await
+    }
+
+    async fn until_closed(&self) {
+        poll_fn(|cx| {
+            if self.state() == ConnState::Closed {
+                return Poll::Ready(());
+            }
+            self.writer_waker.set(Some(cx.waker().clone()));
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Resolves when there is something to write or the state changed.
+    async fn until_writable(&self) {
+        poll_fn(|cx| {
+            let out = self.out.borrow();
+            if !out.frames.is_empty() || out.state != ConnState::Open {
+                return Poll::Ready(());
+            }
+            self.writer_waker.set(Some(cx.waker().clone()));
+            Poll::Pending
+        })
+        .await
+    }
+
+    fn wake_both(&self) {
+        wake(&self.writer_waker);
+        wake(&self.session_waker);
+    }
+}
+
+fn wake(slot: &Cell<Option<Waker>>) {
+    if let Some(waker) = slot.take() {
+        waker.wake();
+    }
+}
+
+/// The writer task: one `writev` per turn with everything queued, until closed.
+pub async fn run_writer(conn: Rc<Conn>, mut writer: OwnedWriteHalf<TcpStream>) {
+    let mut batch = FrameBatch::default();
+    loop {
+        conn.until_writable().await;
+        let state = {
+            let mut out = conn.out.borrow_mut();
+            batch.fill_from(&mut out.frames);
+            out.state
+        };
+        if batch.is_empty() {
+            if state != ConnState::Open {
+                break;
+            }
+            continue;
+        }
+        let deadline = match state {
+            ConnState::Open => None,
+            _ => Some(CLOSE_FLUSH_TIMEOUT),
+        };
+        if !write_batch(&conn, &mut writer, &mut batch, deadline).await {
+            conn.mark_closed();
+            return;
+        }
+    }
+    if matches!(conn.state(), ConnState::Closing(_)) {
+        let _ = monoio::time::timeout(CLOSE_FLUSH_TIMEOUT, writer.shutdown()).await;
+    }
+}
+
+/// Writes the whole batch; false when the socket failed or the connection went away.
+async fn write_batch(
+    conn: &Conn,
+    writer: &mut OwnedWriteHalf<TcpStream>,
+    batch: &mut FrameBatch,
+    deadline: Option<Duration>,
+) -> bool {
+    while !batch.is_empty() {
+        let write = writer.writev(std::mem::take(batch));
+        let result = monoio::select! {
+            result = write => Some(result),
+            _ = conn.until_closed() => None,
+            _ = sleep_or_forever(deadline) => None,
+        };
+        let Some((result, returned)) = result else {
+            return false;
+        };
+        *batch = returned;
+        match result {
+            Ok(0) | Err(_) => return false,
+            Ok(written) => {
+                batch.advance(written);
+                let mut out = conn.out.borrow_mut();
+                out.bytes = out.bytes.saturating_sub(written);
+            }
+        }
+    }
+    true
+}
+
+async fn sleep_or_forever(deadline: Option<Duration>) {
+    match deadline {
+        Some(d) => monoio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tenant::{Plan, TenantConfig, TenantTable};
+
+    fn conn(limit: usize) -> Conn {
+        let tenant = TenantTable::new(&[TenantConfig::new("t", Plan::Free)], Some("t"))
+            .resolve(None)
+            .unwrap();
+        Conn::new(ConnId(1), tenant, limit)
+    }
+
+    #[test]
+    fn overflow_closes_with_4008_and_frees_the_queue() {
+        let c = conn(100);
+        assert_eq!(c.push(Bytes::from(vec![0u8; 60])), Pushed::Queued);
+        assert_eq!(c.push(Bytes::from(vec![0u8; 60])), Pushed::Overflowed);
+        assert_eq!(c.state(), ConnState::Closing(CloseCode::SLOW_CONSUMER));
+        let out = c.out.borrow();
+        assert_eq!(out.frames.len(), 1, "only the close frame is left");
+        assert_eq!(&out.frames[0][2..4], &4008u16.to_be_bytes());
+        drop(out);
+        assert_eq!(c.push(Bytes::from_static(b"x")), Pushed::Dropped);
+    }
+
+    #[test]
+    fn close_queues_behind_pending_frames() {
+        let c = conn(1000);
+        c.push(Bytes::from_static(b"a"));
+        c.close(CloseCode::GOING_AWAY, "shutdown");
+        c.close(CloseCode::NORMAL, "again");
+        let out = c.out.borrow();
+        assert_eq!(out.frames.len(), 2);
+        assert_eq!(&out.frames[1][2..4], &1001u16.to_be_bytes());
+    }
+}

@@ -1,0 +1,170 @@
+//! The owner side of channels: for every channel this shard owns, its history (and so
+//! its seq and epoch) and the set of shards that have subscribers.
+//!
+//! Architecture invariant: a channel's seq is assigned only here, by the one shard that
+//! owns it, and the message is appended to history before it is fanned out.
+
+use bytes::Bytes;
+use hashbrown::HashMap;
+
+use crate::history::{ChannelHistory, HistoryError, HistoryStore};
+use crate::keys::{ChannelKey, ShardId};
+use crate::tenant::Tenant;
+
+/// A small set of shard ids.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShardSet(Vec<u64>);
+
+impl ShardSet {
+    /// Adds `shard`.
+    pub fn insert(&mut self, shard: ShardId) {
+        let (word, bit) = (shard.index() / 64, shard.index() % 64);
+        if self.0.len() <= word {
+            self.0.resize(word + 1, 0);
+        }
+        self.0[word] |= 1 << bit;
+    }
+
+    /// Removes `shard`.
+    pub fn remove(&mut self, shard: ShardId) {
+        let (word, bit) = (shard.index() / 64, shard.index() % 64);
+        if let Some(w) = self.0.get_mut(word) {
+            *w &= !(1 << bit);
+        }
+    }
+
+    /// Whether no shard is in the set.
+    pub fn is_empty(&self) -> bool {
+        self.0.iter().all(|w| *w == 0)
+    }
+
+    /// The shards in the set, ascending.
+    pub fn iter(&self) -> impl Iterator<Item = ShardId> + '_ {
+        self.0.iter().enumerate().flat_map(|(i, &w)| {
+            (0..64)
+                .filter(move |b| w & (1 << b) != 0)
+                .map(move |b| ShardId((i * 64 + b) as u16))
+        })
+    }
+}
+
+/// One owned channel.
+#[derive(Debug)]
+pub struct OwnedChannel {
+    /// Its history log.
+    pub history: ChannelHistory,
+    /// Shards with local subscribers.
+    pub watchers: ShardSet,
+    /// Last publish or subscribe, for idle eviction.
+    pub last_active_ms: u64,
+}
+
+/// Every channel this shard owns that is open now.
+#[derive(Debug)]
+pub struct OwnedChannels {
+    channels: HashMap<ChannelKey, OwnedChannel>,
+    store: HistoryStore,
+}
+
+impl OwnedChannels {
+    /// An empty table writing history through `store`.
+    pub fn new(store: HistoryStore) -> OwnedChannels {
+        OwnedChannels {
+            channels: HashMap::new(),
+            store,
+        }
+    }
+
+    /// The channel, opening (or creating) its history on first use.
+    pub fn open(
+        &mut self,
+        key: &ChannelKey,
+        tenant: &Tenant,
+        now_ms: u64,
+    ) -> Result<&mut OwnedChannel, HistoryError> {
+        if !self.channels.contains_key(key) {
+            let history = self.store.open(key, tenant)?;
+            self.channels.insert(
+                key.clone(),
+                OwnedChannel {
+                    history,
+                    watchers: ShardSet::default(),
+                    last_active_ms: now_ms,
+                },
+            );
+        }
+        let channel = self.channels.get_mut(key).expect("inserted above");
+        channel.last_active_ms = now_ms;
+        Ok(channel)
+    }
+
+    /// Shard `from` no longer has subscribers on `key`.
+    pub fn unwatch(&mut self, key: &ChannelKey, from: ShardId) {
+        if let Some(channel) = self.channels.get_mut(key) {
+            channel.watchers.remove(from);
+        }
+    }
+
+    /// Closes channels nobody watches that were idle since `idle_before_ms`, and flushes
+    /// the rest if the flush policy asks for it.
+    pub fn housekeeping(&mut self, now_ms: u64, idle_before_ms: u64) {
+        self.channels
+            .retain(|_, c| !(c.watchers.is_empty() && c.last_active_ms < idle_before_ms));
+        for channel in self.channels.values_mut() {
+            channel.history.tick(now_ms);
+        }
+    }
+
+    /// Removes history logs idle past the TTL (only of channels not open here).
+    pub fn remove_idle_logs(&self, now_ms: u64) -> usize {
+        self.store.remove_idle(now_ms, |key| {
+            self.channels.keys().any(|k| k.log_key() == key)
+        })
+    }
+
+    /// Number of open channels.
+    pub fn len(&self) -> usize {
+        self.channels.len()
+    }
+
+    /// Whether no channel is open.
+    pub fn is_empty(&self) -> bool {
+        self.channels.is_empty()
+    }
+}
+
+/// Frames produced by a subscribe at the owner.
+#[derive(Debug)]
+pub struct SubscribeAnswer {
+    /// Replayed messages, oldest first.
+    pub replay: Vec<Bytes>,
+    /// Latest seq.
+    pub seq: u64,
+    /// The history's epoch, as sent to clients.
+    pub epoch: String,
+    /// Whether every message after `lastEventId` was replayed.
+    pub recovered: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shard_set() {
+        let mut set = ShardSet::default();
+        assert!(set.is_empty());
+        for s in [3u16, 0, 70] {
+            set.insert(ShardId(s));
+        }
+        set.insert(ShardId(3));
+        assert_eq!(
+            set.iter().collect::<Vec<_>>(),
+            vec![ShardId(0), ShardId(3), ShardId(70)]
+        );
+        set.remove(ShardId(3));
+        set.remove(ShardId(0));
+        set.remove(ShardId(70));
+        assert!(set.is_empty());
+    }
+}

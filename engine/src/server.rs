@@ -1,0 +1,279 @@
+//! Start-up and shutdown: bind one `SO_REUSEPORT` listener per shard, start one pinned
+//! thread per shard, each running a monoio runtime (io_uring, or the legacy driver with a
+//! log line where io_uring is missing), print the listening line, and on SIGTERM/SIGINT
+//! close every connection with 1001 and exit.
+
+use std::future::poll_fn;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::AtomicUsize;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::config::Config;
+use crate::history::HistoryStore;
+use crate::http::{serve_connection, ConnectionSlot};
+use crate::keys::ShardId;
+use crate::mesh::Mesh;
+use crate::metrics::Metrics;
+use crate::shard::{Shard, Shared};
+use crate::tenant::TenantTable;
+
+/// Messages handled per inbox batch before other tasks get a turn.
+const INBOX_BATCH: usize = 256;
+
+/// Runs the server until a signal stops it.
+pub fn run(config: Config) -> anyhow::Result<()> {
+    let shards = config.shards;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+    let (listeners, addr) = bind_listeners(config.listen, shards)
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let tenants = TenantTable::new(&config.tenants, config.default_tenant.as_deref());
+    let shared = Arc::new(Shared {
+        config: ArcSwap::from_pointee(config.clone()),
+        tenants: ArcSwap::from_pointee(tenants),
+        metrics: Metrics::new(),
+        open_connections: AtomicUsize::new(0),
+        ready_shards: AtomicUsize::new(0),
+    });
+    let mesh = Mesh::new(shards);
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    if !monoio::utils::detect_uring() {
+        tracing::warn!("io_uring is unavailable: shards run on monoio's legacy (epoll) driver");
+    }
+
+    let (events_tx, events_rx) = mpsc::channel::<ShardEvent>();
+    let mut threads = Vec::with_capacity(shards);
+    for (index, listener) in listeners.into_iter().enumerate() {
+        let id = ShardId(index as u16);
+        let core = (!cores.is_empty()).then(|| cores[index % cores.len()]);
+        let history =
+            HistoryStore::new(&config.data_dir, &config.history).context("cannot open history")?;
+        let (mesh, shared, events) = (mesh.clone(), shared.clone(), events_tx.clone());
+        let thread = std::thread::Builder::new()
+            .name(format!("shard-{index}"))
+            .spawn(move || {
+                let _exit = ExitNotice {
+                    id,
+                    events: events.clone(),
+                };
+                shard_thread(id, core, listener, mesh, shared, history, events);
+            })
+            .context("cannot start shard thread")?;
+        threads.push(thread);
+    }
+    drop(events_tx);
+
+    let mut started = 0;
+    while started < shards {
+        match events_rx.recv() {
+            Ok(ShardEvent::Ready) => started += 1,
+            Ok(ShardEvent::Failed(id, e)) => {
+                mesh.shutdown_all();
+                anyhow::bail!("shard {id} failed to start: {e}");
+            }
+            Ok(ShardEvent::Exited(id)) => {
+                mesh.shutdown_all();
+                anyhow::bail!("shard {id} exited during start-up");
+            }
+            Err(_) => anyhow::bail!("shards exited during start-up"),
+        }
+    }
+    println!("ringcast listening on {addr} shards={shards}");
+    tracing::info!(%addr, shards, dev = config.dev, "ringcast listening");
+
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])
+    .context("cannot install signal handlers")?;
+    let signal_handle = signals.handle();
+    let signal_mesh = mesh.clone();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Some(signal) = signals.forever().next() {
+                tracing::info!(signal, "shutting down");
+                signal_mesh.shutdown_all();
+            }
+        })?;
+
+    // The first shard to exit (after a signal, or a crash) takes the others down.
+    if let Ok(ShardEvent::Exited(id)) = events_rx.recv() {
+        if !mesh.is_shutting_down() {
+            tracing::error!(shard = %id, "shard exited unexpectedly; shutting down");
+        }
+    }
+    mesh.shutdown_all();
+    signal_handle.close();
+    let mut clean = true;
+    for thread in threads {
+        clean &= thread.join().is_ok();
+    }
+    anyhow::ensure!(clean, "a shard thread panicked");
+    tracing::info!("stopped");
+    Ok(())
+}
+
+enum ShardEvent {
+    Ready,
+    Failed(ShardId, String),
+    Exited(ShardId),
+}
+
+/// Tells the main thread a shard thread ended, however it ended (panics included).
+struct ExitNotice {
+    id: ShardId,
+    events: mpsc::Sender<ShardEvent>,
+}
+
+impl Drop for ExitNotice {
+    fn drop(&mut self) {
+        let _ = self.events.send(ShardEvent::Exited(self.id));
+    }
+}
+
+fn bind_listeners(
+    addr: SocketAddr,
+    shards: usize,
+) -> std::io::Result<(Vec<std::net::TcpListener>, SocketAddr)> {
+    let mut bound = addr;
+    let mut listeners = Vec::with_capacity(shards);
+    for _ in 0..shards {
+        let socket = Socket::new(
+            Domain::for_address(bound),
+            Type::STREAM,
+            Some(Protocol::TCP),
+        )?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&bound.into())?;
+        socket.listen(4096)?;
+        // With port 0 the first bind picks the port; the other shards join it.
+        bound = socket.local_addr()?.as_socket().unwrap_or(bound);
+        listeners.push(socket.into());
+    }
+    Ok((listeners, bound))
+}
+
+fn shard_thread(
+    id: ShardId,
+    core: Option<core_affinity::CoreId>,
+    listener: std::net::TcpListener,
+    mesh: Arc<Mesh>,
+    shared: Arc<Shared>,
+    history: HistoryStore,
+    events: mpsc::Sender<ShardEvent>,
+) {
+    if let Some(core) = core {
+        if !core_affinity::set_for_current(core) {
+            tracing::warn!(shard = %id, core = core.id, "could not pin shard to its core");
+        }
+    }
+    let runtime = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+        .enable_timer()
+        .build();
+    let mut runtime = match runtime {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            let _ = events.send(ShardEvent::Failed(id, e.to_string()));
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        let listener = match monoio::net::TcpListener::from_std(listener) {
+            Ok(listener) => listener,
+            Err(e) => {
+                let _ = events.send(ShardEvent::Failed(id, e.to_string()));
+                return;
+            }
+        };
+        let grace = Duration::from_millis(shared.config.load().shutdown_grace_ms);
+        let shard = Rc::new(Shard::new(id, mesh.clone(), shared, history));
+        monoio::spawn(accept_loop(shard.clone(), listener));
+        monoio::spawn(housekeeping_loop(shard.clone()));
+        shard.mark_ready();
+        let _ = events.send(ShardEvent::Ready);
+        run_inbox(&shard, &mesh, grace).await;
+    });
+}
+
+/// Handles inbox messages until shutdown, then until connections have closed (or the
+/// grace period ends).
+async fn run_inbox(shard: &Rc<Shard>, mesh: &Mesh, grace: Duration) {
+    let inbox = mesh.inbox(shard.id);
+    let mut batch = Vec::with_capacity(INBOX_BATCH);
+    while !shard.is_shutting_down() {
+        inbox.recv_batch(&mut batch, INBOX_BATCH).await;
+        for msg in batch.drain(..) {
+            shard.handle(msg);
+        }
+        // Let sessions and writers run between batches: writers flush everything the
+        // batch queued in one writev each.
+        yield_now().await;
+    }
+    let deadline = monoio::time::Instant::now() + grace;
+    while shard.connection_count() > 0 && monoio::time::Instant::now() < deadline {
+        let _ = monoio::time::timeout(
+            Duration::from_millis(20),
+            inbox.recv_batch(&mut batch, INBOX_BATCH),
+        )
+        .await;
+        for msg in batch.drain(..) {
+            shard.handle(msg);
+        }
+    }
+}
+
+async fn accept_loop(shard: Rc<Shard>, listener: monoio::net::TcpListener) {
+    loop {
+        let accepted = monoio::select! {
+            accepted = listener.accept() => Some(accepted),
+            _ = shard.until_shutdown() => None,
+        };
+        match accepted {
+            None => break,
+            Some(Ok((stream, _))) => {
+                let _ = stream.set_nodelay(true);
+                let slot = ConnectionSlot::acquire(&shard);
+                monoio::spawn(serve_connection(shard.clone(), stream, slot));
+            }
+            Some(Err(e)) => {
+                // Typically EMFILE: back off instead of spinning.
+                tracing::warn!(shard = %shard.id, error = %e, "accept failed");
+                monoio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+async fn housekeeping_loop(shard: Rc<Shard>) {
+    let mut ticks: u64 = 0;
+    while !shard.is_shutting_down() {
+        monoio::time::sleep(Duration::from_secs(1)).await;
+        ticks += 1;
+        shard.housekeeping(ticks % 600 == 1);
+    }
+}
+
+/// Gives other tasks on this thread one turn.
+async fn yield_now() {
+    let mut yielded = false;
+    poll_fn(|cx| {
+        if yielded {
+            return Poll::Ready(());
+        }
+        yielded = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    })
+    .await
+}

@@ -1,0 +1,139 @@
+//! The WebSocket session task: reads frames, hands text messages to the shard, answers
+//! control frames, and closes with the right code on protocol violations.
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use monoio::buf::IoBufMut;
+use monoio::io::{AsyncReadRent, OwnedReadHalf, Splitable};
+use monoio::net::TcpStream;
+use ringcast_protocol::ws::{pong_frame, Decoded, Message, WsDecoder};
+use ringcast_protocol::{event, CloseCode};
+
+use crate::clock::now_ms;
+use crate::conn::{run_writer, Conn, ConnState};
+use crate::shard::Shard;
+use crate::tenant::Tenant;
+
+/// Initial read buffer; grows up to the max message size for large messages and shrinks
+/// back when idle, so idle connections stay small.
+const READ_BUF: usize = 2048;
+/// How long a closing connection waits for the client's side to finish.
+const LINGER: Duration = Duration::from_secs(2);
+/// A publisher waits while the owner's inbox is deeper than this.
+const OWNER_INBOX_HIGH_WATER: usize = 65_536;
+
+/// Serves one upgraded connection until it closes.
+pub async fn run_session(
+    shard: Rc<Shard>,
+    stream: TcpStream,
+    leftover: Vec<u8>,
+    tenant: Arc<Tenant>,
+    client_id: String,
+) {
+    let conn = shard.register_conn(tenant);
+    let (mut reader, writer) = stream.into_split();
+    monoio::spawn(run_writer(conn.clone(), writer));
+    shard.push(&conn, event::connected(&client_id, now_ms()));
+
+    let max_message = shard.shared.config.load().max_message_bytes;
+    let mut decoder = WsDecoder::new(max_message);
+    let mut buf = leftover;
+    buf.reserve(READ_BUF);
+    'serve: loop {
+        let mut offset = 0;
+        loop {
+            let decoded = decoder.decode(&mut buf[offset..]);
+            match decoded {
+                Ok(Some(Decoded { consumed, message })) => {
+                    handle_message(&shard, &conn, &message, &buf[offset..]).await;
+                    offset += consumed;
+                    if conn.state() != ConnState::Open {
+                        break 'serve;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    conn.close(e.close_code(), &e.to_string());
+                    break 'serve;
+                }
+            }
+        }
+        buf.drain(..offset);
+        if buf.is_empty() && buf.capacity() > 4 * READ_BUF {
+            buf = Vec::with_capacity(READ_BUF);
+        } else if buf.capacity() - buf.len() < READ_BUF / 2 {
+            buf.reserve(buf.len().max(READ_BUF));
+        }
+        let len = buf.len();
+        let read = reader.read(buf.slice_mut(len..));
+        let outcome = monoio::select! {
+            (result, slice) = read => Some((result, slice.into_inner())),
+            _ = conn.until_not_open() => None,
+        };
+        let Some((result, returned)) = outcome else {
+            break;
+        };
+        buf = returned;
+        match result {
+            Ok(0) | Err(_) => {
+                conn.mark_closed();
+                break;
+            }
+            Ok(_) => {}
+        }
+    }
+    if matches!(conn.state(), ConnState::Closing(_)) {
+        linger(&mut reader).await;
+    }
+    conn.mark_closed();
+    shard.unregister_conn(&conn);
+}
+
+async fn handle_message(shard: &Rc<Shard>, conn: &Rc<Conn>, message: &Message, buf: &[u8]) {
+    match message {
+        Message::Text(payload) => {
+            hold_back_publisher(shard).await;
+            shard.on_text(conn, payload.bytes(buf));
+        }
+        Message::Binary(_) => shard.on_binary(conn),
+        Message::Ping(payload) => shard.push(conn, pong_frame(payload.bytes(buf))),
+        Message::Pong => {}
+        Message::Close(code) => {
+            let answer = match code {
+                Some(code) if code.0 >= 1000 => *code,
+                _ => CloseCode::NORMAL,
+            };
+            conn.close(answer, "");
+        }
+    }
+}
+
+/// Backpressure: when an owner falls behind, publishers stop reading until it catches up,
+/// so inbox memory stays bounded.
+async fn hold_back_publisher(shard: &Shard) {
+    for _ in 0..10_000 {
+        if shard.mesh.deepest_inbox() <= OWNER_INBOX_HIGH_WATER || shard.is_shutting_down() {
+            return;
+        }
+        monoio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// After our close frame, read (and discard) until the client closes or time runs out,
+/// so the close frame is not lost to a reset.
+async fn linger(reader: &mut OwnedReadHalf<TcpStream>) {
+    let deadline = monoio::time::Instant::now() + LINGER;
+    let mut buf = Vec::with_capacity(1024);
+    loop {
+        let read = monoio::time::timeout_at(deadline, reader.read(buf)).await;
+        match read {
+            Ok((Ok(n), returned)) if n > 0 => {
+                buf = returned;
+                buf.clear();
+            }
+            _ => return,
+        }
+    }
+}

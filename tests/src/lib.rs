@@ -246,6 +246,11 @@ impl Server {
         String::from_utf8_lossy(&text[start..]).into_owned()
     }
 
+    /// Waits up to `timeout` for the process to exit (after a signal).
+    pub fn terminate_wait(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        self.wait_exit(timeout)
+    }
+
     fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
         let child = self.child.as_mut().context("server is not running")?;
         let deadline = Instant::now() + timeout;

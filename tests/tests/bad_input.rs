@@ -1,0 +1,382 @@
+//! Bad frames, protocol violations and HTTP errors: SPEC §3 error codes, the wire
+//! contract's close codes and HTTP error table.
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use ringcast_tests::{
+    frame_header, http_get, http_request, json, masked_frame, read_http_response, unmasked_frame,
+    upgrade_request, Client, ConnectError, Server, TIMEOUT,
+};
+use serde_json::Value;
+
+fn expect_error(c: &mut Client, code: &str, what: &str) -> Value {
+    let ev = c
+        .recv_event(TIMEOUT)
+        .unwrap_or_else(|e| panic!("{what}: no error event: {e:#}"));
+    assert_eq!(ev["event"], "error", "{what}: {ev}");
+    assert_eq!(ev["data"]["code"], code, "{what}: {ev}");
+    assert!(
+        ev["data"]["message"].is_string(),
+        "{what}: data.message is a string: {ev}"
+    );
+    assert!(ev["ts"].is_u64(), "{what}: ts: {ev}");
+    ev
+}
+
+#[test]
+fn bad_frames_get_bad_request_and_connection_survives() -> Result<()> {
+    let server = Server::start(&[])?;
+    let mut c = Client::open(&server, "")?;
+    let cases: &[(&str, &str)] = &[
+        ("malformed JSON", r#"{"action":"publish","#),
+        ("not JSON at all", "hello"),
+        ("unknown action", r#"{"action":"dance","channel":"x"}"#),
+        ("missing action", r#"{"channel":"x"}"#),
+        (
+            "publish without channel",
+            r#"{"action":"publish","data":1}"#,
+        ),
+        ("subscribe without channel", r#"{"action":"subscribe"}"#),
+        ("mistyped channel", r#"{"action":"subscribe","channel":42}"#),
+        ("array frame", "[1,2]"),
+        ("string frame", r#""x""#),
+        ("number frame", "42"),
+    ];
+    for (what, frame) in cases {
+        c.send_raw_text(frame)?;
+        expect_error(&mut c, "bad_request", what);
+        c.ping_pong()
+            .unwrap_or_else(|e| panic!("after {what}: connection no longer answers ping: {e:#}"));
+    }
+    c.send_binary(br#"{"action":"ping"}"#)?;
+    expect_error(&mut c, "bad_request", "binary frame");
+    c.ping_pong()?;
+    // Still a working subscriber.
+    c.subscribe("still:fine")?;
+    Ok(())
+}
+
+#[test]
+fn errors_carry_the_frames_ref() -> Result<()> {
+    let server = Server::start(&[])?;
+    let mut c = Client::open(&server, "")?;
+    c.send_json(&json!({"action": "publish", "channel": "", "data": 1, "ref": "r-9"}))?;
+    let ev = expect_error(
+        &mut c,
+        "invalid_channel",
+        "publish to empty channel with ref",
+    );
+    assert_eq!(ev["ref"], "r-9", "{ev}");
+
+    c.send_json(&json!({"action": "publish", "data": 1, "ref": 5}))?;
+    let ev = expect_error(
+        &mut c,
+        "bad_request",
+        "publish without channel with numeric ref",
+    );
+    assert_eq!(ev["ref"], 5, "{ev}");
+
+    // Without ref: no ref key (or null).
+    c.send_json(&json!({"action": "publish", "channel": "", "data": 1}))?;
+    let ev = expect_error(&mut c, "invalid_channel", "publish to empty channel");
+    assert!(ev.get("ref").is_none_or(Value::is_null), "{ev}");
+    Ok(())
+}
+
+#[test]
+fn invalid_channel_names() -> Result<()> {
+    let server = Server::start(&[])?;
+    let mut c = Client::open(&server, "")?;
+    let long = "x".repeat(256);
+    for (what, name) in [
+        ("empty", ""),
+        ("256 bytes", long.as_str()),
+        ("control char", "a\u{1}b"),
+        ("newline", "a\nb"),
+    ] {
+        c.send_json(&json!({"action": "subscribe", "channel": name}))?;
+        expect_error(&mut c, "invalid_channel", &format!("subscribe {what}"));
+        c.send_json(&json!({"action": "publish", "channel": name, "data": 1}))?;
+        expect_error(&mut c, "invalid_channel", &format!("publish {what}"));
+    }
+    // 255 bytes (multi-byte UTF-8 counts in bytes) is fine.
+    let max = "é".repeat(127) + "x";
+    assert_eq!(max.len(), 255);
+    c.subscribe(&max)?;
+    c.ping_pong()?;
+    Ok(())
+}
+
+#[test]
+fn invalid_utf8_text_frame_closes_1007() -> Result<()> {
+    let server = Server::start(&[])?;
+    let mut c = Client::open(&server, "")?;
+    c.send_frame_raw(&masked_frame(
+        true,
+        0x1,
+        b"{\"action\":\"ping\",\"x\":\"\xff\xfe\"}",
+    ))?;
+    assert_eq!(c.expect_close(TIMEOUT)?, 1007);
+    Ok(())
+}
+
+#[test]
+fn unmasked_client_frame_closes_1002() -> Result<()> {
+    let server = Server::start(&[])?;
+    let mut c = Client::open(&server, "")?;
+    c.send_frame_raw(&unmasked_frame(true, 0x1, br#"{"action":"ping"}"#))?;
+    assert_eq!(c.expect_close(TIMEOUT)?, 1002);
+    Ok(())
+}
+
+#[test]
+fn message_over_max_message_bytes_closes_1009() -> Result<()> {
+    let server = Server::start(&["--max-message-bytes", "65536"])?;
+    // A real message just over the limit.
+    let mut c = Client::open(&server, "")?;
+    let data = "y".repeat(70_000);
+    c.send_json(&json!({"action": "publish", "channel": "big", "data": data}))?;
+    assert_eq!(c.expect_close(TIMEOUT)?, 1009);
+
+    // A header claiming 1 TiB: refused from the header, nothing buffered.
+    let mut c = Client::open(&server, "")?;
+    let mut frame = frame_header(true, 0x1, 1 << 40, true);
+    frame.extend_from_slice(&[1, 2, 3, 4]);
+    frame.extend_from_slice(&[b'a'; 64]);
+    c.send_frame_raw(&frame)?;
+    assert_eq!(c.expect_close(TIMEOUT)?, 1009);
+
+    // Fragments that add up to more than the limit.
+    let mut c = Client::open(&server, "")?;
+    let chunk = vec![b'z'; 40_000];
+    c.send_frame_raw(&masked_frame(false, 0x1, &chunk))?;
+    c.send_frame_raw(&masked_frame(true, 0x0, &chunk))?;
+    assert_eq!(c.expect_close(TIMEOUT)?, 1009);
+
+    // Just under the limit is fine.
+    let mut c = Client::open(&server, "")?;
+    c.send_json(
+        &json!({"action": "publish", "channel": "big", "data": "y".repeat(60_000), "ref": 1}),
+    )?;
+    c.expect_event("ack")?;
+    Ok(())
+}
+
+#[test]
+fn data_over_tenant_limit_is_message_too_large() -> Result<()> {
+    // The dev tenant is on `enterprise` (1 MB messages); the socket allows 4 MiB.
+    let server = Server::start(&["--max-message-bytes", "4194304"])?;
+    let mut sub = Client::connect_on_shard(&server, 0)?;
+    let mut c = Client::connect_on_shard(&server, 1)?;
+    sub.subscribe("huge")?;
+    let data = "w".repeat(1_100_000);
+    c.send_json(&json!({"action": "publish", "channel": "huge", "data": data, "ref": "big"}))?;
+    let ev = expect_error(&mut c, "message_too_large", "1.1 MB publish");
+    assert_eq!(ev["ref"], "big", "{ev}");
+    c.ping_pong()?;
+    // Nothing was published: the next message is seq 1.
+    c.send_json(&json!({"action": "publish", "channel": "huge", "data": "small", "ref": "ok"}))?;
+    assert_eq!(c.expect_event("ack")?["seq"], 1);
+    let ev = sub.expect_event("realtime.message")?;
+    assert_eq!(
+        (ev["data"].clone(), ev["seq"].clone()),
+        (json!("small"), json!(1)),
+        "{ev}"
+    );
+    Ok(())
+}
+
+#[test]
+fn presence_actions_not_implemented() -> Result<()> {
+    let server = Server::start(&[])?;
+    let mut c = Client::open(&server, "")?;
+    for frame in [
+        json!({"action": "presence:join", "channel": "room", "userId": "alice", "metadata": {}}),
+        json!({"action": "presence:update", "channel": "room", "userId": "alice", "metadata": {"a": 1}}),
+        json!({"action": "presence:leave", "channel": "room"}),
+    ] {
+        c.send_json(&frame)?;
+        expect_error(&mut c, "not_implemented", &frame.to_string());
+        c.ping_pong()?;
+    }
+    Ok(())
+}
+
+#[test]
+fn http_unknown_path_is_404() -> Result<()> {
+    let server = Server::start(&[])?;
+    http_get(server.addr(), "/nope")?.assert_error(404, "not_found");
+    Ok(())
+}
+
+#[test]
+fn http_ws_without_upgrade_is_426_and_wrong_method_405() -> Result<()> {
+    let server = Server::start(&[])?;
+    http_get(server.addr(), "/_rt/ws")?.assert_error(426, "upgrade_required");
+    let addr = server.addr();
+    let post = format!(
+        "POST /_rt/ws HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    http_request(addr, post.as_bytes())?.assert_error(405, "method_not_allowed");
+    Ok(())
+}
+
+#[test]
+fn http_health_ready_metrics() -> Result<()> {
+    let server = Server::start(&[])?;
+    let health = http_get(server.addr(), "/healthz")?;
+    assert_eq!(health.status, 200);
+    assert_eq!(health.json()?, json!({"status": "ok"}));
+    assert_eq!(http_get(server.addr(), "/readyz")?.status, 200);
+
+    let _c = Client::open(&server, "")?;
+    let metrics = server.metrics()?;
+    for name in [
+        "ringcast_connections",
+        "ringcast_connections_accepted_total",
+        "ringcast_messages_published_total",
+        "ringcast_deliveries_total",
+        "ringcast_slow_consumer_closes_total",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l.starts_with(name)),
+            "/metrics lacks {name}:\n{metrics}"
+        );
+    }
+    let connections = server
+        .metric("ringcast_connections")?
+        .expect("ringcast_connections");
+    assert!(
+        connections >= 1.0,
+        "ringcast_connections {connections} with one client open"
+    );
+    Ok(())
+}
+
+#[test]
+fn metrics_count_publishes_deliveries_and_errors() -> Result<()> {
+    let server = Server::start(&[])?;
+    let mut sub = Client::open(&server, "")?;
+    sub.subscribe("m")?;
+    let mut c = Client::open(&server, "")?;
+    for i in 0..3 {
+        c.send_json(&json!({"action": "publish", "channel": "m", "data": i, "ref": i}))?;
+        c.expect_event("ack")?;
+    }
+    for _ in 0..3 {
+        sub.expect_event("realtime.message")?;
+    }
+    c.send_raw_text("{")?;
+    expect_error(&mut c, "bad_request", "malformed");
+    let metrics = server.metrics()?;
+    let published = ringcast_tests::metric_value(&metrics, "ringcast_messages_published_total");
+    let delivered = ringcast_tests::metric_value(&metrics, "ringcast_deliveries_total");
+    assert!(
+        published >= Some(3.0),
+        "published {published:?}:\n{metrics}"
+    );
+    assert!(
+        delivered >= Some(3.0),
+        "delivered {delivered:?}:\n{metrics}"
+    );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("ringcast_errors_total{") && l.contains("code=\"bad_request\"")),
+        "no ringcast_errors_total{{code=\"bad_request\"}}:\n{metrics}"
+    );
+    Ok(())
+}
+
+#[test]
+fn unknown_tenant_is_404() -> Result<()> {
+    let server = Server::start(&[])?;
+    let resp = http_request(
+        server.addr(),
+        &upgrade_request(server.addr(), "/_rt/ws?tenant=nope"),
+    )?;
+    resp.assert_error(404, "unknown_tenant");
+    // The default tenant named explicitly works.
+    let mut c = Client::open(&server, "tenant=dev")?;
+    c.ping_pong()?;
+    Ok(())
+}
+
+#[test]
+fn request_head_over_16k_is_431() -> Result<()> {
+    let server = Server::start(&[])?;
+    let addr = server.addr();
+    let req = format!(
+        "GET /healthz HTTP/1.1\r\nHost: {addr}\r\nX-Filler: {}\r\n\r\n",
+        "f".repeat(20 * 1024)
+    );
+    http_request(addr, req.as_bytes())?.assert_error(431, "headers_too_large");
+    Ok(())
+}
+
+#[test]
+fn unfinished_handshake_times_out() -> Result<()> {
+    let server = Server::start(&["--handshake-timeout-ms", "500"])?;
+    let mut stream = TcpStream::connect(server.addr())?;
+    let start = Instant::now();
+    stream.write_all(b"GET /_rt/w")?;
+    // Either a 408 then close, or a plain close, well within the timeout plus margin.
+    match read_http_response(&mut stream, Duration::from_millis(500 + 2500)) {
+        Ok(resp) => resp.assert_error(408, "timeout"),
+        Err(e) => {
+            let msg = format!("{e:#}");
+            assert!(
+                msg.contains("connection closed") || msg.contains("reset"),
+                "neither 408 nor a close within 3 s: {msg}"
+            );
+        }
+    }
+    let elapsed = start.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(300),
+        "closed after {elapsed:?}, before the 500 ms timeout"
+    );
+    // A complete request on a fresh connection is not affected.
+    assert_eq!(http_get(server.addr(), "/healthz")?.status, 200);
+    Ok(())
+}
+
+#[test]
+fn max_connections_refuses_with_503() -> Result<()> {
+    let server = Server::start(&["--max-connections", "3"])?;
+    let mut clients: Vec<Client> = (0..3)
+        .map(|_| Client::open(&server, ""))
+        .collect::<Result<_>>()?;
+    let stream = TcpStream::connect(server.addr())?;
+    match Client::handshake(stream, server.addr(), "") {
+        Err(ConnectError::Http(resp)) => resp.assert_error(503, "overloaded"),
+        Err(e) => panic!("4th connection: expected HTTP 503, got {e}"),
+        Ok(_) => panic!("4th connection was accepted with --max-connections 3"),
+    }
+    for c in &mut clients {
+        c.ping_pong()?;
+    }
+    // Freeing a slot lets a new connection in (the server notices the close asynchronously).
+    clients.pop().expect("3 clients").close_quietly();
+    let mut admitted = None;
+    for _ in 0..100 {
+        let stream = TcpStream::connect(server.addr())?;
+        match Client::handshake(stream, server.addr(), "") {
+            Ok((c, _)) => {
+                admitted = Some(c);
+                break;
+            }
+            Err(ConnectError::Http(resp)) if resp.status == 503 => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Err(e) => panic!("after freeing a slot: {e}"),
+        }
+    }
+    let mut c = admitted.expect("a connection is admitted after one of three closed");
+    c.expect_connected()?;
+    c.ping_pong()?;
+    Ok(())
+}

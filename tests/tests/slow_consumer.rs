@@ -128,6 +128,10 @@ fn slow_consumer_is_closed_and_others_lose_nothing() -> Result<()> {
             Err(e) => break Closed::Dropped(format!("{e:#}")),
         }
     };
+    eprintln!(
+        "slow consumer: {published} published, {} received by the slow one, ended with {end:?}",
+        next_seq - 1
+    );
     match end {
         Closed::Code(code) => assert_eq!(code, 4008, "slow consumer close code"),
         Closed::NoCode => panic!("slow consumer closed without the 4008 code"),

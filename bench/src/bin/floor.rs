@@ -12,6 +12,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 
 use clap::Parser;
 use mio::net::{TcpListener, TcpStream};
@@ -54,6 +55,10 @@ fn main() -> anyhow::Result<()> {
     ringcast_bench::procfs::raise_nofile();
     let mut poll = Poll::new()?;
     let mut listener = TcpListener::bind(args.listen)?;
+    // mio listens with std's backlog of 128; a connection storm needs the kernel's maximum.
+    // SAFETY: the fd is a bound, listening socket we own; listen() again only resizes the
+    // accept queue.
+    unsafe { libc::listen(listener.as_raw_fd(), 4096) };
     poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
     println!("floor listening on {}", listener.local_addr()?);
     io::stdout().flush()?;

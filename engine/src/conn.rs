@@ -165,6 +165,14 @@ impl Conn {
         self.wake_both();
     }
 
+    /// Gives back queue memory kept from a burst once the queue is empty.
+    fn trim_queue(&self) {
+        let mut out = self.out.borrow_mut();
+        if out.frames.is_empty() && out.frames.capacity() > 64 {
+            out.frames = VecDeque::new();
+        }
+    }
+
     /// Resolves once the connection is no longer open.
     pub async fn until_not_open(&self) {
         poll_fn(|cx| {
@@ -237,6 +245,8 @@ pub async fn run_writer(conn: Rc<Conn>, mut writer: OwnedWriteHalf<TcpStream>) {
             conn.mark_closed();
             return;
         }
+        batch.trim();
+        conn.trim_queue();
     }
     if matches!(conn.state(), ConnState::Closing(_)) {
         let _ = monoio::time::timeout(CLOSE_FLUSH_TIMEOUT, writer.shutdown()).await;

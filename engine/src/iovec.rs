@@ -60,6 +60,14 @@ impl FrameBatch {
         self.rebuild();
     }
 
+    /// Gives back memory kept from a burst, so idle connections stay small.
+    pub fn trim(&mut self) {
+        if self.frames.is_empty() && self.frames.capacity() > 64 {
+            self.frames = Vec::new();
+            self.iovecs = Vec::new();
+        }
+    }
+
     /// Bytes still to write.
     pub fn len(&self) -> usize {
         self.frames.iter().map(Bytes::len).sum()

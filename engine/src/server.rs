@@ -49,6 +49,23 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         tracing::warn!("io_uring is unavailable: shards run on monoio's legacy (epoll) driver");
     }
 
+    // Handlers go in before anything listens, so no signal is lost.
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])
+    .context("cannot install signal handlers")?;
+    let signal_handle = signals.handle();
+    let signal_mesh = mesh.clone();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Some(signal) = signals.forever().next() {
+                tracing::info!(signal, "shutting down");
+                signal_mesh.shutdown_all();
+            }
+        })?;
+
     let (events_tx, events_rx) = mpsc::channel::<ShardEvent>();
     let mut threads = Vec::with_capacity(shards);
     for (index, listener) in listeners.into_iter().enumerate() {
@@ -88,22 +105,6 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     }
     println!("ringcast listening on {addr} shards={shards}");
     tracing::info!(%addr, shards, dev = config.dev, "ringcast listening");
-
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGINT,
-    ])
-    .context("cannot install signal handlers")?;
-    let signal_handle = signals.handle();
-    let signal_mesh = mesh.clone();
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            if let Some(signal) = signals.forever().next() {
-                tracing::info!(signal, "shutting down");
-                signal_mesh.shutdown_all();
-            }
-        })?;
 
     // The first shard to exit (after a signal, or a crash) takes the others down.
     if let Ok(ShardEvent::Exited(id)) = events_rx.recv() {

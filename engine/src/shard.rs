@@ -60,7 +60,7 @@ pub struct Shard {
     parser: RefCell<FrameParser>,
     next_id: Cell<u64>,
     shutting_down: Cell<bool>,
-    shutdown_wakers: RefCell<Vec<Waker>>,
+    shutdown_waker: RefCell<Option<Waker>>,
 }
 
 impl Shard {
@@ -76,7 +76,7 @@ impl Shard {
             parser: RefCell::new(FrameParser::new()),
             next_id: Cell::new(1),
             shutting_down: Cell::new(false),
-            shutdown_wakers: RefCell::new(Vec::new()),
+            shutdown_waker: RefCell::new(None),
         }
     }
 
@@ -519,7 +519,7 @@ impl Shard {
         if self.shutting_down.replace(true) {
             return;
         }
-        for waker in self.shutdown_wakers.borrow_mut().drain(..) {
+        if let Some(waker) = self.shutdown_waker.borrow_mut().take() {
             waker.wake();
         }
         let conns: Vec<Rc<Conn>> = self.conns.borrow().values().cloned().collect();
@@ -533,13 +533,13 @@ impl Shard {
         self.shutting_down.get()
     }
 
-    /// Resolves when shutdown begins.
+    /// Resolves when shutdown begins. One waiter at a time (the accept loop).
     pub async fn until_shutdown(&self) {
         std::future::poll_fn(|cx| {
             if self.shutting_down.get() {
                 return Poll::Ready(());
             }
-            self.shutdown_wakers.borrow_mut().push(cx.waker().clone());
+            *self.shutdown_waker.borrow_mut() = Some(cx.waker().clone());
             Poll::Pending
         })
         .await

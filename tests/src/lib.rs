@@ -607,13 +607,28 @@ impl Client {
     /// The next data or close message (pings and pongs are skipped; tungstenite answers
     /// pings by itself).
     pub fn recv_message(&mut self, timeout: Duration) -> Result<Message> {
+        self.recv_message_inner(timeout, true)
+    }
+
+    /// The next message of any kind, pings and pongs included.
+    pub fn recv_any(&mut self, timeout: Duration) -> Result<Message> {
+        self.recv_message_inner(timeout, false)
+    }
+
+    /// Sends a WebSocket-level message (ping, pong, close, ...) through tungstenite.
+    pub fn send_message(&mut self, msg: Message) -> Result<()> {
+        self.ws.send(msg)?;
+        Ok(())
+    }
+
+    fn recv_message_inner(&mut self, timeout: Duration, skip_control: bool) -> Result<Message> {
         let deadline = Instant::now() + timeout;
         loop {
             if !self.set_timeout(deadline)? {
                 bail!("no message within {timeout:?}");
             }
             match self.ws.read() {
-                Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+                Ok(Message::Ping(_) | Message::Pong(_)) if skip_control => continue,
                 Ok(msg) => return Ok(msg),
                 Err(tungstenite::Error::Io(e))
                     if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>

@@ -143,6 +143,17 @@ impl Conn {
         Pushed::Queued
     }
 
+    /// Drops everything queued, as if it had been written (benchmarks use this to
+    /// measure fan-out without a socket).
+    #[doc(hidden)]
+    pub fn discard_queued(&self) -> usize {
+        let mut out = self.out.borrow_mut();
+        let n = out.frames.len();
+        out.frames.clear();
+        out.bytes = 0;
+        n
+    }
+
     /// Starts a close with `code`: the close frame goes after what is queued.
     pub fn close(&self, code: CloseCode, reason: &str) {
         let mut out = self.out.borrow_mut();

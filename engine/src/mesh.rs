@@ -146,6 +146,11 @@ impl Inbox {
         .await
     }
 
+    /// Moves up to `max` queued messages into `out` without waiting.
+    pub fn try_recv_batch(&self, out: &mut Vec<ShardMsg>, max: usize) {
+        self.drain_into(out, max);
+    }
+
     fn drain_into(&self, out: &mut Vec<ShardMsg>, max: usize) {
         while out.len() < max {
             match self.queue.pop() {

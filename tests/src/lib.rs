@@ -43,13 +43,17 @@ pub fn workspace_root() -> PathBuf {
 /// Path of the `ringcast` binary: `$RINGCAST_BIN` if set, else built once per test process
 /// with the same profile as the test binary.
 pub fn ringcast_bin() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| match std::env::var_os("RINGCAST_BIN") {
-        Some(path) => PathBuf::from(path),
-        None => {
-            build_ringcast().unwrap_or_else(|e| panic!("cannot build the ringcast binary: {e:#}"))
-        }
-    })
+    // The outcome is kept either way, so a failed build is tried once per test process,
+    // not once per test.
+    static BIN: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
+    let bin = BIN.get_or_init(|| match std::env::var_os("RINGCAST_BIN") {
+        Some(path) => Ok(PathBuf::from(path)),
+        None => build_ringcast().map_err(|e| format!("{e:#}")),
+    });
+    match bin {
+        Ok(path) => path,
+        Err(e) => panic!("cannot build the ringcast binary: {e}"),
+    }
 }
 
 fn build_ringcast() -> Result<PathBuf> {

@@ -71,6 +71,7 @@ fn free_plan_message_size_limit() -> Result<()> {
 }
 
 #[test]
+#[ignore = "per-tenant channel and publish-rate limits are not built yet (SPEC §8); they arrive with the tenants-and-limits issue"]
 fn free_plan_channel_limit() -> Result<()> {
     let server = start()?;
     let mut c = Client::open(&server, "tenant=small")?;
@@ -98,6 +99,7 @@ fn free_plan_channel_limit() -> Result<()> {
 }
 
 #[test]
+#[ignore = "per-tenant channel and publish-rate limits are not built yet (SPEC §8); they arrive with the tenants-and-limits issue"]
 fn free_plan_publish_rate_limit() -> Result<()> {
     const SENT: usize = 530;
     let server = start()?;

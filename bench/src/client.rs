@@ -248,9 +248,11 @@ impl Pool {
             self.conns.push(None);
             self.conns.len() - 1
         });
-        self.poll
-            .registry()
-            .register(&mut stream, Token(ix), Interest::READABLE | Interest::WRITABLE)?;
+        self.poll.registry().register(
+            &mut stream,
+            Token(ix),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
         let cid = self.next_cid;
         self.next_cid += 1;
         self.conns[ix] = Some(Conn {
@@ -358,9 +360,18 @@ impl Pool {
         self.text_out = text;
         let id = id as usize;
         if self.tracker.pending.len() <= id {
-            self.tracker.pending.resize(id + 1, Pending { remaining: 0, intended_ns: 0 });
+            self.tracker.pending.resize(
+                id + 1,
+                Pending {
+                    remaining: 0,
+                    intended_ns: 0,
+                },
+            );
         }
-        self.tracker.pending[id] = Pending { remaining: expected, intended_ns };
+        self.tracker.pending[id] = Pending {
+            remaining: expected,
+            intended_ns,
+        };
         if expected > 0 {
             self.tracker.outstanding += 1;
         }
@@ -387,7 +398,11 @@ impl Pool {
             .events
             .iter()
             .map(|e| {
-                (e.token().0, e.is_readable() || e.is_read_closed(), e.is_writable() || e.is_error())
+                (
+                    e.token().0,
+                    e.is_readable() || e.is_read_closed(),
+                    e.is_writable() || e.is_error(),
+                )
             })
             .collect();
         for (ix, readable, writable) in tokens {
@@ -403,7 +418,9 @@ impl Pool {
     }
 
     fn fail(&mut self, ix: ConnIx) {
-        let Some(c) = self.conns[ix].as_ref() else { return };
+        let Some(c) = self.conns[ix].as_ref() else {
+            return;
+        };
         if c.phase == Phase::Ready {
             self.stats.closed_by_server += 1;
         } else {
@@ -413,7 +430,9 @@ impl Pool {
     }
 
     fn on_writable(&mut self, ix: ConnIx) {
-        let Some(c) = self.conns[ix].as_mut() else { return };
+        let Some(c) = self.conns[ix].as_mut() else {
+            return;
+        };
         if c.phase == Phase::Connecting {
             if let Ok(Some(_)) | Err(_) = c.stream.take_error() {
                 self.fail(ix);
@@ -429,7 +448,8 @@ impl Pool {
             }
             let _ = c.stream.set_nodelay(true);
             let path = self.proto.path(&self.base_path, c.cid);
-            c.wbuf.extend_from_slice(&ws::handshake_request(&self.host, &path, &c.key));
+            c.wbuf
+                .extend_from_slice(&ws::handshake_request(&self.host, &path, &c.key));
             c.phase = Phase::Handshaking;
         }
         if !c.wbuf.is_empty() && !c.queued {
@@ -441,7 +461,9 @@ impl Pool {
     fn flush_dirty(&mut self) {
         let dirty = std::mem::take(&mut self.dirty);
         for &ix in &dirty {
-            let Some(c) = self.conns[ix].as_mut() else { continue };
+            let Some(c) = self.conns[ix].as_mut() else {
+                continue;
+            };
             c.queued = false;
             let mut off = 0;
             let mut broken = false;
@@ -475,8 +497,7 @@ impl Pool {
 
     fn on_readable(&mut self, ix: ConnIx) {
         let mut scratch = std::mem::take(&mut self.scratch);
-        loop {
-            let Some(c) = self.conns[ix].as_mut() else { break };
+        while let Some(c) = self.conns[ix].as_mut() {
             if c.paused || c.phase == Phase::Connecting {
                 break;
             }
@@ -543,7 +564,9 @@ impl Pool {
                 Ok(Some(n)) => {
                     used = n;
                     let took = self.start.elapsed().as_nanos() as u64 - c.started_ns;
-                    self.stats.handshake_us.saturating_record((took / 1000).max(1));
+                    self.stats
+                        .handshake_us
+                        .saturating_record((took / 1000).max(1));
                     c.phase = Phase::Opening;
                     if self.proto == Protocol::Floor {
                         self.send_subscribes(ix);
@@ -714,7 +737,10 @@ mod tests {
         );
         Protocol::SocketIo.publish_text("bench", b"{\"lg\":1}", &mut out);
         assert_eq!(out, b"42[\"publish\",\"bench\",{\"lg\":1}]".to_vec());
-        assert_eq!(Protocol::SocketIo.subscribe_text("c"), b"42[\"subscribe\",\"c\"]".to_vec());
+        assert_eq!(
+            Protocol::SocketIo.subscribe_text("c"),
+            b"42[\"subscribe\",\"c\"]".to_vec()
+        );
         assert_eq!(Protocol::parse("bun"), Some(Protocol::Ringcast));
         assert_eq!(Protocol::parse("nope"), None);
     }
@@ -723,6 +749,11 @@ mod tests {
     fn pool_rejects_non_loopback_targets() {
         assert!(Pool::new("ws://10.0.0.1:80/", Protocol::Floor, Instant::now()).is_err());
         assert!(Pool::new("http://127.0.0.1:80/", Protocol::Floor, Instant::now()).is_err());
-        assert!(Pool::new("ws://127.0.0.1:9/_rt/ws", Protocol::Ringcast, Instant::now()).is_ok());
+        assert!(Pool::new(
+            "ws://127.0.0.1:9/_rt/ws",
+            Protocol::Ringcast,
+            Instant::now()
+        )
+        .is_ok());
     }
 }

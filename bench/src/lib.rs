@@ -14,5 +14,6 @@ pub mod client;
 pub mod payload;
 pub mod procfs;
 pub mod report;
+pub mod table;
 pub mod workload;
 pub mod ws;

@@ -70,7 +70,13 @@ mod tests {
             }
             assert!(out.starts_with(b"{\"lg\":123456789,\"i\":42,\"p\":\""));
             assert!(out.ends_with(b"\"}"));
-            assert_eq!(find_stamp(&out), Some(Stamp { lg_ns: 123_456_789, id: 42 }));
+            assert_eq!(
+                find_stamp(&out),
+                Some(Stamp {
+                    lg_ns: 123_456_789,
+                    id: 42
+                })
+            );
         }
     }
 
@@ -85,9 +91,16 @@ mod tests {
         let socketio = format!("42[\"message\",{d}]");
         let floor = format!("{{\"action\":\"publish\",\"channel\":\"bench\",\"data\":{d}}}");
         for f in [ringcast, socketio, floor] {
-            assert_eq!(find_stamp(f.as_bytes()), Some(Stamp { lg_ns: 5, id: 9 }), "{f}");
+            assert_eq!(
+                find_stamp(f.as_bytes()),
+                Some(Stamp { lg_ns: 5, id: 9 }),
+                "{f}"
+            );
         }
-        assert_eq!(find_stamp(b"{\"event\":\"subscribed\",\"channel\":\"bench\"}"), None);
+        assert_eq!(
+            find_stamp(b"{\"event\":\"subscribed\",\"channel\":\"bench\"}"),
+            None
+        );
         assert_eq!(find_stamp(b"{\"lg\":,\"i\":1}"), None);
     }
 }

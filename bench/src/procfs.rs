@@ -45,7 +45,10 @@ fn kib_field(text: &str, name: &str) -> Option<u64> {
 
 /// Raises RLIMIT_NOFILE to its hard limit; returns the soft limit now in force.
 pub fn raise_nofile() -> u64 {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: `lim` is a valid, writable rlimit for the duration of the call.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
         return 1024;
@@ -72,6 +75,9 @@ mod tests {
         assert!(cpu_seconds(me).unwrap() >= 0.0);
         assert!(rss_bytes(me).unwrap() > 100 * 1024);
         assert!(slab_bytes().unwrap() > 0);
-        assert_eq!(kib_field("Foo:   12 kB\nSlab:  3 kB\n", "Slab:"), Some(3072));
+        assert_eq!(
+            kib_field("Foo:   12 kB\nSlab:  3 kB\n", "Slab:"),
+            Some(3072)
+        );
     }
 }

@@ -106,7 +106,11 @@ impl Traffic {
         let publisher = self.publishers[self.rr % self.publishers.len()];
         self.rr += 1;
         for _ in 0..self.burst {
-            let t = if self.channels.len() == 1 { 0 } else { self.rand() % self.channels.len() };
+            let t = if self.channels.len() == 1 {
+                0
+            } else {
+                self.rand() % self.channels.len()
+            };
             payload::write_data(&mut self.data, intended_ns, self.next_id, self.payload);
             pool.publish(
                 publisher,
@@ -190,7 +194,11 @@ fn open_loop(
         }
         let wait = due(b, t0).min(end).saturating_sub(pool.now_ns());
         // epoll waits whole milliseconds: below one, spin (the load generator owns its core).
-        let timeout = if wait < 1_000_000 { Duration::ZERO } else { Duration::from_nanos(wait) };
+        let timeout = if wait < 1_000_000 {
+            Duration::ZERO
+        } else {
+            Duration::from_nanos(wait)
+        };
         pool.turn(Some(timeout))?;
     }
     let secs = (pool.now_ns() - t0) as f64 / 1e9;
@@ -199,7 +207,11 @@ fn open_loop(
     while pool.outstanding() > 0 && t_drain.elapsed() < drain {
         pool.turn(Some(Duration::from_millis(5)))?;
     }
-    Ok(OpenLoop { secs, in_window, published: tr.next_id - id0 })
+    Ok(OpenLoop {
+        secs,
+        in_window,
+        published: tr.next_id - id0,
+    })
 }
 
 fn cpu(cfg: &Config) -> Option<f64> {
@@ -219,7 +231,10 @@ fn connect_report(pool: &Pool, r: &mut Report, secs: f64, n: usize) {
 fn server_report(cfg: &Config, r: &mut Report, cpu0: Option<f64>, deliveries: u64) {
     if let (Some(a), Some(b)) = (cpu0, cpu(cfg)) {
         r.num("server_cpu_s", b - a);
-        r.num("cpu_s_per_m_deliveries", (b - a) / deliveries.max(1) as f64 * 1e6);
+        r.num(
+            "cpu_s_per_m_deliveries",
+            (b - a) / deliveries.max(1) as f64 * 1e6,
+        );
     }
     if let Some(m) = rss(cfg) {
         r.int("server_rss_bytes", m);
@@ -264,7 +279,13 @@ fn fanout(cfg: &Config, rate: Option<f64>, r: &mut Report) -> anyhow::Result<()>
         Some(rate) => {
             r.str("mode", "open");
             r.num("rate", rate);
-            let o = open_loop(&mut pool, &mut tr, rate, cfg.duration_s, Duration::from_secs(2))?;
+            let o = open_loop(
+                &mut pool,
+                &mut tr,
+                rate,
+                cfg.duration_s,
+                Duration::from_secs(2),
+            )?;
             (o.secs, o.in_window, o.published)
         }
     };
@@ -277,7 +298,10 @@ fn fanout(cfg: &Config, rate: Option<f64>, r: &mut Report) -> anyhow::Result<()>
     r.int("lagging_msgs", pool.outstanding());
     r.hist("completion", &pool.stats.completion_us);
     r.hist("latency", &pool.stats.latency_us);
-    r.num("frames_per_read", pool.stats.frames_in as f64 / pool.stats.reads.max(1) as f64);
+    r.num(
+        "frames_per_read",
+        pool.stats.frames_in as f64 / pool.stats.reads.max(1) as f64,
+    );
     r.int("closed_by_server", pool.stats.closed_by_server);
     server_report(cfg, r, cpu0, total);
     Ok(())
@@ -293,11 +317,13 @@ fn personal_group_setup(
     r: &mut Report,
 ) -> anyhow::Result<(Vec<ConnIx>, Vec<ConnIx>, Vec<(String, u32)>)> {
     let c = cfg.subscribers;
-    let mut specs: Vec<Vec<String>> =
-        (0..c).map(|i| vec![format!("p{i}"), format!("g{}", i / 10)]).collect();
+    let mut specs: Vec<Vec<String>> = (0..c)
+        .map(|i| vec![format!("p{i}"), format!("g{}", i / 10)])
+        .collect();
     specs.extend((0..cfg.publishers.max(1)).map(|_| Vec::new()));
     let total = specs.len();
-    let (ixs, secs, errors) = pool.connect_all(specs, cfg.max_inflight, Duration::from_secs(180))?;
+    let (ixs, secs, errors) =
+        pool.connect_all(specs, cfg.max_inflight, Duration::from_secs(180))?;
     anyhow::ensure!(errors == 0, "{errors} of {total} connections failed");
     connect_report(pool, r, secs, total);
     let (subs, pubs) = ixs.split_at(c);
@@ -316,7 +342,10 @@ fn probe_max_rate(pool: &mut Pool, tr: &mut Traffic, secs: f64) -> anyhow::Resul
 fn phase_report(pool: &Pool, r: &mut Report, tag: &str, o: &OpenLoop) {
     r.num(&format!("{tag}_duration_s"), o.secs);
     r.int(&format!("{tag}_published"), o.published);
-    r.num(&format!("{tag}_deliveries_per_s"), o.in_window as f64 / o.secs);
+    r.num(
+        &format!("{tag}_deliveries_per_s"),
+        o.in_window as f64 / o.secs,
+    );
     r.int(&format!("{tag}_lagging_msgs"), pool.outstanding());
     r.hist(&format!("{tag}_latency"), &pool.stats.latency_us);
 }
@@ -347,7 +376,10 @@ fn personal_and_group(cfg: &Config, stalled: bool, r: &mut Report) -> anyhow::Re
             let o = open_loop(&mut pool, &mut tr, rate, cfg.duration_s, drain)?;
             phase_report(&pool, r, tag, &o);
             if let (Some(a), Some(b)) = (cpu0, cpu(cfg)) {
-                r.num(&format!("{tag}_cpu_s_per_m_deliveries"), (b - a) / o.in_window.max(1) as f64 * 1e6);
+                r.num(
+                    &format!("{tag}_cpu_s_per_m_deliveries"),
+                    (b - a) / o.in_window.max(1) as f64 * 1e6,
+                );
             }
         }
         if let Some(m) = rss(cfg) {
@@ -372,7 +404,11 @@ fn personal_and_group(cfg: &Config, stalled: bool, r: &mut Report) -> anyhow::Re
     r.int("stopped_readers", stopped.len() as u64);
     pool.reset_stats();
     let mut rss_max = rss_before;
-    let mut agg = OpenLoop { secs: 0.0, in_window: 0, published: 0 };
+    let mut agg = OpenLoop {
+        secs: 0.0,
+        in_window: 0,
+        published: 0,
+    };
     let chunks = (cfg.duration_s / 0.25).ceil().max(1.0) as usize;
     for _ in 0..chunks {
         let o = open_loop(&mut pool, &mut tr, rate, 0.25, Duration::ZERO)?;
@@ -401,7 +437,8 @@ fn storm_and_churn(cfg: &Config, r: &mut Report) -> anyhow::Result<()> {
     let n = cfg.subscribers.min(limit.saturating_sub(200));
     r.int("storm_connections", n as u64);
     let specs: Vec<Vec<String>> = (0..n).map(|i| vec![format!("p{i}")]).collect();
-    let (ixs, secs, errors) = pool.connect_all(specs, cfg.max_inflight, Duration::from_secs(180))?;
+    let (ixs, secs, errors) =
+        pool.connect_all(specs, cfg.max_inflight, Duration::from_secs(180))?;
     r.num("storm_s", secs);
     r.num("storm_connects_per_s", pool.stats.opened as f64 / secs);
     r.int("storm_errors", errors);
@@ -470,8 +507,11 @@ fn idle(cfg: &Config, r: &mut Report) -> anyhow::Result<()> {
     if n == 0 {
         return Ok(());
     }
-    let specs: Vec<Vec<String>> = (0..n).map(|i| vec![format!("u{i}"), "bench".into()]).collect();
-    let (_ixs, secs, errors) = pool.connect_all(specs, cfg.max_inflight, Duration::from_secs(180))?;
+    let specs: Vec<Vec<String>> = (0..n)
+        .map(|i| vec![format!("u{i}"), "bench".into()])
+        .collect();
+    let (_ixs, secs, errors) =
+        pool.connect_all(specs, cfg.max_inflight, Duration::from_secs(180))?;
     anyhow::ensure!(errors == 0, "{errors} of {n} connections failed");
     connect_report(&pool, r, secs, n);
     settle(&mut pool)?;

@@ -83,9 +83,10 @@ pub fn parse_handshake_response(buf: &[u8], key: &str) -> Result<Option<usize>, 
         return Err(WsError::Status(code));
     }
     let want = tungstenite::handshake::derive_accept_key(key.as_bytes());
-    let ok = resp.headers.iter().any(|h| {
-        h.name.eq_ignore_ascii_case("sec-websocket-accept") && h.value == want.as_bytes()
-    });
+    let ok = resp
+        .headers
+        .iter()
+        .any(|h| h.name.eq_ignore_ascii_case("sec-websocket-accept") && h.value == want.as_bytes());
     if ok {
         Ok(Some(n))
     } else {
@@ -202,7 +203,13 @@ pub fn parse_frame(buf: &[u8]) -> Result<Option<FrameHead>, WsError> {
     } else {
         None
     };
-    let head = FrameHead { fin, opcode, mask, header_len: pos, payload_len: len as usize };
+    let head = FrameHead {
+        fin,
+        opcode,
+        mask,
+        header_len: pos,
+        payload_len: len as usize,
+    };
     if buf.len() < head.total_len() {
         return Ok(None);
     }
@@ -266,7 +273,10 @@ mod tests {
         encode_server_frame(OP_BINARY, &[9u8; 300], &mut out);
         let first = parse_frame(&out).unwrap().unwrap();
         assert_eq!(first.mask, None);
-        assert_eq!(&out[first.header_len..first.total_len()], b"{\"event\":\"pong\"}");
+        assert_eq!(
+            &out[first.header_len..first.total_len()],
+            b"{\"event\":\"pong\"}"
+        );
         // Every prefix shorter than the first frame is "not yet", never an error.
         for cut in 0..first.total_len() {
             assert_eq!(parse_frame(&out[..cut]).unwrap(), None, "cut at {cut}");
@@ -300,14 +310,21 @@ mod tests {
     #[test]
     fn handshake_answer_is_checked() {
         let key = "dGhlIHNhbXBsZSBub25jZQ==";
-        let ok = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+        let ok =
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
                    Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n\x81\x00";
         assert_eq!(parse_handshake_response(ok, key), Ok(Some(ok.len() - 2)));
         assert_eq!(parse_handshake_response(&ok[..20], key), Ok(None));
         let bad = b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n";
-        assert_eq!(parse_handshake_response(bad, key), Err(WsError::Status(404)));
+        assert_eq!(
+            parse_handshake_response(bad, key),
+            Err(WsError::Status(404))
+        );
         let wrong = b"HTTP/1.1 101 OK\r\nSec-WebSocket-Accept: nope\r\n\r\n";
-        assert_eq!(parse_handshake_response(wrong, key), Err(WsError::BadAccept));
+        assert_eq!(
+            parse_handshake_response(wrong, key),
+            Err(WsError::BadAccept)
+        );
         let req = String::from_utf8(handshake_request("h:1", "/x?y=1", key)).unwrap();
         assert!(req.starts_with("GET /x?y=1 HTTP/1.1\r\n"));
         assert!(req.ends_with("Sec-WebSocket-Version: 13\r\n\r\n"));

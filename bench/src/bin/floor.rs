@@ -59,7 +59,8 @@ fn main() -> anyhow::Result<()> {
     // SAFETY: the fd is a bound, listening socket we own; listen() again only resizes the
     // accept queue.
     unsafe { libc::listen(listener.as_raw_fd(), 4096) };
-    poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+    poll.registry()
+        .register(&mut listener, LISTENER, Interest::READABLE)?;
     println!("floor listening on {}", listener.local_addr()?);
     io::stdout().flush()?;
 
@@ -104,8 +105,11 @@ impl Floor {
                 self.conns.push(None);
                 self.conns.len() - 1
             });
-            poll.registry()
-                .register(&mut stream, Token(ix), Interest::READABLE | Interest::WRITABLE)?;
+            poll.registry().register(
+                &mut stream,
+                Token(ix),
+                Interest::READABLE | Interest::WRITABLE,
+            )?;
             self.conns[ix] = Some(Conn {
                 stream,
                 open: false,
@@ -139,7 +143,9 @@ impl Floor {
 
     fn read(&mut self, ix: usize, scratch: &mut [u8], poll: &Poll) {
         loop {
-            let Some(c) = self.conns.get_mut(ix).and_then(Option::as_mut) else { return };
+            let Some(c) = self.conns.get_mut(ix).and_then(Option::as_mut) else {
+                return;
+            };
             match c.stream.read(scratch) {
                 Ok(0) => return self.drop_conn(ix, poll),
                 Ok(n) => {
@@ -185,7 +191,9 @@ impl Floor {
                     Ok(None) => break 'parse true,
                     Err(_) => break 'parse false,
                 };
-                let Some(mask) = head.mask else { break 'parse false };
+                let Some(mask) = head.mask else {
+                    break 'parse false;
+                };
                 let start = used + head.header_len;
                 let end = used + head.total_len();
                 used = end;
@@ -245,7 +253,9 @@ impl Floor {
         let dirty = std::mem::take(&mut self.dirty);
         let mut broken = Vec::new();
         for &ix in &dirty {
-            let Some(c) = self.conns[ix].as_mut() else { continue };
+            let Some(c) = self.conns[ix].as_mut() else {
+                continue;
+            };
             c.queued = false;
             let mut off = 0;
             while off < c.wbuf.len() {

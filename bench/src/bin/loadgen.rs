@@ -72,7 +72,10 @@ fn main() {
     let a = Args::parse();
     let nofile = procfs::raise_nofile();
     let Some(protocol) = Protocol::parse(&a.protocol) else {
-        eprintln!("unknown --protocol {:?}: ringcast, socketio or floor", a.protocol);
+        eprintln!(
+            "unknown --protocol {:?}: ringcast, socketio or floor",
+            a.protocol
+        );
         std::process::exit(2);
     };
     let needed = a.subscribers + a.publishers + 64;

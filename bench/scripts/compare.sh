@@ -1,0 +1,220 @@
+#!/usr/bin/env bash
+# Side-by-side comparison: Ringcast vs the floor vs peers, one server at a time.
+#
+#   bench/scripts/compare.sh            # default matrix, a few minutes
+#   bench/scripts/compare.sh --quick    # under a minute (after the first build/install)
+#
+# Options: --servers "ringcast floor node-ws socketio bun"  --workloads "w1 w5 w3 w2 w6 w4"
+#          --duration-s S  --subscribers "100 1000 10000"  --bursts "1 16"  --payloads "64"
+#
+# Every server runs pinned to CPU 0 and the load generator to CPU 1 (taskset), with the
+# same workload and payloads; each server is started fresh for every case and always
+# stopped afterwards. Results: bench/results/<stamp>/{results.jsonl,table.md,*.log}.
+# A server that fails to build, install or start gets a row saying so; the run goes on.
+set -uo pipefail
+
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+ORIG_ARGS="$*"
+cd "$ROOT"
+
+SERVERS="ringcast floor node-ws socketio bun"
+WORKLOADS="w1 w5"
+SUBS="100 1000 10000"
+BURSTS="1 16"
+PAYLOADS="64"
+W5_SUBS="1000 10000"
+W3_SUBS="1000"
+W3_RATE=2000
+W2_SUBS=10000
+DURATION=3
+WARMUP=1
+QUICK=0
+SHARDS=1
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --quick) QUICK=1 ;;
+    --servers) SERVERS=$2; shift ;;
+    --workloads) WORKLOADS=$2; shift ;;
+    --subscribers) SUBS=$2; shift ;;
+    --bursts) BURSTS=$2; shift ;;
+    --payloads) PAYLOADS=$2; shift ;;
+    --duration-s) DURATION=$2; shift ;;
+    --shards) SHARDS=$2; shift ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    *) echo "unknown option $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+if [ "$QUICK" = 1 ]; then
+  SUBS="1000"; W5_SUBS="1000"; W3_SUBS="1000"; W2_SUBS=2000; DURATION=1.5; WARMUP=0.5
+fi
+
+STAMP=$(date +%Y%m%d-%H%M%S)
+OUT="$ROOT/bench/results/$STAMP"
+mkdir -p "$OUT"
+JSONL="$OUT/results.jsonl"
+: > "$JSONL"
+echo "results in $OUT"
+
+CPUS=$(nproc)
+if [ "$CPUS" -ge 2 ]; then PIN_SERVER="taskset -c 0"; PIN_LOAD="taskset -c 1"
+else PIN_SERVER=""; PIN_LOAD=""; echo "only $CPUS CPU: not pinning" >&2; fi
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+# --- build ---------------------------------------------------------------------------
+declare -A BROKEN
+NOTES=""
+# Other crates of the workspace may be mid-edit: a failed build falls back to the binaries
+# already built, and the table says so.
+if ! cargo build --release -p ringcast-bench > "$OUT/build-bench.log" 2>&1; then
+  if [ -x target/release/loadgen ] && [ -x target/release/floor ] && [ -x target/release/benchtable ]; then
+    NOTES+="- ringcast-bench did not build (build-bench.log); used the binaries from $(date -r target/release/loadgen '+%F %T')."$'\n'
+  else
+    echo "cannot build ringcast-bench (see $OUT/build-bench.log)" >&2
+    exit 1
+  fi
+fi
+if ! cargo build --release -p ringcast-engine > "$OUT/build-engine.log" 2>&1; then
+  if [ -x target/release/ringcast ]; then
+    NOTES+="- ringcast-engine did not build (build-engine.log); used target/release/ringcast from $(date -r target/release/ringcast '+%F %T')."$'\n'
+  else
+    BROKEN[ringcast]="build failed"
+  fi
+fi
+echo -n "$NOTES"
+LOADGEN="$ROOT/target/release/loadgen"
+
+# --- peers: installed from the npm registry by this script ------------------------------
+for peer in node-ws socketio bun; do
+  case " $SERVERS " in *" $peer "*) ;; *) continue ;; esac
+  dir="$ROOT/bench/peers/$peer"
+  if ! command -v npm > /dev/null; then BROKEN[$peer]="npm not found"; continue; fi
+  if ! (cd "$dir" && npm install --no-audit --no-fund --loglevel=error > "$OUT/install-$peer.log" 2>&1); then
+    BROKEN[$peer]="npm install failed"
+  fi
+done
+if [ -z "${BROKEN[bun]:-}" ] && ! "$ROOT/bench/peers/bun/node_modules/.bin/bun" --version > /dev/null 2>&1; then
+  BROKEN[bun]="bun binary does not run"
+fi
+
+# --- one server at a time ------------------------------------------------------------
+SRV_PID=""
+DATA_DIR=""
+stop_server() {
+  if [ -n "$SRV_PID" ] && kill -0 "$SRV_PID" 2> /dev/null; then
+    kill "$SRV_PID" 2> /dev/null
+    for _ in $(seq 50); do kill -0 "$SRV_PID" 2> /dev/null || break; sleep 0.1; done
+    kill -9 "$SRV_PID" 2> /dev/null
+    wait "$SRV_PID" 2> /dev/null
+  fi
+  SRV_PID=""
+  if [ -n "$DATA_DIR" ]; then rm -rf "$DATA_DIR"; DATA_DIR=""; fi
+}
+trap stop_server EXIT
+trap 'stop_server; exit 130' INT TERM
+
+# start_server NAME LOG: sets SRV_PID SRV_URL SRV_PROTO, or SRV_ERR.
+start_server() {
+  local name=$1 log=$2
+  SRV_ERR=""
+  if [ -n "${BROKEN[$name]:-}" ]; then SRV_ERR=${BROKEN[$name]}; return 1; fi
+  local path="/_rt/ws" proto=ringcast
+  case "$name" in
+    ringcast)
+      DATA_DIR=$(mktemp -d)
+      $PIN_SERVER "$ROOT/target/release/ringcast" serve --dev --listen 127.0.0.1:0 \
+        --shards "$SHARDS" --data-dir "$DATA_DIR" > "$log" 2>&1 &
+      ;;
+    floor)
+      path="/"; proto=floor
+      $PIN_SERVER "$ROOT/target/release/floor" --listen 127.0.0.1:0 > "$log" 2>&1 &
+      ;;
+    node-ws)
+      $PIN_SERVER node "$ROOT/bench/peers/node-ws/server.mjs" 0 > "$log" 2>&1 &
+      ;;
+    socketio)
+      path="/"; proto=socketio
+      $PIN_SERVER node "$ROOT/bench/peers/socketio/server.mjs" 0 > "$log" 2>&1 &
+      ;;
+    bun)
+      $PIN_SERVER "$ROOT/bench/peers/bun/node_modules/.bin/bun" "$ROOT/bench/peers/bun/server.mjs" 0 > "$log" 2>&1 &
+      ;;
+    *) SRV_ERR="unknown server"; return 1 ;;
+  esac
+  SRV_PID=$!
+  local port=""
+  for _ in $(seq 100); do
+    port=$(grep -oE 'listening on 127\.0\.0\.1:[0-9]+' "$log" 2> /dev/null | head -1 | grep -oE '[0-9]+$')
+    [ -n "$port" ] && break
+    kill -0 "$SRV_PID" 2> /dev/null || break
+    sleep 0.1
+  done
+  if [ -z "$port" ]; then
+    SRV_ERR="did not start: $(tail -c 200 "$log" | tr '\n"' ' \047')"
+    stop_server
+    return 1
+  fi
+  SRV_URL="ws://127.0.0.1:$port$path"
+  SRV_PROTO=$proto
+}
+
+# case NAME WORKLOAD SUBS PAYLOAD BURST [extra loadgen args...]
+run_case() {
+  local name=$1 wl=$2 n=$3 payload=$4 burst=$5; shift 5
+  local log="$OUT/$name-$wl-n$n-p$payload-k$burst.log"
+  printf '%-9s %s N=%-6s payload=%-5s K=%-3s ' "$name" "$wl" "$n" "$payload" "$burst"
+  if ! start_server "$name" "$log"; then
+    printf '{"server":"%s","workload":"%s","subscribers":%s,"payload":%s,"burst":%s,"error":"%s"}\n' \
+      "$name" "$wl" "$n" "$payload" "$burst" "$SRV_ERR" >> "$JSONL"
+    echo "FAILED: $SRV_ERR"
+    return
+  fi
+  local line
+  line=$(timeout 300 $PIN_LOAD "$LOADGEN" --url "$SRV_URL" --protocol "$SRV_PROTO" --label "$name" \
+    --workload "$wl" --subscribers "$n" --payload "$payload" --burst "$burst" \
+    --duration-s "$DURATION" --warmup-s "$WARMUP" --server-pid "$SRV_PID" --json "$@" \
+    2>> "$log" | tail -1)
+  if [ -z "$line" ]; then
+    line=$(printf '{"server":"%s","workload":"%s","subscribers":%s,"payload":%s,"burst":%s,"error":"loadgen gave no result (timeout or crash)"}' \
+      "$name" "$wl" "$n" "$payload" "$burst")
+  fi
+  echo "$line" >> "$JSONL"
+  stop_server
+  case "$line" in *'"error"'*) echo "error (see $log)" ;; *) echo ok ;; esac
+}
+
+for wl in $WORKLOADS; do
+  for name in $SERVERS; do
+    case "$wl" in
+      w1)
+        for n in $SUBS; do for p in $PAYLOADS; do for k in $BURSTS; do
+          run_case "$name" w1 "$n" "$p" "$k"
+        done; done; done ;;
+      w3)
+        for n in $W3_SUBS; do for p in $PAYLOADS; do
+          run_case "$name" w3 "$n" "$p" 1 --rate "$W3_RATE"
+        done; done ;;
+      w5)
+        for n in $W5_SUBS; do run_case "$name" w5 "$n" 64 1; done ;;
+      w2|w6)
+        # The floor has no channels: every publish goes to every subscriber.
+        [ "$name" = floor ] && continue
+        run_case "$name" "$wl" "$W2_SUBS" 64 1 ;;
+      w4)
+        run_case "$name" w4 19000 64 1 --max-inflight 1024 ;;
+      *) echo "unknown workload $wl" >&2 ;;
+    esac
+  done
+done
+
+{
+  echo "Run $STAMP on $(uname -n) ($(nproc) CPU, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'))"
+  echo "Command: \`bench/scripts/compare.sh $ORIG_ARGS\`"
+  echo "Server pinned to CPU 0, load generator to CPU 1; Ringcast with --shards $SHARDS."
+  echo
+  echo -n "$NOTES"
+  [ -n "$NOTES" ] && echo
+  "$ROOT/target/release/benchtable" "$JSONL"
+} > "$OUT/table.md"
+cat "$OUT/table.md"

@@ -1,0 +1,258 @@
+//! Turns the load generator's JSON lines into the markdown comparison table: absolute
+//! figures per server, and Ringcast's ratio to each other server in the same case.
+
+use serde_json::Value;
+
+/// How a column shows its value.
+#[derive(Debug, Clone, Copy)]
+enum Fmt {
+    /// 1.23M, 456k.
+    Rate,
+    /// µs shown as ms.
+    Ms,
+    /// Two decimals.
+    F2,
+    /// Whole number.
+    Int,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Col {
+    header: &'static str,
+    key: &'static str,
+    fmt: Fmt,
+}
+
+const fn col(header: &'static str, key: &'static str, fmt: Fmt) -> Col {
+    Col { header, key, fmt }
+}
+
+#[derive(Debug)]
+struct Section {
+    workload: &'static str,
+    title: &'static str,
+    /// Fields that tell one case from another within the workload.
+    case_keys: &'static [&'static str],
+    cols: &'static [Col],
+    /// Columns that get a "Ringcast ÷ this" ratio.
+    ratios: &'static [&'static str],
+}
+
+const SECTIONS: &[Section] = &[
+    Section {
+        workload: "w1",
+        title: "W1 fan-out, 1 publisher → N subscribers, closed loop (saturation)",
+        case_keys: &["subscribers", "payload", "burst"],
+        cols: &[
+            col("deliveries/s", "deliveries_per_s", Fmt::Rate),
+            col("completion p50 ms", "completion_p50_us", Fmt::Ms),
+            col("completion p99 ms", "completion_p99_us", Fmt::Ms),
+            col("CPU-s per M deliveries", "cpu_s_per_m_deliveries", Fmt::F2),
+        ],
+        ratios: &["deliveries_per_s", "cpu_s_per_m_deliveries"],
+    },
+    Section {
+        workload: "w3",
+        title: "W3 hot channel, open loop at a fixed publish rate",
+        case_keys: &["subscribers", "payload", "rate"],
+        cols: &[
+            col("deliveries/s", "deliveries_per_s", Fmt::Rate),
+            col("latency p50 ms", "latency_p50_us", Fmt::Ms),
+            col("latency p99 ms", "latency_p99_us", Fmt::Ms),
+            col("frames per read", "frames_per_read", Fmt::F2),
+            col("CPU-s per M deliveries", "cpu_s_per_m_deliveries", Fmt::F2),
+        ],
+        ratios: &["cpu_s_per_m_deliveries"],
+    },
+    Section {
+        workload: "w2",
+        title: "W2 personal + 10-member group channels, open loop at 50 % / 80 % of max",
+        case_keys: &["subscribers", "payload"],
+        cols: &[
+            col("max msgs/s", "max_msgs_per_s", Fmt::Rate),
+            col("50%: p50 ms", "at50_latency_p50_us", Fmt::Ms),
+            col("50%: p99 ms", "at50_latency_p99_us", Fmt::Ms),
+            col("50%: p99.9 ms", "at50_latency_p999_us", Fmt::Ms),
+            col("80%: p50 ms", "at80_latency_p50_us", Fmt::Ms),
+            col("80%: p99 ms", "at80_latency_p99_us", Fmt::Ms),
+            col("80%: p99.9 ms", "at80_latency_p999_us", Fmt::Ms),
+        ],
+        ratios: &["max_msgs_per_s"],
+    },
+    Section {
+        workload: "w4",
+        title: "W4 connection storm, then churn",
+        case_keys: &["storm_connections"],
+        cols: &[
+            col("storm connects/s", "storm_connects_per_s", Fmt::Rate),
+            col("storm handshake p99 ms", "storm_handshake_p99_us", Fmt::Ms),
+            col("storm errors", "storm_errors", Fmt::Int),
+            col("churn connects/s", "churn_connects_per_s", Fmt::Rate),
+            col("churn handshake p99 ms", "churn_handshake_p99_us", Fmt::Ms),
+            col("churn errors", "churn_errors", Fmt::Int),
+        ],
+        ratios: &["storm_connects_per_s"],
+    },
+    Section {
+        workload: "w5",
+        title: "W5 idle connections, 2 channels each: memory per connection",
+        case_keys: &["subscribers"],
+        cols: &[
+            col("server RSS B/conn", "rss_per_conn_bytes", Fmt::Int),
+            col(
+                "kernel slab B/conn (both ends)",
+                "slab_per_conn_bytes",
+                Fmt::Int,
+            ),
+            col("connects/s", "connects_per_s", Fmt::Rate),
+            col("handshake p99 ms", "handshake_p99_us", Fmt::Ms),
+        ],
+        ratios: &["rss_per_conn_bytes"],
+    },
+    Section {
+        workload: "w6",
+        title: "W6 = W2 with 1 % of readers stopped",
+        case_keys: &["subscribers", "payload"],
+        cols: &[
+            col("rate msgs/s", "rate", Fmt::Rate),
+            col("p99 before ms", "before_latency_p99_us", Fmt::Ms),
+            col("p99 stalled ms", "stalled_latency_p99_us", Fmt::Ms),
+            col("RSS before B", "before_server_rss_bytes", Fmt::Int),
+            col("RSS max B", "stalled_server_rss_max_bytes", Fmt::Int),
+            col("closed by server", "closed_by_server", Fmt::Int),
+        ],
+        ratios: &["stalled_latency_p99_us"],
+    },
+];
+
+/// The reference every ratio is taken against.
+pub const REFERENCE: &str = "ringcast";
+
+fn num(v: &Value, key: &str) -> Option<f64> {
+    v.get(key).and_then(Value::as_f64)
+}
+
+fn show(x: Option<f64>, fmt: Fmt) -> String {
+    let Some(x) = x else { return "–".into() };
+    match fmt {
+        Fmt::Rate if x >= 1e6 => format!("{:.2}M", x / 1e6),
+        Fmt::Rate if x >= 1e3 => format!("{:.1}k", x / 1e3),
+        Fmt::Rate => format!("{x:.0}"),
+        Fmt::Ms => format!("{:.2}", x / 1000.0),
+        Fmt::F2 => format!("{x:.2}"),
+        Fmt::Int => format!("{x:.0}"),
+    }
+}
+
+fn case_of(v: &Value, keys: &[&str]) -> String {
+    keys.iter()
+        .map(|k| match v.get(*k) {
+            Some(Value::Number(n)) => format!("{k}={n}"),
+            _ => format!("{k}=?"),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Renders every workload present in `lines` (one JSON object per line) as markdown.
+pub fn render(lines: &str) -> String {
+    let results: Vec<Value> = lines
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let mut out = String::new();
+    for sec in SECTIONS {
+        let rows: Vec<&Value> = results
+            .iter()
+            .filter(|v| v.get("workload").and_then(Value::as_str) == Some(sec.workload))
+            .collect();
+        if rows.is_empty() {
+            continue;
+        }
+        out.push_str(&format!("### {}\n\n| case | server |", sec.title));
+        for c in sec.cols {
+            out.push_str(&format!(" {} |", c.header));
+        }
+        for r in sec.ratios {
+            let h = sec
+                .cols
+                .iter()
+                .find(|c| c.key == *r)
+                .map_or(*r, |c| c.header);
+            out.push_str(&format!(" {REFERENCE} ÷ this: {h} |"));
+        }
+        out.push_str("\n|---|---|");
+        out.push_str(&"---:|".repeat(sec.cols.len() + sec.ratios.len()));
+        out.push('\n');
+        let mut cases: Vec<String> = Vec::new();
+        for v in &rows {
+            let c = case_of(v, sec.case_keys);
+            if !cases.contains(&c) {
+                cases.push(c);
+            }
+        }
+        for case in &cases {
+            let in_case: Vec<&&Value> = rows
+                .iter()
+                .filter(|v| &case_of(v, sec.case_keys) == case)
+                .collect();
+            let reference = in_case.iter().find(|v| {
+                v.get("server").and_then(Value::as_str) == Some(REFERENCE)
+                    && v.get("error").is_none()
+            });
+            for v in &in_case {
+                let server = v.get("server").and_then(Value::as_str).unwrap_or("?");
+                out.push_str(&format!("| {case} | {server} |"));
+                if let Some(err) = v.get("error").and_then(Value::as_str) {
+                    let err: String = err.replace('|', "/").chars().take(120).collect();
+                    out.push_str(&format!(" FAILED: {err} |"));
+                    out.push_str(&" |".repeat(sec.cols.len() + sec.ratios.len() - 1));
+                    out.push('\n');
+                    continue;
+                }
+                for c in sec.cols {
+                    out.push_str(&format!(" {} |", show(num(v, c.key), c.fmt)));
+                }
+                for r in sec.ratios {
+                    let ratio = match (reference.and_then(|x| num(x, r)), num(v, r)) {
+                        (Some(a), Some(b)) if b != 0.0 => format!("{:.2}", a / b),
+                        _ => "–".into(),
+                    };
+                    out.push_str(&format!(" {ratio} |"));
+                }
+                out.push('\n');
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ratios_are_taken_against_ringcast_in_the_same_case() {
+        let lines = r#"
+{"server":"ringcast","workload":"w1","subscribers":100,"payload":64,"burst":1,"deliveries_per_s":50000.0,"completion_p50_us":1500,"cpu_s_per_m_deliveries":4.0}
+{"server":"floor","workload":"w1","subscribers":100,"payload":64,"burst":1,"deliveries_per_s":100000.0,"completion_p50_us":700,"cpu_s_per_m_deliveries":2.0}
+{"server":"bun","workload":"w1","subscribers":100,"payload":64,"burst":1,"error":"did not start"}
+{"server":"floor","workload":"w1","subscribers":1000,"payload":64,"burst":1,"deliveries_per_s":2000000.0}
+"#;
+        let t = render(lines);
+        assert!(t.contains("### W1"));
+        assert!(t.contains("| subscribers=100, payload=64, burst=1 | floor | 100.0k | 0.70 | – | 2.00 | 0.50 | 2.00 |"), "{t}");
+        assert!(t.contains("| subscribers=100, payload=64, burst=1 | ringcast | 50.0k | 1.50 | – | 4.00 | 1.00 | 1.00 |"), "{t}");
+        assert!(t.contains("| bun | FAILED: did not start |"), "{t}");
+        // No Ringcast row in that case: no ratio.
+        assert!(
+            t.contains(
+                "| subscribers=1000, payload=64, burst=1 | floor | 2.00M | – | – | – | – | – |"
+            ),
+            "{t}"
+        );
+        assert!(!t.contains("W5"));
+    }
+}

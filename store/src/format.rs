@@ -16,7 +16,7 @@ pub(crate) const MAX_KEY_LEN: usize = 2048;
 const KEY_AT: usize = 64;
 const STATIC_CRC_AT: usize = 36;
 /// Two state slots; a publish writes the one not holding the newest state.
-const SLOT_AT: [usize; 2] = [3072, 3136];
+pub(crate) const SLOT_AT: [usize; 2] = [3072, 3136];
 const SLOT_LEN: usize = 64;
 const SLOT_CRC_AT: usize = 60;
 /// Every record and wrap marker starts with this many header bytes.

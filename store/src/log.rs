@@ -478,7 +478,7 @@ fn next_record(data: &[u8], pos: u64, seq: u64, epoch: u64) -> Option<(u64, u64,
 
 /// Checks a state slot's fields against the data region before trusting them.
 fn sane(st: &SlotState, data_len: u64) -> Result<(), &'static str> {
-    if st.head % format::ALIGN != 0 || st.tail % format::ALIGN != 0 {
+    if (st.head | st.tail) & (format::ALIGN - 1) != 0 {
         return Err("unaligned offset");
     }
     if st.head >= data_len.max(1) || st.tail > data_len {

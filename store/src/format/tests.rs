@@ -28,7 +28,9 @@ fn empty_uid_differs_from_no_uid() {
         payload: b"",
     };
     write_record(&mut data[..32], 1, &rec);
-    assert!(matches!(read_entry(&data, 0, 1), Ok(Entry::Record { rec: r, len: 32 }) if r.uid == Some(&b""[..])));
+    assert!(
+        matches!(read_entry(&data, 0, 1), Ok(Entry::Record { rec: r, len: 32 }) if r.uid == Some(&b""[..]))
+    );
 }
 
 #[test]
@@ -64,9 +66,15 @@ fn lengths_past_the_end_are_rejected() {
     };
     write_record(&mut data[8..64], 1, &rec);
     assert!(read_entry(&data, 8, 1).is_ok());
-    assert_eq!(read_entry(&data[..60], 8, 1), Err(EntryProblem::OutOfBounds));
+    assert_eq!(
+        read_entry(&data[..60], 8, 1),
+        Err(EntryProblem::OutOfBounds)
+    );
     assert_eq!(read_entry(&data, 40, 1), Err(EntryProblem::OutOfBounds));
-    assert_eq!(read_entry(&data, u64::MAX, 1), Err(EntryProblem::OutOfBounds));
+    assert_eq!(
+        read_entry(&data, u64::MAX, 1),
+        Err(EntryProblem::OutOfBounds)
+    );
 }
 
 #[test]
@@ -87,13 +95,23 @@ fn header_round_trip_and_damage() {
     };
     write_file_header(&mut page, &h);
     assert_eq!(read_file_header(&page), Ok(h));
-    assert_eq!(read_slot(&page, 12345), None, "fresh header has no valid slot");
+    assert_eq!(
+        read_slot(&page, 12345),
+        None,
+        "fresh header has no valid slot"
+    );
     for at in [0, 9, 13, 17, 25, 33, 36, KEY_AT + 3] {
         let mut bad = page.clone();
         bad[at] ^= 0x10;
-        assert!(read_file_header(&bad).is_err(), "damage at {at} went unnoticed");
+        assert!(
+            read_file_header(&bad).is_err(),
+            "damage at {at} went unnoticed"
+        );
     }
-    assert_eq!(read_file_header(&page[..100]), Err(HeaderProblem::Short(100)));
+    assert_eq!(
+        read_file_header(&page[..100]),
+        Err(HeaderProblem::Short(100))
+    );
 }
 
 #[test]

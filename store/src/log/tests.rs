@@ -18,7 +18,9 @@ fn open(path: &Path, c: &LogConfig) -> (RingLog, OpenReport) {
 }
 
 fn payloads(log: &RingLog, after: u64) -> Vec<(u64, Vec<u8>)> {
-    log.iter_after(Seq(after)).map(|r| (r.seq.0, r.payload.to_vec())).collect()
+    log.iter_after(Seq(after))
+        .map(|r| (r.seq.0, r.payload.to_vec()))
+        .collect()
 }
 
 #[test]
@@ -35,7 +37,10 @@ fn append_replay_and_reopen_keep_epoch_and_seq() {
             new_epoch_reason: None
         }
     );
-    assert_eq!((log.last_seq(), log.first_seq(), log.len()), (Seq(0), None, 0));
+    assert_eq!(
+        (log.last_seq(), log.first_seq(), log.len()),
+        (Seq(0), None, 0)
+    );
     assert!(log.replay_complete(Seq(0)));
     assert_eq!(log.append(10, Some(b"alice"), b"one").unwrap(), Seq(1));
     assert_eq!(log.append(20, None, b"two").unwrap(), Seq(2));
@@ -43,16 +48,42 @@ fn append_replay_and_reopen_keep_epoch_and_seq() {
     let epoch = log.epoch();
     assert_eq!(log.last_append_ms(), 30);
     let first = log.iter_after(Seq(0)).next().unwrap();
-    assert_eq!((first.seq, first.ts_ms, first.uid, first.payload), (Seq(1), 10, Some(&b"alice"[..]), &b"one"[..]));
-    assert_eq!(payloads(&log, 1), vec![(2, b"two".to_vec()), (3, b"three".to_vec())]);
-    assert_eq!(log.iter_before(Seq(3), 1).map(|r| r.seq.0).collect::<Vec<_>>(), vec![2]);
-    assert_eq!(log.iter_before(Seq(100), 10).map(|r| r.seq.0).collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert_eq!(
+        (first.seq, first.ts_ms, first.uid, first.payload),
+        (Seq(1), 10, Some(&b"alice"[..]), &b"one"[..])
+    );
+    assert_eq!(
+        payloads(&log, 1),
+        vec![(2, b"two".to_vec()), (3, b"three".to_vec())]
+    );
+    assert_eq!(
+        log.iter_before(Seq(3), 1)
+            .map(|r| r.seq.0)
+            .collect::<Vec<_>>(),
+        vec![2]
+    );
+    assert_eq!(
+        log.iter_before(Seq(100), 10)
+            .map(|r| r.seq.0)
+            .collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
     assert_eq!(log.iter_before(Seq(1), 10).count(), 0);
     drop(log);
 
     let (mut log, report) = open(&path, &c);
-    assert_eq!((report.created, report.torn_tail_dropped, report.new_epoch_reason), (false, 0, None));
-    assert_eq!((log.epoch(), log.last_seq(), log.first_seq(), log.len()), (epoch, Seq(3), Some(Seq(1)), 3));
+    assert_eq!(
+        (
+            report.created,
+            report.torn_tail_dropped,
+            report.new_epoch_reason
+        ),
+        (false, 0, None)
+    );
+    assert_eq!(
+        (log.epoch(), log.last_seq(), log.first_seq(), log.len()),
+        (epoch, Seq(3), Some(Seq(1)), 3)
+    );
     assert_eq!(log.last_append_ms(), 30);
     assert_eq!(log.append(40, None, b"four").unwrap(), Seq(4));
     assert_eq!(log.verify().unwrap(), 4);
@@ -80,7 +111,10 @@ fn too_large_record_consumes_its_seq_and_empties_the_log() {
     let (mut log, _) = open(&path, &cfg(10, 256));
     log.append(1, None, b"small").unwrap();
     assert_eq!(log.append(2, None, &[0; 300]).unwrap(), Seq(2));
-    assert_eq!((log.len(), log.first_seq(), log.last_seq()), (0, None, Seq(2)));
+    assert_eq!(
+        (log.len(), log.first_seq(), log.last_seq()),
+        (0, None, Seq(2))
+    );
     assert!(!log.replay_complete(Seq(1)), "seq 2 was never kept");
     assert!(log.replay_complete(Seq(2)));
     assert_eq!(log.append(3, None, b"next").unwrap(), Seq(3));
@@ -95,7 +129,10 @@ fn uid_too_long_is_an_error_and_consumes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let (mut log, _) = open(&dir.path().join("a.rlog"), &cfg(10, 1 << 20));
     let uid = vec![b'u'; 70_000];
-    assert!(matches!(log.append(1, Some(&uid), b"x"), Err(StoreError::UidTooLong { len: 70_000, .. })));
+    assert!(matches!(
+        log.append(1, Some(&uid), b"x"),
+        Err(StoreError::UidTooLong { len: 70_000, .. })
+    ));
     assert_eq!(log.last_seq(), Seq(0));
 }
 
@@ -103,16 +140,35 @@ fn uid_too_long_is_an_error_and_consumes_nothing() {
 fn invalid_configs_and_keys_are_rejected() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("a.rlog");
-    assert!(matches!(RingLog::open(&path, KEY, &cfg(0, 4096)), Err(StoreError::InvalidConfig(_))));
-    assert!(matches!(RingLog::open(&path, KEY, &cfg(10, 63)), Err(StoreError::InvalidConfig(_))));
-    assert!(matches!(RingLog::open(&path, KEY, &cfg(10, 1 << 33)), Err(StoreError::InvalidConfig(_))));
-    assert!(matches!(RingLog::open(&path, &[0; 3000], &cfg(10, 4096)), Err(StoreError::KeyTooLong { .. })));
+    assert!(matches!(
+        RingLog::open(&path, KEY, &cfg(0, 4096)),
+        Err(StoreError::InvalidConfig(_))
+    ));
+    assert!(matches!(
+        RingLog::open(&path, KEY, &cfg(10, 63)),
+        Err(StoreError::InvalidConfig(_))
+    ));
+    assert!(matches!(
+        RingLog::open(&path, KEY, &cfg(10, 1 << 33)),
+        Err(StoreError::InvalidConfig(_))
+    ));
+    assert!(matches!(
+        RingLog::open(&path, &[0; 3000], &cfg(10, 4096)),
+        Err(StoreError::KeyTooLong { .. })
+    ));
 }
 
 #[test]
 fn every_sync_policy_appends_and_flushes() {
     let dir = tempfile::tempdir().unwrap();
-    for (i, sync) in [SyncPolicy::Never, SyncPolicy::EveryAppend, SyncPolicy::IntervalMs(0)].into_iter().enumerate() {
+    for (i, sync) in [
+        SyncPolicy::Never,
+        SyncPolicy::EveryAppend,
+        SyncPolicy::IntervalMs(0),
+    ]
+    .into_iter()
+    .enumerate()
+    {
         let path = dir.path().join(format!("{i}.rlog"));
         let c = LogConfig {
             max_records: 4,
@@ -146,7 +202,10 @@ fn damaged_header_reason(damage: impl FnOnce(&mut Vec<u8>)) -> (String, bool) {
     assert!(!report.created);
     assert_eq!((log.last_seq(), log.len()), (Seq(0), 0));
     assert_eq!(log.append(2, None, b"y").unwrap(), Seq(1));
-    (report.new_epoch_reason.expect("new epoch"), log.epoch() != epoch)
+    (
+        report.new_epoch_reason.expect("new epoch"),
+        log.epoch() != epoch,
+    )
 }
 
 #[test]
@@ -160,7 +219,10 @@ fn corrupt_header_starts_a_new_epoch_with_a_reason() {
     let (reason, changed) = damaged_header_reason(|f| {
         f[3072..3200].fill(0x5A);
     });
-    assert!(reason.contains("no valid state slot") && changed, "{reason}");
+    assert!(
+        reason.contains("no valid state slot") && changed,
+        "{reason}"
+    );
     let (reason, _) = damaged_header_reason(|f| f.truncate(HEADER_LEN + 100));
     assert!(reason.contains("geometry"), "{reason}");
 }
@@ -182,9 +244,15 @@ fn key_mismatch_and_geometry_change_start_a_new_epoch() {
     let epoch = log.epoch();
     drop(log);
     let (log, report) = open(&path, &cfg(10, 2048));
-    assert!(report.new_epoch_reason.unwrap().contains("geometry changed"));
+    assert!(report
+        .new_epoch_reason
+        .unwrap()
+        .contains("geometry changed"));
     assert_ne!(log.epoch(), epoch);
-    assert_eq!(std::fs::metadata(&path).unwrap().len(), HEADER_LEN as u64 + 2048);
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().len(),
+        HEADER_LEN as u64 + 2048
+    );
 }
 
 #[test]
@@ -199,7 +267,10 @@ fn fewer_max_records_keeps_the_epoch_and_the_newest_records() {
     drop(log);
     let (log, report) = open(&path, &cfg(3, 4096));
     assert_eq!(report.new_epoch_reason, None);
-    assert_eq!((log.epoch(), log.first_seq(), log.last_seq(), log.len()), (epoch, Some(Seq(6)), Seq(8), 3));
+    assert_eq!(
+        (log.epoch(), log.first_seq(), log.last_seq(), log.len()),
+        (epoch, Some(Seq(6)), Seq(8), 3)
+    );
     drop(log);
     let (log, _) = open(&path, &cfg(10, 4096));
     assert_eq!(log.len(), 3, "the trim was published");
@@ -220,13 +291,28 @@ fn garbled_published_record_is_dropped_without_reusing_its_seq() {
     file[last_at + 40] ^= 0xFF;
     std::fs::write(&path, &file).unwrap();
     let (mut log, report) = open(&path, &cfg(10, 4096));
-    assert_eq!((report.torn_tail_dropped, report.new_epoch_reason), (1, None));
+    assert_eq!(
+        (report.torn_tail_dropped, report.new_epoch_reason),
+        (1, None)
+    );
     assert_eq!((log.epoch(), log.len(), log.last_seq()), (epoch, 4, Seq(5)));
-    assert_eq!(payloads(&log, 0).last().unwrap().0, 4, "records before the torn one are kept");
+    assert_eq!(
+        payloads(&log, 0).last().unwrap().0,
+        4,
+        "records before the torn one are kept"
+    );
     assert!(!log.replay_complete(Seq(2)), "seq 5 is lost");
     assert!(log.replay_complete(Seq(5)));
-    assert_eq!(log.append(2, None, b"six").unwrap(), Seq(6), "seq 5 is not reused");
-    assert_eq!(payloads(&log, 0), vec![(6, b"six".to_vec())], "kept records stay gap-free");
+    assert_eq!(
+        log.append(2, None, b"six").unwrap(),
+        Seq(6),
+        "seq 5 is not reused"
+    );
+    assert_eq!(
+        payloads(&log, 0),
+        vec![(6, b"six".to_vec())],
+        "kept records stay gap-free"
+    );
 }
 
 #[test]
@@ -260,7 +346,9 @@ fn fuzz_hook_survives_hand_made_corruption() {
 
 /// The bytes `append` changes in the data region, in address order.
 fn changed_positions(before: &[u8], after: &[u8]) -> Vec<usize> {
-    (HEADER_LEN..after.len()).filter(|&i| before[i] != after[i]).collect()
+    (HEADER_LEN..after.len())
+        .filter(|&i| before[i] != after[i])
+        .collect()
 }
 
 proptest! {

@@ -14,10 +14,19 @@ fn apply(ring: &mut Ring, len: u64, max_records: u32) -> Plan {
         Plan::Store { evict, at, wrap_at } => {
             let old_tail = ring.tail;
             ring.evict(evict);
-            assert!(ring.is_free(at, len), "record [{at}, +{len}) overlaps kept records in {ring:?}");
+            assert!(
+                ring.is_free(at, len),
+                "record [{at}, +{len}) overlaps kept records in {ring:?}"
+            );
             if let Some(w) = wrap_at {
-                assert_eq!(w, old_tail, "wrap marker goes where the record would have started");
-                assert!(ring.is_free(w, REC_HEADER_LEN as u64), "wrap marker overlaps kept records");
+                assert_eq!(
+                    w, old_tail,
+                    "wrap marker goes where the record would have started"
+                );
+                assert!(
+                    ring.is_free(w, REC_HEADER_LEN as u64),
+                    "wrap marker overlaps kept records"
+                );
                 assert!(w + len > ring.data_len, "wrapped although the record fit");
             }
             assert_eq!(at % 8, 0);
@@ -42,12 +51,25 @@ fn extents(ring: &Ring, lens: &[u64]) -> Vec<(u64, u64)> {
 fn fills_then_wraps_with_marker() {
     let mut ring = Ring::new(256);
     for _ in 0..3 {
-        assert!(matches!(apply(&mut ring, 80, 100), Plan::Store { evict: 0, .. }));
+        assert!(matches!(
+            apply(&mut ring, 80, 100),
+            Plan::Store { evict: 0, .. }
+        ));
     }
     assert_eq!((ring.head(), ring.tail(), ring.len()), (0, 240, 3));
     // 16 bytes left at the end: too few for a marker, the next record wraps implicitly.
-    assert_eq!(apply(&mut ring, 80, 100), Plan::Store { evict: 1, at: 0, wrap_at: None });
-    assert_eq!((ring.first_seq(), ring.last_seq(), ring.head()), (Some(2), 4, 80));
+    assert_eq!(
+        apply(&mut ring, 80, 100),
+        Plan::Store {
+            evict: 1,
+            at: 0,
+            wrap_at: None
+        }
+    );
+    assert_eq!(
+        (ring.first_seq(), ring.last_seq(), ring.head()),
+        (Some(2), 4, 80)
+    );
 }
 
 #[test]
@@ -56,7 +78,14 @@ fn writes_a_wrap_marker_when_room_for_a_header_is_left() {
     apply(&mut ring, 96, 100);
     apply(&mut ring, 96, 100);
     // 64 bytes left, a 96-byte record needs the first record's room at 0.
-    assert_eq!(apply(&mut ring, 96, 100), Plan::Store { evict: 1, at: 0, wrap_at: Some(192) });
+    assert_eq!(
+        apply(&mut ring, 96, 100),
+        Plan::Store {
+            evict: 1,
+            at: 0,
+            wrap_at: Some(192)
+        }
+    );
 }
 
 #[test]
@@ -65,7 +94,10 @@ fn max_records_evicts_one_per_append() {
     for _ in 0..5 {
         apply(&mut ring, 40, 3);
     }
-    assert_eq!((ring.len(), ring.first_seq(), ring.last_seq()), (3, Some(3), 5));
+    assert_eq!(
+        (ring.len(), ring.first_seq(), ring.last_seq()),
+        (3, Some(3), 5)
+    );
 }
 
 #[test]
@@ -73,11 +105,21 @@ fn too_large_consumes_the_seq_and_empties_the_ring() {
     let mut ring = Ring::new(128);
     apply(&mut ring, 40, 10);
     assert_eq!(apply(&mut ring, 136, 10), Plan::TooLarge);
-    assert_eq!((ring.len(), ring.first_seq(), ring.last_seq()), (0, None, 2));
+    assert_eq!(
+        (ring.len(), ring.first_seq(), ring.last_seq()),
+        (0, None, 2)
+    );
     apply(&mut ring, 40, 10);
     assert_eq!((ring.first_seq(), ring.last_seq()), (Some(3), 3));
     // A record exactly the size of the data region fits.
-    assert!(matches!(apply(&mut ring, 128, 10), Plan::Store { evict: 1, at: 0, .. }));
+    assert!(matches!(
+        apply(&mut ring, 128, 10),
+        Plan::Store {
+            evict: 1,
+            at: 0,
+            ..
+        }
+    ));
 }
 
 #[test]
@@ -88,7 +130,10 @@ fn a_kept_run_ending_before_last_seq_is_dropped_by_the_next_append() {
     ring.raise_last_seq(5);
     assert_eq!((ring.newest_kept_seq(), ring.last_seq()), (Some(2), 5));
     apply(&mut ring, 40, 10);
-    assert_eq!((ring.first_seq(), ring.len(), ring.last_seq()), (Some(6), 1, 6));
+    assert_eq!(
+        (ring.first_seq(), ring.len(), ring.last_seq()),
+        (Some(6), 1, 6)
+    );
 }
 
 #[test]

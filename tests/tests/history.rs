@@ -1,6 +1,10 @@
 //! SPEC §3 history and catch-up: `subscribe` with `lastEventId` replays what was missed,
 //! in order, then `subscribed`; acknowledged messages survive kill -9 with their seq and
 //! epoch; a wiped data directory changes the epoch and reports `recovered: false`.
+//! Kept history is bounded by the plan's message count and by
+//! `[history] max_bytes_per_channel`; a gap (or a `lastEventId` / `epoch` from another
+//! history) is reported with `recovered: false`. Replay and live delivery join without
+//! loss or duplicates, also while the channel is being published to.
 
 use anyhow::{Context, Result};
 use ringcast_tests::{json, Client, Server, TIMEOUT};
@@ -276,5 +280,515 @@ fn replay_beyond_kept_history_is_not_recovered() -> Result<()> {
         "a gap must be reported: {subscribed}"
     );
     assert_eq!(subscribed["seq"], 1010);
+    Ok(())
+}
+
+/// Checks that every message carries `data.i == seq` (how the tests below publish).
+fn assert_data_matches_seq(msgs: &[Value]) {
+    for m in msgs {
+        assert_eq!(
+            m["data"]["i"], m["seq"],
+            "data does not belong to its seq: {m}"
+        );
+    }
+}
+
+/// A server started with `--config FILE` holding `toml` (plus the harness defaults:
+/// `--dev --shards 2 --data-dir <tmp>`). The directory holding the file is returned so it
+/// lives as long as the server.
+fn start_with_config(toml: &str) -> Result<(Server, tempfile::TempDir)> {
+    let conf_dir = tempfile::Builder::new()
+        .prefix("ringcast-conf-")
+        .tempdir()?;
+    let path = conf_dir.path().join("ringcast.toml");
+    std::fs::write(&path, toml)?;
+    let path = path.display().to_string();
+    let server = Server::start(&["--config", &path])?;
+    Ok((server, conf_dir))
+}
+
+/// The channel's epoch, from a plain `subscribe` on a fresh connection.
+fn current_epoch(server: &Server, query: &str, channel: &str) -> Result<(Value, Value)> {
+    let mut c = Client::open(server, query)?;
+    let subscribed = c.subscribe(channel)?;
+    assert!(
+        subscribed["epoch"].as_str().is_some_and(|e| !e.is_empty()),
+        "epoch is a non-empty string: {subscribed}"
+    );
+    Ok((subscribed["epoch"].clone(), subscribed["seq"].clone()))
+}
+
+/// Publishes `{"i": from}`, `{"i": from + 1}`, ... `{"i": to}` in pipelined batches of
+/// `BATCH` (each batch's acks awaited before the next), reporting the highest acked seq
+/// on `progress` after every batch. Stops at the first error (e.g. the server was
+/// killed) and returns the highest acked seq with that error, if any.
+fn publish_storm(
+    c: &mut Client,
+    channel: &str,
+    from: u64,
+    to: u64,
+    progress: &std::sync::mpsc::Sender<u64>,
+) -> (u64, Option<anyhow::Error>) {
+    const BATCH: u64 = 20;
+    let mut max_acked = 0;
+    let mut next = from;
+    while next <= to {
+        let end = (next + BATCH - 1).min(to);
+        for i in next..=end {
+            if let Err(e) = c.send_json(
+                &json!({"action": "publish", "channel": channel, "data": {"i": i}, "ref": i}),
+            ) {
+                return (max_acked, Some(e));
+            }
+        }
+        for _ in next..=end {
+            match c.expect_event("ack") {
+                Ok(ack) => match ack["seq"].as_u64() {
+                    Some(seq) => max_acked = max_acked.max(seq),
+                    None => return (max_acked, Some(anyhow::anyhow!("ack without seq: {ack}"))),
+                },
+                Err(e) => return (max_acked, Some(e)),
+            }
+        }
+        let _ = progress.send(max_acked);
+        next = end + 1;
+    }
+    (max_acked, None)
+}
+
+#[test]
+fn catch_up_after_disconnect() -> Result<()> {
+    let server = Server::start(&[])?;
+    let channel = "hist:catchup";
+    let mut sub = Client::connect_on_shard(&server, 0)?;
+    let mut publisher = Client::connect_on_shard(&server, 1)?;
+    sub.subscribe(channel)?;
+    assert_eq!(
+        publish_acked(&mut publisher, channel, (1..=5).map(|i| json!({"i": i})))?,
+        (1..=5).collect::<Vec<_>>()
+    );
+    let mut live = Vec::new();
+    for _ in 1..=5 {
+        live.push(sub.expect_event("realtime.message")?);
+    }
+    assert_eq!(seqs(&live), vec![1, 2, 3, 4, 5]);
+    assert_data_matches_seq(&live);
+    sub.close_quietly();
+
+    // Published while nobody listens.
+    assert_eq!(
+        publish_acked(&mut publisher, channel, (6..=25).map(|i| json!({"i": i})))?,
+        (6..=25).collect::<Vec<_>>()
+    );
+
+    let mut back = Client::connect_on_shard(&server, 0)?;
+    let (replayed, subscribed) = subscribe_from(&mut back, channel, 5, None)?;
+    assert_eq!(
+        seqs(&replayed),
+        (6..=25).collect::<Vec<_>>(),
+        "replay after lastEventId=5 is exactly 6..=25, in order"
+    );
+    assert_data_matches_seq(&replayed);
+    assert_eq!(subscribed["seq"], 25, "{subscribed}");
+    assert_eq!(subscribed["recovered"], true, "{subscribed}");
+
+    // Live delivery continues at 26: no duplicate of the replay, no gap.
+    publish_acked(
+        &mut publisher,
+        channel,
+        [json!({"i": 26}), json!({"i": 27})],
+    )?;
+    let m26 = back.expect_event("realtime.message")?;
+    let m27 = back.expect_event("realtime.message")?;
+    assert_eq!(
+        seqs(&[m26.clone(), m27.clone()]),
+        vec![26, 27],
+        "{m26} {m27}"
+    );
+    assert_data_matches_seq(&[m26, m27]);
+    back.ping_pong()
+        .context("nothing but the pong after the live messages")?;
+    Ok(())
+}
+
+#[test]
+fn gap_beyond_the_ring() -> Result<()> {
+    // The free plan keeps 100 messages per channel.
+    let (server, _conf) = start_with_config(
+        "default_tenant = \"small\"\n[[tenants]]\nid = \"small\"\nplan = \"free\"\n",
+    )?;
+    let channel = "hist:ring";
+    let mut publisher = Client::open(&server, "tenant=small")?;
+    let acked = publish_acked(&mut publisher, channel, (1..=150).map(|i| json!({"i": i})))?;
+    assert_eq!(acked, (1..=150).collect::<Vec<_>>());
+
+    // Messages 11..=50 are gone: what is kept is replayed, and the gap is reported.
+    let mut sub = Client::open(&server, "tenant=small")?;
+    let (replayed, subscribed) = subscribe_from(&mut sub, channel, 10, None)?;
+    assert_eq!(
+        seqs(&replayed),
+        (51..=150).collect::<Vec<_>>(),
+        "replay is the 100 kept messages"
+    );
+    assert_data_matches_seq(&replayed);
+    assert_eq!(subscribed["seq"], 150, "{subscribed}");
+    assert_eq!(
+        subscribed["recovered"], false,
+        "messages 11..=50 were missed: {subscribed}"
+    );
+
+    // Boundary: one message short of the ring is still a gap ...
+    let mut sub = Client::open(&server, "tenant=small")?;
+    let (replayed, subscribed) = subscribe_from(&mut sub, channel, 49, None)?;
+    assert_eq!(seqs(&replayed), (51..=150).collect::<Vec<_>>());
+    assert_eq!(
+        subscribed["recovered"], false,
+        "seq 50 is missing: {subscribed}"
+    );
+    // ... and a client that saw exactly up to the oldest-but-one missed nothing.
+    let mut sub = Client::open(&server, "tenant=small")?;
+    let (replayed, subscribed) = subscribe_from(&mut sub, channel, 50, None)?;
+    assert_eq!(seqs(&replayed), (51..=150).collect::<Vec<_>>());
+    assert_eq!(
+        subscribed["recovered"], true,
+        "nothing after 50 is missing: {subscribed}"
+    );
+    Ok(())
+}
+
+#[test]
+fn last_event_id_ahead_or_wrong_epoch_is_not_recovered() -> Result<()> {
+    let server = Server::start(&[])?;
+    let channel = "hist:ahead";
+    let mut publisher = Client::open(&server, "")?;
+    publish_acked(&mut publisher, channel, (1..=3).map(|i| json!({"i": i})))?;
+    let (epoch, seq) = current_epoch(&server, "", channel)?;
+    assert_eq!(seq, 3);
+
+    // A client from another history (it saw seq 1000 on a channel at 3).
+    let mut ahead = Client::open(&server, "")?;
+    let (replayed, subscribed) = subscribe_from(&mut ahead, channel, 1000, None)?;
+    assert!(replayed.is_empty(), "nothing replayed: {replayed:?}");
+    assert_eq!(subscribed["seq"], 3, "{subscribed}");
+    assert_eq!(subscribed["recovered"], false, "{subscribed}");
+    assert_eq!(subscribed["epoch"], epoch, "{subscribed}");
+
+    // The same with the right epoch given explicitly.
+    let mut ahead = Client::open(&server, "")?;
+    let (replayed, subscribed) = subscribe_from(&mut ahead, channel, 1000, Some(&epoch))?;
+    assert!(replayed.is_empty(), "nothing replayed: {replayed:?}");
+    assert_eq!(subscribed["recovered"], false, "{subscribed}");
+
+    // Control: the right epoch and a lastEventId in range recover.
+    let mut good = Client::open(&server, "")?;
+    let (replayed, subscribed) = subscribe_from(&mut good, channel, 1, Some(&epoch))?;
+    assert_eq!(seqs(&replayed), vec![2, 3]);
+    assert_eq!(subscribed["recovered"], true, "{subscribed}");
+
+    // A lastEventId in range but from another epoch: the client cannot know what it has.
+    let other = json!(format!("{}-other", epoch.as_str().unwrap_or_default()));
+    let mut stale = Client::open(&server, "")?;
+    let (replayed, subscribed) = subscribe_from(&mut stale, channel, 1, Some(&other))?;
+    assert_eq!(
+        subscribed["recovered"], false,
+        "lastEventId from epoch {other} on a channel in epoch {epoch}: {subscribed}"
+    );
+    assert_eq!(
+        subscribed["epoch"], epoch,
+        "the channel's epoch is unchanged: {subscribed}"
+    );
+    assert_eq!(subscribed["seq"], 3, "{subscribed}");
+    // Whatever is replayed is a contiguous run ending at the head.
+    let got = seqs(&replayed);
+    if let Some(&first) = got.first() {
+        assert_eq!(got, (first..=3).collect::<Vec<_>>(), "{replayed:?}");
+    }
+
+    // None of this disturbed the channel: the next publish is 4, delivered once.
+    publish_acked(&mut publisher, channel, [json!({"i": 4})])?;
+    let m = good.expect_event("realtime.message")?;
+    assert_eq!(m["seq"], 4, "{m}");
+    good.ping_pong()?;
+    Ok(())
+}
+
+#[test]
+fn replay_live_race_under_load() -> Result<()> {
+    // 1,000 messages: exactly what the dev tenant (enterprise plan) keeps, so a
+    // subscriber from lastEventId=0 can always get all of them.
+    const TOTAL: u64 = 1000;
+    const STARTS: [u64; 5] = [0, 150, 400, 650, 900];
+    let server = Server::start(&[])?;
+    let channel = "hist:storm";
+    let mut publisher = Client::connect_on_shard(&server, 0)?;
+    let mut subs = Vec::new();
+    for _ in STARTS {
+        subs.push(Client::connect_on_shard(&server, 1)?);
+    }
+
+    // An observer on the publisher's shard reports how far the channel got, live.
+    let mut observer = Client::connect_on_shard(&server, 0)?;
+    observer.subscribe(channel)?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let watch = std::thread::spawn(move || -> Result<Vec<u64>> {
+        let mut seen = Vec::new();
+        for _ in 0..TOTAL {
+            let m = observer.expect_event("realtime.message")?;
+            let seq = m["seq"].as_u64().with_context(|| format!("seq: {m}"))?;
+            seen.push(seq);
+            let _ = tx.send(seq);
+        }
+        Ok(seen)
+    });
+
+    // The publisher keeps a window of `WINDOW` publishes in flight (refs make the server
+    // ack each; every ack lets one more go): the channel never pauses while subscribers
+    // join, yet the storm lasts long enough for them to join in the middle of it.
+    const WINDOW: u64 = 8;
+    let storm = std::thread::spawn(move || -> Result<Vec<u64>> {
+        let publish = |c: &mut Client, i: u64| {
+            c.send_json(
+                &json!({"action": "publish", "channel": channel, "data": {"i": i}, "ref": i}),
+            )
+        };
+        let mut next = 1;
+        while next <= WINDOW.min(TOTAL) {
+            publish(&mut publisher, next)?;
+            next += 1;
+        }
+        let mut acked = Vec::new();
+        for _ in 1..=TOTAL {
+            let ack = publisher.expect_event("ack")?;
+            acked.push(ack["seq"].as_u64().with_context(|| format!("seq: {ack}"))?);
+            if next <= TOTAL {
+                publish(&mut publisher, next)?;
+                next += 1;
+            }
+        }
+        Ok(acked)
+    });
+
+    // Each subscriber joins at a different moment of the storm (when the observer has
+    // seen at least `start` messages).
+    let mut seen = 0;
+    for (sub, start) in subs.iter_mut().zip(STARTS) {
+        while seen < start {
+            match rx.recv_timeout(TIMEOUT) {
+                Ok(seq) => seen = seq,
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(e) => anyhow::bail!("the channel made no progress: {e}"),
+            }
+        }
+        sub.send_json(&json!({"action": "subscribe", "channel": channel, "lastEventId": 0}))?;
+    }
+    let acked = storm.join().expect("publisher thread panicked")?;
+    assert_eq!(acked, (1..=TOTAL).collect::<Vec<_>>(), "acks");
+    let observed = watch.join().expect("observer thread panicked")?;
+    assert_eq!(observed, (1..=TOTAL).collect::<Vec<_>>(), "live observer");
+
+    for (k, (sub, start)) in subs.iter_mut().zip(STARTS).enumerate() {
+        let mut replay = Vec::new();
+        let mut live = Vec::new();
+        let mut subscribed: Option<Value> = None;
+        for _ in 0..TOTAL + 10 {
+            let done = match &subscribed {
+                Some(s) => {
+                    s["seq"] == TOTAL || live.last().is_some_and(|m: &Value| m["seq"] == TOTAL)
+                }
+                None => false,
+            };
+            if done {
+                break;
+            }
+            let ev = sub
+                .recv_event(TIMEOUT)
+                .with_context(|| format!("subscriber {k} (joined at seq {start})"))?;
+            match ev["event"].as_str() {
+                Some("realtime.message") if subscribed.is_none() => replay.push(ev),
+                Some("realtime.message") => live.push(ev),
+                Some("subscribed") if subscribed.is_none() => subscribed = Some(ev),
+                _ => panic!("subscriber {k}: unexpected event {ev}"),
+            }
+        }
+        let subscribed = subscribed.with_context(|| format!("subscriber {k}: no `subscribed`"))?;
+        let head = subscribed["seq"]
+            .as_u64()
+            .with_context(|| format!("subscribed.seq: {subscribed}"))?;
+        assert_eq!(
+            subscribed["recovered"], true,
+            "subscriber {k}: all {TOTAL} messages are kept: {subscribed}"
+        );
+        assert!(
+            head >= start,
+            "subscriber {k} joined at seq {start} but subscribed.seq is {head}"
+        );
+        assert_eq!(
+            seqs(&replay),
+            (1..=head).collect::<Vec<_>>(),
+            "subscriber {k}: replay is 1..=subscribed.seq"
+        );
+        assert_eq!(
+            seqs(&live),
+            (head + 1..=TOTAL).collect::<Vec<_>>(),
+            "subscriber {k}: live continues at subscribed.seq + 1 (replay ended at {head})"
+        );
+        assert_data_matches_seq(&replay);
+        assert_data_matches_seq(&live);
+        eprintln!(
+            "subscriber {k} (joined at seq {start}): {} replayed, {} live",
+            replay.len(),
+            live.len()
+        );
+        sub.ping_pong()
+            .with_context(|| format!("subscriber {k}: nothing after seq {TOTAL}"))?;
+    }
+    Ok(())
+}
+
+#[test]
+fn restart_keeps_history_and_seq() -> Result<()> {
+    let mut server = Server::start(&[])?;
+    let channel = "hist:restart";
+    let mut publisher = Client::open(&server, "")?;
+    publish_acked(&mut publisher, channel, (1..=10).map(|i| json!({"i": i})))?;
+    let (epoch, seq) = current_epoch(&server, "", channel)?;
+    assert_eq!(seq, 10);
+    drop(publisher);
+
+    server.restart_after_terminate()?;
+    let mut sub = Client::open(&server, "")?;
+    let (replayed, subscribed) = subscribe_from(&mut sub, channel, 0, Some(&epoch))?;
+    assert_eq!(
+        seqs(&replayed),
+        (1..=10).collect::<Vec<_>>(),
+        "history after SIGTERM + restart"
+    );
+    assert_data_matches_seq(&replayed);
+    assert_eq!(subscribed["seq"], 10, "{subscribed}");
+    assert_eq!(
+        subscribed["epoch"], epoch,
+        "epoch survives a restart: {subscribed}"
+    );
+    assert_eq!(subscribed["recovered"], true, "{subscribed}");
+
+    let mut publisher = Client::open(&server, "")?;
+    assert_eq!(
+        publish_acked(&mut publisher, channel, [json!({"i": 11})])?,
+        vec![11],
+        "seq continues after a restart"
+    );
+    assert_eq!(sub.expect_event("realtime.message")?["seq"], 11);
+    Ok(())
+}
+
+#[test]
+fn kill9_during_publish_storm() -> Result<()> {
+    // Stays under the dev tenant's 1,000 kept messages, so every survivor is replayable.
+    const TOTAL: u64 = 990;
+    const KILL_AFTER: u64 = 300;
+    let mut server = Server::start(&[])?;
+    let channel = "hist:crash";
+    let mut publisher = Client::connect_on_shard(&server, 0)?;
+    publish_acked(&mut publisher, channel, [json!({"i": 1})])?;
+    let (epoch, _) = current_epoch(&server, "", channel)?;
+
+    let (tx, rx) = std::sync::mpsc::channel();
+    let storm = std::thread::spawn(move || publish_storm(&mut publisher, channel, 2, TOTAL, &tx));
+    let mut acked = 1;
+    while acked < KILL_AFTER {
+        match rx.recv_timeout(TIMEOUT) {
+            Ok(seq) => acked = seq,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(e) => anyhow::bail!("publisher made no progress: {e}"),
+        }
+    }
+    server.kill9();
+    let (max_acked, err) = storm.join().expect("publisher thread panicked");
+    let max_acked = max_acked.max(acked);
+    eprintln!("killed after {max_acked} acked publishes (publisher ended with {err:?})");
+
+    server.restart_after_kill9()?;
+    let mut sub = Client::open(&server, "")?;
+    let (replayed, subscribed) = subscribe_from(&mut sub, channel, 0, Some(&epoch))?;
+    let head = subscribed["seq"]
+        .as_u64()
+        .with_context(|| format!("subscribed.seq: {subscribed}"))?;
+    assert!(
+        head >= max_acked,
+        "acked seq {max_acked} lost by kill -9: channel is at {head}"
+    );
+    assert_eq!(
+        seqs(&replayed),
+        (1..=head).collect::<Vec<_>>(),
+        "replay after kill -9 is the contiguous run 1..=subscribed.seq"
+    );
+    assert_data_matches_seq(&replayed);
+    assert_eq!(
+        subscribed["epoch"], epoch,
+        "epoch survives kill -9: {subscribed}"
+    );
+    assert_eq!(subscribed["recovered"], true, "{subscribed}");
+
+    let mut publisher = Client::open(&server, "")?;
+    assert_eq!(
+        publish_acked(&mut publisher, channel, [json!({"i": head + 1})])?,
+        vec![head + 1],
+        "seq is never reused after kill -9"
+    );
+    Ok(())
+}
+
+#[test]
+fn byte_bound() -> Result<()> {
+    const LIMIT: usize = 65536;
+    const PAD: usize = 4000;
+    let (server, _conf) =
+        start_with_config(&format!("[history]\nmax_bytes_per_channel = {LIMIT}\n"))?;
+    let channel = "hist:bytes";
+    let pad = "x".repeat(PAD);
+    let mut publisher = Client::open(&server, "")?;
+    let acked = publish_acked(
+        &mut publisher,
+        channel,
+        (1..=100).map(|i| json!({"i": i, "pad": pad})),
+    )?;
+    assert_eq!(acked, (1..=100).collect::<Vec<_>>());
+
+    let mut sub = Client::open(&server, "")?;
+    let (replayed, subscribed) = subscribe_from(&mut sub, channel, 0, None)?;
+    let got = seqs(&replayed);
+    assert_eq!(subscribed["seq"], 100, "{subscribed}");
+    assert!(!got.is_empty(), "the newest message is kept");
+    let first = got[0];
+    assert_eq!(
+        got,
+        (first..=100).collect::<Vec<_>>(),
+        "replay is a contiguous suffix ending at the head"
+    );
+    // Every kept message holds at least its `PAD` bytes of data.
+    assert!(
+        got.len() <= LIMIT / PAD,
+        "{} messages of >{PAD} bytes kept under a {LIMIT} byte bound",
+        got.len()
+    );
+    assert_eq!(
+        subscribed["recovered"], false,
+        "messages 1..{first} were dropped by the byte bound: {subscribed}"
+    );
+    for m in &replayed {
+        assert_eq!(
+            m["data"]["pad"].as_str().map(str::len),
+            Some(PAD),
+            "seq {}",
+            m["seq"]
+        );
+    }
+    assert_data_matches_seq(&replayed);
+
+    // A client that saw everything before the oldest kept message missed nothing.
+    let mut sub = Client::open(&server, "")?;
+    let (replayed, subscribed) = subscribe_from(&mut sub, channel, first - 1, None)?;
+    assert_eq!(seqs(&replayed), got);
+    assert_eq!(subscribed["recovered"], true, "{subscribed}");
     Ok(())
 }

@@ -1,97 +1,133 @@
-//! TEMPORARY in-memory history (replaced by the ring log of `ringcast_store`).
+//! Channel history on the owner shard: one `ringcast_store::RingLog` per open channel.
+//!
+//! Every record keeps the message's complete, already-encoded WebSocket frame, so a
+//! replay writes the stored bytes as they are. The log assigns `seq`; its epoch is the
+//! channel's epoch on the wire.
 
-use std::collections::VecDeque;
 use std::path::Path;
 
 use bytes::Bytes;
+use ringcast_store::{LogConfig, LogDir, RingLog, Seq, StoreError, SyncPolicy};
 
-use crate::config::HistoryConfig;
+use crate::config::{FlushPolicy, HistoryConfig};
 use crate::keys::ChannelKey;
 use crate::owner::SubscribeAnswer;
 use crate::tenant::Tenant;
 
-/// A history failure.
-pub type HistoryError = std::io::Error;
+/// A history failure (the disk, or a corrupt log that could not be reset).
+pub type HistoryError = StoreError;
 
-/// Where logs live.
+/// Where the logs of one server live, and how they are kept.
 #[derive(Debug)]
-pub struct HistoryStore;
+pub struct HistoryStore {
+    dir: LogDir,
+    config: HistoryConfig,
+}
 
 impl HistoryStore {
-    /// New store.
-    pub fn new(_data_dir: &Path, _config: &HistoryConfig) -> Result<HistoryStore, HistoryError> {
-        Ok(HistoryStore)
+    /// Opens (creating) `<data_dir>/history`.
+    pub fn new(data_dir: &Path, config: &HistoryConfig) -> Result<HistoryStore, HistoryError> {
+        Ok(HistoryStore { dir: LogDir::new(&data_dir.join("history"))?, config: config.clone() })
     }
-    /// Opens a channel.
-    pub fn open(&self, _key: &ChannelKey, tenant: &Tenant) -> Result<ChannelHistory, HistoryError> {
+
+    /// Opens the history of `key` with the tenant's bound on kept messages.
+    pub fn open(&self, key: &ChannelKey, tenant: &Tenant) -> Result<ChannelHistory, HistoryError> {
+        let sync = match self.config.flush {
+            FlushPolicy::Never | FlushPolicy::Interval => SyncPolicy::Never,
+            FlushPolicy::EveryAppend => SyncPolicy::EveryAppend,
+        };
+        let log_config = LogConfig {
+            max_records: tenant.limits.history_messages,
+            max_bytes: self.config.max_bytes_per_channel,
+            sync,
+        };
+        let (log, report) = self.dir.open(&key.log_key(), &log_config)?;
+        if let Some(reason) = &report.new_epoch_reason {
+            tracing::warn!(channel = %key.channel, tenant = %key.tenant, %reason, "history reset: new epoch");
+        }
+        if report.torn_tail_dropped > 0 {
+            tracing::warn!(channel = %key.channel, dropped = report.torn_tail_dropped, "history: torn tail dropped");
+        }
         Ok(ChannelHistory {
-            records: VecDeque::new(),
-            last: 0,
-            max: tenant.limits.history_messages as usize,
+            epoch: log.epoch().0.to_string(),
+            log,
+            interval_ms: (self.config.flush == FlushPolicy::Interval).then_some(u64::from(self.config.flush_interval_ms)),
+            dirty: false,
+            last_flush_ms: 0,
         })
     }
-    /// Removes idle logs.
-    pub fn remove_idle(&self, _now_ms: u64, _is_open: impl Fn(&[u8]) -> bool) -> usize {
-        0
+
+    /// Deletes logs idle past the TTL whose channel is not open (`is_open`).
+    pub fn remove_idle(&self, now_ms: u64, is_open: impl Fn(&[u8]) -> bool) -> usize {
+        let ttl_ms = self.config.idle_ttl_secs.saturating_mul(1000);
+        match self.dir.remove_idle(now_ms, ttl_ms, is_open) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "history: idle log cleanup failed");
+                0
+            }
+        }
     }
 }
 
 /// One channel's history.
 #[derive(Debug)]
 pub struct ChannelHistory {
-    records: VecDeque<(u64, Bytes)>,
-    last: u64,
-    max: usize,
+    log: RingLog,
+    epoch: String,
+    interval_ms: Option<u64>,
+    dirty: bool,
+    last_flush_ms: u64,
 }
 
 impl ChannelHistory {
-    /// Next seq.
+    /// The seq the next message gets.
     pub fn next_seq(&self) -> u64 {
-        self.last + 1
+        self.log.last_seq().0 + 1
     }
-    /// Latest seq.
+
+    /// The latest seq (0 when nothing was published in this epoch).
     pub fn last_seq(&self) -> u64 {
-        self.last
+        self.log.last_seq().0
     }
-    /// Appends.
-    pub fn append(
-        &mut self,
-        _ts_ms: u64,
-        _user_id: Option<&str>,
-        frame: &[u8],
-    ) -> Result<u64, HistoryError> {
-        self.last += 1;
-        self.records
-            .push_back((self.last, Bytes::copy_from_slice(frame)));
-        if self.records.len() > self.max {
-            self.records.pop_front();
-        }
-        Ok(self.last)
+
+    /// The epoch as sent to clients.
+    pub fn epoch(&self) -> &str {
+        &self.epoch
     }
-    /// Subscribe answer.
-    pub fn subscribe_answer(
-        &self,
-        last_event_id: Option<u64>,
-        _epoch: Option<&str>,
-    ) -> SubscribeAnswer {
-        let mut answer = SubscribeAnswer {
-            replay: Vec::new(),
-            seq: self.last,
-            epoch: "1".into(),
-            recovered: true,
-        };
-        if let Some(after) = last_event_id {
-            answer.replay = self
-                .records
-                .iter()
-                .filter(|(s, _)| *s > after)
-                .map(|(_, f)| f.clone())
-                .collect();
-            answer.recovered =
-                after <= self.last && self.records.front().is_none_or(|(s, _)| *s <= after + 1);
+
+    /// Appends an encoded message frame; returns its seq.
+    pub fn append(&mut self, ts_ms: u64, user_id: Option<&str>, frame: &[u8]) -> Result<u64, HistoryError> {
+        let seq = self.log.append(ts_ms, user_id.map(str::as_bytes), frame)?;
+        self.dirty = true;
+        Ok(seq.0)
+    }
+
+    /// What a subscriber gets: replayed frames after `last_event_id`, the latest seq,
+    /// the epoch, and whether the catch-up is complete.
+    pub fn subscribe_answer(&self, last_event_id: Option<u64>, epoch: Option<&str>) -> SubscribeAnswer {
+        let seq = self.last_seq();
+        let mut answer = SubscribeAnswer { replay: Vec::new(), seq, epoch: self.epoch.clone(), recovered: true };
+        let Some(after) = last_event_id else { return answer };
+        if epoch.is_some_and(|e| e != self.epoch) || after > seq {
+            // The client's position belongs to another history: it must refetch.
+            answer.recovered = false;
+            return answer;
         }
+        answer.recovered = self.log.replay_complete(Seq(after));
+        answer.replay = self.log.iter_after(Seq(after)).map(|r| Bytes::copy_from_slice(r.payload)).collect();
         answer
     }
-    /// Tick.
-    pub fn tick(&mut self, _now_ms: u64) {}
+
+    /// Flushes to disk when the interval policy says so.
+    pub fn tick(&mut self, now_ms: u64) {
+        let Some(interval) = self.interval_ms else { return };
+        if self.dirty && now_ms.saturating_sub(self.last_flush_ms) >= interval {
+            if let Err(e) = self.log.flush() {
+                tracing::warn!(error = %e, "history flush failed");
+            }
+            self.dirty = false;
+            self.last_flush_ms = now_ms;
+        }
+    }
 }

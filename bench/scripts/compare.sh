@@ -6,6 +6,7 @@
 #
 # Options: --servers "ringcast floor node-ws socketio bun"  --workloads "w1 w5 w3 w2 w6 w4"
 #          --duration-s S  --subscribers "100 1000 10000"  --bursts "1 16"  --payloads "64"
+#          --repeat R (each case R times, servers taking turns)  --shards N (Ringcast)
 #
 # Every server runs pinned to CPU 0 and the load generator to CPU 1 (taskset), with the
 # same workload and payloads; each server is started fresh for every case and always
@@ -30,6 +31,7 @@ DURATION=3
 WARMUP=1
 QUICK=0
 SHARDS=1
+REPEAT=1
 
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -41,13 +43,14 @@ while [ $# -gt 0 ]; do
     --payloads) PAYLOADS=$2; shift ;;
     --duration-s) DURATION=$2; shift ;;
     --shards) SHARDS=$2; shift ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    --repeat) REPEAT=$2; shift ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
   shift
 done
 if [ "$QUICK" = 1 ]; then
-  SUBS="1000"; W5_SUBS="1000"; W3_SUBS="1000"; W2_SUBS=2000; DURATION=1.5; WARMUP=0.5
+  SUBS="1000"; W5_SUBS="1000"; W3_SUBS="1000"; W2_SUBS=2000; DURATION=1; WARMUP=0.2
 fi
 
 STAMP=$(date +%Y%m%d-%H%M%S)
@@ -90,6 +93,10 @@ for peer in node-ws socketio bun; do
   case " $SERVERS " in *" $peer "*) ;; *) continue ;; esac
   dir="$ROOT/bench/peers/$peer"
   if ! command -v npm > /dev/null; then BROKEN[$peer]="npm not found"; continue; fi
+  # Already installed from this package.json: skip the registry round trip.
+  if [ -f "$dir/node_modules/.package-lock.json" ] && [ "$dir/node_modules/.package-lock.json" -nt "$dir/package.json" ]; then
+    continue
+  fi
   if ! (cd "$dir" && npm install --no-audit --no-fund --loglevel=error > "$OUT/install-$peer.log" 2>&1); then
     BROKEN[$peer]="npm install failed"
   fi
@@ -184,28 +191,31 @@ run_case() {
   case "$line" in *'"error"'*) echo "error (see $log)" ;; *) echo ok ;; esac
 }
 
-for wl in $WORKLOADS; do
-  for name in $SERVERS; do
-    case "$wl" in
-      w1)
-        for n in $SUBS; do for p in $PAYLOADS; do for k in $BURSTS; do
-          run_case "$name" w1 "$n" "$p" "$k"
-        done; done; done ;;
-      w3)
-        for n in $W3_SUBS; do for p in $PAYLOADS; do
-          run_case "$name" w3 "$n" "$p" 1 --rate "$W3_RATE"
-        done; done ;;
-      w5)
-        for n in $W5_SUBS; do run_case "$name" w5 "$n" 64 1; done ;;
-      w2|w6)
-        # The floor has no channels: every publish goes to every subscriber.
-        [ "$name" = floor ] && continue
-        run_case "$name" "$wl" "$W2_SUBS" 64 1 ;;
-      w4)
-        run_case "$name" w4 19000 64 1 --max-inflight 1024 ;;
-      *) echo "unknown workload $wl" >&2 ;;
-    esac
+# Servers take turns within each case, so drift on a shared box hits them alike.
+# run_all WORKLOAD SUBS PAYLOAD BURST [extra...]
+run_all() {
+  local wl=$1; shift
+  for r in $(seq "$REPEAT"); do
+    for name in $SERVERS; do
+      # The floor has no channels (every publish goes to every subscriber): no W2/W6.
+      case "$wl" in w2|w6) [ "$name" = floor ] && continue ;; esac
+      run_case "$name" "$wl" "$@"
+    done
   done
+}
+for wl in $WORKLOADS; do
+  case "$wl" in
+    w1) for n in $SUBS; do for p in $PAYLOADS; do for k in $BURSTS; do
+          run_all w1 "$n" "$p" "$k"
+        done; done; done ;;
+    w3) for n in $W3_SUBS; do for p in $PAYLOADS; do
+          run_all w3 "$n" "$p" 1 --rate "$W3_RATE"
+        done; done ;;
+    w5) for n in $W5_SUBS; do run_all w5 "$n" 64 1; done ;;
+    w2|w6) run_all "$wl" "$W2_SUBS" 64 1 ;;
+    w4) run_all w4 19000 64 1 --max-inflight 1024 ;;
+    *) echo "unknown workload $wl" >&2 ;;
+  esac
 done
 
 {

@@ -493,7 +493,7 @@ fn idle(cfg: &Config, r: &mut Report) -> anyhow::Result<()> {
     let n = cfg.subscribers;
     let settle = |pool: &mut Pool| -> anyhow::Result<()> {
         let t = Instant::now();
-        while t.elapsed() < Duration::from_millis(500) {
+        while t.elapsed() < Duration::from_millis(300) {
             pool.turn(Some(Duration::from_millis(20)))?;
         }
         Ok(())

@@ -37,6 +37,9 @@ struct Conn {
     open: bool,
     subscriber: bool,
     queued: bool,
+    /// Registered for WRITABLE: only while a write was partial, so the ACK of every frame
+    /// does not wake the loop.
+    want_write: bool,
     rbuf: Vec<u8>,
     wbuf: Vec<u8>,
 }
@@ -115,6 +118,7 @@ impl Floor {
                 open: false,
                 subscriber: false,
                 queued: false,
+                want_write: false,
                 rbuf: Vec::new(),
                 wbuf: Vec::new(),
             });
@@ -274,6 +278,16 @@ impl Floor {
                 }
             }
             c.wbuf.drain(..off);
+            let want = !c.wbuf.is_empty();
+            if want != c.want_write {
+                c.want_write = want;
+                let interest = if want {
+                    Interest::READABLE | Interest::WRITABLE
+                } else {
+                    Interest::READABLE
+                };
+                let _ = poll.registry().reregister(&mut c.stream, Token(ix), interest);
+            }
         }
         for ix in broken {
             self.drop_conn(ix, poll);

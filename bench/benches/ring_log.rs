@@ -33,7 +33,8 @@ fn append(c: &mut Criterion) {
             let mut ts = 0;
             b.iter(|| {
                 ts += 1;
-                log.append(ts, Some(b"alice"), black_box(payload)).expect("append")
+                log.append(ts, Some(b"alice"), black_box(payload))
+                    .expect("append")
             });
         });
     }

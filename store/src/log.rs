@@ -484,6 +484,9 @@ fn sane(st: &SlotState, data_len: u64) -> Result<(), &'static str> {
     if st.head >= data_len.max(1) || st.tail > data_len {
         return Err("offset past the data region");
     }
+    if st.last_seq >= u64::MAX / 2 {
+        return Err("last_seq out of range");
+    }
     if st.first_seq == 0 || st.first_seq - 1 > st.last_seq {
         return Err("first_seq past last_seq");
     }

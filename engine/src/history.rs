@@ -27,14 +27,20 @@ pub struct HistoryStore {
 impl HistoryStore {
     /// Opens (creating) `<data_dir>/history`.
     pub fn new(data_dir: &Path, config: &HistoryConfig) -> Result<HistoryStore, HistoryError> {
-        Ok(HistoryStore { dir: LogDir::new(&data_dir.join("history"))?, config: config.clone() })
+        Ok(HistoryStore {
+            dir: LogDir::new(&data_dir.join("history"))?,
+            config: config.clone(),
+        })
     }
 
     /// Opens the history of `key` with the tenant's bound on kept messages.
     pub fn open(&self, key: &ChannelKey, tenant: &Tenant) -> Result<ChannelHistory, HistoryError> {
+        // The store msyncs on append for `every_append` and `interval`; `tick` covers
+        // channels that go quiet under `interval`.
         let sync = match self.config.flush {
-            FlushPolicy::Never | FlushPolicy::Interval => SyncPolicy::Never,
+            FlushPolicy::Never => SyncPolicy::Never,
             FlushPolicy::EveryAppend => SyncPolicy::EveryAppend,
+            FlushPolicy::Interval => SyncPolicy::IntervalMs(self.config.flush_interval_ms),
         };
         let log_config = LogConfig {
             max_records: tenant.limits.history_messages,
@@ -51,7 +57,8 @@ impl HistoryStore {
         Ok(ChannelHistory {
             epoch: log.epoch().0.to_string(),
             log,
-            interval_ms: (self.config.flush == FlushPolicy::Interval).then_some(u64::from(self.config.flush_interval_ms)),
+            interval_ms: (self.config.flush == FlushPolicy::Interval)
+                .then_some(u64::from(self.config.flush_interval_ms)),
             dirty: false,
             last_flush_ms: 0,
         })
@@ -97,7 +104,12 @@ impl ChannelHistory {
     }
 
     /// Appends an encoded message frame; returns its seq.
-    pub fn append(&mut self, ts_ms: u64, user_id: Option<&str>, frame: &[u8]) -> Result<u64, HistoryError> {
+    pub fn append(
+        &mut self,
+        ts_ms: u64,
+        user_id: Option<&str>,
+        frame: &[u8],
+    ) -> Result<u64, HistoryError> {
         let seq = self.log.append(ts_ms, user_id.map(str::as_bytes), frame)?;
         self.dirty = true;
         Ok(seq.0)
@@ -105,23 +117,40 @@ impl ChannelHistory {
 
     /// What a subscriber gets: replayed frames after `last_event_id`, the latest seq,
     /// the epoch, and whether the catch-up is complete.
-    pub fn subscribe_answer(&self, last_event_id: Option<u64>, epoch: Option<&str>) -> SubscribeAnswer {
+    pub fn subscribe_answer(
+        &self,
+        last_event_id: Option<u64>,
+        epoch: Option<&str>,
+    ) -> SubscribeAnswer {
         let seq = self.last_seq();
-        let mut answer = SubscribeAnswer { replay: Vec::new(), seq, epoch: self.epoch.clone(), recovered: true };
-        let Some(after) = last_event_id else { return answer };
+        let mut answer = SubscribeAnswer {
+            replay: Vec::new(),
+            seq,
+            epoch: self.epoch.clone(),
+            recovered: true,
+        };
+        let Some(after) = last_event_id else {
+            return answer;
+        };
         if epoch.is_some_and(|e| e != self.epoch) || after > seq {
             // The client's position belongs to another history: it must refetch.
             answer.recovered = false;
             return answer;
         }
         answer.recovered = self.log.replay_complete(Seq(after));
-        answer.replay = self.log.iter_after(Seq(after)).map(|r| Bytes::copy_from_slice(r.payload)).collect();
+        answer.replay = self
+            .log
+            .iter_after(Seq(after))
+            .map(|r| Bytes::copy_from_slice(r.payload))
+            .collect();
         answer
     }
 
     /// Flushes to disk when the interval policy says so.
     pub fn tick(&mut self, now_ms: u64) {
-        let Some(interval) = self.interval_ms else { return };
+        let Some(interval) = self.interval_ms else {
+            return;
+        };
         if self.dirty && now_ms.saturating_sub(self.last_flush_ms) >= interval {
             if let Err(e) = self.log.flush() {
                 tracing::warn!(error = %e, "history flush failed");

@@ -286,7 +286,9 @@ impl Floor {
                 } else {
                     Interest::READABLE
                 };
-                let _ = poll.registry().reregister(&mut c.stream, Token(ix), interest);
+                let _ = poll
+                    .registry()
+                    .reregister(&mut c.stream, Token(ix), interest);
             }
         }
         for ix in broken {

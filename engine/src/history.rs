@@ -1,13 +1,18 @@
-//! Channel history on the owner shard: one `ringcast_store::RingLog` per open channel.
+//! Channel history on the owner shard: one `ringcast_store::RingLog` per channel.
 //!
 //! Every record keeps the message's complete, already-encoded WebSocket frame, so a
 //! replay writes the stored bytes as they are. The log assigns `seq`; its epoch is the
 //! channel's epoch on the wire.
+//!
+//! A channel that was never published to has no log: subscribing to it creates no file
+//! and no mapping (idle personal channels cost memory, not a page each). Its epoch is
+//! chosen when the owner first sees it and becomes the log's epoch when the first message
+//! creates the log.
 
 use std::path::Path;
 
 use bytes::Bytes;
-use ringcast_store::{LogConfig, LogDir, RingLog, Seq, StoreError, SyncPolicy};
+use ringcast_store::{Epoch, LogConfig, LogDir, RingLog, Seq, StoreError, SyncPolicy};
 
 use crate::config::{FlushPolicy, HistoryConfig};
 use crate::keys::ChannelKey;
@@ -33,7 +38,8 @@ impl HistoryStore {
         })
     }
 
-    /// Opens the history of `key` with the tenant's bound on kept messages.
+    /// The history of `key`, with the tenant's bound on kept messages: its log when one
+    /// exists, else an empty history that creates its log on the first append.
     pub fn open(&self, key: &ChannelKey, tenant: &Tenant) -> Result<ChannelHistory, HistoryError> {
         // The store msyncs on append for `every_append` and `interval`; `tick` covers
         // channels that go quiet under `interval`.
@@ -47,21 +53,23 @@ impl HistoryStore {
             max_bytes: self.config.max_bytes_per_channel,
             sync,
         };
-        let (log, report) = self.dir.open(&key.log_key(), &log_config)?;
-        if let Some(reason) = &report.new_epoch_reason {
-            tracing::warn!(channel = %key.channel, tenant = %key.tenant, %reason, "history reset: new epoch");
-        }
-        if report.torn_tail_dropped > 0 {
-            tracing::warn!(channel = %key.channel, dropped = report.torn_tail_dropped, "history: torn tail dropped");
-        }
-        Ok(ChannelHistory {
-            epoch: log.epoch().0.to_string(),
-            log,
+        let log_key = key.log_key();
+        let mut history = ChannelHistory {
+            log: None,
+            epoch: Epoch::fresh(None),
+            epoch_text: String::new(),
+            log_key,
+            log_config,
             interval_ms: (self.config.flush == FlushPolicy::Interval)
                 .then_some(u64::from(self.config.flush_interval_ms)),
             dirty: false,
             last_flush_ms: 0,
-        })
+        };
+        if self.dir.exists(&history.log_key) {
+            history.open_log(&self.dir, key)?;
+        }
+        history.epoch_text = history.epoch.0.to_string();
+        Ok(history)
     }
 
     /// Deletes logs idle past the TTL whose channel is not open (`is_open`).
@@ -75,44 +83,70 @@ impl HistoryStore {
             }
         }
     }
+
+    /// Appends to `history`, creating its log on the first message.
+    pub fn append(
+        &self,
+        key: &ChannelKey,
+        history: &mut ChannelHistory,
+        ts_ms: u64,
+        user_id: Option<&str>,
+        frame: &[u8],
+    ) -> Result<u64, HistoryError> {
+        if history.log.is_none() {
+            history.open_log(&self.dir, key)?;
+        }
+        let log = history.log.as_mut().expect("opened above");
+        let seq = log.append(ts_ms, user_id.map(str::as_bytes), frame)?;
+        history.dirty = true;
+        Ok(seq.0)
+    }
 }
 
 /// One channel's history.
 #[derive(Debug)]
 pub struct ChannelHistory {
-    log: RingLog,
-    epoch: String,
+    /// `None` until the channel's first message (or when no log file existed).
+    log: Option<RingLog>,
+    epoch: Epoch,
+    epoch_text: String,
+    log_key: Vec<u8>,
+    log_config: LogConfig,
     interval_ms: Option<u64>,
     dirty: bool,
     last_flush_ms: u64,
 }
 
 impl ChannelHistory {
+    /// Opens (or creates, with this history's epoch) the log file.
+    fn open_log(&mut self, dir: &LogDir, key: &ChannelKey) -> Result<(), HistoryError> {
+        let (log, report) =
+            dir.open_with_epoch(&self.log_key, &self.log_config, Some(self.epoch))?;
+        if let Some(reason) = &report.new_epoch_reason {
+            tracing::warn!(channel = %key.channel, tenant = %key.tenant, %reason, "history reset: new epoch");
+        }
+        if report.torn_tail_dropped > 0 {
+            tracing::warn!(channel = %key.channel, dropped = report.torn_tail_dropped, "history: torn tail dropped");
+        }
+        self.epoch = log.epoch();
+        self.epoch_text = self.epoch.0.to_string();
+        self.log = Some(log);
+        Ok(())
+    }
+
     /// The seq the next message gets.
     pub fn next_seq(&self) -> u64 {
-        self.log.last_seq().0 + 1
+        self.last_seq() + 1
     }
 
     /// The latest seq (0 when nothing was published in this epoch).
     pub fn last_seq(&self) -> u64 {
-        self.log.last_seq().0
+        self.log.as_ref().map_or(0, |log| log.last_seq().0)
     }
 
     /// The epoch as sent to clients.
     pub fn epoch(&self) -> &str {
-        &self.epoch
-    }
-
-    /// Appends an encoded message frame; returns its seq.
-    pub fn append(
-        &mut self,
-        ts_ms: u64,
-        user_id: Option<&str>,
-        frame: &[u8],
-    ) -> Result<u64, HistoryError> {
-        let seq = self.log.append(ts_ms, user_id.map(str::as_bytes), frame)?;
-        self.dirty = true;
-        Ok(seq.0)
+        &self.epoch_text
     }
 
     /// What a subscriber gets: replayed frames after `last_event_id`, the latest seq,
@@ -126,20 +160,24 @@ impl ChannelHistory {
         let mut answer = SubscribeAnswer {
             replay: Vec::new(),
             seq,
-            epoch: self.epoch.clone(),
+            epoch: self.epoch_text.clone(),
             recovered: true,
         };
         let Some(after) = last_event_id else {
             return answer;
         };
-        if epoch.is_some_and(|e| e != self.epoch) || after > seq {
+        let Some(log) = &self.log else {
+            // Nothing was ever published in this history: nothing after 0 can be missing.
+            answer.recovered = after == 0;
+            return answer;
+        };
+        if epoch.is_some_and(|e| e != self.epoch_text) || after > seq {
             // The client's position belongs to another history: it must refetch.
             answer.recovered = false;
             return answer;
         }
-        answer.recovered = self.log.replay_complete(Seq(after));
-        answer.replay = self
-            .log
+        answer.recovered = log.replay_complete(Seq(after));
+        answer.replay = log
             .iter_after(Seq(after))
             .map(|r| Bytes::copy_from_slice(r.payload))
             .collect();
@@ -148,11 +186,11 @@ impl ChannelHistory {
 
     /// Flushes to disk when the interval policy says so.
     pub fn tick(&mut self, now_ms: u64) {
-        let Some(interval) = self.interval_ms else {
+        let (Some(interval), Some(log)) = (self.interval_ms, &self.log) else {
             return;
         };
         if self.dirty && now_ms.saturating_sub(self.last_flush_ms) >= interval {
-            if let Err(e) = self.log.flush() {
+            if let Err(e) = log.flush() {
                 tracing::warn!(error = %e, "history flush failed");
             }
             self.dirty = false;

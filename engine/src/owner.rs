@@ -98,6 +98,27 @@ impl OwnedChannels {
         Ok(channel)
     }
 
+    /// Appends an encoded message to `key`'s history (opened by [`OwnedChannels::open`]).
+    pub fn append(
+        &mut self,
+        key: &ChannelKey,
+        ts_ms: u64,
+        user_id: Option<&str>,
+        frame: &[u8],
+    ) -> Result<u64, HistoryError> {
+        let channel = self
+            .channels
+            .get_mut(key)
+            .expect("channel opened before append");
+        self.store
+            .append(key, &mut channel.history, ts_ms, user_id, frame)
+    }
+
+    /// The open channel `key`.
+    pub fn get(&self, key: &ChannelKey) -> Option<&OwnedChannel> {
+        self.channels.get(key)
+    }
+
     /// Shard `from` no longer has subscribers on `key`.
     pub fn unwatch(&mut self, key: &ChannelKey, from: ShardId) {
         if let Some(channel) = self.channels.get_mut(key) {

@@ -326,12 +326,13 @@ impl Shard {
             seq,
             now,
         );
-        if let Err(e) = channel.history.append(now, req.user_id.as_deref(), &frame) {
+        if let Err(e) = owned.append(&req.key, now, req.user_id.as_deref(), &frame) {
             drop(owned);
             self.publish_failed(&req, &format!("history append failed: {e}"));
             return;
         }
-        for shard in channel.watchers.iter() {
+        let watchers = &owned.get(&req.key).expect("opened above").watchers;
+        for shard in watchers.iter() {
             if shard == self.id {
                 self.deliver_local(&req.key, &frame);
             } else {

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
 use crate::format::{self, HEADER_LEN};
-use crate::{LogConfig, OpenReport, RingLog, StoreError};
+use crate::{Epoch, LogConfig, OpenReport, RingLog, StoreError};
 
 /// File name suffix of log files; other files in the directory are left alone.
 const SUFFIX: &str = ".rlog";
@@ -51,6 +51,22 @@ impl LogDir {
     /// Opens (creating if absent) the log for `key`. See [`RingLog::open`].
     pub fn open(&self, key: &[u8], cfg: &LogConfig) -> Result<(RingLog, OpenReport), StoreError> {
         RingLog::open(&self.path_for(key), key, cfg)
+    }
+
+    /// Like [`LogDir::open`]; a log created by this call gets `epoch_if_created`.
+    /// See [`RingLog::open_with_epoch`].
+    pub fn open_with_epoch(
+        &self,
+        key: &[u8],
+        cfg: &LogConfig,
+        epoch_if_created: Option<Epoch>,
+    ) -> Result<(RingLog, OpenReport), StoreError> {
+        RingLog::open_with_epoch(&self.path_for(key), key, cfg, epoch_if_created)
+    }
+
+    /// Whether a log file exists for `key` (without opening or mapping it).
+    pub fn exists(&self, key: &[u8]) -> bool {
+        self.path_for(key).exists()
     }
 
     /// Deletes log files whose newest append is at least `ttl_ms` older than `now_ms`,

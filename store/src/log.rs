@@ -62,6 +62,18 @@ impl RingLog {
         key: &[u8],
         cfg: &LogConfig,
     ) -> Result<(RingLog, OpenReport), StoreError> {
+        RingLog::open_with_epoch(path, key, cfg, None)
+    }
+
+    /// Like [`RingLog::open`], but a file created by this call gets `epoch_if_created`
+    /// (when given) instead of a fresh epoch. The engine uses this to hand out a channel's
+    /// epoch before the channel's first message creates its log.
+    pub fn open_with_epoch(
+        path: &Path,
+        key: &[u8],
+        cfg: &LogConfig,
+        epoch_if_created: Option<Epoch>,
+    ) -> Result<(RingLog, OpenReport), StoreError> {
         let data_len = checked_data_len(cfg)?;
         if key.len() > MAX_KEY_LEN {
             return Err(StoreError::KeyTooLong {
@@ -99,7 +111,8 @@ impl RingLog {
         match verdict {
             Verdict::Kept { torn } => report.torn_tail_dropped = torn,
             Verdict::NewEpoch { reason, avoid } => {
-                log.start_epoch(key, avoid)?;
+                let chosen = epoch_if_created.filter(|e| opened.created && e.0 != 0);
+                log.start_epoch(key, chosen.unwrap_or_else(|| Epoch::fresh(avoid)))?;
                 if !opened.created {
                     report.new_epoch_reason = Some(reason);
                 }
@@ -333,8 +346,8 @@ impl RingLog {
     }
 
     /// Discards whatever the file held and starts an empty history with a fresh epoch.
-    fn start_epoch(&mut self, key: &[u8], avoid: Option<u64>) -> Result<(), StoreError> {
-        self.epoch = fresh_epoch(avoid);
+    fn start_epoch(&mut self, key: &[u8], epoch: Epoch) -> Result<(), StoreError> {
+        self.epoch = epoch;
         self.ring = Ring::new(self.data_len);
         self.generation = 0;
         self.last_append_ms = 0;
@@ -511,6 +524,13 @@ fn checked_data_len(cfg: &LogConfig) -> Result<u64, StoreError> {
         return Err(StoreError::InvalidConfig("max_bytes must be below 4 GiB"));
     }
     Ok(data_len)
+}
+
+impl Epoch {
+    /// A nonzero epoch unlikely to repeat (and never `avoid`).
+    pub fn fresh(avoid: Option<u64>) -> Epoch {
+        fresh_epoch(avoid)
+    }
 }
 
 /// A nonzero epoch unlikely to repeat: wall-clock nanoseconds, the process id and a

@@ -92,3 +92,41 @@ fn three_thousand_channels_without_fds_or_disk_blowup() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn subscribing_creates_no_log_until_the_first_message() -> Result<()> {
+    let server = Server::start(&[])?;
+    let history = server.data_dir().join("history");
+    let logs = || std::fs::read_dir(&history).map(|d| d.count()).unwrap_or(0);
+    let (mut client, _) = Client::connect(&server, "cid=idle")?;
+    client.expect_connected()?;
+    for i in 0..500 {
+        client.send_json(&json!({"action": "subscribe", "channel": format!("idle:{i}")}))?;
+        let subscribed = client.expect_event("subscribed")?;
+        assert_eq!(subscribed["seq"], 0, "{subscribed}");
+    }
+    assert_eq!(
+        logs(),
+        0,
+        "subscribing to never-published channels created log files"
+    );
+
+    // The epoch handed out before the first message is the log's epoch after it.
+    client.send_json(&json!({"action": "subscribe", "channel": "idle:epoch"}))?;
+    let before = client.expect_event("subscribed")?;
+    client
+        .send_json(&json!({"action": "publish", "channel": "idle:epoch", "data": 1, "ref": 1}))?;
+    client.recv_until(|e| e["event"] == "ack", ringcast_tests::TIMEOUT)?;
+    assert_eq!(logs(), 1);
+    let (mut other, _) = Client::connect(&server, "cid=other")?;
+    other.expect_connected()?;
+    other.send_json(&json!({"action": "subscribe", "channel": "idle:epoch", "lastEventId": 0, "epoch": before["epoch"]}))?;
+    other.expect_event("realtime.message")?;
+    let after = other.expect_event("subscribed")?;
+    assert_eq!(
+        after["epoch"], before["epoch"],
+        "epoch changed when the log was created"
+    );
+    assert_eq!(after["recovered"], true, "{after}");
+    Ok(())
+}

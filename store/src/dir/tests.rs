@@ -141,3 +141,24 @@ fn remove_idle_judges_unwritten_and_unreadable_logs_by_mtime() {
         2
     );
 }
+
+#[test]
+fn chosen_epoch_applies_only_to_a_created_log() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = LogDir::new(tmp.path()).unwrap();
+    let cfg = LogConfig {
+        max_records: 10,
+        max_bytes: 4096,
+        sync: crate::SyncPolicy::Never,
+    };
+    assert!(!dir.exists(b"k"));
+    let (mut log, report) = dir.open_with_epoch(b"k", &cfg, Some(Epoch(77))).unwrap();
+    assert!(report.created);
+    assert_eq!(log.epoch(), Epoch(77));
+    log.append(1, None, b"x").unwrap();
+    drop(log);
+    assert!(dir.exists(b"k"));
+    // An existing log keeps its own epoch whatever the caller proposes.
+    let (log, _) = dir.open_with_epoch(b"k", &cfg, Some(Epoch(5))).unwrap();
+    assert_eq!((log.epoch(), log.last_seq()), (Epoch(77), crate::Seq(1)));
+}

@@ -176,10 +176,10 @@ impl Conn {
         self.wake_both();
     }
 
-    /// Gives back queue memory kept from a burst once the queue is empty.
+    /// Gives back the queue's memory once it is empty (the connection went idle).
     fn trim_queue(&self) {
         let mut out = self.out.borrow_mut();
-        if out.frames.is_empty() && out.frames.capacity() > 64 {
+        if out.frames.is_empty() {
             out.frames = VecDeque::new();
         }
     }
@@ -248,11 +248,18 @@ pub async fn run_writer(conn: Rc<Conn>, mut writer: OwnedWriteHalf<TcpStream>) {
             }
             continue;
         }
-        let deadline = match state {
-            ConnState::Open => None,
-            _ => Some(CLOSE_FLUSH_TIMEOUT),
+        let written = if state == ConnState::Open {
+            write_batch(&conn, &mut writer, &mut batch).await
+        } else {
+            // Closing: the last frames get a deadline (boxed: a rare path kept out of
+            // every idle connection's task).
+            let flush = monoio::time::timeout(
+                CLOSE_FLUSH_TIMEOUT,
+                write_batch(&conn, &mut writer, &mut batch),
+            );
+            Box::pin(flush).await.unwrap_or(false)
         };
-        if !write_batch(&conn, &mut writer, &mut batch, deadline).await {
+        if !written {
             conn.mark_closed();
             return;
         }
@@ -260,7 +267,11 @@ pub async fn run_writer(conn: Rc<Conn>, mut writer: OwnedWriteHalf<TcpStream>) {
         conn.trim_queue();
     }
     if matches!(conn.state(), ConnState::Closing(_)) {
-        let _ = monoio::time::timeout(CLOSE_FLUSH_TIMEOUT, writer.shutdown()).await;
+        let _ = Box::pin(monoio::time::timeout(
+            CLOSE_FLUSH_TIMEOUT,
+            writer.shutdown(),
+        ))
+        .await;
     }
 }
 
@@ -269,14 +280,12 @@ async fn write_batch(
     conn: &Conn,
     writer: &mut OwnedWriteHalf<TcpStream>,
     batch: &mut FrameBatch,
-    deadline: Option<Duration>,
 ) -> bool {
     while !batch.is_empty() {
         let write = writer.writev(std::mem::take(batch));
         let result = monoio::select! {
             result = write => Some(result),
             _ = conn.until_closed() => None,
-            _ = sleep_or_forever(deadline) => None,
         };
         let Some((result, returned)) = result else {
             return false;
@@ -292,13 +301,6 @@ async fn write_batch(
         }
     }
     true
-}
-
-async fn sleep_or_forever(deadline: Option<Duration>) {
-    match deadline {
-        Some(d) => monoio::time::sleep(d).await,
-        None => std::future::pending().await,
-    }
 }
 
 #[cfg(test)]

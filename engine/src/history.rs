@@ -53,22 +53,18 @@ impl HistoryStore {
             max_bytes: self.config.max_bytes_per_channel,
             sync,
         };
-        let log_key = key.log_key();
         let mut history = ChannelHistory {
             log: None,
             epoch: Epoch::fresh(None),
-            epoch_text: String::new(),
-            log_key,
             log_config,
             interval_ms: (self.config.flush == FlushPolicy::Interval)
                 .then_some(u64::from(self.config.flush_interval_ms)),
             dirty: false,
             last_flush_ms: 0,
         };
-        if self.dir.exists(&history.log_key) {
+        if self.dir.exists(&key.log_key()) {
             history.open_log(&self.dir, key)?;
         }
-        history.epoch_text = history.epoch.0.to_string();
         Ok(history)
     }
 
@@ -106,11 +102,10 @@ impl HistoryStore {
 /// One channel's history.
 #[derive(Debug)]
 pub struct ChannelHistory {
-    /// `None` until the channel's first message (or when no log file existed).
-    log: Option<RingLog>,
+    /// `None` until the channel's first message (boxed: most open channels of an idle
+    /// server have none).
+    log: Option<Box<RingLog>>,
     epoch: Epoch,
-    epoch_text: String,
-    log_key: Vec<u8>,
     log_config: LogConfig,
     interval_ms: Option<u64>,
     dirty: bool,
@@ -121,7 +116,7 @@ impl ChannelHistory {
     /// Opens (or creates, with this history's epoch) the log file.
     fn open_log(&mut self, dir: &LogDir, key: &ChannelKey) -> Result<(), HistoryError> {
         let (log, report) =
-            dir.open_with_epoch(&self.log_key, &self.log_config, Some(self.epoch))?;
+            dir.open_with_epoch(&key.log_key(), &self.log_config, Some(self.epoch))?;
         if let Some(reason) = &report.new_epoch_reason {
             tracing::warn!(channel = %key.channel, tenant = %key.tenant, %reason, "history reset: new epoch");
         }
@@ -129,8 +124,7 @@ impl ChannelHistory {
             tracing::warn!(channel = %key.channel, dropped = report.torn_tail_dropped, "history: torn tail dropped");
         }
         self.epoch = log.epoch();
-        self.epoch_text = self.epoch.0.to_string();
-        self.log = Some(log);
+        self.log = Some(Box::new(log));
         Ok(())
     }
 
@@ -145,8 +139,8 @@ impl ChannelHistory {
     }
 
     /// The epoch as sent to clients.
-    pub fn epoch(&self) -> &str {
-        &self.epoch_text
+    pub fn epoch(&self) -> String {
+        self.epoch.0.to_string()
     }
 
     /// What a subscriber gets: replayed frames after `last_event_id`, the latest seq,
@@ -160,7 +154,7 @@ impl ChannelHistory {
         let mut answer = SubscribeAnswer {
             replay: Vec::new(),
             seq,
-            epoch: self.epoch_text.clone(),
+            epoch: self.epoch(),
             recovered: true,
         };
         let Some(after) = last_event_id else {
@@ -171,7 +165,7 @@ impl ChannelHistory {
             answer.recovered = after == 0;
             return answer;
         };
-        if epoch.is_some_and(|e| e != self.epoch_text) || after > seq {
+        if epoch.is_some_and(|e| e != answer.epoch) || after > seq {
             // The client's position belongs to another history: it must refetch.
             answer.recovered = false;
             return answer;

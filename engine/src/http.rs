@@ -129,10 +129,11 @@ pub async fn serve_connection(
                 client_id,
             } => {
                 let (result, _) = stream.write_all(response).await;
-                if result.is_ok() {
-                    run_session(shard, stream, buf, tenant, client_id).await;
+                if let (Ok(_), Some(slot)) = (result, slot) {
+                    // A task of its own, so this HTTP-phase state is freed while the
+                    // WebSocket lives (idle connections stay small).
+                    monoio::spawn(run_session(shard, stream, buf, tenant, client_id, slot));
                 }
-                drop(slot);
                 return;
             }
         }

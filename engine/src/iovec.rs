@@ -60,9 +60,10 @@ impl FrameBatch {
         self.rebuild();
     }
 
-    /// Gives back memory kept from a burst, so idle connections stay small.
+    /// Gives back the batch's memory once everything was written, so idle connections
+    /// hold none (a busy connection pays one allocation per batch, not per frame).
     pub fn trim(&mut self) {
-        if self.frames.is_empty() && self.frames.capacity() > 64 {
+        if self.frames.is_empty() {
             self.frames = Vec::new();
             self.iovecs = Vec::new();
         }

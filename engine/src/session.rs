@@ -1,5 +1,9 @@
 //! The WebSocket session task: reads frames, hands text messages to the shard, answers
 //! control frames, and closes with the right code on protocol violations.
+//!
+//! Idle connections are the common case, so the task is kept small: rare paths (holding
+//! back a publisher, lingering after a close) are boxed, and the read buffer starts at
+//! 512 bytes, grows only while a message does not fit, and shrinks back once drained.
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -13,41 +17,55 @@ use ringcast_protocol::{event, CloseCode};
 
 use crate::clock::now_ms;
 use crate::conn::{run_writer, Conn, ConnState};
+use crate::http::ConnectionSlot;
 use crate::shard::Shard;
 use crate::tenant::Tenant;
 
-/// Initial read buffer; grows up to the max message size for large messages and shrinks
-/// back when idle, so idle connections stay small.
-const READ_BUF: usize = 2048;
+/// Initial read buffer: enough for ordinary client frames (subscribe, ping, small
+/// publishes); it doubles while a message does not fit.
+const READ_BUF: usize = 256;
+/// A drained buffer larger than this is given back.
+const KEEP_READ_BUF: usize = 16 * 1024;
 /// How long a closing connection waits for the client's side to finish.
 const LINGER: Duration = Duration::from_secs(2);
-/// A publisher waits while the owner's inbox is deeper than this.
-const OWNER_INBOX_HIGH_WATER: usize = 65_536;
+/// A publisher waits while an inbox is deeper than this.
+const INBOX_HIGH_WATER: usize = 65_536;
 
-/// Serves one upgraded connection until it closes.
+/// Serves one upgraded connection until it closes. `slot` is released at the end.
 pub async fn run_session(
     shard: Rc<Shard>,
     stream: TcpStream,
     leftover: Vec<u8>,
     tenant: Arc<Tenant>,
     client_id: String,
+    slot: ConnectionSlot,
 ) {
     let conn = shard.register_conn(tenant);
     let (mut reader, writer) = stream.into_split();
     monoio::spawn(run_writer(conn.clone(), writer));
     shard.push(&conn, event::connected(&client_id, now_ms()));
+    drop(client_id);
 
     let max_message = shard.shared.config.load().max_message_bytes;
     let mut decoder = WsDecoder::new(max_message);
-    let mut buf = leftover;
-    buf.reserve(READ_BUF);
+    // The HTTP phase's buffer is sized for request heads; start small unless it holds
+    // frames the client sent right behind its handshake.
+    let mut buf = if leftover.is_empty() {
+        Vec::with_capacity(READ_BUF)
+    } else {
+        leftover
+    };
     'serve: loop {
         let mut offset = 0;
         loop {
-            let decoded = decoder.decode(&mut buf[offset..]);
-            match decoded {
+            match decoder.decode(&mut buf[offset..]) {
                 Ok(Some(Decoded { consumed, message })) => {
-                    handle_message(&shard, &conn, &message, &buf[offset..]).await;
+                    if matches!(message, Message::Text(_))
+                        && shard.mesh.deepest_inbox() > INBOX_HIGH_WATER
+                    {
+                        Box::pin(hold_back_publisher(&shard)).await;
+                    }
+                    handle_message(&shard, &conn, &message, &buf[offset..]);
                     offset += consumed;
                     if conn.state() != ConnState::Open {
                         break 'serve;
@@ -61,9 +79,10 @@ pub async fn run_session(
             }
         }
         buf.drain(..offset);
-        if buf.is_empty() && buf.capacity() > 4 * READ_BUF {
-            buf = Vec::with_capacity(READ_BUF);
-        } else if buf.capacity() - buf.len() < READ_BUF / 2 {
+        if buf.is_empty() && buf.capacity() > KEEP_READ_BUF {
+            buf = Vec::new();
+        }
+        if buf.capacity() - buf.len() < READ_BUF / 4 {
             buf.reserve(buf.len().max(READ_BUF));
         }
         let len = buf.len();
@@ -76,30 +95,25 @@ pub async fn run_session(
             break;
         };
         buf = returned;
-        match result {
-            Ok(0) | Err(_) => {
-                conn.mark_closed();
-                break;
-            }
-            Ok(_) => {}
+        if !matches!(result, Ok(n) if n > 0) {
+            conn.mark_closed();
+            break;
         }
     }
     if matches!(conn.state(), ConnState::Closing(_)) {
-        linger(&mut reader).await;
+        Box::pin(linger(&mut reader)).await;
     }
     conn.mark_closed();
     shard.unregister_conn(&conn);
+    drop(slot);
 }
 
-async fn handle_message(shard: &Rc<Shard>, conn: &Rc<Conn>, message: &Message, buf: &[u8]) {
+fn handle_message(shard: &Shard, conn: &Rc<Conn>, message: &Message, buf: &[u8]) {
     match message {
-        Message::Text(payload) => {
-            hold_back_publisher(shard).await;
-            shard.on_text(conn, payload.bytes(buf));
-        }
+        Message::Text(payload) => shard.on_text(conn, payload.bytes(buf)),
         Message::Binary(_) => shard.on_binary(conn),
         Message::Ping(payload) => shard.push(conn, pong_frame(payload.bytes(buf))),
-        Message::Pong => {}
+        Message::Pong | Message::Fragment => {}
         Message::Close(code) => {
             let answer = match code {
                 Some(code) if code.0 >= 1000 => *code,
@@ -110,11 +124,11 @@ async fn handle_message(shard: &Rc<Shard>, conn: &Rc<Conn>, message: &Message, b
     }
 }
 
-/// Backpressure: when an owner falls behind, publishers stop reading until it catches up,
-/// so inbox memory stays bounded.
+/// Backpressure: when an inbox falls behind, publishers stop reading until it catches
+/// up, so inbox memory stays bounded.
 async fn hold_back_publisher(shard: &Shard) {
     for _ in 0..10_000 {
-        if shard.mesh.deepest_inbox() <= OWNER_INBOX_HIGH_WATER || shard.is_shutting_down() {
+        if shard.mesh.deepest_inbox() <= INBOX_HIGH_WATER || shard.is_shutting_down() {
             return;
         }
         monoio::time::sleep(Duration::from_millis(1)).await;

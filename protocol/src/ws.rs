@@ -76,6 +76,8 @@ pub enum Message {
     Pong,
     /// The client closes, with its code if it gave one.
     Close(Option<CloseCode>),
+    /// A fragment of a longer message was buffered; nothing to act on yet.
+    Fragment,
 }
 
 /// One decoded message and how many bytes of the buffer it used.
@@ -111,56 +113,52 @@ impl WsDecoder {
         self
     }
 
-    /// Decodes the next message at the front of `buf`. `Ok(None)` means more bytes are
-    /// needed; a continuation fragment is consumed and reported as `Ok(Some)` only when
-    /// its message completes, so callers loop until `Ok(None)`.
+    /// Decodes the next frame at the front of `buf`. `Ok(None)` means more bytes are
+    /// needed. A non-final fragment is buffered and reported as [`Message::Fragment`]
+    /// (its bytes are consumed); the message is reported when its last fragment arrives.
+    /// Callers loop until `Ok(None)`, dropping `consumed` bytes after each step.
     pub fn decode(&mut self, buf: &mut [u8]) -> Result<Option<Decoded>, WsError> {
-        let mut offset = 0;
-        loop {
-            let Some((header, payload)) = self.next_frame(&mut buf[offset..])? else {
-                return Ok(None);
-            };
-            let start = offset + payload.start;
-            let end = offset + payload.end;
-            offset = end;
-            let message = match header.opcode {
-                OpCode::Control(Control::Ping) => Message::Ping(Payload::InPlace(start..end)),
-                OpCode::Control(Control::Pong) => Message::Pong,
-                OpCode::Control(Control::Close) => Message::Close(close_code(&buf[start..end])?),
-                OpCode::Control(Control::Reserved(_)) | OpCode::Data(Data::Reserved(_)) => {
-                    return Err(WsError::Protocol("reserved opcode"));
-                }
-                OpCode::Data(Data::Text | Data::Binary) if self.fragments.is_some() => {
-                    return Err(WsError::Protocol("new message inside a fragmented one"));
-                }
-                OpCode::Data(data) if !header.is_final => {
-                    match (data, self.fragments.as_mut()) {
-                        (Data::Continue, Some((_, acc))) => acc.extend_from_slice(&buf[start..end]),
-                        (Data::Continue, None) => {
-                            return Err(WsError::Protocol("continuation without a start"))
-                        }
-                        (first, _) => {
-                            self.fragments = Some((first == Data::Text, buf[start..end].to_vec()))
-                        }
+        let Some((header, payload)) = self.next_frame(buf)? else {
+            return Ok(None);
+        };
+        let (start, end) = (payload.start, payload.end);
+        let message = match header.opcode {
+            OpCode::Control(Control::Ping) => Message::Ping(Payload::InPlace(start..end)),
+            OpCode::Control(Control::Pong) => Message::Pong,
+            OpCode::Control(Control::Close) => Message::Close(close_code(&buf[start..end])?),
+            OpCode::Control(Control::Reserved(_)) | OpCode::Data(Data::Reserved(_)) => {
+                return Err(WsError::Protocol("reserved opcode"));
+            }
+            OpCode::Data(Data::Text | Data::Binary) if self.fragments.is_some() => {
+                return Err(WsError::Protocol("new message inside a fragmented one"));
+            }
+            OpCode::Data(data) if !header.is_final => {
+                match (data, self.fragments.as_mut()) {
+                    (Data::Continue, Some((_, acc))) => acc.extend_from_slice(&buf[start..end]),
+                    (Data::Continue, None) => {
+                        return Err(WsError::Protocol("continuation without a start"))
                     }
-                    continue;
+                    (first, _) => {
+                        self.fragments = Some((first == Data::Text, buf[start..end].to_vec()))
+                    }
                 }
-                OpCode::Data(Data::Continue) => {
-                    let Some((is_text, mut acc)) = self.fragments.take() else {
-                        return Err(WsError::Protocol("continuation without a start"));
-                    };
-                    acc.extend_from_slice(&buf[start..end]);
-                    data_message(is_text, Payload::Assembled(acc), buf)?
-                }
-                OpCode::Data(data) => {
-                    data_message(data == Data::Text, Payload::InPlace(start..end), buf)?
-                }
-            };
-            return Ok(Some(Decoded {
-                consumed: offset,
-                message,
-            }));
-        }
+                Message::Fragment
+            }
+            OpCode::Data(Data::Continue) => {
+                let Some((is_text, mut acc)) = self.fragments.take() else {
+                    return Err(WsError::Protocol("continuation without a start"));
+                };
+                acc.extend_from_slice(&buf[start..end]);
+                data_message(is_text, Payload::Assembled(acc), buf)?
+            }
+            OpCode::Data(data) => {
+                data_message(data == Data::Text, Payload::InPlace(start..end), buf)?
+            }
+        };
+        Ok(Some(Decoded {
+            consumed: end,
+            message,
+        }))
     }
 
     /// Parses one frame header, checks it, and unmasks the payload in place.

@@ -67,9 +67,43 @@ fn fragments_reassemble_with_control_frames_between() {
     buf.extend(client_frame(0x89, b"p"));
     buf.extend(client_frame(0x80, b"lo"));
     let messages = decode_all(&mut WsDecoder::new(1024), buf).unwrap();
+    let messages: Vec<_> = messages
+        .into_iter()
+        .filter(|(m, _)| *m != Message::Fragment)
+        .collect();
     assert_eq!(messages.len(), 2);
     assert!(matches!(messages[0].0, Message::Ping(_)));
     assert_eq!(messages[1].1, b"hello");
+}
+
+#[test]
+fn fragments_arriving_in_pieces() {
+    // Bytes arrive a few at a time, as from a socket; the caller keeps what is not
+    // consumed and decodes again when more arrives.
+    let mut wire = client_frame(0x01, b"frag");
+    wire.extend(client_frame(0x89, b"hb"));
+    wire.extend(client_frame(0x00, b"men"));
+    wire.extend(client_frame(0x80, b"ted"));
+    for chunk in 1..wire.len() {
+        let mut decoder = WsDecoder::new(1024);
+        let (mut buf, mut seen) = (Vec::new(), Vec::new());
+        for piece in wire.chunks(chunk) {
+            buf.extend_from_slice(piece);
+            while let Some(Decoded { consumed, message }) = decoder.decode(&mut buf).unwrap() {
+                match &message {
+                    Message::Text(p) => seen.push(p.bytes(&buf).to_vec()),
+                    Message::Ping(p) => seen.push(p.bytes(&buf).to_vec()),
+                    _ => {}
+                }
+                buf.drain(..consumed);
+            }
+        }
+        assert_eq!(
+            seen,
+            vec![b"hb".to_vec(), b"fragmented".to_vec()],
+            "chunk size {chunk}"
+        );
+    }
 }
 
 #[test]

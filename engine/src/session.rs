@@ -22,7 +22,7 @@ use crate::shard::Shard;
 use crate::tenant::Tenant;
 
 /// Initial read buffer: enough for ordinary client frames (subscribe, ping, small
-/// publishes); it doubles while a message does not fit.
+/// publishes). It doubles while a message does not fit or a read fills it.
 const READ_BUF: usize = 256;
 /// A drained buffer larger than this is given back.
 const KEEP_READ_BUF: usize = 16 * 1024;
@@ -85,7 +85,7 @@ pub async fn run_session(
         if buf.capacity() - buf.len() < READ_BUF / 4 {
             buf.reserve(buf.len().max(READ_BUF));
         }
-        let len = buf.len();
+        let (len, room) = (buf.len(), buf.capacity() - buf.len());
         let read = reader.read(buf.slice_mut(len..));
         let outcome = monoio::select! {
             (result, slice) = read => Some((result, slice.into_inner())),
@@ -95,9 +95,16 @@ pub async fn run_session(
             break;
         };
         buf = returned;
-        if !matches!(result, Ok(n) if n > 0) {
-            conn.mark_closed();
-            break;
+        match result {
+            Ok(0) | Err(_) => {
+                conn.mark_closed();
+                break;
+            }
+            // A read that filled the buffer means the client sends in bursts: read the
+            // next burst whole, so its messages are handled (and their deliveries
+            // coalesced) together rather than a few at a time.
+            Ok(n) if n == room && buf.capacity() < KEEP_READ_BUF => buf.reserve(buf.capacity()),
+            Ok(_) => {}
         }
     }
     if matches!(conn.state(), ConnState::Closing(_)) {

@@ -205,17 +205,20 @@ impl Shard {
         self.leave_local(&key, conn.id);
     }
 
+    /// Tells the owner when this shard stopped watching `key`.
+    fn report_watch(&self, key: &ChannelKey, watch: Watch) {
+        if watch == Watch::Unwatched {
+            let msg = ShardMsg::Unwatch {
+                key: key.clone(),
+                from: self.id,
+            };
+            self.to_owner(key, msg);
+        }
+    }
+
     fn leave_local(&self, key: &ChannelKey, conn: ConnId) {
         let watch = self.local.borrow_mut().remove(key, conn);
-        if watch == Watch::Unwatched {
-            self.to_owner(
-                key,
-                ShardMsg::Unwatch {
-                    key: key.clone(),
-                    from: self.id,
-                },
-            );
-        }
+        self.report_watch(key, watch);
     }
 
     fn publish(&self, conn: &Rc<Conn>, publish: Publish<'_>) {
@@ -459,15 +462,7 @@ impl Shard {
                 self.push(conn, frame);
             }
         }
-        if watch == Watch::Unwatched {
-            self.to_owner(
-                key,
-                ShardMsg::Unwatch {
-                    key: key.clone(),
-                    from: self.id,
-                },
-            );
-        }
+        self.report_watch(key, watch);
     }
 
     /// Queues `frame` to every local subscriber of `key` (the same bytes for all).

@@ -132,6 +132,21 @@ fn num(v: &Value, key: &str) -> Option<f64> {
     v.get(key).and_then(Value::as_f64)
 }
 
+/// The median of `key` over `runs` (the mean of the middle two for an even count).
+fn median(runs: &[&Value], key: &str) -> Option<f64> {
+    let mut xs: Vec<f64> = runs.iter().filter_map(|v| num(v, key)).collect();
+    if xs.is_empty() {
+        return None;
+    }
+    xs.sort_by(f64::total_cmp);
+    let mid = xs.len() / 2;
+    Some(if xs.len() % 2 == 1 {
+        xs[mid]
+    } else {
+        (xs[mid - 1] + xs[mid]) / 2.0
+    })
+}
+
 fn show(x: Option<f64>, fmt: Fmt) -> String {
     let Some(x) = x else { return "–".into() };
     match fmt {
@@ -197,12 +212,28 @@ pub fn render(lines: &str) -> String {
                 .iter()
                 .filter(|v| &case_of(v, sec.case_keys) == case)
                 .collect();
-            let reference = in_case.iter().find(|v| {
-                v.get("server").and_then(Value::as_str) == Some(REFERENCE)
-                    && v.get("error").is_none()
-            });
+            let ok = |server: &str| -> Vec<&Value> {
+                in_case
+                    .iter()
+                    .filter(|v| v.get("server").and_then(Value::as_str) == Some(server))
+                    .filter(|v| v.get("error").is_none())
+                    .map(|v| **v)
+                    .collect()
+            };
+            // Ratios are taken against Ringcast's median in the case, so repeated runs
+            // (`--repeat`) are compared with a typical Ringcast run, not its first one.
+            let reference = ok(REFERENCE);
+            let ratio_cell = |key: &str, value: Option<f64>| match (median(&reference, key), value)
+            {
+                (Some(a), Some(b)) if b != 0.0 => format!("{:.2}", a / b),
+                _ => "–".into(),
+            };
+            let mut servers: Vec<&str> = Vec::new();
             for v in &in_case {
                 let server = v.get("server").and_then(Value::as_str).unwrap_or("?");
+                if !servers.contains(&server) {
+                    servers.push(server);
+                }
                 out.push_str(&format!("| {case} | {server} |"));
                 if let Some(err) = v.get("error").and_then(Value::as_str) {
                     let err: String = err.replace('|', "/").chars().take(120).collect();
@@ -215,11 +246,24 @@ pub fn render(lines: &str) -> String {
                     out.push_str(&format!(" {} |", show(num(v, c.key), c.fmt)));
                 }
                 for r in sec.ratios {
-                    let ratio = match (reference.and_then(|x| num(x, r)), num(v, r)) {
-                        (Some(a), Some(b)) if b != 0.0 => format!("{:.2}", a / b),
-                        _ => "–".into(),
-                    };
-                    out.push_str(&format!(" {ratio} |"));
+                    out.push_str(&format!(" {} |", ratio_cell(r, num(v, r))));
+                }
+                out.push('\n');
+            }
+            for server in servers {
+                let runs = ok(server);
+                if runs.len() < 2 {
+                    continue;
+                }
+                out.push_str(&format!(
+                    "| {case} | **{server}, median of {}** |",
+                    runs.len()
+                ));
+                for c in sec.cols {
+                    out.push_str(&format!(" {} |", show(median(&runs, c.key), c.fmt)));
+                }
+                for r in sec.ratios {
+                    out.push_str(&format!(" **{}** |", ratio_cell(r, median(&runs, r))));
                 }
                 out.push('\n');
             }
@@ -254,5 +298,29 @@ mod tests {
             "{t}"
         );
         assert!(!t.contains("W5"));
+        assert!(!t.contains("median"), "single runs get no median row: {t}");
+    }
+
+    #[test]
+    fn repeated_runs_get_median_rows_and_ratios_against_ringcasts_median() {
+        let lines = r#"
+{"server":"floor","workload":"w1","subscribers":10,"payload":64,"burst":16,"deliveries_per_s":100.0}
+{"server":"ringcast","workload":"w1","subscribers":10,"payload":64,"burst":16,"deliveries_per_s":50.0}
+{"server":"floor","workload":"w1","subscribers":10,"payload":64,"burst":16,"deliveries_per_s":300.0}
+{"server":"ringcast","workload":"w1","subscribers":10,"payload":64,"burst":16,"deliveries_per_s":90.0}
+{"server":"floor","workload":"w1","subscribers":10,"payload":64,"burst":16,"deliveries_per_s":200.0}
+{"server":"ringcast","workload":"w1","subscribers":10,"payload":64,"burst":16,"deliveries_per_s":70.0}
+"#;
+        let t = render(lines);
+        // Ringcast's median is 70: the first floor row (100) gets 0.70.
+        assert!(t.contains("| floor | 100 | – | – | – | 0.70 |"), "{t}");
+        assert!(
+            t.contains("| **floor, median of 3** | 200 | – | – | – | **0.35** |"),
+            "{t}"
+        );
+        assert!(
+            t.contains("| **ringcast, median of 3** | 70 | – | – | – | **1.00** |"),
+            "{t}"
+        );
     }
 }

@@ -7,6 +7,11 @@
 //!
 //! The queue is bounded by `outbound_buffer_bytes` (queued plus in flight). A push that
 //! would exceed it drops what is queued and closes the connection with 4008.
+//!
+//! A busy connection keeps its queue's and batch's memory from one write to the next (no
+//! allocation per batch); the shard's once-a-second sweep ([`Conn::sweep_idle`]) gives
+//! that memory back once a connection has written nothing for a whole tick, so idle
+//! connections hold none.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -61,6 +66,17 @@ pub enum Pushed {
     Overflowed,
 }
 
+/// Whether the connection holds write buffers the idle sweep should give back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Buffers {
+    /// Nothing held (new, or trimmed by the sweep).
+    Released,
+    /// Written since the last sweep.
+    Busy,
+    /// Nothing written since the last sweep: the next one trims.
+    Idle,
+}
+
 #[derive(Debug)]
 struct Outbound {
     frames: VecDeque<Bytes>,
@@ -81,6 +97,9 @@ pub struct Conn {
     out: RefCell<Outbound>,
     writer_waker: Cell<Option<Waker>>,
     session_waker: Cell<Option<Waker>>,
+    buffers: Cell<Buffers>,
+    /// Set by the sweep: the writer gives back its batch's memory at its next turn.
+    trim_requested: Cell<bool>,
 }
 
 impl std::fmt::Debug for Conn {
@@ -108,6 +127,8 @@ impl Conn {
             }),
             writer_waker: Cell::new(None),
             session_waker: Cell::new(None),
+            buffers: Cell::new(Buffers::Released),
+            trim_requested: Cell::new(false),
         }
     }
 
@@ -176,11 +197,23 @@ impl Conn {
         self.wake_both();
     }
 
-    /// Gives back the queue's memory once it is empty (the connection went idle).
-    fn trim_queue(&self) {
-        let mut out = self.out.borrow_mut();
-        if out.frames.is_empty() {
-            out.frames = VecDeque::new();
+    /// Called by the shard once per housekeeping tick: a connection that wrote nothing
+    /// since the previous tick gives back its queue's memory now and its writer's batch
+    /// at the writer's next turn.
+    pub fn sweep_idle(&self) {
+        match self.buffers.get() {
+            Buffers::Released => {}
+            Buffers::Busy => self.buffers.set(Buffers::Idle),
+            Buffers::Idle => {
+                self.buffers.set(Buffers::Released);
+                let mut out = self.out.borrow_mut();
+                if out.frames.is_empty() {
+                    out.frames = VecDeque::new();
+                }
+                drop(out);
+                self.trim_requested.set(true);
+                wake(&self.writer_waker);
+            }
         }
     }
 
@@ -190,7 +223,7 @@ impl Conn {
             if self.state() != ConnState::Open {
                 return Poll::Ready(());
             }
-            self.session_waker.set(Some(cx.waker().clone()));
+            register(&self.session_waker, cx.waker());
             Poll::Pending
         })
         .await
@@ -201,20 +234,21 @@ impl Conn {
             if self.state() == ConnState::Closed {
                 return Poll::Ready(());
             }
-            self.writer_waker.set(Some(cx.waker().clone()));
+            register(&self.writer_waker, cx.waker());
             Poll::Pending
         })
         .await
     }
 
-    /// Resolves when there is something to write or the state changed.
+    /// Resolves when there is something to write, the state changed, or the sweep asked
+    /// for the batch's memory back.
     async fn until_writable(&self) {
         poll_fn(|cx| {
             let out = self.out.borrow();
-            if !out.frames.is_empty() || out.state != ConnState::Open {
+            if !out.frames.is_empty() || out.state != ConnState::Open || self.trim_requested.get() {
                 return Poll::Ready(());
             }
-            self.writer_waker.set(Some(cx.waker().clone()));
+            register(&self.writer_waker, cx.waker());
             Poll::Pending
         })
         .await
@@ -223,6 +257,15 @@ impl Conn {
     fn wake_both(&self) {
         wake(&self.writer_waker);
         wake(&self.session_waker);
+    }
+}
+
+/// Stores `waker` in `slot`, cloning only when the slot does not already hold one that
+/// wakes the same task (a task polled again without being woken keeps its waker).
+fn register(slot: &Cell<Option<Waker>>, waker: &Waker) {
+    match slot.take() {
+        Some(held) if held.will_wake(waker) => slot.set(Some(held)),
+        _ => slot.set(Some(waker.clone())),
     }
 }
 
@@ -237,6 +280,9 @@ pub async fn run_writer(conn: Rc<Conn>, mut writer: OwnedWriteHalf<TcpStream>) {
     let mut batch = FrameBatch::default();
     loop {
         conn.until_writable().await;
+        if conn.trim_requested.replace(false) {
+            batch.trim();
+        }
         let state = {
             let mut out = conn.out.borrow_mut();
             batch.fill_from(&mut out.frames);
@@ -263,8 +309,7 @@ pub async fn run_writer(conn: Rc<Conn>, mut writer: OwnedWriteHalf<TcpStream>) {
             conn.mark_closed();
             return;
         }
-        batch.trim();
-        conn.trim_queue();
+        conn.buffers.set(Buffers::Busy);
     }
     if matches!(conn.state(), ConnState::Closing(_)) {
         let _ = Box::pin(monoio::time::timeout(
@@ -326,6 +371,31 @@ mod tests {
         assert_eq!(&out.frames[0][2..4], &4008u16.to_be_bytes());
         drop(out);
         assert_eq!(c.push(Bytes::from_static(b"x")), Pushed::Dropped);
+    }
+
+    #[test]
+    fn idle_sweep_gives_buffers_back_only_after_a_quiet_tick() {
+        let c = conn(1000);
+        c.push(Bytes::from_static(b"a"));
+        c.discard_queued();
+        c.buffers.set(Buffers::Busy); // what the writer records after a write
+        c.sweep_idle();
+        assert!(
+            c.out.borrow().frames.capacity() > 0,
+            "written this tick: kept"
+        );
+        assert!(!c.trim_requested.get());
+        c.sweep_idle();
+        assert_eq!(
+            c.out.borrow().frames.capacity(),
+            0,
+            "a quiet tick: released"
+        );
+        assert!(
+            c.trim_requested.get(),
+            "the writer is asked to trim its batch"
+        );
+        assert_eq!(c.buffers.get(), Buffers::Released);
     }
 
     #[test]

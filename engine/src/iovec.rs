@@ -60,8 +60,8 @@ impl FrameBatch {
         self.rebuild();
     }
 
-    /// Gives back the batch's memory once everything was written, so idle connections
-    /// hold none (a busy connection pays one allocation per batch, not per frame).
+    /// Gives back the batch's memory if everything was written (the idle sweep asks for
+    /// this, so idle connections hold none and busy ones allocate nothing per batch).
     pub fn trim(&mut self) {
         if self.frames.is_empty() {
             self.frames = Vec::new();

@@ -541,8 +541,12 @@ impl Shard {
         .await
     }
 
-    /// Periodic work: idle channel eviction, interval flushes, idle log removal.
+    /// Periodic work: idle connections' write buffers, idle channel eviction, interval
+    /// flushes, idle log removal.
     pub fn housekeeping(&self, remove_idle_logs: bool) {
+        for conn in self.conns.borrow().values() {
+            conn.sweep_idle();
+        }
         let now = now_ms();
         let mut owned = self.owned.borrow_mut();
         owned.housekeeping(now, now.saturating_sub(IDLE_CHANNEL_MS));

@@ -7,6 +7,8 @@
 # Options: --servers "ringcast floor node-ws socketio bun"  --workloads "w1 w5 w3 w2 w6 w4"
 #          --duration-s S  --subscribers "100 1000 10000"  --bursts "1 16"  --payloads "64"
 #          --repeat R (each case R times, servers taking turns)  --shards N (Ringcast)
+#          --baseline BIN (adds server "baseline": another ringcast binary, e.g. the last
+#          commit's, for an A/B of an engine change in one run)
 #
 # Every server runs pinned to CPU 0 and the load generator to CPU 1 (taskset), with the
 # same workload and payloads; each server is started fresh for every case and always
@@ -32,6 +34,7 @@ WARMUP=1
 QUICK=0
 SHARDS=1
 REPEAT=1
+BASELINE=""
 
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -44,7 +47,8 @@ while [ $# -gt 0 ]; do
     --duration-s) DURATION=$2; shift ;;
     --shards) SHARDS=$2; shift ;;
     --repeat) REPEAT=$2; shift ;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    --baseline) BASELINE=$(realpath "$2"); SERVERS="$SERVERS baseline"; shift ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -128,9 +132,11 @@ start_server() {
   if [ -n "${BROKEN[$name]:-}" ]; then SRV_ERR=${BROKEN[$name]}; return 1; fi
   local path="/_rt/ws" proto=ringcast
   case "$name" in
-    ringcast)
+    ringcast|baseline)
+      local bin="$ROOT/target/release/ringcast"
+      [ "$name" = baseline ] && bin=$BASELINE
       DATA_DIR=$(mktemp -d)
-      $PIN_SERVER "$ROOT/target/release/ringcast" serve --dev --listen 127.0.0.1:0 \
+      $PIN_SERVER "$bin" serve --dev --listen 127.0.0.1:0 \
         --shards "$SHARDS" --data-dir "$DATA_DIR" > "$log" 2>&1 &
       ;;
     floor)

@@ -491,14 +491,17 @@ fn idle(cfg: &Config, r: &mut Report) -> anyhow::Result<()> {
     let start = Instant::now();
     let mut pool = Pool::new(&cfg.url, cfg.protocol, start)?;
     let n = cfg.subscribers;
-    let settle = |pool: &mut Pool| -> anyhow::Result<()> {
+    // Idle means idle for a while: servers may give back per-connection buffers some
+    // time after the last write (Ringcast's sweep does within 2 s), as they would for
+    // connections that sit quiet for minutes in production.
+    let settle = |pool: &mut Pool, wait: Duration| -> anyhow::Result<()> {
         let t = Instant::now();
-        while t.elapsed() < Duration::from_millis(300) {
+        while t.elapsed() < wait {
             pool.turn(Some(Duration::from_millis(20)))?;
         }
         Ok(())
     };
-    settle(&mut pool)?;
+    settle(&mut pool, Duration::from_millis(300))?;
     let rss0 = rss(cfg);
     let slab0 = procfs::slab_bytes();
     if let Some(m) = rss0 {
@@ -514,7 +517,7 @@ fn idle(cfg: &Config, r: &mut Report) -> anyhow::Result<()> {
         pool.connect_all(specs, cfg.max_inflight, Duration::from_secs(180))?;
     anyhow::ensure!(errors == 0, "{errors} of {n} connections failed");
     connect_report(&pool, r, secs, n);
-    settle(&mut pool)?;
+    settle(&mut pool, Duration::from_secs(3))?;
     if let (Some(a), Some(b)) = (rss0, rss(cfg)) {
         r.int("server_rss_bytes", b);
         r.num("rss_per_conn_bytes", (b as f64 - a as f64) / n as f64);

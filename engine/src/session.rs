@@ -3,7 +3,8 @@
 //!
 //! Idle connections are the common case, so the task is kept small: rare paths (holding
 //! back a publisher, lingering after a close) are boxed, and the read buffer starts at
-//! 512 bytes, grows only while a message does not fit, and shrinks back once drained.
+//! 256 bytes, doubles while a message does not fit or a read fills it (so a publisher's
+//! burst is handled whole), and shrinks back once drained if it grew past 16 KB.
 
 use std::rc::Rc;
 use std::sync::Arc;

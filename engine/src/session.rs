@@ -52,6 +52,9 @@ pub async fn run_session(
     // The HTTP phase's buffer is sized for request heads; start small unless it holds
     // frames the client sent right behind its handshake.
     let mut buf = if leftover.is_empty() {
+        // Dropped here, not at the end of the session: an unmoved argument would keep
+        // its 1 KiB for the connection's whole life.
+        drop(leftover);
         Vec::with_capacity(READ_BUF)
     } else {
         leftover

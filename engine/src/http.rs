@@ -15,7 +15,7 @@ use ringcast_protocol::http::{
     RequestHead, Upgrade,
 };
 
-use crate::session::run_session;
+use crate::session::start_session;
 use crate::shard::Shard;
 
 /// Counts an open TCP connection for `max_connections`; released on drop.
@@ -130,9 +130,9 @@ pub async fn serve_connection(
             } => {
                 let (result, _) = stream.write_all(response).await;
                 if let (Ok(_), Some(slot)) = (result, slot) {
-                    // A task of its own, so this HTTP-phase state is freed while the
+                    // Tasks of their own, so this HTTP-phase state is freed while the
                     // WebSocket lives (idle connections stay small).
-                    monoio::spawn(run_session(shard, stream, buf, tenant, client_id, slot));
+                    start_session(shard, stream, buf, tenant, &client_id, slot);
                 }
                 return;
             }

@@ -32,33 +32,43 @@ const LINGER: Duration = Duration::from_secs(2);
 /// A publisher waits while an inbox is deeper than this.
 const INBOX_HIGH_WATER: usize = 65_536;
 
-/// Serves one upgraded connection until it closes. `slot` is released at the end.
-pub async fn run_session(
+/// Starts serving one upgraded connection: registers it, spawns its writer and its
+/// session task, and queues `connected`. `slot` is released when the session ends.
+///
+/// The set-up runs here, outside the session task, so the task keeps only what it needs
+/// while the connection lives (an async fn's arguments stay in its task to the end).
+pub fn start_session(
     shard: Rc<Shard>,
     stream: TcpStream,
     leftover: Vec<u8>,
     tenant: Arc<Tenant>,
-    client_id: String,
+    client_id: &str,
     slot: ConnectionSlot,
 ) {
     let conn = shard.register_conn(tenant);
-    let (mut reader, writer) = stream.into_split();
+    let (reader, writer) = stream.into_split();
     monoio::spawn(run_writer(conn.clone(), writer));
-    shard.push(&conn, event::connected(&client_id, now_ms()));
-    drop(client_id);
-
-    let max_message = shard.shared.config.load().max_message_bytes;
-    let mut decoder = WsDecoder::new(max_message);
+    shard.push(&conn, event::connected(client_id, now_ms()));
     // The HTTP phase's buffer is sized for request heads; start small unless it holds
     // frames the client sent right behind its handshake.
-    let mut buf = if leftover.is_empty() {
-        // Dropped here, not at the end of the session: an unmoved argument would keep
-        // its 1 KiB for the connection's whole life.
-        drop(leftover);
+    let buf = if leftover.is_empty() {
         Vec::with_capacity(READ_BUF)
     } else {
         leftover
     };
+    monoio::spawn(run_session(shard, conn, reader, buf, slot));
+}
+
+/// Reads and handles the connection's frames until it closes.
+async fn run_session(
+    shard: Rc<Shard>,
+    conn: Rc<Conn>,
+    mut reader: OwnedReadHalf<TcpStream>,
+    mut buf: Vec<u8>,
+    slot: ConnectionSlot,
+) {
+    let max_message = shard.shared.config.load().max_message_bytes;
+    let mut decoder = WsDecoder::new(max_message);
     'serve: loop {
         let mut offset = 0;
         loop {

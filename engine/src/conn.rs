@@ -295,7 +295,10 @@ pub async fn run_writer(conn: Rc<Conn>, mut writer: OwnedWriteHalf<TcpStream>) {
             continue;
         }
         let written = if state == ConnState::Open {
-            write_batch(&conn, &mut writer, &mut batch).await
+            // Boxed: the write's state (the in-flight op, the select) lives on the heap
+            // only while writing, so an idle connection's task is 112 bytes, not 352.
+            // One small allocation per batch; W1 showed no difference in CPU per delivery.
+            Box::pin(write_batch(&conn, &mut writer, &mut batch)).await
         } else {
             // Closing: the last frames get a deadline (boxed: a rare path kept out of
             // every idle connection's task).

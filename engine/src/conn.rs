@@ -9,7 +9,7 @@
 //! would exceed it drops what is queued and closes the connection with 4008.
 //!
 //! A busy connection keeps its queue's and batch's memory from one write to the next (no
-//! allocation per batch); the shard's once-a-second sweep ([`Conn::sweep_idle`]) gives
+//! regrowing them per batch); the shard's once-a-second sweep ([`Conn::sweep_idle`]) gives
 //! that memory back once a connection has written nothing for a whole tick, so idle
 //! connections hold none.
 

@@ -61,7 +61,7 @@ impl FrameBatch {
     }
 
     /// Gives back the batch's memory if everything was written (the idle sweep asks for
-    /// this, so idle connections hold none and busy ones allocate nothing per batch).
+    /// this, so idle connections hold none and busy ones keep it from batch to batch).
     pub fn trim(&mut self) {
         if self.frames.is_empty() {
             self.frames = Vec::new();

@@ -44,13 +44,7 @@ impl ChannelKey {
     /// The shard that owns this channel among `shards`: a fixed hash, so every shard
     /// computes the same owner without asking anyone.
     pub fn owner(&self, shards: usize) -> ShardId {
-        let mut hasher = rustc_hash::FxHasher::default();
-        self.tenant.as_str().hash(&mut hasher);
-        self.channel.as_str().hash(&mut hasher);
-        // Fx leaves the low bits weak; fold the high half in before the modulo.
-        let hash = hasher.finish();
-        let mixed = (hash ^ (hash >> 32)).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
-        ShardId((mixed % shards as u64) as u16)
+        owner_of(self.tenant.as_str(), self.channel.as_str(), shards)
     }
 
     /// The identity of the channel's history log: tenant, NUL, channel.
@@ -62,6 +56,25 @@ impl ChannelKey {
         key.extend_from_slice(self.channel.as_str().as_bytes());
         key
     }
+}
+
+/// The shard that owns the channel whose [`ChannelKey::log_key`] is `log_key`; `None`
+/// when the bytes are not a log key.
+pub fn log_key_owner(log_key: &[u8], shards: usize) -> Option<ShardId> {
+    let nul = log_key.iter().position(|&b| b == 0)?;
+    let tenant = std::str::from_utf8(&log_key[..nul]).ok()?;
+    let channel = std::str::from_utf8(&log_key[nul + 1..]).ok()?;
+    Some(owner_of(tenant, channel, shards))
+}
+
+fn owner_of(tenant: &str, channel: &str, shards: usize) -> ShardId {
+    let mut hasher = rustc_hash::FxHasher::default();
+    tenant.hash(&mut hasher);
+    channel.hash(&mut hasher);
+    // Fx leaves the low bits weak; fold the high half in before the modulo.
+    let hash = hasher.finish();
+    let mixed = (hash ^ (hash >> 32)).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
+    ShardId((mixed % shards as u64) as u16)
 }
 
 #[cfg(test)]
@@ -81,6 +94,15 @@ mod tests {
             counts[k.owner(4).index()] += 1;
         }
         assert!(counts.iter().all(|&c| c > 800), "{counts:?}");
+    }
+
+    #[test]
+    fn a_log_key_names_its_channels_owner() {
+        for i in 0..1000 {
+            let k = key("dev", &format!("chat:{i}"));
+            assert_eq!(log_key_owner(&k.log_key(), 4), Some(k.owner(4)));
+        }
+        assert_eq!(log_key_owner(b"no separator", 4), None);
     }
 
     #[test]

@@ -5,10 +5,10 @@
 //! owns it, and the message is appended to history before it is fanned out.
 
 use bytes::Bytes;
-use hashbrown::HashMap;
+use hashbrown::{HashMap, HashSet};
 
 use crate::history::{ChannelHistory, HistoryError, HistoryStore};
-use crate::keys::{ChannelKey, ShardId};
+use crate::keys::{log_key_owner, ChannelKey, ShardId};
 use crate::tenant::Tenant;
 
 /// A small set of shard ids.
@@ -136,10 +136,14 @@ impl OwnedChannels {
         }
     }
 
-    /// Removes history logs idle past the TTL (only of channels not open here).
-    pub fn remove_idle_logs(&self, now_ms: u64) -> usize {
+    /// Removes history logs idle past the TTL among those this shard (`me` of `shards`)
+    /// owns and has not open. Every shard shares the history folder, so another shard's
+    /// logs are left to their owner, which alone knows whether they are open (a log key
+    /// that names no channel goes to shard 0).
+    pub fn remove_idle_logs(&self, now_ms: u64, me: ShardId, shards: usize) -> usize {
+        let open: HashSet<Vec<u8>> = self.channels.keys().map(ChannelKey::log_key).collect();
         self.store.remove_idle(now_ms, |key| {
-            self.channels.keys().any(|k| k.log_key() == key)
+            log_key_owner(key, shards).unwrap_or(ShardId(0)) != me || open.contains(key)
         })
     }
 
@@ -170,6 +174,49 @@ pub struct SubscribeAnswer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::HistoryConfig;
+    use crate::tenant::{Plan, TenantConfig, TenantTable};
+    use ringcast_protocol::{ChannelName, TenantId};
+
+    #[test]
+    fn only_the_owner_removes_an_idle_log_and_only_once_closed() {
+        let data = tempfile::tempdir().unwrap();
+        let config = HistoryConfig {
+            idle_ttl_secs: 0,
+            ..HistoryConfig::default()
+        };
+        let tenant = TenantTable::new(&[TenantConfig::new("t", Plan::Free)], Some("t"))
+            .resolve(None)
+            .unwrap();
+        let table = || OwnedChannels::new(HistoryStore::new(data.path(), &config).unwrap());
+        let (mut owner_table, other_table) = (table(), table());
+        let key = (0..)
+            .map(|i| {
+                ChannelKey::new(
+                    TenantId::new("t"),
+                    ChannelName::new(&format!("c{i}")).unwrap(),
+                )
+            })
+            .find(|k| k.owner(2) == ShardId(1))
+            .unwrap();
+        owner_table.open(&key, &tenant, 1).unwrap();
+        owner_table.append(&key, 1, None, b"frame").unwrap();
+        let (owner, other) = (ShardId(1), ShardId(0));
+
+        assert_eq!(
+            other_table.remove_idle_logs(u64::MAX, other, 2),
+            0,
+            "not its log"
+        );
+        assert_eq!(
+            owner_table.remove_idle_logs(u64::MAX, owner, 2),
+            0,
+            "still open"
+        );
+        owner_table.housekeeping(2, u64::MAX);
+        assert!(owner_table.is_empty());
+        assert_eq!(owner_table.remove_idle_logs(u64::MAX, owner, 2), 1);
+    }
 
     #[test]
     fn shard_set() {

@@ -551,7 +551,7 @@ impl Shard {
         let mut owned = self.owned.borrow_mut();
         owned.housekeeping(now, now.saturating_sub(IDLE_CHANNEL_MS));
         if remove_idle_logs {
-            let removed = owned.remove_idle_logs(now);
+            let removed = owned.remove_idle_logs(now, self.id, self.mesh.shards());
             if removed > 0 {
                 tracing::info!(shard = %self.id, removed, "removed idle history logs");
             }

@@ -79,13 +79,15 @@ fn cross_shard(c: &mut Criterion) {
             let frame = frame.clone();
             let producer = std::thread::spawn(move || {
                 for _ in 0..MESSAGES {
-                    producer_mesh.send(
-                        ShardId(1),
-                        ShardMsg::Deliver {
-                            key: key("bench"),
-                            frame: frame.clone(),
-                        },
-                    );
+                    let mut msg = ShardMsg::Deliver {
+                        key: key("bench"),
+                        frame: frame.clone(),
+                    };
+                    // The inbox is bounded: wait for room as a spilling shard would.
+                    while let Err(back) = producer_mesh.try_send(ShardId(1), msg) {
+                        msg = back;
+                        std::hint::spin_loop();
+                    }
                 }
             });
             let mut received = 0;

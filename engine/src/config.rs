@@ -33,6 +33,11 @@ pub struct Config {
     pub handshake_timeout_ms: u64,
     /// Time allowed for connections to close on shutdown.
     pub shutdown_grace_ms: u64,
+    /// How long a handler waits for an owner shard's answer (a WebSocket publish's
+    /// `ack`, an HTTP route's answer) before giving up with `overloaded`.
+    pub request_timeout_ms: u64,
+    /// Bound of each shard's inbox, in messages (see ARCHITECTURE.md, "Queues").
+    pub inbox_capacity: usize,
     /// Tenant used when a request names none.
     pub default_tenant: Option<String>,
     /// Tenants and their plans.
@@ -92,6 +97,8 @@ pub struct FileConfig {
     outbound_buffer_bytes: Option<usize>,
     handshake_timeout_ms: Option<u64>,
     shutdown_grace_ms: Option<u64>,
+    request_timeout_ms: Option<u64>,
+    inbox_capacity: Option<usize>,
     default_tenant: Option<String>,
     #[serde(default)]
     tenants: Vec<TenantConfig>,
@@ -202,6 +209,10 @@ impl Config {
                 .or(file.handshake_timeout_ms)
                 .unwrap_or(10_000),
             shutdown_grace_ms: file.shutdown_grace_ms.unwrap_or(5_000),
+            request_timeout_ms: file.request_timeout_ms.unwrap_or(10_000),
+            inbox_capacity: file
+                .inbox_capacity
+                .unwrap_or(crate::mesh::DEFAULT_INBOX_CAPACITY),
             default_tenant,
             tenants,
             history: file.history,
@@ -225,6 +236,16 @@ impl Config {
         if self.outbound_buffer_bytes < 1024 {
             return Err(ConfigError::Invalid(
                 "outbound_buffer_bytes must be at least 1024".into(),
+            ));
+        }
+        if self.inbox_capacity < 64 {
+            return Err(ConfigError::Invalid(
+                "inbox_capacity must be at least 64".into(),
+            ));
+        }
+        if self.request_timeout_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "request_timeout_ms must be at least 1".into(),
             ));
         }
         if let Some(default) = &self.default_tenant {

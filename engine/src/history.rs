@@ -16,7 +16,6 @@ use ringcast_store::{Epoch, LogConfig, LogDir, RingLog, Seq, StoreError, SyncPol
 
 use crate::config::{FlushPolicy, HistoryConfig};
 use crate::keys::ChannelKey;
-use crate::owner::SubscribeAnswer;
 use crate::tenant::Tenant;
 
 /// A history failure (the disk, or a corrupt log that could not be reset).
@@ -191,4 +190,17 @@ impl ChannelHistory {
             self.last_flush_ms = now_ms;
         }
     }
+}
+
+/// Frames produced by a subscribe at the owner.
+#[derive(Debug)]
+pub struct SubscribeAnswer {
+    /// Replayed messages, oldest first.
+    pub replay: Vec<Bytes>,
+    /// Latest seq.
+    pub seq: u64,
+    /// The history's epoch, as sent to clients.
+    pub epoch: String,
+    /// Whether every message after `lastEventId` was replayed.
+    pub recovered: bool,
 }

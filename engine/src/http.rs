@@ -15,41 +15,9 @@ use ringcast_protocol::http::{
     RequestHead, Upgrade,
 };
 
+use crate::admission::ConnectionSlot;
 use crate::session::start_session;
 use crate::shard::Shard;
-
-/// Counts an open TCP connection for `max_connections`; released on drop.
-#[derive(Debug)]
-pub struct ConnectionSlot {
-    shard: Rc<Shard>,
-}
-
-impl ConnectionSlot {
-    /// Takes a slot; `None` when `max_connections` is reached.
-    pub fn acquire(shard: &Rc<Shard>) -> Option<ConnectionSlot> {
-        let max = shard.shared.config.load().max_connections;
-        let before = shard.shared.open_connections.fetch_add(1, Ordering::SeqCst);
-        shard.shared.metrics.connections_accepted.inc();
-        if before >= max {
-            shard.shared.open_connections.fetch_sub(1, Ordering::SeqCst);
-            return None;
-        }
-        shard.shared.metrics.connections.inc();
-        Some(ConnectionSlot {
-            shard: shard.clone(),
-        })
-    }
-}
-
-impl Drop for ConnectionSlot {
-    fn drop(&mut self) {
-        self.shard
-            .shared
-            .open_connections
-            .fetch_sub(1, Ordering::SeqCst);
-        self.shard.shared.metrics.connections.dec();
-    }
-}
 
 /// What to do with a request.
 enum Route {
@@ -93,7 +61,7 @@ pub async fn serve_connection(
             Ok(Ok(head)) => head,
         };
         if slot.is_none() {
-            shard.shared.metrics.error("overloaded");
+            shard.shared.metrics.shard(shard.id).error("overloaded");
             let out = error_response(
                 503,
                 "overloaded",
@@ -192,7 +160,7 @@ fn route(shard: &Rc<Shard>, head: &RequestHead) -> Route {
     let keep_alive = head.keep_alive();
     let respond = |out: Vec<u8>| Route::Respond(out, keep_alive);
     let error = |status: u16, code: &str, message: &str| {
-        shard.shared.metrics.error(code);
+        shard.shared.metrics.shard(shard.id).error(code);
         Route::Respond(
             error_response(status, code, message, keep_alive),
             keep_alive,
@@ -241,7 +209,7 @@ fn route(shard: &Rc<Shard>, head: &RequestHead) -> Route {
 
 fn websocket(shard: &Rc<Shard>, head: &RequestHead, keep_alive: bool) -> Route {
     let error = |status: u16, code: &str, message: &str| {
-        shard.shared.metrics.error(code);
+        shard.shared.metrics.shard(shard.id).error(code);
         Route::Respond(
             error_response(status, code, message, keep_alive),
             keep_alive,

@@ -1,4 +1,4 @@
-//! Identifiers: shards, connections, channels scoped by tenant.
+//! Identifiers: shards, connections, requests, channels scoped by tenant.
 
 use std::fmt;
 use std::hash::{Hash, Hasher};
@@ -25,6 +25,11 @@ impl fmt::Display for ShardId {
 /// A connection, unique within its shard for the life of the process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ConnId(pub u64);
+
+/// A request from one shard's handler to another shard (or to itself), unique on the
+/// asking shard for the life of the process. Answers are matched to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RequestId(pub u64);
 
 /// A channel within a tenant: the unit of ownership, ordering and history.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -18,18 +18,26 @@
 //! [`shard::Shared`]. See `ARCHITECTURE.md` for the ownership map and invariants.
 #![deny(unsafe_code)]
 
+pub mod admission;
 pub mod clock;
 pub mod config;
 pub mod conn;
+pub mod core;
+pub mod datadir;
+pub mod deadline;
 pub mod history;
 pub mod http;
 mod iovec;
 pub mod keys;
 pub mod mesh;
 pub mod metrics;
+pub mod outbound;
+pub mod outgoing;
 pub mod owner;
+pub mod requests;
 pub mod server;
 pub mod session;
 pub mod shard;
+pub mod shared;
 pub mod tenant;
 pub mod topic_table;

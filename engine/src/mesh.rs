@@ -1,23 +1,34 @@
-//! The queues between shards. Every shard has one inbox: a lock-free `crossbeam`
-//! `SegQueue` created at start-up, plus an `AtomicWaker` so a push wakes the owning shard
-//! only when it is idle (at most one cross-thread wake per drain, not per message).
+//! The queues between shards. Every shard has one inbox: a bounded, lock-free
+//! `crossbeam` `ArrayQueue` created at start-up, plus an `AtomicWaker` so a push wakes
+//! the owning shard only when it is idle (at most one cross-thread wake per drain, not
+//! per message).
+//!
+//! Bounded: [`Mesh::try_send`] hands the message back when the inbox is full. The
+//! sender keeps it, in order, in a spill queue of its own (`outgoing.rs`) and registers
+//! for room; while any shard holds spilled messages the mesh is *under pressure* and
+//! every shard stops reading client frames (publishers are held back) until the spills
+//! drain. Nothing is dropped.
 //!
 //! Architecture invariant: messages from one shard to another arrive in the order they
-//! were sent (one producer's pushes to a `SegQueue` are FIFO). Per-channel order across
-//! shards rests on this.
+//! were sent (the queue is FIFO, and a spill keeps order by taking every later message
+//! for that destination too). Per-channel order across shards rests on this.
 
 use std::future::poll_fn;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 
 use atomic_waker::AtomicWaker;
 use bytes::Bytes;
-use crossbeam_queue::SegQueue;
+use crossbeam_queue::ArrayQueue;
+use ringcast_protocol::ErrorCode;
 
-use crate::keys::{ChannelKey, ConnId, ShardId};
+use crate::keys::{ChannelKey, ConnId, RequestId, ShardId};
 
-/// A message crossing from one shard to another.
+/// Default bound of each inbox, in messages.
+pub const DEFAULT_INBOX_CAPACITY: usize = 8192;
+
+/// A message crossing from one shard to another (or queued to itself).
 #[derive(Debug)]
 pub enum ShardMsg {
     /// To the owner: publish on one of its channels.
@@ -45,32 +56,71 @@ pub enum ShardMsg {
         /// The subscribing connection.
         conn: ConnId,
         /// Which subscribe request this answers.
-        request: u64,
+        request: RequestId,
         /// Whether the subscription took effect (false: `frames` holds an error event).
         ok: bool,
         /// Replayed messages followed by the `subscribed` event, or the error event.
         frames: Vec<Bytes>,
     },
-    /// From the owner: one frame for one connection (an `ack` or an `error`).
-    Reply {
-        /// The connection.
-        conn: ConnId,
-        /// The frame.
-        frame: Bytes,
+    /// To the owner: a typed question; the owner answers with [`ShardMsg::Answer`].
+    Ask {
+        /// Where the answer goes.
+        reply: ReplyTo,
+        /// What is asked.
+        question: Question,
     },
-    /// Stop accepting and close every connection with 1001.
-    Shutdown,
+    /// The answer to a `Publish` that asked for one, or to an `Ask`.
+    Answer {
+        /// The request answered.
+        request: RequestId,
+        /// The typed answer.
+        answer: Answer,
+    },
 }
 
-/// Who published, so the owner can answer with `ack` or `error`.
-#[derive(Debug, Clone)]
-pub struct Origin {
-    /// The publisher's shard.
+/// Where an owner sends its answer: the asking shard and its request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplyTo {
+    /// The asking shard.
     pub shard: ShardId,
-    /// The publisher's connection.
-    pub conn: ConnId,
-    /// The raw `ref` of the publish, if any.
-    pub reference: Option<Bytes>,
+    /// The request on that shard.
+    pub request: RequestId,
+}
+
+/// A typed question to a channel's owner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Question {
+    /// The channel's latest seq and epoch.
+    ChannelState {
+        /// The channel.
+        key: ChannelKey,
+    },
+}
+
+/// A typed answer from a channel's owner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// The publish was appended to history and fanned out.
+    Published {
+        /// Its seq.
+        seq: u64,
+        /// Its `ts` (epoch milliseconds).
+        ts: u64,
+    },
+    /// The channel's state.
+    ChannelState {
+        /// Latest seq (0: never published to in this epoch).
+        seq: u64,
+        /// The epoch, as sent to clients.
+        epoch: String,
+    },
+    /// The request failed at the owner.
+    Failed {
+        /// The error-event code.
+        code: ErrorCode,
+        /// What went wrong, for the client.
+        message: String,
+    },
 }
 
 /// A publish on its way to the owner shard.
@@ -82,8 +132,8 @@ pub struct PublishReq {
     pub data: Bytes,
     /// The `userId` to show on the message.
     pub user_id: Option<Box<str>>,
-    /// The publishing connection, when it came over WebSocket.
-    pub origin: Option<Origin>,
+    /// Where the owner sends `Answer::Published` or `Answer::Failed`; `None`: nobody waits.
+    pub reply: Option<ReplyTo>,
 }
 
 /// A subscribe on its way to the owner shard.
@@ -96,7 +146,7 @@ pub struct SubscribeReq {
     /// The subscriber.
     pub conn: ConnId,
     /// Matches the answer to the request.
-    pub request: u64,
+    pub request: RequestId,
     /// Replay after this seq.
     pub last_event_id: Option<u64>,
     /// The epoch the client saw `last_event_id` in.
@@ -104,17 +154,30 @@ pub struct SubscribeReq {
 }
 
 /// One shard's inbox.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Inbox {
-    queue: SegQueue<ShardMsg>,
+    queue: ArrayQueue<ShardMsg>,
     waker: AtomicWaker,
+    /// Shards (bit per shard) whose messages to this inbox spilled: woken when it drains.
+    waiting_for_room: Vec<AtomicU64>,
 }
 
 impl Inbox {
-    /// Queues `msg` and wakes the shard if it waits.
-    pub fn push(&self, msg: ShardMsg) {
-        self.queue.push(msg);
+    fn new(capacity: usize, shards: usize) -> Inbox {
+        Inbox {
+            queue: ArrayQueue::new(capacity.max(1)),
+            waker: AtomicWaker::new(),
+            waiting_for_room: (0..shards.div_ceil(64))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+        }
+    }
+
+    /// Queues `msg` and wakes the shard if it waits; hands `msg` back when full.
+    pub fn try_push(&self, msg: ShardMsg) -> Result<(), ShardMsg> {
+        self.queue.push(msg)?;
         self.waker.wake();
+        Ok(())
     }
 
     /// Messages waiting.
@@ -127,17 +190,30 @@ impl Inbox {
         self.queue.is_empty()
     }
 
-    /// Waits until at least one message is queued, then moves up to `max` into `out`.
+    /// The bound.
+    pub fn capacity(&self) -> usize {
+        self.queue.capacity()
+    }
+
+    /// Wakes the shard that owns this inbox (its loop then looks at every source of work).
+    pub fn wake(&self) {
+        self.waker.wake();
+    }
+
+    /// Waits until a message is queued or the shard is woken, then moves up to `max`
+    /// into `out` (possibly none, after a bare wake).
     pub async fn recv_batch(&self, out: &mut Vec<ShardMsg>, max: usize) {
+        let mut woken = false;
         poll_fn(|cx| {
             self.drain_into(out, max);
-            if !out.is_empty() {
+            if !out.is_empty() || woken {
                 return Poll::Ready(());
             }
             self.waker.register(cx.waker());
             // A push between the drain and the registration would otherwise be missed.
             self.drain_into(out, max);
             if out.is_empty() {
+                woken = true;
                 Poll::Pending
             } else {
                 Poll::Ready(())
@@ -159,6 +235,28 @@ impl Inbox {
             }
         }
     }
+
+    fn wait_for_room(&self, shard: ShardId) {
+        let (word, bit) = (shard.index() / 64, shard.index() % 64);
+        self.waiting_for_room[word].fetch_or(1 << bit, Ordering::SeqCst);
+    }
+
+    /// The shards waiting for room, cleared.
+    fn take_waiting(&self) -> impl Iterator<Item = ShardId> + '_ {
+        self.waiting_for_room
+            .iter()
+            .enumerate()
+            .flat_map(|(word, bits)| {
+                let taken = if bits.load(Ordering::Relaxed) == 0 {
+                    0
+                } else {
+                    bits.swap(0, Ordering::SeqCst)
+                };
+                (0..64)
+                    .filter(move |b| taken & (1 << b) != 0)
+                    .map(move |b| ShardId((word * 64 + b) as u16))
+            })
+    }
 }
 
 /// Every shard's inbox, shared by all shards.
@@ -166,14 +264,22 @@ impl Inbox {
 pub struct Mesh {
     inboxes: Vec<Inbox>,
     shutting_down: AtomicBool,
+    /// Shards holding spilled messages; publishers everywhere wait while it is not zero.
+    spilling: AtomicUsize,
 }
 
 impl Mesh {
-    /// A mesh of `shards` empty inboxes.
+    /// A mesh of `shards` empty inboxes, each bounded at `capacity` messages.
     pub fn new(shards: usize) -> Arc<Mesh> {
+        Mesh::with_capacity(shards, DEFAULT_INBOX_CAPACITY)
+    }
+
+    /// A mesh whose inboxes hold at most `capacity` messages each.
+    pub fn with_capacity(shards: usize, capacity: usize) -> Arc<Mesh> {
         Arc::new(Mesh {
-            inboxes: (0..shards).map(|_| Inbox::default()).collect(),
+            inboxes: (0..shards).map(|_| Inbox::new(capacity, shards)).collect(),
             shutting_down: AtomicBool::new(false),
+            spilling: AtomicUsize::new(0),
         })
     }
 
@@ -187,16 +293,48 @@ impl Mesh {
         &self.inboxes[shard.index()]
     }
 
-    /// Sends `msg` to `shard`.
-    pub fn send(&self, shard: ShardId, msg: ShardMsg) {
-        self.inbox(shard).push(msg);
+    /// Sends `msg` to `shard`, handing it back when that inbox is full.
+    pub fn try_send(&self, shard: ShardId, msg: ShardMsg) -> Result<(), ShardMsg> {
+        self.inbox(shard).try_push(msg)
+    }
+
+    /// `from` spilled messages for `to`: wake `from` when `to` has drained some.
+    pub fn wait_for_room(&self, to: ShardId, from: ShardId) {
+        self.inbox(to).wait_for_room(from);
+    }
+
+    /// Called by `shard` after draining its inbox: wakes the shards waiting for room.
+    pub fn drained(&self, shard: ShardId) {
+        for waiting in self.inbox(shard).take_waiting() {
+            self.inbox(waiting).wake();
+        }
+    }
+
+    /// A shard started holding spilled messages.
+    pub fn spill_started(&self) {
+        self.spilling.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// A shard's spills drained; the last one wakes every shard so held-back publishers
+    /// resume.
+    pub fn spill_ended(&self) {
+        if self.spilling.fetch_sub(1, Ordering::SeqCst) == 1 {
+            for inbox in &self.inboxes {
+                inbox.wake();
+            }
+        }
+    }
+
+    /// Whether some shard holds spilled messages (publishers wait).
+    pub fn under_pressure(&self) -> bool {
+        self.spilling.load(Ordering::Relaxed) != 0
     }
 
     /// Asks every shard to shut down.
     pub fn shutdown_all(&self) {
         self.shutting_down.store(true, Ordering::SeqCst);
         for inbox in &self.inboxes {
-            inbox.push(ShardMsg::Shutdown);
+            inbox.wake();
         }
     }
 
@@ -205,8 +343,62 @@ impl Mesh {
         self.shutting_down.load(Ordering::SeqCst)
     }
 
-    /// The deepest inbox, used to hold back publishers when the owners fall behind.
+    /// The deepest inbox (for metrics).
     pub fn deepest_inbox(&self) -> usize {
         self.inboxes.iter().map(Inbox::len).max().unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ringcast_protocol::{ChannelName, TenantId};
+
+    fn unwatch(from: u16) -> ShardMsg {
+        ShardMsg::Unwatch {
+            key: ChannelKey::new(TenantId::new("t"), ChannelName::new("c").unwrap()),
+            from: ShardId(from),
+        }
+    }
+
+    #[test]
+    fn a_full_inbox_hands_the_message_back() {
+        let mesh = Mesh::with_capacity(2, 2);
+        assert!(mesh.try_send(ShardId(1), unwatch(0)).is_ok());
+        assert!(mesh.try_send(ShardId(1), unwatch(0)).is_ok());
+        let back = mesh.try_send(ShardId(1), unwatch(7));
+        assert!(matches!(
+            back,
+            Err(ShardMsg::Unwatch {
+                from: ShardId(7),
+                ..
+            })
+        ));
+        let mut batch = Vec::new();
+        mesh.inbox(ShardId(1)).try_recv_batch(&mut batch, 10);
+        assert_eq!(batch.len(), 2);
+    }
+
+    #[test]
+    fn waiting_shards_are_listed_once() {
+        let mesh = Mesh::with_capacity(70, 1);
+        mesh.wait_for_room(ShardId(0), ShardId(3));
+        mesh.wait_for_room(ShardId(0), ShardId(69));
+        mesh.wait_for_room(ShardId(0), ShardId(3));
+        let waiting: Vec<_> = mesh.inbox(ShardId(0)).take_waiting().collect();
+        assert_eq!(waiting, vec![ShardId(3), ShardId(69)]);
+        assert_eq!(mesh.inbox(ShardId(0)).take_waiting().count(), 0);
+    }
+
+    #[test]
+    fn pressure_is_counted_per_spilling_shard() {
+        let mesh = Mesh::new(2);
+        assert!(!mesh.under_pressure());
+        mesh.spill_started();
+        mesh.spill_started();
+        mesh.spill_ended();
+        assert!(mesh.under_pressure());
+        mesh.spill_ended();
+        assert!(!mesh.under_pressure());
     }
 }

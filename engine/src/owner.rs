@@ -4,7 +4,6 @@
 //! Architecture invariant: a channel's seq is assigned only here, by the one shard that
 //! owns it, and the message is appended to history before it is fanned out.
 
-use bytes::Bytes;
 use hashbrown::{HashMap, HashSet};
 
 use crate::history::{ChannelHistory, HistoryError, HistoryStore};
@@ -98,6 +97,17 @@ impl OwnedChannels {
         Ok(channel)
     }
 
+    /// The channel's latest seq and epoch, opening it like [`OwnedChannels::open`].
+    pub fn peek(
+        &mut self,
+        key: &ChannelKey,
+        tenant: &Tenant,
+    ) -> Result<(u64, String), HistoryError> {
+        let now = self.channels.get(key).map_or(0, |c| c.last_active_ms);
+        let channel = self.open(key, tenant, now)?;
+        Ok((channel.history.last_seq(), channel.history.epoch()))
+    }
+
     /// Appends an encoded message to `key`'s history (opened by [`OwnedChannels::open`]).
     pub fn append(
         &mut self,
@@ -156,19 +166,6 @@ impl OwnedChannels {
     pub fn is_empty(&self) -> bool {
         self.channels.is_empty()
     }
-}
-
-/// Frames produced by a subscribe at the owner.
-#[derive(Debug)]
-pub struct SubscribeAnswer {
-    /// Replayed messages, oldest first.
-    pub replay: Vec<Bytes>,
-    /// Latest seq.
-    pub seq: u64,
-    /// The history's epoch, as sent to clients.
-    pub epoch: String,
-    /// Whether every message after `lastEventId` was replayed.
-    pub recovered: bool,
 }
 
 #[cfg(test)]

@@ -16,34 +16,35 @@ use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::admission::ConnectionSlot;
+use crate::clock::Clock;
 use crate::config::Config;
+use crate::datadir;
 use crate::history::HistoryStore;
-use crate::http::{serve_connection, ConnectionSlot};
+use crate::http::serve_connection;
 use crate::keys::ShardId;
 use crate::mesh::Mesh;
 use crate::metrics::Metrics;
-use crate::shard::{Shard, Shared};
+use crate::shard::{Shard, INBOX_BATCH};
+use crate::shared::Shared;
 use crate::tenant::TenantTable;
-
-/// Messages handled per inbox batch before other tasks get a turn.
-const INBOX_BATCH: usize = 256;
 
 /// Runs the server until a signal stops it.
 pub fn run(config: Config) -> anyhow::Result<()> {
     let shards = config.shards;
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+    // Held until `run` returns; the kernel releases it if the process dies.
+    let _lock = datadir::lock(&config.data_dir)?;
     let (listeners, addr) = bind_listeners(config.listen, shards)
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let tenants = TenantTable::new(&config.tenants, config.default_tenant.as_deref());
+    let mesh = Mesh::with_capacity(shards, config.inbox_capacity);
     let shared = Arc::new(Shared {
         config: ArcSwap::from_pointee(config.clone()),
         tenants: ArcSwap::from_pointee(tenants),
-        metrics: Metrics::new(),
+        metrics: Metrics::new(mesh.clone()),
         open_connections: AtomicUsize::new(0),
         ready_shards: AtomicUsize::new(0),
     });
-    let mesh = Mesh::new(shards);
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     if !monoio::utils::detect_uring() {
         tracing::warn!("io_uring is unavailable: shards run on monoio's legacy (epoll) driver");
@@ -198,9 +199,16 @@ fn shard_thread(
             }
         };
         let grace = Duration::from_millis(shared.config.load().shutdown_grace_ms);
-        let shard = Rc::new(Shard::new(id, mesh.clone(), shared, history));
+        let shard = Rc::new(Shard::new(
+            id,
+            mesh.clone(),
+            shared,
+            history,
+            Clock::system(),
+        ));
         monoio::spawn(accept_loop(shard.clone(), listener));
-        monoio::spawn(housekeeping_loop(shard.clone()));
+        let timer = shard.clone();
+        monoio::spawn(async move { timer.run_timer().await });
         shard.mark_ready();
         let _ = events.send(ShardEvent::Ready);
         run_inbox(&shard, &mesh, grace).await;
@@ -212,10 +220,14 @@ fn shard_thread(
 async fn run_inbox(shard: &Rc<Shard>, mesh: &Mesh, grace: Duration) {
     let inbox = mesh.inbox(shard.id);
     let mut batch = Vec::with_capacity(INBOX_BATCH);
-    while !shard.is_shutting_down() {
+    loop {
         inbox.recv_batch(&mut batch, INBOX_BATCH).await;
-        for msg in batch.drain(..) {
-            shard.handle(msg);
+        if mesh.is_shutting_down() {
+            shard.begin_shutdown();
+        }
+        shard.handle_batch(&mut batch);
+        if shard.is_shutting_down() {
+            break;
         }
         // Let sessions and writers run between batches: writers flush everything the
         // batch queued in one writev each.
@@ -228,9 +240,7 @@ async fn run_inbox(shard: &Rc<Shard>, mesh: &Mesh, grace: Duration) {
             inbox.recv_batch(&mut batch, INBOX_BATCH),
         )
         .await;
-        for msg in batch.drain(..) {
-            shard.handle(msg);
-        }
+        shard.handle_batch(&mut batch);
     }
 }
 
@@ -244,7 +254,7 @@ async fn accept_loop(shard: Rc<Shard>, listener: monoio::net::TcpListener) {
             None => break,
             Some(Ok((stream, _))) => {
                 let _ = stream.set_nodelay(true);
-                let slot = ConnectionSlot::acquire(&shard);
+                let slot = ConnectionSlot::acquire(&shard.shared, shard.id);
                 monoio::spawn(serve_connection(shard.clone(), stream, slot));
             }
             Some(Err(e)) => {
@@ -253,15 +263,6 @@ async fn accept_loop(shard: Rc<Shard>, listener: monoio::net::TcpListener) {
                 monoio::time::sleep(Duration::from_millis(10)).await;
             }
         }
-    }
-}
-
-async fn housekeeping_loop(shard: Rc<Shard>) {
-    let mut ticks: u64 = 0;
-    while !shard.is_shutting_down() {
-        monoio::time::sleep(Duration::from_secs(1)).await;
-        ticks += 1;
-        shard.housekeeping(ticks % 600 == 1);
     }
 }
 

@@ -2,7 +2,7 @@
 //! control frames, and closes with the right code on protocol violations.
 //!
 //! Idle connections are the common case, so the task is kept small: rare paths (holding
-//! back a publisher, lingering after a close) are boxed, and the read buffer starts at
+//! back a publisher while the mesh is under pressure, lingering after a close) are boxed, and the read buffer starts at
 //! 256 bytes, doubles while a message does not fit or a read fills it (so a publisher's
 //! burst is handled whole), and shrinks back once drained if it grew past 16 KB.
 
@@ -14,11 +14,11 @@ use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, OwnedReadHalf, Splitable};
 use monoio::net::TcpStream;
 use ringcast_protocol::ws::{pong_frame, Decoded, Message, WsDecoder};
-use ringcast_protocol::{event, CloseCode};
+use ringcast_protocol::CloseCode;
 
-use crate::clock::now_ms;
-use crate::conn::{run_writer, Conn, ConnState};
-use crate::http::ConnectionSlot;
+use crate::admission::ConnectionSlot;
+use crate::conn::Conn;
+use crate::outbound::{run_writer, ConnState};
 use crate::shard::Shard;
 use crate::tenant::Tenant;
 
@@ -29,8 +29,6 @@ const READ_BUF: usize = 256;
 const KEEP_READ_BUF: usize = 16 * 1024;
 /// How long a closing connection waits for the client's side to finish.
 const LINGER: Duration = Duration::from_secs(2);
-/// A publisher waits while an inbox is deeper than this.
-const INBOX_HIGH_WATER: usize = 65_536;
 
 /// Starts serving one upgraded connection: registers it, spawns its writer and its
 /// session task, and queues `connected`. `slot` is released when the session ends.
@@ -45,10 +43,9 @@ pub fn start_session(
     client_id: &str,
     slot: ConnectionSlot,
 ) {
-    let conn = shard.register_conn(tenant);
+    let conn = shard.register_conn(tenant, client_id);
     let (reader, writer) = stream.into_split();
     monoio::spawn(run_writer(conn.clone(), writer));
-    shard.push(&conn, event::connected(client_id, now_ms()));
     // The HTTP phase's buffer is sized for request heads; start small unless it holds
     // frames the client sent right behind its handshake.
     let buf = if leftover.is_empty() {
@@ -74,10 +71,10 @@ async fn run_session(
         loop {
             match decoder.decode(&mut buf[offset..]) {
                 Ok(Some(Decoded { consumed, message })) => {
-                    if matches!(message, Message::Text(_))
-                        && shard.mesh.deepest_inbox() > INBOX_HIGH_WATER
-                    {
-                        Box::pin(hold_back_publisher(&shard)).await;
+                    if matches!(message, Message::Text(_)) && shard.mesh.under_pressure() {
+                        // Backpressure: an inbox somewhere is full; stop reading until the
+                        // spills drain, so memory between shards stays bounded.
+                        Box::pin(shard.until_no_pressure()).await;
                     }
                     handle_message(&shard, &conn, &message, &buf[offset..]);
                     offset += consumed;
@@ -103,7 +100,7 @@ async fn run_session(
         let read = reader.read(buf.slice_mut(len..));
         let outcome = monoio::select! {
             (result, slice) = read => Some((result, slice.into_inner())),
-            _ = conn.until_not_open() => None,
+            _ = conn.outbound().until_not_open() => None,
         };
         let Some((result, returned)) = outcome else {
             break;
@@ -142,17 +139,6 @@ fn handle_message(shard: &Shard, conn: &Rc<Conn>, message: &Message, buf: &[u8])
             };
             conn.close(answer, "");
         }
-    }
-}
-
-/// Backpressure: when an inbox falls behind, publishers stop reading until it catches
-/// up, so inbox memory stays bounded.
-async fn hold_back_publisher(shard: &Shard) {
-    for _ in 0..10_000 {
-        if shard.mesh.deepest_inbox() <= INBOX_HIGH_WATER || shard.is_shutting_down() {
-            return;
-        }
-        monoio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 

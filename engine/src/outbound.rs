@@ -1,0 +1,428 @@
+//! A connection's outbound side, whatever its transport: the bounded queue of encoded
+//! frames, the slow-consumer policy, byte accounting, and the writer task that sends
+//! everything queued in one `writev`.
+//!
+//! Transport-agnostic: it moves opaque `Bytes`. WebSocket connections queue WebSocket
+//! frames and say goodbye with a close frame; an SSE stream queues `text/event-stream`
+//! chunks and has no goodbye frame. The transport tells the queue how to say goodbye
+//! ([`Farewell`]); everything else (coalescing, the 4008 bound, idle-buffer release) is
+//! shared.
+//!
+//! Fan-out only appends shared `Bytes` to the queue and wakes the writer; everything
+//! queued while the writer was busy goes out in its next single `writev`, so frames
+//! coalesce per connection. The queue is bounded by `limit` bytes (queued plus in
+//! flight). A push that would exceed it drops what is queued and starts a close with
+//! [`CloseCode::SLOW_CONSUMER`].
+//!
+//! A busy connection keeps its queue's and batch's memory from one write to the next; the
+//! shard's once-a-second sweep ([`Outbound::sweep_idle`]) gives that memory back once a
+//! connection has written nothing for a whole tick, so idle connections hold none.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+use std::time::Duration;
+
+use bytes::Bytes;
+use monoio::io::AsyncWriteRent;
+use ringcast_protocol::CloseCode;
+
+use crate::iovec::FrameBatch;
+
+/// How long a closing connection may take to flush its last frames.
+const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The last frame a transport sends when it closes with a code (a WebSocket close frame;
+/// nothing for SSE).
+pub type Farewell = fn(CloseCode, &str) -> Option<Bytes>;
+
+/// Where a connection stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnState {
+    /// Serving.
+    Open,
+    /// Closing with this code: flush what is queued, then shut the socket down.
+    Closing(CloseCode),
+    /// Gone: stop writing.
+    Closed,
+}
+
+/// What happened to a pushed frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    /// Queued for writing.
+    Queued,
+    /// The connection is closing; the frame was dropped.
+    Dropped,
+    /// The buffer overflowed: the connection is now closing with 4008.
+    Overflowed,
+}
+
+/// Whether the connection holds write buffers the idle sweep should give back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Buffers {
+    /// Nothing held (new, or trimmed by the sweep).
+    Released,
+    /// Written since the last sweep.
+    Busy,
+    /// Nothing written since the last sweep: the next one trims.
+    Idle,
+}
+
+#[derive(Debug)]
+struct Queue {
+    frames: VecDeque<Bytes>,
+    /// Queued plus in-flight bytes.
+    bytes: usize,
+    limit: usize,
+    state: ConnState,
+}
+
+/// One connection's outbound queue and the wakers of its two tasks.
+pub struct Outbound {
+    queue: RefCell<Queue>,
+    farewell: Farewell,
+    writer_waker: Cell<Option<Waker>>,
+    reader_waker: Cell<Option<Waker>>,
+    buffers: Cell<Buffers>,
+    /// Set by the sweep: the writer gives back its batch's memory at its next turn.
+    trim_requested: Cell<bool>,
+}
+
+impl std::fmt::Debug for Outbound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let queue = self.queue.borrow();
+        f.debug_struct("Outbound")
+            .field("state", &queue.state)
+            .field("frames", &queue.frames.len())
+            .field("bytes", &queue.bytes)
+            .finish()
+    }
+}
+
+impl Outbound {
+    /// An open queue bounded at `limit` bytes; `farewell` makes the transport's last frame.
+    pub fn new(limit: usize, farewell: Farewell) -> Outbound {
+        Outbound {
+            queue: RefCell::new(Queue {
+                frames: VecDeque::new(),
+                bytes: 0,
+                limit,
+                state: ConnState::Open,
+            }),
+            farewell,
+            writer_waker: Cell::new(None),
+            reader_waker: Cell::new(None),
+            buffers: Cell::new(Buffers::Released),
+            trim_requested: Cell::new(false),
+        }
+    }
+
+    /// The current state.
+    pub fn state(&self) -> ConnState {
+        self.queue.borrow().state
+    }
+
+    /// Queued plus in-flight bytes.
+    pub fn queued_bytes(&self) -> usize {
+        self.queue.borrow().bytes
+    }
+
+    /// Queues a frame for writing.
+    pub fn push(&self, frame: Bytes) -> Pushed {
+        let mut queue = self.queue.borrow_mut();
+        if queue.state != ConnState::Open {
+            return Pushed::Dropped;
+        }
+        if queue.bytes + frame.len() > queue.limit {
+            // Memory stays bounded: what is queued goes; the client catches up from history.
+            queue.frames.clear();
+            queue.bytes = 0;
+            queue.state = ConnState::Closing(CloseCode::SLOW_CONSUMER);
+            if let Some(last) = (self.farewell)(CloseCode::SLOW_CONSUMER, "slow consumer") {
+                queue.frames.push_back(last);
+            }
+            drop(queue);
+            self.wake_both();
+            return Pushed::Overflowed;
+        }
+        queue.bytes += frame.len();
+        let was_empty = queue.frames.is_empty();
+        queue.frames.push_back(frame);
+        drop(queue);
+        if was_empty {
+            wake(&self.writer_waker);
+        }
+        Pushed::Queued
+    }
+
+    /// Takes everything queued, as if it had been written: tests read what a connection
+    /// was sent this way, benchmarks measure fan-out without a socket.
+    pub fn take_queued(&self) -> Vec<Bytes> {
+        let mut queue = self.queue.borrow_mut();
+        queue.bytes = 0;
+        queue.frames.drain(..).collect()
+    }
+
+    /// Drops everything queued, as if it had been written; returns how many frames.
+    pub fn discard_queued(&self) -> usize {
+        let mut queue = self.queue.borrow_mut();
+        let n = queue.frames.len();
+        queue.frames.clear();
+        queue.bytes = 0;
+        n
+    }
+
+    /// Starts a close with `code`: the transport's farewell goes after what is queued.
+    pub fn close(&self, code: CloseCode, reason: &str) {
+        let mut queue = self.queue.borrow_mut();
+        if queue.state != ConnState::Open {
+            return;
+        }
+        queue.state = ConnState::Closing(code);
+        if let Some(last) = (self.farewell)(code, reason) {
+            queue.frames.push_back(last);
+        }
+        drop(queue);
+        self.wake_both();
+    }
+
+    /// The connection is gone: drop what is queued and stop the writer.
+    pub fn mark_closed(&self) {
+        let mut queue = self.queue.borrow_mut();
+        queue.state = ConnState::Closed;
+        queue.frames.clear();
+        queue.bytes = 0;
+        drop(queue);
+        self.wake_both();
+    }
+
+    /// Called by the shard once per housekeeping tick: a connection that wrote nothing
+    /// since the previous tick gives back its queue's memory now and its writer's batch
+    /// at the writer's next turn.
+    pub fn sweep_idle(&self) {
+        match self.buffers.get() {
+            Buffers::Released => {}
+            Buffers::Busy => self.buffers.set(Buffers::Idle),
+            Buffers::Idle => {
+                self.buffers.set(Buffers::Released);
+                let mut queue = self.queue.borrow_mut();
+                if queue.frames.is_empty() {
+                    queue.frames = VecDeque::new();
+                }
+                drop(queue);
+                self.trim_requested.set(true);
+                wake(&self.writer_waker);
+            }
+        }
+    }
+
+    /// Resolves once the connection is no longer open (the reader task waits on this
+    /// beside its read).
+    pub async fn until_not_open(&self) {
+        poll_fn(|cx| {
+            if self.state() != ConnState::Open {
+                return Poll::Ready(());
+            }
+            register(&self.reader_waker, cx.waker());
+            Poll::Pending
+        })
+        .await
+    }
+
+    async fn until_closed(&self) {
+        poll_fn(|cx| {
+            if self.state() == ConnState::Closed {
+                return Poll::Ready(());
+            }
+            register(&self.writer_waker, cx.waker());
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Resolves when there is something to write, the state changed, or the sweep asked
+    /// for the batch's memory back.
+    async fn until_writable(&self) {
+        poll_fn(|cx| {
+            let queue = self.queue.borrow();
+            if !queue.frames.is_empty()
+                || queue.state != ConnState::Open
+                || self.trim_requested.get()
+            {
+                return Poll::Ready(());
+            }
+            register(&self.writer_waker, cx.waker());
+            Poll::Pending
+        })
+        .await
+    }
+
+    fn wake_both(&self) {
+        wake(&self.writer_waker);
+        wake(&self.reader_waker);
+    }
+}
+
+/// Stores `waker` in `slot`, cloning only when the slot does not already hold one that
+/// wakes the same task (a task polled again without being woken keeps its waker).
+fn register(slot: &Cell<Option<Waker>>, waker: &Waker) {
+    match slot.take() {
+        Some(held) if held.will_wake(waker) => slot.set(Some(held)),
+        _ => slot.set(Some(waker.clone())),
+    }
+}
+
+fn wake(slot: &Cell<Option<Waker>>) {
+    if let Some(waker) = slot.take() {
+        waker.wake();
+    }
+}
+
+/// The writer task: one `writev` per turn with everything queued, until closed. `owner`
+/// is whatever holds the queue (a WebSocket connection, an SSE stream).
+pub async fn run_writer<C, W>(owner: Rc<C>, mut writer: W)
+where
+    C: AsRef<Outbound>,
+    W: AsyncWriteRent,
+{
+    let out: &Outbound = (*owner).as_ref();
+    let mut batch = FrameBatch::default();
+    loop {
+        out.until_writable().await;
+        if out.trim_requested.replace(false) {
+            batch.trim();
+        }
+        let state = {
+            let mut queue = out.queue.borrow_mut();
+            batch.fill_from(&mut queue.frames);
+            queue.state
+        };
+        if batch.is_empty() {
+            if state != ConnState::Open {
+                break;
+            }
+            continue;
+        }
+        let written = if state == ConnState::Open {
+            // Boxed: the write's state (the in-flight op, the select) lives on the heap
+            // only while writing, so an idle connection's task stays small.
+            Box::pin(write_batch(out, &mut writer, &mut batch)).await
+        } else {
+            // Closing: the last frames get a deadline (boxed: a rare path kept out of
+            // every idle connection's task).
+            let flush = monoio::time::timeout(
+                CLOSE_FLUSH_TIMEOUT,
+                write_batch(out, &mut writer, &mut batch),
+            );
+            Box::pin(flush).await.unwrap_or(false)
+        };
+        if !written {
+            out.mark_closed();
+            return;
+        }
+        out.buffers.set(Buffers::Busy);
+    }
+    if matches!(out.state(), ConnState::Closing(_)) {
+        let _ = Box::pin(monoio::time::timeout(
+            CLOSE_FLUSH_TIMEOUT,
+            writer.shutdown(),
+        ))
+        .await;
+    }
+}
+
+/// Writes the whole batch; false when the socket failed or the connection went away.
+async fn write_batch<W: AsyncWriteRent>(
+    out: &Outbound,
+    writer: &mut W,
+    batch: &mut FrameBatch,
+) -> bool {
+    while !batch.is_empty() {
+        let write = writer.writev(std::mem::take(batch));
+        let result = monoio::select! {
+            result = write => Some(result),
+            _ = out.until_closed() => None,
+        };
+        let Some((result, returned)) = result else {
+            return false;
+        };
+        *batch = returned;
+        match result {
+            Ok(0) | Err(_) => return false,
+            Ok(written) => {
+                batch.advance(written);
+                let mut queue = out.queue.borrow_mut();
+                queue.bytes = queue.bytes.saturating_sub(written);
+            }
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ws_like(code: CloseCode, _reason: &str) -> Option<Bytes> {
+        Some(Bytes::copy_from_slice(&code.0.to_be_bytes()))
+    }
+
+    #[test]
+    fn overflow_closes_with_4008_and_frees_the_queue() {
+        let out = Outbound::new(100, ws_like);
+        assert_eq!(out.push(Bytes::from(vec![0u8; 60])), Pushed::Queued);
+        assert_eq!(out.push(Bytes::from(vec![0u8; 60])), Pushed::Overflowed);
+        assert_eq!(out.state(), ConnState::Closing(CloseCode::SLOW_CONSUMER));
+        let queued = out.take_queued();
+        assert_eq!(queued.len(), 1, "only the farewell is left");
+        assert_eq!(&queued[0][..], &4008u16.to_be_bytes());
+        assert_eq!(out.push(Bytes::from_static(b"x")), Pushed::Dropped);
+    }
+
+    #[test]
+    fn a_transport_without_farewell_just_closes() {
+        let out = Outbound::new(10, |_, _| None);
+        out.push(Bytes::from_static(b"0123456789x"));
+        assert_eq!(out.state(), ConnState::Closing(CloseCode::SLOW_CONSUMER));
+        assert!(out.take_queued().is_empty());
+    }
+
+    #[test]
+    fn idle_sweep_gives_buffers_back_only_after_a_quiet_tick() {
+        let out = Outbound::new(1000, ws_like);
+        out.push(Bytes::from_static(b"a"));
+        out.discard_queued();
+        out.buffers.set(Buffers::Busy); // what the writer records after a write
+        out.sweep_idle();
+        assert!(
+            out.queue.borrow().frames.capacity() > 0,
+            "written this tick: kept"
+        );
+        assert!(!out.trim_requested.get());
+        out.sweep_idle();
+        assert_eq!(
+            out.queue.borrow().frames.capacity(),
+            0,
+            "a quiet tick: released"
+        );
+        assert!(
+            out.trim_requested.get(),
+            "the writer is asked to trim its batch"
+        );
+        assert_eq!(out.buffers.get(), Buffers::Released);
+    }
+
+    #[test]
+    fn close_queues_behind_pending_frames() {
+        let out = Outbound::new(1000, ws_like);
+        out.push(Bytes::from_static(b"a"));
+        out.close(CloseCode::GOING_AWAY, "shutdown");
+        out.close(CloseCode::NORMAL, "again");
+        let queued = out.take_queued();
+        assert_eq!(queued.len(), 2);
+        assert_eq!(&queued[1][..], &1001u16.to_be_bytes());
+    }
+}

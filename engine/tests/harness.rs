@@ -1,0 +1,230 @@
+//! Shards driven message by message with a fake clock (see `support/mod.rs`).
+
+mod support;
+
+use ringcast_engine::mesh::{Answer, Question};
+use ringcast_engine::requests::RequestFailed;
+use support::{key, poll_answer, seqs, take, Cluster};
+
+#[test]
+fn publish_and_subscribe_across_two_shards() {
+    let mut cluster = Cluster::new(2);
+    let channel = cluster.channel_owned_by(1, "room:");
+    let (sub0, sub1, publisher) = (cluster.connect(0), cluster.connect(1), cluster.connect(0));
+    let subscribe = format!(r#"{{"action":"subscribe","channel":"{channel}"}}"#);
+    cluster.send(0, &sub0, &subscribe);
+    cluster.send(1, &sub1, &subscribe);
+    cluster.pump();
+    for conn in [&sub0, &sub1] {
+        let events = take(conn);
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(events[0]["event"], "subscribed");
+        assert_eq!(events[0]["seq"], 0);
+    }
+    let publish =
+        format!(r#"{{"action":"publish","channel":"{channel}","data":{{"n":1}},"ref":7}}"#);
+    cluster.send(0, &publisher, &publish);
+    cluster.pump();
+    for conn in [&sub0, &sub1] {
+        let events = take(conn);
+        assert_eq!(seqs(&events), vec![1]);
+        assert_eq!(events[0]["data"]["n"], 1);
+    }
+    let ack = take(&publisher);
+    assert_eq!(ack.len(), 1);
+    assert_eq!(ack[0]["event"], "ack");
+    assert_eq!(ack[0]["ref"], 7);
+    assert_eq!(ack[0]["seq"], 1);
+}
+
+/// A subscriber with `lastEventId` on shard 0 while another shard keeps publishing: in
+/// every interleaving of the two shards' steps, it sees each seq after its
+/// `lastEventId` exactly once, in order, replay before `subscribed` before live.
+#[test]
+fn replay_and_live_never_gap_or_duplicate_in_any_interleaving() {
+    for seed in 0u64..40 {
+        let mut cluster = Cluster::new(2);
+        let channel = cluster.channel_owned_by(1, "race:");
+        let (subscriber, publisher) = (cluster.connect(0), cluster.connect(1));
+        let publish =
+            |n: u32| format!(r#"{{"action":"publish","channel":"{channel}","data":{{"n":{n}}}}}"#);
+        for n in 0..5 {
+            cluster.send(1, &publisher, &publish(n));
+        }
+        cluster.pump();
+        let subscribe =
+            format!(r#"{{"action":"subscribe","channel":"{channel}","lastEventId":2}}"#);
+        cluster.send(0, &subscriber, &subscribe);
+        let mut rng = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        for n in 5..25 {
+            rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1);
+            cluster.send(1, &publisher, &publish(n));
+            // Let one shard or the other run one message at a time, in a seeded order.
+            cluster.step((rng >> 33) as usize % 2, 1);
+        }
+        cluster.pump();
+        let events = take(&subscriber);
+        let at = events
+            .iter()
+            .position(|e| e["event"] == "subscribed")
+            .expect("subscribed");
+        let boundary = events[at]["seq"].as_u64().unwrap();
+        assert!(
+            seqs(&events[..at]).iter().all(|s| *s <= boundary),
+            "seed {seed}"
+        );
+        assert!(
+            seqs(&events[at..]).iter().all(|s| *s > boundary),
+            "seed {seed}"
+        );
+        assert_eq!(seqs(&events), (3..=25).collect::<Vec<_>>(), "seed {seed}");
+        assert_eq!(events[at]["recovered"], true);
+    }
+}
+
+#[test]
+fn subscribe_and_publish_on_the_owner_itself_keep_order() {
+    let mut cluster = Cluster::new(1);
+    let conn = cluster.connect(0);
+    cluster.send(0, &conn, r#"{"action":"subscribe","channel":"c"}"#);
+    cluster.send(
+        0,
+        &conn,
+        r#"{"action":"publish","channel":"c","data":1,"ref":"a"}"#,
+    );
+    let events = take(&conn);
+    let names: Vec<_> = events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["subscribed", "realtime.message", "ack"],
+        "{events:?}"
+    );
+}
+
+/// The timer-driven case: an owner that does not answer in time. The publisher gets an
+/// `overloaded` error carrying its `ref`; the owner's late answer is counted, not sent.
+#[test]
+fn a_request_past_its_deadline_is_answered_with_an_error_and_the_late_answer_is_dropped() {
+    let mut cluster = Cluster::with(2, |config| config.request_timeout_ms = 500);
+    let channel = cluster.channel_owned_by(1, "slow:");
+    let publisher = cluster.connect(0);
+    let publish = format!(r#"{{"action":"publish","channel":"{channel}","data":1,"ref":9}}"#);
+    cluster.send(0, &publisher, &publish);
+    cluster.advance(499);
+    assert!(take(&publisher).is_empty(), "not yet due");
+    cluster.advance(1);
+    let events = take(&publisher);
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["event"], "error");
+    assert_eq!(events[0]["ref"], 9);
+    assert_eq!(events[0]["data"]["code"], "overloaded");
+    let counters = cluster
+        .shared
+        .metrics
+        .shard(ringcast_engine::keys::ShardId(0));
+    assert_eq!(counters.requests_timed_out.get(), 1);
+
+    cluster.pump(); // the owner runs at last: the message is published, the answer is late
+    assert!(take(&publisher).is_empty(), "no ack after the error");
+    let counters = cluster
+        .shared
+        .metrics
+        .shard(ringcast_engine::keys::ShardId(0));
+    assert_eq!(counters.answers_unclaimed.get(), 1);
+}
+
+#[test]
+fn a_task_asks_an_owner_and_awaits_a_typed_answer() {
+    let mut cluster = Cluster::new(2);
+    let channel = cluster.channel_owned_by(1, "state:");
+    let publisher = cluster.connect(0);
+    let publish = format!(r#"{{"action":"publish","channel":"{channel}","data":1}}"#);
+    cluster.send(0, &publisher, &publish);
+    cluster.send(0, &publisher, &publish);
+    cluster.pump();
+    let question = Question::ChannelState { key: key(&channel) };
+    let mut rx = cluster.shards[0].ask(&key(&channel), question, 1_000);
+    assert!(poll_answer(&mut rx).is_none(), "the owner has not run yet");
+    cluster.pump();
+    match poll_answer(&mut rx) {
+        Some(Ok(Answer::ChannelState { seq, .. })) => assert_eq!(seq, 2),
+        other => panic!("{other:?}"),
+    }
+
+    let question = Question::ChannelState { key: key(&channel) };
+    let mut rx = cluster.shards[0].ask(&key(&channel), question, 100);
+    cluster.advance(100);
+    assert_eq!(poll_answer(&mut rx), Some(Err(RequestFailed::Timeout)));
+}
+
+#[test]
+fn a_task_publish_is_answered_with_seq_and_ts() {
+    let mut cluster = Cluster::new(2);
+    let channel = cluster.channel_owned_by(1, "http:");
+    let data = bytes::Bytes::from_static(b"{\"a\":1}");
+    let mut rx = cluster.shards[0].publish_for_task(key(&channel), data, None, 1_000);
+    cluster.pump();
+    match poll_answer(&mut rx) {
+        Some(Ok(Answer::Published { seq, ts })) => {
+            assert_eq!(seq, 1);
+            assert_eq!(ts, cluster.clock.now().0);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Bounded inboxes: a burst larger than the owner's inbox spills in order at the sender,
+/// puts the mesh under pressure (publishers everywhere stop reading), and drains without
+/// losing or reordering anything.
+#[test]
+fn a_full_inbox_spills_in_order_and_loses_nothing() {
+    let mut cluster = Cluster::with(2, |config| config.inbox_capacity = 64);
+    let channel = cluster.channel_owned_by(1, "burst:");
+    let (subscriber, publisher) = (cluster.connect(1), cluster.connect(0));
+    cluster.send(
+        1,
+        &subscriber,
+        &format!(r#"{{"action":"subscribe","channel":"{channel}"}}"#),
+    );
+    cluster.pump();
+    take(&subscriber);
+    for n in 0..500 {
+        let publish = format!(r#"{{"action":"publish","channel":"{channel}","data":{n}}}"#);
+        cluster.send(0, &publisher, &publish);
+    }
+    assert!(
+        cluster.mesh.under_pressure(),
+        "500 publishes do not fit in 64 slots"
+    );
+    assert!(cluster.mesh.inbox(ringcast_engine::keys::ShardId(1)).len() <= 64);
+    cluster.pump();
+    assert!(!cluster.mesh.under_pressure());
+    let events = take(&subscriber);
+    assert_eq!(seqs(&events), (1..=500).collect::<Vec<_>>());
+    let data: Vec<u64> = events.iter().map(|e| e["data"].as_u64().unwrap()).collect();
+    assert_eq!(data, (0..500).collect::<Vec<_>>());
+    let spills = cluster
+        .shared
+        .metrics
+        .shard(ringcast_engine::keys::ShardId(0))
+        .inbox_spills
+        .get();
+    assert!(spills >= 500 - 64, "{spills}");
+}
+
+#[test]
+fn housekeeping_runs_on_the_injected_clock() {
+    let mut cluster = Cluster::new(1);
+    let next = cluster.shards[0].next_deadline();
+    assert_eq!(next, cluster.clock.now().plus(1_000));
+    cluster.advance(1_000);
+    assert_eq!(
+        cluster.shards[0].next_deadline(),
+        cluster.clock.now().plus(1_000)
+    );
+}

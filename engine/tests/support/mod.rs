@@ -1,0 +1,211 @@
+//! A deterministic, in-process harness for shards (quinn's `Pair` is the model): real
+//! [`ShardCore`]s and a real [`Mesh`], no sockets, no tasks, no OS clock. A test sends
+//! client frames in, moves messages between shards one step at a time (or until quiet),
+//! moves a [`ManualClock`], and reads the exact events each connection was sent.
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+
+use arc_swap::ArcSwap;
+use ringcast_engine::clock::{Clock, ManualClock, Millis};
+use ringcast_engine::config::{Config, Overrides};
+use ringcast_engine::conn::Conn;
+use ringcast_engine::core::ShardCore;
+use ringcast_engine::history::HistoryStore;
+use ringcast_engine::keys::{ChannelKey, ShardId};
+use ringcast_engine::mesh::Mesh;
+use ringcast_engine::metrics::Metrics;
+use ringcast_engine::requests::{AnswerReceiver, Outcome};
+use ringcast_engine::shared::Shared;
+use ringcast_engine::tenant::TenantTable;
+use ringcast_protocol::{ChannelName, TenantId};
+use serde_json::Value;
+
+/// Bound on any pumping loop.
+const MAX_STEPS: usize = 100_000;
+
+/// N shards of one server, driven by the test.
+pub struct Cluster {
+    pub mesh: Arc<Mesh>,
+    pub shared: Arc<Shared>,
+    pub clock: ManualClock,
+    pub shards: Vec<ShardCore>,
+    _data: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// `shards` shards of a `--dev` server with default settings.
+    pub fn new(shards: usize) -> Cluster {
+        Cluster::with(shards, |_| {})
+    }
+
+    /// Like [`Cluster::new`], with the config adjusted by `tweak`.
+    pub fn with(shards: usize, tweak: impl FnOnce(&mut Config)) -> Cluster {
+        let data = tempfile::tempdir().expect("temp dir");
+        let flags = Overrides {
+            dev: true,
+            shards: Some(shards),
+            data_dir: Some(data.path().to_path_buf()),
+            ..Overrides::default()
+        };
+        let mut config = Config::load(None, &flags).expect("dev config");
+        tweak(&mut config);
+        let mesh = Mesh::with_capacity(shards, config.inbox_capacity);
+        let shared = Arc::new(Shared {
+            tenants: ArcSwap::from_pointee(TenantTable::new(
+                &config.tenants,
+                config.default_tenant.as_deref(),
+            )),
+            config: ArcSwap::from_pointee(config.clone()),
+            metrics: Metrics::new(mesh.clone()),
+            open_connections: AtomicUsize::new(0),
+            ready_shards: AtomicUsize::new(0),
+        });
+        let clock = ManualClock::new(Millis(1_700_000_000_000));
+        let shards = (0..shards)
+            .map(|i| {
+                let history = HistoryStore::new(data.path(), &config.history).expect("history");
+                ShardCore::new(
+                    ShardId(i as u16),
+                    mesh.clone(),
+                    shared.clone(),
+                    history,
+                    Clock::Manual(clock.clone()),
+                )
+            })
+            .collect();
+        Cluster {
+            mesh,
+            shared,
+            clock,
+            shards,
+            _data: data,
+        }
+    }
+
+    /// A WebSocket connection of the dev tenant on `shard`; its `connected` is consumed.
+    pub fn connect(&mut self, shard: usize) -> Rc<Conn> {
+        let tenant = self
+            .shared
+            .tenants
+            .load()
+            .resolve(None)
+            .expect("dev tenant");
+        let conn = self.shards[shard].register_conn(tenant, "test");
+        let events = take(&conn);
+        assert_eq!(events[0]["event"], "connected");
+        conn
+    }
+
+    /// `conn` (on `shard`) sends the text frame `json`.
+    pub fn send(&mut self, shard: usize, conn: &Rc<Conn>, json: &str) {
+        self.shards[shard].on_text(conn, json.as_bytes());
+    }
+
+    /// Lets `shard` handle up to `max` messages from its inbox. Returns how many.
+    pub fn step(&mut self, shard: usize, max: usize) -> usize {
+        let mut batch = Vec::new();
+        self.mesh
+            .inbox(ShardId(shard as u16))
+            .try_recv_batch(&mut batch, max);
+        let n = batch.len();
+        let core = &mut self.shards[shard];
+        for msg in batch {
+            core.handle(msg);
+        }
+        core.retry_spills();
+        self.mesh.drained(ShardId(shard as u16));
+        n
+    }
+
+    /// Moves messages until every inbox is empty and nothing is spilled.
+    pub fn pump(&mut self) {
+        for _ in 0..MAX_STEPS {
+            let mut moved = 0;
+            for shard in 0..self.shards.len() {
+                moved += self.step(shard, 256);
+            }
+            if moved == 0 && !self.mesh.under_pressure() {
+                return;
+            }
+        }
+        panic!("the cluster did not go quiet within {MAX_STEPS} steps");
+    }
+
+    /// Moves the clock and ticks every shard.
+    pub fn advance(&mut self, ms: u64) {
+        self.clock.advance(ms);
+        for core in &mut self.shards {
+            core.on_tick();
+        }
+    }
+
+    /// A dev-tenant channel whose owner is `shard`, named `prefix…`.
+    pub fn channel_owned_by(&self, shard: usize, prefix: &str) -> String {
+        (0..10_000)
+            .map(|i| format!("{prefix}{i}"))
+            .find(|name| key(name).owner(self.shards.len()) == ShardId(shard as u16))
+            .expect("some name hashes to every shard")
+    }
+}
+
+/// The dev tenant's channel `name`.
+pub fn key(name: &str) -> ChannelKey {
+    ChannelKey::new(
+        TenantId::new("dev"),
+        ChannelName::new(name).expect("channel"),
+    )
+}
+
+/// Every event queued for `conn` since the last call, decoded.
+pub fn take(conn: &Conn) -> Vec<Value> {
+    conn.outbound()
+        .take_queued()
+        .iter()
+        .map(|frame| decode_server_frame(frame))
+        .collect()
+}
+
+/// A server→client WebSocket frame: text frames as their JSON, close frames as
+/// `{"close": code}`.
+pub fn decode_server_frame(frame: &[u8]) -> Value {
+    let opcode = frame[0] & 0x0f;
+    let (len, at) = match frame[1] & 0x7f {
+        126 => (u16::from_be_bytes([frame[2], frame[3]]) as usize, 4),
+        127 => (
+            u64::from_be_bytes(frame[2..10].try_into().unwrap()) as usize,
+            10,
+        ),
+        n => (n as usize, 2),
+    };
+    let payload = &frame[at..at + len];
+    match opcode {
+        0x1 => serde_json::from_slice(payload).expect("server frames are JSON"),
+        0x8 => serde_json::json!({"close": u16::from_be_bytes([payload[0], payload[1]])}),
+        other => panic!("unexpected opcode {other}"),
+    }
+}
+
+/// Polls an answer once (the harness has no executor: answers arrive while pumping).
+pub fn poll_answer(rx: &mut AnswerReceiver) -> Option<Outcome> {
+    let mut cx = Context::from_waker(Waker::noop());
+    match Pin::new(rx).poll(&mut cx) {
+        Poll::Ready(outcome) => Some(outcome),
+        Poll::Pending => None,
+    }
+}
+
+/// The `seq`s of the `realtime.message` events in `events`.
+pub fn seqs(events: &[Value]) -> Vec<u64> {
+    events
+        .iter()
+        .filter(|e| e["event"] == "realtime.message")
+        .map(|e| e["seq"].as_u64().expect("seq"))
+        .collect()
+}

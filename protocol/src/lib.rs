@@ -6,7 +6,10 @@
 //!
 //! ```text
 //!  socket bytes ──► http::parse_request_head ──► (upgrade) ──► ws::WsDecoder
-//!                                                               │ text message
+//!                        │ (plain HTTP)                          │ text message
+//!                        ▼                                       │
+//!                  body::BodyDecoder ──► body bytes ──► engine route; errors: ApiError
+//!                                                               │
 //!                                                               ▼
 //!                                              client::FrameParser::parse ──► ClientFrame
 //!  engine decides what happens, then encodes each outgoing event ONCE:
@@ -18,6 +21,7 @@
 //! tests check it), and `data` payloads are carried as the raw bytes the publisher sent.
 #![forbid(unsafe_code)]
 
+pub mod body;
 pub mod channel;
 pub mod client;
 pub mod error;
@@ -28,4 +32,4 @@ pub mod ws;
 
 pub use channel::{ChannelName, TenantId};
 pub use client::{ClientFrame, FrameParser, ParseFailure};
-pub use error::{CloseCode, ErrorCode};
+pub use error::{ApiError, CloseCode, ErrorCode, ReconnectAdvice};

@@ -6,12 +6,12 @@
 //!
 //! ```text
 //!  socket bytes ──► http::parse_request_head ──► (upgrade) ──► ws::WsDecoder
-//!                        │ (plain HTTP)                          │ text message
-//!                        ▼                                       │
-//!                  body::BodyDecoder ──► body bytes ──► engine route; errors: ApiError
-//!                                                               │
-//!                                                               ▼
-//!                                              client::FrameParser::parse ──► ClientFrame
+//!                   │ plain HTTP                               │ text message
+//!                   ▼                                          ▼
+//!                   body::BodyDecoder          client::FrameParser::parse ──► ClientFrame
+//!                   │ body bytes
+//!                   ▼
+//!                   engine route(head, body); refusals: error::ApiError ──► status + code
 //!  engine decides what happens, then encodes each outgoing event ONCE:
 //!      event::* ──► a complete WebSocket frame (header + JSON) as `Bytes`, shared by
 //!                   every subscriber on every shard.

@@ -1,6 +1,19 @@
-//! The front door of every TCP connection: read an HTTP/1.1 request head (with a
-//! deadline), then either upgrade to WebSocket or answer a plain HTTP request.
+//! The front door of every TCP connection: read an HTTP/1.1 request (head and body, with
+//! a deadline), then either upgrade to WebSocket or answer a plain HTTP request.
 //! HTTP and WebSocket share the listener and the shard.
+//!
+//! ```text
+//!  accept ──► serve_connection ──► loop per request (keep-alive, pipelining):
+//!               head  (protocol::http::parse_request_head)   ┐ one deadline:
+//!               body  (protocol::body::BodyDecoder)          ┘ handshake_timeout_ms
+//!               route(shard, &head, &body) ──► response | upgrade ──► session
+//! ```
+//!
+//! Deadline: each request's head and body together must arrive within
+//! `handshake_timeout_ms`, counted from when the server starts waiting for that request,
+//! so a client that trickles bytes cannot hold a connection slot longer than that per
+//! request. Past it the answer is 408 and the connection closes. Every HTTP status and
+//! error code comes from [`ApiError`]; this file holds no status numbers.
 
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
@@ -8,12 +21,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use monoio::buf::IoBufMut;
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
+use monoio::time::Instant;
+use ringcast_protocol::body::{BodyDecoder, BodyError, BodyPoll};
 use ringcast_protocol::http::{
-    error_response, json_response, parse_request_head, response, switching_protocols, HttpError,
-    RequestHead, Upgrade,
+    api_error_response, ok_json, ok_response, parse_request_head, switching_protocols, HttpError,
+    RequestHead, Upgrade, CONTINUE,
 };
+use ringcast_protocol::ApiError;
 
 use crate::admission::ConnectionSlot;
 use crate::session::start_session;
@@ -29,66 +45,83 @@ enum Route {
     },
 }
 
+/// How the HTTP phase of a connection ended.
+enum Served {
+    Close,
+    Upgrade {
+        tenant: Arc<crate::tenant::Tenant>,
+        client_id: String,
+    },
+}
+
+/// After an error answer, how long the server keeps reading (and dropping) what the client
+/// still sends, at most.
+const LINGER: Duration = Duration::from_secs(1);
+/// After an error answer, how many bytes the server reads and drops, at most.
+const LINGER_BYTES: usize = 64 * 1024;
+
 /// Serves one accepted connection. `slot` is `None` when the server is full: the request
-/// is read and answered with 503.
+/// head is read and answered with 503.
 pub async fn serve_connection(
     shard: Rc<Shard>,
     mut stream: TcpStream,
     slot: Option<ConnectionSlot>,
 ) {
-    let timeout = Duration::from_millis(shard.shared.config.load().handshake_timeout_ms);
     let mut buf: Vec<u8> = Vec::with_capacity(1024);
+    match serve_requests(&shard, &mut stream, &mut buf, slot.is_some()).await {
+        Served::Close => {
+            // The slot is free before the client can see the close: a client that waits
+            // for EOF and connects again finds it free.
+            drop(slot);
+            drop(stream);
+        }
+        Served::Upgrade { tenant, client_id } => {
+            if let Some(slot) = slot {
+                // Tasks of their own, so this HTTP-phase state is freed while the
+                // WebSocket lives (idle connections stay small).
+                start_session(shard, stream, buf, tenant, &client_id, slot);
+            }
+        }
+    }
+}
+
+/// Reads and answers requests until one closes the connection or upgrades it.
+async fn serve_requests(
+    shard: &Rc<Shard>,
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    has_slot: bool,
+) -> Served {
+    let (timeout, max_body) = {
+        let config = shard.shared.config.load();
+        (
+            Duration::from_millis(config.handshake_timeout_ms),
+            config.max_message_bytes,
+        )
+    };
     loop {
-        let head = match monoio::time::timeout(timeout, read_head(&mut stream, &mut buf)).await {
-            Err(_) => {
-                let out =
-                    error_response(408, "timeout", "request head not received in time", false);
-                let _ = monoio::time::timeout(timeout, stream.write_all(out)).await;
-                return;
-            }
-            Ok(Err(ReadError::Http(HttpError::TooLarge))) => {
-                let out =
-                    error_response(431, "headers_too_large", "request head over 16 KiB", false);
-                let _ = stream.write_all(out).await;
-                return;
-            }
-            Ok(Err(ReadError::Http(_))) => {
-                let out = error_response(400, "bad_request", "malformed HTTP request", false);
-                let _ = stream.write_all(out).await;
-                return;
-            }
-            Ok(Err(ReadError::Closed)) => return,
+        let deadline = Instant::now() + timeout;
+        let head = match monoio::time::timeout_at(deadline, read_head(stream, buf)).await {
+            Err(_) => return timed_out(shard, stream, timeout, "request head").await,
+            Ok(Err(e)) => return answer_read_error(shard, stream, e, max_body, timeout).await,
             Ok(Ok(head)) => head,
         };
-        if slot.is_none() {
-            shard.shared.metrics.shard(shard.id).error("overloaded");
-            let out = error_response(
-                503,
-                "overloaded",
-                "max_connections reached; retry later",
-                false,
-            );
-            let _ = stream.write_all(out).await;
-            return;
+        if !has_slot {
+            let message = "max_connections reached; retry later";
+            return refuse(shard, stream, ApiError::Overloaded, message, timeout).await;
         }
-        // Bodies are not used by any route yet; skip them so keep-alive stays in sync.
-        let body_len = head.content_length().unwrap_or(0);
-        if body_len > shard.shared.config.load().max_message_bytes {
-            let out = error_response(413, "payload_too_large", "request body too large", false);
-            let _ = stream.write_all(out).await;
-            return;
-        }
-        if skip_body(&mut stream, &mut buf, head.head_len, body_len)
+        buf.drain(..head.head_len);
+        let body = match monoio::time::timeout_at(deadline, read_body(stream, buf, &head, max_body))
             .await
-            .is_err()
         {
-            return;
-        }
-        match route(&shard, &head) {
+            Err(_) => return timed_out(shard, stream, timeout, "request body").await,
+            Ok(Err(e)) => return answer_read_error(shard, stream, e, max_body, timeout).await,
+            Ok(Ok(body)) => body,
+        };
+        match route(shard, &head, &body) {
             Route::Respond(out, keep_alive) => {
-                let (result, _) = stream.write_all(out).await;
-                if result.is_err() || !keep_alive {
-                    return;
+                if !write_within(stream, out, timeout).await || !keep_alive {
+                    return Served::Close;
                 }
             }
             Route::Upgrade {
@@ -96,98 +129,195 @@ pub async fn serve_connection(
                 tenant,
                 client_id,
             } => {
-                let (result, _) = stream.write_all(response).await;
-                if let (Ok(_), Some(slot)) = (result, slot) {
-                    // Tasks of their own, so this HTTP-phase state is freed while the
-                    // WebSocket lives (idle connections stay small).
-                    start_session(shard, stream, buf, tenant, &client_id, slot);
+                if !write_within(stream, response, timeout).await {
+                    return Served::Close;
                 }
-                return;
+                return Served::Upgrade { tenant, client_id };
             }
         }
     }
 }
 
+/// Answers a request that could not be read (nothing for a closed connection) and ends
+/// the connection.
+async fn answer_read_error(
+    shard: &Rc<Shard>,
+    stream: &mut TcpStream,
+    e: ReadError,
+    max_body: usize,
+    timeout: Duration,
+) -> Served {
+    let (error, message) = match e {
+        ReadError::Closed => return Served::Close,
+        ReadError::Head(e @ HttpError::TooLarge) => {
+            (ApiError::from(e), "request head over 16 KiB".to_owned())
+        }
+        ReadError::Head(e) => (ApiError::from(e), "malformed HTTP request".to_owned()),
+        ReadError::Body(e @ BodyError::TooLarge) => (
+            ApiError::from(e),
+            format!("request body over {max_body} bytes"),
+        ),
+        ReadError::Body(e) => (ApiError::from(e), e.to_string()),
+    };
+    refuse(shard, stream, error, &message, timeout).await
+}
+
+/// 408 and close: the deadline passed before the request was complete.
+async fn timed_out(
+    shard: &Rc<Shard>,
+    stream: &mut TcpStream,
+    timeout: Duration,
+    what: &str,
+) -> Served {
+    let error = ApiError::Timeout;
+    shard.shared.metrics.shard(shard.id).error(error.code());
+    let message = format!("{what} not received within {} ms", timeout.as_millis());
+    let out = api_error_response(error, &message, false);
+    // The client has been silent, so nothing is left unread: close without lingering.
+    let _ = write_within(stream, out, timeout).await;
+    Served::Close
+}
+
+/// An error answer that ends the connection (the request, or its body, was not read to
+/// its end, so the connection cannot carry another request).
+async fn refuse(
+    shard: &Rc<Shard>,
+    stream: &mut TcpStream,
+    error: ApiError,
+    message: &str,
+    timeout: Duration,
+) -> Served {
+    shard.shared.metrics.shard(shard.id).error(error.code());
+    if write_within(stream, api_error_response(error, message, false), timeout).await {
+        linger(stream).await;
+    }
+    Served::Close
+}
+
+/// Sends FIN after the answer, then reads and drops what the client still sends (bounded
+/// in time and bytes): closing with unread bytes would send a reset, which can destroy
+/// the answer before the client reads it.
+async fn linger(stream: &mut TcpStream) {
+    if stream.shutdown().await.is_err() {
+        return;
+    }
+    let drain = async {
+        let mut scratch = Vec::with_capacity(4096);
+        let mut dropped = 0;
+        while dropped < LINGER_BYTES {
+            scratch.clear();
+            let (result, back) = stream.read(scratch).await;
+            scratch = back;
+            match result {
+                Ok(0) | Err(_) => return,
+                Ok(n) => dropped += n,
+            }
+        }
+    };
+    let _ = monoio::time::timeout(LINGER, drain).await;
+}
+
+/// Writes `out`; false when the write failed or took longer than `timeout` (a client that
+/// does not read).
+async fn write_within(stream: &mut TcpStream, out: Vec<u8>, timeout: Duration) -> bool {
+    matches!(
+        monoio::time::timeout(timeout, stream.write_all(out)).await,
+        Ok((Ok(_), _))
+    )
+}
+
 enum ReadError {
-    Http(HttpError),
+    Head(HttpError),
+    Body(BodyError),
     Closed,
 }
 
 async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<RequestHead, ReadError> {
     loop {
         if !buf.is_empty() {
-            if let Some(head) = parse_request_head(buf).map_err(ReadError::Http)? {
+            if let Some(head) = parse_request_head(buf).map_err(ReadError::Head)? {
                 return Ok(head);
             }
         }
-        if buf.capacity() - buf.len() < 512 {
-            buf.reserve(buf.len().max(1024));
-        }
-        let len = buf.len();
-        let (result, slice) = stream.read(std::mem::take(buf).slice_mut(len..)).await;
-        *buf = slice.into_inner();
-        match result {
-            Ok(0) | Err(_) => return Err(ReadError::Closed),
-            Ok(_) => {}
-        }
+        read_more(stream, buf).await?;
     }
 }
 
-/// Drops the head and a body of `body_len` bytes from the front of `buf`, reading more
-/// as needed.
-async fn skip_body(
+/// Reads the body of the request whose head was just drained from the front of `buf`;
+/// bytes after the body (a pipelined request) stay in `buf`.
+async fn read_body(
     stream: &mut TcpStream,
     buf: &mut Vec<u8>,
-    head_len: usize,
-    body_len: usize,
-) -> Result<(), ()> {
-    let needed = head_len + body_len;
-    while buf.len() < needed {
-        buf.reserve(needed - buf.len());
-        let len = buf.len();
-        let (result, slice) = stream.read(std::mem::take(buf).slice_mut(len..)).await;
-        *buf = slice.into_inner();
-        match result {
-            Ok(0) | Err(_) => return Err(()),
-            Ok(_) => {}
+    head: &RequestHead,
+    max_body: usize,
+) -> Result<Vec<u8>, ReadError> {
+    let framing = head.body_framing().map_err(ReadError::Body)?;
+    let mut decoder = BodyDecoder::new(framing, max_body);
+    let mut body = Vec::new();
+    let mut continue_sent = false;
+    loop {
+        let used = decoder.handle_bytes(buf, &mut body);
+        buf.drain(..used);
+        match decoder.poll() {
+            BodyPoll::Complete => return Ok(body),
+            BodyPoll::Error(e) => return Err(ReadError::Body(e)),
+            BodyPoll::NeedMore => {}
         }
+        if head.expects_continue() && !continue_sent {
+            continue_sent = true;
+            let (result, _) = stream.write_all(CONTINUE.to_vec()).await;
+            if result.is_err() {
+                return Err(ReadError::Closed);
+            }
+        }
+        read_more(stream, buf).await?;
     }
-    buf.drain(..needed);
-    Ok(())
 }
 
-fn route(shard: &Rc<Shard>, head: &RequestHead) -> Route {
+/// Appends what the socket has to `buf`; `Closed` on EOF or a read error.
+async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(), ReadError> {
+    if buf.capacity() - buf.len() < 512 {
+        buf.reserve(buf.len().max(1024));
+    }
+    let len = buf.len();
+    let (result, slice) = stream.read(std::mem::take(buf).slice_mut(len..)).await;
+    *buf = slice.into_inner();
+    match result {
+        Ok(0) | Err(_) => Err(ReadError::Closed),
+        Ok(_) => Ok(()),
+    }
+}
+
+/// Answers a complete request. `body` is the decoded request body, for the HTTP API
+/// routes of SPEC §5 (still 501 here).
+fn route(shard: &Rc<Shard>, head: &RequestHead, _body: &[u8]) -> Route {
     let keep_alive = head.keep_alive();
     let respond = |out: Vec<u8>| Route::Respond(out, keep_alive);
-    let error = |status: u16, code: &str, message: &str| {
-        shard.shared.metrics.shard(shard.id).error(code);
-        Route::Respond(
-            error_response(status, code, message, keep_alive),
-            keep_alive,
-        )
+    let error = |error: ApiError, message: &str| {
+        shard.shared.metrics.shard(shard.id).error(error.code());
+        Route::Respond(api_error_response(error, message, keep_alive), keep_alive)
     };
     let path = head.path.as_str();
     let is_get = head.method == "GET";
     match path {
-        "/_rt/ws" if !is_get => error(405, "method_not_allowed", "use GET to open a WebSocket"),
+        "/_rt/ws" if !is_get => error(ApiError::MethodNotAllowed, "use GET to open a WebSocket"),
         "/_rt/ws" => websocket(shard, head, keep_alive),
         "/healthz" | "/readyz" | "/metrics" if !is_get => {
-            error(405, "method_not_allowed", "use GET")
+            error(ApiError::MethodNotAllowed, "use GET")
         }
-        "/healthz" => respond(json_response(200, br#"{"status":"ok"}"#, keep_alive)),
+        "/healthz" => respond(ok_json(br#"{"status":"ok"}"#, keep_alive)),
         "/readyz" => {
             let ready = shard.shared.ready_shards.load(Ordering::SeqCst) == shard.mesh.shards()
                 && !shard.mesh.is_shutting_down();
             if ready {
-                respond(json_response(200, br#"{"status":"ready"}"#, keep_alive))
+                respond(ok_json(br#"{"status":"ready"}"#, keep_alive))
             } else {
-                error(503, "not_ready", "starting or shutting down")
+                error(ApiError::NotReady, "starting or shutting down")
             }
         }
         "/metrics" => {
             let text = shard.shared.metrics.render();
-            respond(response(
-                200,
+            respond(ok_response(
                 "text/plain; version=0.0.4; charset=utf-8",
                 text.as_bytes(),
                 keep_alive,
@@ -197,41 +327,39 @@ fn route(shard: &Rc<Shard>, head: &RequestHead) -> Route {
             || path == "/api/maravilla/ren"
             || path == "/api/ren/events" =>
         {
-            error(
-                501,
-                "not_implemented",
-                "this HTTP API route is not available in this release of Ringcast",
-            )
+            match head.path_segments() {
+                Err(e) => error(ApiError::from(e), &format!("bad path: {e}")),
+                Ok(_) => error(
+                    ApiError::NotImplemented,
+                    "this HTTP API route is not available in this release of Ringcast",
+                ),
+            }
         }
-        _ => error(404, "not_found", "no such route"),
+        _ => error(ApiError::NotFound, "no such route"),
     }
 }
 
 fn websocket(shard: &Rc<Shard>, head: &RequestHead, keep_alive: bool) -> Route {
-    let error = |status: u16, code: &str, message: &str| {
-        shard.shared.metrics.shard(shard.id).error(code);
-        Route::Respond(
-            error_response(status, code, message, keep_alive),
-            keep_alive,
-        )
+    let error = |error: ApiError, message: &str| {
+        shard.shared.metrics.shard(shard.id).error(error.code());
+        Route::Respond(api_error_response(error, message, keep_alive), keep_alive)
     };
     let accept = match head.websocket_upgrade() {
         Upgrade::Valid { accept } => accept,
         Upgrade::NotRequested => {
             return error(
-                426,
-                "upgrade_required",
+                ApiError::UpgradeRequired,
                 "this endpoint speaks WebSocket only",
             )
         }
-        Upgrade::Malformed(why) => return error(400, "bad_request", why),
+        Upgrade::Malformed(why) => return error(ApiError::BadRequest, why),
     };
     if shard.is_shutting_down() {
-        return error(503, "overloaded", "server shutting down");
+        return error(ApiError::Overloaded, "server shutting down");
     }
     let tenant_id = head.query_param("tenant");
     let Some(tenant) = shard.shared.tenants.load().resolve(tenant_id.as_deref()) else {
-        return error(404, "unknown_tenant", "no such tenant");
+        return error(ApiError::UnknownTenant, "no such tenant");
     };
     let client_id = head
         .query_param("cid")

@@ -45,6 +45,7 @@ pub const ERROR_LABELS: &[&str] = &[
     "headers_too_large",
     "payload_too_large",
     "not_ready",
+    "internal_error",
     "other",
 ];
 
@@ -330,6 +331,9 @@ mod tests {
     fn every_error_event_code_has_its_own_label() {
         for code in ErrorCode::ALL {
             assert!(ERROR_LABELS.contains(&code.as_str()), "{code}");
+        }
+        for error in ringcast_protocol::ApiError::ALL {
+            assert!(ERROR_LABELS.contains(&error.code()), "{}", error.code());
         }
     }
 }

@@ -1,7 +1,11 @@
-//! HTTP/1.1 request heads (parsed with httparse) and the responses the server writes
-//! before any upgrade: WebSocket handshakes, JSON bodies and JSON errors.
+//! HTTP/1.1 request heads (parsed with httparse), their paths, and the responses the
+//! server writes before any upgrade: WebSocket handshakes, JSON bodies and JSON errors.
+//! Request bodies are in [`crate::body`]; HTTP statuses of errors come from
+//! [`ApiError`] only.
 
 use std::fmt::Write as _;
+
+use crate::error::ApiError;
 
 /// Largest request head accepted.
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;
@@ -88,13 +92,22 @@ impl RequestHead {
             .is_some_and(|v| header_has_token(v, "close"))
     }
 
-    /// The `Content-Length`, if any and valid.
-    pub fn content_length(&self) -> Option<usize> {
-        std::str::from_utf8(self.header("content-length")?)
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
+    /// Whether the client waits for `100 Continue` before sending its body.
+    pub fn expects_continue(&self) -> bool {
+        self.header("expect")
+            .is_some_and(|v| v.trim_ascii().eq_ignore_ascii_case(b"100-continue"))
+    }
+
+    /// The path split at `/` into percent-decoded segments: `/api/realtime/history/
+    /// private-room%3Avip` gives `["api", "realtime", "history", "private-room:vip"]`.
+    /// An encoded `/` (`%2F`) stays inside its segment; `+` stays `+`. `/` gives no
+    /// segments; empty segments (`//`, a trailing `/`) are kept so routes can refuse them.
+    pub fn path_segments(&self) -> Result<Vec<String>, PathError> {
+        let rest = self.path.strip_prefix('/').unwrap_or(&self.path);
+        if rest.is_empty() {
+            return Ok(Vec::new());
+        }
+        rest.split('/').map(percent_decode_segment).collect()
     }
 
     /// What the request says about a WebSocket upgrade.
@@ -120,6 +133,52 @@ impl RequestHead {
             },
             _ => Upgrade::Malformed("`Sec-WebSocket-Key` missing"),
         }
+    }
+}
+
+/// Why a request path was refused ([`ApiError::BadRequest`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PathError {
+    /// A `%` not followed by two hex digits.
+    #[error("invalid percent escape in the path")]
+    InvalidEscape,
+    /// A segment that is not UTF-8 once decoded.
+    #[error("path segment is not UTF-8 once percent-decoded")]
+    NotUtf8,
+}
+
+/// Percent-decodes one path segment (RFC 3986 §2.1; what `encodeURIComponent` produced).
+pub fn percent_decode_segment(segment: &str) -> Result<String, PathError> {
+    if !segment.contains('%') {
+        return Ok(segment.to_owned());
+    }
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut at = 0;
+    while at < bytes.len() {
+        if bytes[at] == b'%' {
+            let high = bytes.get(at + 1).and_then(|&b| hex_digit(b));
+            let low = bytes.get(at + 2).and_then(|&b| hex_digit(b));
+            let (Some(high), Some(low)) = (high, low) else {
+                return Err(PathError::InvalidEscape);
+            };
+            out.push(high << 4 | low);
+            at += 3;
+        } else {
+            out.push(bytes[at]);
+            at += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| PathError::NotUtf8)
+}
+
+fn hex_digit(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
     }
 }
 
@@ -157,6 +216,27 @@ pub fn switching_protocols(accept: &str, extra_headers: &[(&str, &str)]) -> Vec<
     out.into_bytes()
 }
 
+/// The interim answer to `Expect: 100-continue`.
+pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+const OK: u16 = 200;
+
+/// `200 OK` with a JSON body.
+pub fn ok_json(body: &[u8], keep_alive: bool) -> Vec<u8> {
+    json_response(OK, body, keep_alive)
+}
+
+/// `200 OK` with any content type.
+pub fn ok_response(content_type: &str, body: &[u8], keep_alive: bool) -> Vec<u8> {
+    response(OK, content_type, body, keep_alive)
+}
+
+/// The JSON error answer for `error`: its status and `{"error":{"code":…,"message":…}}`.
+pub fn api_error_response(error: ApiError, message: &str, keep_alive: bool) -> Vec<u8> {
+    let (status, code) = error.wire();
+    error_response(status, code, message, keep_alive)
+}
+
 /// A complete response with a JSON body.
 pub fn json_response(status: u16, body: &[u8], keep_alive: bool) -> Vec<u8> {
     response(status, "application/json", body, keep_alive)
@@ -177,7 +257,8 @@ pub fn response(status: u16, content_type: &str, body: &[u8], keep_alive: bool) 
     out
 }
 
-/// `{"error":{"code":…,"message":…}}` with `status`.
+/// `{"error":{"code":…,"message":…}}` with `status`. Prefer [`api_error_response`], which
+/// takes the status and code from the one table.
 pub fn error_response(status: u16, code: &str, message: &str, keep_alive: bool) -> Vec<u8> {
     let mut body = Vec::with_capacity(64 + message.len());
     body.extend_from_slice(b"{\"error\":{\"code\":");
@@ -260,6 +341,73 @@ mod tests {
         .unwrap()
         .unwrap();
         assert!(matches!(no_key.websocket_upgrade(), Upgrade::Malformed(_)));
+    }
+
+    fn head_with_path(path: &str) -> RequestHead {
+        parse_request_head(format!("GET {path} HTTP/1.1\r\n\r\n").as_bytes())
+            .unwrap()
+            .unwrap()
+    }
+
+    #[test]
+    fn path_segments_are_percent_decoded() {
+        let segments = |path: &str| head_with_path(path).path_segments();
+        assert_eq!(
+            segments("/api/realtime/history/private-room%3Avip?limit=5"),
+            Ok(vec![
+                "api".to_owned(),
+                "realtime".into(),
+                "history".into(),
+                "private-room:vip".into()
+            ])
+        );
+        // What encodeURIComponent makes of "a/b c+é".
+        assert_eq!(
+            segments("/api/realtime/presence/a%2Fb%20c%2B%C3%A9/join"),
+            Ok(vec![
+                "api".to_owned(),
+                "realtime".into(),
+                "presence".into(),
+                "a/b c+é".into(),
+                "join".into()
+            ])
+        );
+        assert_eq!(segments("/a+b"), Ok(vec!["a+b".to_owned()]));
+        assert_eq!(segments("/"), Ok(vec![]));
+        assert_eq!(
+            segments("/a//b/"),
+            Ok(vec!["a".to_owned(), "".into(), "b".into(), "".into()])
+        );
+        for bad in ["/a%", "/a%4", "/a%zz", "/%%41", "/x%4g"] {
+            assert_eq!(segments(bad), Err(PathError::InvalidEscape), "{bad}");
+        }
+        assert_eq!(segments("/a%FF"), Err(PathError::NotUtf8));
+        assert_eq!(segments("/a%C3"), Err(PathError::NotUtf8));
+        assert_eq!(
+            ApiError::from(PathError::NotUtf8).wire(),
+            (400, "bad_request")
+        );
+    }
+
+    #[test]
+    fn expect_continue() {
+        let head = parse_request_head(b"POST / HTTP/1.1\r\nExpect: 100-Continue\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(head.expects_continue());
+        assert!(!head_with_path("/").expects_continue());
+    }
+
+    #[test]
+    fn api_errors_use_the_table() {
+        let text =
+            String::from_utf8(api_error_response(ApiError::PayloadTooLarge, "big", true)).unwrap();
+        assert!(
+            text.starts_with("HTTP/1.1 413 Payload Too Large\r\n"),
+            "{text}"
+        );
+        assert!(text.contains("\"code\":\"payload_too_large\""), "{text}");
+        assert!(text.contains("Connection: keep-alive"), "{text}");
     }
 
     #[test]

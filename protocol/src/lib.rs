@@ -6,9 +6,12 @@
 //!
 //! ```text
 //!  socket bytes ──► http::parse_request_head ──► (upgrade) ──► ws::WsDecoder
-//!                                                               │ text message
-//!                                                               ▼
-//!                                              client::FrameParser::parse ──► ClientFrame
+//!                   │ plain HTTP                               │ text message
+//!                   ▼                                          ▼
+//!                   body::BodyDecoder          client::FrameParser::parse ──► ClientFrame
+//!                   │ body bytes
+//!                   ▼
+//!                   engine route(head, body); refusals: error::ApiError ──► status + code
 //!  engine decides what happens, then encodes each outgoing event ONCE:
 //!      event::* ──► a complete WebSocket frame (header + JSON) as `Bytes`, shared by
 //!                   every subscriber on every shard.
@@ -18,6 +21,7 @@
 //! tests check it), and `data` payloads are carried as the raw bytes the publisher sent.
 #![forbid(unsafe_code)]
 
+pub mod body;
 pub mod channel;
 pub mod client;
 pub mod error;
@@ -28,4 +32,4 @@ pub mod ws;
 
 pub use channel::{ChannelName, TenantId};
 pub use client::{ClientFrame, FrameParser, ParseFailure};
-pub use error::{CloseCode, ErrorCode};
+pub use error::{ApiError, CloseCode, ErrorCode, ReconnectAdvice};

@@ -1,0 +1,423 @@
+//! The HTTP front door: request bodies (Content-Length and chunked) read under the
+//! `handshake_timeout_ms` deadline, keep-alive, pipelining, and the error answers of the
+//! wire contract (408, 413, 400) with the connection slot released.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use ringcast_tests::{HttpResponse, Server, TIMEOUT};
+
+/// One client connection that reads responses one at a time, keeping whatever arrived
+/// after a response for the next one (the helpers in `ringcast_tests` read one response
+/// per connection).
+struct Conn {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Conn {
+    fn open(server: &Server) -> Result<Conn> {
+        let stream = TcpStream::connect(server.addr())?;
+        stream.set_nodelay(true)?;
+        Ok(Conn {
+            stream,
+            buf: Vec::new(),
+        })
+    }
+
+    fn send(&mut self, bytes: impl AsRef<[u8]>) -> Result<()> {
+        self.stream.write_all(bytes.as_ref())?;
+        self.stream.flush()?;
+        Ok(())
+    }
+
+    /// Reads more bytes into `buf`; `Ok(0)` on EOF. Bounded by `deadline`.
+    fn fill(&mut self, deadline: Instant) -> Result<usize> {
+        let mut chunk = [0u8; 8192];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                bail!(
+                    "read timed out; have {:?}",
+                    String::from_utf8_lossy(&self.buf)
+                );
+            }
+            self.stream.set_read_timeout(Some(left))?;
+            match self.stream.read(&mut chunk) {
+                Ok(n) => {
+                    self.buf.extend_from_slice(&chunk[..n]);
+                    return Ok(n);
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                    ) =>
+                {
+                    continue
+                }
+                Err(e) if e.kind() == ErrorKind::ConnectionReset => return Ok(0),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// The next response (head and Content-Length body), within `timeout`.
+    fn response_within(&mut self, timeout: Duration) -> Result<HttpResponse> {
+        let deadline = Instant::now() + timeout;
+        let head_end = loop {
+            if let Some(pos) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break pos + 4;
+            }
+            if self.fill(deadline)? == 0 {
+                bail!(
+                    "EOF before a complete response head; got {:?}",
+                    String::from_utf8_lossy(&self.buf)
+                );
+            }
+        };
+        let head = String::from_utf8_lossy(&self.buf[..head_end]).into_owned();
+        let mut lines = head.split("\r\n");
+        let status_line = lines.next().unwrap_or_default();
+        let status: u16 = status_line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .with_context(|| format!("bad status line {status_line:?}"))?;
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            .collect();
+        let length = match headers.iter().find(|(k, _)| k == "content-length") {
+            Some((_, v)) => v.parse::<usize>()?,
+            None if (100..200).contains(&status) => 0,
+            None => bail!("response {status} without Content-Length: {head:?}"),
+        };
+        while self.buf.len() < head_end + length {
+            if self.fill(deadline)? == 0 {
+                bail!("EOF inside the body of a {status} response");
+            }
+        }
+        let body = self.buf[head_end..head_end + length].to_vec();
+        self.buf.drain(..head_end + length);
+        Ok(HttpResponse {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    fn response(&mut self) -> Result<HttpResponse> {
+        self.response_within(TIMEOUT)
+    }
+
+    /// Waits (bounded) for the server to close the connection, with nothing more sent.
+    fn expect_eof(&mut self) -> Result<()> {
+        let deadline = Instant::now() + TIMEOUT;
+        let before = self.buf.len();
+        if self.fill(deadline)? != 0 {
+            bail!(
+                "expected EOF, got {:?}",
+                String::from_utf8_lossy(&self.buf[before..])
+            );
+        }
+        Ok(())
+    }
+}
+
+fn post(path: &str, headers: &str, body: &str) -> String {
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{headers}\r\n{body}"
+    )
+}
+
+fn get(path: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n")
+}
+
+fn assert_keep_alive(resp: &HttpResponse) {
+    assert_eq!(
+        resp.header("connection"),
+        Some("keep-alive"),
+        "status {}: {}",
+        resp.status,
+        resp.body_text()
+    );
+}
+
+#[test]
+fn never_sent_body_is_408_within_the_deadline_and_frees_the_slot() -> Result<()> {
+    let server = Server::start(&["--handshake-timeout-ms", "500", "--max-connections", "1"])?;
+    let mut conn = Conn::open(&server)?;
+    let start = Instant::now();
+    // A head that declares 100 bytes, and only a few of them.
+    conn.send(post(
+        "/api/realtime/publish",
+        "Content-Length: 100\r\n",
+        r#"{"chan"#,
+    ))?;
+    let resp = conn.response_within(Duration::from_millis(500 + 2500))?;
+    let elapsed = start.elapsed();
+    resp.assert_error(408, "timeout");
+    assert_eq!(resp.header("connection"), Some("close"));
+    assert!(
+        elapsed >= Duration::from_millis(400),
+        "408 after {elapsed:?}, before the 500 ms deadline"
+    );
+    conn.expect_eof()?;
+    assert!(
+        start.elapsed() < Duration::from_millis(500 + 2500),
+        "closed only after {:?}",
+        start.elapsed()
+    );
+
+    // The only slot is free again: served, not 503.
+    let mut next = Conn::open(&server)?;
+    next.send(get("/healthz"))?;
+    let resp = next.response()?;
+    assert_eq!(resp.status, 200, "{}", resp.body_text());
+    Ok(())
+}
+
+#[test]
+fn oversized_bodies_are_413() -> Result<()> {
+    let server = Server::start(&["--max-message-bytes", "4096"])?;
+    // Declared too large: answered from the head alone.
+    let mut conn = Conn::open(&server)?;
+    conn.send(post(
+        "/api/realtime/publish",
+        "Content-Length: 4097\r\n",
+        "",
+    ))?;
+    let resp = conn.response()?;
+    resp.assert_error(413, "payload_too_large");
+    assert_eq!(resp.header("connection"), Some("close"));
+    conn.expect_eof()?;
+
+    // A chunk whose size line goes over the limit.
+    let mut conn = Conn::open(&server)?;
+    conn.send(post(
+        "/api/realtime/publish",
+        "Transfer-Encoding: chunked\r\n",
+        "1001\r\n",
+    ))?;
+    conn.response()?.assert_error(413, "payload_too_large");
+    conn.expect_eof()?;
+
+    // Exactly the limit is read and routed (501 until the publish route lands), and the
+    // connection stays usable.
+    let mut conn = Conn::open(&server)?;
+    let body = "b".repeat(4096);
+    conn.send(post(
+        "/api/realtime/publish",
+        "Content-Length: 4096\r\n",
+        &body,
+    ))?;
+    let resp = conn.response()?;
+    resp.assert_error(501, "not_implemented");
+    assert_keep_alive(&resp);
+    conn.send(get("/healthz"))?;
+    assert_eq!(conn.response()?.status, 200);
+    Ok(())
+}
+
+#[test]
+fn keep_alive_serves_three_requests_on_one_connection() -> Result<()> {
+    let server = Server::start(&[])?;
+    let mut conn = Conn::open(&server)?;
+
+    conn.send(get("/healthz"))?;
+    let resp = conn.response()?;
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.json()?["status"], "ok");
+    assert_keep_alive(&resp);
+
+    conn.send(post(
+        "/api/realtime/publish",
+        "Content-Length: 13\r\n",
+        r#"{"channel":1}"#,
+    ))?;
+    let resp = conn.response()?;
+    resp.assert_error(501, "not_implemented");
+    assert_keep_alive(&resp);
+
+    conn.send(get("/nope"))?;
+    let resp = conn.response()?;
+    resp.assert_error(404, "not_found");
+    assert_keep_alive(&resp);
+    Ok(())
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order() -> Result<()> {
+    let server = Server::start(&[])?;
+    let mut conn = Conn::open(&server)?;
+    let burst = [
+        get("/healthz"),
+        post("/api/realtime/publish", "Content-Length: 2\r\n", "{}"),
+        get("/nope"),
+        post(
+            "/api/realtime/presence/room/join",
+            "Transfer-Encoding: chunked\r\n",
+            "2\r\n{}\r\n0\r\n\r\n",
+        ),
+        "GET /_rt/ws HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_owned(),
+    ]
+    .concat();
+    conn.send(burst)?;
+    let expected = [
+        (200, None),
+        (501, Some("not_implemented")),
+        (404, Some("not_found")),
+        (501, Some("not_implemented")),
+        (426, Some("upgrade_required")),
+    ];
+    for (i, (status, code)) in expected.into_iter().enumerate() {
+        let resp = conn
+            .response()
+            .with_context(|| format!("response {i} of the burst"))?;
+        match code {
+            Some(code) => resp.assert_error(status, code),
+            None => assert_eq!(resp.status, status, "response {i}: {}", resp.body_text()),
+        }
+    }
+    // The last request asked to close.
+    conn.expect_eof()?;
+    Ok(())
+}
+
+/// `Expect: 100-continue` makes the arrival of the body observable: the server says
+/// `100 Continue` only once it has read the head and needs body bytes, so the rest of the
+/// body surely comes in reads of its own.
+#[test]
+fn content_length_body_in_several_writes_is_read_fully() -> Result<()> {
+    let server = Server::start(&[])?;
+    let mut conn = Conn::open(&server)?;
+    let body = r#"{"channel":"chat:lobby","data":{"text":"hello in pieces"}}"#;
+    let head = post(
+        "/api/realtime/publish",
+        &format!("Content-Length: {}\r\nExpect: 100-continue\r\n", body.len()),
+        "",
+    );
+    conn.send(format!("{head}{}", &body[..10]))?;
+    assert_eq!(conn.response()?.status, 100, "100 Continue");
+    conn.send(&body[10..30])?;
+    conn.send(&body[30..])?;
+    conn.send(get("/healthz"))?;
+    conn.response()?.assert_error(501, "not_implemented");
+    let resp = conn.response()?;
+    assert_eq!(
+        resp.status,
+        200,
+        "the request after the body: {}",
+        resp.body_text()
+    );
+    Ok(())
+}
+
+#[test]
+fn chunked_body_in_several_writes_is_read_fully() -> Result<()> {
+    let server = Server::start(&[])?;
+    let mut conn = Conn::open(&server)?;
+    let head = post(
+        "/api/realtime/presence/private-room%3Avip/join",
+        "Transfer-Encoding: chunked\r\nExpect: 100-continue\r\n",
+        "",
+    );
+    conn.send(format!("{head}5\r\n{{\"use"))?;
+    assert_eq!(conn.response()?.status, 100, "100 Continue");
+    // `{"userId":"alice"}` as 5 + 9 + 4 bytes, an extension and a trailer.
+    conn.send("\r\n9;ext=\"x\"\r\nrId\":\"ali\r\n")?;
+    conn.send("4\r\nce\"}\r\n0\r\nX-Trailer: t\r\n")?;
+    conn.send(format!("\r\n{}", get("/nope")))?;
+    conn.response()?.assert_error(501, "not_implemented");
+    conn.response()?.assert_error(404, "not_found");
+    Ok(())
+}
+
+#[test]
+fn malformed_chunked_body_is_400_and_closes() -> Result<()> {
+    let server = Server::start(&[])?;
+    for (what, body) in [
+        ("size not hex", "zz\r\nhello\r\n0\r\n\r\n"),
+        ("no CRLF after the data", "5\r\nhelloXX0\r\n\r\n"),
+        ("negative size", "-5\r\nhello\r\n0\r\n\r\n"),
+    ] {
+        let mut conn = Conn::open(&server)?;
+        conn.send(post(
+            "/api/realtime/publish",
+            "Transfer-Encoding: chunked\r\n",
+            body,
+        ))?;
+        let resp = conn.response().with_context(|| what.to_owned())?;
+        resp.assert_error(400, "bad_request");
+        assert_eq!(resp.header("connection"), Some("close"), "{what}");
+        conn.expect_eof().with_context(|| what.to_owned())?;
+    }
+    Ok(())
+}
+
+#[test]
+fn conflicting_or_invalid_framing_is_refused() -> Result<()> {
+    let server = Server::start(&[])?;
+    for (what, headers, status, code) in [
+        (
+            "Content-Length and Transfer-Encoding",
+            "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n",
+            400,
+            "bad_request",
+        ),
+        (
+            "Content-Length not a number",
+            "Content-Length: abc\r\n",
+            400,
+            "bad_request",
+        ),
+        (
+            "two different Content-Lengths",
+            "Content-Length: 2\r\nContent-Length: 3\r\n",
+            400,
+            "bad_request",
+        ),
+        (
+            "a coding before chunked",
+            "Transfer-Encoding: gzip, chunked\r\n",
+            501,
+            "not_implemented",
+        ),
+    ] {
+        let mut conn = Conn::open(&server)?;
+        conn.send(post(
+            "/api/realtime/publish",
+            headers,
+            "5\r\nhello\r\n0\r\n\r\n",
+        ))?;
+        let resp = conn.response().with_context(|| what.to_owned())?;
+        resp.assert_error(status, code);
+        conn.expect_eof().with_context(|| what.to_owned())?;
+    }
+    Ok(())
+}
+
+#[test]
+fn api_paths_are_percent_decoded() -> Result<()> {
+    let server = Server::start(&[])?;
+    let mut conn = Conn::open(&server)?;
+    // What encodeURIComponent makes of `private-room:vip` and `a/b`.
+    for path in [
+        "/api/realtime/history/private-room%3Avip",
+        "/api/realtime/presence/a%2Fb/join",
+    ] {
+        conn.send(get(path))?;
+        conn.response()?.assert_error(501, "not_implemented");
+    }
+    for path in ["/api/realtime/history/bad%zz", "/api/realtime/history/%FF"] {
+        conn.send(get(path))?;
+        let resp = conn.response()?;
+        resp.assert_error(400, "bad_request");
+        assert_keep_alive(&resp);
+    }
+    Ok(())
+}

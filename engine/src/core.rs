@@ -319,27 +319,8 @@ impl ShardCore {
     /// Sends `question` to `key`'s owner; the receiver resolves to its answer, or to
     /// [`RequestFailed`] at `timeout_ms` or when the owner's inbox is full.
     pub fn ask(&mut self, key: &ChannelKey, question: Question, timeout_ms: u64) -> AnswerReceiver {
-        let request = self.next_request();
-        let (tx, rx) = answer_channel();
-        let msg = ShardMsg::Ask {
-            reply: ReplyTo {
-                shard: self.id,
-                request,
-            },
-            question,
-        };
         let owner = key.owner(self.shards);
-        match self.out.try_send(owner, msg) {
-            Ok(()) => {
-                let deadline = self.now().plus(timeout_ms);
-                self.requests.insert(request, Waiter::Task(tx), deadline);
-            }
-            Err(_) => {
-                tx.send(Err(RequestFailed::Overloaded));
-            }
-        }
-        self.run_local();
-        rx
+        self.request_for_task(owner, timeout_ms, |reply| ShardMsg::Ask { reply, question })
     }
 
     /// Publishes on behalf of an async task (the HTTP API): the receiver resolves to
@@ -351,18 +332,32 @@ impl ShardCore {
         user_id: Option<Box<str>>,
         timeout_ms: u64,
     ) -> AnswerReceiver {
+        let owner = key.owner(self.shards);
+        self.request_for_task(owner, timeout_ms, |reply| {
+            ShardMsg::Publish(PublishReq {
+                key,
+                data,
+                user_id,
+                reply: Some(reply),
+            })
+        })
+    }
+
+    /// Sends the request `make` builds to `owner`, with a task waiting for the answer.
+    /// A full inbox refuses it at once (`Overloaded`): tasks are never spilled.
+    fn request_for_task(
+        &mut self,
+        owner: ShardId,
+        timeout_ms: u64,
+        make: impl FnOnce(ReplyTo) -> ShardMsg,
+    ) -> AnswerReceiver {
         let request = self.next_request();
         let (tx, rx) = answer_channel();
-        let msg = ShardMsg::Publish(PublishReq {
-            key: key.clone(),
-            data,
-            user_id,
-            reply: Some(ReplyTo {
-                shard: self.id,
-                request,
-            }),
-        });
-        match self.out.try_send(key.owner(self.shards), msg) {
+        let reply = ReplyTo {
+            shard: self.id,
+            request,
+        };
+        match self.out.try_send(owner, make(reply)) {
             Ok(()) => {
                 let deadline = self.now().plus(timeout_ms);
                 self.requests.insert(request, Waiter::Task(tx), deadline);

@@ -860,6 +860,23 @@ pub fn upgrade_request(addr: SocketAddr, target: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+/// The status and headers (names lower-cased) of a response head.
+pub fn parse_response_head(head: &[u8]) -> Result<(u16, Vec<(String, String)>)> {
+    let head = String::from_utf8_lossy(head).into_owned();
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status: u16 = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("bad status line {status_line:?}"))?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    Ok((status, headers))
+}
+
 /// Reads one HTTP response: the head, then Content-Length bytes (or until EOF when absent).
 pub fn read_http_response(stream: &mut TcpStream, timeout: Duration) -> Result<HttpResponse> {
     let deadline = Instant::now() + timeout;
@@ -878,18 +895,7 @@ pub fn read_http_response(stream: &mut TcpStream, timeout: Duration) -> Result<H
         }
         buf.extend_from_slice(&chunk[..n]);
     };
-    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let status: u16 = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .with_context(|| format!("bad status line {status_line:?}"))?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
+    let (status, headers) = parse_response_head(&buf[..head_end])?;
     let length = headers
         .iter()
         .find(|(k, _)| k == "content-length")

@@ -7,7 +7,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use ringcast_tests::{HttpResponse, Server, TIMEOUT};
+use ringcast_tests::{parse_response_head, HttpResponse, Server, TIMEOUT};
 
 /// One client connection that reads responses one at a time, keeping whatever arrived
 /// after a response for the next one (the helpers in `ringcast_tests` read one response
@@ -78,22 +78,11 @@ impl Conn {
                 );
             }
         };
-        let head = String::from_utf8_lossy(&self.buf[..head_end]).into_owned();
-        let mut lines = head.split("\r\n");
-        let status_line = lines.next().unwrap_or_default();
-        let status: u16 = status_line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .with_context(|| format!("bad status line {status_line:?}"))?;
-        let headers: Vec<(String, String)> = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-            .collect();
+        let (status, headers) = parse_response_head(&self.buf[..head_end])?;
         let length = match headers.iter().find(|(k, _)| k == "content-length") {
             Some((_, v)) => v.parse::<usize>()?,
             None if (100..200).contains(&status) => 0,
-            None => bail!("response {status} without Content-Length: {head:?}"),
+            None => bail!("response {status} without Content-Length: {headers:?}"),
         };
         while self.buf.len() < head_end + length {
             if self.fill(deadline)? == 0 {

@@ -43,12 +43,19 @@ pub mod fuzzing;
 mod log;
 mod mmap;
 mod ring;
+mod shard_open;
+mod shard_store;
+mod slot_format;
+mod slot_recover;
+mod space;
 
 use std::fmt;
 
 pub use dir::LogDir;
 pub use error::StoreError;
 pub use log::{Iter, RingLog};
+pub use shard_open::ShardOpenReport;
+pub use shard_store::{RingId, ShardIter, ShardStore, StoreConfig, StoreStats};
 
 /// Per-channel sequence number. The first record of an epoch is 1; `Seq(0)` means
 /// "nothing yet" (as in `subscribed.seq` for a channel never published to).
@@ -108,8 +115,20 @@ pub struct Record<'a> {
     pub ts_ms: u64,
     /// Optional user id bytes (at most 65,535).
     pub uid: Option<&'a [u8]>,
-    /// The opaque payload, byte for byte as appended.
+    /// The opaque payload, byte for byte as appended: what a replay sends.
     pub payload: &'a [u8],
+    /// `(start, len)` of the message's `data` inside `payload` (format v2 records keep
+    /// the span `append` was given; v1 records say "the whole payload").
+    pub(crate) data_span: (u32, u32),
+}
+
+impl<'a> Record<'a> {
+    /// The message's `data` bytes inside [`Record::payload`], as the span given to
+    /// [`ShardStore::append`] said, so history pages need no re-parsing.
+    pub fn data(&self) -> &'a [u8] {
+        let (start, len) = (self.data_span.0 as usize, self.data_span.1 as usize);
+        self.payload.get(start..start + len).unwrap_or_default()
+    }
 }
 
 /// What [`RingLog::open`] found.

@@ -542,3 +542,39 @@ mod model {
         }
     }
 }
+
+/// The point of format v2: many channels cost a few mappings and about one small slot
+/// of disk each.
+#[test]
+fn a_hundred_thousand_small_rings_use_few_mappings_and_under_a_kilobyte_of_disk_each() {
+    use std::os::unix::fs::MetadataExt;
+    const RINGS: usize = 100_000;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open(dir.path(), StoreConfig::default());
+    let payload = [b'p'; 150];
+    for i in 0..RINGS {
+        let key = format!("tenant-{}/channel-{i}", i % 7);
+        let r = s.create(key.as_bytes(), Epoch(i as u64 + 1), 100).unwrap();
+        s.append(r, 1, None, &payload, 0..150).unwrap();
+    }
+    assert_eq!(s.stats().rings, RINGS);
+    assert_eq!(s.stats().growths, 0, "one small record fits the first slot");
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    let dir_str = dir.path().to_str().unwrap();
+    let mappings = maps.lines().filter(|l| l.contains(dir_str)).count();
+    assert!(mappings <= 4, "{mappings} mappings");
+    s.sync_all().unwrap();
+    let disk: u64 = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().blocks() * 512)
+        .sum();
+    let per_ring = disk / RINGS as u64;
+    eprintln!("{RINGS} rings: {mappings} mappings, {per_ring} bytes of disk per ring");
+    assert!(per_ring <= 1024, "{per_ring} bytes of disk per ring");
+    let r = s.lookup(b"tenant-4/channel-99999").unwrap();
+    assert_eq!(s.iter_after(r, Seq(0)).next().unwrap().payload, payload);
+    drop(s);
+    let (s, report) = open(dir.path(), StoreConfig::default());
+    assert_eq!(report.rings_kept, RINGS);
+    assert_eq!(s.len(s.lookup(b"tenant-0/channel-0").unwrap()), 1);
+}

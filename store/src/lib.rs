@@ -41,6 +41,7 @@ mod format;
 #[doc(hidden)]
 pub mod fuzzing;
 mod log;
+mod migrate;
 mod mmap;
 mod ring;
 mod shard_open;
@@ -54,6 +55,7 @@ use std::fmt;
 pub use dir::LogDir;
 pub use error::StoreError;
 pub use log::{Iter, RingLog};
+pub use migrate::{migrate_v1, reshard, MigrateReport, ReshardReport};
 pub use shard_open::ShardOpenReport;
 pub use shard_store::{RingId, ShardIter, ShardStore, StoreConfig, StoreStats};
 

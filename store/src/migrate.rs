@@ -32,6 +32,9 @@ pub struct ReshardReport {
     pub dirs_removed: usize,
 }
 
+/// One record, owned: ts_ms, uid, payload, data span.
+type OwnedRecord = (u64, Option<Vec<u8>>, Vec<u8>, Range<u32>);
+
 /// One ring's contents, owned, for copying between stores.
 struct Owned {
     key: Box<[u8]>,
@@ -39,7 +42,7 @@ struct Owned {
     max_records: u32,
     last_seq: u64,
     first_seq: u64,
-    records: Vec<(u64, Option<Vec<u8>>, Vec<u8>, Range<u32>)>,
+    records: Vec<OwnedRecord>,
 }
 
 /// Carries every `*.rlog` file (format v1) in `v1_dir` into the v2 store of the shard
@@ -167,7 +170,12 @@ fn own(s: &ShardStore, r: crate::RingId, key: Box<[u8]>) -> Owned {
             .iter_after(r, crate::Seq(0))
             .map(|rec| {
                 let (a, l) = rec.data_span;
-                (rec.ts_ms, rec.uid.map(<[u8]>::to_vec), rec.payload.to_vec(), a..a + l)
+                (
+                    rec.ts_ms,
+                    rec.uid.map(<[u8]>::to_vec),
+                    rec.payload.to_vec(),
+                    a..a + l,
+                )
             })
             .collect(),
     }
@@ -219,7 +227,12 @@ fn read_v1(
             } else {
                 0..rec.payload.len() as u32
             };
-            (rec.ts_ms, rec.uid.map(<[u8]>::to_vec), rec.payload.to_vec(), span)
+            (
+                rec.ts_ms,
+                rec.uid.map(<[u8]>::to_vec),
+                rec.payload.to_vec(),
+                span,
+            )
         })
         .collect();
     Ok(Some(Owned {

@@ -88,12 +88,16 @@ impl ShardStore {
         };
         let mut report = ShardOpenReport::default();
         let mut candidates: HashMap<Box<[u8]>, Vec<Candidate>> = HashMap::new();
-        for (path, log2) in segment_files(dir)? {
+        for (path, log2, number) in segment_files(dir)? {
             let map = SegmentMap::open_existing(&path).map_err(StoreError::io("open", &path))?;
             let header = match slot_format::read_segment_header(map.bytes()) {
-                Ok(h) if h.class_log2 == log2 => h,
+                Ok(h) if h.class_log2 == log2 && h.number == number => h,
                 Ok(_) => {
-                    set_aside(&path, "class differs from the file name", &mut report)?;
+                    set_aside(
+                        &path,
+                        "class or number differs from the file name",
+                        &mut report,
+                    )?;
                     continue;
                 }
                 Err(why) => {
@@ -113,7 +117,8 @@ impl ShardStore {
                 let s = &bytes[at..at + header.class_size()];
                 match slot_format::read_slot_header(s, log2) {
                     Some(h) => {
-                        let last_seq = slot_format::read_state(s, h.epoch).map_or(0, |st| st.last_seq);
+                        let last_seq =
+                            slot_format::read_state(s, h.epoch).map_or(0, |st| st.last_seq);
                         candidates.entry(h.key.into()).or_default().push(Candidate {
                             loc,
                             log2,
@@ -128,7 +133,7 @@ impl ShardStore {
         }
         report.segments = store.segments.len();
         for (key, mut cands) in candidates {
-            cands.sort_by(|a, b| (b.moves, b.last_seq).cmp(&(a.moves, a.last_seq)));
+            cands.sort_by_key(|c| std::cmp::Reverse((c.moves, c.last_seq)));
             let mut kept = false;
             let mut last_reason = String::new();
             for c in cands {
@@ -208,7 +213,7 @@ impl ShardStore {
 
 /// `c<log2>-<number>.seg` files in `dir`, sorted; removes leftover `*.seg.tmp` files (a
 /// creation the background thread did not finish).
-fn segment_files(dir: &Path) -> Result<Vec<(PathBuf, u8)>, StoreError> {
+fn segment_files(dir: &Path) -> Result<Vec<(PathBuf, u8, u32)>, StoreError> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(StoreError::io("list", dir))? {
         let path = entry.map_err(StoreError::io("list", dir))?.path();
@@ -219,23 +224,23 @@ fn segment_files(dir: &Path) -> Result<Vec<(PathBuf, u8)>, StoreError> {
             std::fs::remove_file(&path).map_err(StoreError::io("remove", &path))?;
             continue;
         }
-        if let Some(log2) = parse_name(name) {
-            out.push((path, log2));
+        if let Some((log2, number)) = parse_name(name) {
+            out.push((path, log2, number));
         }
     }
     out.sort();
     Ok(out)
 }
 
-/// The class of a segment file name `c<log2:02>-<number:06>.seg`.
-pub(crate) fn parse_name(name: &str) -> Option<u8> {
+/// The class and number of a segment file name `c<log2:02>-<number:06>.seg`.
+pub(crate) fn parse_name(name: &str) -> Option<(u8, u32)> {
     let rest = name.strip_prefix('c')?.strip_suffix(".seg")?;
     let (log2, number) = rest.split_once('-')?;
-    number.parse::<u32>().ok()?;
+    let number = number.parse::<u32>().ok()?;
     let log2: u8 = log2.parse().ok()?;
     (MIN_CLASS_LOG2..=MAX_CLASS_LOG2)
         .contains(&log2)
-        .then_some(log2)
+        .then_some((log2, number))
 }
 
 fn set_aside(path: &Path, why: &str, report: &mut ShardOpenReport) -> Result<(), StoreError> {

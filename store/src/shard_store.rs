@@ -17,8 +17,8 @@ use std::time::Instant;
 use crate::mmap::SegmentMap;
 use crate::ring::{Plan, Ring};
 use crate::slot_format::{
-    self, NewRecord, SegmentHeader, SlotHeader, State, MAX_CLASS_LOG2, MAX_KEY_LEN,
-    MIN_CLASS_LOG2, REC_HEADER_LEN, WRAP_LEN,
+    self, NewRecord, SegmentHeader, SlotHeader, State, MAX_CLASS_LOG2, MAX_KEY_LEN, MIN_CLASS_LOG2,
+    REC_HEADER_LEN, WRAP_LEN,
 };
 use crate::space::{self, Done, Job, Space};
 use crate::{Epoch, Record, Seq, StoreError, SyncPolicy};
@@ -368,7 +368,10 @@ impl ShardStore {
         if m.class_log2 >= self.top_class(key_len) {
             return false;
         }
-        if m.ring.newest_kept_seq().is_some_and(|s| s != m.ring.last_seq()) {
+        if m.ring
+            .newest_kept_seq()
+            .is_some_and(|s| s != m.ring.last_seq())
+        {
             // A run broken by lost records restarts; that is not byte pressure.
             return false;
         }
@@ -388,7 +391,9 @@ impl ShardStore {
         let old_log2 = m.class_log2;
         let old_loc = m.loc;
         let count = m.ring.len();
-        let keep_from = (count + 1).saturating_sub(m.max_records as usize).min(count);
+        let keep_from = (count + 1)
+            .saturating_sub(m.max_records as usize)
+            .min(count);
         let old_data = self.data_of(m);
         let mut bytes = 0;
         for i in keep_from..count {
@@ -419,10 +424,11 @@ impl ShardStore {
                 m.ring.last_seq()
             },
         );
-        let old_at = self.segments[old_loc.seg as usize].header.slot_at(old_loc.slot)
+        let old_at = self.segments[old_loc.seg as usize]
+            .header
+            .slot_at(old_loc.slot)
             + m.data_off as usize;
-        let new_at =
-            self.segments[loc.seg as usize].header.slot_at(loc.slot) + m.data_off as usize;
+        let new_at = self.segments[loc.seg as usize].header.slot_at(loc.slot) + m.data_off as usize;
         let (src, dst) = two_mut(&mut self.segments, old_loc.seg as usize, loc.seg as usize);
         let mut pos = 0u64;
         for i in keep_from..count {
@@ -897,9 +903,8 @@ impl ShardStore {
                 .enumerate()
                 .filter_map(|(i, m)| {
                     let m = m.as_ref()?;
-                    (!m.pinned && Some(i as u32) != exclude).then(|| {
-                        (m.touch, i as u32, self.ring_generations[i])
-                    })
+                    (!m.pinned && Some(i as u32) != exclude)
+                        .then(|| (m.touch, i as u32, self.ring_generations[i]))
                 })
                 .collect();
             if cands.len() > EVICT_BATCH {
@@ -960,8 +965,7 @@ impl ShardStore {
                 return Err(e);
             }
         };
-        if self.classes[ci].free_count() < self.low_water(log2) && !self.classes[ci].requested
-        {
+        if self.classes[ci].free_count() < self.low_water(log2) && !self.classes[ci].requested {
             self.request_segment(log2);
         }
         Ok(loc)

@@ -306,7 +306,11 @@ pub(crate) fn read_state(slot: &[u8], epoch: u64) -> Option<State> {
         })
     };
     match (read(STATE_AT[0]), read(STATE_AT[1])) {
-        (Some(a), Some(b)) => Some(if newer(b.generation, a.generation) { b } else { a }),
+        (Some(a), Some(b)) => Some(if newer(b.generation, a.generation) {
+            b
+        } else {
+            a
+        }),
         (a, b) => a.or(b),
     }
 }

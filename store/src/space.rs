@@ -8,7 +8,7 @@
 
 use std::io;
 use std::path::PathBuf;
-use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::thread::JoinHandle;
 
 use crate::mmap::{FlushHandle, SegmentMap};
@@ -19,7 +19,10 @@ use crate::slot_format::{self, SegmentHeader};
 pub(crate) enum Job {
     /// Create `path` (through `path.tmp` and a rename, so a half-made file never carries
     /// the final name), set its length, map it, write the segment header.
-    Create { path: PathBuf, header: SegmentHeader },
+    Create {
+        path: PathBuf,
+        header: SegmentHeader,
+    },
     /// msync these `(mapping, offset, len)` ranges.
     Sync(Vec<(FlushHandle, usize, usize)>),
 }
@@ -78,10 +81,8 @@ impl Space {
 
     /// The next answer, if one is ready.
     pub(crate) fn try_recv(&self) -> Option<Done> {
-        match self.done.try_recv() {
-            Ok(d) => Some(d),
-            Err(TryRecvError::Empty | TryRecvError::Disconnected) => None,
-        }
+        // Empty or disconnected: nothing to pick up either way.
+        self.done.try_recv().ok()
     }
 
     /// Waits for the next answer (only when no space is ready: counted as a wait).

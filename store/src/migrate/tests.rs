@@ -13,7 +13,9 @@ fn owner(shards: usize) -> impl Fn(&[u8]) -> usize {
     move |k: &[u8]| usize::from(k[k.len() - 1]) % shards
 }
 
-fn contents(s: &ShardStore, key: &[u8]) -> (Epoch, Seq, Vec<(u64, Vec<u8>, Vec<u8>)>) {
+type Contents = (Epoch, Seq, Vec<(u64, Vec<u8>, Vec<u8>)>);
+
+fn contents(s: &ShardStore, key: &[u8]) -> Contents {
     let r = s.lookup(key).expect("ring");
     let recs = s
         .iter_after(r, Seq(0))
@@ -50,9 +52,16 @@ fn v1_logs_move_into_their_owner_shards_with_the_same_epoch_and_seqs() {
     let span = |p: &[u8]| 8..p.len() as u32 - 1;
     let report = migrate_v1(&v1, root.path(), 2, cfg(), owner(2), span).unwrap();
     assert_eq!(report.migrated, 6);
-    assert!(std::fs::read_dir(&v1).unwrap().next().is_none(), "v1 files deleted");
+    assert!(
+        std::fs::read_dir(&v1).unwrap().next().is_none(),
+        "v1 files deleted"
+    );
     let stores: Vec<ShardStore> = (0..2)
-        .map(|k| ShardStore::open(&ShardStore::shard_dir(root.path(), k), cfg()).unwrap().0)
+        .map(|k| {
+            ShardStore::open(&ShardStore::shard_dir(root.path(), k), cfg())
+                .unwrap()
+                .0
+        })
         .collect();
     for (key, epoch, last, recs) in expect {
         let s = &stores[owner(2)(&key)];
@@ -76,7 +85,11 @@ fn reshard_moves_rings_to_their_new_owner_and_removes_surplus_shard_dirs() {
     let mut expect = Vec::new();
     {
         let mut stores: Vec<ShardStore> = (0..3)
-            .map(|k| ShardStore::open(&ShardStore::shard_dir(root.path(), k), cfg()).unwrap().0)
+            .map(|k| {
+                ShardStore::open(&ShardStore::shard_dir(root.path(), k), cfg())
+                    .unwrap()
+                    .0
+            })
             .collect();
         for i in 0..30u8 {
             let key = [b'k', i];
@@ -93,7 +106,11 @@ fn reshard_moves_rings_to_their_new_owner_and_removes_surplus_shard_dirs() {
     assert_eq!(report.dirs_removed, 1);
     assert!(!ShardStore::shard_dir(root.path(), 2).exists());
     let stores: Vec<ShardStore> = (0..2)
-        .map(|k| ShardStore::open(&ShardStore::shard_dir(root.path(), k), cfg()).unwrap().0)
+        .map(|k| {
+            ShardStore::open(&ShardStore::shard_dir(root.path(), k), cfg())
+                .unwrap()
+                .0
+        })
         .collect();
     for (key, want) in &expect {
         assert_eq!(&contents(&stores[owner(2)(key)], key), want);

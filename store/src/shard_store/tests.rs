@@ -40,10 +40,16 @@ fn create_append_replay_and_reopen_keep_epoch_seq_and_records() {
         assert_eq!((s.last_seq(r), s.first_seq(r), s.len(r)), (Seq(0), None, 0));
         assert!(s.replay_complete(r, Seq(0)));
         for i in 1..=5u64 {
-            assert_eq!(put(&mut s, r, 100 + i, format!("{{m{i}}}").as_bytes()), Seq(i));
+            assert_eq!(
+                put(&mut s, r, 100 + i, format!("{{m{i}}}").as_bytes()),
+                Seq(i)
+            );
         }
         let rec = s.iter_after(r, Seq(3)).next().unwrap();
-        assert_eq!((rec.seq, rec.ts_ms, rec.uid), (Seq(4), 104, Some(&b"u1"[..])));
+        assert_eq!(
+            (rec.seq, rec.ts_ms, rec.uid),
+            (Seq(4), 104, Some(&b"u1"[..]))
+        );
         assert_eq!(rec.payload, b"{m4}");
         assert_eq!(rec.data(), b"m4}");
         let before: Vec<u64> = s.iter_before(r, Seq(5), 2).map(|r| r.seq.0).collect();
@@ -55,7 +61,10 @@ fn create_append_replay_and_reopen_keep_epoch_seq_and_records() {
             s.append(r, 0, None, b"xy", 1..3).unwrap_err().to_string(),
             "data span 1..3 is not inside a payload of 2 bytes"
         );
-        assert!(matches!(s.create(b"t/a", Epoch(1), 1), Err(StoreError::KeyExists)));
+        assert!(matches!(
+            s.create(b"t/a", Epoch(1), 1),
+            Err(StoreError::KeyExists)
+        ));
         s.check_invariants().unwrap();
     }
     let (s, report) = open(dir.path(), small_cfg());
@@ -82,7 +91,11 @@ fn a_ring_grows_through_classes_and_keeps_every_record_until_its_byte_bound() {
     }
     // 60 records of 144 bytes do not fit in 8 KiB: the ring wrapped in its top class.
     let kept = payloads(&s, r, 0);
-    assert!(kept.len() < 60 && kept.len() > 8192 / 144 / 2, "{}", kept.len());
+    assert!(
+        kept.len() < 60 && kept.len() > 8192 / 144 / 2,
+        "{}",
+        kept.len()
+    );
     assert_eq!(kept.last().unwrap().0, 60);
     assert!(kept.windows(2).all(|w| w[1].0 == w[0].0 + 1));
     assert!(kept.iter().all(|(seq, p)| p == &vec![*seq as u8; 100]));
@@ -148,7 +161,10 @@ fn freed_slots_are_reused_and_idle_rings_skip_pinned_ones() {
     let loc_b = s.rings[b.index as usize].as_ref().unwrap().loc;
     s.free(b).unwrap();
     assert!(!s.is_live(b));
-    assert!(matches!(s.append(b, 1, None, b"", 0..0), Err(StoreError::UnknownRing)));
+    assert!(matches!(
+        s.append(b, 1, None, b"", 0..0),
+        Err(StoreError::UnknownRing)
+    ));
     assert_eq!(s.lookup(b"b"), None);
     let d = s.create(b"d", Epoch(4), 10).unwrap();
     assert_eq!(s.rings[d.index as usize].as_ref().unwrap().loc, loc_b);
@@ -183,7 +199,10 @@ fn byte_bound_evicts_unpinned_least_recently_appended_first_then_is_full() {
     s.pin(e);
     s.pin(ids[1]);
     s.pin(ids[2]);
-    assert!(matches!(s.create(b"new2", Epoch(11), 5), Err(StoreError::Full)));
+    assert!(matches!(
+        s.create(b"new2", Epoch(11), 5),
+        Err(StoreError::Full)
+    ));
     assert_eq!(s.stats().evictions, 1);
     s.unpin(ids[2]);
     s.create(b"new2", Epoch(11), 5).unwrap();
@@ -193,9 +212,16 @@ fn byte_bound_evicts_unpinned_least_recently_appended_first_then_is_full() {
 
 #[test]
 fn every_sync_policy_appends_grows_and_flushes() {
-    for sync in [SyncPolicy::Never, SyncPolicy::EveryAppend, SyncPolicy::IntervalMs(0)] {
+    for sync in [
+        SyncPolicy::Never,
+        SyncPolicy::EveryAppend,
+        SyncPolicy::IntervalMs(0),
+    ] {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = StoreConfig { sync, ..small_cfg() };
+        let cfg = StoreConfig {
+            sync,
+            ..small_cfg()
+        };
         {
             let (mut s, _) = open(dir.path(), cfg);
             let r = s.create(b"k", Epoch(3), 100).unwrap();
@@ -217,8 +243,14 @@ fn the_key_sets_the_first_class_and_data_offset() {
     let (mut s, _) = open(dir.path(), small_cfg());
     let short = s.create(b"k", Epoch(1), 1).unwrap();
     let long = s.create(&[b'x'; 512], Epoch(2), 1).unwrap();
-    assert_eq!(s.rings[short.index as usize].as_ref().unwrap().class_log2, 9);
-    assert_eq!(s.rings[long.index as usize].as_ref().unwrap().class_log2, 10);
+    assert_eq!(
+        s.rings[short.index as usize].as_ref().unwrap().class_log2,
+        9
+    );
+    assert_eq!(
+        s.rings[long.index as usize].as_ref().unwrap().class_log2,
+        10
+    );
     assert_eq!(data_offset(512), 640);
     assert!(matches!(
         s.create(&[b'x'; 513], Epoch(2), 1),
@@ -347,8 +379,14 @@ fn crash_at_every_step(op: CrashOp) {
             }
             let (s, report) = open(img.path(), cfg);
             s.check_invariants().unwrap();
-            assert_eq!(report.torn_tail_dropped, 0, "{op:?} step {step} torn {torn}");
-            assert!(report.rings_reset.is_empty(), "{op:?} step {step}: {report:?}");
+            assert_eq!(
+                report.torn_tail_dropped, 0,
+                "{op:?} step {step} torn {torn}"
+            );
+            assert!(
+                report.rings_reset.is_empty(),
+                "{op:?} step {step}: {report:?}"
+            );
             let got = snapshot(&s);
             check_crash_image(op, &before_snap, &after_snap, &got, target)
                 .unwrap_or_else(|e| panic!("{op:?} step {step} torn {torn}: {e}"));
@@ -371,7 +409,11 @@ fn check_crash_image(
             let strip = |s: &Snapshot, k: &[u8]| -> Snapshot {
                 s.iter().filter(|r| r.0 != k).cloned().collect()
             };
-            let key: &[u8] = if matches!(op, CrashOp::Create) { b"c" } else { b"b" };
+            let key: &[u8] = if matches!(op, CrashOp::Create) {
+                b"c"
+            } else {
+                b"b"
+            };
             if strip(got, key) != strip(before, key) {
                 return Err("another ring changed".into());
             }
@@ -388,7 +430,10 @@ fn check_crash_image(
             }
             let b = before.iter().find(|r| r.0 == target).unwrap();
             let a = after.iter().find(|r| r.0 == target).unwrap();
-            let g = got.iter().find(|r| r.0 == target).ok_or("target ring lost")?;
+            let g = got
+                .iter()
+                .find(|r| r.0 == target)
+                .ok_or("target ring lost")?;
             if g.1 != b.1 {
                 return Err("epoch changed".into());
             }

@@ -298,7 +298,9 @@ impl ShardStore {
             self.poll_space();
         }
         let len = slot_format::record_len(uid_len, payload.len());
-        if self.wants_growth(idx, len) {
+        let plan = self.plan_or_grow(idx, len);
+        if plan.is_none() {
+            // Moved or not (byte bound), the placement is computed afresh below.
             self.grow(idx, len)?;
         }
         let rec = NewRecord {
@@ -308,14 +310,16 @@ impl ShardStore {
             payload,
             data: (data.start, data.end - data.start),
         };
-        self.append_in_place(idx, rec, len)
+        self.append_in_place(idx, rec, len, plan)
     }
 
+    /// `plan`: the placement already computed for this ring and length, if any.
     fn append_in_place(
         &mut self,
         idx: usize,
         mut rec: NewRecord<'_>,
         len: u64,
+        plan: Option<Plan>,
     ) -> Result<Seq, StoreError> {
         self.clock += 1;
         let clock = self.clock;
@@ -324,7 +328,8 @@ impl ShardStore {
         rec.seq = seq;
         m.last_append_ms = rec.ts_ms;
         m.touch = clock;
-        let (evict, at, wrap_at) = match m.ring.plan(len, m.max_records) {
+        let plan = plan.unwrap_or_else(|| m.ring.plan(len, m.max_records));
+        let (evict, at, wrap_at) = match plan {
             Plan::TooLarge => {
                 m.ring.skip_seq();
                 self.publish(idx);
@@ -361,25 +366,33 @@ impl ShardStore {
     }
 
     /// Whether an append of `len` bytes should first move the ring to a bigger slot.
+    #[cfg(test)]
     fn wants_growth(&self, idx: usize, len: u64) -> bool {
+        self.plan_or_grow(idx, len).is_none()
+    }
+
+    /// The placement of an append of `len` bytes in the ring's current slot, or `None`
+    /// when the ring should first move to a bigger slot.
+    fn plan_or_grow(&self, idx: usize, len: u64) -> Option<Plan> {
         let m = self.rings[idx].as_ref().expect("live ring");
+        let plan = m.ring.plan(len, m.max_records);
         // Any key length with the same padded data offset gives the same classes.
         let key_len = m.data_off as usize - slot_format::SLOT_HEADER_LEN;
         if m.class_log2 >= self.top_class(key_len) {
-            return false;
+            return Some(plan);
         }
         if m.ring
             .newest_kept_seq()
             .is_some_and(|s| s != m.ring.last_seq())
         {
             // A run broken by lost records restarts; that is not byte pressure.
-            return false;
+            return Some(plan);
         }
-        let count = m.ring.len();
-        let count_evict = (count + 1).saturating_sub(m.max_records as usize);
-        match m.ring.plan(len, m.max_records) {
-            Plan::TooLarge => true,
-            Plan::Store { evict, .. } => evict > count_evict,
+        let count_evict = (m.ring.len() + 1).saturating_sub(m.max_records as usize);
+        match plan {
+            Plan::TooLarge => None,
+            Plan::Store { evict, .. } if evict > count_evict => None,
+            Plan::Store { .. } => Some(plan),
         }
     }
 

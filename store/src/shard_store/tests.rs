@@ -594,6 +594,15 @@ mod model {
 fn a_hundred_thousand_small_rings_use_few_mappings_and_under_a_kilobyte_of_disk_each() {
     use std::os::unix::fs::MetadataExt;
     const RINGS: usize = 100_000;
+    let rss_kb = || {
+        std::fs::read_to_string("/proc/self/status")
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches(" kB").parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let rss_before = rss_kb();
     let dir = tempfile::tempdir().unwrap();
     let (mut s, _) = open(dir.path(), StoreConfig::default());
     let payload = [b'p'; 150];
@@ -614,7 +623,12 @@ fn a_hundred_thousand_small_rings_use_few_mappings_and_under_a_kilobyte_of_disk_
         .map(|e| e.unwrap().metadata().unwrap().blocks() * 512)
         .sum();
     let per_ring = disk / RINGS as u64;
-    eprintln!("{RINGS} rings: {mappings} mappings, {per_ring} bytes of disk per ring");
+    let rss_per_ring = (rss_kb().saturating_sub(rss_before)) * 1024 / RINGS as u64;
+    eprintln!(
+        "{RINGS} rings: {mappings} mappings, {per_ring} B disk/ring, ~{rss_per_ring} B RSS/ring \
+         (RingMeta {} B; other tests run in parallel, so RSS is approximate)",
+        std::mem::size_of::<RingMeta>()
+    );
     assert!(per_ring <= 1024, "{per_ring} bytes of disk per ring");
     let r = s.lookup(b"tenant-4/channel-99999").unwrap();
     assert_eq!(s.iter_after(r, Seq(0)).next().unwrap().payload, payload);

@@ -1,11 +1,13 @@
-//! Ring log micro-benchmarks: append (ring wrapping), replay from a seq, reopen.
+//! Ring log micro-benchmarks: append (ring wrapping), replay from a seq, reopen — for
+//! the v1 per-channel files (`ring_log/*`) and the v2 shared-segment store
+//! (`shard_store/*`) side by side, plus v2's create-and-first-append.
 //!
 //! `cargo bench -p ringcast-bench --bench ring_log`
 
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use ringcast_store::{LogConfig, RingLog, Seq, SyncPolicy};
+use ringcast_store::{Epoch, LogConfig, RingLog, Seq, ShardStore, StoreConfig, SyncPolicy};
 
 const KEY: &[u8] = b"bench/chat:lobby";
 
@@ -83,5 +85,117 @@ fn reopen(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, append, replay, reopen);
+fn store_config() -> StoreConfig {
+    StoreConfig {
+        max_bytes_per_ring: 256 * 1024,
+        ..StoreConfig::default()
+    }
+}
+
+/// Appends into a ring that is already full (1,000 records, wrapping in its top slot).
+fn store_append(c: &mut Criterion) {
+    let mut group = c.benchmark_group("shard_store/append");
+    for size in [64usize, 150, 1024] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut s, _) = ShardStore::open(dir.path(), store_config()).expect("open");
+        let r = s.create(KEY, Epoch(1), 1_000).expect("create");
+        let payload = vec![b'x'; size];
+        let span = 0..size as u32;
+        for i in 0..2_000 {
+            s.append(r, i, Some(b"alice"), &payload, span.clone())
+                .expect("append");
+        }
+        group.throughput(Throughput::Bytes(size as u64));
+        group.bench_with_input(BenchmarkId::from_parameter(size), &payload, |b, payload| {
+            let mut ts = 0;
+            b.iter(|| {
+                ts += 1;
+                s.append(r, ts, Some(b"alice"), black_box(payload), span.clone())
+                    .expect("append")
+            });
+        });
+    }
+    group.finish();
+}
+
+/// A channel's first publish: create its ring and append one 150-byte record (then free
+/// the ring, so the store's size stays constant; `free` is one write into the mapping).
+fn store_create(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut s, _) = ShardStore::open(dir.path(), store_config()).expect("open");
+    // A populated store, so the index and free lists are not trivially small.
+    for i in 0..10_000u64 {
+        let r = s
+            .create(format!("bench/pre-{i}").as_bytes(), Epoch(i + 1), 100)
+            .expect("create");
+        s.append(r, i, None, &[b'p'; 150], 0..150).expect("append");
+    }
+    let payload = [b'y'; 150];
+    let mut n = 0u64;
+    c.bench_function("shard_store/create_first_append_free_150", |b| {
+        b.iter(|| {
+            n += 1;
+            let key = n.to_le_bytes();
+            let r = s.create(&key, Epoch(n), 100).expect("create");
+            let seq = s
+                .append(r, n, None, black_box(&payload), 0..150)
+                .expect("append");
+            s.free(r).expect("free");
+            seq
+        });
+    });
+    assert_eq!(s.stats().space_waits, 0, "{:?}", s.stats());
+}
+
+/// Replays the whole kept history (1,000 records of 64 B) from a seq.
+fn store_replay(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut s, _) = ShardStore::open(dir.path(), store_config()).expect("open");
+    let r = s.create(KEY, Epoch(1), 1_000).expect("create");
+    for i in 0..1_500 {
+        s.append(r, i, None, &[b'y'; 64], 0..64).expect("append");
+    }
+    let from = Seq(s.first_seq(r).expect("kept").0 - 1);
+    let mut group = c.benchmark_group("shard_store/replay");
+    group.throughput(Throughput::Elements(s.len(r) as u64));
+    group.bench_function("iter_after_1000", |b| {
+        b.iter(|| {
+            s.iter_after(r, black_box(from))
+                .map(|rec| rec.payload.len())
+                .sum::<usize>()
+        });
+    });
+    group.finish();
+}
+
+/// Opens a store holding one 1,000-record ring: map segments, scan slots, verify every
+/// record, build the index (and start the background thread).
+fn store_reopen(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let (mut s, _) = ShardStore::open(dir.path(), store_config()).expect("open");
+        let r = s.create(KEY, Epoch(1), 1_000).expect("create");
+        for i in 0..1_000 {
+            s.append(r, i, None, &[b'z'; 64], 0..64).expect("append");
+        }
+    }
+    c.bench_function("shard_store/reopen_1000", |b| {
+        b.iter(|| {
+            let (s, _) = ShardStore::open(dir.path(), store_config()).expect("reopen");
+            assert_eq!(s.len(s.lookup(KEY).expect("ring")), 1_000);
+            s
+        });
+    });
+}
+
+criterion_group!(
+    benches,
+    append,
+    replay,
+    reopen,
+    store_append,
+    store_create,
+    store_replay,
+    store_reopen
+);
 criterion_main!(benches);

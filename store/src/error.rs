@@ -47,6 +47,26 @@ pub enum StoreError {
         /// What check failed.
         reason: &'static str,
     },
+    /// `create` was given a key that already has a ring.
+    #[error("the key already has a ring")]
+    KeyExists,
+    /// The byte bound leaves no room and no unpinned ring is left to evict (the engine
+    /// answers `overloaded`).
+    #[error("store is full: every remaining ring is pinned")]
+    Full,
+    /// The `RingId` was freed or evicted.
+    #[error("unknown or freed ring")]
+    UnknownRing,
+    /// The `data` span given to `append` is not inside the payload.
+    #[error("data span {start}..{end} is not inside a payload of {payload_len} bytes")]
+    DataSpan {
+        /// Span start.
+        start: u32,
+        /// Span end.
+        end: u32,
+        /// Payload length.
+        payload_len: usize,
+    },
 }
 
 impl StoreError {

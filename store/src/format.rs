@@ -319,6 +319,7 @@ fn record_parts<'a>(head: &[u8], body: &'a [u8], uid_len: usize) -> Record<'a> {
         ts_ms: u64_at(head, 24),
         uid: (head[5] & FLAG_UID != 0).then(|| &body[..uid_len]),
         payload: &body[uid_len..],
+        data_span: (0, (body.len() - uid_len) as u32),
     }
 }
 

@@ -1,37 +1,64 @@
-//! Ringcast's history store: one memory-mapped ring log per channel.
+//! Ringcast's history store: every channel's history as a bounded, checksummed,
+//! crash-safe ring of opaque records.
 //!
 //! The store knows nothing about WebSocket, JSON, tenants or channels. It keeps opaque,
 //! already-encoded bytes under an opaque key, assigns each record the channel's next
-//! [`Seq`], and forgets the oldest records once the log is over its record or byte bound.
+//! [`Seq`], and forgets the oldest records once the ring is over its record or byte bound.
+//!
+//! Two formats (byte layouts, recovery rules and durability in `docs/store-format.md`):
+//!
+//! - **Version 2, [`ShardStore`]** — what the engine uses. One store per shard, owned by
+//!   the shard's thread. All its channels' rings live in fixed-size slots of a few shared
+//!   segment files (one mapping per segment, not per channel), so a node holds a million
+//!   channels at ~512 B of disk each, and a new channel costs no syscall.
+//! - **Version 1, [`RingLog`]/[`LogDir`]** — one file and one mapping per channel. Kept to
+//!   read old data directories ([`migrate_v1`]) and for its tests.
 //!
 //! ```text
 //!   engine (owner shard of a channel)
-//!       │ append(ts_ms, uid, payload) ──► Seq            iter_after(seq) ──► replay
+//!       │ create(key, epoch, max_records) ─► RingId      lookup(key) ─► RingId
+//!       │ append(ring, ts_ms, uid, payload, data) ─► Seq  iter_after(ring, seq) ─► replay
 //!       ▼                                                      ▲
-//!   RingLog ── ring.rs: where the next record goes, what it evicts (pure, property-tested)
-//!       │      format.rs: header, state slots, record bytes, checksums (pure)
+//!   ShardStore ── shard_store.rs: slots, growth to bigger classes, byte-bound eviction
+//!       │         ring.rs: where the next record goes, what it evicts (pure, tested)
+//!       │         slot_format.rs: segment/slot headers, state slots, records (pure)
+//!       │         shard_open.rs + slot_recover.rs: scan slots, rebuild index, torn tails
+//!       │         space.rs: background thread — creates segments ahead of need, msyncs
 //!       ▼
-//!   mmap.rs ── the one place with `unsafe`: maps `<root>/<name>.rlog` and drops the fd
+//!   mmap.rs ── the one place with `unsafe`: maps `<root>/shard-<k>/c<class>-<n>.seg`
 //!       ▼
-//!   page cache ──(msync per SyncPolicy, or the engine's timer calling flush())──► disk
+//!   page cache ──(msync per SyncPolicy: in append, or on the background thread)──► disk
 //! ```
 //!
 //! Contract:
 //!
-//! - Records are written first and published second (a small checksummed state slot in
-//!   the header), so a process killed mid-append leaves every earlier record intact; the
-//!   next [`RingLog::open`] drops the torn tail and keeps the rest.
-//! - Within one [`Epoch`] a [`Seq`] is never reused. A new epoch (seq restarting at 1)
-//!   begins only when the history was lost: the file was absent, its header was corrupt,
-//!   its key differed, or its byte geometry changed. [`OpenReport`] says which.
-//! - Kept records always form one gap-free run of seqs. That run ends at
-//!   [`RingLog::last_seq`] except when a seq was consumed without being kept (a record too
-//!   large for the ring, or published records lost to a power failure);
-//!   [`RingLog::replay_complete`] answers "was everything after this seq kept?".
-//! - One `RingLog` per file, in one process: the engine opens a channel's log on the shard
-//!   that owns the channel. No file descriptor stays open after `open` returns.
+//! - Records are written first and published second (a checksummed state slot in the
+//!   ring's slot header), so a process killed mid-append leaves every earlier record
+//!   intact; the next open drops the torn tail and keeps the rest. A move to a bigger
+//!   slot writes the new slot completely before freeing the old one.
+//! - Within one [`Epoch`] a [`Seq`] is never reused. A new epoch begins only when the
+//!   history was lost (ring freed, evicted, or unrecoverable: [`ShardOpenReport`] says
+//!   which); the caller supplies it to [`ShardStore::create`].
+//! - Kept records always form one gap-free run of seqs; [`ShardStore::replay_complete`]
+//!   answers "was everything after this seq kept?".
+//! - A ring only ever reads and writes its own slot; rings never overlap (checked by
+//!   property tests and the fuzz hook).
+//! - One `ShardStore` per shard directory, in one process. The append path makes no
+//!   blocking syscall except under [`SyncPolicy::EveryAppend`], and `create` waits only
+//!   when the background thread has no slot ready ([`StoreStats::space_waits`]).
 //!
-//! The byte format, recovery rules and durability table are in `docs/store-format.md`.
+//! API of [`ShardStore`] (all on the owning shard's thread):
+//!
+//! ```text
+//! open(dir, StoreConfig) -> (ShardStore, ShardOpenReport)      shard_dir(root, k)
+//! lookup(key) -> Option<RingId>       create(key, epoch, max_records) -> RingId
+//! append(ring, ts_ms, uid, payload, data: Range<u32>) -> Seq   (RingId stays valid)
+//! epoch / last_seq / first_seq / len / max_records / last_append_ms / key (ring)
+//! replay_complete(ring, after)   iter_after(ring, after)   iter_before(ring, before, limit)
+//! set_max_records(ring, n)   pin / unpin (ring)   free(ring)   idle_rings(older_than_ms)
+//! take_evicted() -> keys      flush() (non-blocking)   sync_all() (blocking)   stats()
+//! migrate_v1(v1_dir, root, shards, cfg, owner_of, data_span)   reshard(root, shards, cfg, owner_of)
+//! ```
 
 #![deny(unsafe_code)]
 
@@ -41,14 +68,23 @@ mod format;
 #[doc(hidden)]
 pub mod fuzzing;
 mod log;
+mod migrate;
 mod mmap;
 mod ring;
+mod shard_open;
+mod shard_store;
+mod slot_format;
+mod slot_recover;
+mod space;
 
 use std::fmt;
 
 pub use dir::LogDir;
 pub use error::StoreError;
 pub use log::{Iter, RingLog};
+pub use migrate::{migrate_v1, reshard, MigrateReport, ReshardReport};
+pub use shard_open::ShardOpenReport;
+pub use shard_store::{RingId, ShardIter, ShardStore, StoreConfig, StoreStats};
 
 /// Per-channel sequence number. The first record of an epoch is 1; `Seq(0)` means
 /// "nothing yet" (as in `subscribed.seq` for a channel never published to).
@@ -72,7 +108,9 @@ impl fmt::Display for Epoch {
     }
 }
 
-/// When `append` asks the kernel to write the mapping back to disk (msync).
+/// When `append` asks the kernel to write the mapping back to disk (msync). For
+/// [`ShardStore`], `IntervalMs` and `flush` hand the msync to the store's background
+/// thread; `EveryAppend` msyncs in `append`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SyncPolicy {
     /// Page cache only: survives a kill -9 of the process, not a power loss.
@@ -87,7 +125,7 @@ pub enum SyncPolicy {
     IntervalMs(u32),
 }
 
-/// Bounds and durability of one log.
+/// Bounds and durability of one v1 log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LogConfig {
     /// At most this many records are kept (the tenant plan's history length).
@@ -108,11 +146,23 @@ pub struct Record<'a> {
     pub ts_ms: u64,
     /// Optional user id bytes (at most 65,535).
     pub uid: Option<&'a [u8]>,
-    /// The opaque payload, byte for byte as appended.
+    /// The opaque payload, byte for byte as appended: what a replay sends.
     pub payload: &'a [u8],
+    /// `(start, len)` of the message's `data` inside `payload` (format v2 records keep
+    /// the span `append` was given; v1 records say "the whole payload").
+    pub(crate) data_span: (u32, u32),
 }
 
-/// What [`RingLog::open`] found.
+impl<'a> Record<'a> {
+    /// The message's `data` bytes inside [`Record::payload`], as the span given to
+    /// [`ShardStore::append`] said, so history pages need no re-parsing.
+    pub fn data(&self) -> &'a [u8] {
+        let (start, len) = (self.data_span.0 as usize, self.data_span.1 as usize);
+        self.payload.get(start..start + len).unwrap_or_default()
+    }
+}
+
+/// What [`RingLog::open`] found (format v1).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OpenReport {
     /// The file did not exist and was created (with a new epoch).

@@ -223,6 +223,7 @@ impl RingLog {
             ts_ms,
             uid,
             payload,
+            data_span: (0, payload.len() as u32),
         };
         format::write_record(&mut data[at as usize..(at + len) as usize], epoch, &rec);
         self.ring.push(at, len);

@@ -1,4 +1,5 @@
-//! The only module with `unsafe`: mapping a log file into memory.
+//! The only module with `unsafe`: mapping log files (v1) and segment files (v2) into
+//! memory.
 //!
 //! A [`Mapping`] owns a shared, writable mapping of the whole file. The file descriptor is
 //! closed as soon as the mapping exists (the mapping keeps the file alive), so thousands
@@ -9,8 +10,9 @@
 use std::fs::OpenOptions;
 use std::io;
 use std::path::Path;
+use std::sync::Arc;
 
-use memmap2::MmapMut;
+use memmap2::{MmapMut, MmapRaw};
 
 /// A read-write shared mapping of one log file.
 #[derive(Debug)]
@@ -80,5 +82,92 @@ impl Mapping {
     /// msync the whole file.
     pub(crate) fn flush(&self) -> io::Result<()> {
         self.map.flush()
+    }
+}
+
+/// A read-write shared mapping of one segment file of a [`crate::ShardStore`].
+///
+/// Built on `MmapRaw` so that a [`FlushHandle`] to the same mapping can travel to the
+/// store's background thread, which only ever asks the kernel to write pages back
+/// (msync) and never reads or writes the bytes itself. Byte access goes through
+/// `&self`/`&mut self` of the one `SegmentMap`, which is not `Clone`, so Rust's aliasing
+/// rules hold for every slice handed out.
+#[derive(Debug)]
+pub(crate) struct SegmentMap {
+    raw: Arc<MmapRaw>,
+}
+
+/// msync-only access to a segment's mapping, for the background thread.
+#[derive(Debug, Clone)]
+pub(crate) struct FlushHandle {
+    raw: Arc<MmapRaw>,
+}
+
+impl SegmentMap {
+    /// Creates `path` (which must not exist), sets its length to `len` (sparse) and maps it.
+    pub(crate) fn create(path: &Path, len: u64) -> io::Result<SegmentMap> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)?;
+        file.set_len(len)?;
+        SegmentMap::map(file)
+    }
+
+    /// Maps an existing segment file at its current length.
+    pub(crate) fn open_existing(path: &Path) -> io::Result<SegmentMap> {
+        let file = OpenOptions::new().read(true).write(true).open(path)?;
+        SegmentMap::map(file)
+    }
+
+    fn map(file: std::fs::File) -> io::Result<SegmentMap> {
+        if file.metadata()?.len() == 0 {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "empty segment"));
+        }
+        // Creating an `MmapRaw` is safe; the obligations (a segment file belongs to exactly
+        // one `ShardStore` in one process, nobody truncates it while mapped) are stated
+        // where bytes are accessed, in `bytes`/`bytes_mut`.
+        let raw = memmap2::MmapOptions::new().map_raw(&file)?;
+        drop(file);
+        Ok(SegmentMap { raw: Arc::new(raw) })
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.raw.len()
+    }
+
+    pub(crate) fn bytes(&self) -> &[u8] {
+        // SAFETY: the mapping is valid for `len()` bytes (the file is owned by one
+        // `ShardStore` in one process and never truncated while mapped, so no SIGBUS) for as long as `self.raw` lives
+        // (we hold an `Arc` to it). The only other holders of the `Arc` are
+        // `FlushHandle`s, which call msync and never touch the bytes, and there is no
+        // other `SegmentMap` for this mapping, so no `&mut` to these bytes can exist
+        // while this shared borrow of `self` does.
+        unsafe { std::slice::from_raw_parts(self.raw.as_ptr(), self.raw.len()) }
+    }
+
+    pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `bytes`; `&mut self` proves that no other slice from this
+        // `SegmentMap` is alive, and nobody else reads or writes the bytes.
+        unsafe { std::slice::from_raw_parts_mut(self.raw.as_mut_ptr(), self.raw.len()) }
+    }
+
+    /// msync `[offset, offset + len)` now, on the calling thread.
+    pub(crate) fn flush_range(&self, offset: usize, len: usize) -> io::Result<()> {
+        self.raw.flush_range(offset, len)
+    }
+
+    pub(crate) fn flush_handle(&self) -> FlushHandle {
+        FlushHandle {
+            raw: Arc::clone(&self.raw),
+        }
+    }
+}
+
+impl FlushHandle {
+    /// msync `[offset, offset + len)` (memmap2 widens it to page boundaries).
+    pub(crate) fn flush_range(&self, offset: usize, len: usize) -> io::Result<()> {
+        self.raw.flush_range(offset, len)
     }
 }

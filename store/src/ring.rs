@@ -64,6 +64,11 @@ impl Ring {
         }
     }
 
+    /// Size of the data region this ring places records in.
+    pub(crate) fn data_len(&self) -> u64 {
+        self.data_len
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.offsets.len()
     }

@@ -8,6 +8,7 @@ fn record_round_trip_and_alignment() {
         ts_ms: 1_700_000_000_000,
         uid: Some(b"alice"),
         payload: b"{\"hello\":1}",
+        data_span: (0, b"{\"hello\":1}".len() as u32),
     };
     let len = record_len(5, 11);
     assert_eq!(len, 48);
@@ -26,6 +27,7 @@ fn empty_uid_differs_from_no_uid() {
         ts_ms: 0,
         uid: Some(b""),
         payload: b"",
+        data_span: (0, b"".len() as u32),
     };
     write_record(&mut data[..32], 1, &rec);
     assert!(
@@ -41,6 +43,7 @@ fn every_single_bit_flip_in_a_record_is_detected() {
         ts_ms: 9,
         uid: None,
         payload: b"abcdefgh",
+        data_span: (0, b"abcdefgh".len() as u32),
     };
     write_record(&mut data[..40], 5, &rec);
     for byte in 0..40 {
@@ -63,6 +66,7 @@ fn lengths_past_the_end_are_rejected() {
         ts_ms: 0,
         uid: None,
         payload: &[1; 24],
+        data_span: (0, 24),
     };
     write_record(&mut data[8..64], 1, &rec);
     assert!(read_entry(&data, 8, 1).is_ok());

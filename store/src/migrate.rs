@@ -1,0 +1,249 @@
+//! Start-up moves of history between layouts: format v1 files into v2 shard stores, and
+//! rings between shard stores when the shard count changed. Both keep each ring's epoch
+//! and seqs, so clients see `recovered: true` across the upgrade or the resharding.
+//!
+//! Both run once, before the shards start, and are safe to rerun after a crash: the
+//! source copy is removed only after the target copy is complete (and msynced), and a
+//! target copy left by an interrupted run is replaced.
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use crate::format;
+use crate::{Epoch, LogConfig, RingLog, ShardStore, StoreConfig, StoreError, SyncPolicy};
+
+/// What [`migrate_v1`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MigrateReport {
+    /// v1 files carried over (and deleted).
+    pub migrated: usize,
+    /// Records carried over.
+    pub records: u64,
+    /// v1 files whose header was unreadable: deleted, their history lost.
+    pub unreadable: Vec<PathBuf>,
+}
+
+/// What [`reshard`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReshardReport {
+    /// Rings moved to their new owner shard.
+    pub moved: usize,
+    /// Shard directories past the new shard count that were emptied and removed.
+    pub dirs_removed: usize,
+}
+
+/// One record, owned: ts_ms, uid, payload, data span.
+type OwnedRecord = (u64, Option<Vec<u8>>, Vec<u8>, Range<u32>);
+
+/// One ring's contents, owned, for copying between stores.
+struct Owned {
+    key: Box<[u8]>,
+    epoch: Epoch,
+    max_records: u32,
+    last_seq: u64,
+    first_seq: u64,
+    records: Vec<OwnedRecord>,
+}
+
+/// Carries every `*.rlog` file (format v1) in `v1_dir` into the v2 store of the shard
+/// `owner_of(key)` picks (`<root>/shard-<k>`, `k < shards`), with the same epoch and
+/// seqs, then deletes the v1 files. `data_span(payload)` gives the span of the JSON
+/// `data` inside a stored payload (v1 did not record it).
+pub fn migrate_v1(
+    v1_dir: &Path,
+    root: &Path,
+    shards: usize,
+    cfg: StoreConfig,
+    owner_of: impl Fn(&[u8]) -> usize,
+    data_span: impl Fn(&[u8]) -> Range<u32>,
+) -> Result<MigrateReport, StoreError> {
+    let mut report = MigrateReport::default();
+    let mut files = Vec::new();
+    match std::fs::read_dir(v1_dir) {
+        Ok(entries) => {
+            for e in entries {
+                let path = e.map_err(StoreError::io("list", v1_dir))?.path();
+                if path.extension().is_some_and(|x| x == "rlog") {
+                    files.push(path);
+                }
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(report),
+        Err(e) => return Err(StoreError::io("list", v1_dir)(e)),
+    }
+    if files.is_empty() {
+        return Ok(report);
+    }
+    files.sort();
+    let mut stores = open_all(root, shards, cfg)?;
+    for path in &files {
+        let Some(owned) = read_v1(path, &data_span)? else {
+            report.unreadable.push(path.clone());
+            continue;
+        };
+        let k = owner_of(&owned.key).min(shards - 1);
+        report.records += owned.records.len() as u64;
+        put(&mut stores[k], &owned)?;
+        report.migrated += 1;
+    }
+    for s in &mut stores {
+        s.sync_all()?;
+    }
+    drop(stores);
+    for path in files {
+        std::fs::remove_file(&path).map_err(StoreError::io("remove", &path))?;
+    }
+    Ok(report)
+}
+
+/// Moves every ring found under `<root>/shard-*` whose key `owner_of` now assigns to
+/// another shard into that shard's store (same epoch and seqs), and removes shard
+/// directories at or past `shards` once empty. Run once at start-up when the shard count
+/// may have changed.
+pub fn reshard(
+    root: &Path,
+    shards: usize,
+    cfg: StoreConfig,
+    owner_of: impl Fn(&[u8]) -> usize,
+) -> Result<ReshardReport, StoreError> {
+    let mut report = ReshardReport::default();
+    let mut existing = shards;
+    if let Ok(entries) = std::fs::read_dir(root) {
+        for e in entries.flatten() {
+            let name = e.file_name();
+            if let Some(k) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("shard-"))
+                .and_then(|n| n.parse::<usize>().ok())
+            {
+                existing = existing.max(k + 1);
+            }
+        }
+    }
+    let mut stores = open_all(root, existing, cfg)?;
+    for j in 0..existing {
+        let keys: Vec<Box<[u8]>> = stores[j].index.keys().cloned().collect();
+        for key in keys {
+            let k = owner_of(&key).min(shards - 1);
+            if k == j {
+                continue;
+            }
+            let Some(r) = stores[j].lookup(&key) else {
+                continue;
+            };
+            let owned = own(&stores[j], r, key);
+            put(&mut stores[k], &owned)?;
+            stores[k].sync_all()?;
+            stores[j].free(r)?;
+            report.moved += 1;
+        }
+    }
+    for s in &mut stores {
+        s.sync_all()?;
+    }
+    drop(stores);
+    for j in shards..existing {
+        let dir = ShardStore::shard_dir(root, j);
+        std::fs::remove_dir_all(&dir).map_err(StoreError::io("remove", &dir))?;
+        report.dirs_removed += 1;
+    }
+    Ok(report)
+}
+
+fn open_all(root: &Path, n: usize, cfg: StoreConfig) -> Result<Vec<ShardStore>, StoreError> {
+    if n == 0 {
+        return Err(StoreError::InvalidConfig("at least one shard"));
+    }
+    (0..n)
+        .map(|k| ShardStore::open(&ShardStore::shard_dir(root, k), cfg).map(|(s, _)| s))
+        .collect()
+}
+
+fn own(s: &ShardStore, r: crate::RingId, key: Box<[u8]>) -> Owned {
+    Owned {
+        key,
+        epoch: s.epoch(r),
+        max_records: s.max_records(r),
+        last_seq: s.last_seq(r).0,
+        first_seq: s.first_seq(r).map_or(s.last_seq(r).0 + 1, |f| f.0),
+        records: s
+            .iter_after(r, crate::Seq(0))
+            .map(|rec| {
+                let (a, l) = rec.data_span;
+                (
+                    rec.ts_ms,
+                    rec.uid.map(<[u8]>::to_vec),
+                    rec.payload.to_vec(),
+                    a..a + l,
+                )
+            })
+            .collect(),
+    }
+}
+
+/// Writes `o` into `s` (replacing a copy an interrupted earlier run left there).
+fn put(s: &mut ShardStore, o: &Owned) -> Result<(), StoreError> {
+    if let Some(old) = s.lookup(&o.key) {
+        s.free(old)?;
+    }
+    let r = s.create_at(&o.key, o.epoch, o.max_records.max(1), o.first_seq - 1)?;
+    s.pin(r);
+    for (ts, uid, payload, data) in &o.records {
+        s.append(r, *ts, uid.as_deref(), payload, data.clone())?;
+    }
+    s.raise_last_seq(r, crate::Seq(o.last_seq))?;
+    s.unpin(r);
+    Ok(())
+}
+
+/// Reads a v1 file without changing its geometry; `None` if its header is unreadable.
+fn read_v1(
+    path: &Path,
+    data_span: &impl Fn(&[u8]) -> Range<u32>,
+) -> Result<Option<Owned>, StoreError> {
+    let head = std::fs::read(path).map_err(StoreError::io("read", path))?;
+    let Ok(h) = format::read_file_header(&head) else {
+        return Ok(None);
+    };
+    let max_records = format::read_slot(&head, h.epoch).map_or(1_000, |st| st.max_records.max(1));
+    let key: Box<[u8]> = h.key.into();
+    let cfg = LogConfig {
+        // Keep everything the file holds; the plan's bound is restored below.
+        max_records: u32::MAX,
+        max_bytes: h.data_len,
+        sync: SyncPolicy::Never,
+    };
+    drop(head);
+    let (log, report) = RingLog::open(path, &key, &cfg)?;
+    if report.new_epoch_reason.is_some() {
+        return Ok(None);
+    }
+    let records = log
+        .iter_after(crate::Seq(0))
+        .map(|rec| {
+            let span = data_span(rec.payload);
+            let span = if span.start <= span.end && span.end as usize <= rec.payload.len() {
+                span
+            } else {
+                0..rec.payload.len() as u32
+            };
+            (
+                rec.ts_ms,
+                rec.uid.map(<[u8]>::to_vec),
+                rec.payload.to_vec(),
+                span,
+            )
+        })
+        .collect();
+    Ok(Some(Owned {
+        key,
+        epoch: log.epoch(),
+        max_records,
+        last_seq: log.last_seq().0,
+        first_seq: log.first_seq().map_or(log.last_seq().0 + 1, |f| f.0),
+        records,
+    }))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,122 @@
+use super::*;
+use crate::{LogDir, Seq};
+
+fn cfg() -> StoreConfig {
+    StoreConfig {
+        max_bytes_per_ring: 64 * 1024,
+        segment_bytes: 256 * 1024,
+        ..StoreConfig::default()
+    }
+}
+
+fn owner(shards: usize) -> impl Fn(&[u8]) -> usize {
+    move |k: &[u8]| usize::from(k[k.len() - 1]) % shards
+}
+
+type Contents = (Epoch, Seq, Vec<(u64, Vec<u8>, Vec<u8>)>);
+
+fn contents(s: &ShardStore, key: &[u8]) -> Contents {
+    let r = s.lookup(key).expect("ring");
+    let recs = s
+        .iter_after(r, Seq(0))
+        .map(|rec| (rec.seq.0, rec.payload.to_vec(), rec.data().to_vec()))
+        .collect();
+    (s.epoch(r), s.last_seq(r), recs)
+}
+
+#[test]
+fn v1_logs_move_into_their_owner_shards_with_the_same_epoch_and_seqs() {
+    let root = tempfile::tempdir().unwrap();
+    let v1 = root.path().join("logs");
+    let logs = LogDir::new(&v1).unwrap();
+    let v1_cfg = LogConfig {
+        max_records: 5,
+        max_bytes: 4096,
+        sync: SyncPolicy::Never,
+    };
+    let mut expect = Vec::new();
+    for i in 0..6u8 {
+        let key = [b't', b'/', b'0' + i];
+        let (mut log, _) = logs.open(&key, &v1_cfg).unwrap();
+        for n in 0..(3 + u64::from(i) * 2) {
+            let p = format!("{{\"data\":{n}}}");
+            log.append(n, Some(b"u"), p.as_bytes()).unwrap();
+        }
+        let recs: Vec<(u64, Vec<u8>)> = log
+            .iter_after(Seq(0))
+            .map(|r| (r.seq.0, r.payload.to_vec()))
+            .collect();
+        expect.push((key, log.epoch(), log.last_seq(), recs));
+    }
+    // "data":N starts at byte 8 and ends before the closing brace.
+    let span = |p: &[u8]| 8..p.len() as u32 - 1;
+    let report = migrate_v1(&v1, root.path(), 2, cfg(), owner(2), span).unwrap();
+    assert_eq!(report.migrated, 6);
+    assert!(
+        std::fs::read_dir(&v1).unwrap().next().is_none(),
+        "v1 files deleted"
+    );
+    let stores: Vec<ShardStore> = (0..2)
+        .map(|k| {
+            ShardStore::open(&ShardStore::shard_dir(root.path(), k), cfg())
+                .unwrap()
+                .0
+        })
+        .collect();
+    for (key, epoch, last, recs) in expect {
+        let s = &stores[owner(2)(&key)];
+        let (e, l, got) = contents(s, &key);
+        assert_eq!((e, l), (epoch, last));
+        assert_eq!(s.max_records(s.lookup(&key).unwrap()), 5);
+        let got_plain: Vec<(u64, Vec<u8>)> = got.iter().map(|r| (r.0, r.1.clone())).collect();
+        assert_eq!(got_plain, recs);
+        assert!(got.iter().all(|r| r.2 == format!("{}", r.0 - 1).as_bytes()));
+        assert!(stores[1 - owner(2)(&key)].lookup(&key).is_none());
+    }
+    // Nothing left to migrate: a second run is a no-op.
+    drop(stores);
+    let again = migrate_v1(&v1, root.path(), 2, cfg(), owner(2), span).unwrap();
+    assert_eq!(again.migrated, 0);
+}
+
+#[test]
+fn reshard_moves_rings_to_their_new_owner_and_removes_surplus_shard_dirs() {
+    let root = tempfile::tempdir().unwrap();
+    let mut expect = Vec::new();
+    {
+        let mut stores: Vec<ShardStore> = (0..3)
+            .map(|k| {
+                ShardStore::open(&ShardStore::shard_dir(root.path(), k), cfg())
+                    .unwrap()
+                    .0
+            })
+            .collect();
+        for i in 0..30u8 {
+            let key = [b'k', i];
+            let s = &mut stores[owner(3)(&key)];
+            let r = s.create(&key, Epoch(u64::from(i) + 1), 50).unwrap();
+            for n in 0..u64::from(i) {
+                s.append(r, n, None, &[i; 40], 0..40).unwrap();
+            }
+            expect.push((key, contents(s, &key)));
+        }
+    }
+    let report = reshard(root.path(), 2, cfg(), owner(2)).unwrap();
+    assert!(report.moved > 0);
+    assert_eq!(report.dirs_removed, 1);
+    assert!(!ShardStore::shard_dir(root.path(), 2).exists());
+    let stores: Vec<ShardStore> = (0..2)
+        .map(|k| {
+            ShardStore::open(&ShardStore::shard_dir(root.path(), k), cfg())
+                .unwrap()
+                .0
+        })
+        .collect();
+    for (key, want) in &expect {
+        assert_eq!(&contents(&stores[owner(2)(key)], key), want);
+        assert!(stores[1 - owner(2)(key)].lookup(key).is_none());
+        stores[owner(2)(key)].check_invariants().unwrap();
+    }
+    drop(stores);
+    assert_eq!(reshard(root.path(), 2, cfg(), owner(2)).unwrap().moved, 0);
+}

@@ -1,0 +1,251 @@
+//! `ShardStore::open`: map the segment files, recover every slot, rebuild the index.
+//!
+//! The only directory scan of the v2 store. Recovery rules (`docs/store-format.md`):
+//! a slot whose header fails its checksum is free; a ring found in two slots (a move
+//! interrupted after the new slot was complete) keeps the copy with the higher move
+//! counter, then the higher last_seq, and the other slot is freed; a ring whose state
+//! cannot be trusted is dropped and reported, so its channel starts a new epoch.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use crate::mmap::SegmentMap;
+use crate::shard_store::{Class, RingMeta, ShardStore, SlotLoc, StoreConfig};
+use crate::slot_format::{self, MAX_CLASS_LOG2, MIN_CLASS_LOG2};
+use crate::slot_recover;
+use crate::space::Space;
+use crate::{Epoch, StoreError, StoreStats};
+
+/// What [`ShardStore::open`] found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ShardOpenReport {
+    /// Rings recovered with their epoch and history.
+    pub rings_kept: usize,
+    /// Published records dropped because they failed to verify (power loss or outside
+    /// damage; a killed process loses at most its in-flight append and reports 0).
+    pub torn_tail_dropped: u64,
+    /// Rings whose history could not be trusted and was dropped, with the reason; their
+    /// channels will be created fresh (new epoch).
+    pub rings_reset: Vec<(Box<[u8]>, String)>,
+    /// Older copies left by a move to a bigger slot that was interrupted, now freed.
+    pub stale_copies_freed: usize,
+    /// Segment files mapped.
+    pub segments: usize,
+    /// Segment files set aside (renamed to `*.corrupt`) because their header was
+    /// unreadable, with the reason. Their rings are lost.
+    pub segments_discarded: Vec<(PathBuf, String)>,
+}
+
+struct Candidate {
+    loc: SlotLoc,
+    log2: u8,
+    epoch: u64,
+    moves: u32,
+    last_seq: u64,
+}
+
+impl ShardStore {
+    /// Opens (creating if absent) the store in `dir` (one shard's directory, e.g.
+    /// [`ShardStore::shard_dir`]): maps every segment, recovers every ring, starts the
+    /// background thread. The directory must belong to this store alone.
+    pub fn open(dir: &Path, cfg: StoreConfig) -> Result<(ShardStore, ShardOpenReport), StoreError> {
+        if cfg.max_bytes_per_ring < 2 * slot_format::WRAP_LEN as u64
+            || cfg.max_bytes_per_ring > 1 << 30
+        {
+            return Err(StoreError::InvalidConfig(
+                "max_bytes_per_ring must be between 64 bytes and 1 GiB",
+            ));
+        }
+        if cfg.segment_bytes == 0 {
+            return Err(StoreError::InvalidConfig("segment_bytes must be nonzero"));
+        }
+        std::fs::create_dir_all(dir).map_err(StoreError::io("create directory", dir))?;
+        let space = Space::start().map_err(StoreError::io("start thread", dir))?;
+        let mut store = ShardStore {
+            dir: dir.to_path_buf(),
+            cfg,
+            max_data: cfg.max_bytes_per_ring / slot_format::ALIGN * slot_format::ALIGN,
+            segments: Vec::new(),
+            classes: (MIN_CLASS_LOG2..=MAX_CLASS_LOG2)
+                .map(|_| Class::default())
+                .collect(),
+            rings: Vec::new(),
+            ring_generations: Vec::new(),
+            free_ids: Vec::new(),
+            index: HashMap::new(),
+            clock: 0,
+            used_bytes: 0,
+            evict_queue: Vec::new(),
+            evicted: Vec::new(),
+            stats: StoreStats::default(),
+            space,
+            pending: 0,
+            last_sync: Instant::now(),
+            space_error: None,
+            #[cfg(test)]
+            journal: None,
+        };
+        let mut report = ShardOpenReport::default();
+        let mut candidates: HashMap<Box<[u8]>, Vec<Candidate>> = HashMap::new();
+        for (path, log2, number) in segment_files(dir)? {
+            let map = SegmentMap::open_existing(&path).map_err(StoreError::io("open", &path))?;
+            let header = match slot_format::read_segment_header(map.bytes()) {
+                Ok(h) if h.class_log2 == log2 && h.number == number => h,
+                Ok(_) => {
+                    set_aside(
+                        &path,
+                        "class or number differs from the file name",
+                        &mut report,
+                    )?;
+                    continue;
+                }
+                Err(why) => {
+                    set_aside(&path, why, &mut report)?;
+                    continue;
+                }
+            };
+            let hw = slot_format::read_high_water(map.bytes())
+                .unwrap_or(header.slot_count)
+                .min(header.slot_count);
+            let seg = store.add_segment(path, header, map, hw);
+            let ci = usize::from(log2 - MIN_CLASS_LOG2);
+            let bytes = store.segments[seg as usize].map.bytes();
+            for slot in (0..hw).rev() {
+                let at = header.slot_at(slot);
+                let loc = SlotLoc { seg, slot };
+                let s = &bytes[at..at + header.class_size()];
+                match slot_format::read_slot_header(s, log2) {
+                    Some(h) => {
+                        let last_seq =
+                            slot_format::read_state(s, h.epoch).map_or(0, |st| st.last_seq);
+                        candidates.entry(h.key.into()).or_default().push(Candidate {
+                            loc,
+                            log2,
+                            epoch: h.epoch,
+                            moves: h.moves,
+                            last_seq,
+                        });
+                    }
+                    None => store.classes[ci].free.push(loc),
+                }
+            }
+        }
+        report.segments = store.segments.len();
+        for (key, mut cands) in candidates {
+            cands.sort_by_key(|c| std::cmp::Reverse((c.moves, c.last_seq)));
+            let mut kept = false;
+            let mut last_reason = String::new();
+            for c in cands {
+                if kept {
+                    store.free_at_open(c.loc, c.log2);
+                    report.stale_copies_freed += 1;
+                    continue;
+                }
+                match store.recover_slot(&key, &c) {
+                    Ok(torn) => {
+                        kept = true;
+                        report.rings_kept += 1;
+                        report.torn_tail_dropped += u64::from(torn);
+                    }
+                    Err(why) => {
+                        last_reason = why.to_owned();
+                        store.free_at_open(c.loc, c.log2);
+                    }
+                }
+            }
+            if !kept {
+                report.rings_reset.push((key, last_reason));
+            }
+        }
+        let small = usize::from(store.class_for(0, 0) - MIN_CLASS_LOG2);
+        if store.classes[small].free_count() == 0 {
+            store.create_segment_now(MIN_CLASS_LOG2 + small as u8)?;
+        }
+        Ok((store, report))
+    }
+
+    /// Rebuilds one ring from its slot; returns the torn records dropped.
+    fn recover_slot(&mut self, key: &[u8], c: &Candidate) -> Result<u32, &'static str> {
+        let seg = &self.segments[c.loc.seg as usize];
+        let at = seg.header.slot_at(c.loc.slot);
+        let slot = &seg.map.bytes()[at..at + (1 << c.log2)];
+        let h = slot_format::read_slot_header(slot, c.log2).ok_or("slot header changed")?;
+        let st = slot_format::read_state(slot, c.epoch).ok_or("no valid state slot")?;
+        let data_off = slot_format::data_offset(key.len());
+        let data = &slot[data_off..data_off + h.data_len as usize];
+        let rec = slot_recover::recover(data, c.epoch, &st)?;
+        let meta = RingMeta {
+            ring: rec.ring,
+            loc: c.loc,
+            epoch: Epoch(c.epoch),
+            last_append_ms: rec.last_append_ms,
+            touch: rec.last_append_ms,
+            generation: rec.generation,
+            moves: c.moves,
+            max_records: rec.max_records,
+            data_off: data_off as u32,
+            class_log2: c.log2,
+            pinned: false,
+        };
+        let idx = self.rings.len();
+        self.rings.push(Some(meta));
+        self.ring_generations.push(0);
+        self.index.insert(key.into(), idx as u32);
+        self.used_bytes += 1 << c.log2;
+        self.clock = self.clock.max(rec.last_append_ms);
+        if rec.dirty {
+            self.publish(idx);
+        }
+        Ok(rec.torn)
+    }
+
+    fn free_at_open(&mut self, loc: SlotLoc, log2: u8) {
+        let seg = &mut self.segments[loc.seg as usize];
+        let at = seg.header.slot_at(loc.slot);
+        slot_format::free_slot(&mut seg.map.bytes_mut()[at..at + (1 << log2)]);
+        self.touched(loc.seg, at..at + slot_format::FREE_LEN);
+        self.classes[usize::from(log2 - MIN_CLASS_LOG2)]
+            .free
+            .push(loc);
+    }
+}
+
+/// `c<log2>-<number>.seg` files in `dir`, sorted; removes leftover `*.seg.tmp` files (a
+/// creation the background thread did not finish).
+fn segment_files(dir: &Path) -> Result<Vec<(PathBuf, u8, u32)>, StoreError> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(StoreError::io("list", dir))? {
+        let path = entry.map_err(StoreError::io("list", dir))?.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        if name.ends_with(".seg.tmp") {
+            std::fs::remove_file(&path).map_err(StoreError::io("remove", &path))?;
+            continue;
+        }
+        if let Some((log2, number)) = parse_name(name) {
+            out.push((path, log2, number));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The class and number of a segment file name `c<log2:02>-<number:06>.seg`.
+pub(crate) fn parse_name(name: &str) -> Option<(u8, u32)> {
+    let rest = name.strip_prefix('c')?.strip_suffix(".seg")?;
+    let (log2, number) = rest.split_once('-')?;
+    let number = number.parse::<u32>().ok()?;
+    let log2: u8 = log2.parse().ok()?;
+    (MIN_CLASS_LOG2..=MAX_CLASS_LOG2)
+        .contains(&log2)
+        .then_some((log2, number))
+}
+
+fn set_aside(path: &Path, why: &str, report: &mut ShardOpenReport) -> Result<(), StoreError> {
+    let to = path.with_extension("seg.corrupt");
+    std::fs::rename(path, &to).map_err(StoreError::io("rename", path))?;
+    report.segments_discarded.push((to, why.to_owned()));
+    Ok(())
+}

@@ -1,0 +1,1218 @@
+//! `ShardStore`: every channel history of one shard, as rings in shared segment files.
+//!
+//! A ring lives in one fixed-size slot of a segment file that holds slots of one size
+//! class (512 B, 1 KiB, … powers of two). It starts in the smallest class that fits and
+//! moves to a bigger slot when it would otherwise evict by bytes while below its record
+//! bound. Write order of an append is the one of format version 1 (record first, state
+//! second); write order of a move is "new slot complete, then old slot freed". The byte
+//! format and the recovery rules are in `docs/store-format.md` ("Format version 2").
+//!
+//! Opening segments, recovering slots and rebuilding the index is in `shard_open.rs`.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use crate::mmap::SegmentMap;
+use crate::ring::{Plan, Ring};
+use crate::slot_format::{
+    self, NewRecord, SegmentHeader, SlotHeader, State, MAX_CLASS_LOG2, MAX_KEY_LEN, MIN_CLASS_LOG2,
+    REC_HEADER_LEN, WRAP_LEN,
+};
+use crate::space::{self, Done, Job, Space};
+use crate::{Epoch, Record, Seq, StoreError, SyncPolicy};
+
+/// A new ring starts in the smallest class with at least this many data bytes.
+const INITIAL_DATA: u64 = 128;
+/// How many eviction candidates one scan of the rings collects (oldest first).
+const EVICT_BATCH: usize = 1024;
+
+/// Bounds, durability and sizing of one [`ShardStore`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoreConfig {
+    /// Size of a ring's data region in its largest slot (record headers and padding
+    /// count). A ring never holds more than this many bytes of records.
+    pub max_bytes_per_ring: u64,
+    /// Bound on the slot bytes in use by all rings of this store (the node bound divided
+    /// by the shard count). Creating or growing a ring past it evicts unpinned rings,
+    /// least recently appended first. `None`: unbounded.
+    pub max_total_bytes: Option<u64>,
+    /// When appends reach the disk.
+    pub sync: SyncPolicy,
+    /// Target size of one segment file (virtual; files are sparse). A segment holds
+    /// `segment_bytes / slot size` slots, at least 4.
+    pub segment_bytes: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> StoreConfig {
+        StoreConfig {
+            max_bytes_per_ring: 1 << 20,
+            max_total_bytes: None,
+            sync: SyncPolicy::Never,
+            segment_bytes: 64 << 20,
+        }
+    }
+}
+
+/// Handle on one ring of a [`ShardStore`]. Stays valid when the ring moves to a bigger
+/// slot; becomes stale when the ring is freed or evicted (then methods returning
+/// `Result` answer [`StoreError::UnknownRing`] and the others panic).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RingId {
+    index: u32,
+    generation: u32,
+}
+
+/// Counters for the engine's metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Rings held.
+    pub rings: usize,
+    /// Of which pinned.
+    pub pinned: usize,
+    /// Slot bytes in use (what `max_total_bytes` bounds).
+    pub bytes_used: u64,
+    /// Segment files mapped.
+    pub segments: usize,
+    /// Virtual bytes mapped (all segments' lengths).
+    pub bytes_mapped: u64,
+    /// Times a create or growth had to wait for the background thread to make space.
+    pub space_waits: u64,
+    /// Rings evicted to stay under `max_total_bytes`.
+    pub evictions: u64,
+    /// Moves of a ring to a bigger slot.
+    pub growths: u64,
+    /// Segment files created by the background thread.
+    pub segments_prepared: u64,
+    /// Background msyncs or segment creations that failed.
+    pub background_errors: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct SlotLoc {
+    pub seg: u32,
+    pub slot: u32,
+}
+
+#[derive(Debug)]
+pub(crate) struct Segment {
+    pub map: SegmentMap,
+    pub header: SegmentHeader,
+    pub path: PathBuf,
+    /// File byte range written since the last flush.
+    pub dirty: Option<(usize, usize)>,
+}
+
+/// Free space of one size class.
+#[derive(Debug, Default)]
+pub(crate) struct Class {
+    /// Slots freed (or found free at open), reused first.
+    pub free: Vec<SlotLoc>,
+    /// Never-used slots: (segment, next, end).
+    pub fresh: Vec<(u32, u32, u32)>,
+    /// A segment for this class is being prepared.
+    pub requested: bool,
+    pub next_number: u32,
+}
+
+impl Class {
+    pub(crate) fn free_count(&self) -> usize {
+        self.free.len()
+            + self
+                .fresh
+                .iter()
+                .map(|&(_, n, e)| (e - n) as usize)
+                .sum::<usize>()
+    }
+}
+
+/// In-memory state of one ring: what `append` needs without reading the mapping.
+#[derive(Debug)]
+pub(crate) struct RingMeta {
+    pub ring: Ring,
+    pub loc: SlotLoc,
+    pub epoch: Epoch,
+    pub last_append_ms: u64,
+    /// Logical clock of the last create/append, for least-recently-appended eviction.
+    pub touch: u64,
+    pub generation: u32,
+    pub moves: u32,
+    pub max_records: u32,
+    pub data_off: u32,
+    pub class_log2: u8,
+    pub pinned: bool,
+}
+
+/// Every channel history of one shard. Owned by that shard's thread (`Send`, not shared).
+#[derive(Debug)]
+pub struct ShardStore {
+    pub(crate) dir: PathBuf,
+    pub(crate) cfg: StoreConfig,
+    pub(crate) max_data: u64,
+    pub(crate) segments: Vec<Segment>,
+    /// Indexed by `class_log2 - MIN_CLASS_LOG2`.
+    pub(crate) classes: Vec<Class>,
+    pub(crate) rings: Vec<Option<RingMeta>>,
+    pub(crate) ring_generations: Vec<u32>,
+    pub(crate) free_ids: Vec<u32>,
+    pub(crate) index: HashMap<Box<[u8]>, u32>,
+    pub(crate) clock: u64,
+    pub(crate) used_bytes: u64,
+    pub(crate) evict_queue: Vec<(u64, u32, u32)>,
+    pub(crate) evicted: Vec<Box<[u8]>>,
+    pub(crate) stats: StoreStats,
+    pub(crate) space: Space,
+    pub(crate) pending: u32,
+    pub(crate) last_sync: Instant,
+    pub(crate) space_error: Option<StoreError>,
+    #[cfg(test)]
+    pub(crate) journal: Option<Vec<(PathBuf, usize, Vec<u8>)>>,
+}
+
+impl ShardStore {
+    /// The directory of shard `k` under `root`: `<root>/shard-<k>`.
+    pub fn shard_dir(root: &Path, k: usize) -> PathBuf {
+        root.join(format!("shard-{k}"))
+    }
+
+    /// The ring holding `key`'s history, if any.
+    pub fn lookup(&self, key: &[u8]) -> Option<RingId> {
+        self.index.get(key).map(|&i| self.id_of(i))
+    }
+
+    /// Creates an empty ring for `key` (opaque, at most 512 bytes) with `epoch` and
+    /// record bound `max_records` (at least 1). Fails with [`StoreError::KeyExists`] if
+    /// the key has a ring, [`StoreError::Full`] if the byte bound leaves no room even
+    /// after evicting every unpinned ring. Waits (counted in
+    /// [`StoreStats::space_waits`]) only if the background thread has no slot ready.
+    pub fn create(
+        &mut self,
+        key: &[u8],
+        epoch: Epoch,
+        max_records: u32,
+    ) -> Result<RingId, StoreError> {
+        self.create_at(key, epoch, max_records, 0)
+    }
+
+    /// Like `create`, but the first append gets seq `last_seq_before + 1` (migration).
+    pub(crate) fn create_at(
+        &mut self,
+        key: &[u8],
+        epoch: Epoch,
+        max_records: u32,
+        last_seq_before: u64,
+    ) -> Result<RingId, StoreError> {
+        if key.len() > MAX_KEY_LEN {
+            return Err(StoreError::KeyTooLong {
+                len: key.len(),
+                max: MAX_KEY_LEN,
+            });
+        }
+        if max_records == 0 || epoch.0 == 0 {
+            return Err(StoreError::InvalidConfig(
+                "max_records and epoch must be nonzero",
+            ));
+        }
+        if self.index.contains_key(key) {
+            return Err(StoreError::KeyExists);
+        }
+        self.poll_space();
+        let log2 = self.class_for(key.len(), INITIAL_DATA);
+        if !self.make_room(1 << log2, None) {
+            return Err(StoreError::Full);
+        }
+        let loc = self.alloc_slot(log2)?;
+        let data_off = slot_format::data_offset(key.len());
+        let data_len = self.data_len(log2, key.len());
+        let ring = Ring::empty_at(data_len, last_seq_before);
+        self.clock += 1;
+        let meta = RingMeta {
+            ring,
+            loc,
+            epoch,
+            last_append_ms: 0,
+            touch: self.clock,
+            generation: 0,
+            moves: 0,
+            max_records,
+            data_off: data_off as u32,
+            class_log2: log2,
+            pinned: false,
+        };
+        self.write_new_slot(&meta, key, None);
+        let index = match self.free_ids.pop() {
+            Some(i) => i,
+            None => {
+                self.rings.push(None);
+                self.ring_generations.push(0);
+                (self.rings.len() - 1) as u32
+            }
+        };
+        let mut meta = meta;
+        meta.generation = 1;
+        self.rings[index as usize] = Some(meta);
+        self.index.insert(key.into(), index);
+        self.used_bytes += 1 << log2;
+        if self.cfg.sync == SyncPolicy::EveryAppend {
+            self.sync_slot(loc, log2)?;
+        }
+        Ok(self.id_of(index))
+    }
+
+    /// Appends one record, assigning seq = last_seq + 1. `data` is the span of the
+    /// message's `data` inside `payload` (kept for [`Record::data`]).
+    ///
+    /// Grows the ring into a bigger slot instead of evicting by bytes while it is below
+    /// `max_records` and its largest slot; evicts the oldest records otherwise. A record
+    /// too large for the largest slot consumes its seq but is not kept (the ring is then
+    /// empty with last_seq advanced), so readers see the gap. The [`RingId`] stays valid.
+    pub fn append(
+        &mut self,
+        ring: RingId,
+        ts_ms: u64,
+        uid: Option<&[u8]>,
+        payload: &[u8],
+        data: Range<u32>,
+    ) -> Result<Seq, StoreError> {
+        let idx = self.check(ring)?;
+        let uid_len = uid.map_or(0, <[u8]>::len);
+        if uid_len > usize::from(u16::MAX) {
+            return Err(StoreError::UidTooLong {
+                len: uid_len,
+                max: usize::from(u16::MAX),
+            });
+        }
+        if data.start > data.end || data.end as usize > payload.len() {
+            return Err(StoreError::DataSpan {
+                start: data.start,
+                end: data.end,
+                payload_len: payload.len(),
+            });
+        }
+        if payload.len() > u32::MAX as usize / 2 {
+            return Err(StoreError::InvalidConfig("payload larger than 2 GiB"));
+        }
+        if self.pending > 0 {
+            self.poll_space();
+        }
+        let len = slot_format::record_len(uid_len, payload.len());
+        let plan = self.plan_or_grow(idx, len);
+        if plan.is_none() {
+            // Moved or not (byte bound), the placement is computed afresh below.
+            self.grow(idx, len)?;
+        }
+        let rec = NewRecord {
+            seq: 0,
+            ts_ms,
+            uid,
+            payload,
+            data: (data.start, data.end - data.start),
+        };
+        self.append_in_place(idx, rec, len, plan)
+    }
+
+    /// `plan`: the placement already computed for this ring and length, if any.
+    fn append_in_place(
+        &mut self,
+        idx: usize,
+        mut rec: NewRecord<'_>,
+        len: u64,
+        plan: Option<Plan>,
+    ) -> Result<Seq, StoreError> {
+        self.clock += 1;
+        let clock = self.clock;
+        let m = self.meta_mut(idx);
+        let seq = m.ring.last_seq() + 1;
+        rec.seq = seq;
+        m.last_append_ms = rec.ts_ms;
+        m.touch = clock;
+        let plan = plan.unwrap_or_else(|| m.ring.plan(len, m.max_records));
+        let (evict, at, wrap_at) = match plan {
+            Plan::TooLarge => {
+                m.ring.skip_seq();
+                self.publish(idx);
+                self.sync_after_append(idx, None)?;
+                return Ok(Seq(seq));
+            }
+            Plan::Store { evict, at, wrap_at } => (evict, at, wrap_at),
+        };
+        if evict > 0 {
+            self.meta_mut(idx).ring.evict(evict);
+            self.publish(idx);
+            if self.cfg.sync == SyncPolicy::EveryAppend {
+                // The new head must be durable before evicted records are overwritten.
+                self.sync_state(idx)?;
+            }
+        }
+        let m = self.rings[idx].as_ref().expect("live ring");
+        let (loc, data_off, epoch) = (m.loc, m.data_off as usize, m.epoch.0);
+        let seg = &mut self.segments[loc.seg as usize];
+        let base = seg.header.slot_at(loc.slot) + data_off;
+        if let Some(w) = wrap_at {
+            let w = base + w as usize;
+            slot_format::write_wrap(&mut seg.map.bytes_mut()[w..w + WRAP_LEN], epoch, seq);
+            self.touched(loc.seg, w..w + WRAP_LEN);
+        }
+        let seg = &mut self.segments[loc.seg as usize];
+        let r = base + at as usize..base + (at + len) as usize;
+        slot_format::write_record(&mut seg.map.bytes_mut()[r.clone()], epoch, &rec);
+        self.touched(loc.seg, r);
+        self.meta_mut(idx).ring.push(at, len);
+        self.publish(idx);
+        self.sync_after_append(idx, Some((at, len, wrap_at)))?;
+        Ok(Seq(seq))
+    }
+
+    /// Whether an append of `len` bytes should first move the ring to a bigger slot.
+    #[cfg(test)]
+    fn wants_growth(&self, idx: usize, len: u64) -> bool {
+        self.plan_or_grow(idx, len).is_none()
+    }
+
+    /// The placement of an append of `len` bytes in the ring's current slot, or `None`
+    /// when the ring should first move to a bigger slot.
+    fn plan_or_grow(&self, idx: usize, len: u64) -> Option<Plan> {
+        let m = self.rings[idx].as_ref().expect("live ring");
+        let plan = m.ring.plan(len, m.max_records);
+        // Any key length with the same padded data offset gives the same classes.
+        let key_len = m.data_off as usize - slot_format::SLOT_HEADER_LEN;
+        if m.class_log2 >= self.top_class(key_len) {
+            return Some(plan);
+        }
+        if m.ring
+            .newest_kept_seq()
+            .is_some_and(|s| s != m.ring.last_seq())
+        {
+            // A run broken by lost records restarts; that is not byte pressure.
+            return Some(plan);
+        }
+        let count_evict = (m.ring.len() + 1).saturating_sub(m.max_records as usize);
+        match plan {
+            Plan::TooLarge => None,
+            Plan::Store { evict, .. } if evict > count_evict => None,
+            Plan::Store { .. } => Some(plan),
+        }
+    }
+
+    /// Moves ring `idx` into a slot big enough for its kept records plus `len` bytes.
+    /// Returns false (ring stays) if the byte bound leaves no room.
+    fn grow(&mut self, idx: usize, len: u64) -> Result<bool, StoreError> {
+        let m = self.rings[idx].as_ref().expect("live ring");
+        let key_len = m.data_off as usize - slot_format::SLOT_HEADER_LEN;
+        let old_log2 = m.class_log2;
+        let old_loc = m.loc;
+        let count = m.ring.len();
+        let keep_from = (count + 1)
+            .saturating_sub(m.max_records as usize)
+            .min(count);
+        let old_data = self.data_of(m);
+        let mut bytes = 0;
+        for i in keep_from..count {
+            bytes += slot_format::record_len_at(old_data, m.ring.offset(i));
+        }
+        let need = bytes + len;
+        let log2 = self
+            .class_for(key_len, need)
+            .max(old_log2 + 1)
+            .min(self.top_class(key_len));
+        let data_len = self.data_len(log2, key_len);
+        if log2 <= old_log2 || data_len < len {
+            return Ok(false);
+        }
+        let extra = (1u64 << log2) - (1u64 << old_log2);
+        if !self.make_room(extra, Some(idx as u32)) {
+            return Ok(false);
+        }
+        let loc = self.alloc_slot(log2)?;
+        // Copy the kept records, oldest first, to the start of the new data region.
+        let m = self.rings[idx].as_ref().expect("live ring");
+        let first_kept = m.ring.first_seq().map_or(0, |f| f + keep_from as u64);
+        let mut ring = Ring::empty_at(
+            data_len,
+            if keep_from < count {
+                first_kept - 1
+            } else {
+                m.ring.last_seq()
+            },
+        );
+        let old_at = self.segments[old_loc.seg as usize]
+            .header
+            .slot_at(old_loc.slot)
+            + m.data_off as usize;
+        let new_at = self.segments[loc.seg as usize].header.slot_at(loc.slot) + m.data_off as usize;
+        let (src, dst) = two_mut(&mut self.segments, old_loc.seg as usize, loc.seg as usize);
+        let mut pos = 0u64;
+        for i in keep_from..count {
+            let at = m.ring.offset(i);
+            let rl = slot_format::record_len_at(&src.map.bytes()[old_at..], at);
+            let from = old_at + at as usize;
+            let to = new_at + pos as usize;
+            dst.map.bytes_mut()[to..to + rl as usize]
+                .copy_from_slice(&src.map.bytes()[from..from + rl as usize]);
+            ring.push(pos, rl);
+            pos += rl;
+        }
+        ring.raise_last_seq(m.ring.last_seq());
+        let moved = RingMeta {
+            ring,
+            loc,
+            epoch: m.epoch,
+            last_append_ms: m.last_append_ms,
+            touch: m.touch,
+            generation: m.generation,
+            moves: m.moves.wrapping_add(1),
+            max_records: m.max_records,
+            data_off: m.data_off,
+            class_log2: log2,
+            pinned: m.pinned,
+        };
+        let key: Box<[u8]> = self.key_at(old_loc, old_log2).into();
+        if pos > 0 {
+            self.touched(loc.seg, new_at..new_at + pos as usize);
+        }
+        self.write_new_slot(&moved, &key, Some(pos));
+        if self.cfg.sync == SyncPolicy::EveryAppend {
+            self.sync_slot(loc, log2)?;
+        }
+        // Only now is the old copy redundant.
+        self.free_slot_bytes(old_loc, old_log2);
+        self.classes[usize::from(old_log2 - MIN_CLASS_LOG2)]
+            .free
+            .push(old_loc);
+        let mut moved = moved;
+        moved.generation = moved.generation.wrapping_add(1);
+        self.rings[idx] = Some(moved);
+        self.used_bytes += extra;
+        self.stats.growths += 1;
+        Ok(true)
+    }
+
+    /// Writes a slot for `m` (key, cleared tail, state generation + 1, header last) at
+    /// `m.loc`. `records_end` is where copied records end (`None`: empty ring).
+    fn write_new_slot(&mut self, m: &RingMeta, key: &[u8], records_end: Option<u64>) {
+        let size = 1usize << m.class_log2;
+        let seg_i = m.loc.seg;
+        let seg = &mut self.segments[seg_i as usize];
+        let at = seg.header.slot_at(m.loc.slot);
+        let data_off = m.data_off as usize;
+        let data_len = m.ring.data_len() as usize;
+        let generation = m.generation.wrapping_add(1);
+        let slot = &mut seg.map.bytes_mut()[at..at + size];
+        slot_format::write_key(slot, key);
+        // No stale entry of an earlier occupant may sit where recovery looks for an
+        // unpublished append.
+        let end = records_end.unwrap_or(0) as usize;
+        let clear = end..(end + REC_HEADER_LEN).min(data_len);
+        slot[data_off + clear.start..data_off + clear.end].fill(0);
+        let st = state_of(m, generation);
+        slot_format::clear_state(slot, generation.wrapping_add(1));
+        slot_format::write_state(slot, m.epoch.0, &st);
+        self.touched(seg_i, at..at + data_off + clear.end);
+        let seg = &mut self.segments[seg_i as usize];
+        let slot = &mut seg.map.bytes_mut()[at..at + size];
+        slot_format::write_slot_header(
+            slot,
+            &SlotHeader {
+                class_log2: m.class_log2,
+                epoch: m.epoch.0,
+                moves: m.moves,
+                data_len: data_len as u32,
+                key,
+            },
+        );
+        self.touched(seg_i, at..at + slot_format::FREE_LEN);
+    }
+
+    /// Changes a ring's record bound (plan change); evicts the oldest records if it
+    /// holds more. `n` is raised to at least 1.
+    pub fn set_max_records(&mut self, ring: RingId, n: u32) -> Result<(), StoreError> {
+        let idx = self.check(ring)?;
+        let m = self.meta_mut(idx);
+        m.max_records = n.max(1);
+        let excess = m.ring.len().saturating_sub(m.max_records as usize);
+        m.ring.evict(excess);
+        self.publish(idx);
+        Ok(())
+    }
+
+    /// Raises last_seq without keeping records (migration: seqs consumed in v1).
+    pub(crate) fn raise_last_seq(&mut self, ring: RingId, to: Seq) -> Result<(), StoreError> {
+        let idx = self.check(ring)?;
+        self.meta_mut(idx).ring.raise_last_seq(to.0);
+        self.publish(idx);
+        Ok(())
+    }
+
+    /// Whether `ring` is a live handle (not freed or evicted).
+    pub fn is_live(&self, ring: RingId) -> bool {
+        self.check(ring).is_ok()
+    }
+
+    /// The epoch of the ring's history.
+    pub fn epoch(&self, ring: RingId) -> Epoch {
+        self.meta(ring).epoch
+    }
+
+    /// Latest assigned seq (0 if nothing was appended in this epoch).
+    pub fn last_seq(&self, ring: RingId) -> Seq {
+        Seq(self.meta(ring).ring.last_seq())
+    }
+
+    /// Seq of the oldest record still kept.
+    pub fn first_seq(&self, ring: RingId) -> Option<Seq> {
+        self.meta(ring).ring.first_seq().map(Seq)
+    }
+
+    /// Number of kept records.
+    pub fn len(&self, ring: RingId) -> usize {
+        self.meta(ring).ring.len()
+    }
+
+    /// The ring's record bound.
+    pub fn max_records(&self, ring: RingId) -> u32 {
+        self.meta(ring).max_records
+    }
+
+    /// `ts_ms` of the newest append (0 if none), for idle TTL.
+    pub fn last_append_ms(&self, ring: RingId) -> u64 {
+        self.meta(ring).last_append_ms
+    }
+
+    /// The key the ring was created with (borrowed from the mapping).
+    pub fn key(&self, ring: RingId) -> &[u8] {
+        let m = self.meta(ring);
+        self.key_at(m.loc, m.class_log2)
+    }
+
+    /// Number of rings held.
+    pub fn ring_count(&self) -> usize {
+        self.index.len()
+    }
+
+    /// True when every seq in `(after, last_seq]` is kept, so a replay with
+    /// `iter_after(after)` loses nothing (the protocol's `recovered`).
+    pub fn replay_complete(&self, ring: RingId, after: Seq) -> bool {
+        let r = &self.meta(ring).ring;
+        let last = r.last_seq();
+        if after.0 >= last {
+            return after.0 == last;
+        }
+        match (r.first_seq(), r.newest_kept_seq()) {
+            (Some(first), Some(newest)) => first <= after.0 + 1 && newest == last,
+            _ => false,
+        }
+    }
+
+    /// Records with seq > `after`, oldest first, borrowed from the mapping.
+    pub fn iter_after(&self, ring: RingId, after: Seq) -> ShardIter<'_> {
+        let m = self.meta(ring);
+        ShardIter {
+            data: self.data_of(m),
+            ring: &m.ring,
+            range: m.ring.index_after(after.0)..m.ring.len(),
+        }
+    }
+
+    /// Records with seq < `before` (the newest `limit` of them), oldest first.
+    pub fn iter_before(&self, ring: RingId, before: Seq, limit: usize) -> ShardIter<'_> {
+        let m = self.meta(ring);
+        let end = m.ring.index_before(before.0);
+        ShardIter {
+            data: self.data_of(m),
+            ring: &m.ring,
+            range: end.saturating_sub(limit)..end,
+        }
+    }
+
+    /// Protects a ring from eviction under the byte bound (the engine pins the channels
+    /// it has open). Pinning is a flag, not a count.
+    pub fn pin(&mut self, ring: RingId) {
+        let idx = self.check(ring).expect("pin: stale RingId");
+        self.meta_mut(idx).pinned = true;
+    }
+
+    /// Makes a ring evictable again.
+    pub fn unpin(&mut self, ring: RingId) {
+        let idx = self.check(ring).expect("unpin: stale RingId");
+        self.meta_mut(idx).pinned = false;
+    }
+
+    /// Deletes a ring (idle channel): its slot is marked free with one write into the
+    /// mapping, no syscall, and reused by later rings. The handle becomes stale; the
+    /// key's next `create` starts a new history.
+    pub fn free(&mut self, ring: RingId) -> Result<(), StoreError> {
+        let idx = self.check(ring)?;
+        self.remove(idx);
+        Ok(())
+    }
+
+    /// Unpinned rings whose newest append is older than `older_than_ms` (rings never
+    /// appended to count as 0), from the in-memory state only: no directory scan.
+    pub fn idle_rings(&self, older_than_ms: u64) -> Vec<RingId> {
+        self.rings
+            .iter()
+            .enumerate()
+            .filter_map(|(i, m)| {
+                let m = m.as_ref()?;
+                (!m.pinned && m.last_append_ms < older_than_ms).then(|| self.id_of(i as u32))
+            })
+            .collect()
+    }
+
+    /// Keys of rings evicted under the byte bound since the last call (for the engine's
+    /// log). Their channels will next be created fresh (new epoch).
+    pub fn take_evicted(&mut self) -> Vec<Box<[u8]>> {
+        std::mem::take(&mut self.evicted)
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> StoreStats {
+        StoreStats {
+            rings: self.index.len(),
+            pinned: self.rings.iter().flatten().filter(|m| m.pinned).count(),
+            bytes_used: self.used_bytes,
+            segments: self.segments.len(),
+            bytes_mapped: self.segments.iter().map(|s| s.map.len() as u64).sum(),
+            ..self.stats
+        }
+    }
+
+    /// Hands every range written since the last flush to the background thread for
+    /// msync and returns at once (the engine's timer calls this for `IntervalMs`; an
+    /// `IntervalMs` store also calls it from `append` when the interval has passed).
+    pub fn flush(&mut self) {
+        self.poll_space();
+        let mut ranges = Vec::new();
+        for s in &mut self.segments {
+            if let Some((lo, hi)) = s.dirty.take() {
+                ranges.push((s.map.flush_handle(), lo, hi - lo));
+            }
+        }
+        self.last_sync = Instant::now();
+        if !ranges.is_empty() && !self.space.send(Job::Sync(ranges)) {
+            self.stats.background_errors += 1;
+        }
+    }
+
+    /// msyncs every segment now, on the calling thread (shutdown, migration, tests).
+    pub fn sync_all(&mut self) -> Result<(), StoreError> {
+        for s in &mut self.segments {
+            s.dirty = None;
+            s.map
+                .flush_range(0, s.map.len())
+                .map_err(StoreError::io("msync", &s.path))?;
+        }
+        Ok(())
+    }
+
+    /// Re-reads every kept record of `ring` and checks its checksum and seq.
+    pub fn verify(&self, ring: RingId) -> Result<usize, StoreError> {
+        let m = self.meta(ring);
+        verify_meta(self.data_of(m), m)
+    }
+
+    // ---- internals ----
+
+    pub(crate) fn id_of(&self, index: u32) -> RingId {
+        RingId {
+            index,
+            generation: self.ring_generations[index as usize],
+        }
+    }
+
+    pub(crate) fn check(&self, ring: RingId) -> Result<usize, StoreError> {
+        let i = ring.index as usize;
+        match (self.rings.get(i), self.ring_generations.get(i)) {
+            (Some(Some(_)), Some(&g)) if g == ring.generation => Ok(i),
+            _ => Err(StoreError::UnknownRing),
+        }
+    }
+
+    fn meta(&self, ring: RingId) -> &RingMeta {
+        let i = self.check(ring).expect("stale RingId");
+        self.rings[i].as_ref().expect("live ring")
+    }
+
+    fn meta_mut(&mut self, idx: usize) -> &mut RingMeta {
+        self.rings[idx].as_mut().expect("live ring")
+    }
+
+    pub(crate) fn data_of(&self, m: &RingMeta) -> &[u8] {
+        let seg = &self.segments[m.loc.seg as usize];
+        let at = seg.header.slot_at(m.loc.slot) + m.data_off as usize;
+        &seg.map.bytes()[at..at + m.ring.data_len() as usize]
+    }
+
+    pub(crate) fn key_at(&self, loc: SlotLoc, log2: u8) -> &[u8] {
+        let seg = &self.segments[loc.seg as usize];
+        let at = seg.header.slot_at(loc.slot);
+        slot_format::key_of(&seg.map.bytes()[at..at + (1 << log2)])
+    }
+
+    /// Data bytes a ring with a `key_len`-byte key has in class `log2`.
+    pub(crate) fn data_len(&self, log2: u8, key_len: usize) -> u64 {
+        let room = (1u64 << log2).saturating_sub(slot_format::data_offset(key_len) as u64);
+        room.min(self.max_data) / slot_format::ALIGN * slot_format::ALIGN
+    }
+
+    /// The class whose data region holds `max_bytes_per_ring` for this key length.
+    pub(crate) fn top_class(&self, key_len: usize) -> u8 {
+        let need = self.max_data + slot_format::data_offset(key_len) as u64;
+        (need.next_power_of_two().trailing_zeros() as u8).clamp(MIN_CLASS_LOG2, MAX_CLASS_LOG2)
+    }
+
+    /// Smallest class with at least `need` data bytes (the top class if none).
+    pub(crate) fn class_for(&self, key_len: usize, need: u64) -> u8 {
+        let top = self.top_class(key_len);
+        (MIN_CLASS_LOG2..=top)
+            .find(|&c| self.data_len(c, key_len) >= need)
+            .unwrap_or(top)
+    }
+
+    pub(crate) fn slots_per_segment(&self, log2: u8) -> u32 {
+        (self.cfg.segment_bytes >> log2).clamp(4, u64::from(u32::MAX / 2)) as u32
+    }
+
+    fn low_water(&self, log2: u8) -> usize {
+        (self.slots_per_segment(log2) as usize / 4).max(1)
+    }
+
+    /// Notes that file bytes `range` of segment `seg` were written: dirty range for the
+    /// next flush (and, in tests, the crash-simulation journal).
+    pub(crate) fn touched(&mut self, seg: u32, range: Range<usize>) {
+        let s = &mut self.segments[seg as usize];
+        s.dirty = Some(match s.dirty {
+            Some((lo, hi)) => (lo.min(range.start), hi.max(range.end)),
+            None => (range.start, range.end),
+        });
+        #[cfg(test)]
+        if let Some(j) = self.journal.as_mut() {
+            let bytes = s.map.bytes()[range.clone()].to_vec();
+            j.push((s.path.clone(), range.start, bytes));
+        }
+    }
+
+    /// Writes the in-memory state into the state slot not holding the newest state.
+    pub(crate) fn publish(&mut self, idx: usize) {
+        let m = self.rings[idx].as_mut().expect("live ring");
+        m.generation = m.generation.wrapping_add(1);
+        let st = state_of(m, m.generation);
+        let (loc, log2, epoch) = (m.loc, m.class_log2, m.epoch.0);
+        let seg = &mut self.segments[loc.seg as usize];
+        let at = seg.header.slot_at(loc.slot);
+        slot_format::write_state(&mut seg.map.bytes_mut()[at..at + (1 << log2)], epoch, &st);
+        let r = slot_format::state_range(st.generation);
+        self.touched(loc.seg, at + r.start..at + r.end);
+    }
+
+    fn sync_state(&self, idx: usize) -> Result<(), StoreError> {
+        let m = self.rings[idx].as_ref().expect("live ring");
+        let seg = &self.segments[m.loc.seg as usize];
+        let at = seg.header.slot_at(m.loc.slot);
+        seg.map
+            .flush_range(at, slot_format::SLOT_HEADER_LEN)
+            .map_err(StoreError::io("msync", &seg.path))
+    }
+
+    fn sync_slot(&self, loc: SlotLoc, log2: u8) -> Result<(), StoreError> {
+        let seg = &self.segments[loc.seg as usize];
+        seg.map
+            .flush_range(seg.header.slot_at(loc.slot), 1 << log2)
+            .map_err(StoreError::io("msync", &seg.path))
+    }
+
+    fn sync_after_append(
+        &mut self,
+        idx: usize,
+        written: Option<(u64, u64, Option<u64>)>,
+    ) -> Result<(), StoreError> {
+        match self.cfg.sync {
+            SyncPolicy::Never => Ok(()),
+            SyncPolicy::EveryAppend => {
+                // Record bytes first, state second: the published state never points at
+                // a record that is not on disk.
+                let m = self.rings[idx].as_ref().expect("live ring");
+                let seg = &self.segments[m.loc.seg as usize];
+                let base = seg.header.slot_at(m.loc.slot) + m.data_off as usize;
+                let io = StoreError::io("msync", &seg.path);
+                if let Some((at, len, wrap_at)) = written {
+                    let res = wrap_at
+                        .map_or(Ok(()), |w| seg.map.flush_range(base + w as usize, WRAP_LEN))
+                        .and_then(|()| seg.map.flush_range(base + at as usize, len as usize));
+                    res.map_err(io)?;
+                }
+                self.sync_state(idx)
+            }
+            SyncPolicy::IntervalMs(n) => {
+                if self.last_sync.elapsed().as_millis() > u128::from(n) {
+                    self.flush();
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn free_slot_bytes(&mut self, loc: SlotLoc, log2: u8) {
+        let seg = &mut self.segments[loc.seg as usize];
+        let at = seg.header.slot_at(loc.slot);
+        slot_format::free_slot(&mut seg.map.bytes_mut()[at..at + (1 << log2)]);
+        self.touched(loc.seg, at..at + slot_format::FREE_LEN);
+    }
+
+    /// Forgets ring `idx` and frees its slot.
+    fn remove(&mut self, idx: usize) -> Box<[u8]> {
+        let m = self.rings[idx].take().expect("live ring");
+        let key: Box<[u8]> = self.key_at(m.loc, m.class_log2).into();
+        self.index.remove(&key);
+        self.free_slot_bytes(m.loc, m.class_log2);
+        self.classes[usize::from(m.class_log2 - MIN_CLASS_LOG2)]
+            .free
+            .push(m.loc);
+        self.used_bytes -= 1 << m.class_log2;
+        self.ring_generations[idx] = self.ring_generations[idx].wrapping_add(1);
+        self.free_ids.push(idx as u32);
+        key
+    }
+
+    /// Evicts unpinned rings, least recently appended first, until `extra` more slot
+    /// bytes fit under the bound. False if not enough can be evicted.
+    fn make_room(&mut self, extra: u64, exclude: Option<u32>) -> bool {
+        let Some(max) = self.cfg.max_total_bytes else {
+            return true;
+        };
+        while self.used_bytes + extra > max {
+            if !self.evict_one(exclude) {
+                return false;
+            }
+        }
+        true
+    }
+
+    fn evict_one(&mut self, exclude: Option<u32>) -> bool {
+        let mut rebuilt = false;
+        loop {
+            while let Some((touch, i, g)) = self.evict_queue.pop() {
+                let ok = self.ring_generations[i as usize] == g
+                    && Some(i) != exclude
+                    && self.rings[i as usize]
+                        .as_ref()
+                        .is_some_and(|m| !m.pinned && m.touch == touch);
+                if ok {
+                    let key = self.remove(i as usize);
+                    self.evicted.push(key);
+                    self.stats.evictions += 1;
+                    return true;
+                }
+            }
+            if rebuilt {
+                return false;
+            }
+            rebuilt = true;
+            let mut cands: Vec<(u64, u32, u32)> = self
+                .rings
+                .iter()
+                .enumerate()
+                .filter_map(|(i, m)| {
+                    let m = m.as_ref()?;
+                    (!m.pinned && Some(i as u32) != exclude)
+                        .then(|| (m.touch, i as u32, self.ring_generations[i]))
+                })
+                .collect();
+            if cands.len() > EVICT_BATCH {
+                cands.select_nth_unstable(EVICT_BATCH);
+                cands.truncate(EVICT_BATCH);
+            }
+            // Popped from the back: oldest last.
+            cands.sort_unstable_by(|a, b| b.cmp(a));
+            self.evict_queue = cands;
+        }
+    }
+
+    /// A free slot of class `log2`; waits for the background thread only if none is
+    /// ready, and asks it for the next segment when the class runs low.
+    fn alloc_slot(&mut self, log2: u8) -> Result<SlotLoc, StoreError> {
+        let ci = usize::from(log2 - MIN_CLASS_LOG2);
+        let loc = loop {
+            if let Some(loc) = self.classes[ci].free.pop() {
+                break loc;
+            }
+            if let Some(f) = self.classes[ci].fresh.first_mut() {
+                let loc = SlotLoc {
+                    seg: f.0,
+                    slot: f.1,
+                };
+                f.1 += 1;
+                let hw = f.1;
+                if f.1 == f.2 {
+                    self.classes[ci].fresh.remove(0);
+                }
+                let seg = &mut self.segments[loc.seg as usize];
+                slot_format::write_high_water(seg.map.bytes_mut(), hw);
+                self.touched(loc.seg, slot_format::HIGH_WATER_RANGE);
+                break loc;
+            }
+            if !self.classes[ci].requested {
+                self.request_segment(log2);
+            }
+            if self.pending == 0 {
+                return Err(StoreError::Io {
+                    op: "prepare segment",
+                    path: self.dir.clone(),
+                    source: std::io::Error::other("background thread is gone"),
+                });
+            }
+            self.stats.space_waits += 1;
+            match self.space.recv() {
+                Some(done) => self.install(done),
+                None => {
+                    return Err(StoreError::Io {
+                        op: "prepare segment",
+                        path: self.dir.clone(),
+                        source: std::io::Error::other("background thread is gone"),
+                    })
+                }
+            }
+            if let Some(e) = self.space_error.take() {
+                return Err(e);
+            }
+        };
+        if self.classes[ci].free_count() < self.low_water(log2) && !self.classes[ci].requested {
+            self.request_segment(log2);
+        }
+        Ok(loc)
+    }
+
+    pub(crate) fn segment_path(&self, log2: u8, number: u32) -> PathBuf {
+        self.dir.join(format!("c{log2:02}-{number:06}.seg"))
+    }
+
+    fn request_segment(&mut self, log2: u8) {
+        let ci = usize::from(log2 - MIN_CLASS_LOG2);
+        let number = self.classes[ci].next_number;
+        self.classes[ci].next_number += 1;
+        self.classes[ci].requested = true;
+        let header = SegmentHeader {
+            class_log2: log2,
+            slot_count: self.slots_per_segment(log2),
+            number,
+        };
+        let path = self.segment_path(log2, number);
+        let job = Job::Create { path, header };
+        if self.space.send(job) {
+            self.pending += 1;
+        } else {
+            self.classes[ci].requested = false;
+        }
+    }
+
+    /// Picks up what the background thread finished, without blocking.
+    pub(crate) fn poll_space(&mut self) {
+        while let Some(done) = self.space.try_recv() {
+            self.install(done);
+        }
+    }
+
+    pub(crate) fn install(&mut self, done: Done) {
+        match done {
+            Done::Created { path, header, map } => {
+                self.pending -= 1;
+                self.stats.segments_prepared += 1;
+                self.add_segment(path, header, map, 0);
+                let ci = usize::from(header.class_log2 - MIN_CLASS_LOG2);
+                self.classes[ci].requested = false;
+            }
+            Done::CreateFailed {
+                header,
+                path,
+                error,
+            } => {
+                self.pending -= 1;
+                self.stats.background_errors += 1;
+                let ci = usize::from(header.class_log2 - MIN_CLASS_LOG2);
+                self.classes[ci].requested = false;
+                self.space_error = Some(StoreError::io("create segment", path)(error));
+            }
+            Done::SyncFailed => self.stats.background_errors += 1,
+        }
+    }
+
+    /// Adds a mapped segment whose slots from `high_water` on are unused.
+    pub(crate) fn add_segment(
+        &mut self,
+        path: PathBuf,
+        header: SegmentHeader,
+        map: SegmentMap,
+        high_water: u32,
+    ) -> u32 {
+        let seg = self.segments.len() as u32;
+        self.segments.push(Segment {
+            map,
+            header,
+            path,
+            dirty: None,
+        });
+        let ci = usize::from(header.class_log2 - MIN_CLASS_LOG2);
+        if high_water < header.slot_count {
+            self.classes[ci]
+                .fresh
+                .push((seg, high_water, header.slot_count));
+        }
+        let c = &mut self.classes[ci];
+        c.next_number = c.next_number.max(header.number + 1);
+        seg
+    }
+
+    /// Creates a segment on the calling thread (only `open` does this).
+    pub(crate) fn create_segment_now(&mut self, log2: u8) -> Result<(), StoreError> {
+        let ci = usize::from(log2 - MIN_CLASS_LOG2);
+        let number = self.classes[ci].next_number;
+        let header = SegmentHeader {
+            class_log2: log2,
+            slot_count: self.slots_per_segment(log2),
+            number,
+        };
+        let path = self.segment_path(log2, number);
+        let map = space::create(&path, &header).map_err(StoreError::io("create segment", &path))?;
+        self.add_segment(path, header, map, 0);
+        Ok(())
+    }
+
+    /// Checks the store's structural invariants: every ring's slot is inside its
+    /// segment, of its class, used by no other ring and not on a free list; every kept
+    /// record verifies with gap-free seqs; bounds hold; the index agrees. For tests and
+    /// the fuzz hooks.
+    #[doc(hidden)]
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let mut seen = std::collections::HashSet::new();
+        let mut used = 0u64;
+        for (i, m) in self.rings.iter().enumerate() {
+            let Some(m) = m else { continue };
+            let seg = self
+                .segments
+                .get(m.loc.seg as usize)
+                .ok_or("ring in a missing segment")?;
+            if seg.header.class_log2 != m.class_log2 || m.loc.slot >= seg.header.slot_count {
+                return Err(format!("ring {i} outside its segment's slots"));
+            }
+            if !seen.insert(m.loc) {
+                return Err(format!("ring {i} shares slot {:?}", m.loc));
+            }
+            let c = &self.classes[usize::from(m.class_log2 - MIN_CLASS_LOG2)];
+            if c.free.contains(&m.loc)
+                || c.fresh
+                    .iter()
+                    .any(|&(s, n, e)| s == m.loc.seg && (n..e).contains(&m.loc.slot))
+            {
+                return Err(format!("ring {i}'s slot is also free"));
+            }
+            let data_end = m.data_off as u64 + m.ring.data_len();
+            if data_end > 1 << m.class_log2 {
+                return Err(format!("ring {i}'s data region leaves its slot"));
+            }
+            verify_meta(self.data_of(m), m).map_err(|e| format!("ring {i}: {e}"))?;
+            if m.ring.len() > m.max_records as usize {
+                return Err(format!("ring {i} over max_records"));
+            }
+            if self.index.get(self.key_at(m.loc, m.class_log2)) != Some(&(i as u32)) {
+                return Err(format!("ring {i} not indexed under its key"));
+            }
+            used += 1 << m.class_log2;
+        }
+        if used != self.used_bytes || seen.len() != self.index.len() {
+            return Err("byte or ring accounting is off".into());
+        }
+        Ok(())
+    }
+}
+
+impl Drop for ShardStore {
+    fn drop(&mut self) {
+        if self.cfg.sync != SyncPolicy::Never {
+            // Queued before the background thread is joined (Space's drop).
+            self.flush();
+        }
+    }
+}
+
+fn state_of(m: &RingMeta, generation: u32) -> State {
+    State {
+        generation,
+        head: m.ring.head() as u32,
+        tail: m.ring.tail() as u32,
+        count: m.ring.len() as u32,
+        max_records: m.max_records,
+        last_seq: m.ring.last_seq(),
+        first_seq: m.ring.first_seq().unwrap_or(m.ring.last_seq() + 1),
+        last_append_ms: m.last_append_ms,
+    }
+}
+
+fn verify_meta(data: &[u8], m: &RingMeta) -> Result<usize, StoreError> {
+    let first = m.ring.first_seq().unwrap_or(0);
+    for i in 0..m.ring.len() {
+        let at = m.ring.offset(i);
+        let seq = first + i as u64;
+        let damaged = |reason| StoreError::Damaged {
+            seq,
+            offset: at,
+            reason,
+        };
+        match slot_format::read_entry(data, at, m.epoch.0) {
+            Ok(slot_format::Entry::Record { rec, .. }) if rec.seq.0 == seq => {}
+            Ok(_) => return Err(damaged("wrong seq or kind")),
+            Err(p) => return Err(damaged(p)),
+        }
+    }
+    Ok(m.ring.len())
+}
+
+/// Two distinct elements of a slice, both mutable (growth copies between segments of
+/// different classes, which are never the same segment).
+fn two_mut<T>(v: &mut [T], a: usize, b: usize) -> (&mut T, &mut T) {
+    assert_ne!(a, b, "a ring never moves within its own segment");
+    if a < b {
+        let (x, y) = v.split_at_mut(b);
+        (&mut x[a], &mut y[0])
+    } else {
+        let (x, y) = v.split_at_mut(a);
+        (&mut y[0], &mut x[b])
+    }
+}
+
+/// Kept records in seq order, borrowed from the mapping. Returned by
+/// [`ShardStore::iter_after`] and [`ShardStore::iter_before`].
+#[derive(Debug, Clone)]
+pub struct ShardIter<'a> {
+    data: &'a [u8],
+    ring: &'a Ring,
+    range: Range<usize>,
+}
+
+impl<'a> Iterator for ShardIter<'a> {
+    type Item = Record<'a>;
+
+    fn next(&mut self) -> Option<Record<'a>> {
+        self.range
+            .next()
+            .map(|i| slot_format::read_record_trusted(self.data, self.ring.offset(i)))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.range.size_hint()
+    }
+}
+
+impl DoubleEndedIterator for ShardIter<'_> {
+    fn next_back(&mut self) -> Option<Self::Item> {
+        self.range
+            .next_back()
+            .map(|i| slot_format::read_record_trusted(self.data, self.ring.offset(i)))
+    }
+}
+
+impl ExactSizeIterator for ShardIter<'_> {}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,134 @@
+//! The store's background thread: creates segment files ahead of need and msyncs.
+//!
+//! The shard thread must not block on open/set_len/mmap/msync. A [`Space`] owns one
+//! `std::thread` that takes [`Job`]s over a channel and answers with [`Done`]s, which the
+//! store picks up with a non-blocking `try_recv` on its next call. The thread never reads
+//! or writes a segment's bytes after handing the mapping over: it only holds
+//! [`FlushHandle`]s, which can msync and nothing else.
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::thread::JoinHandle;
+
+use crate::mmap::{FlushHandle, SegmentMap};
+use crate::slot_format::{self, SegmentHeader};
+
+/// Work for the background thread.
+#[derive(Debug)]
+pub(crate) enum Job {
+    /// Create `path` (through `path.tmp` and a rename, so a half-made file never carries
+    /// the final name), set its length, map it, write the segment header.
+    Create {
+        path: PathBuf,
+        header: SegmentHeader,
+    },
+    /// msync these `(mapping, offset, len)` ranges.
+    Sync(Vec<(FlushHandle, usize, usize)>),
+}
+
+/// What the background thread reports back.
+#[derive(Debug)]
+pub(crate) enum Done {
+    Created {
+        path: PathBuf,
+        header: SegmentHeader,
+        map: SegmentMap,
+    },
+    CreateFailed {
+        header: SegmentHeader,
+        path: PathBuf,
+        error: io::Error,
+    },
+    SyncFailed,
+}
+
+/// Handle on the background thread; dropping it finishes queued jobs and joins.
+#[derive(Debug)]
+pub(crate) struct Space {
+    jobs: Option<Sender<Job>>,
+    done: Receiver<Done>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Space {
+    pub(crate) fn start() -> io::Result<Space> {
+        let (jobs, job_rx) = mpsc::channel::<Job>();
+        let (done_tx, done) = mpsc::channel::<Done>();
+        let thread = std::thread::Builder::new()
+            .name("ringcast-store-space".into())
+            .spawn(move || {
+                for job in job_rx {
+                    let answer = run(job);
+                    if let Some(a) = answer {
+                        if done_tx.send(a).is_err() {
+                            break;
+                        }
+                    }
+                }
+            })?;
+        Ok(Space {
+            jobs: Some(jobs),
+            done,
+            thread: Some(thread),
+        })
+    }
+
+    /// Queues a job; never blocks. Returns false if the thread is gone.
+    pub(crate) fn send(&self, job: Job) -> bool {
+        self.jobs.as_ref().is_some_and(|j| j.send(job).is_ok())
+    }
+
+    /// The next answer, if one is ready.
+    pub(crate) fn try_recv(&self) -> Option<Done> {
+        // Empty or disconnected: nothing to pick up either way.
+        self.done.try_recv().ok()
+    }
+
+    /// Waits for the next answer (only when no space is ready: counted as a wait).
+    pub(crate) fn recv(&self) -> Option<Done> {
+        self.done.recv().ok()
+    }
+}
+
+impl Drop for Space {
+    fn drop(&mut self) {
+        drop(self.jobs.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run(job: Job) -> Option<Done> {
+    match job {
+        Job::Create { path, header } => Some(match create(&path, &header) {
+            Ok(map) => Done::Created { path, header, map },
+            Err(error) => Done::CreateFailed {
+                header,
+                path,
+                error,
+            },
+        }),
+        Job::Sync(ranges) => {
+            let mut first_error = None;
+            for (h, at, len) in ranges {
+                if let Err(e) = h.flush_range(at, len) {
+                    first_error.get_or_insert(e);
+                }
+            }
+            first_error.map(|_: io::Error| Done::SyncFailed)
+        }
+    }
+}
+
+/// Creates a segment file with its header written; used by the thread and by `open`.
+pub(crate) fn create(path: &std::path::Path, header: &SegmentHeader) -> io::Result<SegmentMap> {
+    let tmp = path.with_extension("seg.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut map = SegmentMap::create(&tmp, header.file_len())?;
+    slot_format::write_segment_header(map.bytes_mut(), header);
+    map.flush_range(0, slot_format::SEG_HEADER_LEN)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(map)
+}

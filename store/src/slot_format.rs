@@ -6,6 +6,7 @@
 
 use std::ops::Range;
 
+use crate::format::{put_u32, put_u64, u32_at, u64_at};
 use crate::{Record, Seq};
 
 /// First bytes of every segment file.
@@ -42,26 +43,6 @@ pub(crate) const ALIGN: u64 = 8;
 const KIND_RECORD: u8 = 1;
 const KIND_WRAP: u8 = 2;
 const FLAG_UID: u8 = 1;
-
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    let mut a = [0; 4];
-    a.copy_from_slice(&b[at..at + 4]);
-    u32::from_le_bytes(a)
-}
-
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    let mut a = [0; 8];
-    a.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(a)
-}
-
-fn put_u32(b: &mut [u8], at: usize, v: u32) {
-    b[at..at + 4].copy_from_slice(&v.to_le_bytes());
-}
-
-fn put_u64(b: &mut [u8], at: usize, v: u64) {
-    b[at..at + 8].copy_from_slice(&v.to_le_bytes());
-}
 
 /// Fixed fields of a segment file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -366,15 +347,10 @@ pub(crate) fn write_record(dst: &mut [u8], epoch: u64, rec: &NewRecord<'_>) {
     put_u32(head, 0, crc);
 }
 
-/// Encodes a wrap marker: "the record with `next_seq` continues at data offset 0".
-pub(crate) fn write_wrap(dst: &mut [u8], epoch: u64, next_seq: u64) {
-    let head = &mut dst[..WRAP_LEN];
-    head.fill(0);
-    head[4] = KIND_WRAP;
-    put_u64(head, 16, next_seq);
-    let crc = entry_crc(epoch, head, &[]);
-    put_u32(head, 0, crc);
-}
+/// Wrap markers are the same 32 bytes as in version 1 (kind, next seq, checksum over the
+/// epoch and the header).
+pub(crate) use crate::format::write_wrap;
+const _: () = assert!(WRAP_LEN == crate::format::REC_HEADER_LEN);
 
 /// What sits at a data offset, once its checksum has been verified.
 #[derive(Debug, PartialEq, Eq)]

@@ -708,9 +708,4 @@ impl ShardCore {
     pub fn retry_spills(&mut self) {
         self.out.retry_spills();
     }
-
-    /// Requests in flight from this shard.
-    pub fn requests_in_flight(&self) -> usize {
-        self.requests.len()
-    }
 }

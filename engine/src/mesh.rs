@@ -342,11 +342,6 @@ impl Mesh {
     pub fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::SeqCst)
     }
-
-    /// The deepest inbox (for metrics).
-    pub fn deepest_inbox(&self) -> usize {
-        self.inboxes.iter().map(Inbox::len).max().unwrap_or(0)
-    }
 }
 
 #[cfg(test)]

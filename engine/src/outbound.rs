@@ -125,11 +125,6 @@ impl Outbound {
         self.queue.borrow().state
     }
 
-    /// Queued plus in-flight bytes.
-    pub fn queued_bytes(&self) -> usize {
-        self.queue.borrow().bytes
-    }
-
     /// Queues a frame for writing.
     pub fn push(&self, frame: Bytes) -> Pushed {
         let mut queue = self.queue.borrow_mut();

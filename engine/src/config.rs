@@ -57,8 +57,12 @@ pub struct HistoryConfig {
     pub flush: FlushPolicy,
     /// For `flush = "interval"`.
     pub flush_interval_ms: u32,
-    /// Logs of channels idle this long are deleted.
+    /// Histories of channels idle this long are deleted.
     pub idle_ttl_secs: u64,
+    /// Bound on the history bytes of the whole node (split evenly between shards). When
+    /// a new or growing ring would pass it, the rings of closed channels are evicted,
+    /// least recently written first; open channels' rings never are. Absent: unbounded.
+    pub max_total_bytes: Option<u64>,
 }
 
 impl Default for HistoryConfig {
@@ -68,6 +72,7 @@ impl Default for HistoryConfig {
             flush: FlushPolicy::Never,
             flush_interval_ms: 1000,
             idle_ttl_secs: 7 * 24 * 3600,
+            max_total_bytes: None,
         }
     }
 }

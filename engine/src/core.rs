@@ -43,7 +43,7 @@ const IDLE_CHANNEL_MS: u64 = 60_000;
 /// Housekeeping (idle buffers, idle channels, interval flushes) runs this often.
 pub const HOUSEKEEPING_MS: u64 = 1_000;
 /// Idle history logs are looked for every this many housekeeping ticks.
-const IDLE_LOG_TICKS: u64 = 600;
+const IDLE_RING_TICKS: u64 = 600;
 
 const PRESENCE_NOT_BUILT: &str = "presence is not available in this release of Ringcast";
 const PRIVATE_NOT_BUILT: &str =
@@ -77,6 +77,11 @@ impl ShardCore {
         clock: Clock,
     ) -> ShardCore {
         let now = clock.now();
+        shared
+            .metrics
+            .shard(id)
+            .history_rings
+            .set(history.ring_count() as u64);
         ShardCore {
             id,
             shards: mesh.shards(),
@@ -152,7 +157,12 @@ impl ShardCore {
         self.conns.len()
     }
 
-    /// Closes every connection with 1001.
+    /// msyncs this shard's history now (end of shutdown).
+    pub fn sync_history(&mut self) {
+        self.owned.sync_all();
+    }
+
+    /// Closes every connection with 1001 (shutdown).
     pub fn close_all(&mut self) {
         for conn in self.conns.values() {
             conn.close(CloseCode::GOING_AWAY, "server shutting down");
@@ -429,16 +439,9 @@ impl ShardCore {
             self.answer(req.reply, failed);
             return;
         };
-        let channel = match self.owned.open(&req.key, &tenant, now) {
-            Ok(channel) => channel,
-            Err(e) => {
-                let message = format!("history unavailable: {e}");
-                self.publish_failed(&req, message);
-                return;
-            }
-        };
-        let seq = channel.history.next_seq();
-        let frame = event::message(
+        self.owned.open(&req.key, &tenant, now);
+        let seq = self.owned.next_seq(&req.key);
+        let (frame, data_span) = event::message_with_span(
             req.key.channel.as_str(),
             &req.data,
             req.user_id.as_deref(),
@@ -447,7 +450,7 @@ impl ShardCore {
         );
         if let Err(e) = self
             .owned
-            .append(&req.key, now, req.user_id.as_deref(), &frame)
+            .append(&req.key, now, req.user_id.as_deref(), &frame, data_span)
         {
             let message = format!("history append failed: {e}");
             self.publish_failed(&req, message);
@@ -466,7 +469,11 @@ impl ShardCore {
             };
             self.send_to(shard, deliver);
         }
-        self.counters().messages_published.inc();
+        let counters = self.counters();
+        counters.messages_published.inc();
+        if seq == 1 {
+            counters.history_rings.set(self.owned.ring_count() as u64);
+        }
         self.answer(req.reply, Answer::Published { seq, ts: now });
     }
 
@@ -483,18 +490,20 @@ impl ShardCore {
         let now = self.now().0;
         let tenant = self.shared.tenants.load().get(req.key.tenant.as_str());
         let opened = match &tenant {
-            Some(tenant) => self
-                .owned
-                .open(&req.key, tenant, now)
-                .map_err(|e| format!("history unavailable: {e}")),
+            Some(tenant) => {
+                self.owned
+                    .open(&req.key, tenant, now)
+                    .watchers
+                    .insert(req.from);
+                Ok(())
+            }
             None => Err("tenant no longer exists".to_owned()),
         };
         let (ok, frames) = match opened {
-            Ok(channel) => {
-                channel.watchers.insert(req.from);
-                let answer = channel
-                    .history
-                    .subscribe_answer(req.last_event_id, req.epoch.as_deref());
+            Ok(()) => {
+                let answer =
+                    self.owned
+                        .subscribe_answer(&req.key, req.last_event_id, req.epoch.as_deref());
                 let mut frames = answer.replay;
                 frames.push(event::subscribed(
                     req.key.channel.as_str(),
@@ -530,11 +539,7 @@ impl ShardCore {
             Question::ChannelState { key } => {
                 let tenant = self.shared.tenants.load().get(key.tenant.as_str());
                 match tenant.map(|t| self.owned.peek(&key, &t)) {
-                    Some(Ok((seq, epoch))) => Answer::ChannelState { seq, epoch },
-                    Some(Err(e)) => Answer::Failed {
-                        code: ErrorCode::Overloaded,
-                        message: format!("history unavailable: {e}"),
-                    },
+                    Some((seq, epoch)) => Answer::ChannelState { seq, epoch },
                     None => Answer::Failed {
                         code: ErrorCode::Unauthorized,
                         message: "the tenant no longer exists".to_owned(),
@@ -672,8 +677,8 @@ impl ShardCore {
         }
         if now >= self.next_housekeeping {
             self.housekeeping_ticks += 1;
-            let remove_idle_logs = self.housekeeping_ticks % IDLE_LOG_TICKS == 1;
-            self.housekeeping(now, remove_idle_logs);
+            let sweep = self.housekeeping_ticks % IDLE_RING_TICKS == 1;
+            self.housekeeping(now, sweep);
             self.next_housekeeping = now.plus(HOUSEKEEPING_MS);
         }
         self.run_local();
@@ -690,18 +695,22 @@ impl ShardCore {
 
     /// Periodic work: idle connections' write buffers, idle channel eviction, interval
     /// flushes, idle log removal.
-    fn housekeeping(&mut self, now: Millis, remove_idle_logs: bool) {
+    fn housekeeping(&mut self, now: Millis, sweep_idle_rings: bool) {
         for conn in self.conns.values() {
             conn.outbound().sweep_idle();
         }
         let idle_before = now.0.saturating_sub(IDLE_CHANNEL_MS);
-        self.owned.housekeeping(now.0, idle_before);
-        if remove_idle_logs {
-            let removed = self.owned.remove_idle_logs(now.0, self.id, self.shards);
-            if removed > 0 {
-                tracing::info!(shard = %self.id, removed, "removed idle history logs");
-            }
+        let freed = self
+            .owned
+            .housekeeping(now.0, idle_before, sweep_idle_rings, |_| false);
+        if freed > 0 {
+            tracing::info!(shard = %self.id, freed, "freed idle channels' history rings");
         }
+        let stats = self.owned.store_stats();
+        let counters = self.shared.metrics.shard(self.id);
+        counters.history_rings.set(stats.rings as u64);
+        counters.history_bytes.set(stats.bytes_used);
+        counters.history_evictions.set(stats.evictions);
     }
 
     /// Moves spilled messages on while other inboxes have room.

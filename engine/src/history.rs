@@ -1,165 +1,213 @@
-//! Channel history on the owner shard: one `ringcast_store::RingLog` per channel.
+//! Channel history on the owner shard: every channel's ring in the shard's
+//! `ringcast_store::ShardStore` (format v2: rings in shared, preallocated segment files).
 //!
 //! Every record keeps the message's complete, already-encoded WebSocket frame, so a
-//! replay writes the stored bytes as they are. The log assigns `seq`; its epoch is the
-//! channel's epoch on the wire.
+//! replay writes the stored bytes as they are, and the span of its `data` inside the
+//! frame, so a history page needs no re-parsing. The store assigns `seq`; a ring's epoch
+//! is the channel's epoch on the wire.
 //!
-//! A channel that was never published to has no log: subscribing to it creates no file
-//! and no mapping (idle personal channels cost memory, not a page each). Its epoch is
-//! chosen when the owner first sees it and becomes the log's epoch when the first message
-//! creates the log.
+//! A channel that was never published to has no ring: subscribing to it writes nothing.
+//! Its epoch is chosen when the owner first sees it and becomes the ring's epoch when the
+//! first message creates the ring. The engine pins the ring of every channel it has
+//! open, so only closed channels' rings are evicted under `[history] max_total_bytes` or
+//! freed by the idle TTL, and a `RingId` held by an open channel never goes stale.
 
-use std::path::Path;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use ringcast_store::{Epoch, LogConfig, LogDir, RingLog, Seq, StoreError, SyncPolicy};
+use ringcast_protocol::event;
+use ringcast_store::{
+    migrate_v1, reshard, Epoch, RingId, Seq, ShardStore, StoreConfig, StoreError, StoreStats,
+    SyncPolicy,
+};
 
 use crate::config::{FlushPolicy, HistoryConfig};
-use crate::keys::ChannelKey;
+use crate::keys::{log_key_owner, ChannelKey, ShardId};
 use crate::tenant::Tenant;
 
-/// A history failure (the disk, or a corrupt log that could not be reset).
+/// A history failure (the disk, the node's byte bound, or a corrupt store).
 pub type HistoryError = StoreError;
 
-/// Where the logs of one server live, and how they are kept.
+/// Size of one segment file of a shard's store (sparse: disk is used as rings fill).
+const SEGMENT_BYTES: u64 = 64 << 20;
+
+/// The history folder of a data directory: v2 shard stores in `shard-<k>/`, and v1
+/// `*.rlog` files directly inside until they are migrated.
+pub fn history_root(data_dir: &Path) -> PathBuf {
+    data_dir.join("history")
+}
+
+/// Opens the history of every shard of a server: carries format-v1 logs over (same
+/// epoch and seqs, so clients keep `recovered: true`), moves rings whose owner changed
+/// with the shard count, then opens one store per shard. Runs once, before the shards
+/// start, on the data directory this process has locked.
+pub fn open_all(
+    data_dir: &Path,
+    config: &HistoryConfig,
+    shards: usize,
+) -> Result<Vec<HistoryStore>, HistoryError> {
+    let root = history_root(data_dir);
+    let cfg = store_config(config, shards);
+    let owner = |key: &[u8]| log_key_owner(key, shards).unwrap_or(ShardId(0)).index();
+    let data_span = |frame: &[u8]| event::message_data_span(frame).unwrap_or(0..0);
+    let migrated = migrate_v1(&root, &root, shards, cfg, owner, data_span)?;
+    if migrated.migrated > 0 || !migrated.unreadable.is_empty() {
+        tracing::info!(
+            logs = migrated.migrated,
+            records = migrated.records,
+            unreadable = migrated.unreadable.len(),
+            "history: carried format-1 logs over to format 2"
+        );
+    }
+    let moved = reshard(&root, shards, cfg, owner)?;
+    if moved.moved > 0 || moved.dirs_removed > 0 {
+        tracing::info!(
+            rings = moved.moved,
+            dirs_removed = moved.dirs_removed,
+            "history: moved rings to their owners for the new shard count"
+        );
+    }
+    (0..shards)
+        .map(|k| HistoryStore::open_dir(&ShardStore::shard_dir(&root, k), config, cfg))
+        .collect()
+}
+
+/// How the engine's history settings map onto one shard's store.
+fn store_config(config: &HistoryConfig, shards: usize) -> StoreConfig {
+    let sync = match config.flush {
+        FlushPolicy::Never => SyncPolicy::Never,
+        FlushPolicy::EveryAppend => SyncPolicy::EveryAppend,
+        FlushPolicy::Interval => SyncPolicy::IntervalMs(config.flush_interval_ms),
+    };
+    StoreConfig {
+        max_bytes_per_ring: config.max_bytes_per_channel,
+        max_total_bytes: config
+            .max_total_bytes
+            .map(|total| (total / shards.max(1) as u64).max(1)),
+        sync,
+        segment_bytes: SEGMENT_BYTES,
+    }
+}
+
+/// The history of one shard's channels.
 #[derive(Debug)]
 pub struct HistoryStore {
-    dir: LogDir,
+    store: ShardStore,
     config: HistoryConfig,
+    last_flush_ms: u64,
 }
 
 impl HistoryStore {
-    /// Opens (creating) `<data_dir>/history`.
-    pub fn new(data_dir: &Path, config: &HistoryConfig) -> Result<HistoryStore, HistoryError> {
+    /// Opens (creating) the store in `dir`.
+    fn open_dir(
+        dir: &Path,
+        config: &HistoryConfig,
+        cfg: StoreConfig,
+    ) -> Result<HistoryStore, HistoryError> {
+        let (store, report) = ShardStore::open(dir, cfg)?;
+        for (key, reason) in &report.rings_reset {
+            tracing::warn!(key = %String::from_utf8_lossy(key), %reason, "history reset: new epoch");
+        }
+        for (path, reason) in &report.segments_discarded {
+            tracing::warn!(path = %path.display(), %reason, "history segment set aside");
+        }
+        if report.torn_tail_dropped > 0 {
+            tracing::warn!(
+                dropped = report.torn_tail_dropped,
+                "history: records failing their checksum dropped"
+            );
+        }
         Ok(HistoryStore {
-            dir: LogDir::new(&data_dir.join("history"))?,
+            store,
             config: config.clone(),
+            last_flush_ms: 0,
         })
     }
 
-    /// The history of `key`, with the tenant's bound on kept messages: its log when one
-    /// exists, else an empty history that creates its log on the first append.
-    pub fn open(&self, key: &ChannelKey, tenant: &Tenant) -> Result<ChannelHistory, HistoryError> {
-        // The store msyncs on append for `every_append` and `interval`; `tick` covers
-        // channels that go quiet under `interval`.
-        let sync = match self.config.flush {
-            FlushPolicy::Never => SyncPolicy::Never,
-            FlushPolicy::EveryAppend => SyncPolicy::EveryAppend,
-            FlushPolicy::Interval => SyncPolicy::IntervalMs(self.config.flush_interval_ms),
+    /// The history of `key`, with the tenant's bound on kept messages: its ring when one
+    /// exists (pinned while the channel is open), else an empty history whose ring the
+    /// first append creates.
+    pub fn open_channel(&mut self, key: &ChannelKey, tenant: &Tenant) -> ChannelHistory {
+        let max_records = tenant.limits.history_messages.max(1);
+        let Some(ring) = self.store.lookup(&key.log_key()) else {
+            return ChannelHistory {
+                ring: None,
+                epoch: Epoch::fresh(None),
+                max_records,
+            };
         };
-        let log_config = LogConfig {
-            max_records: tenant.limits.history_messages,
-            max_bytes: self.config.max_bytes_per_channel,
-            sync,
-        };
-        let mut history = ChannelHistory {
-            log: None,
-            epoch: Epoch::fresh(None),
-            log_config,
-            interval_ms: (self.config.flush == FlushPolicy::Interval)
-                .then_some(u64::from(self.config.flush_interval_ms)),
-            dirty: false,
-            last_flush_ms: 0,
-        };
-        if self.dir.exists(&key.log_key()) {
-            history.open_log(&self.dir, key)?;
+        self.store.pin(ring);
+        if self.store.max_records(ring) != max_records {
+            // The tenant's plan changed since the ring was written.
+            let _ = self.store.set_max_records(ring, max_records);
         }
-        Ok(history)
-    }
-
-    /// Deletes logs idle past the TTL whose channel is not open (`is_open`).
-    pub fn remove_idle(&self, now_ms: u64, is_open: impl Fn(&[u8]) -> bool) -> usize {
-        let ttl_ms = self.config.idle_ttl_secs.saturating_mul(1000);
-        match self.dir.remove_idle(now_ms, ttl_ms, is_open) {
-            Ok(n) => n,
-            Err(e) => {
-                tracing::warn!(error = %e, "history: idle log cleanup failed");
-                0
-            }
+        ChannelHistory {
+            ring: Some(ring),
+            epoch: self.store.epoch(ring),
+            max_records,
         }
     }
 
-    /// Appends to `history`, creating its log on the first message.
+    /// The channel was closed: its ring may be evicted or expire again.
+    pub fn close(&mut self, history: &ChannelHistory) {
+        if let Some(ring) = history.ring {
+            self.store.unpin(ring);
+        }
+    }
+
+    /// Appends one encoded message (`data` is the span of its `data` in `frame`),
+    /// creating the channel's ring on its first message. Returns the seq.
     pub fn append(
-        &self,
+        &mut self,
         key: &ChannelKey,
         history: &mut ChannelHistory,
         ts_ms: u64,
         user_id: Option<&str>,
         frame: &[u8],
+        data: Range<u32>,
     ) -> Result<u64, HistoryError> {
-        if history.log.is_none() {
-            history.open_log(&self.dir, key)?;
-        }
-        let log = history.log.as_mut().expect("opened above");
-        let seq = log.append(ts_ms, user_id.map(str::as_bytes), frame)?;
-        history.dirty = true;
+        let ring = match history.ring {
+            Some(ring) => ring,
+            None => {
+                let ring = self
+                    .store
+                    .create(&key.log_key(), history.epoch, history.max_records)?;
+                self.store.pin(ring);
+                history.ring = Some(ring);
+                ring
+            }
+        };
+        let seq = self
+            .store
+            .append(ring, ts_ms, user_id.map(str::as_bytes), frame, data)?;
         Ok(seq.0)
-    }
-}
-
-/// One channel's history.
-#[derive(Debug)]
-pub struct ChannelHistory {
-    /// `None` until the channel's first message (boxed: most open channels of an idle
-    /// server have none).
-    log: Option<Box<RingLog>>,
-    epoch: Epoch,
-    log_config: LogConfig,
-    interval_ms: Option<u64>,
-    dirty: bool,
-    last_flush_ms: u64,
-}
-
-impl ChannelHistory {
-    /// Opens (or creates, with this history's epoch) the log file.
-    fn open_log(&mut self, dir: &LogDir, key: &ChannelKey) -> Result<(), HistoryError> {
-        let (log, report) =
-            dir.open_with_epoch(&key.log_key(), &self.log_config, Some(self.epoch))?;
-        if let Some(reason) = &report.new_epoch_reason {
-            tracing::warn!(channel = %key.channel, tenant = %key.tenant, %reason, "history reset: new epoch");
-        }
-        if report.torn_tail_dropped > 0 {
-            tracing::warn!(channel = %key.channel, dropped = report.torn_tail_dropped, "history: torn tail dropped");
-        }
-        self.epoch = log.epoch();
-        self.log = Some(Box::new(log));
-        Ok(())
-    }
-
-    /// The seq the next message gets.
-    pub fn next_seq(&self) -> u64 {
-        self.last_seq() + 1
     }
 
     /// The latest seq (0 when nothing was published in this epoch).
-    pub fn last_seq(&self) -> u64 {
-        self.log.as_ref().map_or(0, |log| log.last_seq().0)
-    }
-
-    /// The epoch as sent to clients.
-    pub fn epoch(&self) -> String {
-        self.epoch.0.to_string()
+    pub fn last_seq(&self, history: &ChannelHistory) -> u64 {
+        history.ring.map_or(0, |ring| self.store.last_seq(ring).0)
     }
 
     /// What a subscriber gets: replayed frames after `last_event_id`, the latest seq,
     /// the epoch, and whether the catch-up is complete.
     pub fn subscribe_answer(
         &self,
+        history: &ChannelHistory,
         last_event_id: Option<u64>,
         epoch: Option<&str>,
     ) -> SubscribeAnswer {
-        let seq = self.last_seq();
+        let seq = self.last_seq(history);
         let mut answer = SubscribeAnswer {
             replay: Vec::new(),
             seq,
-            epoch: self.epoch(),
+            epoch: history.epoch(),
             recovered: true,
         };
         let Some(after) = last_event_id else {
             return answer;
         };
-        let Some(log) = &self.log else {
+        let Some(ring) = history.ring else {
             // Nothing was ever published in this history: nothing after 0 can be missing.
             answer.recovered = after == 0;
             return answer;
@@ -169,26 +217,75 @@ impl ChannelHistory {
             answer.recovered = false;
             return answer;
         }
-        answer.recovered = log.replay_complete(Seq(after));
-        answer.replay = log
-            .iter_after(Seq(after))
+        answer.recovered = self.store.replay_complete(ring, Seq(after));
+        answer.replay = self
+            .store
+            .iter_after(ring, Seq(after))
             .map(|r| Bytes::copy_from_slice(r.payload))
             .collect();
         answer
     }
 
-    /// Flushes to disk when the interval policy says so.
-    pub fn tick(&mut self, now_ms: u64) {
-        let (Some(interval), Some(log)) = (self.interval_ms, &self.log) else {
-            return;
-        };
-        if self.dirty && now_ms.saturating_sub(self.last_flush_ms) >= interval {
-            if let Err(e) = log.flush() {
-                tracing::warn!(error = %e, "history flush failed");
-            }
-            self.dirty = false;
+    /// Periodic work on the shard thread, none of it a blocking system call: hands
+    /// written ranges to the store's background thread for msync (interval policy),
+    /// logs rings evicted under the node bound, and, when `sweep_idle`, frees the rings
+    /// of closed channels idle past the TTL (from the store's in-memory state, no
+    /// directory scan). Returns the number of rings freed.
+    pub fn housekeeping(&mut self, now_ms: u64, sweep_idle: bool) -> usize {
+        if self.config.flush == FlushPolicy::Interval
+            && now_ms.saturating_sub(self.last_flush_ms) >= u64::from(self.config.flush_interval_ms)
+        {
+            self.store.flush();
             self.last_flush_ms = now_ms;
         }
+        let evicted = self.store.take_evicted();
+        if !evicted.is_empty() {
+            tracing::info!(
+                rings = evicted.len(),
+                "history: evicted idle channels' rings to stay under max_total_bytes"
+            );
+        }
+        if !sweep_idle {
+            return 0;
+        }
+        let ttl_ms = self.config.idle_ttl_secs.saturating_mul(1000);
+        let idle = self.store.idle_rings(now_ms.saturating_sub(ttl_ms));
+        for &ring in &idle {
+            let _ = self.store.free(ring);
+        }
+        idle.len()
+    }
+
+    /// Rings held.
+    pub fn ring_count(&self) -> usize {
+        self.store.ring_count()
+    }
+
+    /// The store's counters.
+    pub fn stats(&self) -> StoreStats {
+        self.store.stats()
+    }
+
+    /// Writes everything to disk now (shutdown).
+    pub fn sync_all(&mut self) {
+        if let Err(e) = self.store.sync_all() {
+            tracing::warn!(error = %e, "history: final msync failed");
+        }
+    }
+}
+
+/// One open channel's history: its ring, once it has one.
+#[derive(Debug)]
+pub struct ChannelHistory {
+    ring: Option<RingId>,
+    epoch: Epoch,
+    max_records: u32,
+}
+
+impl ChannelHistory {
+    /// The epoch as sent to clients.
+    pub fn epoch(&self) -> String {
+        self.epoch.0.to_string()
     }
 }
 

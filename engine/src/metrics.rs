@@ -68,6 +68,12 @@ impl Count {
         self.add(1);
     }
 
+    /// Sets the count to a total kept elsewhere (monotonic). Only the owning shard's
+    /// thread calls this.
+    pub fn set(&self, n: u64) {
+        self.0.store(n, Ordering::Relaxed);
+    }
+
     /// The value (any thread).
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
@@ -85,6 +91,11 @@ impl Level {
             self.0.load(Ordering::Relaxed).wrapping_add(n),
             Ordering::Relaxed,
         );
+    }
+
+    /// Sets the value. Only the owning shard's thread calls this.
+    pub fn set(&self, n: u64) {
+        self.0.store(n as i64, Ordering::Relaxed);
     }
 
     /// The value (any thread).
@@ -115,6 +126,12 @@ pub struct ShardCounters {
     pub answers_unclaimed: Count,
     /// Requests to another shard that passed their deadline unanswered.
     pub requests_timed_out: Count,
+    /// Channel history rings in this shard's store.
+    pub history_rings: Level,
+    /// Slot bytes those rings use (what `[history] max_total_bytes` bounds).
+    pub history_bytes: Level,
+    /// Rings evicted to stay under `max_total_bytes` (copied from the store).
+    pub history_evictions: Count,
     errors: Vec<Count>,
 }
 
@@ -130,6 +147,9 @@ impl Default for ShardCounters {
             publisher_holdbacks: Count::default(),
             answers_unclaimed: Count::default(),
             requests_timed_out: Count::default(),
+            history_rings: Level::default(),
+            history_bytes: Level::default(),
+            history_evictions: Count::default(),
             errors: ERROR_LABELS.iter().map(|_| Count::default()).collect(),
         }
     }
@@ -242,6 +262,11 @@ const COUNTERS: &[(&str, &str, Reader)] = &[
         "Requests to an owner shard that passed their deadline",
         |c| c.requests_timed_out.get(),
     ),
+    (
+        "history_evictions",
+        "Closed channels' history rings evicted to stay under max_total_bytes",
+        |c| c.history_evictions.get(),
+    ),
 ];
 
 impl Collector for Collect {
@@ -255,6 +280,21 @@ impl Collector for Collect {
             None,
             gauge.metric_type(),
         )?)?;
+        for (name, help, read) in [
+            (
+                "history_rings",
+                "Channel history rings held",
+                (|c| c.history_rings.get()) as fn(&ShardCounters) -> i64,
+            ),
+            (
+                "history_bytes",
+                "Bytes of history slots in use (bounded by max_total_bytes)",
+                |c| c.history_bytes.get(),
+            ),
+        ] {
+            let gauge = ConstGauge::new(shards.counters.iter().map(|c| read(&c.0)).sum::<i64>());
+            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
+        }
         for (name, help, read) in COUNTERS {
             let counter = ConstCounter::new(shards.sum(read));
             counter.encode(encoder.encode_descriptor(

@@ -4,10 +4,13 @@
 //! Architecture invariant: a channel's seq is assigned only here, by the one shard that
 //! owns it, and the message is appended to history before it is fanned out.
 
-use hashbrown::{HashMap, HashSet};
+use std::ops::Range;
 
-use crate::history::{ChannelHistory, HistoryError, HistoryStore};
-use crate::keys::{log_key_owner, ChannelKey, ShardId};
+use hashbrown::HashMap;
+use ringcast_store::StoreStats;
+
+use crate::history::{ChannelHistory, HistoryError, HistoryStore, SubscribeAnswer};
+use crate::keys::{ChannelKey, ShardId};
 use crate::tenant::Tenant;
 
 /// A small set of shard ids.
@@ -58,7 +61,7 @@ pub struct OwnedChannel {
     pub last_active_ms: u64,
 }
 
-/// Every channel this shard owns that is open now.
+/// Every channel this shard owns that is open now, and the shard's history store.
 #[derive(Debug)]
 pub struct OwnedChannels {
     channels: HashMap<ChannelKey, OwnedChannel>,
@@ -74,59 +77,75 @@ impl OwnedChannels {
         }
     }
 
-    /// The channel, opening (or creating) its history on first use.
-    pub fn open(
-        &mut self,
-        key: &ChannelKey,
-        tenant: &Tenant,
-        now_ms: u64,
-    ) -> Result<&mut OwnedChannel, HistoryError> {
-        if !self.channels.contains_key(key) {
-            let history = self.store.open(key, tenant)?;
-            self.channels.insert(
-                key.clone(),
-                OwnedChannel {
-                    history,
-                    watchers: ShardSet::default(),
-                    last_active_ms: now_ms,
-                },
-            );
-        }
-        let channel = self.channels.get_mut(key).expect("inserted above");
+    /// The channel, opening its history on first use (no disk work: a channel's ring is
+    /// found in memory or created by its first append).
+    pub fn open(&mut self, key: &ChannelKey, tenant: &Tenant, now_ms: u64) -> &mut OwnedChannel {
+        let store = &mut self.store;
+        let channel = self
+            .channels
+            .entry_ref(key)
+            .or_insert_with(|| OwnedChannel {
+                history: store.open_channel(key, tenant),
+                watchers: ShardSet::default(),
+                last_active_ms: now_ms,
+            });
         channel.last_active_ms = now_ms;
-        Ok(channel)
+        channel
     }
 
-    /// The channel's latest seq and epoch, opening it like [`OwnedChannels::open`].
-    pub fn peek(
-        &mut self,
-        key: &ChannelKey,
-        tenant: &Tenant,
-    ) -> Result<(u64, String), HistoryError> {
+    /// The channel's latest seq and epoch, opening it like [`OwnedChannels::open`]
+    /// without counting as activity.
+    pub fn peek(&mut self, key: &ChannelKey, tenant: &Tenant) -> (u64, String) {
         let now = self.channels.get(key).map_or(0, |c| c.last_active_ms);
-        let channel = self.open(key, tenant, now)?;
-        Ok((channel.history.last_seq(), channel.history.epoch()))
+        self.open(key, tenant, now);
+        let history = &self.channels.get(key).expect("opened above").history;
+        (self.store.last_seq(history), history.epoch())
     }
 
-    /// Appends an encoded message to `key`'s history (opened by [`OwnedChannels::open`]).
+    /// The seq the next message to `key` (opened by [`OwnedChannels::open`]) gets.
+    pub fn next_seq(&self, key: &ChannelKey) -> u64 {
+        let channel = self.channels.get(key).expect("channel opened before");
+        self.store.last_seq(&channel.history) + 1
+    }
+
+    /// Appends an encoded message (`data`: the span of its `data` in `frame`) to `key`'s
+    /// history (opened by [`OwnedChannels::open`]).
     pub fn append(
         &mut self,
         key: &ChannelKey,
         ts_ms: u64,
         user_id: Option<&str>,
         frame: &[u8],
+        data: Range<u32>,
     ) -> Result<u64, HistoryError> {
         let channel = self
             .channels
             .get_mut(key)
             .expect("channel opened before append");
         self.store
-            .append(key, &mut channel.history, ts_ms, user_id, frame)
+            .append(key, &mut channel.history, ts_ms, user_id, frame, data)
+    }
+
+    /// What a subscriber to `key` (opened) gets, see [`HistoryStore::subscribe_answer`].
+    pub fn subscribe_answer(
+        &self,
+        key: &ChannelKey,
+        last_event_id: Option<u64>,
+        epoch: Option<&str>,
+    ) -> SubscribeAnswer {
+        let channel = self.channels.get(key).expect("channel opened before");
+        self.store
+            .subscribe_answer(&channel.history, last_event_id, epoch)
     }
 
     /// The open channel `key`.
     pub fn get(&self, key: &ChannelKey) -> Option<&OwnedChannel> {
         self.channels.get(key)
+    }
+
+    /// The open channel `key`, mutably.
+    pub fn get_mut(&mut self, key: &ChannelKey) -> Option<&mut OwnedChannel> {
+        self.channels.get_mut(key)
     }
 
     /// Shard `from` no longer has subscribers on `key`.
@@ -136,25 +155,40 @@ impl OwnedChannels {
         }
     }
 
-    /// Closes channels nobody watches that were idle since `idle_before_ms`, and flushes
-    /// the rest if the flush policy asks for it.
-    pub fn housekeeping(&mut self, now_ms: u64, idle_before_ms: u64) {
-        self.channels
-            .retain(|_, c| !(c.watchers.is_empty() && c.last_active_ms < idle_before_ms));
-        for channel in self.channels.values_mut() {
-            channel.history.tick(now_ms);
-        }
+    /// Closes channels nobody watches that were idle since `idle_before_ms` and that
+    /// `keep` does not hold open (their rings become evictable), then the store's
+    /// periodic work (see [`HistoryStore::housekeeping`]). Returns the rings freed.
+    pub fn housekeeping(
+        &mut self,
+        now_ms: u64,
+        idle_before_ms: u64,
+        sweep_idle: bool,
+        keep: impl Fn(&ChannelKey) -> bool,
+    ) -> usize {
+        let store = &mut self.store;
+        self.channels.retain(|key, c| {
+            let close = c.watchers.is_empty() && c.last_active_ms < idle_before_ms && !keep(key);
+            if close {
+                store.close(&c.history);
+            }
+            !close
+        });
+        self.store.housekeeping(now_ms, sweep_idle)
     }
 
-    /// Removes history logs idle past the TTL among those this shard (`me` of `shards`)
-    /// owns and has not open. Every shard shares the history folder, so another shard's
-    /// logs are left to their owner, which alone knows whether they are open (a log key
-    /// that names no channel goes to shard 0).
-    pub fn remove_idle_logs(&self, now_ms: u64, me: ShardId, shards: usize) -> usize {
-        let open: HashSet<Vec<u8>> = self.channels.keys().map(ChannelKey::log_key).collect();
-        self.store.remove_idle(now_ms, |key| {
-            log_key_owner(key, shards).unwrap_or(ShardId(0)) != me || open.contains(key)
-        })
+    /// Channel history rings held (all of this shard's, open or not).
+    pub fn ring_count(&self) -> usize {
+        self.store.ring_count()
+    }
+
+    /// The history store's counters.
+    pub fn store_stats(&self) -> StoreStats {
+        self.store.stats()
+    }
+
+    /// Writes all history to disk now (shutdown).
+    pub fn sync_all(&mut self) {
+        self.store.sync_all();
     }
 
     /// Number of open channels.
@@ -175,44 +209,71 @@ mod tests {
     use crate::tenant::{Plan, TenantConfig, TenantTable};
     use ringcast_protocol::{ChannelName, TenantId};
 
+    fn dev_tenant() -> std::sync::Arc<Tenant> {
+        TenantTable::new(&[TenantConfig::new("t", Plan::Free)], Some("t"))
+            .resolve(None)
+            .unwrap()
+    }
+
+    fn key(name: &str) -> ChannelKey {
+        ChannelKey::new(TenantId::new("t"), ChannelName::new(name).unwrap())
+    }
+
+    fn append(table: &mut OwnedChannels, key: &ChannelKey, now: u64) -> u64 {
+        let seq = table.next_seq(key);
+        let (frame, span) = ringcast_protocol::event::message_with_span("c", b"1", None, seq, now);
+        table.append(key, now, None, &frame, span).unwrap()
+    }
+
     #[test]
-    fn only_the_owner_removes_an_idle_log_and_only_once_closed() {
+    fn an_idle_ring_is_freed_only_once_its_channel_is_closed() {
         let data = tempfile::tempdir().unwrap();
         let config = HistoryConfig {
             idle_ttl_secs: 0,
             ..HistoryConfig::default()
         };
-        let tenant = TenantTable::new(&[TenantConfig::new("t", Plan::Free)], Some("t"))
-            .resolve(None)
+        let tenant = dev_tenant();
+        let store = crate::history::open_all(data.path(), &config, 1)
+            .unwrap()
+            .pop()
             .unwrap();
-        let table = || OwnedChannels::new(HistoryStore::new(data.path(), &config).unwrap());
-        let (mut owner_table, other_table) = (table(), table());
-        let key = (0..)
-            .map(|i| {
-                ChannelKey::new(
-                    TenantId::new("t"),
-                    ChannelName::new(&format!("c{i}")).unwrap(),
-                )
-            })
-            .find(|k| k.owner(2) == ShardId(1))
-            .unwrap();
-        owner_table.open(&key, &tenant, 1).unwrap();
-        owner_table.append(&key, 1, None, b"frame").unwrap();
-        let (owner, other) = (ShardId(1), ShardId(0));
+        let mut table = OwnedChannels::new(store);
+        let key = key("c");
+        table.open(&key, &tenant, 1);
+        assert_eq!(append(&mut table, &key, 1), 1);
+        let epoch = table.peek(&key, &tenant).1;
 
-        assert_eq!(
-            other_table.remove_idle_logs(u64::MAX, other, 2),
-            0,
-            "not its log"
+        assert_eq!(table.housekeeping(5, 0, true, |_| false), 0, "still open");
+        assert_eq!(table.housekeeping(5, 0, true, |_| true), 0, "held open");
+        assert_eq!(table.housekeeping(5, u64::MAX, true, |_| false), 1);
+        assert!(table.is_empty());
+
+        let (seq, new_epoch) = table.peek(&key, &tenant);
+        assert_eq!(seq, 0, "the history was freed");
+        assert_ne!(
+            new_epoch, epoch,
+            "a freed history comes back as a new epoch"
         );
-        assert_eq!(
-            owner_table.remove_idle_logs(u64::MAX, owner, 2),
-            0,
-            "still open"
+    }
+
+    #[test]
+    fn a_closed_channel_keeps_its_history_until_the_ttl() {
+        let data = tempfile::tempdir().unwrap();
+        let tenant = dev_tenant();
+        let mut table = OwnedChannels::new(
+            crate::history::open_all(data.path(), &HistoryConfig::default(), 1)
+                .unwrap()
+                .pop()
+                .unwrap(),
         );
-        owner_table.housekeeping(2, u64::MAX);
-        assert!(owner_table.is_empty());
-        assert_eq!(owner_table.remove_idle_logs(u64::MAX, owner, 2), 1);
+        let key = key("c");
+        table.open(&key, &tenant, 1);
+        append(&mut table, &key, 1);
+        append(&mut table, &key, 2);
+        let before = table.peek(&key, &tenant);
+        table.housekeeping(3, u64::MAX, true, |_| false);
+        assert!(table.is_empty());
+        assert_eq!(table.peek(&key, &tenant), before, "same seq and epoch");
     }
 
     #[test]

@@ -20,7 +20,7 @@ use crate::admission::ConnectionSlot;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::datadir;
-use crate::history::HistoryStore;
+use crate::history::{self, HistoryStore};
 use crate::http::serve_connection;
 use crate::keys::ShardId;
 use crate::mesh::Mesh;
@@ -69,11 +69,11 @@ pub fn run(config: Config) -> anyhow::Result<()> {
 
     let (events_tx, events_rx) = mpsc::channel::<ShardEvent>();
     let mut threads = Vec::with_capacity(shards);
-    for (index, listener) in listeners.into_iter().enumerate() {
+    let histories = history::open_all(&config.data_dir, &config.history, shards)
+        .context("cannot open history")?;
+    for (index, (listener, history)) in listeners.into_iter().zip(histories).enumerate() {
         let id = ShardId(index as u16);
         let core = (!cores.is_empty()).then(|| cores[index % cores.len()]);
-        let history =
-            HistoryStore::new(&config.data_dir, &config.history).context("cannot open history")?;
         let (mesh, shared, events) = (mesh.clone(), shared.clone(), events_tx.clone());
         let thread = std::thread::Builder::new()
             .name(format!("shard-{index}"))
@@ -242,6 +242,7 @@ async fn run_inbox(shard: &Rc<Shard>, mesh: &Mesh, grace: Duration) {
         .await;
         shard.handle_batch(&mut batch);
     }
+    shard.sync_history();
 }
 
 async fn accept_loop(shard: Rc<Shard>, listener: monoio::net::TcpListener) {

@@ -210,6 +210,11 @@ impl Shard {
 
     // ----- lifecycle -----
 
+    /// Writes this shard's history to disk (the last step of shutdown).
+    pub fn sync_history(&self) {
+        self.core().sync_history();
+    }
+
     /// Stops accepting and closes every connection with 1001.
     pub fn begin_shutdown(&self) {
         if self.shutting_down.replace(true) {

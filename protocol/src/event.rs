@@ -4,6 +4,8 @@
 //! after a reserved header area, and the finished frame is a `Bytes` view that starts
 //! where the header starts. The same `Bytes` is then shared by every subscriber.
 
+use std::ops::Range;
+
 use bytes::Bytes;
 
 use crate::error::ErrorCode;
@@ -99,13 +101,57 @@ pub fn unsubscribed(channel: &str, ts: u64) -> Bytes {
 
 /// `realtime.message`: `data` is the publisher's raw JSON, written as is.
 pub fn message(channel: &str, data: &[u8], user_id: Option<&str>, seq: u64, ts: u64) -> Bytes {
+    message_with_span(channel, data, user_id, seq, ts).0
+}
+
+/// [`message`], with the span of `data` inside the returned frame (what history keeps
+/// beside the frame, so a history page needs no re-parsing).
+pub fn message_with_span(
+    channel: &str,
+    data: &[u8],
+    user_id: Option<&str>,
+    seq: u64,
+    ts: u64,
+) -> (Bytes, Range<u32>) {
     let mut frame = EventFrame::new("realtime.message", channel.len() + data.len() + 64)
-        .str_field("channel", channel)
-        .raw_field("data", data);
+        .str_field("channel", channel);
+    frame.key("data");
+    let data_at = frame.buf.len();
+    frame.buf.extend_from_slice(data);
     if let Some(user_id) = user_id {
         frame = frame.str_field("userId", user_id);
     }
-    frame.u64_field("seq", seq).finish(ts)
+    let bytes = frame.u64_field("seq", seq).finish(ts);
+    // `finish` drops the unused part of the header room in front.
+    let start = (data_at + header_room_used(&bytes) - HEADER_ROOM) as u32;
+    (bytes, start..start + data.len() as u32)
+}
+
+/// Bytes of frame header in front of a server frame's JSON.
+fn header_room_used(frame: &[u8]) -> usize {
+    match frame.get(1).map(|b| b & 0x7f) {
+        Some(126) => 4,
+        Some(127) => 10,
+        _ => 2,
+    }
+}
+
+/// The span of `data` inside a `realtime.message` frame made by [`message`], found by
+/// reading the JSON (for history written before spans were kept). `None` if the frame
+/// is not such a message.
+pub fn message_data_span(frame: &[u8]) -> Option<Range<u32>> {
+    let json_at = header_room_used(frame);
+    let json = frame.get(json_at..)?;
+    let prefix = br#"{"event":"realtime.message","channel":"#;
+    let mut at = json.strip_prefix(prefix.as_slice()).map(|_| prefix.len())?;
+    at = crate::json_skip::skip_value(json, at)?;
+    let key = br#","data":"#;
+    if !json.get(at..)?.starts_with(key) {
+        return None;
+    }
+    let start = at + key.len();
+    let end = crate::json_skip::skip_value(json, start)?;
+    Some((json_at + start) as u32..(json_at + end) as u32)
 }
 
 /// `ack` for a publish that carried `ref`.
@@ -164,6 +210,20 @@ mod tests {
             assert_eq!(payload.len(), len);
         }
         serde_json::from_slice(payload).unwrap()
+    }
+
+    #[test]
+    fn message_span_names_the_data_bytes_for_every_header_size() {
+        for size in [3usize, 200, 70_000] {
+            let data = format!(r#"{{"pad":"{}"}}"#, "x".repeat(size));
+            for user in [None, Some("alice")] {
+                let (frame, span) = message_with_span("c", data.as_bytes(), user, 7, 9);
+                let range = span.start as usize..span.end as usize;
+                assert_eq!(&frame[range], data.as_bytes());
+                assert_eq!(message_data_span(&frame), Some(span), "size {size}");
+            }
+        }
+        assert_eq!(message_data_span(&subscribed("c", 1, "e", true, 2)), None);
     }
 
     #[test]

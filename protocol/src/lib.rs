@@ -28,6 +28,7 @@ pub mod error;
 pub mod event;
 pub mod http;
 mod json;
+mod json_skip;
 pub mod ws;
 
 pub use channel::{ChannelName, TenantId};

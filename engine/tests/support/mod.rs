@@ -17,7 +17,7 @@ use ringcast_engine::clock::{Clock, ManualClock, Millis};
 use ringcast_engine::config::{Config, Overrides};
 use ringcast_engine::conn::Conn;
 use ringcast_engine::core::ShardCore;
-use ringcast_engine::history::HistoryStore;
+use ringcast_engine::history;
 use ringcast_engine::keys::{ChannelKey, ShardId};
 use ringcast_engine::mesh::Mesh;
 use ringcast_engine::metrics::Metrics;
@@ -68,9 +68,11 @@ impl Cluster {
             ready_shards: AtomicUsize::new(0),
         });
         let clock = ManualClock::new(Millis(1_700_000_000_000));
-        let shards = (0..shards)
-            .map(|i| {
-                let history = HistoryStore::new(data.path(), &config.history).expect("history");
+        let histories = history::open_all(data.path(), &config.history, shards).expect("history");
+        let shards = histories
+            .into_iter()
+            .enumerate()
+            .map(|(i, history)| {
                 ShardCore::new(
                     ShardId(i as u16),
                     mesh.clone(),

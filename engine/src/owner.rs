@@ -136,11 +136,18 @@ impl OwnedChannels {
         }
     }
 
-    /// Closes channels nobody watches that were idle since `idle_before_ms`, and flushes
-    /// the rest if the flush policy asks for it.
-    pub fn housekeeping(&mut self, now_ms: u64, idle_before_ms: u64) {
-        self.channels
-            .retain(|_, c| !(c.watchers.is_empty() && c.last_active_ms < idle_before_ms));
+    /// Closes channels nobody watches that were idle since `idle_before_ms` and that
+    /// `keep` (presence members) does not hold open, and flushes the rest if the flush
+    /// policy asks for it.
+    pub fn housekeeping(
+        &mut self,
+        now_ms: u64,
+        idle_before_ms: u64,
+        keep: impl Fn(&ChannelKey) -> bool,
+    ) {
+        self.channels.retain(|key, c| {
+            !(c.watchers.is_empty() && c.last_active_ms < idle_before_ms) || keep(key)
+        });
         for channel in self.channels.values_mut() {
             channel.history.tick(now_ms);
         }
@@ -210,7 +217,7 @@ mod tests {
             0,
             "still open"
         );
-        owner_table.housekeeping(2, u64::MAX);
+        owner_table.housekeeping(2, u64::MAX, |_| false);
         assert!(owner_table.is_empty());
         assert_eq!(owner_table.remove_idle_logs(u64::MAX, owner, 2), 1);
     }

@@ -111,6 +111,11 @@ impl ShardCore {
         self.clock.now()
     }
 
+    /// Channels this shard owns that are open now (history mapped).
+    pub fn open_channel_count(&self) -> usize {
+        self.owned.len()
+    }
+
     /// The presence members of the channels this shard owns (read-only; tests, benches).
     pub fn presence(&self) -> &PresenceTable {
         &self.presence

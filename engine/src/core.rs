@@ -447,7 +447,8 @@ impl ShardCore {
         }
         let limit = conn.tenant.limits.presence.max_metadata_bytes;
         if let Some(size) = update.metadata.map(<[u8]>::len).filter(|s| *s > limit) {
-            let message = format!("presence metadata is {size} bytes; the tenant's limit is {limit}");
+            let message =
+                format!("presence metadata is {size} bytes; the tenant's limit is {limit}");
             self.send_error(conn, name, None, ErrorCode::PresenceLimit, &message);
             return;
         }

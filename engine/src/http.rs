@@ -25,11 +25,11 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 use monoio::time::Instant;
 use ringcast_protocol::body::{BodyDecoder, BodyError, BodyPoll};
+use ringcast_protocol::event::PresenceSpelling;
 use ringcast_protocol::http::{
     api_error_response, ok_json, ok_response, parse_request_head, switching_protocols, HttpError,
     RequestHead, Upgrade, CONTINUE,
 };
-use ringcast_protocol::event::PresenceSpelling;
 use ringcast_protocol::ApiError;
 
 use crate::admission::ConnectionSlot;
@@ -86,7 +86,15 @@ pub async fn serve_connection(
             if let Some(slot) = slot {
                 // Tasks of their own, so this HTTP-phase state is freed while the
                 // WebSocket lives (idle connections stay small).
-                start_session(shard, stream, buf, tenant, &client_id, presence_events, slot);
+                start_session(
+                    shard,
+                    stream,
+                    buf,
+                    tenant,
+                    &client_id,
+                    presence_events,
+                    slot,
+                );
             }
         }
     }

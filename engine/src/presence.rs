@@ -114,7 +114,7 @@ struct Member {
     metadata: Option<Bytes>,
     last_seen: Millis,
     /// Connections that joined as this user and have not left or closed.
-    conns: Vec<(ShardId, ConnId)>,
+    conns: Vec<HolderConn>,
     /// Joined through the HTTP API (and not left there).
     http: bool,
     timer: TimerKey,
@@ -127,12 +127,17 @@ struct PresenceChannel {
     ttl_ms: u64,
 }
 
+/// A connection holding presence, as the owner knows it.
+type HolderConn = (ShardId, ConnId);
+/// What each connection holds: `(channel, userId)` pairs.
+type Held = HashMap<HolderConn, Vec<(ChannelKey, Rc<str>)>>;
+
 /// The presence members of every channel this shard owns.
 #[derive(Debug, Default)]
 pub struct PresenceTable {
     channels: HashMap<ChannelKey, PresenceChannel>,
     /// What each connection holds, for its `PresenceSeen` and `PresenceConnClosed`.
-    held: HashMap<(ShardId, ConnId), Vec<(ChannelKey, Rc<str>)>>,
+    held: Held,
     deadlines: DeadlineQueue<(ChannelKey, Rc<str>)>,
 }
 
@@ -392,7 +397,10 @@ impl PresenceTable {
     }
 }
 
-fn check_metadata(metadata: Option<&Bytes>, limits: &PresenceLimits) -> Result<(), PresenceRefused> {
+fn check_metadata(
+    metadata: Option<&Bytes>,
+    limits: &PresenceLimits,
+) -> Result<(), PresenceRefused> {
     match metadata {
         Some(m) if m.len() > limits.max_metadata_bytes => Err(PresenceRefused::MetadataTooLarge {
             size: m.len(),
@@ -403,7 +411,7 @@ fn check_metadata(metadata: Option<&Bytes>, limits: &PresenceLimits) -> Result<(
 }
 
 fn hold(
-    held: &mut HashMap<(ShardId, ConnId), Vec<(ChannelKey, Rc<str>)>>,
+    held: &mut Held,
     member: &mut Member,
     key: &ChannelKey,
     user: &Rc<str>,
@@ -422,12 +430,7 @@ fn hold(
     }
 }
 
-fn unindex(
-    held: &mut HashMap<(ShardId, ConnId), Vec<(ChannelKey, Rc<str>)>>,
-    holder: (ShardId, ConnId),
-    key: &ChannelKey,
-    user: &str,
-) {
+fn unindex(held: &mut Held, holder: HolderConn, key: &ChannelKey, user: &str) {
     let Some(list) = held.get_mut(&holder) else {
         return;
     };
@@ -576,10 +579,17 @@ mod tests {
             .unwrap();
         t.seen(ShardId(0), &[ConnId(1)], Millis(20_000));
         t.conn_closed(ShardId(0), ConnId(2), false, Millis(20_000));
-        assert_eq!(t.member_count(&k), 2, "a closed connection keeps its member");
+        assert_eq!(
+            t.member_count(&k),
+            2,
+            "a closed connection keeps its member"
+        );
         assert!(expired(&mut t, TTL).is_empty(), "within the grace");
         assert_eq!(expired(&mut t, TTL + EXPIRY_GRACE_MS), vec!["b"]);
-        assert_eq!(t.next_deadline(), Some(Millis(20_000 + TTL + EXPIRY_GRACE_MS)));
+        assert_eq!(
+            t.next_deadline(),
+            Some(Millis(20_000 + TTL + EXPIRY_GRACE_MS))
+        );
         assert_eq!(expired(&mut t, 20_000 + TTL + EXPIRY_GRACE_MS), vec!["a"]);
         assert_eq!(t.channel_count(), 0);
         assert!(t.held.is_empty());
@@ -601,7 +611,8 @@ mod tests {
             Err(PresenceRefused::MetadataTooLarge { size: 7, limit: 4 })
         ));
         assert!(!t.has_members(&k));
-        t.join(&k, "a", None, conn(0, 1), &small, Millis(0)).unwrap();
+        t.join(&k, "a", None, conn(0, 1), &small, Millis(0))
+            .unwrap();
         assert!(matches!(
             t.join(&k, "b", None, conn(0, 2), &small, Millis(0)),
             Err(PresenceRefused::TooManyMembers { limit: 1 })
@@ -620,7 +631,11 @@ mod tests {
             .unwrap();
         t.join(&k, "a", None, conn(0, 1), &limits(), Millis(0))
             .unwrap();
-        assert_eq!(t.leave(&k, "a", conn(0, 1)), (true, None), "http still holds");
+        assert_eq!(
+            t.leave(&k, "a", conn(0, 1)),
+            (true, None),
+            "http still holds"
+        );
         t.join(&k, "a", None, conn(0, 1), &limits(), Millis(0))
             .unwrap();
         let (was, announce) = t.leave(&k, "a", PresenceHolder::Http);

@@ -13,8 +13,8 @@ use std::time::Duration;
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, OwnedReadHalf, Splitable};
 use monoio::net::TcpStream;
-use ringcast_protocol::ws::{pong_frame, Decoded, Message, WsDecoder};
 use ringcast_protocol::event::PresenceSpelling;
+use ringcast_protocol::ws::{pong_frame, Decoded, Message, WsDecoder};
 use ringcast_protocol::CloseCode;
 
 use crate::admission::ConnectionSlot;

@@ -193,7 +193,10 @@ fn two_connections_of_one_user_count_once() {
     );
     assert_eq!(members(&mut cluster, 1, &channel).len(), 1);
     leave(&mut cluster, 0, &tab1, &channel);
-    assert!(presence_events(&take(&watcher)).is_empty(), "tab2 still holds");
+    assert!(
+        presence_events(&take(&watcher)).is_empty(),
+        "tab2 still holds"
+    );
     leave(&mut cluster, 1, &tab2, &channel);
     assert_eq!(
         presence_events(&take(&watcher)),
@@ -217,7 +220,11 @@ fn a_reconnect_within_the_ttl_gives_no_leave_and_a_drop_one_leave_after_it() {
     cluster.shards[0].unregister_conn(&first);
     cluster.pump();
     run_for(&mut cluster, 10_000);
-    assert_eq!(members(&mut cluster, 0, &channel).len(), 1, "kept while dropped");
+    assert_eq!(
+        members(&mut cluster, 0, &channel).len(),
+        1,
+        "kept while dropped"
+    );
     let second = cluster.connect(1);
     join(&mut cluster, 1, &second, &channel, "alice");
     // Past the first connection's TTL, the second keeps pinging.
@@ -356,7 +363,10 @@ fn limits_answer_presence_limit_and_change_nothing() {
     join(&mut cluster, 0, &bob, &channel, "bob");
     let refused = take(&bob);
     assert_eq!(refused[0]["data"]["code"], "presence_limit", "{refused:?}");
-    assert!(bob.presence.borrow().is_empty(), "the refused join is forgotten");
+    assert!(
+        bob.presence.borrow().is_empty(),
+        "the refused join is forgotten"
+    );
 
     let big = format!(
         r#"{{"action":"presence:join","channel":"{channel}","userId":"alice","metadata":"{}"}}"#,

@@ -198,8 +198,14 @@ fn presence_actions_out_of_order_are_refused_and_the_connection_stays() -> Resul
             json!({"action": "presence:update", "channel": "room", "userId": "alice", "metadata": {"a": 1}}),
             "bad_request",
         ),
-        (json!({"action": "presence:leave", "channel": "room"}), "bad_request"),
-        (json!({"action": "presence:join", "channel": "room"}), "bad_request"),
+        (
+            json!({"action": "presence:leave", "channel": "room"}),
+            "bad_request",
+        ),
+        (
+            json!({"action": "presence:join", "channel": "room"}),
+            "bad_request",
+        ),
         (
             json!({"action": "presence:join", "channel": "private-room", "userId": "alice"}),
             "unauthorized",
@@ -209,7 +215,9 @@ fn presence_actions_out_of_order_are_refused_and_the_connection_stays() -> Resul
         expect_error(&mut c, code, &frame.to_string());
         c.ping_pong()?;
     }
-    c.send_json(&json!({"action": "presence:join", "channel": "room", "userId": "alice", "metadata": {}}))?;
+    c.send_json(
+        &json!({"action": "presence:join", "channel": "room", "userId": "alice", "metadata": {}}),
+    )?;
     c.ping_pong()?;
     Ok(())
 }

@@ -12,7 +12,9 @@ fn server_with_ttl(ttl_secs: u64) -> Result<(Server, tempfile::TempDir)> {
     let path = dir.path().join("ringcast.toml");
     std::fs::write(
         &path,
-        format!("[[tenants]]\nid = \"dev\"\nplan = \"enterprise\"\npresence_ttl_secs = {ttl_secs}\n"),
+        format!(
+            "[[tenants]]\nid = \"dev\"\nplan = \"enterprise\"\npresence_ttl_secs = {ttl_secs}\n"
+        ),
     )?;
     let server = Server::start(&["--config", &path.display().to_string()])?;
     Ok((server, dir))

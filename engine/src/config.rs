@@ -260,6 +260,12 @@ impl Config {
                 )));
             }
         }
+        if let Some(t) = self.tenants.iter().find(|t| t.presence_ttl_secs == Some(0)) {
+            return Err(ConfigError::Invalid(format!(
+                "tenant `{}`: presence_ttl_secs must be at least 1",
+                t.id
+            )));
+        }
         let mut ids: Vec<&str> = self.tenants.iter().map(|t| t.id.as_str()).collect();
         ids.sort_unstable();
         if let Some(pair) = ids.windows(2).find(|w| w[0] == w[1]) {
@@ -326,5 +332,28 @@ mod tests {
         let file: FileConfig = toml::from_str("default_tenant = \"ghost\"").unwrap();
         assert!(Config::merge(file, &Overrides::default()).is_err());
         assert!(toml::from_str::<FileConfig>("no_such_key = 1").is_err());
+        let zero_ttl: FileConfig =
+            toml::from_str("[[tenants]]\nid = \"a\"\nplan = \"free\"\npresence_ttl_secs = 0\n")
+                .unwrap();
+        assert!(Config::merge(zero_ttl, &Overrides::default()).is_err());
+    }
+
+    #[test]
+    fn presence_settings_per_tenant() {
+        let file: FileConfig = toml::from_str(
+            "[[tenants]]\nid = \"a\"\nplan = \"free\"\npresence_ttl_secs = 5\n\
+             max_presence_members = 3\npresence_events = \"dot\"\n",
+        )
+        .unwrap();
+        let config = Config::merge(file, &Overrides::default()).unwrap();
+        let table = crate::tenant::TenantTable::new(&config.tenants, None);
+        let tenant = table.get("a").unwrap();
+        assert_eq!(tenant.limits.presence.ttl_secs, 5);
+        assert_eq!(tenant.limits.presence.max_members_per_channel, 3);
+        assert_eq!(tenant.limits.presence.max_metadata_bytes, 4096);
+        assert_eq!(
+            tenant.presence_spelling,
+            ringcast_protocol::event::PresenceSpelling::Dot
+        );
     }
 }

@@ -4,11 +4,13 @@
 //! The connection is served by two tasks on its shard: the session (`session.rs`: reads
 //! frames, hands them to the shard) and the writer ([`crate::outbound::run_writer`]).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use hashbrown::HashMap;
+use ringcast_protocol::event::PresenceSpelling;
 use ringcast_protocol::ws::close_frame;
 use ringcast_protocol::{ChannelName, CloseCode};
 
@@ -33,6 +35,14 @@ pub struct Conn {
     pub tenant: Arc<Tenant>,
     /// Its subscriptions. Touched only by the shard's handlers, never across an `.await`.
     pub subs: RefCell<HashMap<ChannelName, Sub>>,
+    /// The channels it joined presence in, with the userId it joined as (few per
+    /// connection, bounded by the tenant's `max_presence_channels_per_connection`; empty
+    /// costs no allocation). The members themselves live at each channel's owner.
+    pub presence: RefCell<Vec<(ChannelName, Rc<str>)>>,
+    /// Whether it sent a frame since its shard last told the owners it was seen.
+    pub presence_seen: Cell<bool>,
+    /// How presence events are spelled for it.
+    pub presence_spelling: PresenceSpelling,
     out: Outbound,
 }
 
@@ -61,10 +71,28 @@ impl Conn {
     pub fn new(id: ConnId, tenant: Arc<Tenant>, limit: usize) -> Conn {
         Conn {
             id,
+            presence_spelling: tenant.presence_spelling,
             tenant,
             subs: RefCell::new(HashMap::new()),
+            presence: RefCell::new(Vec::new()),
+            presence_seen: Cell::new(false),
             out: Outbound::new(limit, websocket_farewell),
         }
+    }
+
+    /// The same connection with presence events spelled `spelling`.
+    pub fn with_presence_spelling(mut self, spelling: PresenceSpelling) -> Conn {
+        self.presence_spelling = spelling;
+        self
+    }
+
+    /// The userId it joined `channel`'s presence as.
+    pub fn presence_user(&self, channel: &ChannelName) -> Option<Rc<str>> {
+        let presence = self.presence.borrow();
+        presence
+            .iter()
+            .find(|(c, _)| c == channel)
+            .map(|(_, user)| user.clone())
     }
 
     /// The outbound queue.

@@ -21,7 +21,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use hashbrown::HashMap;
-use ringcast_protocol::client::{Publish, Subscribe};
+use ringcast_protocol::client::{PresenceJoin, Publish, Subscribe};
+use ringcast_protocol::event::PresenceSpelling;
 use ringcast_protocol::{event, ChannelName, ClientFrame, CloseCode, ErrorCode, FrameParser};
 
 use crate::clock::{Clock, Millis};
@@ -32,7 +33,8 @@ use crate::mesh::{Answer, Mesh, PublishReq, Question, ReplyTo, ShardMsg, Subscri
 use crate::metrics::ShardCounters;
 use crate::outbound::Pushed;
 use crate::outgoing::Outgoing;
-use crate::owner::OwnedChannels;
+use crate::owner::{OwnedChannels, ShardSet};
+use crate::presence::{Announce, PresenceEvent, PresenceHolder, PresenceTable};
 use crate::requests::{answer_channel, AnswerReceiver, PendingRequests, RequestFailed, Waiter};
 use crate::shared::Shared;
 use crate::tenant::Tenant;
@@ -45,7 +47,6 @@ pub const HOUSEKEEPING_MS: u64 = 1_000;
 /// Idle history logs are looked for every this many housekeeping ticks.
 const IDLE_RING_TICKS: u64 = 600;
 
-const PRESENCE_NOT_BUILT: &str = "presence is not available in this release of Ringcast";
 const PRIVATE_NOT_BUILT: &str =
     "`private-` channels need a channel token, and token verification is not available in this release";
 
@@ -65,6 +66,10 @@ pub struct ShardCore {
     out: Outgoing,
     next_housekeeping: Millis,
     housekeeping_ticks: u64,
+    /// Presence members of the channels this shard owns.
+    presence: PresenceTable,
+    /// This shard's connections holding presence that sent a frame since the last tick.
+    presence_seen: Vec<ConnId>,
 }
 
 impl ShardCore {
@@ -96,6 +101,8 @@ impl ShardCore {
             out: Outgoing::new(id, mesh),
             next_housekeeping: now.plus(HOUSEKEEPING_MS),
             housekeeping_ticks: 0,
+            presence: PresenceTable::default(),
+            presence_seen: Vec::new(),
         }
     }
 
@@ -107,6 +114,16 @@ impl ShardCore {
     /// Now, by this shard's clock.
     pub fn now(&self) -> Millis {
         self.clock.now()
+    }
+
+    /// Channels this shard owns that are open now (history mapped).
+    pub fn open_channel_count(&self) -> usize {
+        self.owned.len()
+    }
+
+    /// The presence members of the channels this shard owns (read-only; tests, benches).
+    pub fn presence(&self) -> &PresenceTable {
+        &self.presence
     }
 
     fn counters(&self) -> &ShardCounters {
@@ -133,8 +150,23 @@ impl ShardCore {
 
     /// Registers a new WebSocket connection and queues its `connected` event.
     pub fn register_conn(&mut self, tenant: Arc<Tenant>, client_id: &str) -> Rc<Conn> {
+        self.register_conn_with(tenant, client_id, None)
+    }
+
+    /// Like [`ShardCore::register_conn`], with presence events spelled `spelling`
+    /// (`?presence_events=`) instead of the tenant's setting.
+    pub fn register_conn_with(
+        &mut self,
+        tenant: Arc<Tenant>,
+        client_id: &str,
+        spelling: Option<PresenceSpelling>,
+    ) -> Rc<Conn> {
         let limit = self.shared.config.load().outbound_buffer_bytes;
-        let conn = Rc::new(Conn::new(ConnId(self.next_id()), tenant, limit));
+        let mut conn = Conn::new(ConnId(self.next_id()), tenant, limit);
+        if let Some(spelling) = spelling {
+            conn = conn.with_presence_spelling(spelling);
+        }
+        let conn = Rc::new(conn);
         self.conns.insert(conn.id, conn.clone());
         let connected = event::connected(client_id, self.now().0);
         self.push(&conn, connected);
@@ -148,6 +180,24 @@ impl ShardCore {
         for channel in subs.into_keys() {
             let key = ChannelKey::new(conn.tenant.id.clone(), channel);
             self.leave_local(&key, conn.id);
+        }
+        // Its members stay at their owners until the TTL; the owners only forget that
+        // this connection holds them.
+        let presence = std::mem::take(&mut *conn.presence.borrow_mut());
+        if !presence.is_empty() {
+            let seen = conn.presence_seen.replace(false);
+            let mut owners = ShardSet::default();
+            for (channel, _) in presence {
+                owners.insert(ChannelKey::new(conn.tenant.id.clone(), channel).owner(self.shards));
+            }
+            for owner in owners.iter() {
+                let msg = ShardMsg::PresenceConnClosed {
+                    from: self.id,
+                    conn: conn.id,
+                    seen,
+                };
+                self.send_to(owner, msg);
+            }
         }
         self.run_local();
     }
@@ -173,6 +223,7 @@ impl ShardCore {
 
     /// Acts on one text message from `conn`.
     pub fn on_text(&mut self, conn: &Rc<Conn>, text: &[u8]) {
+        self.mark_presence_seen(conn);
         self.on_client_frame(conn, text);
         self.run_local();
     }
@@ -187,20 +238,9 @@ impl ShardCore {
                 let pong = event::pong(self.now().0);
                 self.push(conn, pong);
             }
-            Ok(ClientFrame::PresenceJoin(p) | ClientFrame::PresenceUpdate(p)) => self.send_error(
-                conn,
-                Some(p.channel.as_str()),
-                None,
-                ErrorCode::NotImplemented,
-                PRESENCE_NOT_BUILT,
-            ),
-            Ok(ClientFrame::PresenceLeave { channel }) => self.send_error(
-                conn,
-                Some(channel.as_str()),
-                None,
-                ErrorCode::NotImplemented,
-                PRESENCE_NOT_BUILT,
-            ),
+            Ok(ClientFrame::PresenceJoin(join)) => self.presence_join(conn, join),
+            Ok(ClientFrame::PresenceUpdate(update)) => self.presence_update(conn, update),
+            Ok(ClientFrame::PresenceLeave { channel }) => self.presence_leave(conn, channel),
             Err(failure) => self.send_error(
                 conn,
                 failure.channel.as_deref(),
@@ -208,6 +248,19 @@ impl ShardCore {
                 failure.code,
                 &failure.message,
             ),
+        }
+    }
+
+    /// A WebSocket ping (control frame) from `conn`: counts as seen for presence.
+    pub fn on_ws_ping(&mut self, conn: &Rc<Conn>) {
+        self.mark_presence_seen(conn);
+    }
+
+    /// Notes that `conn` sent something; its shard tells the owners once per tick.
+    fn mark_presence_seen(&mut self, conn: &Conn) {
+        if !conn.presence_seen.get() && !conn.presence.borrow().is_empty() {
+            conn.presence_seen.set(true);
+            self.presence_seen.push(conn.id);
         }
     }
 
@@ -324,6 +377,185 @@ impl ShardCore {
         self.send_to_owner(&key, msg);
     }
 
+    // ----- presence (client side: the member lives at the channel's owner) -----
+
+    fn presence_join(&mut self, conn: &Rc<Conn>, join: PresenceJoin<'_>) {
+        let channel = join.channel;
+        let name = Some(channel.as_str());
+        if channel.is_private() {
+            let code = ErrorCode::Unauthorized;
+            self.send_error(conn, name, None, code, PRIVATE_NOT_BUILT);
+            return;
+        }
+        let limits = conn.tenant.limits.presence;
+        if let Some(size) = join.metadata.map(<[u8]>::len) {
+            if size > limits.max_metadata_bytes {
+                let message = format!(
+                    "presence metadata is {size} bytes; the tenant's limit is {}",
+                    limits.max_metadata_bytes
+                );
+                self.send_error(conn, name, None, ErrorCode::PresenceLimit, &message);
+                return;
+            }
+        }
+        let user: Rc<str> = Rc::from(join.user_id.as_str());
+        match conn.presence_user(&channel) {
+            Some(previous) if previous == user => {}
+            Some(previous) => {
+                // One member per connection and channel: joining as another user
+                // leaves as the previous one first.
+                self.ask_for_conn(
+                    conn,
+                    channel.clone(),
+                    None,
+                    Question::PresenceLeave {
+                        key: ChannelKey::new(conn.tenant.id.clone(), channel.clone()),
+                        user_id: previous.to_string(),
+                        holder: self.holder(conn),
+                    },
+                );
+                let mut presence = conn.presence.borrow_mut();
+                if let Some(entry) = presence.iter_mut().find(|(c, _)| *c == channel) {
+                    entry.1 = user.clone();
+                }
+            }
+            None => {
+                let limit = limits.max_channels_per_connection;
+                if conn.presence.borrow().len() >= limit as usize {
+                    let message = format!(
+                        "this connection is present in {limit} channels, the tenant's limit"
+                    );
+                    self.send_error(conn, name, None, ErrorCode::PresenceLimit, &message);
+                    return;
+                }
+                // Recorded before the owner answers, so a close right after still tells
+                // the owner; a refused join forgets it again.
+                conn.presence
+                    .borrow_mut()
+                    .push((channel.clone(), user.clone()));
+            }
+        }
+        let question = Question::PresenceJoin {
+            key: ChannelKey::new(conn.tenant.id.clone(), channel.clone()),
+            user_id: join.user_id,
+            metadata: join.metadata.map(Bytes::copy_from_slice),
+            holder: self.holder(conn),
+        };
+        self.ask_for_conn(conn, channel, Some(user), question);
+    }
+
+    fn presence_update(&mut self, conn: &Rc<Conn>, update: PresenceJoin<'_>) {
+        let channel = update.channel;
+        let name = Some(channel.as_str());
+        let joined = conn
+            .presence_user(&channel)
+            .is_some_and(|user| *user == *update.user_id);
+        if !joined {
+            let message = "join presence in this channel as this userId before updating";
+            self.send_error(conn, name, None, ErrorCode::BadRequest, message);
+            return;
+        }
+        let limit = conn.tenant.limits.presence.max_metadata_bytes;
+        if let Some(size) = update.metadata.map(<[u8]>::len).filter(|s| *s > limit) {
+            let message =
+                format!("presence metadata is {size} bytes; the tenant's limit is {limit}");
+            self.send_error(conn, name, None, ErrorCode::PresenceLimit, &message);
+            return;
+        }
+        let question = Question::PresenceUpdate {
+            key: ChannelKey::new(conn.tenant.id.clone(), channel.clone()),
+            user_id: update.user_id,
+            metadata: update.metadata.map(Bytes::copy_from_slice),
+        };
+        self.ask_for_conn(conn, channel, None, question);
+    }
+
+    fn presence_leave(&mut self, conn: &Rc<Conn>, channel: ChannelName) {
+        let user = {
+            let mut presence = conn.presence.borrow_mut();
+            presence
+                .iter()
+                .position(|(c, _)| *c == channel)
+                .map(|at| presence.swap_remove(at).1)
+        };
+        let Some(user) = user else {
+            let message = "not present in this channel";
+            let name = Some(channel.as_str());
+            self.send_error(conn, name, None, ErrorCode::BadRequest, message);
+            return;
+        };
+        let question = Question::PresenceLeave {
+            key: ChannelKey::new(conn.tenant.id.clone(), channel.clone()),
+            user_id: user.to_string(),
+            holder: self.holder(conn),
+        };
+        self.ask_for_conn(conn, channel, None, question);
+    }
+
+    fn holder(&self, conn: &Conn) -> PresenceHolder {
+        PresenceHolder::Conn {
+            shard: self.id,
+            conn: conn.id,
+        }
+    }
+
+    /// Sends a connection's presence `question` to the channel's owner; the answer (or
+    /// the deadline) resolves a [`Waiter::PresenceConn`].
+    fn ask_for_conn(
+        &mut self,
+        conn: &Conn,
+        channel: ChannelName,
+        join_as: Option<Rc<str>>,
+        question: Question,
+    ) {
+        let key = ChannelKey::new(conn.tenant.id.clone(), channel.clone());
+        let request = self.next_request();
+        let timeout = self.shared.config.load().request_timeout_ms;
+        let waiter = Waiter::PresenceConn {
+            conn: conn.id,
+            channel,
+            join_as,
+        };
+        self.requests
+            .insert(request, waiter, self.now().plus(timeout));
+        let reply = ReplyTo {
+            shard: self.id,
+            request,
+        };
+        self.send_to_owner(&key, ShardMsg::Ask { reply, question });
+    }
+
+    /// Tells each owner which of this shard's presence-holding connections were seen
+    /// since the last tick: one message per owner, however many pings and members.
+    fn flush_presence_seen(&mut self) {
+        if self.presence_seen.is_empty() {
+            return;
+        }
+        let mut by_owner: Vec<Vec<ConnId>> = vec![Vec::new(); self.shards];
+        for id in std::mem::take(&mut self.presence_seen) {
+            let Some(conn) = self.conns.get(&id) else {
+                continue;
+            };
+            conn.presence_seen.set(false);
+            for (channel, _) in conn.presence.borrow().iter() {
+                let owner = ChannelKey::new(conn.tenant.id.clone(), channel.clone());
+                let list = &mut by_owner[owner.owner(self.shards).index()];
+                if list.last() != Some(&id) {
+                    list.push(id);
+                }
+            }
+        }
+        for (owner, conns) in by_owner.into_iter().enumerate() {
+            if !conns.is_empty() {
+                let msg = ShardMsg::PresenceSeen {
+                    from: self.id,
+                    conns,
+                };
+                self.send_to(ShardId(owner as u16), msg);
+            }
+        }
+    }
+
     // ----- typed requests from async tasks (HTTP handlers) -----
 
     /// Sends `question` to `key`'s owner; the receiver resolves to its answer, or to
@@ -410,6 +642,15 @@ impl ShardCore {
             } => self.finish_subscribe(&key, conn, request, ok, frames),
             ShardMsg::Ask { reply, question } => self.owner_answer(reply, question),
             ShardMsg::Answer { request, answer } => self.complete(request, Ok(answer)),
+            ShardMsg::Presence { key, event } => self.deliver_presence(&key, &event),
+            ShardMsg::PresenceSeen { from, conns } => {
+                let now = self.now();
+                self.presence.seen(from, &conns, now);
+            }
+            ShardMsg::PresenceConnClosed { from, conn, seen } => {
+                let now = self.now();
+                self.presence.conn_closed(from, conn, seen, now);
+            }
         }
     }
 
@@ -546,8 +787,115 @@ impl ShardCore {
                     },
                 }
             }
+            question => self.owner_presence(question),
         };
         self.answer(Some(reply), answer);
+    }
+
+    /// The owner side of presence questions.
+    fn owner_presence(&mut self, question: Question) -> Answer {
+        let now = self.now();
+        let gone = || Answer::Failed {
+            code: ErrorCode::Unauthorized,
+            message: "the tenant no longer exists".to_owned(),
+        };
+        let refused = |e: crate::presence::PresenceRefused| Answer::Failed {
+            code: ErrorCode::PresenceLimit,
+            message: e.to_string(),
+        };
+        match question {
+            Question::ChannelState { .. } => unreachable!("answered by owner_answer"),
+            Question::PresenceMembers { key } => {
+                // Listing never shows a member whose TTL passed.
+                self.expire_presence(now);
+                Answer::PresenceMembers {
+                    members: self.presence.members(&key),
+                }
+            }
+            Question::PresenceJoin {
+                key,
+                user_id,
+                metadata,
+                holder,
+            } => {
+                let Some(tenant) = self.shared.tenants.load().get(key.tenant.as_str()) else {
+                    return gone();
+                };
+                let limits = tenant.limits.presence;
+                match self
+                    .presence
+                    .join(&key, &user_id, metadata, holder, &limits, now)
+                {
+                    Ok(joined) => {
+                        if let Some(announce) = joined.announce {
+                            self.announce(&key, announce);
+                        }
+                        Answer::PresenceJoined {
+                            is_new: joined.is_new,
+                        }
+                    }
+                    Err(e) => refused(e),
+                }
+            }
+            Question::PresenceUpdate {
+                key,
+                user_id,
+                metadata,
+            } => {
+                let Some(tenant) = self.shared.tenants.load().get(key.tenant.as_str()) else {
+                    return gone();
+                };
+                let limits = tenant.limits.presence;
+                match self.presence.update(&key, &user_id, metadata, &limits, now) {
+                    Ok(announce) => {
+                        let updated = announce.is_some();
+                        if let Some(announce) = announce {
+                            self.announce(&key, announce);
+                        }
+                        Answer::PresenceUpdated { updated }
+                    }
+                    Err(e) => refused(e),
+                }
+            }
+            Question::PresenceLeave {
+                key,
+                user_id,
+                holder,
+            } => {
+                let (was_present, announce) = self.presence.leave(&key, &user_id, holder);
+                if let Some(announce) = announce {
+                    self.announce(&key, announce);
+                }
+                Answer::PresenceLeft { was_present }
+            }
+        }
+    }
+
+    /// Sends a presence change to every shard watching `key` (itself included, through
+    /// the local FIFO), after any message of the channel sent before it.
+    fn announce(&mut self, key: &ChannelKey, announce: Announce) {
+        let Some(channel) = self.owned.get(key) else {
+            return;
+        };
+        if channel.watchers.is_empty() {
+            return;
+        }
+        let event = PresenceEvent::new(key.channel.clone(), announce, self.clock.now().0);
+        let counters = self.shared.metrics.shard(self.id);
+        for shard in channel.watchers.iter() {
+            let msg = ShardMsg::Presence {
+                key: key.clone(),
+                event: event.clone(),
+            };
+            self.out.send(shard, msg, counters);
+        }
+    }
+
+    /// Expires every member whose TTL passed by `now`, announcing each leave.
+    fn expire_presence(&mut self, now: Millis) {
+        while let Some((key, announce)) = self.presence.pop_expired(now) {
+            self.announce(&key, announce);
+        }
     }
 
     fn finish_subscribe(
@@ -621,6 +969,60 @@ impl ShardCore {
                 let reference = reference.as_deref();
                 self.send_error(&conn, Some(channel.as_str()), reference, code, &message);
             }
+            Waiter::PresenceConn {
+                conn,
+                channel,
+                join_as,
+            } => {
+                let Some(conn) = self.conns.get(&conn).cloned() else {
+                    self.counters().answers_unclaimed.inc();
+                    return;
+                };
+                let (code, message) = match outcome {
+                    Ok(Answer::PresenceJoined { .. } | Answer::PresenceLeft { .. }) => return,
+                    Ok(Answer::PresenceUpdated { updated: true }) => return,
+                    Ok(Answer::PresenceUpdated { updated: false }) => (
+                        ErrorCode::BadRequest,
+                        "not a presence member of this channel (expired?); join again".to_owned(),
+                    ),
+                    Ok(Answer::Failed { code, message }) => {
+                        // The owner refused: the connection holds nothing there.
+                        if let Some(user) = join_as {
+                            conn.presence
+                                .borrow_mut()
+                                .retain(|(c, u)| !(*c == channel && *u == user));
+                        }
+                        (code, message)
+                    }
+                    Ok(other) => {
+                        tracing::error!(?other, "unexpected answer to a presence action");
+                        (ErrorCode::Overloaded, "unexpected answer".to_owned())
+                    }
+                    Err(failed) => (ErrorCode::Overloaded, failed.to_string()),
+                };
+                self.send_error(&conn, Some(channel.as_str()), None, code, &message);
+            }
+        }
+    }
+
+    /// Queues a presence change to every local subscriber of `key`, in the spelling each
+    /// asked for (each spelling encoded once, shared by all).
+    fn deliver_presence(&mut self, key: &ChannelKey, event: &PresenceEvent) {
+        let Some(channel) = self.local.get(key) else {
+            return;
+        };
+        let (mut delivered, mut overflowed) = (0u64, 0u64);
+        for conn in channel.subscribers() {
+            match conn.push(event.frame(conn.presence_spelling).clone()) {
+                Pushed::Queued => delivered += 1,
+                Pushed::Overflowed => overflowed += 1,
+                Pushed::Dropped => {}
+            }
+        }
+        let counters = self.counters();
+        counters.deliveries.add(delivered);
+        if overflowed > 0 {
+            counters.slow_consumer_closes.add(overflowed);
         }
     }
 
@@ -675,6 +1077,7 @@ impl ShardCore {
             self.counters().requests_timed_out.inc();
             self.resolve(waiter, Err(RequestFailed::Timeout));
         }
+        self.expire_presence(now);
         if now >= self.next_housekeeping {
             self.housekeeping_ticks += 1;
             let sweep = self.housekeeping_ticks % IDLE_RING_TICKS == 1;
@@ -687,22 +1090,27 @@ impl ShardCore {
 
     /// When [`ShardCore::on_tick`] should run next.
     pub fn next_deadline(&mut self) -> Millis {
-        match self.requests.next_deadline() {
-            Some(deadline) => deadline.min(self.next_housekeeping),
-            None => self.next_housekeeping,
-        }
+        [self.requests.next_deadline(), self.presence.next_deadline()]
+            .into_iter()
+            .flatten()
+            .fold(self.next_housekeeping, Millis::min)
     }
 
-    /// Periodic work: idle connections' write buffers, idle channel eviction, interval
+    /// Periodic work: presence heartbeats to owners, idle connections' write buffers,
+    /// idle channel eviction (never of a channel with presence members), interval
     /// flushes, idle log removal.
     fn housekeeping(&mut self, now: Millis, sweep_idle_rings: bool) {
+        self.flush_presence_seen();
         for conn in self.conns.values() {
             conn.outbound().sweep_idle();
         }
         let idle_before = now.0.saturating_sub(IDLE_CHANNEL_MS);
+        let presence = &self.presence;
         let freed = self
             .owned
-            .housekeeping(now.0, idle_before, sweep_idle_rings, |_| false);
+            .housekeeping(now.0, idle_before, sweep_idle_rings, |key| {
+                presence.has_members(key)
+            });
         if freed > 0 {
             tracing::info!(shard = %self.id, freed, "freed idle channels' history rings");
         }

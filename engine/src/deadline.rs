@@ -1,5 +1,6 @@
-//! One deadline queue per shard: request deadlines today; presence TTLs, token expiry
-//! and SSE heartbeats as they land.
+//! The per-shard deadline queue, one per kind of deadline: request deadlines
+//! (`requests.rs`) and presence TTLs (`presence.rs`) today; token expiry and SSE
+//! heartbeats as they land.
 //!
 //! A binary heap of `(deadline, slot)` over a slab of entries. Cancelling or moving an
 //! entry leaves its old heap item behind as stale (recognised by a per-slot generation

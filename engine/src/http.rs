@@ -25,6 +25,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 use monoio::time::Instant;
 use ringcast_protocol::body::{BodyDecoder, BodyError, BodyPoll};
+use ringcast_protocol::event::PresenceSpelling;
 use ringcast_protocol::http::{
     api_error_response, ok_json, ok_response, parse_request_head, switching_protocols, HttpError,
     RequestHead, Upgrade, CONTINUE,
@@ -42,6 +43,7 @@ enum Route {
         response: Vec<u8>,
         tenant: Arc<crate::tenant::Tenant>,
         client_id: String,
+        presence_events: Option<PresenceSpelling>,
     },
 }
 
@@ -51,6 +53,7 @@ enum Served {
     Upgrade {
         tenant: Arc<crate::tenant::Tenant>,
         client_id: String,
+        presence_events: Option<PresenceSpelling>,
     },
 }
 
@@ -75,11 +78,23 @@ pub async fn serve_connection(
             drop(slot);
             drop(stream);
         }
-        Served::Upgrade { tenant, client_id } => {
+        Served::Upgrade {
+            tenant,
+            client_id,
+            presence_events,
+        } => {
             if let Some(slot) = slot {
                 // Tasks of their own, so this HTTP-phase state is freed while the
                 // WebSocket lives (idle connections stay small).
-                start_session(shard, stream, buf, tenant, &client_id, slot);
+                start_session(
+                    shard,
+                    stream,
+                    buf,
+                    tenant,
+                    &client_id,
+                    presence_events,
+                    slot,
+                );
             }
         }
     }
@@ -128,11 +143,16 @@ async fn serve_requests(
                 response,
                 tenant,
                 client_id,
+                presence_events,
             } => {
                 if !write_within(stream, response, timeout).await {
                     return Served::Close;
                 }
-                return Served::Upgrade { tenant, client_id };
+                return Served::Upgrade {
+                    tenant,
+                    client_id,
+                    presence_events,
+                };
             }
         }
     }
@@ -365,11 +385,16 @@ fn websocket(shard: &Rc<Shard>, head: &RequestHead, keep_alive: bool) -> Route {
         .query_param("cid")
         .filter(|c| !c.is_empty())
         .unwrap_or_else(|| shard.generate_client_id());
+    let presence_events = head
+        .query_param("presence_events")
+        .as_deref()
+        .and_then(PresenceSpelling::parse);
     let shard_header = shard.id.to_string();
     let response = switching_protocols(&accept, &[("x-ringcast-shard", &shard_header)]);
     Route::Upgrade {
         response,
         tenant,
         client_id,
+        presence_events,
     }
 }

@@ -34,6 +34,7 @@ pub mod metrics;
 pub mod outbound;
 pub mod outgoing;
 pub mod owner;
+pub mod presence;
 pub mod requests;
 pub mod server;
 pub mod session;

@@ -24,6 +24,7 @@ use crossbeam_queue::ArrayQueue;
 use ringcast_protocol::ErrorCode;
 
 use crate::keys::{ChannelKey, ConnId, RequestId, ShardId};
+use crate::presence::{PresenceEvent, PresenceHolder, PresenceMember};
 
 /// Default bound of each inbox, in messages.
 pub const DEFAULT_INBOX_CAPACITY: usize = 8192;
@@ -76,6 +77,32 @@ pub enum ShardMsg {
         /// The typed answer.
         answer: Answer,
     },
+    /// From the owner: a presence change for the local subscribers of `key`, in the
+    /// same FIFO as `Deliver` (so it keeps its place among the channel's messages).
+    Presence {
+        /// The channel.
+        key: ChannelKey,
+        /// The change, encoded lazily once per spelling and shared by every shard.
+        event: Arc<PresenceEvent>,
+    },
+    /// To an owner, once per housekeeping tick: these connections of `from`, holding
+    /// presence in channels of that owner, sent a frame (or ping) since the last one.
+    PresenceSeen {
+        /// The connections' shard.
+        from: ShardId,
+        /// The connections seen.
+        conns: Vec<ConnId>,
+    },
+    /// To each owner a connection holds presence with: it closed. Its members stay
+    /// until their TTL (a reconnect within it is no leave/join).
+    PresenceConnClosed {
+        /// The connection's shard.
+        from: ShardId,
+        /// The connection.
+        conn: ConnId,
+        /// It was seen since the last `PresenceSeen`.
+        seen: bool,
+    },
 }
 
 /// Where an owner sends its answer: the asking shard and its request.
@@ -95,6 +122,46 @@ pub enum Question {
         /// The channel.
         key: ChannelKey,
     },
+    /// The channel's presence members (expired ones are removed first). Answer:
+    /// [`Answer::PresenceMembers`].
+    PresenceMembers {
+        /// The channel.
+        key: ChannelKey,
+    },
+    /// `user_id` joins (or refreshes its membership: an HTTP join must be repeated
+    /// within the TTL). Answer: [`Answer::PresenceJoined`], or `Failed` with
+    /// `presence_limit`.
+    PresenceJoin {
+        /// The channel.
+        key: ChannelKey,
+        /// The member's key.
+        user_id: String,
+        /// Raw JSON metadata; `None` keeps what a member had (`null` for a new one).
+        metadata: Option<Bytes>,
+        /// Who holds the membership: a WebSocket connection or the HTTP API.
+        holder: PresenceHolder,
+    },
+    /// Replaces a member's metadata without a leave/join. Answer:
+    /// [`Answer::PresenceUpdated`] (`updated: false` when not a member), or `Failed`
+    /// with `presence_limit`.
+    PresenceUpdate {
+        /// The channel.
+        key: ChannelKey,
+        /// The member's key.
+        user_id: String,
+        /// Raw JSON metadata (`None`: `null`).
+        metadata: Option<Bytes>,
+    },
+    /// `holder` leaves: a connection's leave removes the member once no other holder
+    /// is left; an HTTP leave removes it. Answer: [`Answer::PresenceLeft`].
+    PresenceLeave {
+        /// The channel.
+        key: ChannelKey,
+        /// The member's key.
+        user_id: String,
+        /// Who leaves.
+        holder: PresenceHolder,
+    },
 }
 
 /// A typed answer from a channel's owner.
@@ -113,6 +180,26 @@ pub enum Answer {
         seq: u64,
         /// The epoch, as sent to clients.
         epoch: String,
+    },
+    /// The answer to `PresenceMembers`: `{members:[{userId, metadata, lastSeen}]}`.
+    PresenceMembers {
+        /// By userId.
+        members: Vec<PresenceMember>,
+    },
+    /// The answer to `PresenceJoin`: `{isNew}`.
+    PresenceJoined {
+        /// The user was not a member before.
+        is_new: bool,
+    },
+    /// The answer to `PresenceUpdate`: `{updated}`.
+    PresenceUpdated {
+        /// The user was a member and its metadata was replaced.
+        updated: bool,
+    },
+    /// The answer to `PresenceLeave`: `{wasPresent}`.
+    PresenceLeft {
+        /// The user was a member.
+        was_present: bool,
     },
     /// The request failed at the owner.
     Failed {

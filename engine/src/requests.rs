@@ -49,6 +49,17 @@ pub enum Waiter {
         /// The publish's raw `ref`.
         reference: Option<Bytes>,
     },
+    /// A WebSocket connection's presence action: nothing on success, an `error` event
+    /// on failure.
+    PresenceConn {
+        /// The connection.
+        conn: ConnId,
+        /// The channel.
+        channel: ChannelName,
+        /// For a join: the userId it joined as, forgotten from the connection's record
+        /// when the owner refuses the join.
+        join_as: Option<Rc<str>>,
+    },
     /// An async task on this shard.
     Task(AnswerSender),
 }

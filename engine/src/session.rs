@@ -13,6 +13,7 @@ use std::time::Duration;
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, OwnedReadHalf, Splitable};
 use monoio::net::TcpStream;
+use ringcast_protocol::event::PresenceSpelling;
 use ringcast_protocol::ws::{pong_frame, Decoded, Message, WsDecoder};
 use ringcast_protocol::CloseCode;
 
@@ -41,9 +42,10 @@ pub fn start_session(
     leftover: Vec<u8>,
     tenant: Arc<Tenant>,
     client_id: &str,
+    presence_events: Option<PresenceSpelling>,
     slot: ConnectionSlot,
 ) {
-    let conn = shard.register_conn(tenant, client_id);
+    let conn = shard.register_conn(tenant, client_id, presence_events);
     let (reader, writer) = stream.into_split();
     monoio::spawn(run_writer(conn.clone(), writer));
     // The HTTP phase's buffer is sized for request heads; start small unless it holds
@@ -130,7 +132,7 @@ fn handle_message(shard: &Shard, conn: &Rc<Conn>, message: &Message, buf: &[u8])
     match message {
         Message::Text(payload) => shard.on_text(conn, payload.bytes(buf)),
         Message::Binary(_) => shard.on_binary(conn),
-        Message::Ping(payload) => shard.push(conn, pong_frame(payload.bytes(buf))),
+        Message::Ping(payload) => shard.on_ws_ping(conn, pong_frame(payload.bytes(buf))),
         Message::Pong | Message::Fragment => {}
         Message::Close(code) => {
             let answer = match code {

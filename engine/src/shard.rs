@@ -15,6 +15,7 @@ use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
+use ringcast_protocol::event::PresenceSpelling;
 
 use crate::clock::{Clock, Millis};
 use crate::conn::Conn;
@@ -83,8 +84,15 @@ impl Shard {
     }
 
     /// Registers a new WebSocket connection; its first queued frame is `connected`.
-    pub fn register_conn(&self, tenant: Arc<Tenant>, client_id: &str) -> Rc<Conn> {
-        self.core().register_conn(tenant, client_id)
+    /// `presence_events` (`?presence_events=`) overrides the tenant's spelling.
+    pub fn register_conn(
+        &self,
+        tenant: Arc<Tenant>,
+        client_id: &str,
+        presence_events: Option<PresenceSpelling>,
+    ) -> Rc<Conn> {
+        self.core()
+            .register_conn_with(tenant, client_id, presence_events)
     }
 
     /// Forgets a connection.
@@ -106,6 +114,13 @@ impl Shard {
     /// Answers a binary message.
     pub fn on_binary(&self, conn: &Rc<Conn>) {
         self.core().on_binary(conn);
+    }
+
+    /// Answers a WebSocket ping with `pong` (which counts as seen for presence).
+    pub fn on_ws_ping(&self, conn: &Rc<Conn>, pong: Bytes) {
+        let mut core = self.core();
+        core.on_ws_ping(conn);
+        core.push(conn, pong);
     }
 
     /// Queues one frame for one connection.

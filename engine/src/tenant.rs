@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use ringcast_protocol::event::PresenceSpelling;
 use ringcast_protocol::TenantId;
 use serde::Deserialize;
 
@@ -32,6 +33,35 @@ pub struct Limits {
     pub publishes_per_minute: Option<u32>,
     /// Messages kept per channel.
     pub history_messages: u32,
+    /// Presence limits (the same on every plan unless overridden).
+    pub presence: PresenceLimits,
+}
+
+/// Presence settings and limits of a tenant (SPEC §4). Going over a limit answers
+/// `presence_limit` and changes nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PresenceLimits {
+    /// A member not seen for this long is expired (`presence_ttl_secs`, default 30).
+    pub ttl_secs: u64,
+    /// Largest `metadata` of one member, in bytes of JSON (`max_presence_metadata_bytes`,
+    /// default 4,096).
+    pub max_metadata_bytes: usize,
+    /// Members per channel (`max_presence_members`, default 10,000).
+    pub max_members_per_channel: u32,
+    /// Channels one connection may be present in (`max_presence_channels_per_connection`,
+    /// default 100).
+    pub max_channels_per_connection: u32,
+}
+
+impl Default for PresenceLimits {
+    fn default() -> Self {
+        PresenceLimits {
+            ttl_secs: 30,
+            max_metadata_bytes: 4 * 1024,
+            max_members_per_channel: 10_000,
+            max_channels_per_connection: 100,
+        }
+    }
 }
 
 impl Plan {
@@ -43,24 +73,28 @@ impl Plan {
                 max_message_bytes: 64 * 1024,
                 publishes_per_minute: Some(500),
                 history_messages: 100,
+                presence: PresenceLimits::default(),
             },
             Plan::Builder => Limits {
                 max_channels: Some(50),
                 max_message_bytes: 128 * 1024,
                 publishes_per_minute: Some(5_000),
                 history_messages: 1_000,
+                presence: PresenceLimits::default(),
             },
             Plan::Pro => Limits {
                 max_channels: Some(200),
                 max_message_bytes: 512 * 1024,
                 publishes_per_minute: Some(50_000),
                 history_messages: 1_000,
+                presence: PresenceLimits::default(),
             },
             Plan::Enterprise => Limits {
                 max_channels: None,
                 max_message_bytes: 1024 * 1024,
                 publishes_per_minute: None,
                 history_messages: 1_000,
+                presence: PresenceLimits::default(),
             },
         }
     }
@@ -80,6 +114,41 @@ pub struct TenantConfig {
     /// Override of the plan's history length.
     #[serde(default)]
     pub history_messages: Option<u32>,
+    /// Presence TTL in seconds (default 30).
+    #[serde(default)]
+    pub presence_ttl_secs: Option<u64>,
+    /// Override of the presence metadata bound (default 4,096 bytes).
+    #[serde(default)]
+    pub max_presence_metadata_bytes: Option<usize>,
+    /// Override of the members-per-channel bound (default 10,000).
+    #[serde(default)]
+    pub max_presence_members: Option<u32>,
+    /// Override of the presence-channels-per-connection bound (default 100).
+    #[serde(default)]
+    pub max_presence_channels_per_connection: Option<u32>,
+    /// `colon` (default: `presence:join`, what the SDK listens for) or `dot`
+    /// (`presence.join`) for this tenant's WebSocket connections.
+    #[serde(default)]
+    pub presence_events: Option<PresenceEvents>,
+}
+
+/// The `presence_events` tenant setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PresenceEvents {
+    /// `presence:join`, `presence:update`, `presence:leave`.
+    Colon,
+    /// `presence.join`, `presence.update`, `presence.leave`.
+    Dot,
+}
+
+impl From<PresenceEvents> for PresenceSpelling {
+    fn from(value: PresenceEvents) -> Self {
+        match value {
+            PresenceEvents::Colon => PresenceSpelling::Colon,
+            PresenceEvents::Dot => PresenceSpelling::Dot,
+        }
+    }
 }
 
 impl TenantConfig {
@@ -90,6 +159,11 @@ impl TenantConfig {
             plan,
             max_message_bytes: None,
             history_messages: None,
+            presence_ttl_secs: None,
+            max_presence_metadata_bytes: None,
+            max_presence_members: None,
+            max_presence_channels_per_connection: None,
+            presence_events: None,
         }
     }
 }
@@ -103,6 +177,8 @@ pub struct Tenant {
     pub plan: Plan,
     /// Plan limits with overrides applied.
     pub limits: Limits,
+    /// How presence events are spelled on its WebSocket connections by default.
+    pub presence_spelling: PresenceSpelling,
 }
 
 /// Every tenant, by id, and the default one.
@@ -125,12 +201,26 @@ impl TenantTable {
                 if let Some(kept) = c.history_messages {
                     limits.history_messages = kept;
                 }
+                let presence = &mut limits.presence;
+                if let Some(ttl) = c.presence_ttl_secs {
+                    presence.ttl_secs = ttl;
+                }
+                if let Some(max) = c.max_presence_metadata_bytes {
+                    presence.max_metadata_bytes = max;
+                }
+                if let Some(max) = c.max_presence_members {
+                    presence.max_members_per_channel = max;
+                }
+                if let Some(max) = c.max_presence_channels_per_connection {
+                    presence.max_channels_per_connection = max;
+                }
                 (
                     c.id.clone(),
                     Arc::new(Tenant {
                         id: TenantId::new(&c.id),
                         plan: c.plan,
                         limits,
+                        presence_spelling: c.presence_events.map(Into::into).unwrap_or_default(),
                     }),
                 )
             })

@@ -187,6 +187,81 @@ pub fn error(
     frame.finish(ts)
 }
 
+/// What happened to a presence member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PresenceKind {
+    /// A user new to the channel.
+    Join,
+    /// A member's metadata was replaced.
+    Update,
+    /// A member left (explicitly, with its last connection, or by TTL expiry).
+    Leave,
+}
+
+/// How presence event names are spelled on a connection (SPEC §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum PresenceSpelling {
+    /// `presence:join`: what the official SDK's presence handle listens for (default).
+    #[default]
+    Colon,
+    /// `presence.join`: the seed's protocol reference (`?presence_events=dot`).
+    Dot,
+}
+
+impl PresenceSpelling {
+    /// Both spellings, in index order.
+    pub const ALL: [PresenceSpelling; 2] = [PresenceSpelling::Colon, PresenceSpelling::Dot];
+
+    /// `colon` or `dot` (the query parameter and tenant setting values).
+    pub fn parse(value: &str) -> Option<PresenceSpelling> {
+        match value {
+            "colon" => Some(PresenceSpelling::Colon),
+            "dot" => Some(PresenceSpelling::Dot),
+            _ => None,
+        }
+    }
+
+    /// 0 for colon, 1 for dot.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The event name of `kind` in this spelling.
+    pub fn event_name(self, kind: PresenceKind) -> &'static str {
+        match (self, kind) {
+            (PresenceSpelling::Colon, PresenceKind::Join) => "presence:join",
+            (PresenceSpelling::Colon, PresenceKind::Update) => "presence:update",
+            (PresenceSpelling::Colon, PresenceKind::Leave) => "presence:leave",
+            (PresenceSpelling::Dot, PresenceKind::Join) => "presence.join",
+            (PresenceSpelling::Dot, PresenceKind::Update) => "presence.update",
+            (PresenceSpelling::Dot, PresenceKind::Leave) => "presence.leave",
+        }
+    }
+}
+
+/// A presence event: `{"event":"presence:join","channel":…,"userId":…,"metadata":…,"ts":…}`.
+/// `metadata` is the raw JSON the member gave (`null` when none); a leave carries none.
+pub fn presence(
+    spelling: PresenceSpelling,
+    kind: PresenceKind,
+    channel: &str,
+    user_id: &str,
+    metadata: Option<&[u8]>,
+    ts: u64,
+) -> Bytes {
+    let size = channel.len() + user_id.len() + metadata.map_or(4, <[u8]>::len) + 64;
+    let frame = EventFrame::new(spelling.event_name(kind), size)
+        .str_field("channel", channel)
+        .str_field("userId", user_id);
+    let frame = match kind {
+        PresenceKind::Leave => frame,
+        PresenceKind::Join | PresenceKind::Update => {
+            frame.raw_field("metadata", metadata.unwrap_or(b"null"))
+        }
+    };
+    frame.finish(ts)
+}
+
 /// `pong`.
 pub fn pong(ts: u64) -> Bytes {
     EventFrame::new("pong", 16).finish(ts)
@@ -279,6 +354,44 @@ mod tests {
         assert_eq!(v["channel"], "c");
         assert_eq!(v["data"]["code"], "bad_request");
         assert_eq!(v["data"]["message"], "no \"quote\"");
+    }
+
+    #[test]
+    fn presence_events_in_both_spellings() {
+        let join = unframe(&presence(
+            PresenceSpelling::Colon,
+            PresenceKind::Join,
+            "chat:lobby",
+            "alice",
+            Some(br#"{"name":"Alice"}"#),
+            7,
+        ));
+        assert_eq!(join["event"], "presence:join");
+        assert_eq!(join["userId"], "alice");
+        assert_eq!(join["metadata"]["name"], "Alice");
+        let update = unframe(&presence(
+            PresenceSpelling::Dot,
+            PresenceKind::Update,
+            "c",
+            "a\"b",
+            None,
+            7,
+        ));
+        assert_eq!(update["event"], "presence.update");
+        assert_eq!(update["userId"], "a\"b");
+        assert!(update["metadata"].is_null());
+        let leave = unframe(&presence(
+            PresenceSpelling::Dot,
+            PresenceKind::Leave,
+            "c",
+            "a",
+            Some(b"1"),
+            7,
+        ));
+        assert_eq!(leave["event"], "presence.leave");
+        assert!(leave.get("metadata").is_none());
+        assert_eq!(PresenceSpelling::parse("dot"), Some(PresenceSpelling::Dot));
+        assert_eq!(PresenceSpelling::parse("Dot"), None);
     }
 
     #[test]

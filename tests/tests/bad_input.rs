@@ -190,18 +190,35 @@ fn data_over_tenant_limit_is_message_too_large() -> Result<()> {
 }
 
 #[test]
-fn presence_actions_not_implemented() -> Result<()> {
+fn presence_actions_out_of_order_are_refused_and_the_connection_stays() -> Result<()> {
     let server = Server::start(&[])?;
     let mut c = Client::open(&server, "")?;
-    for frame in [
-        json!({"action": "presence:join", "channel": "room", "userId": "alice", "metadata": {}}),
-        json!({"action": "presence:update", "channel": "room", "userId": "alice", "metadata": {"a": 1}}),
-        json!({"action": "presence:leave", "channel": "room"}),
+    for (frame, code) in [
+        (
+            json!({"action": "presence:update", "channel": "room", "userId": "alice", "metadata": {"a": 1}}),
+            "bad_request",
+        ),
+        (
+            json!({"action": "presence:leave", "channel": "room"}),
+            "bad_request",
+        ),
+        (
+            json!({"action": "presence:join", "channel": "room"}),
+            "bad_request",
+        ),
+        (
+            json!({"action": "presence:join", "channel": "private-room", "userId": "alice"}),
+            "unauthorized",
+        ),
     ] {
         c.send_json(&frame)?;
-        expect_error(&mut c, "not_implemented", &frame.to_string());
+        expect_error(&mut c, code, &frame.to_string());
         c.ping_pong()?;
     }
+    c.send_json(
+        &json!({"action": "presence:join", "channel": "room", "userId": "alice", "metadata": {}}),
+    )?;
+    c.ping_pong()?;
     Ok(())
 }
 

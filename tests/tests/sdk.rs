@@ -1,5 +1,6 @@
 //! The official SDK (`@maravilla-labs/platform` RealtimeClient over `ws`) against the real
-//! server: tests/sdk/sdk_pubsub.mjs subscribes with one client, publishes with another.
+//! server: tests/sdk/sdk_pubsub.mjs subscribes with one client, publishes with another;
+//! tests/sdk/sdk_presence.mjs watches another client join, update and leave presence.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -9,6 +10,16 @@ use ringcast_tests::{workspace_root, Server};
 
 #[test]
 fn official_sdk_pubsub() -> Result<()> {
+    run_sdk_script("sdk_pubsub")
+}
+
+#[test]
+fn official_sdk_presence_handle_sees_join_update_leave() -> Result<()> {
+    run_sdk_script("sdk_presence")
+}
+
+/// Runs `tests/sdk/NAME.mjs` against a fresh server; it must exit 0 and print `NAME: ok`.
+fn run_sdk_script(name: &str) -> Result<()> {
     let sdk_dir = workspace_root().join("tests/sdk");
     if !sdk_dir
         .join("node_modules/@maravilla-labs/platform")
@@ -22,7 +33,7 @@ fn official_sdk_pubsub() -> Result<()> {
     }
     let server = Server::start(&[])?;
     let mut child = Command::new("node")
-        .arg(sdk_dir.join("sdk_pubsub.mjs"))
+        .arg(sdk_dir.join(format!("{name}.mjs")))
         .arg(server.ws_url())
         .current_dir(&sdk_dir)
         .stdin(Stdio::null())
@@ -39,7 +50,7 @@ fn official_sdk_pubsub() -> Result<()> {
         if Instant::now() >= deadline {
             let _ = child.kill();
             let _ = child.wait();
-            bail!("node sdk_pubsub.mjs did not finish within 30 s");
+            bail!("node {name}.mjs did not finish within 30 s");
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -48,10 +59,10 @@ fn official_sdk_pubsub() -> Result<()> {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
-        "sdk_pubsub.mjs failed ({}):\nstdout:\n{stdout}\nstderr:\n{stderr}\nserver stderr tail:\n{}",
+        "{name}.mjs failed ({}):\nstdout:\n{stdout}\nstderr:\n{stderr}\nserver stderr tail:\n{}",
         out.status,
         server.stderr_tail()
     );
-    assert!(stdout.contains("sdk_pubsub: ok"), "stdout: {stdout}");
+    assert!(stdout.contains(&format!("{name}: ok")), "stdout: {stdout}");
     Ok(())
 }

@@ -24,6 +24,7 @@ use ringcast_engine::metrics::Metrics;
 use ringcast_engine::requests::{AnswerReceiver, Outcome};
 use ringcast_engine::shared::Shared;
 use ringcast_engine::tenant::TenantTable;
+use ringcast_protocol::event::PresenceSpelling;
 use ringcast_protocol::{ChannelName, TenantId};
 use serde_json::Value;
 
@@ -100,6 +101,20 @@ impl Cluster {
             .resolve(None)
             .expect("dev tenant");
         let conn = self.shards[shard].register_conn(tenant, "test");
+        let events = take(&conn);
+        assert_eq!(events[0]["event"], "connected");
+        conn
+    }
+
+    /// Like [`Cluster::connect`], with presence events spelled `spelling`.
+    pub fn connect_spelled(&mut self, shard: usize, spelling: PresenceSpelling) -> Rc<Conn> {
+        let tenant = self
+            .shared
+            .tenants
+            .load()
+            .resolve(None)
+            .expect("dev tenant");
+        let conn = self.shards[shard].register_conn_with(tenant, "test", Some(spelling));
         let events = take(&conn);
         assert_eq!(events[0]["event"], "connected");
         conn

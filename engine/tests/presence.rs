@@ -1,0 +1,488 @@
+//! Presence (SPEC §4) on shards driven message by message with a fake clock.
+
+mod support;
+
+use std::rc::Rc;
+
+use bytes::Bytes;
+use ringcast_engine::conn::Conn;
+use ringcast_engine::mesh::{Answer, Question};
+use ringcast_engine::presence::PresenceHolder;
+use ringcast_protocol::event::PresenceSpelling;
+use serde_json::Value;
+use support::{key, poll_answer, take, Cluster};
+
+const TTL_MS: u64 = 30_000;
+/// The TTL plus the one-tick grace (`presence::EXPIRY_GRACE_MS`).
+const EXPIRES_AFTER_MS: u64 = TTL_MS + 1_000;
+
+fn subscribe(cluster: &mut Cluster, shard: usize, conn: &Rc<Conn>, channel: &str) {
+    cluster.send(
+        shard,
+        conn,
+        &format!(r#"{{"action":"subscribe","channel":"{channel}"}}"#),
+    );
+    cluster.pump();
+    let events = take(conn);
+    assert_eq!(events.last().unwrap()["event"], "subscribed", "{events:?}");
+}
+
+fn join(cluster: &mut Cluster, shard: usize, conn: &Rc<Conn>, channel: &str, user: &str) {
+    let frame = format!(
+        r#"{{"action":"presence:join","channel":"{channel}","userId":"{user}","metadata":{{"name":"{user}"}}}}"#
+    );
+    cluster.send(shard, conn, &frame);
+    cluster.pump();
+}
+
+fn leave(cluster: &mut Cluster, shard: usize, conn: &Rc<Conn>, channel: &str) {
+    let frame = format!(r#"{{"action":"presence:leave","channel":"{channel}"}}"#);
+    cluster.send(shard, conn, &frame);
+    cluster.pump();
+}
+
+/// Moves time by `ms` in one-second ticks, letting messages flow after each.
+fn run_for(cluster: &mut Cluster, ms: u64) {
+    for _ in 0..ms / 1_000 {
+        cluster.advance(1_000);
+        cluster.pump();
+    }
+}
+
+/// `(event, userId)` of the presence events in `events`.
+fn presence_events(events: &[Value]) -> Vec<(String, String)> {
+    events
+        .iter()
+        .filter(|e| e["event"].as_str().unwrap_or("").starts_with("presence"))
+        .map(|e| {
+            (
+                e["event"].as_str().unwrap().to_owned(),
+                e["userId"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn pair(event: &str, user: &str) -> (String, String) {
+    (event.to_owned(), user.to_owned())
+}
+
+fn members(cluster: &mut Cluster, asker: usize, channel: &str) -> Vec<(String, u64)> {
+    let question = Question::PresenceMembers { key: key(channel) };
+    let mut rx = cluster.shards[asker].ask(&key(channel), question, 1_000);
+    cluster.pump();
+    match poll_answer(&mut rx) {
+        Some(Ok(Answer::PresenceMembers { members })) => members
+            .into_iter()
+            .map(|m| (m.user_id, m.last_seen_secs))
+            .collect(),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn ask(cluster: &mut Cluster, asker: usize, channel: &str, question: Question) -> Answer {
+    let mut rx = cluster.shards[asker].ask(&key(channel), question, 1_000);
+    cluster.pump();
+    match poll_answer(&mut rx) {
+        Some(Ok(answer)) => answer,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_member_on_another_shard_joins_and_expires_after_the_ttl() {
+    let mut cluster = Cluster::new(2);
+    let channel = cluster.channel_owned_by(1, "room:");
+    let (watcher0, watcher1, alice) = (cluster.connect(0), cluster.connect(1), cluster.connect(0));
+    subscribe(&mut cluster, 0, &watcher0, &channel);
+    subscribe(&mut cluster, 1, &watcher1, &channel);
+    join(&mut cluster, 0, &alice, &channel, "alice");
+    assert!(take(&alice).is_empty(), "a join is answered with nothing");
+
+    let frames0 = watcher0.outbound().take_queued();
+    let frames1 = watcher1.outbound().take_queued();
+    assert_eq!((frames0.len(), frames1.len()), (1, 1));
+    assert_eq!(
+        frames0[0].as_ptr(),
+        frames1[0].as_ptr(),
+        "one encoding shared by subscribers on both shards"
+    );
+    let joined = support::decode_server_frame(&frames0[0]);
+    assert_eq!(joined["event"], "presence:join");
+    assert_eq!(joined["channel"], channel.as_str());
+    assert_eq!(joined["userId"], "alice");
+    assert_eq!(joined["metadata"]["name"], "alice");
+
+    // Silent for the whole TTL: still a member; one tick after the grace: gone.
+    run_for(&mut cluster, TTL_MS);
+    assert!(presence_events(&take(&watcher0)).is_empty());
+    assert_eq!(members(&mut cluster, 0, &channel).len(), 1);
+    run_for(&mut cluster, EXPIRES_AFTER_MS - TTL_MS);
+    for watcher in [&watcher0, &watcher1] {
+        assert_eq!(
+            presence_events(&take(watcher)),
+            vec![pair("presence:leave", "alice")]
+        );
+    }
+    assert!(members(&mut cluster, 1, &channel).is_empty());
+    assert_eq!(cluster.shards[1].presence().channel_count(), 0);
+}
+
+#[test]
+fn pings_and_frames_from_the_joining_connection_refresh_it() {
+    let mut cluster = Cluster::new(2);
+    let channel = cluster.channel_owned_by(1, "ping:");
+    let (watcher, alice) = (cluster.connect(1), cluster.connect(0));
+    subscribe(&mut cluster, 1, &watcher, &channel);
+    join(&mut cluster, 0, &alice, &channel, "alice");
+    let joined_at = cluster.clock.now().0 / 1000;
+    take(&watcher);
+    // Three TTLs: a ping every 25 s (the SDK's interval), or any other frame.
+    for round in 0..4 {
+        run_for(&mut cluster, 25_000);
+        let frame = if round % 2 == 0 {
+            r#"{"action":"ping"}"#.to_owned()
+        } else {
+            format!(r#"{{"action":"publish","channel":"other","data":{round}}}"#)
+        };
+        cluster.send(0, &alice, &frame);
+        cluster.pump();
+    }
+    run_for(&mut cluster, 2_000);
+    assert!(presence_events(&take(&watcher)).is_empty(), "never expired");
+    let listed = members(&mut cluster, 0, &channel);
+    assert_eq!(listed.len(), 1);
+    assert!(listed[0].1 >= joined_at + 100, "lastSeen moved: {listed:?}");
+    // Silence again: expired one TTL (plus grace) after the last frame.
+    run_for(&mut cluster, EXPIRES_AFTER_MS);
+    assert_eq!(
+        presence_events(&take(&watcher)),
+        vec![pair("presence:leave", "alice")]
+    );
+}
+
+#[test]
+fn a_websocket_ping_frame_refreshes_too() {
+    let mut cluster = Cluster::new(1);
+    let channel = "wsping";
+    let (watcher, alice) = (cluster.connect(0), cluster.connect(0));
+    subscribe(&mut cluster, 0, &watcher, channel);
+    join(&mut cluster, 0, &alice, channel, "alice");
+    take(&watcher);
+    for _ in 0..3 {
+        run_for(&mut cluster, 20_000);
+        cluster.shards[0].on_ws_ping(&alice);
+    }
+    run_for(&mut cluster, 2_000);
+    assert!(presence_events(&take(&watcher)).is_empty());
+}
+
+#[test]
+fn two_connections_of_one_user_count_once() {
+    let mut cluster = Cluster::new(2);
+    let channel = cluster.channel_owned_by(0, "two:");
+    let watcher = cluster.connect(1);
+    let (tab1, tab2) = (cluster.connect(0), cluster.connect(1));
+    subscribe(&mut cluster, 1, &watcher, &channel);
+    join(&mut cluster, 0, &tab1, &channel, "alice");
+    join(&mut cluster, 1, &tab2, &channel, "alice");
+    assert_eq!(
+        presence_events(&take(&watcher)),
+        vec![pair("presence:join", "alice")],
+        "the second connection does not re-announce"
+    );
+    assert_eq!(members(&mut cluster, 1, &channel).len(), 1);
+    leave(&mut cluster, 0, &tab1, &channel);
+    assert!(
+        presence_events(&take(&watcher)).is_empty(),
+        "tab2 still holds"
+    );
+    leave(&mut cluster, 1, &tab2, &channel);
+    assert_eq!(
+        presence_events(&take(&watcher)),
+        vec![pair("presence:leave", "alice")]
+    );
+    assert!(members(&mut cluster, 1, &channel).is_empty());
+}
+
+#[test]
+fn a_reconnect_within_the_ttl_gives_no_leave_and_a_drop_one_leave_after_it() {
+    let mut cluster = Cluster::new(2);
+    let channel = cluster.channel_owned_by(1, "re:");
+    let watcher = cluster.connect(1);
+    subscribe(&mut cluster, 1, &watcher, &channel);
+    let first = cluster.connect(0);
+    join(&mut cluster, 0, &first, &channel, "alice");
+    take(&watcher);
+
+    // The connection drops without a leave; the client reconnects 10 s later, on the
+    // other shard, and rejoins (what the SDK does on reconnect).
+    cluster.shards[0].unregister_conn(&first);
+    cluster.pump();
+    run_for(&mut cluster, 10_000);
+    assert_eq!(
+        members(&mut cluster, 0, &channel).len(),
+        1,
+        "kept while dropped"
+    );
+    let second = cluster.connect(1);
+    join(&mut cluster, 1, &second, &channel, "alice");
+    // Past the first connection's TTL, the second keeps pinging.
+    for _ in 0..3 {
+        run_for(&mut cluster, 20_000);
+        cluster.send(1, &second, r#"{"action":"ping"}"#);
+        cluster.pump();
+    }
+    assert!(
+        presence_events(&take(&watcher)).is_empty(),
+        "no leave/join flicker"
+    );
+
+    // Now it drops for good: exactly one leave, one TTL after it was last seen.
+    cluster.shards[1].unregister_conn(&second);
+    cluster.pump();
+    run_for(&mut cluster, TTL_MS - 1_000);
+    assert!(presence_events(&take(&watcher)).is_empty());
+    run_for(&mut cluster, 10_000);
+    assert_eq!(
+        presence_events(&take(&watcher)),
+        vec![pair("presence:leave", "alice")]
+    );
+    assert!(members(&mut cluster, 0, &channel).is_empty());
+}
+
+#[test]
+fn members_listing_drops_expired_members_even_before_the_tick() {
+    let mut cluster = Cluster::new(2);
+    let channel = cluster.channel_owned_by(1, "list:");
+    let watcher = cluster.connect(0);
+    subscribe(&mut cluster, 0, &watcher, &channel);
+    let (alice, bob) = (cluster.connect(0), cluster.connect(1));
+    join(&mut cluster, 0, &alice, &channel, "alice");
+    run_for(&mut cluster, 10_000);
+    join(&mut cluster, 1, &bob, &channel, "bob");
+    let now_secs = cluster.clock.now().0 / 1000;
+    let listed = members(&mut cluster, 0, &channel);
+    assert_eq!(
+        listed,
+        vec![
+            ("alice".to_owned(), now_secs - 10),
+            ("bob".to_owned(), now_secs)
+        ]
+    );
+    take(&watcher);
+    // Time passes without any tick: the listing itself expires alice.
+    cluster.clock.advance(EXPIRES_AFTER_MS - 10_000);
+    let listed = members(&mut cluster, 0, &channel);
+    assert_eq!(
+        listed.iter().map(|m| m.0.as_str()).collect::<Vec<_>>(),
+        vec!["bob"]
+    );
+    assert_eq!(
+        presence_events(&take(&watcher)),
+        vec![pair("presence:leave", "alice")]
+    );
+}
+
+#[test]
+fn update_replaces_metadata_without_a_leave_or_join() {
+    let mut cluster = Cluster::new(2);
+    let channel = cluster.channel_owned_by(1, "upd:");
+    let (watcher, alice) = (cluster.connect(0), cluster.connect(0));
+    subscribe(&mut cluster, 0, &watcher, &channel);
+    join(&mut cluster, 0, &alice, &channel, "alice");
+    take(&watcher);
+    let update = format!(
+        r#"{{"action":"presence:update","channel":"{channel}","userId":"alice","metadata":{{"status":"away"}}}}"#
+    );
+    cluster.send(0, &alice, &update);
+    cluster.pump();
+    let events = take(&watcher);
+    assert_eq!(
+        presence_events(&events),
+        vec![pair("presence:update", "alice")]
+    );
+    assert_eq!(events[0]["metadata"]["status"], "away");
+    assert!(take(&alice).is_empty());
+
+    // Updating a channel it did not join, or as another user, is refused locally.
+    let stranger = cluster.connect(0);
+    cluster.send(0, &stranger, &update);
+    let errors = take(&stranger);
+    assert_eq!(errors[0]["data"]["code"], "bad_request");
+}
+
+#[test]
+fn dotted_spelling_per_connection_and_each_spelling_encoded_once() {
+    let mut cluster = Cluster::new(2);
+    let channel = cluster.channel_owned_by(0, "dot:");
+    let colon = [cluster.connect(0), cluster.connect(1)];
+    let dot = [
+        cluster.connect_spelled(0, PresenceSpelling::Dot),
+        cluster.connect_spelled(1, PresenceSpelling::Dot),
+    ];
+    for (shard, conn) in [(0, &colon[0]), (1, &colon[1]), (0, &dot[0]), (1, &dot[1])] {
+        subscribe(&mut cluster, shard, conn, &channel);
+    }
+    let alice = cluster.connect(1);
+    join(&mut cluster, 1, &alice, &channel, "alice");
+    let frames = |conns: &[Rc<Conn>; 2]| -> Vec<Bytes> {
+        conns
+            .iter()
+            .flat_map(|c| c.outbound().take_queued())
+            .collect()
+    };
+    let (colon_frames, dot_frames) = (frames(&colon), frames(&dot));
+    assert_eq!(colon_frames[0].as_ptr(), colon_frames[1].as_ptr());
+    assert_eq!(dot_frames[0].as_ptr(), dot_frames[1].as_ptr());
+    assert_eq!(
+        support::decode_server_frame(&colon_frames[0])["event"],
+        "presence:join"
+    );
+    assert_eq!(
+        support::decode_server_frame(&dot_frames[0])["event"],
+        "presence.join"
+    );
+}
+
+#[test]
+fn limits_answer_presence_limit_and_change_nothing() {
+    let mut cluster = Cluster::with(2, |config| {
+        let dev = config.tenants.iter_mut().find(|t| t.id == "dev").unwrap();
+        dev.max_presence_members = Some(1);
+        dev.max_presence_metadata_bytes = Some(16);
+        dev.max_presence_channels_per_connection = Some(1);
+    });
+    let channel = cluster.channel_owned_by(1, "lim:");
+    let watcher = cluster.connect(0);
+    subscribe(&mut cluster, 0, &watcher, &channel);
+    let (alice, bob) = (cluster.connect(0), cluster.connect(0));
+    join(&mut cluster, 0, &alice, &channel, "alice");
+    take(&watcher);
+
+    join(&mut cluster, 0, &bob, &channel, "bob");
+    let refused = take(&bob);
+    assert_eq!(refused[0]["data"]["code"], "presence_limit", "{refused:?}");
+    assert!(
+        bob.presence.borrow().is_empty(),
+        "the refused join is forgotten"
+    );
+
+    let big = format!(
+        r#"{{"action":"presence:join","channel":"{channel}","userId":"alice","metadata":"{}"}}"#,
+        "x".repeat(32)
+    );
+    cluster.send(0, &alice, &big);
+    cluster.pump();
+    assert_eq!(take(&alice)[0]["data"]["code"], "presence_limit");
+
+    join(&mut cluster, 0, &alice, "elsewhere", "alice");
+    assert_eq!(take(&alice)[0]["data"]["code"], "presence_limit");
+
+    assert!(presence_events(&take(&watcher)).is_empty());
+    let listed = members(&mut cluster, 0, &channel);
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].0, "alice");
+}
+
+#[test]
+fn private_channels_refuse_presence_until_tokens_exist() {
+    let mut cluster = Cluster::new(1);
+    let alice = cluster.connect(0);
+    join(&mut cluster, 0, &alice, "private-room", "alice");
+    let events = take(&alice);
+    assert_eq!(events[0]["data"]["code"], "unauthorized");
+    assert!(alice.presence.borrow().is_empty());
+}
+
+#[test]
+fn the_engine_functions_behind_the_http_routes() {
+    let mut cluster = Cluster::new(2);
+    let channel = cluster.channel_owned_by(1, "http:");
+    let watcher = cluster.connect(0);
+    subscribe(&mut cluster, 0, &watcher, &channel);
+    let join = |metadata: &'static [u8]| Question::PresenceJoin {
+        key: key(&channel),
+        user_id: "server-bob".into(),
+        metadata: Some(Bytes::from_static(metadata)),
+        holder: PresenceHolder::Http,
+    };
+    assert_eq!(
+        ask(&mut cluster, 0, &channel, join(b"{\"a\":1}")),
+        Answer::PresenceJoined { is_new: true }
+    );
+    assert_eq!(
+        ask(&mut cluster, 0, &channel, join(b"{\"a\":1}")),
+        Answer::PresenceJoined { is_new: false }
+    );
+    let update = |user: &str| Question::PresenceUpdate {
+        key: key(&channel),
+        user_id: user.into(),
+        metadata: Some(Bytes::from_static(b"{\"a\":2}")),
+    };
+    assert_eq!(
+        ask(&mut cluster, 0, &channel, update("server-bob")),
+        Answer::PresenceUpdated { updated: true }
+    );
+    assert_eq!(
+        ask(&mut cluster, 0, &channel, update("nobody")),
+        Answer::PresenceUpdated { updated: false }
+    );
+    // An HTTP join must be repeated within the TTL: 20 s later it is, 40 s later not.
+    run_for(&mut cluster, 20_000);
+    ask(&mut cluster, 0, &channel, join(b"{\"a\":2}"));
+    run_for(&mut cluster, 20_000);
+    assert_eq!(members(&mut cluster, 0, &channel).len(), 1);
+    let leave = || Question::PresenceLeave {
+        key: key(&channel),
+        user_id: "server-bob".into(),
+        holder: PresenceHolder::Http,
+    };
+    assert_eq!(
+        ask(&mut cluster, 0, &channel, leave()),
+        Answer::PresenceLeft { was_present: true }
+    );
+    assert_eq!(
+        ask(&mut cluster, 0, &channel, leave()),
+        Answer::PresenceLeft { was_present: false }
+    );
+    assert_eq!(
+        presence_events(&take(&watcher)),
+        vec![
+            pair("presence:join", "server-bob"),
+            pair("presence:update", "server-bob"),
+            pair("presence:leave", "server-bob"),
+        ]
+    );
+    ask(&mut cluster, 0, &channel, join(b"1"));
+    run_for(&mut cluster, EXPIRES_AFTER_MS);
+    assert_eq!(
+        presence_events(&take(&watcher)),
+        vec![
+            pair("presence:join", "server-bob"),
+            pair("presence:leave", "server-bob")
+        ]
+    );
+}
+
+#[test]
+fn idle_channel_housekeeping_keeps_a_channel_with_members() {
+    let mut cluster = Cluster::new(1);
+    let (watcher, alice) = (cluster.connect(0), cluster.connect(0));
+    subscribe(&mut cluster, 0, &watcher, "idle");
+    cluster.send(0, &watcher, r#"{"action":"unsubscribe","channel":"idle"}"#);
+    join(&mut cluster, 0, &alice, "idle", "alice");
+    assert_eq!(cluster.shards[0].open_channel_count(), 1);
+    for _ in 0..4 {
+        run_for(&mut cluster, 20_000);
+        cluster.send(0, &alice, r#"{"action":"ping"}"#);
+    }
+    assert_eq!(
+        cluster.shards[0].open_channel_count(),
+        1,
+        "idle for 80 s but has a member"
+    );
+    leave(&mut cluster, 0, &alice, "idle");
+    run_for(&mut cluster, 62_000);
+    assert_eq!(cluster.shards[0].open_channel_count(), 0);
+}

@@ -108,6 +108,17 @@ pub fn message(channel: &str, data: &[u8], user_id: Option<&str>, seq: u64, ts: 
     frame.u64_field("seq", seq).finish(ts)
 }
 
+/// The raw `data` of a frame built by [`message`] (a history record's payload);
+/// `None` for anything else.
+pub fn message_data(frame: &[u8]) -> Option<&[u8]> {
+    let header = match frame.get(1)? & 0x7f {
+        126 => 4,
+        127 => 10,
+        _ => 2,
+    };
+    crate::json::raw_members(frame.get(header..)?)?.data
+}
+
 /// `ack` for a publish that carried `ref`.
 pub fn ack(reference: &[u8], channel: &str, seq: u64, ts: u64) -> Bytes {
     EventFrame::new("ack", channel.len() + reference.len() + 48)
@@ -149,6 +160,21 @@ pub fn pong(ts: u64) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn message_data_reads_back_the_raw_data() {
+        for data in [&b"1e400"[..], br#"{"a":[1,2]}"#] {
+            let frame = message("c", data, Some("u"), 1, 2);
+            assert_eq!(message_data(&frame), Some(data));
+        }
+        let big = format!("\"{}\"", "x".repeat(70_000));
+        let frame = message("c", big.as_bytes(), None, 1, 2);
+        assert_eq!(message_data(&frame), Some(big.as_bytes()));
+        let mid = format!("\"{}\"", "x".repeat(300));
+        let frame = message("c", mid.as_bytes(), None, 1, 2);
+        assert_eq!(message_data(&frame), Some(mid.as_bytes()));
+        assert_eq!(message_data(b""), None);
+    }
     use crate::ws::{Decoded, Message, WsDecoder};
 
     /// Unframes a server frame (unmasked) and parses its JSON.

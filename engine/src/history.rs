@@ -204,3 +204,76 @@ pub struct SubscribeAnswer {
     /// Whether every message after `lastEventId` was replayed.
     pub recovered: bool,
 }
+
+// ----- history pages (the HTTP API's `GET /api/realtime/history/{channel}`) -----
+//
+// The types below are the contract between the owner and the HTTP handler; the body of
+// `history_page` reads today's v1 log and is the one place to change when the store
+// changes.
+
+/// Which messages a history page holds. Always returned oldest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryQuery {
+    /// Only messages with seq > `after`: the first `limit` of them.
+    pub after: Option<u64>,
+    /// Only messages with seq < `before`; without `after`, the last `limit` of them.
+    pub before: Option<u64>,
+    /// At most this many messages.
+    pub limit: usize,
+}
+
+/// One page of a channel's history, oldest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HistoryPage {
+    /// The messages.
+    pub messages: Vec<HistoryItem>,
+}
+
+/// One kept message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryItem {
+    /// Its seq.
+    pub seq: u64,
+    /// Its `ts` (epoch milliseconds).
+    pub ts: u64,
+    /// The publisher's user id, if the message showed one.
+    pub user_id: Option<String>,
+    /// The raw JSON of `data`, as published.
+    pub data: Bytes,
+}
+
+/// The page of `history` that `query` asks for. With neither bound: the latest `limit`;
+/// `after` alone: the first `limit` after it; `before` alone: the `limit` just below it;
+/// both: the first `limit` strictly between them.
+pub fn history_page(
+    history: &ChannelHistory,
+    query: &HistoryQuery,
+) -> Result<HistoryPage, HistoryError> {
+    let Some(log) = &history.log else {
+        return Ok(HistoryPage::default());
+    };
+    let item = |r: ringcast_store::Record<'_>| {
+        // v1 records keep the whole encoded frame; `data` is read back out of it.
+        let data = ringcast_protocol::event::message_data(r.payload)?;
+        Some(HistoryItem {
+            seq: r.seq.0,
+            ts: r.ts_ms,
+            user_id: r.uid.map(|u| String::from_utf8_lossy(u).into_owned()),
+            data: Bytes::copy_from_slice(data),
+        })
+    };
+    let before = query.before.unwrap_or(u64::MAX);
+    let messages = match query.after {
+        Some(after) => log
+            .iter_after(Seq(after))
+            .take_while(|r| r.seq.0 < before)
+            .take(query.limit)
+            .filter_map(item)
+            .collect(),
+        None => log
+            .iter_before(Seq(before), query.limit)
+            .filter_map(item)
+            .collect(),
+    };
+    Ok(HistoryPage { messages })
+}

@@ -5,8 +5,9 @@
 //! owns it, and the message is appended to history before it is fanned out.
 
 use hashbrown::{HashMap, HashSet};
+use ringcast_protocol::{ChannelName, TenantId};
 
-use crate::history::{ChannelHistory, HistoryError, HistoryStore};
+use crate::history::{ChannelHistory, HistoryError, HistoryPage, HistoryQuery, HistoryStore};
 use crate::keys::{log_key_owner, ChannelKey, ShardId};
 use crate::tenant::Tenant;
 
@@ -106,6 +107,30 @@ impl OwnedChannels {
         let now = self.channels.get(key).map_or(0, |c| c.last_active_ms);
         let channel = self.open(key, tenant, now)?;
         Ok((channel.history.last_seq(), channel.history.epoch()))
+    }
+
+    /// A page of `key`'s history, opening it like [`OwnedChannels::peek`] (a channel
+    /// never published to gives an empty page and creates no log).
+    pub fn history_page(
+        &mut self,
+        key: &ChannelKey,
+        tenant: &Tenant,
+        query: &HistoryQuery,
+    ) -> Result<HistoryPage, HistoryError> {
+        let now = self.channels.get(key).map_or(0, |c| c.last_active_ms);
+        let channel = self.open(key, tenant, now)?;
+        crate::history::history_page(&channel.history, query)
+    }
+
+    /// The open channels of `tenant` that some shard has subscribers on.
+    pub fn watched_channels<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+    ) -> impl Iterator<Item = &'a ChannelName> + 'a {
+        self.channels
+            .iter()
+            .filter(move |(key, channel)| &key.tenant == tenant && !channel.watchers.is_empty())
+            .map(|(key, _)| &key.channel)
     }
 
     /// Appends an encoded message to `key`'s history (opened by [`OwnedChannels::open`]).

@@ -80,6 +80,10 @@ pub struct TenantConfig {
     /// Override of the plan's history length.
     #[serde(default)]
     pub history_messages: Option<u32>,
+    /// Bearer keys of the HTTP API. Empty: the API needs no key for this tenant (until
+    /// the tenants work makes keys required outside `--dev`).
+    #[serde(default)]
+    pub api_keys: Vec<String>,
 }
 
 impl TenantConfig {
@@ -90,6 +94,7 @@ impl TenantConfig {
             plan,
             max_message_bytes: None,
             history_messages: None,
+            api_keys: Vec::new(),
         }
     }
 }
@@ -103,6 +108,8 @@ pub struct Tenant {
     pub plan: Plan,
     /// Plan limits with overrides applied.
     pub limits: Limits,
+    /// Bearer keys of the HTTP API (empty: none configured).
+    pub api_keys: Vec<String>,
 }
 
 /// Every tenant, by id, and the default one.
@@ -131,6 +138,7 @@ impl TenantTable {
                         id: TenantId::new(&c.id),
                         plan: c.plan,
                         limits,
+                        api_keys: c.api_keys.clone(),
                     }),
                 )
             })
@@ -145,6 +153,11 @@ impl TenantTable {
     pub fn resolve(&self, id: Option<&str>) -> Option<Arc<Tenant>> {
         let id = id.or(self.default.as_deref())?;
         self.tenants.get(id).cloned()
+    }
+
+    /// Every tenant.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Tenant>> {
+        self.tenants.values()
     }
 
     /// Looks a tenant up by id.

@@ -1,5 +1,7 @@
-//! The official SDK (`@maravilla-labs/platform` RealtimeClient over `ws`) against the real
-//! server: tests/sdk/sdk_pubsub.mjs subscribes with one client, publishes with another.
+//! The official SDK (`@maravilla-labs/platform`) against the real server:
+//! tests/sdk/sdk_pubsub.mjs subscribes with one RealtimeClient and publishes with another;
+//! tests/sdk/sdk_remote.mjs drives the HTTP API through `getPlatform()` /
+//! `createRemoteClient` (publish, history, channels) with a RealtimeClient subscriber.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -9,6 +11,19 @@ use ringcast_tests::{workspace_root, Server};
 
 #[test]
 fn official_sdk_pubsub() -> Result<()> {
+    let server = Server::start(&[])?;
+    run_script("sdk_pubsub.mjs", &[server.ws_url()], &server)
+}
+
+#[test]
+fn official_sdk_remote_client() -> Result<()> {
+    let server = Server::start(&[])?;
+    let base = format!("http://{}", server.addr());
+    run_script("sdk_remote.mjs", &[base, server.ws_url()], &server)
+}
+
+/// Runs `node tests/sdk/SCRIPT ARGS…` and checks it printed `<name>: ok`.
+fn run_script(script: &str, args: &[String], server: &Server) -> Result<()> {
     let sdk_dir = workspace_root().join("tests/sdk");
     if !sdk_dir
         .join("node_modules/@maravilla-labs/platform")
@@ -20,10 +35,9 @@ fn official_sdk_pubsub() -> Result<()> {
              before `cargo test -p ringcast-tests`"
         );
     }
-    let server = Server::start(&[])?;
     let mut child = Command::new("node")
-        .arg(sdk_dir.join("sdk_pubsub.mjs"))
-        .arg(server.ws_url())
+        .arg(sdk_dir.join(script))
+        .args(args)
         .current_dir(&sdk_dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -39,7 +53,7 @@ fn official_sdk_pubsub() -> Result<()> {
         if Instant::now() >= deadline {
             let _ = child.kill();
             let _ = child.wait();
-            bail!("node sdk_pubsub.mjs did not finish within 30 s");
+            bail!("node {script} did not finish within 30 s");
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -48,10 +62,11 @@ fn official_sdk_pubsub() -> Result<()> {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
-        "sdk_pubsub.mjs failed ({}):\nstdout:\n{stdout}\nstderr:\n{stderr}\nserver stderr tail:\n{}",
+        "{script} failed ({}):\nstdout:\n{stdout}\nstderr:\n{stderr}\nserver stderr tail:\n{}",
         out.status,
         server.stderr_tail()
     );
-    assert!(stdout.contains("sdk_pubsub: ok"), "stdout: {stdout}");
+    let ok = format!("{}: ok", script.trim_end_matches(".mjs"));
+    assert!(stdout.contains(&ok), "stdout: {stdout}");
     Ok(())
 }

@@ -2,11 +2,9 @@
 //! `handshake_timeout_ms` deadline, keep-alive, pipelining, and the error answers of the
 //! wire contract (408, 413, 400) with the connection slot released.
 
-use std::io::{ErrorKind, Read, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use ringcast_tests::{HttpConn as Conn, HttpResponse, Server};
 
 fn post(path: &str, headers: &str, body: &str) -> String {

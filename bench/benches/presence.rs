@@ -25,7 +25,7 @@ use ringcast_engine::clock::{Clock, ManualClock, Millis};
 use ringcast_engine::config::{Config, Overrides};
 use ringcast_engine::conn::Conn;
 use ringcast_engine::core::{ShardCore, HOUSEKEEPING_MS};
-use ringcast_engine::history::HistoryStore;
+use ringcast_engine::history;
 use ringcast_engine::keys::{ChannelKey, ConnId, ShardId};
 use ringcast_engine::mesh::Mesh;
 use ringcast_engine::metrics::Metrics;
@@ -203,11 +203,13 @@ impl Pair {
             ready_shards: AtomicUsize::new(0),
         });
         let clock = ManualClock::new(Millis(1_700_000_000_000));
-        let cores = (0..2)
-            .map(|i| {
-                let history = HistoryStore::new(data.path(), &config.history).unwrap();
+        let histories = history::open_all(data.path(), &config.history, 2).unwrap();
+        let cores = histories
+            .into_iter()
+            .enumerate()
+            .map(|(i, history)| {
                 ShardCore::new(
-                    ShardId(i),
+                    ShardId(i as u16),
                     mesh.clone(),
                     shared.clone(),
                     history,

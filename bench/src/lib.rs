@@ -6,13 +6,14 @@
 //!    └◀───────────── deliveries: scan for "lg" ─────────────┘
 //! ```
 //!
-//! `ws` is the WebSocket codec, `payload` the stamped payload, `client` the connection
+//! `publish_api` the HTTP-vs-WebSocket publish workloads, `ws` the WebSocket codec, `payload` the stamped payload, `client` the connection
 //! pool, `workload` W1–W6 of `shared/BENCHMARKS.md`, `report` the result line, `procfs`
 //! what is read about the server from `/proc`.
 
 pub mod client;
 pub mod payload;
 pub mod procfs;
+pub mod publish_api;
 pub mod report;
 pub mod table;
 pub mod workload;

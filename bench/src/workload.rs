@@ -66,7 +66,9 @@ pub fn run(cfg: &Config) -> anyhow::Result<Report> {
         "w6" => personal_and_group(cfg, true, &mut r)?,
         "w4" => storm_and_churn(cfg, &mut r)?,
         "w5" => idle(cfg, &mut r)?,
-        other => anyhow::bail!("unknown workload {other:?} (w1…w6)"),
+        "http-publish" => crate::publish_api::run(cfg, true, &mut r)?,
+        "ws-publish" => crate::publish_api::run(cfg, false, &mut r)?,
+        other => anyhow::bail!("unknown workload {other:?} (w1…w6, http-publish, ws-publish)"),
     }
     Ok(r)
 }

@@ -38,6 +38,10 @@ pub struct Config {
     pub request_timeout_ms: u64,
     /// Bound of each shard's inbox, in messages (see ARCHITECTURE.md, "Queues").
     pub inbox_capacity: usize,
+    /// How long an HTTP publish's idempotency key is remembered.
+    pub idempotency_ttl_secs: u64,
+    /// Idempotency keys kept per tenant on each shard (the oldest is forgotten past it).
+    pub idempotency_max_keys: usize,
     /// Tenant used when a request names none.
     pub default_tenant: Option<String>,
     /// Tenants and their plans.
@@ -104,6 +108,8 @@ pub struct FileConfig {
     shutdown_grace_ms: Option<u64>,
     request_timeout_ms: Option<u64>,
     inbox_capacity: Option<usize>,
+    idempotency_ttl_secs: Option<u64>,
+    idempotency_max_keys: Option<usize>,
     default_tenant: Option<String>,
     #[serde(default)]
     tenants: Vec<TenantConfig>,
@@ -218,6 +224,8 @@ impl Config {
             inbox_capacity: file
                 .inbox_capacity
                 .unwrap_or(crate::mesh::DEFAULT_INBOX_CAPACITY),
+            idempotency_ttl_secs: file.idempotency_ttl_secs.unwrap_or(300),
+            idempotency_max_keys: file.idempotency_max_keys.unwrap_or(10_000),
             default_tenant,
             tenants,
             history: file.history,
@@ -251,6 +259,11 @@ impl Config {
         if self.request_timeout_ms == 0 {
             return Err(ConfigError::Invalid(
                 "request_timeout_ms must be at least 1".into(),
+            ));
+        }
+        if self.idempotency_max_keys == 0 {
+            return Err(ConfigError::Invalid(
+                "idempotency_max_keys must be at least 1".into(),
             ));
         }
         if let Some(default) = &self.default_tenant {

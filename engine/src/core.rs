@@ -28,6 +28,7 @@ use ringcast_protocol::{event, ChannelName, ClientFrame, CloseCode, ErrorCode, F
 use crate::clock::{Clock, Millis};
 use crate::conn::{Conn, Sub};
 use crate::history::HistoryStore;
+use crate::idempotency::{IdempotencyTable, Remembered};
 use crate::keys::{ChannelKey, ConnId, RequestId, ShardId};
 use crate::mesh::{Answer, Mesh, PublishReq, Question, ReplyTo, ShardMsg, SubscribeReq};
 use crate::metrics::ShardCounters;
@@ -60,6 +61,8 @@ pub struct ShardCore {
     conns: HashMap<ConnId, Rc<Conn>>,
     local: LocalTopics,
     owned: OwnedChannels,
+    /// Idempotency keys of HTTP publishes on the channels this shard owns.
+    idempotency: IdempotencyTable,
     parser: FrameParser,
     next_id: u64,
     requests: PendingRequests,
@@ -87,6 +90,13 @@ impl ShardCore {
             .shard(id)
             .history_rings
             .set(history.ring_count() as u64);
+        let idempotency = {
+            let config = shared.config.load();
+            IdempotencyTable::new(
+                config.idempotency_ttl_secs.saturating_mul(1000),
+                config.idempotency_max_keys,
+            )
+        };
         ShardCore {
             id,
             shards: mesh.shards(),
@@ -95,6 +105,7 @@ impl ShardCore {
             conns: HashMap::new(),
             local: LocalTopics::default(),
             owned: OwnedChannels::new(history),
+            idempotency,
             parser: FrameParser::new(),
             next_id: 1,
             requests: PendingRequests::default(),
@@ -369,6 +380,7 @@ impl ShardCore {
             key: key.clone(),
             data: Bytes::copy_from_slice(publish.data),
             user_id: publish.user_id.map(String::into_boxed_str),
+            idempotency_key: None,
             reply: Some(ReplyTo {
                 shard: self.id,
                 request,
@@ -562,7 +574,23 @@ impl ShardCore {
     /// [`RequestFailed`] at `timeout_ms` or when the owner's inbox is full.
     pub fn ask(&mut self, key: &ChannelKey, question: Question, timeout_ms: u64) -> AnswerReceiver {
         let owner = key.owner(self.shards);
-        self.request_for_task(owner, timeout_ms, |reply| ShardMsg::Ask { reply, question })
+        self.ask_shard(owner, question, timeout_ms)
+    }
+
+    /// Sends `question` to `shard` (for questions every shard answers, such as
+    /// [`Question::ActiveChannels`]).
+    pub fn ask_shard(
+        &mut self,
+        shard: ShardId,
+        question: Question,
+        timeout_ms: u64,
+    ) -> AnswerReceiver {
+        self.request_for_task(shard, timeout_ms, |reply| ShardMsg::Ask { reply, question })
+    }
+
+    /// Number of shards.
+    pub fn shards(&self) -> usize {
+        self.shards
     }
 
     /// Publishes on behalf of an async task (the HTTP API): the receiver resolves to
@@ -574,12 +602,26 @@ impl ShardCore {
         user_id: Option<Box<str>>,
         timeout_ms: u64,
     ) -> AnswerReceiver {
+        self.publish_for_task_once(key, data, user_id, None, timeout_ms)
+    }
+
+    /// [`ShardCore::publish_for_task`] with an idempotency key: a publish whose key the
+    /// owner remembers on this channel is answered with the first one's seq and ts.
+    pub fn publish_for_task_once(
+        &mut self,
+        key: ChannelKey,
+        data: Bytes,
+        user_id: Option<Box<str>>,
+        idempotency_key: Option<Box<str>>,
+        timeout_ms: u64,
+    ) -> AnswerReceiver {
         let owner = key.owner(self.shards);
         self.request_for_task(owner, timeout_ms, |reply| {
             ShardMsg::Publish(PublishReq {
                 key,
                 data,
                 user_id,
+                idempotency_key,
                 reply: Some(reply),
             })
         })
@@ -670,8 +712,18 @@ impl ShardCore {
         }
     }
 
-    fn owner_publish(&mut self, req: PublishReq) {
+    fn owner_publish(&mut self, mut req: PublishReq) {
         let now = self.now().0;
+        if let Some(idempotency_key) = &req.idempotency_key {
+            if let Some(first) = self.idempotency.get(&req.key, idempotency_key, now) {
+                let answer = Answer::Published {
+                    seq: first.seq,
+                    ts: first.ts,
+                };
+                self.answer(req.reply, answer);
+                return;
+            }
+        }
         let Some(tenant) = self.shared.tenants.load().get(req.key.tenant.as_str()) else {
             let failed = Answer::Failed {
                 code: ErrorCode::Unauthorized,
@@ -714,6 +766,11 @@ impl ShardCore {
         counters.messages_published.inc();
         if seq == 1 {
             counters.history_rings.set(self.owned.ring_count() as u64);
+        }
+        if let Some(idempotency_key) = req.idempotency_key.take() {
+            let first = Remembered { seq, ts: now };
+            self.idempotency
+                .remember(&req.key, idempotency_key, first, now);
         }
         self.answer(req.reply, Answer::Published { seq, ts: now });
     }
@@ -777,6 +834,29 @@ impl ShardCore {
 
     fn owner_answer(&mut self, reply: ReplyTo, question: Question) {
         let answer = match question {
+            Question::HistoryPage { key, query } => {
+                let tenant = self.shared.tenants.load().get(key.tenant.as_str());
+                match tenant.map(|t| self.owned.history_page(&key, &t, &query)) {
+                    Some(page) => Answer::HistoryPage(page),
+                    None => Answer::Failed {
+                        code: ErrorCode::Unauthorized,
+                        message: "the tenant no longer exists".to_owned(),
+                    },
+                }
+            }
+            // A channel is active here while some shard has subscribers on it or it has
+            // presence members.
+            Question::ActiveChannels { tenant } => {
+                let mut channels: Vec<ChannelName> = self
+                    .owned
+                    .watched_channels(&tenant)
+                    .chain(self.presence.channels_of(&tenant))
+                    .cloned()
+                    .collect();
+                channels.sort_unstable();
+                channels.dedup();
+                Answer::ActiveChannels(channels)
+            }
             Question::ChannelState { key } => {
                 let tenant = self.shared.tenants.load().get(key.tenant.as_str());
                 match tenant.map(|t| self.owned.peek(&key, &t)) {
@@ -804,7 +884,9 @@ impl ShardCore {
             message: e.to_string(),
         };
         match question {
-            Question::ChannelState { .. } => unreachable!("answered by owner_answer"),
+            Question::ChannelState { .. }
+            | Question::HistoryPage { .. }
+            | Question::ActiveChannels { .. } => unreachable!("answered by owner_answer"),
             Question::PresenceMembers { key } => {
                 // Listing never shows a member whose TTL passed.
                 self.expire_presence(now);
@@ -1105,6 +1187,7 @@ impl ShardCore {
             conn.outbound().sweep_idle();
         }
         let idle_before = now.0.saturating_sub(IDLE_CHANNEL_MS);
+        self.idempotency.expire(now.0);
         let presence = &self.presence;
         let freed = self
             .owned

@@ -301,3 +301,72 @@ pub struct SubscribeAnswer {
     /// Whether every message after `lastEventId` was replayed.
     pub recovered: bool,
 }
+
+// ----- history pages (the HTTP API's `GET /api/realtime/history/{channel}`) -----
+//
+// The types below are the contract between the owner and the HTTP handler.
+
+/// Which messages a history page holds. Always returned oldest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryQuery {
+    /// Only messages with seq > `after`: the first `limit` of them.
+    pub after: Option<u64>,
+    /// Only messages with seq < `before`; without `after`, the last `limit` of them.
+    pub before: Option<u64>,
+    /// At most this many messages.
+    pub limit: usize,
+}
+
+/// One page of a channel's history, oldest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HistoryPage {
+    /// The messages.
+    pub messages: Vec<HistoryItem>,
+}
+
+/// One kept message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryItem {
+    /// Its seq.
+    pub seq: u64,
+    /// Its `ts` (epoch milliseconds).
+    pub ts: u64,
+    /// The publisher's user id, if the message showed one.
+    pub user_id: Option<String>,
+    /// The raw JSON of `data`, as published.
+    pub data: Bytes,
+}
+
+impl HistoryStore {
+    /// The page of `history` that `query` asks for. With neither bound: the latest
+    /// `limit`; `after` alone: the first `limit` after it; `before` alone: the `limit`
+    /// just below it; both: the first `limit` strictly between them. Each item comes from
+    /// the record's parts (seq, ts, uid, the `data` span): nothing is re-parsed.
+    pub fn history_page(&self, history: &ChannelHistory, query: &HistoryQuery) -> HistoryPage {
+        let Some(ring) = history.ring else {
+            return HistoryPage::default();
+        };
+        let item = |r: ringcast_store::Record<'_>| HistoryItem {
+            seq: r.seq.0,
+            ts: r.ts_ms,
+            user_id: r.uid.map(|u| String::from_utf8_lossy(u).into_owned()),
+            data: Bytes::copy_from_slice(r.data()),
+        };
+        let before = query.before.unwrap_or(u64::MAX);
+        let messages = match query.after {
+            Some(after) => self
+                .store
+                .iter_after(ring, Seq(after))
+                .take_while(|r| r.seq.0 < before)
+                .take(query.limit)
+                .map(item)
+                .collect(),
+            None => self
+                .store
+                .iter_before(ring, Seq(before), query.limit)
+                .map(item)
+                .collect(),
+        };
+        HistoryPage { messages }
+    }
+}

@@ -6,7 +6,8 @@
 //!  accept ──► serve_connection ──► loop per request (keep-alive, pipelining):
 //!               head  (protocol::http::parse_request_head)   ┐ one deadline:
 //!               body  (protocol::body::BodyDecoder)          ┘ handshake_timeout_ms
-//!               route(shard, &head, &body) ──► response | upgrade ──► session
+//!               api::serve(shard, &head, &body).await  (/api/…: SPEC §5)
+//!               route(shard, &head) ──► response | upgrade ──► session
 //! ```
 //!
 //! Deadline: each request's head and body together must arrive within
@@ -133,7 +134,14 @@ async fn serve_requests(
             Ok(Err(e)) => return answer_read_error(shard, stream, e, max_body, timeout).await,
             Ok(Ok(body)) => body,
         };
-        match route(shard, &head, &body) {
+        if crate::api::handles(&head.path) {
+            let out = crate::api::serve(shard, &head, &body).await;
+            if !write_within(stream, out, timeout).await || !head.keep_alive() {
+                return Served::Close;
+            }
+            continue;
+        }
+        match route(shard, &head) {
             Route::Respond(out, keep_alive) => {
                 if !write_within(stream, out, timeout).await || !keep_alive {
                     return Served::Close;
@@ -308,9 +316,8 @@ async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(), Read
     }
 }
 
-/// Answers a complete request. `body` is the decoded request body, for the HTTP API
-/// routes of SPEC §5 (still 501 here).
-fn route(shard: &Rc<Shard>, head: &RequestHead, _body: &[u8]) -> Route {
+/// Answers a complete request that is not for the HTTP API (`crate::api` answers those).
+fn route(shard: &Rc<Shard>, head: &RequestHead) -> Route {
     let keep_alive = head.keep_alive();
     let respond = |out: Vec<u8>| Route::Respond(out, keep_alive);
     let error = |error: ApiError, message: &str| {
@@ -342,18 +349,6 @@ fn route(shard: &Rc<Shard>, head: &RequestHead, _body: &[u8]) -> Route {
                 text.as_bytes(),
                 keep_alive,
             ))
-        }
-        _ if path.starts_with("/api/realtime/")
-            || path == "/api/maravilla/ren"
-            || path == "/api/ren/events" =>
-        {
-            match head.path_segments() {
-                Err(e) => error(ApiError::from(e), &format!("bad path: {e}")),
-                Ok(_) => error(
-                    ApiError::NotImplemented,
-                    "this HTTP API route is not available in this release of Ringcast",
-                ),
-            }
         }
         _ => error(ApiError::NotFound, "no such route"),
     }

@@ -19,6 +19,7 @@
 #![deny(unsafe_code)]
 
 pub mod admission;
+pub mod api;
 pub mod clock;
 pub mod config;
 pub mod conn;
@@ -27,6 +28,7 @@ pub mod datadir;
 pub mod deadline;
 pub mod history;
 pub mod http;
+pub mod idempotency;
 mod iovec;
 pub mod keys;
 pub mod mesh;

@@ -21,8 +21,9 @@ use std::task::Poll;
 use atomic_waker::AtomicWaker;
 use bytes::Bytes;
 use crossbeam_queue::ArrayQueue;
-use ringcast_protocol::ErrorCode;
+use ringcast_protocol::{ChannelName, ErrorCode, TenantId};
 
+use crate::history::{HistoryPage, HistoryQuery};
 use crate::keys::{ChannelKey, ConnId, RequestId, ShardId};
 use crate::presence::{PresenceEvent, PresenceHolder, PresenceMember};
 
@@ -162,6 +163,19 @@ pub enum Question {
         /// Who leaves.
         holder: PresenceHolder,
     },
+    /// A page of the channel's history (`GET /api/realtime/history/{channel}`).
+    HistoryPage {
+        /// The channel.
+        key: ChannelKey,
+        /// Which messages.
+        query: HistoryQuery,
+    },
+    /// Sent to every shard, not to one owner: the channels of `tenant` this shard owns
+    /// that are active (`GET /api/realtime/channels`).
+    ActiveChannels {
+        /// The tenant.
+        tenant: TenantId,
+    },
 }
 
 /// A typed answer from a channel's owner.
@@ -201,6 +215,10 @@ pub enum Answer {
         /// The user was a member.
         was_present: bool,
     },
+    /// A page of history, oldest first.
+    HistoryPage(HistoryPage),
+    /// The active channels of a tenant that the answering shard owns.
+    ActiveChannels(Vec<ChannelName>),
     /// The request failed at the owner.
     Failed {
         /// The error-event code.
@@ -219,6 +237,10 @@ pub struct PublishReq {
     pub data: Bytes,
     /// The `userId` to show on the message.
     pub user_id: Option<Box<str>>,
+    /// An HTTP publish's idempotency key: a retry with the same key (on the same
+    /// channel, within the TTL) is answered with the first publish's seq and ts and
+    /// publishes nothing.
+    pub idempotency_key: Option<Box<str>>,
     /// Where the owner sends `Answer::Published` or `Answer::Failed`; `None`: nobody waits.
     pub reply: Option<ReplyTo>,
 }

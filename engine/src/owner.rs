@@ -7,9 +7,12 @@
 use std::ops::Range;
 
 use hashbrown::HashMap;
+use ringcast_protocol::{ChannelName, TenantId};
 use ringcast_store::StoreStats;
 
-use crate::history::{ChannelHistory, HistoryError, HistoryStore, SubscribeAnswer};
+use crate::history::{
+    ChannelHistory, HistoryError, HistoryPage, HistoryQuery, HistoryStore, SubscribeAnswer,
+};
 use crate::keys::{ChannelKey, ShardId};
 use crate::tenant::Tenant;
 
@@ -106,6 +109,31 @@ impl OwnedChannels {
     pub fn next_seq(&self, key: &ChannelKey) -> u64 {
         let channel = self.channels.get(key).expect("channel opened before");
         self.store.last_seq(&channel.history) + 1
+    }
+
+    /// A page of `key`'s history, opening it like [`OwnedChannels::peek`] (a channel
+    /// never published to gives an empty page and creates no log).
+    pub fn history_page(
+        &mut self,
+        key: &ChannelKey,
+        tenant: &Tenant,
+        query: &HistoryQuery,
+    ) -> HistoryPage {
+        let now = self.channels.get(key).map_or(0, |c| c.last_active_ms);
+        self.open(key, tenant, now);
+        let history = &self.channels.get(key).expect("opened above").history;
+        self.store.history_page(history, query)
+    }
+
+    /// The open channels of `tenant` that some shard has subscribers on.
+    pub fn watched_channels<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+    ) -> impl Iterator<Item = &'a ChannelName> + 'a {
+        self.channels
+            .iter()
+            .filter(move |(key, channel)| &key.tenant == tenant && !channel.watchers.is_empty())
+            .map(|(key, _)| &key.channel)
     }
 
     /// Appends an encoded message (`data`: the span of its `data` in `frame`) to `key`'s

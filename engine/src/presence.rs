@@ -32,7 +32,7 @@ use std::sync::{Arc, OnceLock};
 use bytes::Bytes;
 use hashbrown::HashMap;
 use ringcast_protocol::event::{self, PresenceKind, PresenceSpelling};
-use ringcast_protocol::ChannelName;
+use ringcast_protocol::{ChannelName, TenantId};
 
 use crate::clock::Millis;
 use crate::deadline::{DeadlineQueue, TimerKey};
@@ -360,6 +360,17 @@ impl PresenceTable {
             .collect();
         members.sort_unstable_by(|a, b| a.user_id.cmp(&b.user_id));
         members
+    }
+
+    /// The channels of `tenant` with at least one member.
+    pub fn channels_of<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+    ) -> impl Iterator<Item = &'a ChannelName> + 'a {
+        self.channels
+            .keys()
+            .filter(move |key| &key.tenant == tenant)
+            .map(|key| &key.channel)
     }
 
     /// Whether `key` has any member.

@@ -15,6 +15,7 @@ use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
+use ringcast_protocol::api::{ApiParser, PublishBody, Refusal};
 use ringcast_protocol::event::PresenceSpelling;
 
 use crate::clock::{Clock, Millis};
@@ -48,6 +49,8 @@ pub struct Shard {
     timer_waker: RefCell<Option<Waker>>,
     /// When the timer loop will next wake by itself.
     armed: Cell<Millis>,
+    /// Parses HTTP API bodies (its buffers are reused; borrowed only while parsing).
+    api_parser: RefCell<ApiParser>,
 }
 
 impl Shard {
@@ -70,6 +73,7 @@ impl Shard {
             held_back: RefCell::new(Vec::new()),
             timer_waker: RefCell::new(None),
             armed: Cell::new(Millis(0)),
+            api_parser: RefCell::new(ApiParser::new()),
         }
     }
 
@@ -146,6 +150,44 @@ impl Shard {
         let answer = self.core().publish_for_task(key, data, user_id, timeout_ms);
         self.rearm_timer();
         answer.await
+    }
+
+    /// Parses an HTTP API publish body.
+    pub fn parse_publish<'a>(&self, body: &'a [u8]) -> Result<PublishBody<'a>, Refusal> {
+        self.api_parser.borrow_mut().publish(body)
+    }
+
+    /// [`Shard::publish`] with an idempotency key (see `idempotency.rs`).
+    pub async fn publish_once(
+        &self,
+        key: ChannelKey,
+        data: Bytes,
+        user_id: Option<Box<str>>,
+        idempotency_key: Option<Box<str>>,
+        timeout_ms: u64,
+    ) -> Outcome {
+        let answer =
+            self.core()
+                .publish_for_task_once(key, data, user_id, idempotency_key, timeout_ms);
+        self.rearm_timer();
+        answer.await
+    }
+
+    /// Asks every shard `question` (all sent before any answer is awaited), waiting at
+    /// most `timeout_ms` for each; the outcomes in shard order.
+    pub async fn ask_all(&self, question: Question, timeout_ms: u64) -> Vec<Outcome> {
+        let receivers: Vec<_> = {
+            let mut core = self.core();
+            (0..core.shards())
+                .map(|i| core.ask_shard(ShardId(i as u16), question.clone(), timeout_ms))
+                .collect()
+        };
+        self.rearm_timer();
+        let mut outcomes = Vec::with_capacity(receivers.len());
+        for receiver in receivers {
+            outcomes.push(receiver.await);
+        }
+        outcomes
     }
 
     // ----- the shard's own loops -----

@@ -114,6 +114,10 @@ pub struct TenantConfig {
     /// Override of the plan's history length.
     #[serde(default)]
     pub history_messages: Option<u32>,
+    /// Bearer keys of the HTTP API. Empty: the API needs no key for this tenant (until
+    /// the tenants work makes keys required outside `--dev`).
+    #[serde(default)]
+    pub api_keys: Vec<String>,
     /// Presence TTL in seconds (default 30).
     #[serde(default)]
     pub presence_ttl_secs: Option<u64>,
@@ -164,6 +168,7 @@ impl TenantConfig {
             max_presence_members: None,
             max_presence_channels_per_connection: None,
             presence_events: None,
+            api_keys: Vec::new(),
         }
     }
 }
@@ -179,6 +184,8 @@ pub struct Tenant {
     pub limits: Limits,
     /// How presence events are spelled on its WebSocket connections by default.
     pub presence_spelling: PresenceSpelling,
+    /// Bearer keys of the HTTP API (empty: none configured).
+    pub api_keys: Vec<String>,
 }
 
 /// Every tenant, by id, and the default one.
@@ -221,6 +228,7 @@ impl TenantTable {
                         plan: c.plan,
                         limits,
                         presence_spelling: c.presence_events.map(Into::into).unwrap_or_default(),
+                        api_keys: c.api_keys.clone(),
                     }),
                 )
             })
@@ -235,6 +243,11 @@ impl TenantTable {
     pub fn resolve(&self, id: Option<&str>) -> Option<Arc<Tenant>> {
         let id = id.or(self.default.as_deref())?;
         self.tenants.get(id).cloned()
+    }
+
+    /// Every tenant.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Tenant>> {
+        self.tenants.values()
     }
 
     /// Looks a tenant up by id.

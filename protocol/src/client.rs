@@ -92,8 +92,47 @@ pub struct ParseFailure<'a> {
 
 /// Parses client frames, reusing its buffers across calls (one per shard).
 pub struct FrameParser {
+    tape: TapeBuffers,
+}
+
+/// Buffers for parsing JSON into a simd-json tape, reused across calls.
+///
+/// simd-json refuses numbers it cannot convert (an integer beyond 64 bits, `1e400`),
+/// though they are valid JSON (RFC 8259) and a browser's `JSON.parse` reads them. When
+/// simd-json refuses a text, it is checked again with the strict scanner in `json.rs`;
+/// if that finds it valid, it is parsed from a copy whose risky numbers are replaced by
+/// `0.0` of the same length. Opaque members (`data`, `metadata`, `ref`) are always taken
+/// raw from the original bytes, so numbers reach subscribers exactly as sent.
+pub(crate) struct TapeBuffers {
     scratch: Vec<u8>,
+    fallback: Vec<u8>,
     buffers: Buffers,
+}
+
+impl TapeBuffers {
+    pub(crate) fn new() -> TapeBuffers {
+        TapeBuffers {
+            scratch: Vec::new(),
+            fallback: Vec::new(),
+            buffers: Buffers::new(512),
+        }
+    }
+
+    /// The tape of `text`, or why `text` is not JSON.
+    pub(crate) fn parse(&mut self, text: &[u8]) -> Result<simd_json::Tape<'_>, String> {
+        // simd-json rewrites its input in place (string unescaping), so it works on a
+        // copy and the original stays intact for raw spans.
+        self.scratch.clear();
+        self.scratch.extend_from_slice(text);
+        let first = match simd_json::to_tape_with_buffers(&mut self.scratch, &mut self.buffers) {
+            Ok(tape) => return Ok(tape),
+            Err(e) => e,
+        };
+        crate::json::copy_with_tape_safe_numbers(text, &mut self.fallback)
+            .map_err(|e| format!("malformed JSON: {e}"))?;
+        simd_json::to_tape_with_buffers(&mut self.fallback, &mut self.buffers)
+            .map_err(|_| format!("malformed JSON: {first}"))
+    }
 }
 
 impl std::fmt::Debug for FrameParser {
@@ -112,19 +151,16 @@ impl FrameParser {
     /// A parser with empty buffers.
     pub fn new() -> FrameParser {
         FrameParser {
-            scratch: Vec::new(),
-            buffers: Buffers::new(512),
+            tape: TapeBuffers::new(),
         }
     }
 
     /// Parses one text message (already known to be valid UTF-8).
     pub fn parse<'a>(&mut self, text: &'a [u8]) -> Result<ClientFrame<'a>, ParseFailure<'a>> {
-        // simd-json rewrites its input in place (string unescaping), so it works on a copy
-        // and the original stays intact for the raw `data` span.
-        self.scratch.clear();
-        self.scratch.extend_from_slice(text);
-        let tape = simd_json::to_tape_with_buffers(&mut self.scratch, &mut self.buffers)
-            .map_err(|e| bad_request(format!("malformed JSON: {e}"), None, None))?;
+        let tape = self
+            .tape
+            .parse(text)
+            .map_err(|message| bad_request(message, None, None))?;
         let root = tape.as_value();
         if root.value_type() != ValueType::Object {
             return Err(bad_request(

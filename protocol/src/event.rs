@@ -140,18 +140,15 @@ fn header_room_used(frame: &[u8]) -> usize {
 /// reading the JSON (for history written before spans were kept). `None` if the frame
 /// is not such a message.
 pub fn message_data_span(frame: &[u8]) -> Option<Range<u32>> {
-    let json_at = header_room_used(frame);
-    let json = frame.get(json_at..)?;
-    let prefix = br#"{"event":"realtime.message","channel":"#;
-    let mut at = json.strip_prefix(prefix.as_slice()).map(|_| prefix.len())?;
-    at = crate::json_skip::skip_value(json, at)?;
-    let key = br#","data":"#;
-    if !json.get(at..)?.starts_with(key) {
+    let header = header_room_used(frame);
+    let json = frame.get(header..)?;
+    if !json.starts_with(br#"{"event":"realtime.message","#) {
         return None;
     }
-    let start = at + key.len();
-    let end = crate::json_skip::skip_value(json, start)?;
-    Some((json_at + start) as u32..(json_at + end) as u32)
+    let data = crate::json::raw_members(json)?.data?;
+    // `data` borrows from `json`: its offset is the distance between the two.
+    let start = header + (data.as_ptr() as usize - json.as_ptr() as usize);
+    Some(start as u32..(start + data.len()) as u32)
 }
 
 /// `ack` for a publish that carried `ref`.
@@ -270,6 +267,23 @@ pub fn pong(ts: u64) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn message_data_span_reads_back_the_raw_data() {
+        let big = format!("\"{}\"", "x".repeat(70_000));
+        let mid = format!("\"{}\"", "x".repeat(300));
+        for data in [
+            &b"1e400"[..],
+            br#"{"a":[1,2]}"#,
+            big.as_bytes(),
+            mid.as_bytes(),
+        ] {
+            let (frame, span) = message_with_span("c", data, Some("u"), 1, 2);
+            assert_eq!(message_data_span(&frame), Some(span.clone()));
+            assert_eq!(&frame[span.start as usize..span.end as usize], data);
+        }
+        assert_eq!(message_data_span(b""), None);
+    }
     use crate::ws::{Decoded, Message, WsDecoder};
 
     /// Unframes a server frame (unmasked) and parses its JSON.

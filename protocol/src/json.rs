@@ -155,6 +155,213 @@ fn skip_value(input: &[u8], start: usize) -> Option<usize> {
     }
 }
 
+/// Why bytes are not JSON (RFC 8259), and where.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{what} at byte {at}")]
+pub struct JsonError {
+    /// Byte offset of the problem.
+    pub at: usize,
+    /// What is wrong.
+    pub what: &'static str,
+}
+
+/// Deepest nesting of arrays and objects accepted (simd-json's limit is of the same order).
+pub const MAX_DEPTH: usize = 1024;
+
+fn fail<T>(at: usize, what: &'static str) -> Result<T, JsonError> {
+    Err(JsonError { at, what })
+}
+
+/// Checks that `input` is exactly one JSON text (RFC 8259, UTF-8, surrounding whitespace
+/// allowed) without converting anything, and calls `number` with the byte range of every
+/// number in it. Iterative (an explicit stack), so deep nesting cannot overflow the
+/// thread's stack.
+pub fn validate(input: &[u8], mut number: impl FnMut(usize, usize)) -> Result<(), JsonError> {
+    if let Err(e) = std::str::from_utf8(input) {
+        return fail(e.valid_up_to(), "invalid UTF-8");
+    }
+    // true: inside an object, false: inside an array.
+    let mut stack: Vec<bool> = Vec::new();
+    let mut i = skip_ws(input, 0);
+    'value: loop {
+        // A value starts at `i`.
+        match input.get(i) {
+            None => return fail(i, "unexpected end of input"),
+            Some(b'{') => {
+                if stack.len() >= MAX_DEPTH {
+                    return fail(i, "nesting too deep");
+                }
+                i = skip_ws(input, i + 1);
+                if input.get(i) == Some(&b'}') {
+                    i += 1;
+                } else {
+                    stack.push(true);
+                    i = object_key(input, i)?;
+                    continue 'value;
+                }
+            }
+            Some(b'[') => {
+                if stack.len() >= MAX_DEPTH {
+                    return fail(i, "nesting too deep");
+                }
+                i = skip_ws(input, i + 1);
+                if input.get(i) == Some(&b']') {
+                    i += 1;
+                } else {
+                    stack.push(false);
+                    continue 'value;
+                }
+            }
+            Some(b'"') => i = string_end(input, i)?,
+            Some(b't') => i = literal(input, i, b"true")?,
+            Some(b'f') => i = literal(input, i, b"false")?,
+            Some(b'n') => i = literal(input, i, b"null")?,
+            Some(b'-' | b'0'..=b'9') => {
+                let end = number_end(input, i)?;
+                number(i, end);
+                i = end;
+            }
+            Some(_) => return fail(i, "expected a value"),
+        }
+        // A value ended at `i`: close containers or move to the next member.
+        loop {
+            i = skip_ws(input, i);
+            let Some(&in_object) = stack.last() else {
+                if i != input.len() {
+                    return fail(i, "trailing characters after the JSON value");
+                }
+                return Ok(());
+            };
+            match (input.get(i), in_object) {
+                (Some(b','), true) => {
+                    i = object_key(input, skip_ws(input, i + 1))?;
+                    continue 'value;
+                }
+                (Some(b','), false) => {
+                    i = skip_ws(input, i + 1);
+                    continue 'value;
+                }
+                (Some(b'}'), true) | (Some(b']'), false) => {
+                    stack.pop();
+                    i += 1;
+                }
+                (None, _) => return fail(i, "unexpected end of input"),
+                _ => return fail(i, "expected `,` or the end of the container"),
+            }
+        }
+    }
+}
+
+/// Reads `"key" :` at `i`; returns where the member's value starts.
+fn object_key(input: &[u8], i: usize) -> Result<usize, JsonError> {
+    if input.get(i) != Some(&b'"') {
+        return fail(i, "expected a string key");
+    }
+    let i = skip_ws(input, string_end(input, i)?);
+    if input.get(i) != Some(&b':') {
+        return fail(i, "expected `:`");
+    }
+    Ok(skip_ws(input, i + 1))
+}
+
+/// `input[start]` is `"`; checks the string strictly and returns the index past its end.
+fn string_end(input: &[u8], start: usize) -> Result<usize, JsonError> {
+    let mut i = start + 1;
+    loop {
+        match input.get(i) {
+            None => return fail(start, "unterminated string"),
+            Some(b'"') => return Ok(i + 1),
+            Some(b'\\') => match input.get(i + 1) {
+                Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => i += 2,
+                Some(b'u') => {
+                    let hex = input.get(i + 2..i + 6);
+                    if !hex.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
+                        return fail(i, "invalid \\u escape");
+                    }
+                    i += 6;
+                }
+                _ => return fail(i, "invalid escape"),
+            },
+            Some(0x00..=0x1f) => return fail(i, "control character in a string"),
+            Some(_) => i += 1,
+        }
+    }
+}
+
+fn literal(input: &[u8], i: usize, word: &[u8]) -> Result<usize, JsonError> {
+    if input.get(i..i + word.len()) == Some(word) {
+        Ok(i + word.len())
+    } else {
+        fail(i, "invalid literal")
+    }
+}
+
+/// `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?` at `start`; returns its end.
+fn number_end(input: &[u8], start: usize) -> Result<usize, JsonError> {
+    let digits = |mut i: usize| {
+        let from = i;
+        while input.get(i).is_some_and(u8::is_ascii_digit) {
+            i += 1;
+        }
+        (i, i - from)
+    };
+    let mut i = start;
+    if input.get(i) == Some(&b'-') {
+        i += 1;
+    }
+    match input.get(i) {
+        Some(b'0') => i += 1,
+        Some(b'1'..=b'9') => i = digits(i).0,
+        _ => return fail(i, "invalid number"),
+    }
+    if input.get(i) == Some(&b'.') {
+        let (end, n) = digits(i + 1);
+        if n == 0 {
+            return fail(i, "invalid number: no digit after `.`");
+        }
+        i = end;
+    }
+    if let Some(b'e' | b'E') = input.get(i) {
+        i += 1;
+        if let Some(b'+' | b'-') = input.get(i) {
+            i += 1;
+        }
+        let (end, n) = digits(i);
+        if n == 0 {
+            return fail(i, "invalid number: no digit in the exponent");
+        }
+        i = end;
+    }
+    Ok(i)
+}
+
+/// Copies `input` into `out` with every number that simd-json might refuse (any
+/// fraction or exponent, any integer beyond 64 bits) replaced by `0.0` padded with
+/// spaces to the same length, after checking `input` strictly ([`validate`]). Offsets
+/// stay the same, so raw spans found in `input` match the tape parsed from `out`; the
+/// replaced numbers are only ever read raw from `input`.
+pub fn copy_with_tape_safe_numbers(input: &[u8], out: &mut Vec<u8>) -> Result<(), JsonError> {
+    let mut risky: Vec<(usize, usize)> = Vec::new();
+    validate(input, |start, end| {
+        let text = &input[start..end];
+        let integer = !text.iter().any(|b| matches!(b, b'.' | b'e' | b'E'));
+        let fits = integer
+            && std::str::from_utf8(text)
+                .is_ok_and(|t| t.parse::<i64>().is_ok() || t.parse::<u64>().is_ok());
+        if !fits {
+            risky.push((start, end));
+        }
+    })?;
+    out.clear();
+    out.extend_from_slice(input);
+    for (start, end) in risky {
+        // Every risky number has at least 3 bytes (`1e5`, `1.5`, or 20+ digits).
+        out[start..end].fill(b' ');
+        out[start..start + 3].copy_from_slice(b"0.0");
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -192,6 +399,89 @@ mod tests {
         let m = raw_members(input).unwrap();
         assert_eq!(m.data.unwrap(), br#""he said \"}\"""#);
         assert_eq!(m.reference.unwrap(), br#""a\\""#);
+    }
+
+    fn valid(text: &str) -> bool {
+        validate(text.as_bytes(), |_, _| {}).is_ok()
+    }
+
+    #[test]
+    fn strict_validation() {
+        for ok in [
+            "0",
+            "-0",
+            "1.5e+10",
+            "123456789012345678901234567890",
+            "1e400",
+            " [ ] ",
+            r#"{"a":[true,false,null,"\u00e9\n"],"b":{}}"#,
+            "\"é\"",
+        ] {
+            assert!(valid(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            " ",
+            "01",
+            "1.",
+            ".5",
+            "1e",
+            "+1",
+            "-",
+            "[1,]",
+            "{\"a\":1,}",
+            "[1 2]",
+            "{\"a\" 1}",
+            "{1:2}",
+            "\"\\x\"",
+            "\"\\u12\"",
+            "\"a\tb\"",
+            "tru",
+            "nul",
+            "[1]]",
+            "{}{}",
+            "\"abc",
+            "[",
+            "NaN",
+            "Infinity",
+        ] {
+            assert!(!valid(bad), "{bad:?}");
+        }
+        assert!(validate(b"\"\xff\"", |_, _| {}).is_err());
+        let deep = "[".repeat(MAX_DEPTH + 1) + &"]".repeat(MAX_DEPTH + 1);
+        assert!(!valid(&deep));
+        let fine = "[".repeat(MAX_DEPTH) + &"]".repeat(MAX_DEPTH);
+        assert!(valid(&fine));
+        let mut numbers = Vec::new();
+        validate(br#"[1,{"x":-2.5e3},"3"]"#, |s, e| numbers.push((s, e))).unwrap();
+        assert_eq!(numbers, vec![(1, 2), (8, 14)]);
+    }
+
+    #[test]
+    fn risky_numbers_are_replaced_in_place() {
+        let input = br#"{"a":1e400,"b":12,"c":123456789012345678901234567890}"#;
+        let mut out = Vec::new();
+        copy_with_tape_safe_numbers(input, &mut out).unwrap();
+        assert_eq!(out.len(), input.len());
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            r#"{"a":0.0  ,"b":12,"c":0.0                           }"#
+        );
+    }
+
+    proptest::proptest! {
+        /// Over an alphabet without digits, the scanner agrees with serde_json exactly;
+        /// with digits, everything serde_json reads, the scanner accepts.
+        #[test]
+        fn agrees_with_serde_json(text in "[\\[\\]{}:, \"\\\\a-ux0-9.eE+-]{0,24}") {
+            let serde_ok = serde_json::from_str::<serde_json::Value>(&text).is_ok();
+            if serde_ok {
+                proptest::prop_assert!(valid(&text), "{}", text);
+            }
+            if !text.bytes().any(|b| b.is_ascii_digit()) {
+                proptest::prop_assert_eq!(valid(&text), serde_ok, "{}", text);
+            }
+        }
     }
 
     #[test]

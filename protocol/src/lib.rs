@@ -11,6 +11,7 @@
 //!                   body::BodyDecoder          client::FrameParser::parse ──► ClientFrame
 //!                   │ body bytes
 //!                   ▼
+//!                   api::ApiParser::publish ──► PublishBody (data raw); api::* encode answers
 //!                   engine route(head, body); refusals: error::ApiError ──► status + code
 //!  engine decides what happens, then encodes each outgoing event ONCE:
 //!      event::* ──► a complete WebSocket frame (header + JSON) as `Bytes`, shared by
@@ -21,6 +22,7 @@
 //! tests check it), and `data` payloads are carried as the raw bytes the publisher sent.
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod body;
 pub mod channel;
 pub mod client;
@@ -28,7 +30,6 @@ pub mod error;
 pub mod event;
 pub mod http;
 mod json;
-mod json_skip;
 pub mod ws;
 
 pub use channel::{ChannelName, TenantId};

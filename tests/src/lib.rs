@@ -835,6 +835,116 @@ impl HttpResponse {
     }
 }
 
+/// One client connection that reads responses one at a time, keeping whatever arrived
+/// after a response for the next one (keep-alive, pipelining).
+#[derive(Debug)]
+pub struct HttpConn {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl HttpConn {
+    /// Connects to `server` (`TCP_NODELAY`).
+    pub fn open(server: &Server) -> Result<HttpConn> {
+        let stream = TcpStream::connect(server.addr())?;
+        stream.set_nodelay(true)?;
+        Ok(HttpConn {
+            stream,
+            buf: Vec::new(),
+        })
+    }
+
+    /// Writes `bytes`.
+    pub fn send(&mut self, bytes: impl AsRef<[u8]>) -> Result<()> {
+        self.stream.write_all(bytes.as_ref())?;
+        self.stream.flush()?;
+        Ok(())
+    }
+
+    /// Reads more bytes into `buf`; `Ok(0)` on EOF. Bounded by `deadline`.
+    pub fn fill(&mut self, deadline: Instant) -> Result<usize> {
+        let mut chunk = [0u8; 8192];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                bail!(
+                    "read timed out; have {:?}",
+                    String::from_utf8_lossy(&self.buf)
+                );
+            }
+            self.stream.set_read_timeout(Some(left))?;
+            match self.stream.read(&mut chunk) {
+                Ok(n) => {
+                    self.buf.extend_from_slice(&chunk[..n]);
+                    return Ok(n);
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                    ) =>
+                {
+                    continue
+                }
+                Err(e) if e.kind() == ErrorKind::ConnectionReset => return Ok(0),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// The next response (head and Content-Length body), within `timeout`.
+    pub fn response_within(&mut self, timeout: Duration) -> Result<HttpResponse> {
+        let deadline = Instant::now() + timeout;
+        let head_end = loop {
+            if let Some(pos) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break pos + 4;
+            }
+            if self.fill(deadline)? == 0 {
+                bail!(
+                    "EOF before a complete response head; got {:?}",
+                    String::from_utf8_lossy(&self.buf)
+                );
+            }
+        };
+        let (status, headers) = parse_response_head(&self.buf[..head_end])?;
+        let length = match headers.iter().find(|(k, _)| k == "content-length") {
+            Some((_, v)) => v.parse::<usize>()?,
+            None if (100..200).contains(&status) => 0,
+            None => bail!("response {status} without Content-Length: {headers:?}"),
+        };
+        while self.buf.len() < head_end + length {
+            if self.fill(deadline)? == 0 {
+                bail!("EOF inside the body of a {status} response");
+            }
+        }
+        let body = self.buf[head_end..head_end + length].to_vec();
+        self.buf.drain(..head_end + length);
+        Ok(HttpResponse {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    /// The next response, within [`TIMEOUT`].
+    pub fn response(&mut self) -> Result<HttpResponse> {
+        self.response_within(TIMEOUT)
+    }
+
+    /// Waits (bounded) for the server to close the connection, with nothing more sent.
+    pub fn expect_eof(&mut self) -> Result<()> {
+        let deadline = Instant::now() + TIMEOUT;
+        let before = self.buf.len();
+        if self.fill(deadline)? != 0 {
+            bail!(
+                "expected EOF, got {:?}",
+                String::from_utf8_lossy(&self.buf[before..])
+            );
+        }
+        Ok(())
+    }
+}
+
 /// Writes `request` to a new connection to `addr` and reads one response (bounded by
 /// [`TIMEOUT`]).
 pub fn http_request(addr: SocketAddr, request: &[u8]) -> Result<HttpResponse> {

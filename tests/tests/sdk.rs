@@ -1,5 +1,7 @@
-//! The official SDK (`@maravilla-labs/platform` RealtimeClient over `ws`) against the real
-//! server: tests/sdk/sdk_pubsub.mjs subscribes with one client, publishes with another;
+//! The official SDK (`@maravilla-labs/platform`) against the real server:
+//! tests/sdk/sdk_pubsub.mjs subscribes with one RealtimeClient and publishes with another;
+//! tests/sdk/sdk_remote.mjs drives the HTTP API through `getPlatform()` /
+//! `createRemoteClient` (publish, history, channels) with a RealtimeClient subscriber;
 //! tests/sdk/sdk_presence.mjs watches another client join, update and leave presence.
 
 use std::process::{Command, Stdio};
@@ -10,16 +12,25 @@ use ringcast_tests::{workspace_root, Server};
 
 #[test]
 fn official_sdk_pubsub() -> Result<()> {
-    run_sdk_script("sdk_pubsub")
+    let server = Server::start(&[])?;
+    run_script("sdk_pubsub.mjs", &[server.ws_url()], &server)
 }
 
 #[test]
 fn official_sdk_presence_handle_sees_join_update_leave() -> Result<()> {
-    run_sdk_script("sdk_presence")
+    let server = Server::start(&[])?;
+    run_script("sdk_presence.mjs", &[server.ws_url()], &server)
 }
 
-/// Runs `tests/sdk/NAME.mjs` against a fresh server; it must exit 0 and print `NAME: ok`.
-fn run_sdk_script(name: &str) -> Result<()> {
+#[test]
+fn official_sdk_remote_client() -> Result<()> {
+    let server = Server::start(&[])?;
+    let base = format!("http://{}", server.addr());
+    run_script("sdk_remote.mjs", &[base, server.ws_url()], &server)
+}
+
+/// Runs `node tests/sdk/SCRIPT ARGS…` and checks it printed `<name>: ok`.
+fn run_script(script: &str, args: &[String], server: &Server) -> Result<()> {
     let sdk_dir = workspace_root().join("tests/sdk");
     if !sdk_dir
         .join("node_modules/@maravilla-labs/platform")
@@ -31,10 +42,9 @@ fn run_sdk_script(name: &str) -> Result<()> {
              before `cargo test -p ringcast-tests`"
         );
     }
-    let server = Server::start(&[])?;
     let mut child = Command::new("node")
-        .arg(sdk_dir.join(format!("{name}.mjs")))
-        .arg(server.ws_url())
+        .arg(sdk_dir.join(script))
+        .args(args)
         .current_dir(&sdk_dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -50,7 +60,7 @@ fn run_sdk_script(name: &str) -> Result<()> {
         if Instant::now() >= deadline {
             let _ = child.kill();
             let _ = child.wait();
-            bail!("node {name}.mjs did not finish within 30 s");
+            bail!("node {script} did not finish within 30 s");
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -59,10 +69,11 @@ fn run_sdk_script(name: &str) -> Result<()> {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
-        "{name}.mjs failed ({}):\nstdout:\n{stdout}\nstderr:\n{stderr}\nserver stderr tail:\n{}",
+        "{script} failed ({}):\nstdout:\n{stdout}\nstderr:\n{stderr}\nserver stderr tail:\n{}",
         out.status,
         server.stderr_tail()
     );
-    assert!(stdout.contains(&format!("{name}: ok")), "stdout: {stdout}");
+    let ok = format!("{}: ok", script.trim_end_matches(".mjs"));
+    assert!(stdout.contains(&ok), "stdout: {stdout}");
     Ok(())
 }

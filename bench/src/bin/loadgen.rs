@@ -23,7 +23,9 @@ struct Args {
     #[arg(long)]
     label: Option<String>,
     /// w1 (fan-out saturation), w2 (personal+group, open loop at 50/80 %), w3 (hot channel,
-    /// fixed rate), w4 (connection storm + churn), w5 (idle memory), w6 (w2 + stalled readers).
+    /// fixed rate), w4 (connection storm + churn), w5 (idle memory), w6 (w2 + stalled readers),
+    /// http-publish (HTTP API publishes on `--publishers` keep-alive connections, closed
+    /// loop), ws-publish (the same over WebSocket with `ref` acks).
     #[arg(long, default_value = "w1")]
     workload: String,
     /// Subscribers (w1/w3) or connections (w2/w4/w5/w6).
@@ -51,7 +53,7 @@ struct Args {
     /// Server process id, for CPU seconds and RSS from /proc.
     #[arg(long)]
     server_pid: Option<u32>,
-    /// Publisher connections (w2/w6).
+    /// Publisher connections (w2/w6, http-publish, ws-publish).
     #[arg(long, default_value_t = 4)]
     publishers: usize,
     /// Handshakes in flight while connecting.

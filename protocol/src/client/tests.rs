@@ -106,6 +106,40 @@ fn presence_frames() {
     ));
 }
 
+#[test]
+fn numbers_beyond_64_bits_are_valid_json_and_pass_raw() {
+    for data in [
+        "123456789012345678901234567890",
+        "1e400",
+        "-1E-400",
+        r#"{"big":[123456789012345678901234567890,1e400,-0.5e+999],"s":"1e400"}"#,
+    ] {
+        let text = format!(r#"{{"action":"publish","channel":"c","data":{data},"ref":1e400}}"#);
+        let frame = parse(&text).unwrap_or_else(|e| panic!("{data}: {e:?}"));
+        let ClientFrame::Publish(p) = frame else {
+            panic!("not a publish")
+        };
+        assert_eq!(p.data, data.as_bytes());
+        assert_eq!(p.reference, Some(&b"1e400"[..]));
+    }
+    // A huge lastEventId is still not a seq.
+    let err = parse(
+        r#"{"action":"subscribe","channel":"c","lastEventId":123456789012345678901234567890}"#,
+    )
+    .unwrap_err();
+    assert!(err.message.contains("lastEventId"), "{err:?}");
+    // Invalid JSON stays invalid, with or without big numbers.
+    for bad in [
+        r#"{"action":"publish","channel":"c","data":1e400,}"#,
+        r#"{"action":"publish","channel":"c","data":01}"#,
+        r#"{"action":"publish","channel":"c","data":1.e5}"#,
+        r#"{"action":"publish","channel":"c","data":[1e400}"#,
+    ] {
+        let err = parse(bad).unwrap_err();
+        assert!(err.message.starts_with("malformed JSON"), "{bad}: {err:?}");
+    }
+}
+
 proptest! {
     /// The parser never panics, whatever the bytes.
     #[test]
@@ -129,6 +163,9 @@ fn arb_json() -> impl Strategy<Value = String> {
         Just("null".to_owned()),
         any::<bool>().prop_map(|b| b.to_string()),
         any::<i64>().prop_map(|n| n.to_string()),
+        // Valid JSON numbers that no 64-bit type holds.
+        "-?[1-9][0-9]{20,40}",
+        "-?[1-9](\\.[0-9]{1,6})?[eE][+-]?[3-9][0-9]{2,3}",
         "[a-z\"\\\\]{0,8}".prop_map(|s| serde_json::to_string(&s).unwrap()),
     ];
     leaf.prop_recursive(3, 24, 4, |inner| {

@@ -1,0 +1,109 @@
+//! Who is asking: the tenant of an HTTP API request and its API key. Every API route
+//! goes through [`authorize`].
+//!
+//! - Tenant: `X-Tenant-Id`, else the server's default tenant; unknown → 404
+//!   `unknown_tenant`.
+//! - Key: `Authorization: Bearer <key>`, one of the tenant's `api_keys`. Not needed in
+//!   `--dev`, nor (for now) for a tenant with no `api_keys` configured. Missing or wrong
+//!   → 401 `unauthorized`; a key of another tenant → 403 `forbidden`.
+//!
+//! A request that passes may publish to `private-` channels without a channel token: the
+//! server API is trusted (SPEC §5).
+
+use std::sync::Arc;
+
+use ringcast_protocol::api::Refusal;
+use ringcast_protocol::http::RequestHead;
+use ringcast_protocol::ApiError;
+
+use crate::shared::Shared;
+use crate::tenant::Tenant;
+
+/// The tenant `head` acts for, once its key is checked.
+pub fn authorize(shared: &Shared, head: &RequestHead) -> Result<Arc<Tenant>, Refusal> {
+    let tenants = shared.tenants.load();
+    let named = match head.header("x-tenant-id") {
+        None => None,
+        Some(v) => Some(
+            std::str::from_utf8(v)
+                .map_err(|_| Refusal::new(ApiError::BadRequest, "X-Tenant-Id is not UTF-8"))?
+                .trim(),
+        ),
+    };
+    let Some(tenant) = tenants.resolve(named.filter(|id| !id.is_empty())) else {
+        let message = match named {
+            Some(_) => "no such tenant",
+            None => "no X-Tenant-Id and no default tenant",
+        };
+        return Err(Refusal::new(ApiError::UnknownTenant, message));
+    };
+    if shared.config.load().dev || tenant.api_keys.is_empty() {
+        return Ok(tenant);
+    }
+    let Some(key) = bearer(head) else {
+        return Err(Refusal::new(
+            ApiError::Unauthorized,
+            "this tenant needs `Authorization: Bearer <api key>`",
+        ));
+    };
+    if tenant.api_keys.iter().any(|k| same_key(k.as_bytes(), key)) {
+        return Ok(tenant);
+    }
+    let other_tenants = tenants
+        .iter()
+        .any(|t| t.id != tenant.id && t.api_keys.iter().any(|k| same_key(k.as_bytes(), key)));
+    if other_tenants {
+        return Err(Refusal::new(
+            ApiError::Forbidden,
+            "this API key belongs to another tenant",
+        ));
+    }
+    Err(Refusal::new(ApiError::Unauthorized, "invalid API key"))
+}
+
+/// The key of `Authorization: Bearer <key>`.
+fn bearer(head: &RequestHead) -> Option<&[u8]> {
+    let value = head.header("authorization")?.trim_ascii();
+    let (scheme, key) = value.split_at_checked(7)?;
+    (scheme.eq_ignore_ascii_case(b"bearer ") && !key.trim_ascii().is_empty())
+        .then(|| key.trim_ascii())
+}
+
+/// Compares keys in time that does not depend on where they differ.
+fn same_key(expected: &[u8], presented: &[u8]) -> bool {
+    if expected.len() != presented.len() {
+        return false;
+    }
+    expected
+        .iter()
+        .zip(presented)
+        .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+        == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_compare_whole() {
+        assert!(same_key(b"abc", b"abc"));
+        assert!(!same_key(b"abc", b"abd"));
+        assert!(!same_key(b"abc", b"ab"));
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        let head = |auth: &str| {
+            ringcast_protocol::http::parse_request_head(
+                format!("GET / HTTP/1.1\r\nAuthorization: {auth}\r\n\r\n").as_bytes(),
+            )
+            .unwrap()
+            .unwrap()
+        };
+        assert_eq!(bearer(&head("Bearer k1")), Some(&b"k1"[..]));
+        assert_eq!(bearer(&head("bearer  k1 ")), Some(&b"k1"[..]));
+        assert_eq!(bearer(&head("Basic k1")), None);
+        assert_eq!(bearer(&head("Bearer ")), None);
+    }
+}

@@ -1,0 +1,346 @@
+//! The HTTP API of SPEC §5, sans IO: request bodies in, JSON answers out.
+//!
+//! ```text
+//!  body bytes ──► ApiParser::publish ──► PublishBody { channel, data (raw), userId?, idempotencyKey? }
+//!  query      ──► history_query      ──► HistoryParams { limit, after?, before? }
+//!  owner's answer ──► published / channels / history_page ──► JSON body bytes
+//! ```
+//!
+//! `data` is any JSON value (RFC 8259) and travels as the raw bytes of the request body:
+//! the same bytes reach WebSocket subscribers and history readers.
+
+use simd_json::prelude::*;
+use simd_json::ValueType;
+
+use crate::channel::ChannelName;
+use crate::client::TapeBuffers;
+use crate::error::ApiError;
+use crate::http::RequestHead;
+use crate::json::{raw_members, write_str, write_u64};
+
+/// Longest idempotency key accepted, in bytes.
+pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 256;
+/// Messages in a history page when the request names no `limit`.
+pub const DEFAULT_HISTORY_LIMIT: usize = 100;
+/// Largest `limit` of a history page (every plan keeps at most 1,000 messages).
+pub const MAX_HISTORY_LIMIT: usize = 1000;
+
+/// Why a request was refused: the [`ApiError`] (status and code) and a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// Status and code.
+    pub error: ApiError,
+    /// For the caller.
+    pub message: String,
+}
+
+impl Refusal {
+    /// A refusal with `error` and `message`.
+    pub fn new(error: ApiError, message: impl Into<String>) -> Refusal {
+        Refusal {
+            error,
+            message: message.into(),
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> Refusal {
+        Refusal::new(ApiError::BadRequest, message)
+    }
+}
+
+/// The body of `POST /api/realtime/publish`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishBody<'a> {
+    /// The channel.
+    pub channel: ChannelName,
+    /// The raw JSON of `data`, exactly as sent.
+    pub data: &'a [u8],
+    /// `userId`, shown on the message.
+    pub user_id: Option<String>,
+    /// `idempotencyKey` from the body.
+    pub idempotency_key: Option<String>,
+}
+
+/// Parses API request bodies, reusing its buffers.
+pub struct ApiParser {
+    tape: TapeBuffers,
+}
+
+impl std::fmt::Debug for ApiParser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiParser").finish_non_exhaustive()
+    }
+}
+
+impl Default for ApiParser {
+    fn default() -> Self {
+        ApiParser::new()
+    }
+}
+
+impl ApiParser {
+    /// A parser with empty buffers.
+    pub fn new() -> ApiParser {
+        ApiParser {
+            tape: TapeBuffers::new(),
+        }
+    }
+
+    /// Parses a publish body: a JSON object with `channel` (string), `data` (any JSON),
+    /// and optional `userId` and `idempotencyKey` (strings or null).
+    pub fn publish<'a>(&mut self, body: &'a [u8]) -> Result<PublishBody<'a>, Refusal> {
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Err(Refusal::bad_request(
+                "the body must be a JSON object with `channel` and `data`",
+            ));
+        }
+        let tape = self.tape.parse(body).map_err(Refusal::bad_request)?;
+        let root = tape.as_value();
+        if root.value_type() != ValueType::Object {
+            return Err(Refusal::bad_request("the body must be a JSON object"));
+        }
+        let string = |key: &str| -> Result<Option<String>, Refusal> {
+            match root.get(key) {
+                None => Ok(None),
+                Some(v) if v.is_null() => Ok(None),
+                Some(v) => v
+                    .as_str()
+                    .map(|s| Some(s.to_owned()))
+                    .ok_or_else(|| Refusal::bad_request(format!("`{key}` must be a string"))),
+            }
+        };
+        let Some(name) = string("channel")? else {
+            return Err(Refusal::bad_request("missing `channel`"));
+        };
+        let channel = ChannelName::new(&name)
+            .map_err(|e| Refusal::new(ApiError::InvalidChannel, e.to_string()))?;
+        let raw = raw_members(body).unwrap_or_default();
+        let data = match (root.get("data"), raw.data) {
+            (Some(_), Some(data)) => data,
+            (None, _) => return Err(Refusal::bad_request("publish needs `data`")),
+            (Some(_), None) => {
+                return Err(Refusal::bad_request("`data` key must not be escaped"));
+            }
+        };
+        let idempotency_key = string("idempotencyKey")?;
+        if let Some(key) = &idempotency_key {
+            check_idempotency_key(key)?;
+        }
+        Ok(PublishBody {
+            channel,
+            data,
+            user_id: string("userId")?,
+            idempotency_key,
+        })
+    }
+}
+
+/// Checks an idempotency key (body `idempotencyKey` or header `Idempotency-Key`).
+pub fn check_idempotency_key(key: &str) -> Result<(), Refusal> {
+    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_BYTES {
+        return Err(Refusal::bad_request(format!(
+            "an idempotency key is 1 to {MAX_IDEMPOTENCY_KEY_BYTES} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// `?limit=&after=&before=` of a history read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryParams {
+    /// Messages wanted, 1 to [`MAX_HISTORY_LIMIT`].
+    pub limit: usize,
+    /// Only messages with a greater seq (the first `limit` of them).
+    pub after: Option<u64>,
+    /// Only messages with a smaller seq (without `after`: the last `limit` of them).
+    pub before: Option<u64>,
+}
+
+/// Reads `limit`, `after` and `before` from the query. An empty value counts as absent.
+pub fn history_query(head: &RequestHead) -> Result<HistoryParams, Refusal> {
+    let number = |name: &str| -> Result<Option<u64>, Refusal> {
+        match head.query_param(name).filter(|v| !v.is_empty()) {
+            None => Ok(None),
+            Some(v) => v.parse::<u64>().map(Some).map_err(|_| {
+                Refusal::bad_request(format!("`{name}` must be a non-negative integer"))
+            }),
+        }
+    };
+    let limit = match number("limit")? {
+        None => DEFAULT_HISTORY_LIMIT,
+        Some(n) if (1..=MAX_HISTORY_LIMIT as u64).contains(&n) => n as usize,
+        Some(_) => {
+            return Err(Refusal::bad_request(format!(
+                "`limit` must be 1 to {MAX_HISTORY_LIMIT}"
+            )))
+        }
+    };
+    Ok(HistoryParams {
+        limit,
+        after: number("after")?,
+        before: number("before")?,
+    })
+}
+
+/// `{"ok":true,"seq":…,"ts":…}`: the answer to a publish.
+pub fn published(seq: u64, ts: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(48);
+    out.extend_from_slice(b"{\"ok\":true,\"seq\":");
+    write_u64(&mut out, seq);
+    out.extend_from_slice(b",\"ts\":");
+    write_u64(&mut out, ts);
+    out.push(b'}');
+    out
+}
+
+/// `{"channels":[…]}`.
+pub fn channels<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    out.extend_from_slice(b"{\"channels\":[");
+    for (i, name) in names.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_str(&mut out, name);
+    }
+    out.extend_from_slice(b"]}");
+    out
+}
+
+/// One message of a history page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryEntry<'a> {
+    /// Its seq.
+    pub seq: u64,
+    /// Its `ts` (epoch milliseconds).
+    pub ts: u64,
+    /// The publisher's user id.
+    pub user_id: Option<&'a str>,
+    /// The raw JSON of `data`, as published.
+    pub data: &'a [u8],
+}
+
+/// `{"messages":[{"seq","channel","data","uid"?,"ts"}…]}`, in the order given.
+pub fn history_page<'a>(
+    channel: &str,
+    messages: impl IntoIterator<Item = HistoryEntry<'a>>,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(b"{\"messages\":[");
+    for (i, m) in messages.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"seq\":");
+        write_u64(&mut out, m.seq);
+        out.extend_from_slice(b",\"channel\":");
+        write_str(&mut out, channel);
+        out.extend_from_slice(b",\"data\":");
+        out.extend_from_slice(m.data);
+        if let Some(uid) = m.user_id {
+            out.extend_from_slice(b",\"uid\":");
+            write_str(&mut out, uid);
+        }
+        out.extend_from_slice(b",\"ts\":");
+        write_u64(&mut out, m.ts);
+        out.push(b'}');
+    }
+    out.extend_from_slice(b"]}");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::parse_request_head;
+
+    #[test]
+    fn publish_bodies() {
+        let mut p = ApiParser::new();
+        let body = br#"{"channel":"private-room:vip","data":{"n":123456789012345678901234567890,"x":1e400},"userId":"alice","idempotencyKey":"k1"}"#;
+        let b = p.publish(body).unwrap();
+        assert_eq!(b.channel.as_str(), "private-room:vip");
+        assert_eq!(b.data, br#"{"n":123456789012345678901234567890,"x":1e400}"#);
+        assert_eq!(b.user_id.as_deref(), Some("alice"));
+        assert_eq!(b.idempotency_key.as_deref(), Some("k1"));
+        // What the SDK sends when userId is undefined: the key is left out.
+        let b = p.publish(br#"{"channel":"c","data":null}"#).unwrap();
+        assert_eq!((b.data, b.user_id), (&b"null"[..], None));
+
+        let mut refused_with = |body: &[u8]| p.publish(body).map(|_| ()).unwrap_err().error;
+        assert_eq!(refused_with(b""), ApiError::BadRequest);
+        assert_eq!(refused_with(b"{\"channel\":\"c\""), ApiError::BadRequest);
+        assert_eq!(refused_with(b"[1]"), ApiError::BadRequest);
+        assert_eq!(refused_with(br#"{"channel":"c"}"#), ApiError::BadRequest);
+        assert_eq!(refused_with(br#"{"data":1}"#), ApiError::BadRequest);
+        assert_eq!(
+            refused_with(br#"{"channel":7,"data":1}"#),
+            ApiError::BadRequest
+        );
+        assert_eq!(
+            refused_with(br#"{"channel":"","data":1}"#),
+            ApiError::InvalidChannel
+        );
+        assert_eq!(
+            refused_with(br#"{"channel":"c","data":1,"idempotencyKey":""}"#),
+            ApiError::BadRequest
+        );
+        assert_eq!(
+            refused_with(br#"{"channel":"c","data":01}"#),
+            ApiError::BadRequest
+        );
+    }
+
+    fn query(q: &str) -> Result<HistoryParams, Refusal> {
+        let head = parse_request_head(format!("GET /x?{q} HTTP/1.1\r\n\r\n").as_bytes())
+            .unwrap()
+            .unwrap();
+        history_query(&head)
+    }
+
+    #[test]
+    fn history_queries() {
+        assert_eq!(
+            query("").unwrap(),
+            HistoryParams {
+                limit: DEFAULT_HISTORY_LIMIT,
+                after: None,
+                before: None
+            }
+        );
+        let q = query("limit=5&after=7&before=").unwrap();
+        assert_eq!((q.limit, q.after, q.before), (5, Some(7), None));
+        for bad in ["limit=0", "limit=1001", "limit=x", "after=-1", "before=1.5"] {
+            assert_eq!(query(bad).unwrap_err().error, ApiError::BadRequest, "{bad}");
+        }
+    }
+
+    #[test]
+    fn answers_are_json() {
+        let v: serde_json::Value = serde_json::from_slice(&published(3, 99)).unwrap();
+        assert_eq!(v, serde_json::json!({"ok": true, "seq": 3, "ts": 99}));
+        let v: serde_json::Value = serde_json::from_slice(&channels(["a", "b\"c"])).unwrap();
+        assert_eq!(v, serde_json::json!({"channels": ["a", "b\"c"]}));
+        let page = history_page(
+            "ch",
+            [
+                HistoryEntry {
+                    seq: 1,
+                    ts: 5,
+                    user_id: Some("u"),
+                    data: b"{\"a\":1}",
+                },
+                HistoryEntry {
+                    seq: 2,
+                    ts: 6,
+                    user_id: None,
+                    data: b"1e400",
+                },
+            ],
+        );
+        assert_eq!(
+            std::str::from_utf8(&page).unwrap(),
+            r#"{"messages":[{"seq":1,"channel":"ch","data":{"a":1},"uid":"u","ts":5},{"seq":2,"channel":"ch","data":1e400,"ts":6}]}"#
+        );
+    }
+}

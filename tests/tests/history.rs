@@ -792,3 +792,64 @@ fn byte_bound() -> Result<()> {
     assert_eq!(subscribed["recovered"], true, "{subscribed}");
     Ok(())
 }
+
+/// Publishes one message to each of `storm:{i}` for i in `0..to`, in pipelined windows
+/// of 200, sending every acked `i` on `acked`. Stops at the first error (the server was
+/// killed).
+fn new_channel_storm(c: &mut Client, to: u64, acked: &std::sync::mpsc::Sender<u64>) {
+    const WINDOW: u64 = 200;
+    for start in (0..to).step_by(WINDOW as usize) {
+        let end = (start + WINDOW).min(to);
+        for i in start..end {
+            let frame = json!({"action": "publish", "channel": format!("storm:{i}"), "data": {"i": i}, "ref": i});
+            if c.send_json(&frame).is_err() {
+                return;
+            }
+        }
+        for _ in start..end {
+            let Ok(ack) = c.expect_event("ack") else {
+                return;
+            };
+            match ack["ref"].as_u64() {
+                Some(i) if ack["seq"] == 1 => {
+                    let _ = acked.send(i);
+                }
+                _ => return,
+            }
+        }
+    }
+}
+
+#[test]
+fn kill9_during_a_storm_of_new_channels_keeps_every_acked_message() -> Result<()> {
+    const TOTAL: u64 = 40_000;
+    const KILL_AFTER: usize = 8_000;
+    let mut server = Server::start(&["--shards", "2"])?;
+    let mut publisher = Client::open(&server, "")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let storm = std::thread::spawn(move || new_channel_storm(&mut publisher, TOTAL, &tx));
+    let mut acked = Vec::new();
+    while acked.len() < KILL_AFTER {
+        match rx.recv_timeout(TIMEOUT) {
+            Ok(i) => acked.push(i),
+            Err(e) => anyhow::bail!("publisher stopped after {} acks: {e}", acked.len()),
+        }
+    }
+    server.kill9();
+    storm.join().expect("publisher thread panicked");
+    acked.extend(rx.try_iter());
+    eprintln!("killed after {} acked first publishes", acked.len());
+
+    server.restart_after_kill9()?;
+    let mut sub = Client::open(&server, "")?;
+    for &i in &acked {
+        let channel = format!("storm:{i}");
+        let (replayed, subscribed) = subscribe_from(&mut sub, &channel, 0, None)?;
+        assert_eq!(seqs(&replayed), vec![1], "{channel} after kill -9");
+        assert_eq!(replayed[0]["data"], json!({"i": i}), "{channel}");
+        assert_eq!(subscribed["recovered"], true, "{channel}: {subscribed}");
+        sub.send_json(&json!({"action": "unsubscribe", "channel": channel}))?;
+        sub.expect_event("unsubscribed")?;
+    }
+    Ok(())
+}

@@ -1,0 +1,95 @@
+//! `[history] max_total_bytes` on real shards with a fake clock: open channels' rings
+//! are never evicted; at the bound a new channel's publish is refused with `overloaded`
+//! and nothing else changes; once channels close, their rings make room (least recently
+//! written first) and an evicted channel comes back as a new epoch.
+
+mod support;
+
+use support::{take, Cluster};
+
+/// Room for exactly this many smallest (512-byte) rings on the one shard.
+const RINGS: u64 = 8;
+
+fn publish(
+    cluster: &mut Cluster,
+    conn: &std::rc::Rc<ringcast_engine::conn::Conn>,
+    channel: &str,
+) -> serde_json::Value {
+    let frame = format!(r#"{{"action":"publish","channel":"{channel}","data":1,"ref":1}}"#);
+    cluster.send(0, conn, &frame);
+    cluster.pump();
+    let mut events = take(conn);
+    assert_eq!(events.len(), 1, "{events:?}");
+    events.remove(0)
+}
+
+fn state(
+    cluster: &mut Cluster,
+    conn: &std::rc::Rc<ringcast_engine::conn::Conn>,
+    channel: &str,
+) -> serde_json::Value {
+    cluster.send(
+        0,
+        conn,
+        &format!(r#"{{"action":"subscribe","channel":"{channel}"}}"#),
+    );
+    cluster.pump();
+    let subscribed = take(conn).remove(0);
+    cluster.send(
+        0,
+        conn,
+        &format!(r#"{{"action":"unsubscribe","channel":"{channel}"}}"#),
+    );
+    cluster.pump();
+    take(conn);
+    subscribed
+}
+
+#[test]
+fn the_node_bound_evicts_only_closed_channels_and_refuses_cleanly_when_none_is() {
+    let mut cluster = Cluster::with(1, |config| {
+        config.history.max_total_bytes = Some(RINGS * 512);
+    });
+    let conn = cluster.connect(0);
+    for i in 0..RINGS {
+        let ack = publish(&mut cluster, &conn, &format!("full:{i}"));
+        assert_eq!(
+            (ack["event"].as_str(), ack["seq"].as_u64()),
+            (Some("ack"), Some(1)),
+            "{ack}"
+        );
+    }
+    let epoch_of_0 = state(&mut cluster, &conn, "full:0")["epoch"].clone();
+
+    // Every ring belongs to an open channel: nothing may be evicted.
+    let refused = publish(&mut cluster, &conn, "full:new");
+    assert_eq!(refused["event"], "error", "{refused}");
+    assert_eq!(refused["data"]["code"], "overloaded", "{refused}");
+    for i in 0..RINGS {
+        let s = state(&mut cluster, &conn, &format!("full:{i}"));
+        assert_eq!(s["seq"], 1, "full:{i} kept its message: {s}");
+    }
+    let s = state(&mut cluster, &conn, "full:new");
+    assert_eq!(s["seq"], 0, "the refused publish left nothing: {s}");
+    let ack = publish(&mut cluster, &conn, "full:3");
+    assert_eq!(ack["seq"], 2, "existing channels still publish: {ack}");
+
+    // Past the idle-channel time every channel closes; a new ring then evicts the least
+    // recently written one (full:0), and full:3, written last, keeps its history.
+    cluster.advance(61_000);
+    cluster.advance(1_000);
+    let ack = publish(&mut cluster, &conn, "full:new");
+    assert_eq!(
+        (ack["event"].as_str(), ack["seq"].as_u64()),
+        (Some("ack"), Some(1)),
+        "{ack}"
+    );
+    let s = state(&mut cluster, &conn, "full:0");
+    assert_eq!(s["seq"], 0, "full:0 was evicted: {s}");
+    assert_ne!(
+        s["epoch"], epoch_of_0,
+        "an evicted channel starts a new epoch: {s}"
+    );
+    let s = state(&mut cluster, &conn, "full:3");
+    assert_eq!(s["seq"], 2, "{s}");
+}

@@ -40,15 +40,8 @@ fn main() {
     };
     let config = Config::load(None, &flags).expect("dev config");
     let mesh = Mesh::with_capacity(1, config.inbox_capacity);
-    let tenants = TenantTable::new(&config.tenants, config.default_tenant.as_deref());
-    let tenant = tenants.resolve(None).expect("dev tenant");
-    let shared = Arc::new(Shared {
-        tenants: ArcSwap::from_pointee(tenants),
-        config: ArcSwap::from_pointee(config.clone()),
-        metrics: Metrics::new(mesh.clone()),
-        open_connections: AtomicUsize::new(0),
-        ready_shards: AtomicUsize::new(0),
-    });
+    let shared = Arc::new(Shared::new(config.clone(), mesh.clone()));
+    let tenant = shared.tenants.load().resolve(None).expect("dev tenant");
     let store = history::open_all(data.path(), &config.history, 1)
         .expect("history")
         .pop()

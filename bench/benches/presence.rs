@@ -192,16 +192,7 @@ impl Pair {
         let mut config = Config::load(None, &flags).unwrap();
         config.inbox_capacity = 1 << 16;
         let mesh = Mesh::with_capacity(2, config.inbox_capacity);
-        let shared = Arc::new(Shared {
-            tenants: ArcSwap::from_pointee(TenantTable::new(
-                &config.tenants,
-                config.default_tenant.as_deref(),
-            )),
-            config: ArcSwap::from_pointee(config.clone()),
-            metrics: Metrics::new(mesh.clone()),
-            open_connections: AtomicUsize::new(0),
-            ready_shards: AtomicUsize::new(0),
-        });
+        let shared = Arc::new(Shared::new(config.clone(), mesh.clone()));
         let clock = ManualClock::new(Millis(1_700_000_000_000));
         let histories = history::open_all(data.path(), &config.history, 2).unwrap();
         let cores = histories

@@ -279,6 +279,9 @@ impl Config {
                 t.id
             )));
         }
+        for t in &self.tenants {
+            validate_tenant(t)?;
+        }
         let mut ids: Vec<&str> = self.tenants.iter().map(|t| t.id.as_str()).collect();
         ids.sort_unstable();
         if let Some(pair) = ids.windows(2).find(|w| w[0] == w[1]) {
@@ -289,6 +292,83 @@ impl Config {
         }
         Ok(())
     }
+}
+
+impl Config {
+    /// What the server would run with, for `ringcast check-config` (no secrets).
+    pub fn describe(&self) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::new();
+        let _ = writeln!(out, "listen = {}", self.listen);
+        let _ = writeln!(out, "shards = {}", self.shards);
+        let _ = writeln!(out, "data_dir = {}", self.data_dir.display());
+        let _ = writeln!(out, "dev = {}", self.dev);
+        let _ = writeln!(out, "max_connections = {}", self.max_connections);
+        let default = self.default_tenant.as_deref().unwrap_or("(none)");
+        let _ = writeln!(out, "default_tenant = {default}");
+        let tenants = crate::tenant::TenantTable::new(&self.tenants, None);
+        let mut ids: Vec<&str> = self.tenants.iter().map(|t| t.id.as_str()).collect();
+        ids.sort_unstable();
+        for id in ids {
+            let Some(t) = tenants.get(id) else { continue };
+            let l = &t.limits;
+            let unlimited = |n: Option<u32>| n.map_or("unlimited".to_owned(), |n| n.to_string());
+            let kids: Vec<&str> = t.token_keys.iter().map(|k| k.kid.as_str()).collect();
+            let _ = writeln!(
+                out,
+                "tenant {id}: plan {:?}, max_channels {}, max_message_bytes {}, publishes_per_minute {}, history_messages {}, presence_ttl_secs {}, api_keys {}, token kids {:?}, allowed_origins {}, allow_anonymous_ren {}",
+                t.plan,
+                unlimited(l.max_channels),
+                l.max_message_bytes,
+                unlimited(l.publishes_per_minute),
+                l.history_messages,
+                l.presence.ttl_secs,
+                t.api_keys.len(),
+                kids,
+                t.allowed_origins.as_ref().map_or("any".to_owned(), |o| o.join(" ")),
+                t.allow_anonymous_ren,
+            );
+        }
+        out
+    }
+}
+
+/// Checks one tenant's keys and overrides.
+fn validate_tenant(t: &TenantConfig) -> Result<(), ConfigError> {
+    let bad = |what: String| Err(ConfigError::Invalid(format!("tenant `{}`: {what}", t.id)));
+    if t.id.is_empty() || t.id.len() > 64 || t.id.chars().any(|c| c.is_control()) {
+        return bad("id must be 1 to 64 characters without control characters".into());
+    }
+    if t.api_keys.iter().any(|k| k.len() < 16) {
+        return bad("every api_keys entry must be at least 16 characters".into());
+    }
+    let mut kids: Vec<&str> = Vec::new();
+    for key in &t.token_keys {
+        if key.kid.is_empty() {
+            return bad("a token_keys entry has an empty kid".into());
+        }
+        if kids.contains(&key.kid.as_str()) {
+            return bad(format!("token_keys kid `{}` appears twice", key.kid));
+        }
+        kids.push(&key.kid);
+        if key.secret.len() < 32 {
+            return bad(format!(
+                "token_keys `{}`: an HS256 secret must be at least 32 bytes (RFC 7518 §3.2)",
+                key.kid
+            ));
+        }
+    }
+    if let Some(origin) = t
+        .allowed_origins
+        .iter()
+        .flatten()
+        .find(|o| !(o.starts_with("http://") || o.starts_with("https://")) || o.ends_with('/'))
+    {
+        return bad(format!(
+            "allowed_origins entry `{origin}` must be scheme://host[:port], without a path"
+        ));
+    }
+    Ok(())
 }
 
 fn default_shards() -> usize {

@@ -17,14 +17,15 @@ use ringcast_protocol::{ChannelName, CloseCode};
 use crate::keys::{ConnId, RequestId};
 use crate::outbound::{ConnState, Outbound, Pushed};
 use crate::tenant::Tenant;
+use crate::token::Grant;
 
 /// The state of one of the connection's subscriptions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sub {
     /// Sent to the owner; waiting for the answer to this request.
     Pending(RequestId),
-    /// Receiving messages.
-    Active,
+    /// Receiving messages, admitted by the answer to this request.
+    Active(RequestId),
 }
 
 /// A WebSocket connection.
@@ -43,6 +44,9 @@ pub struct Conn {
     pub presence_seen: Cell<bool>,
     /// How presence events are spelled for it.
     pub presence_spelling: PresenceSpelling,
+    /// What its connection token (`/_rt/ws?token=`) verified: its user, and any
+    /// `private-` channels it grants. `None`: an anonymous connection.
+    pub grant: Option<Box<Grant>>,
     out: Outbound,
 }
 
@@ -76,6 +80,7 @@ impl Conn {
             subs: RefCell::new(HashMap::new()),
             presence: RefCell::new(Vec::new()),
             presence_seen: Cell::new(false),
+            grant: None,
             out: Outbound::new(limit, websocket_farewell),
         }
     }
@@ -84,6 +89,17 @@ impl Conn {
     pub fn with_presence_spelling(mut self, spelling: PresenceSpelling) -> Conn {
         self.presence_spelling = spelling;
         self
+    }
+
+    /// The same connection authenticated by a connection token.
+    pub fn with_grant(mut self, grant: Option<Grant>) -> Conn {
+        self.grant = grant.map(Box::new);
+        self
+    }
+
+    /// The userId its connection token verified.
+    pub fn verified_user(&self) -> Option<&str> {
+        self.grant.as_ref()?.user.as_deref()
     }
 
     /// The userId it joined `channel`'s presence as.

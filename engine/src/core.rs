@@ -27,6 +27,7 @@ use ringcast_protocol::{event, ChannelName, ClientFrame, CloseCode, ErrorCode, F
 
 use crate::clock::{Clock, Millis};
 use crate::conn::{Conn, Sub};
+use crate::deadline::DeadlineQueue;
 use crate::history::HistoryStore;
 use crate::idempotency::{IdempotencyTable, Remembered};
 use crate::keys::{ChannelKey, ConnId, RequestId, ShardId};
@@ -39,6 +40,7 @@ use crate::presence::{Announce, PresenceEvent, PresenceHolder, PresenceTable};
 use crate::requests::{answer_channel, AnswerReceiver, PendingRequests, RequestFailed, Waiter};
 use crate::shared::Shared;
 use crate::tenant::Tenant;
+use crate::token::{self, Grant, Permission};
 use crate::topic_table::{LocalTopics, Watch};
 
 /// Channels nobody watches are closed (their log unmapped) after this long idle.
@@ -48,8 +50,32 @@ pub const HOUSEKEEPING_MS: u64 = 1_000;
 /// Idle history logs are looked for every this many housekeeping ticks.
 const IDLE_RING_TICKS: u64 = 600;
 
-const PRIVATE_NOT_BUILT: &str =
-    "`private-` channels need a channel token, and token verification is not available in this release";
+const NEEDS_TOKEN: &str =
+    "`private-` channels need a token with this channel (the action's `token`, or the connection's)";
+
+/// Who an admitted action acts as, and until when its token allows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Access {
+    /// The verified userId (a token's `sub`), replacing any the client gave.
+    user: Option<String>,
+    /// When the admitting token expires (`None`: a public channel).
+    expires: Option<Millis>,
+}
+
+/// A private subscription to end when its token expires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SubExpiry {
+    conn: ConnId,
+    channel: ChannelName,
+    request: RequestId,
+}
+
+fn channel_limit_message(limit: crate::owner::ChannelLimitReached) -> String {
+    format!(
+        "the tenant has {} active channels, its plan's max_channels",
+        limit.0
+    )
+}
 
 /// One shard's state. Owned by its thread; every method takes `&mut self`.
 #[derive(Debug)]
@@ -73,6 +99,10 @@ pub struct ShardCore {
     presence: PresenceTable,
     /// This shard's connections holding presence that sent a frame since the last tick.
     presence_seen: Vec<ConnId>,
+    /// Private subscriptions of this shard's connections, by their token's expiry.
+    sub_expiry: DeadlineQueue<SubExpiry>,
+    /// The configuration reloads this shard has acted on.
+    reloads_seen: u64,
 }
 
 impl ShardCore {
@@ -114,6 +144,8 @@ impl ShardCore {
             housekeeping_ticks: 0,
             presence: PresenceTable::default(),
             presence_seen: Vec::new(),
+            sub_expiry: DeadlineQueue::default(),
+            reloads_seen: 0,
         }
     }
 
@@ -172,8 +204,20 @@ impl ShardCore {
         client_id: &str,
         spelling: Option<PresenceSpelling>,
     ) -> Rc<Conn> {
+        self.register_authenticated(tenant, client_id, spelling, None)
+    }
+
+    /// Like [`ShardCore::register_conn_with`], for a connection whose connection token
+    /// verified `grant` (its user, and the private channels it grants).
+    pub fn register_authenticated(
+        &mut self,
+        tenant: Arc<Tenant>,
+        client_id: &str,
+        spelling: Option<PresenceSpelling>,
+        grant: Option<Grant>,
+    ) -> Rc<Conn> {
         let limit = self.shared.config.load().outbound_buffer_bytes;
-        let mut conn = Conn::new(ConnId(self.next_id()), tenant, limit);
+        let mut conn = Conn::new(ConnId(self.next_id()), tenant, limit).with_grant(grant);
         if let Some(spelling) = spelling {
             conn = conn.with_presence_spelling(spelling);
         }
@@ -286,19 +330,80 @@ impl ShardCore {
         );
     }
 
-    fn subscribe(&mut self, conn: &Rc<Conn>, sub: Subscribe) {
-        if sub.channel.is_private() {
-            let channel = Some(sub.channel.as_str());
-            self.send_error(
-                conn,
-                channel,
-                None,
-                ErrorCode::Unauthorized,
-                PRIVATE_NOT_BUILT,
-            );
-            return;
+    /// The tenant of `conn` as the configuration has it now (a reload may have changed
+    /// its limits or keys since the connection opened).
+    fn live_tenant(&self, conn: &Conn) -> Arc<Tenant> {
+        self.shared
+            .tenants
+            .load()
+            .get(conn.tenant.id.as_str())
+            .unwrap_or_else(|| conn.tenant.clone())
+    }
+
+    /// Whether `conn` may act on `channel` with `permission`: anyone may on a public
+    /// channel; a `private-` one needs `token` (or the connection's token) naming it.
+    fn access(
+        &self,
+        conn: &Conn,
+        channel: &ChannelName,
+        token: Option<&str>,
+        permission: Permission,
+    ) -> Result<Access, token::Refused> {
+        let connection_user = conn.verified_user().map(str::to_owned);
+        if !channel.is_private() {
+            return Ok(Access {
+                user: connection_user,
+                expires: None,
+            });
         }
+        let verified;
+        let grant: &Grant = match (token, conn.grant.as_deref()) {
+            (Some(token), _) => {
+                let tenant = self.live_tenant(conn);
+                verified = token::verify(token, &tenant, self.now().0);
+                self.counters().token_verification(verified.is_ok());
+                verified.as_ref().map_err(Clone::clone)?
+            }
+            (None, Some(grant)) if grant.names(channel.as_str()) => grant,
+            (None, _) => {
+                return Err(token::Refused {
+                    code: ErrorCode::Unauthorized,
+                    message: NEEDS_TOKEN.to_owned(),
+                })
+            }
+        };
+        grant.allows(channel.as_str(), permission)?;
+        if grant.expires_ms <= self.now().0 {
+            return Err(token::Refused {
+                code: ErrorCode::Unauthorized,
+                message: "the token expired".to_owned(),
+            });
+        }
+        Ok(Access {
+            user: grant.user.clone().or(connection_user),
+            expires: Some(Millis(grant.expires_ms)),
+        })
+    }
+
+    fn subscribe(&mut self, conn: &Rc<Conn>, sub: Subscribe) {
+        let permission = Permission::Subscribe;
+        let access = match self.access(conn, &sub.channel, sub.token.as_deref(), permission) {
+            Ok(access) => access,
+            Err(refused) => {
+                let channel = Some(sub.channel.as_str());
+                self.send_error(conn, channel, None, refused.code, &refused.message);
+                return;
+            }
+        };
         let request = self.next_request();
+        if let Some(expires) = access.expires {
+            let expiry = SubExpiry {
+                conn: conn.id,
+                channel: sub.channel.clone(),
+                request,
+            };
+            self.sub_expiry.insert(expires, expiry);
+        }
         conn.subs
             .borrow_mut()
             .insert(sub.channel.clone(), Sub::Pending(request));
@@ -346,7 +451,7 @@ impl ShardCore {
 
     fn publish(&mut self, conn: &Rc<Conn>, publish: Publish<'_>) {
         let (channel, reference) = (Some(publish.channel.as_str()), publish.reference);
-        let limit = conn.tenant.limits.max_message_bytes;
+        let limit = self.live_tenant(conn).limits.max_message_bytes;
         if publish.data.len() > limit {
             let message = format!(
                 "data is {} bytes; the tenant's limit is {limit}",
@@ -361,11 +466,19 @@ impl ShardCore {
             );
             return;
         }
-        if publish.channel.is_private() {
-            let code = ErrorCode::Unauthorized;
-            self.send_error(conn, channel, reference, code, PRIVATE_NOT_BUILT);
-            return;
-        }
+        let token = publish.token.as_deref();
+        let access = match self.access(conn, &publish.channel, token, Permission::Publish) {
+            Ok(access) => access,
+            Err(refused) => {
+                let (code, message) = (refused.code, &refused.message);
+                self.send_error(conn, channel, reference, code, message);
+                return;
+            }
+        };
+        let user_id = access
+            .user
+            .map(String::into_boxed_str)
+            .or_else(|| publish.user_id.map(String::into_boxed_str));
         let request = self.next_request();
         let timeout = self.shared.config.load().request_timeout_ms;
         let waiter = Waiter::Conn {
@@ -379,7 +492,7 @@ impl ShardCore {
         let msg = ShardMsg::Publish(PublishReq {
             key: key.clone(),
             data: Bytes::copy_from_slice(publish.data),
-            user_id: publish.user_id.map(String::into_boxed_str),
+            user_id,
             idempotency_key: None,
             reply: Some(ReplyTo {
                 shard: self.id,
@@ -391,15 +504,21 @@ impl ShardCore {
 
     // ----- presence (client side: the member lives at the channel's owner) -----
 
-    fn presence_join(&mut self, conn: &Rc<Conn>, join: PresenceJoin<'_>) {
-        let channel = join.channel;
+    fn presence_join(&mut self, conn: &Rc<Conn>, mut join: PresenceJoin<'_>) {
+        let channel = join.channel.clone();
         let name = Some(channel.as_str());
-        if channel.is_private() {
-            let code = ErrorCode::Unauthorized;
-            self.send_error(conn, name, None, code, PRIVATE_NOT_BUILT);
-            return;
+        let token = join.token.as_deref();
+        let access = match self.access(conn, &channel, token, Permission::Subscribe) {
+            Ok(access) => access,
+            Err(refused) => {
+                self.send_error(conn, name, None, refused.code, &refused.message);
+                return;
+            }
+        };
+        if let Some(user) = access.user {
+            join.user_id = user;
         }
-        let limits = conn.tenant.limits.presence;
+        let limits = self.live_tenant(conn).limits.presence;
         if let Some(size) = join.metadata.map(<[u8]>::len) {
             if size > limits.max_metadata_bytes {
                 let message = format!(
@@ -456,9 +575,15 @@ impl ShardCore {
         self.ask_for_conn(conn, channel, Some(user), question);
     }
 
-    fn presence_update(&mut self, conn: &Rc<Conn>, update: PresenceJoin<'_>) {
-        let channel = update.channel;
+    fn presence_update(&mut self, conn: &Rc<Conn>, mut update: PresenceJoin<'_>) {
+        let channel = update.channel.clone();
         let name = Some(channel.as_str());
+        // A member joined with a verified userId is updated as that user, whatever
+        // userId the client names.
+        let verified = channel.is_private() || conn.verified_user().is_some();
+        if let Some(user) = conn.presence_user(&channel).filter(|_| verified) {
+            update.user_id = user.to_string();
+        }
         let joined = conn
             .presence_user(&channel)
             .is_some_and(|user| *user == *update.user_id);
@@ -467,7 +592,7 @@ impl ShardCore {
             self.send_error(conn, name, None, ErrorCode::BadRequest, message);
             return;
         }
-        let limit = conn.tenant.limits.presence.max_metadata_bytes;
+        let limit = self.live_tenant(conn).limits.presence.max_metadata_bytes;
         if let Some(size) = update.metadata.map(<[u8]>::len).filter(|s| *s > limit) {
             let message =
                 format!("presence metadata is {size} bytes; the tenant's limit is {limit}");
@@ -673,7 +798,10 @@ impl ShardCore {
         match msg {
             ShardMsg::Publish(req) => self.owner_publish(req),
             ShardMsg::Subscribe(req) => self.owner_subscribe(req),
-            ShardMsg::Unwatch { key, from } => self.owned.unwatch(&key, from),
+            ShardMsg::Unwatch { key, from } => {
+                self.owned.unwatch(&key, from);
+                self.settle_channel(&key);
+            }
             ShardMsg::Deliver { key, frame } => self.deliver_local(&key, &frame),
             ShardMsg::Subscribed {
                 key,
@@ -732,7 +860,28 @@ impl ShardCore {
             self.answer(req.reply, failed);
             return;
         };
-        self.owned.open(&req.key, &tenant, now);
+        let was_counted = self.owned.get(&req.key).is_some_and(|c| c.is_counted());
+        if let Err(limit) = self.owned.open_counted(&req.key, &tenant, now) {
+            let failed = Answer::Failed {
+                code: ErrorCode::ChannelLimit,
+                message: channel_limit_message(limit),
+            };
+            self.answer(req.reply, failed);
+            return;
+        }
+        let rate = tenant.limits.publishes_per_minute;
+        if let Err(retry) = tenant.usage.try_publish(now, rate) {
+            if !was_counted {
+                // This publish alone made the channel count; it is refused, so it
+                // does not.
+                self.settle_channel(&req.key);
+            }
+            let limited = Answer::RateLimited {
+                retry_after_secs: retry.secs(),
+            };
+            self.answer(req.reply, limited);
+            return;
+        }
         let seq = self.owned.next_seq(&req.key);
         let (frame, data_span) = event::message_with_span(
             req.key.channel.as_str(),
@@ -788,14 +937,17 @@ impl ShardCore {
         let now = self.now().0;
         let tenant = self.shared.tenants.load().get(req.key.tenant.as_str());
         let opened = match &tenant {
-            Some(tenant) => {
-                self.owned
-                    .open(&req.key, tenant, now)
-                    .watchers
-                    .insert(req.from);
-                Ok(())
-            }
-            None => Err("tenant no longer exists".to_owned()),
+            Some(tenant) => match self.owned.open_counted(&req.key, tenant, now) {
+                Ok(channel) => {
+                    channel.watchers.insert(req.from);
+                    Ok(())
+                }
+                Err(limit) => Err((ErrorCode::ChannelLimit, channel_limit_message(limit))),
+            },
+            None => Err((
+                ErrorCode::Unauthorized,
+                "tenant no longer exists".to_owned(),
+            )),
         };
         let (ok, frames) = match opened {
             Ok(()) => {
@@ -812,10 +964,9 @@ impl ShardCore {
                 ));
                 (true, frames)
             }
-            Err(message) => {
-                tracing::error!(channel = %req.key.channel, %message, "subscribe failed");
+            Err((code, message)) => {
                 let channel = Some(req.key.channel.as_str());
-                let code = ErrorCode::Overloaded;
+                self.counters().error_event(code);
                 (
                     false,
                     vec![event::error(channel, None, code, &message, now)],
@@ -904,10 +1055,19 @@ impl ShardCore {
                     return gone();
                 };
                 let limits = tenant.limits.presence;
-                match self
+                if let Err(limit) = self.owned.open_counted(&key, &tenant, now.0) {
+                    return Answer::Failed {
+                        code: ErrorCode::ChannelLimit,
+                        message: channel_limit_message(limit),
+                    };
+                }
+                let joined = self
                     .presence
-                    .join(&key, &user_id, metadata, holder, &limits, now)
-                {
+                    .join(&key, &user_id, metadata, holder, &limits, now);
+                if joined.is_err() {
+                    self.settle_channel(&key);
+                }
+                match joined {
                     Ok(joined) => {
                         if let Some(announce) = joined.announce {
                             self.announce(&key, announce);
@@ -948,6 +1108,7 @@ impl ShardCore {
                 if let Some(announce) = announce {
                     self.announce(&key, announce);
                 }
+                self.settle_channel(&key);
                 Answer::PresenceLeft { was_present }
             }
         }
@@ -977,7 +1138,15 @@ impl ShardCore {
     fn expire_presence(&mut self, now: Millis) {
         while let Some((key, announce)) = self.presence.pop_expired(now) {
             self.announce(&key, announce);
+            self.settle_channel(&key);
         }
+    }
+
+    /// Stops counting `key` against its tenant's `max_channels` if nothing keeps it
+    /// active (owner side).
+    fn settle_channel(&mut self, key: &ChannelKey) {
+        let has_members = self.presence.has_members(key);
+        self.owned.settle(key, has_members, self.now().0);
     }
 
     fn finish_subscribe(
@@ -997,7 +1166,7 @@ impl ShardCore {
             if ok {
                 conn.subs
                     .borrow_mut()
-                    .insert(key.channel.clone(), Sub::Active);
+                    .insert(key.channel.clone(), Sub::Active(request));
             } else {
                 conn.subs.borrow_mut().remove(&key.channel);
             }
@@ -1042,6 +1211,12 @@ impl ShardCore {
                         return;
                     }
                     Ok(Answer::Failed { code, message }) => (code, message),
+                    Ok(Answer::RateLimited { retry_after_secs }) => (
+                        ErrorCode::RateLimited,
+                        format!(
+                            "the tenant's publishes_per_minute is reached; retry in {retry_after_secs} s"
+                        ),
+                    ),
                     Ok(other) => {
                         tracing::error!(?other, "unexpected answer to a publish");
                         (ErrorCode::Overloaded, "unexpected answer".to_owned())
@@ -1160,6 +1335,9 @@ impl ShardCore {
             self.resolve(waiter, Err(RequestFailed::Timeout));
         }
         self.expire_presence(now);
+        while let Some((_, expiry)) = self.sub_expiry.pop_expired(now) {
+            self.end_expired_subscription(expiry);
+        }
         if now >= self.next_housekeeping {
             self.housekeeping_ticks += 1;
             let sweep = self.housekeeping_ticks % IDLE_RING_TICKS == 1;
@@ -1172,16 +1350,67 @@ impl ShardCore {
 
     /// When [`ShardCore::on_tick`] should run next.
     pub fn next_deadline(&mut self) -> Millis {
-        [self.requests.next_deadline(), self.presence.next_deadline()]
-            .into_iter()
-            .flatten()
-            .fold(self.next_housekeeping, Millis::min)
+        [
+            self.requests.next_deadline(),
+            self.presence.next_deadline(),
+            self.sub_expiry.next_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .fold(self.next_housekeeping, Millis::min)
+    }
+
+    /// The token that admitted a private subscription expired: `unauthorized` for the
+    /// channel, then `unsubscribed`, and the subscription ends (a later one, admitted by
+    /// a fresh token, is left alone).
+    fn end_expired_subscription(&mut self, expiry: SubExpiry) {
+        let Some(conn) = self.conns.get(&expiry.conn).cloned() else {
+            return;
+        };
+        let state = conn.subs.borrow().get(&expiry.channel).copied();
+        let active = match state {
+            Some(Sub::Active(request)) if request == expiry.request => true,
+            Some(Sub::Pending(request)) if request == expiry.request => false,
+            _ => return,
+        };
+        conn.subs.borrow_mut().remove(&expiry.channel);
+        let name = Some(expiry.channel.as_str());
+        let message = "the token for this channel expired; subscribe again with a fresh one";
+        self.send_error(&conn, name, None, ErrorCode::Unauthorized, message);
+        let unsubscribed = event::unsubscribed(expiry.channel.as_str(), self.now().0);
+        self.push(&conn, unsubscribed);
+        if active {
+            let key = ChannelKey::new(conn.tenant.id.clone(), expiry.channel);
+            self.leave_local(&key, conn.id);
+        }
+        // A pending one is settled when the owner's answer finds it gone.
+    }
+
+    /// After a configuration reload: connections of removed tenants are closed.
+    fn apply_reload(&mut self) {
+        let reloads = self.shared.reload_count();
+        if reloads == self.reloads_seen {
+            return;
+        }
+        self.reloads_seen = reloads;
+        let tenants = self.shared.tenants.load();
+        let mut closed = 0u64;
+        for conn in self.conns.values() {
+            if tenants.get(conn.tenant.id.as_str()).is_none() {
+                conn.close(CloseCode::TENANT_REMOVED, "tenant removed");
+                closed += 1;
+            }
+        }
+        if closed > 0 {
+            tracing::info!(shard = %self.id, closed, "closed connections of removed tenants");
+        }
     }
 
     /// Periodic work: presence heartbeats to owners, idle connections' write buffers,
     /// idle channel eviction (never of a channel with presence members), interval
     /// flushes, idle log removal.
     fn housekeeping(&mut self, now: Millis, sweep_idle_rings: bool) {
+        self.apply_reload();
         self.flush_presence_seen();
         for conn in self.conns.values() {
             conn.outbound().sweep_idle();

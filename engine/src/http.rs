@@ -18,7 +18,6 @@
 
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::Duration;
 
 use monoio::buf::IoBufMut;
@@ -34,28 +33,23 @@ use ringcast_protocol::http::{
 use ringcast_protocol::ApiError;
 
 use crate::admission::ConnectionSlot;
-use crate::session::start_session;
+use crate::session::{start_session, SessionSetup};
 use crate::shard::Shard;
+use crate::token;
 
 /// What to do with a request.
 enum Route {
     Respond(Vec<u8>, bool),
     Upgrade {
         response: Vec<u8>,
-        tenant: Arc<crate::tenant::Tenant>,
-        client_id: String,
-        presence_events: Option<PresenceSpelling>,
+        setup: SessionSetup,
     },
 }
 
 /// How the HTTP phase of a connection ended.
 enum Served {
     Close,
-    Upgrade {
-        tenant: Arc<crate::tenant::Tenant>,
-        client_id: String,
-        presence_events: Option<PresenceSpelling>,
-    },
+    Upgrade(SessionSetup),
 }
 
 /// After an error answer, how long the server keeps reading (and dropping) what the client
@@ -79,23 +73,11 @@ pub async fn serve_connection(
             drop(slot);
             drop(stream);
         }
-        Served::Upgrade {
-            tenant,
-            client_id,
-            presence_events,
-        } => {
+        Served::Upgrade(setup) => {
             if let Some(slot) = slot {
                 // Tasks of their own, so this HTTP-phase state is freed while the
                 // WebSocket lives (idle connections stay small).
-                start_session(
-                    shard,
-                    stream,
-                    buf,
-                    tenant,
-                    &client_id,
-                    presence_events,
-                    slot,
-                );
+                start_session(shard, stream, buf, setup, slot);
             }
         }
     }
@@ -147,20 +129,11 @@ async fn serve_requests(
                     return Served::Close;
                 }
             }
-            Route::Upgrade {
-                response,
-                tenant,
-                client_id,
-                presence_events,
-            } => {
+            Route::Upgrade { response, setup } => {
                 if !write_within(stream, response, timeout).await {
                     return Served::Close;
                 }
-                return Served::Upgrade {
-                    tenant,
-                    client_id,
-                    presence_events,
-                };
+                return Served::Upgrade(setup);
             }
         }
     }
@@ -376,6 +349,30 @@ fn websocket(shard: &Rc<Shard>, head: &RequestHead, keep_alive: bool) -> Route {
     let Some(tenant) = shard.shared.tenants.load().resolve(tenant_id.as_deref()) else {
         return error(ApiError::UnknownTenant, "no such tenant");
     };
+    if let Some(origin) = head.header("origin") {
+        let origin = std::str::from_utf8(origin).unwrap_or("");
+        if !tenant.allows_origin(origin.trim()) {
+            return error(
+                ApiError::Forbidden,
+                "this Origin is not in the tenant's allowed_origins",
+            );
+        }
+    }
+    let grant = match head.query_param("token").filter(|t| !t.is_empty()) {
+        None => None,
+        Some(token) => {
+            let verified = token::verify(&token, &tenant, shard.now().0);
+            let counters = shard.shared.metrics.shard(shard.id);
+            counters.token_verification(verified.is_ok());
+            match verified {
+                Ok(grant) => Some(grant),
+                Err(refused) => {
+                    let message = format!("connection token refused: {}", refused.message);
+                    return error(ApiError::Unauthorized, &message);
+                }
+            }
+        }
+    };
     let client_id = head
         .query_param("cid")
         .filter(|c| !c.is_empty())
@@ -388,8 +385,11 @@ fn websocket(shard: &Rc<Shard>, head: &RequestHead, keep_alive: bool) -> Route {
     let response = switching_protocols(&accept, &[("x-ringcast-shard", &shard_header)]);
     Route::Upgrade {
         response,
-        tenant,
-        client_id,
-        presence_events,
+        setup: SessionSetup {
+            tenant,
+            client_id,
+            presence_events,
+            grant,
+        },
     }
 }

@@ -6,6 +6,9 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use ringcast_engine::config::{Config, Overrides};
+use ringcast_engine::reload::ConfigSource;
+use ringcast_engine::tenant::TenantTable;
+use ringcast_engine::token::{self, MintRequest, Permission};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -21,8 +24,40 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the server. Every flag has a twin key in the TOML file given with --config;
-    /// a flag beats the file, the file beats the default.
+    /// a flag beats the file, the file beats the default. SIGHUP reloads the file.
     Serve(ServeArgs),
+    /// Print a channel token (HS256 JWT) signed with a tenant's key from the config file.
+    Token(TokenArgs),
+    /// Validate a config file and print what the server would run with it.
+    CheckConfig {
+        /// The TOML file.
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+struct TokenArgs {
+    /// The TOML file holding the tenant's [[tenants.token_keys]]
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+    /// Tenant id
+    #[arg(long, value_name = "T")]
+    tenant: String,
+    /// Channel the token is for (repeat for several)
+    #[arg(long, value_name = "C", required = true)]
+    channel: Vec<String>,
+    /// userId (the token's `sub`)
+    #[arg(long, value_name = "U")]
+    user: Option<String>,
+    /// Comma-separated: subscribe, publish
+    #[arg(long, value_name = "LIST", default_value = "subscribe")]
+    permissions: String,
+    /// Lifetime in seconds
+    #[arg(long, value_name = "SECS", default_value_t = 3600)]
+    expires_in: u64,
+    /// Key id to sign with [default: the tenant's newest, its last token_keys entry]
+    #[arg(long, value_name = "K")]
+    kid: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -68,6 +103,72 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Token(args) => print_token(args),
+        Command::CheckConfig { file } => check_config(file),
+    }
+}
+
+fn print_token(args: TokenArgs) -> ExitCode {
+    let config = match Config::load(Some(&args.config), &Overrides::default()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("ringcast: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let tenants = TenantTable::new(&config.tenants, config.default_tenant.as_deref());
+    let Some(tenant) = tenants.get(&args.tenant) else {
+        eprintln!(
+            "ringcast: no tenant `{}` in {}",
+            args.tenant,
+            args.config.display()
+        );
+        return ExitCode::from(2);
+    };
+    let mut permissions = Vec::new();
+    for name in args
+        .permissions
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+    {
+        match Permission::parse(name) {
+            Some(p) => permissions.push(p),
+            None => {
+                eprintln!("ringcast: unknown permission `{name}` (subscribe, publish)");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let request = MintRequest {
+        channels: args.channel,
+        user: args.user,
+        permissions,
+        expires_in_secs: args.expires_in,
+        kid: args.kid,
+    };
+    match token::mint(&tenant, &request, ringcast_engine::clock::wall_ms()) {
+        Ok(token) => {
+            println!("{token}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ringcast: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn check_config(file: PathBuf) -> ExitCode {
+    match Config::load(Some(&file), &Overrides::default()) {
+        Ok(config) => {
+            print!("{}", config.describe());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ringcast: {e}");
+            ExitCode::from(2)
+        }
     }
 }
 
@@ -82,14 +183,18 @@ fn serve(args: ServeArgs) -> ExitCode {
         outbound_buffer_bytes: args.outbound_buffer_bytes,
         handshake_timeout_ms: args.handshake_timeout_ms,
     };
-    let config = match Config::load(args.config.as_deref(), &overrides) {
+    let source = ConfigSource {
+        path: args.config.clone(),
+        flags: overrides.clone(),
+    };
+    let config = match source.load() {
         Ok(config) => config,
         Err(e) => {
             eprintln!("ringcast: {e}");
             return ExitCode::from(2);
         }
     };
-    match ringcast_engine::server::run(config) {
+    match ringcast_engine::server::run(config, source) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ringcast: {e:#}");

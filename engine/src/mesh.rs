@@ -219,6 +219,11 @@ pub enum Answer {
     HistoryPage(HistoryPage),
     /// The active channels of a tenant that the answering shard owns.
     ActiveChannels(Vec<ChannelName>),
+    /// A publish over the tenant's `publishes_per_minute`: nothing was published.
+    RateLimited {
+        /// When the tenant may publish again, in whole seconds (`Retry-After`).
+        retry_after_secs: u64,
+    },
     /// The request failed at the owner.
     Failed {
         /// The error-event code.

@@ -132,6 +132,10 @@ pub struct ShardCounters {
     pub history_bytes: Level,
     /// Rings evicted to stay under `max_total_bytes` (copied from the store).
     pub history_evictions: Count,
+    /// JWTs that passed verification (channel and connection tokens).
+    pub tokens_accepted: Count,
+    /// JWTs refused (bad signature, key, algorithm, time, tenant or channel).
+    pub tokens_refused: Count,
     errors: Vec<Count>,
 }
 
@@ -150,6 +154,8 @@ impl Default for ShardCounters {
             history_rings: Level::default(),
             history_bytes: Level::default(),
             history_evictions: Count::default(),
+            tokens_accepted: Count::default(),
+            tokens_refused: Count::default(),
             errors: ERROR_LABELS.iter().map(|_| Count::default()).collect(),
         }
     }
@@ -168,6 +174,15 @@ impl ShardCounters {
     /// Counts one error event.
     pub fn error_event(&self, code: ErrorCode) {
         self.error(code.as_str());
+    }
+
+    /// Counts one token verification.
+    pub fn token_verification(&self, accepted: bool) {
+        if accepted {
+            self.tokens_accepted.inc();
+        } else {
+            self.tokens_refused.inc();
+        }
     }
 }
 
@@ -267,6 +282,10 @@ const COUNTERS: &[(&str, &str, Reader)] = &[
         "Closed channels' history rings evicted to stay under max_total_bytes",
         |c| c.history_evictions.get(),
     ),
+    ("tokens_accepted", "JWTs that passed verification", |c| {
+        c.tokens_accepted.get()
+    }),
+    ("tokens_refused", "JWTs refused", |c| c.tokens_refused.get()),
 ];
 
 impl Collector for Collect {

@@ -3,8 +3,16 @@
 //!
 //! Architecture invariant: a channel's seq is assigned only here, by the one shard that
 //! owns it, and the message is appended to history before it is fanned out.
+//!
+//! The owner also decides when a channel counts against its tenant's `max_channels`
+//! (SPEC §8): while some shard has subscribers on it, it has presence members, or it had
+//! a publish in the last [`PUBLISH_KEEPS_ACTIVE_MS`]. A channel starts counting through
+//! [`OwnedChannels::open_counted`] (refused when the tenant is at its limit) and stops in
+//! [`OwnedChannels::settle`] (after an unwatch or a presence leave) or in housekeeping
+//! (when its last publish ages out).
 
 use std::ops::Range;
+use std::sync::Arc;
 
 use hashbrown::HashMap;
 use ringcast_protocol::{ChannelName, TenantId};
@@ -14,7 +22,14 @@ use crate::history::{
     ChannelHistory, HistoryError, HistoryPage, HistoryQuery, HistoryStore, SubscribeAnswer,
 };
 use crate::keys::{ChannelKey, ShardId};
-use crate::tenant::Tenant;
+use crate::tenant::{Tenant, TenantUsage};
+
+/// How long a publish keeps a channel counting as active.
+pub const PUBLISH_KEEPS_ACTIVE_MS: u64 = 60_000;
+
+/// The tenant is at its `max_channels`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChannelLimitReached(pub u32);
 
 /// A small set of shard ids.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -62,6 +77,24 @@ pub struct OwnedChannel {
     pub watchers: ShardSet,
     /// Last publish or subscribe, for idle eviction.
     pub last_active_ms: u64,
+    /// Last publish (0: none since it was opened).
+    pub last_publish_ms: u64,
+    /// The usage it counts against while it is active.
+    counted: Option<Arc<TenantUsage>>,
+}
+
+impl OwnedChannel {
+    /// Stops counting against its tenant.
+    fn uncount(&mut self) {
+        if let Some(usage) = self.counted.take() {
+            usage.uncount_channel();
+        }
+    }
+
+    /// Whether it counts against its tenant's `max_channels` now.
+    pub fn is_counted(&self) -> bool {
+        self.counted.is_some()
+    }
 }
 
 /// Every channel this shard owns that is open now, and the shard's history store.
@@ -91,9 +124,46 @@ impl OwnedChannels {
                 history: store.open_channel(key, tenant),
                 watchers: ShardSet::default(),
                 last_active_ms: now_ms,
+                last_publish_ms: 0,
+                counted: None,
             });
         channel.last_active_ms = now_ms;
         channel
+    }
+
+    /// Like [`OwnedChannels::open`], for an action that makes the channel active
+    /// (subscribe, publish, presence join): a channel not counting yet counts from now
+    /// on, unless its tenant is at its `max_channels` (then nothing is opened).
+    pub fn open_counted(
+        &mut self,
+        key: &ChannelKey,
+        tenant: &Tenant,
+        now_ms: u64,
+    ) -> Result<&mut OwnedChannel, ChannelLimitReached> {
+        let counted = self.channels.get(key).is_some_and(OwnedChannel::is_counted);
+        if !counted && !tenant.usage.try_count_channel(tenant.limits.max_channels) {
+            return Err(ChannelLimitReached(
+                tenant.limits.max_channels.unwrap_or(u32::MAX),
+            ));
+        }
+        let channel = self.open(key, tenant, now_ms);
+        if !counted {
+            channel.counted = Some(tenant.usage.clone());
+        }
+        Ok(channel)
+    }
+
+    /// Stops counting `key` if nothing keeps it active any more: no shard watches it,
+    /// `has_members` is false and its last publish is older than
+    /// [`PUBLISH_KEEPS_ACTIVE_MS`].
+    pub fn settle(&mut self, key: &ChannelKey, has_members: bool, now_ms: u64) {
+        if let Some(channel) = self.channels.get_mut(key) {
+            let recent = channel.last_publish_ms + PUBLISH_KEEPS_ACTIVE_MS > now_ms
+                && channel.last_publish_ms != 0;
+            if channel.watchers.is_empty() && !has_members && !recent {
+                channel.uncount();
+            }
+        }
     }
 
     /// The channel's latest seq and epoch, opening it like [`OwnedChannels::open`]
@@ -150,6 +220,7 @@ impl OwnedChannels {
             .channels
             .get_mut(key)
             .expect("channel opened before append");
+        channel.last_publish_ms = ts_ms;
         self.store
             .append(key, &mut channel.history, ts_ms, user_id, frame, data)
     }
@@ -183,9 +254,11 @@ impl OwnedChannels {
         }
     }
 
-    /// Closes channels nobody watches that were idle since `idle_before_ms` and that
-    /// `keep` does not hold open (their rings become evictable), then the store's
-    /// periodic work (see [`HistoryStore::housekeeping`]). Returns the rings freed.
+    /// Stops counting channels that nothing keeps active (see
+    /// [`OwnedChannels::settle`]; `keep` says which have presence members), closes
+    /// channels nobody watches that were idle since `idle_before_ms` and that `keep`
+    /// does not hold open (their rings become evictable), then the store's periodic work
+    /// (see [`HistoryStore::housekeeping`]). Returns the rings freed.
     pub fn housekeeping(
         &mut self,
         now_ms: u64,
@@ -194,9 +267,15 @@ impl OwnedChannels {
         keep: impl Fn(&ChannelKey) -> bool,
     ) -> usize {
         let store = &mut self.store;
+        let published_before = now_ms.saturating_sub(PUBLISH_KEEPS_ACTIVE_MS);
         self.channels.retain(|key, c| {
-            let close = c.watchers.is_empty() && c.last_active_ms < idle_before_ms && !keep(key);
+            let held = !c.watchers.is_empty() || keep(key);
+            if !held && c.last_publish_ms <= published_before {
+                c.uncount();
+            }
+            let close = !held && c.last_active_ms < idle_before_ms;
             if close {
+                c.uncount();
                 store.close(&c.history);
             }
             !close

@@ -6,14 +6,12 @@
 use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::atomic::AtomicUsize;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use arc_swap::ArcSwap;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::admission::ConnectionSlot;
@@ -24,27 +22,20 @@ use crate::history::{self, HistoryStore};
 use crate::http::serve_connection;
 use crate::keys::ShardId;
 use crate::mesh::Mesh;
-use crate::metrics::Metrics;
+use crate::reload::{self, ConfigSource};
 use crate::shard::{Shard, INBOX_BATCH};
 use crate::shared::Shared;
-use crate::tenant::TenantTable;
 
-/// Runs the server until a signal stops it.
-pub fn run(config: Config) -> anyhow::Result<()> {
+/// Runs the server until a signal stops it (SIGHUP reloads `source`, see
+/// `crate::reload`).
+pub fn run(config: Config, source: ConfigSource) -> anyhow::Result<()> {
     let shards = config.shards;
     // Held until `run` returns; the kernel releases it if the process dies.
     let _lock = datadir::lock(&config.data_dir)?;
     let (listeners, addr) = bind_listeners(config.listen, shards)
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let tenants = TenantTable::new(&config.tenants, config.default_tenant.as_deref());
     let mesh = Mesh::with_capacity(shards, config.inbox_capacity);
-    let shared = Arc::new(Shared {
-        config: ArcSwap::from_pointee(config.clone()),
-        tenants: ArcSwap::from_pointee(tenants),
-        metrics: Metrics::new(mesh.clone()),
-        open_connections: AtomicUsize::new(0),
-        ready_shards: AtomicUsize::new(0),
-    });
+    let shared = Arc::new(Shared::new(config.clone(), mesh.clone()));
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     if !monoio::utils::detect_uring() {
         tracing::warn!("io_uring is unavailable: shards run on monoio's legacy (epoll) driver");
@@ -54,16 +45,22 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
     ])
     .context("cannot install signal handlers")?;
     let signal_handle = signals.handle();
-    let signal_mesh = mesh.clone();
+    let (signal_mesh, signal_shared) = (mesh.clone(), shared.clone());
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
-            if let Some(signal) = signals.forever().next() {
+            for signal in signals.forever() {
+                if signal == signal_hook::consts::SIGHUP {
+                    reload::reload_and_log(&signal_shared, &source);
+                    continue;
+                }
                 tracing::info!(signal, "shutting down");
                 signal_mesh.shutdown_all();
+                break;
             }
         })?;
 

@@ -22,6 +22,7 @@ use crate::conn::Conn;
 use crate::outbound::{run_writer, ConnState};
 use crate::shard::Shard;
 use crate::tenant::Tenant;
+use crate::token::Grant;
 
 /// Initial read buffer: enough for ordinary client frames (subscribe, ping, small
 /// publishes). It doubles while a message does not fit or a read fills it.
@@ -30,6 +31,19 @@ const READ_BUF: usize = 256;
 const KEEP_READ_BUF: usize = 16 * 1024;
 /// How long a closing connection waits for the client's side to finish.
 const LINGER: Duration = Duration::from_secs(2);
+
+/// Who an upgraded connection is, from its handshake.
+#[derive(Debug)]
+pub struct SessionSetup {
+    /// Its tenant (`?tenant=`).
+    pub tenant: Arc<Tenant>,
+    /// Its client id (`?cid=`, or generated).
+    pub client_id: String,
+    /// `?presence_events=`, overriding the tenant's spelling.
+    pub presence_events: Option<PresenceSpelling>,
+    /// What its connection token (`?token=`) verified.
+    pub grant: Option<Grant>,
+}
 
 /// Starts serving one upgraded connection: registers it, spawns its writer and its
 /// session task, and queues `connected`. `slot` is released when the session ends.
@@ -40,12 +54,16 @@ pub fn start_session(
     shard: Rc<Shard>,
     stream: TcpStream,
     leftover: Vec<u8>,
-    tenant: Arc<Tenant>,
-    client_id: &str,
-    presence_events: Option<PresenceSpelling>,
+    setup: SessionSetup,
     slot: ConnectionSlot,
 ) {
-    let conn = shard.register_conn(tenant, client_id, presence_events);
+    let SessionSetup {
+        tenant,
+        client_id,
+        presence_events,
+        grant,
+    } = setup;
+    let conn = shard.register_conn(tenant, &client_id, presence_events, grant);
     let (reader, writer) = stream.into_split();
     monoio::spawn(run_writer(conn.clone(), writer));
     // The HTTP phase's buffer is sized for request heads; start small unless it holds

@@ -15,7 +15,7 @@ use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
-use ringcast_protocol::api::{ApiParser, PublishBody, Refusal};
+use ringcast_protocol::api::{ApiParser, PublishBody, Refusal, TokenBody};
 use ringcast_protocol::event::PresenceSpelling;
 
 use crate::clock::{Clock, Millis};
@@ -27,6 +27,7 @@ use crate::mesh::{Mesh, Question, ShardMsg};
 use crate::requests::Outcome;
 use crate::shared::Shared;
 use crate::tenant::Tenant;
+use crate::token::Grant;
 
 /// Messages handled per inbox batch before other tasks get a turn.
 pub const INBOX_BATCH: usize = 256;
@@ -89,14 +90,16 @@ impl Shard {
 
     /// Registers a new WebSocket connection; its first queued frame is `connected`.
     /// `presence_events` (`?presence_events=`) overrides the tenant's spelling.
+    /// `grant`: what its connection token verified.
     pub fn register_conn(
         &self,
         tenant: Arc<Tenant>,
         client_id: &str,
         presence_events: Option<PresenceSpelling>,
+        grant: Option<Grant>,
     ) -> Rc<Conn> {
         self.core()
-            .register_conn_with(tenant, client_id, presence_events)
+            .register_authenticated(tenant, client_id, presence_events, grant)
     }
 
     /// Forgets a connection.
@@ -150,6 +153,11 @@ impl Shard {
         let answer = self.core().publish_for_task(key, data, user_id, timeout_ms);
         self.rearm_timer();
         answer.await
+    }
+
+    /// Parses an HTTP API token request body.
+    pub fn parse_token_request(&self, body: &[u8]) -> Result<TokenBody, Refusal> {
+        self.api_parser.borrow_mut().token_request(body)
     }
 
     /// Parses an HTTP API publish body.

@@ -2,11 +2,13 @@
 //! tenants), the metrics every shard writes its own part of, and the process-wide
 //! connection count.
 
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
 use crate::config::Config;
+use crate::mesh::Mesh;
 use crate::metrics::Metrics;
 use crate::tenant::TenantTable;
 
@@ -23,4 +25,27 @@ pub struct Shared {
     pub open_connections: AtomicUsize,
     /// Shards whose loops run (for `/readyz`).
     pub ready_shards: AtomicUsize,
+    /// Configuration reloads applied so far; a shard that sees it move re-checks its
+    /// connections' tenants.
+    pub reloads: AtomicU64,
+}
+
+impl Shared {
+    /// The shared state of a server starting with `config`.
+    pub fn new(config: Config, mesh: Arc<Mesh>) -> Shared {
+        let tenants = TenantTable::new(&config.tenants, config.default_tenant.as_deref());
+        Shared {
+            config: ArcSwap::from_pointee(config),
+            tenants: ArcSwap::from_pointee(tenants),
+            metrics: Metrics::new(mesh),
+            open_connections: AtomicUsize::new(0),
+            ready_shards: AtomicUsize::new(0),
+            reloads: AtomicU64::new(0),
+        }
+    }
+
+    /// Number of reloads applied.
+    pub fn reload_count(&self) -> u64 {
+        self.reloads.load(Ordering::Acquire)
+    }
 }

@@ -1,5 +1,8 @@
 //! Tenants, plans and per-tenant limits (SPEC §8). The table is read through
-//! `arc-swap` by every shard, so it can be replaced at run time without locks.
+//! `arc-swap` by every shard, so it can be replaced at run time without locks (SIGHUP,
+//! `crate::reload`). What a tenant has used (its active channels, its publishes of the
+//! last minute: [`TenantUsage`]) is carried from one table to the next, so a reload
+//! neither forgets nor resets a limit.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -7,6 +10,8 @@ use std::sync::Arc;
 use ringcast_protocol::event::PresenceSpelling;
 use ringcast_protocol::TenantId;
 use serde::Deserialize;
+
+pub use crate::usage::TenantUsage;
 
 /// A plan from the seed's table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -114,10 +119,27 @@ pub struct TenantConfig {
     /// Override of the plan's history length.
     #[serde(default)]
     pub history_messages: Option<u32>,
-    /// Bearer keys of the HTTP API. Empty: the API needs no key for this tenant (until
-    /// the tenants work makes keys required outside `--dev`).
+    /// Override of the plan's active-channel limit.
+    #[serde(default)]
+    pub max_channels: Option<u32>,
+    /// Override of the plan's publish rate (per rolling minute, all shards).
+    #[serde(default)]
+    pub publishes_per_minute: Option<u32>,
+    /// Bearer keys of the HTTP API (several, for rotation). Empty: outside `--dev` the
+    /// tenant's HTTP API refuses every request (401).
     #[serde(default)]
     pub api_keys: Vec<String>,
+    /// HS256 secrets of the tenant's JWTs (SPEC §6), chosen by the token header's
+    /// `kid`. The last one is the newest: `POST /api/realtime/tokens` mints with it.
+    #[serde(default)]
+    pub token_keys: Vec<TokenKeyConfig>,
+    /// WebSocket/SSE `Origin` allow-list (exact `scheme://host[:port]`). Absent: any
+    /// origin. A request without `Origin` (not a browser) is not refused by it.
+    #[serde(default)]
+    pub allowed_origins: Option<Vec<String>>,
+    /// Whether the REN stream needs no token for this tenant.
+    #[serde(default)]
+    pub allow_anonymous_ren: bool,
     /// Presence TTL in seconds (default 30).
     #[serde(default)]
     pub presence_ttl_secs: Option<u64>,
@@ -134,6 +156,25 @@ pub struct TenantConfig {
     /// (`presence.join`) for this tenant's WebSocket connections.
     #[serde(default)]
     pub presence_events: Option<PresenceEvents>,
+}
+
+/// One `[[tenants.token_keys]]` entry.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenKeyConfig {
+    /// Key id, matched against the JWT header's `kid`.
+    pub kid: String,
+    /// The HS256 secret (at least 32 bytes, RFC 7518 §3.2).
+    pub secret: String,
+}
+
+impl std::fmt::Debug for TokenKeyConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenKeyConfig")
+            .field("kid", &self.kid)
+            .field("secret", &"…")
+            .finish()
+    }
 }
 
 /// The `presence_events` tenant setting.
@@ -168,13 +209,18 @@ impl TenantConfig {
             max_presence_members: None,
             max_presence_channels_per_connection: None,
             presence_events: None,
+            max_channels: None,
+            publishes_per_minute: None,
             api_keys: Vec::new(),
+            token_keys: Vec::new(),
+            allowed_origins: None,
+            allow_anonymous_ren: false,
         }
     }
 }
 
 /// A tenant as the shards see it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Tenant {
     /// Its id.
     pub id: TenantId,
@@ -186,6 +232,23 @@ pub struct Tenant {
     pub presence_spelling: PresenceSpelling,
     /// Bearer keys of the HTTP API (empty: none configured).
     pub api_keys: Vec<String>,
+    /// JWT secrets by kid, oldest first (see [`TokenKeyConfig`]).
+    pub token_keys: Vec<TokenKeyConfig>,
+    /// `Origin` allow-list; `None`: any.
+    pub allowed_origins: Option<Vec<String>>,
+    /// Whether the REN stream needs no token.
+    pub allow_anonymous_ren: bool,
+    /// What it has used: shared by every shard, carried across reloads.
+    pub usage: Arc<TenantUsage>,
+}
+
+impl Tenant {
+    /// Whether a browser page from `origin` may open a WebSocket or SSE stream.
+    pub fn allows_origin(&self, origin: &str) -> bool {
+        self.allowed_origins
+            .as_ref()
+            .is_none_or(|list| list.iter().any(|o| o.eq_ignore_ascii_case(origin)))
+    }
 }
 
 /// Every tenant, by id, and the default one.
@@ -198,6 +261,16 @@ pub struct TenantTable {
 impl TenantTable {
     /// Builds the table from configuration.
     pub fn new(configs: &[TenantConfig], default: Option<&str>) -> TenantTable {
+        TenantTable::rebuild(configs, default, &TenantTable::default())
+    }
+
+    /// Builds the table from configuration, keeping each remaining tenant's usage from
+    /// `previous` (a reload).
+    pub fn rebuild(
+        configs: &[TenantConfig],
+        default: Option<&str>,
+        previous: &TenantTable,
+    ) -> TenantTable {
         let tenants = configs
             .iter()
             .map(|c| {
@@ -207,6 +280,12 @@ impl TenantTable {
                 }
                 if let Some(kept) = c.history_messages {
                     limits.history_messages = kept;
+                }
+                if let Some(max) = c.max_channels {
+                    limits.max_channels = Some(max);
+                }
+                if let Some(rate) = c.publishes_per_minute {
+                    limits.publishes_per_minute = Some(rate);
                 }
                 let presence = &mut limits.presence;
                 if let Some(ttl) = c.presence_ttl_secs {
@@ -229,6 +308,12 @@ impl TenantTable {
                         limits,
                         presence_spelling: c.presence_events.map(Into::into).unwrap_or_default(),
                         api_keys: c.api_keys.clone(),
+                        token_keys: c.token_keys.clone(),
+                        allowed_origins: c.allowed_origins.clone(),
+                        allow_anonymous_ren: c.allow_anonymous_ren,
+                        usage: previous
+                            .get(&c.id)
+                            .map_or_else(Default::default, |t| t.usage.clone()),
                     }),
                 )
             })

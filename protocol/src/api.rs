@@ -32,6 +32,8 @@ pub struct Refusal {
     pub error: ApiError,
     /// For the caller.
     pub message: String,
+    /// Seconds after which the caller may retry (`Retry-After`), for `rate_limited`.
+    pub retry_after_secs: Option<u64>,
 }
 
 impl Refusal {
@@ -40,7 +42,14 @@ impl Refusal {
         Refusal {
             error,
             message: message.into(),
+            retry_after_secs: None,
         }
+    }
+
+    /// The same refusal, telling the caller to retry after `secs`.
+    pub fn retry_after(mut self, secs: u64) -> Refusal {
+        self.retry_after_secs = Some(secs);
+        self
     }
 
     fn bad_request(message: impl Into<String>) -> Refusal {
@@ -133,6 +142,96 @@ impl ApiParser {
             idempotency_key,
         })
     }
+}
+
+/// Longest lifetime of a token minted by `POST /api/realtime/tokens` (one year).
+pub const MAX_TOKEN_LIFETIME_SECS: u64 = 365 * 24 * 3600;
+/// Lifetime of a minted token whose request names none (one hour).
+pub const DEFAULT_TOKEN_LIFETIME_SECS: u64 = 3600;
+
+/// The body of `POST /api/realtime/tokens`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenBody {
+    /// The channel the token is for.
+    pub channel: ChannelName,
+    /// `userId`: the token's `sub`.
+    pub user_id: Option<String>,
+    /// `permissions`: `subscribe`, `publish` (default: `["subscribe"]`).
+    pub permissions: Vec<String>,
+    /// `expiresIn`, seconds (default [`DEFAULT_TOKEN_LIFETIME_SECS`]).
+    pub expires_in_secs: u64,
+}
+
+impl ApiParser {
+    /// Parses a token request: `{channel, userId?, permissions?, expiresIn?}`.
+    pub fn token_request(&mut self, body: &[u8]) -> Result<TokenBody, Refusal> {
+        let tape = self.tape.parse(body).map_err(Refusal::bad_request)?;
+        let root = tape.as_value();
+        if root.value_type() != ValueType::Object {
+            return Err(Refusal::bad_request("the body must be a JSON object"));
+        }
+        let channel = match root.get("channel").as_ref().and_then(|v| v.as_str()) {
+            Some(name) => ChannelName::new(name)
+                .map_err(|e| Refusal::new(ApiError::InvalidChannel, e.to_string()))?,
+            None => return Err(Refusal::bad_request("missing `channel` (a string)")),
+        };
+        let user_id = match root.get("userId") {
+            None => None,
+            Some(v) if v.is_null() => None,
+            Some(v) => match v.as_str() {
+                Some(user) if !user.is_empty() => Some(user.to_owned()),
+                _ => return Err(Refusal::bad_request("`userId` must be a non-empty string")),
+            },
+        };
+        let permissions = match root.get("permissions") {
+            None => vec!["subscribe".to_owned()],
+            Some(v) if v.is_null() => vec!["subscribe".to_owned()],
+            Some(v) => {
+                let list = v.as_array().ok_or_else(|| {
+                    Refusal::bad_request("`permissions` must be an array of strings")
+                })?;
+                let mut names = Vec::new();
+                for item in list.iter() {
+                    match item.as_str() {
+                        Some(name @ ("subscribe" | "publish")) => names.push(name.to_owned()),
+                        _ => {
+                            return Err(Refusal::bad_request(
+                                "`permissions` entries are \"subscribe\" or \"publish\"",
+                            ))
+                        }
+                    }
+                }
+                names
+            }
+        };
+        let expires_in_secs = match root.get("expiresIn") {
+            None => DEFAULT_TOKEN_LIFETIME_SECS,
+            Some(v) if v.is_null() => DEFAULT_TOKEN_LIFETIME_SECS,
+            Some(v) => match v.as_u64() {
+                Some(secs) if (1..=MAX_TOKEN_LIFETIME_SECS).contains(&secs) => secs,
+                _ => {
+                    return Err(Refusal::bad_request(format!(
+                        "`expiresIn` must be 1 to {MAX_TOKEN_LIFETIME_SECS} seconds"
+                    )))
+                }
+            },
+        };
+        Ok(TokenBody {
+            channel,
+            user_id,
+            permissions,
+            expires_in_secs,
+        })
+    }
+}
+
+/// `{"token":"…"}`: the answer to a token request.
+pub fn minted(token: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(token.len() + 16);
+    out.extend_from_slice(b"{\"token\":");
+    write_str(&mut out, token);
+    out.push(b'}');
+    out
 }
 
 /// Checks an idempotency key (body `idempotencyKey` or header `Idempotency-Key`).

@@ -237,6 +237,17 @@ pub fn api_error_response(error: ApiError, message: &str, keep_alive: bool) -> V
     error_response(status, code, message, keep_alive)
 }
 
+/// `response` (complete, from this module) with one more header after its status line.
+pub fn with_header(mut response: Vec<u8>, name: &str, value: &str) -> Vec<u8> {
+    let at = response
+        .windows(2)
+        .position(|w| w == b"\r\n")
+        .map_or(response.len(), |i| i + 2);
+    let header = format!("{name}: {value}\r\n");
+    response.splice(at..at, header.into_bytes());
+    response
+}
+
 /// A complete response with a JSON body.
 pub fn json_response(status: u16, body: &[u8], keep_alive: bool) -> Vec<u8> {
     response(status, "application/json", body, keep_alive)

@@ -319,11 +319,11 @@ fn keyed_server(extra: &[&str]) -> Result<Server> {
 id = "a"
 plan = "free"
 max_message_bytes = 2048
-api_keys = ["key-a", "key-a2"]
+api_keys = ["key-a-0123456789abcdef", "key-a2-0123456789abcdef"]
 [[tenants]]
 id = "b"
 plan = "pro"
-api_keys = ["key-b"]
+api_keys = ["key-b-0123456789abcdef"]
 [[tenants]]
 id = "open"
 plan = "pro"
@@ -353,15 +353,22 @@ fn api_keys_are_checked_per_tenant() -> Result<()> {
     let with = |headers: &str| request("POST", "/api/realtime/publish", headers, body);
     call(&server, with(""))?.assert_error(401, "unauthorized");
     call(&server, with("Authorization: Bearer nope\r\n"))?.assert_error(401, "unauthorized");
-    call(&server, with("Authorization: Bearer key-b\r\n"))?.assert_error(403, "forbidden");
+    call(
+        &server,
+        with("Authorization: Bearer key-b-0123456789abcdef\r\n"),
+    )?
+    .assert_error(403, "forbidden");
     call(&server, with("X-Tenant-Id: ghost\r\n"))?.assert_error(404, "unknown_tenant");
-    ok_json(&call(&server, with("Authorization: Bearer key-a2\r\n"))?)?;
     ok_json(&call(
         &server,
-        with("X-Tenant-Id: b\r\nAuthorization: bearer key-b\r\n"),
+        with("Authorization: Bearer key-a2-0123456789abcdef\r\n"),
     )?)?;
-    // No keys configured for the tenant: accepted, as in --dev.
-    ok_json(&call(&server, with("X-Tenant-Id: open\r\n"))?)?;
+    ok_json(&call(
+        &server,
+        with("X-Tenant-Id: b\r\nAuthorization: bearer key-b-0123456789abcdef\r\n"),
+    )?)?;
+    // No keys configured for the tenant: its API is closed outside --dev.
+    call(&server, with("X-Tenant-Id: open\r\n"))?.assert_error(401, "unauthorized");
     // Every route checks: history and channels too.
     call(&server, get("/api/realtime/channels"))?.assert_error(401, "unauthorized");
     call(&server, get("/api/realtime/history/c"))?.assert_error(401, "unauthorized");
@@ -371,7 +378,7 @@ fn api_keys_are_checked_per_tenant() -> Result<()> {
         request(
             "GET",
             "/api/realtime/history/c",
-            "X-Tenant-Id: b\r\nAuthorization: Bearer key-b\r\n",
+            "X-Tenant-Id: b\r\nAuthorization: Bearer key-b-0123456789abcdef\r\n",
             "",
         ),
     )?;
@@ -382,7 +389,7 @@ fn api_keys_are_checked_per_tenant() -> Result<()> {
 #[test]
 fn every_error_status_has_a_json_body() -> Result<()> {
     let server = keyed_server(&["--max-message-bytes", "8192"])?;
-    let auth = "Authorization: Bearer key-a\r\n";
+    let auth = "Authorization: Bearer key-a-0123456789abcdef\r\n";
     let publish_with = |body: &str| request("POST", "/api/realtime/publish", auth, body);
     // 400
     call(&server, publish_with("{not json"))?.assert_error(400, "bad_request");
@@ -409,7 +416,7 @@ fn every_error_status_has_a_json_body() -> Result<()> {
         request(
             "GET",
             "/api/realtime/channels",
-            "Authorization: Bearer key-b\r\n",
+            "Authorization: Bearer key-b-0123456789abcdef\r\n",
             "",
         ),
     )?

@@ -4,8 +4,8 @@
 //! - Tenant: `X-Tenant-Id`, else the server's default tenant; unknown → 404
 //!   `unknown_tenant`.
 //! - Key: `Authorization: Bearer <key>`, one of the tenant's `api_keys`. Not needed in
-//!   `--dev`, nor (for now) for a tenant with no `api_keys` configured. Missing or wrong
-//!   → 401 `unauthorized`; a key of another tenant → 403 `forbidden`.
+//!   `--dev`. Missing or wrong (or a tenant with no `api_keys`) → 401 `unauthorized`; a
+//!   key of another tenant → 403 `forbidden`.
 //!
 //! A request that passes may publish to `private-` channels without a channel token: the
 //! server API is trusted (SPEC §5).
@@ -37,8 +37,14 @@ pub fn authorize(shared: &Shared, head: &RequestHead) -> Result<Arc<Tenant>, Ref
         };
         return Err(Refusal::new(ApiError::UnknownTenant, message));
     };
-    if shared.config.load().dev || tenant.api_keys.is_empty() {
+    if shared.config.load().dev {
         return Ok(tenant);
+    }
+    if tenant.api_keys.is_empty() {
+        return Err(Refusal::new(
+            ApiError::Unauthorized,
+            "this tenant has no api_keys configured: its HTTP API is closed",
+        ));
     }
     let Some(key) = bearer(head) else {
         return Err(Refusal::new(

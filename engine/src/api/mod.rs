@@ -1,6 +1,6 @@
 //! The HTTP API of SPEC §5: what apps' backends call on the same port as WebSockets
 //! (the SDK's `createRemoteClient`). One role per file: [`auth`] (tenant and key of every
-//! request), [`publish`], [`history`], [`channels`].
+//! request), [`publish`], [`history`], [`channels`], [`tokens`].
 //!
 //! ```text
 //!  http::serve_requests ──► api::serve(shard, head, body)
@@ -17,11 +17,12 @@ pub mod auth;
 pub mod channels;
 pub mod history;
 pub mod publish;
+pub mod tokens;
 
 use std::rc::Rc;
 
 use ringcast_protocol::api::Refusal;
-use ringcast_protocol::http::{api_error_response, ok_json, RequestHead};
+use ringcast_protocol::http::{api_error_response, ok_json, with_header, RequestHead};
 use ringcast_protocol::ApiError;
 
 use crate::mesh::Answer;
@@ -49,7 +50,11 @@ pub fn respond_refusal(shard: &Shard, refusal: &Refusal, keep_alive: bool) -> Ve
         .metrics
         .shard(shard.id)
         .error(refusal.error.code());
-    api_error_response(refusal.error, &refusal.message, keep_alive)
+    let response = api_error_response(refusal.error, &refusal.message, keep_alive);
+    match refusal.retry_after_secs {
+        Some(secs) => with_header(response, "Retry-After", &secs.to_string()),
+        None => response,
+    }
 }
 
 /// A route of the API, chosen by path.
@@ -57,7 +62,8 @@ enum ApiRoute {
     Publish,
     Channels,
     History(String),
-    /// Built by other issues (presence, tokens, REN).
+    Tokens,
+    /// Built by other issues (presence, REN).
     NotBuilt,
 }
 
@@ -72,8 +78,8 @@ fn choose(head: &RequestHead) -> Result<(ApiRoute, &'static str), Refusal> {
             (ApiRoute::History((*channel).to_owned()), "GET")
         }
         ["api", "realtime", "presence", _] => (ApiRoute::NotBuilt, "GET"),
+        ["api", "realtime", "tokens"] => (ApiRoute::Tokens, "POST"),
         ["api", "realtime", "presence", _, "join" | "update" | "leave"]
-        | ["api", "realtime", "tokens"]
         | ["api", "ren", "events"] => (ApiRoute::NotBuilt, "POST"),
         ["api", "maravilla", "ren"] => (ApiRoute::NotBuilt, "GET"),
         _ => return Err(Refusal::new(ApiError::NotFound, "no such route")),
@@ -100,6 +106,7 @@ async fn answer(shard: &Rc<Shard>, head: &RequestHead, body: &[u8]) -> Result<Ve
         ApiRoute::Publish => publish::publish(shard, head, body, &tenant).await,
         ApiRoute::Channels => channels::channels(shard, &tenant).await,
         ApiRoute::History(channel) => history::history(shard, head, &channel, &tenant).await,
+        ApiRoute::Tokens => tokens::tokens(shard, body, &tenant),
         ApiRoute::NotBuilt => unreachable!("answered above"),
     }
 }
@@ -108,6 +115,11 @@ async fn answer(shard: &Rc<Shard>, head: &RequestHead, body: &[u8]) -> Result<Ve
 pub(crate) fn failed(outcome: Outcome) -> Refusal {
     match outcome {
         Ok(Answer::Failed { code, message }) => Refusal::new(ApiError::from(code), message),
+        Ok(Answer::RateLimited { retry_after_secs }) => Refusal::new(
+            ApiError::RateLimited,
+            format!("the tenant's publishes_per_minute is reached; retry in {retry_after_secs} s"),
+        )
+        .retry_after(retry_after_secs),
         Ok(other) => {
             tracing::error!(?other, "unexpected answer to an HTTP API request");
             Refusal::new(ApiError::Internal, "unexpected answer from the owner shard")

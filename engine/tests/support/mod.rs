@@ -58,16 +58,7 @@ impl Cluster {
         let mut config = Config::load(None, &flags).expect("dev config");
         tweak(&mut config);
         let mesh = Mesh::with_capacity(shards, config.inbox_capacity);
-        let shared = Arc::new(Shared {
-            tenants: ArcSwap::from_pointee(TenantTable::new(
-                &config.tenants,
-                config.default_tenant.as_deref(),
-            )),
-            config: ArcSwap::from_pointee(config.clone()),
-            metrics: Metrics::new(mesh.clone()),
-            open_connections: AtomicUsize::new(0),
-            ready_shards: AtomicUsize::new(0),
-        });
+        let shared = Arc::new(Shared::new(config.clone(), mesh.clone()));
         let clock = ManualClock::new(Millis(1_700_000_000_000));
         let histories = history::open_all(data.path(), &config.history, shards).expect("history");
         let shards = histories

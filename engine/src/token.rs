@@ -1,0 +1,264 @@
+//! Tenant JWTs (SPEC §6): verifying channel and connection tokens, minting them.
+//!
+//! Standard JWT, HS256 only, through the `jsonwebtoken` crate (its HMAC check is
+//! constant-time). The header's `kid` picks one of the tenant's `token_keys`; a token
+//! without `kid` is tried against the tenant's only key and refused when it has several.
+//! `exp` is required; `exp` and `nbf` are checked here against the shard's clock (so
+//! tests can move time) with [`SKEW_SECS`] of tolerance.
+//!
+//! Claims: `sub` (the verified userId), `channel` or `channels`, `permissions`
+//! (`subscribe`, `publish`; unknown entries are ignored), `exp`, `nbf?`, `iat?`,
+//! `tenant?` (when present, it must name the tenant the token is used with).
+//!
+//! Every refusal is `unauthorized` with a message saying which check failed, except a
+//! valid token without the permission asked for: `forbidden`.
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use ringcast_protocol::ErrorCode;
+use serde::{Deserialize, Serialize};
+
+use crate::tenant::{Tenant, TokenKeyConfig};
+
+/// Clock skew allowed on `exp` and `nbf`.
+pub const SKEW_SECS: u64 = 30;
+
+/// What a token allows on a channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permission {
+    /// Subscribe, and join presence.
+    Subscribe,
+    /// Publish.
+    Publish,
+}
+
+impl Permission {
+    fn name(self) -> &'static str {
+        match self {
+            Permission::Subscribe => "subscribe",
+            Permission::Publish => "publish",
+        }
+    }
+
+    /// Parses `subscribe` / `publish`.
+    pub fn parse(name: &str) -> Option<Permission> {
+        match name {
+            "subscribe" => Some(Permission::Subscribe),
+            "publish" => Some(Permission::Publish),
+            _ => None,
+        }
+    }
+}
+
+/// The claims Ringcast reads and writes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    /// The userId.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub: Option<String>,
+    /// One channel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
+    /// Several channels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channels: Option<Vec<String>>,
+    /// `subscribe`, `publish`.
+    #[serde(default)]
+    pub permissions: Vec<String>,
+    /// Expiry, epoch seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exp: Option<u64>,
+    /// Not before, epoch seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
+    /// Issued at, epoch seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
+    /// The tenant it was issued for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+}
+
+/// A token that passed every check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// Its `sub`.
+    pub user: Option<String>,
+    /// The channels it names.
+    pub channels: Vec<String>,
+    /// May subscribe (and join presence).
+    pub subscribe: bool,
+    /// May publish.
+    pub publish: bool,
+    /// `exp`, in epoch milliseconds.
+    pub expires_ms: u64,
+}
+
+impl Grant {
+    /// Whether it names `channel`.
+    pub fn names(&self, channel: &str) -> bool {
+        self.channels.iter().any(|c| c == channel)
+    }
+
+    /// Whether it allows `permission` on `channel`: `Unauthorized` when the channel is
+    /// not named, `Forbidden` when the permission is missing.
+    pub fn allows(&self, channel: &str, permission: Permission) -> Result<(), Refused> {
+        if !self.names(channel) {
+            return Err(Refused::unauthorized(format!(
+                "the token is not for channel `{channel}`"
+            )));
+        }
+        let granted = match permission {
+            Permission::Subscribe => self.subscribe,
+            Permission::Publish => self.publish,
+        };
+        if !granted {
+            return Err(Refused {
+                code: ErrorCode::Forbidden,
+                message: format!("the token lacks the `{}` permission", permission.name()),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Why a token was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// `unauthorized` or `forbidden`.
+    pub code: ErrorCode,
+    /// Which check failed.
+    pub message: String,
+}
+
+impl Refused {
+    fn unauthorized(message: impl Into<String>) -> Refused {
+        Refused {
+            code: ErrorCode::Unauthorized,
+            message: message.into(),
+        }
+    }
+}
+
+/// Verifies `token` for `tenant` at `now_ms`.
+pub fn verify(token: &str, tenant: &Tenant, now_ms: u64) -> Result<Grant, Refused> {
+    let header = jsonwebtoken::decode_header(token)
+        .map_err(|e| Refused::unauthorized(format!("malformed token: {e}")))?;
+    if header.alg != Algorithm::HS256 {
+        return Err(Refused::unauthorized("tokens must be signed with HS256"));
+    }
+    let key = choose_key(&tenant.token_keys, header.kid.as_deref())?;
+    let decoding = DecodingKey::from_secret(key.secret.as_bytes())
+        .map_err(|e| Refused::unauthorized(format!("unusable key: {e}")))?;
+    let mut validation = Validation::new(Algorithm::HS256);
+    // Time is checked below with the shard's clock; audience is not used.
+    validation.validate_exp = false;
+    validation.validate_nbf = false;
+    validation.validate_aud = false;
+    validation.required_spec_claims.clear();
+    let claims = jsonwebtoken::decode::<Claims>(token, &decoding, &validation)
+        .map_err(|e| Refused::unauthorized(format!("invalid token: {e}")))?
+        .claims;
+    let now = now_ms / 1000;
+    let Some(exp) = claims.exp else {
+        return Err(Refused::unauthorized("the token has no `exp`"));
+    };
+    if exp.saturating_add(SKEW_SECS) <= now {
+        return Err(Refused::unauthorized("the token expired"));
+    }
+    if claims
+        .nbf
+        .is_some_and(|nbf| nbf > now.saturating_add(SKEW_SECS))
+    {
+        return Err(Refused::unauthorized("the token is not valid yet (`nbf`)"));
+    }
+    if let Some(named) = &claims.tenant {
+        if named != tenant.id.as_str() {
+            return Err(Refused::unauthorized("the token is for another tenant"));
+        }
+    }
+    let mut channels = claims.channels.unwrap_or_default();
+    channels.extend(claims.channel);
+    let has = |p: Permission| claims.permissions.iter().any(|n| n == p.name());
+    Ok(Grant {
+        user: claims.sub.filter(|s| !s.is_empty()),
+        subscribe: has(Permission::Subscribe),
+        publish: has(Permission::Publish),
+        channels,
+        expires_ms: exp.saturating_add(SKEW_SECS).saturating_mul(1000),
+    })
+}
+
+fn choose_key<'k>(
+    keys: &'k [TokenKeyConfig],
+    kid: Option<&str>,
+) -> Result<&'k TokenKeyConfig, Refused> {
+    match kid {
+        Some(kid) => keys
+            .iter()
+            .find(|k| k.kid == kid)
+            .ok_or_else(|| Refused::unauthorized(format!("unknown key id `{kid}`"))),
+        None => match keys {
+            [] => Err(Refused::unauthorized("this tenant has no token keys")),
+            [only] => Ok(only),
+            _ => Err(Refused::unauthorized(
+                "the token has no `kid` and this tenant has several keys",
+            )),
+        },
+    }
+}
+
+/// What to mint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MintRequest {
+    /// The channels (usually one).
+    pub channels: Vec<String>,
+    /// The userId (`sub`).
+    pub user: Option<String>,
+    /// Permissions.
+    pub permissions: Vec<Permission>,
+    /// Lifetime.
+    pub expires_in_secs: u64,
+    /// Key to sign with; `None`: the tenant's newest (last) key.
+    pub kid: Option<String>,
+}
+
+/// Signs a token for `tenant` at `now_ms`. `Err` names what is missing.
+pub fn mint(tenant: &Tenant, request: &MintRequest, now_ms: u64) -> Result<String, String> {
+    let key = match &request.kid {
+        Some(kid) => tenant
+            .token_keys
+            .iter()
+            .find(|k| &k.kid == kid)
+            .ok_or_else(|| format!("tenant `{}` has no key `{kid}`", tenant.id))?,
+        None => tenant
+            .token_keys
+            .last()
+            .ok_or_else(|| format!("tenant `{}` has no token_keys", tenant.id))?,
+    };
+    let now = now_ms / 1000;
+    let (channel, channels) = match request.channels.as_slice() {
+        [one] => (Some(one.clone()), None),
+        many => (None, Some(many.to_vec())),
+    };
+    let claims = Claims {
+        sub: request.user.clone(),
+        channel,
+        channels,
+        permissions: request
+            .permissions
+            .iter()
+            .map(|p| p.name().to_owned())
+            .collect(),
+        exp: Some(now.saturating_add(request.expires_in_secs)),
+        nbf: None,
+        iat: Some(now),
+        tenant: Some(tenant.id.as_str().to_owned()),
+    };
+    let mut header = Header::new(Algorithm::HS256);
+    header.kid = Some(key.kid.clone());
+    let encoding = EncodingKey::from_secret(key.secret.as_bytes()).map_err(|e| e.to_string())?;
+    jsonwebtoken::encode(&header, &claims, &encoding).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,6 +1,6 @@
 //! The HTTP API of SPEC §5: what apps' backends call on the same port as WebSockets
 //! (the SDK's `createRemoteClient`). One role per file: [`auth`] (tenant and key of every
-//! request), [`publish`], [`history`], [`channels`].
+//! request), [`publish`], [`history`], [`channels`], [`presence`].
 //!
 //! ```text
 //!  http::serve_requests ──► api::serve(shard, head, body)
@@ -16,11 +16,12 @@
 pub mod auth;
 pub mod channels;
 pub mod history;
+pub mod presence;
 pub mod publish;
 
 use std::rc::Rc;
 
-use ringcast_protocol::api::Refusal;
+use ringcast_protocol::api::{PresenceAction, Refusal};
 use ringcast_protocol::http::{api_error_response, ok_json, RequestHead};
 use ringcast_protocol::ApiError;
 
@@ -57,7 +58,11 @@ enum ApiRoute {
     Publish,
     Channels,
     History(String),
-    /// Built by other issues (presence, tokens, REN).
+    /// `GET /api/realtime/presence/{channel}`.
+    PresenceMembers(String),
+    /// `POST /api/realtime/presence/{channel}/{join|update|leave}`.
+    Presence(String, PresenceAction),
+    /// Built by other issues (tokens, REN).
     NotBuilt,
 }
 
@@ -71,10 +76,19 @@ fn choose(head: &RequestHead) -> Result<(ApiRoute, &'static str), Refusal> {
         ["api", "realtime", "history", channel] => {
             (ApiRoute::History((*channel).to_owned()), "GET")
         }
-        ["api", "realtime", "presence", _] => (ApiRoute::NotBuilt, "GET"),
-        ["api", "realtime", "presence", _, "join" | "update" | "leave"]
-        | ["api", "realtime", "tokens"]
-        | ["api", "ren", "events"] => (ApiRoute::NotBuilt, "POST"),
+        ["api", "realtime", "presence", channel] => {
+            (ApiRoute::PresenceMembers((*channel).to_owned()), "GET")
+        }
+        ["api", "realtime", "presence", channel, action] => {
+            let action = match *action {
+                "join" => PresenceAction::Join,
+                "update" => PresenceAction::Update,
+                "leave" => PresenceAction::Leave,
+                _ => return Err(Refusal::new(ApiError::NotFound, "no such route")),
+            };
+            (ApiRoute::Presence((*channel).to_owned(), action), "POST")
+        }
+        ["api", "realtime", "tokens"] | ["api", "ren", "events"] => (ApiRoute::NotBuilt, "POST"),
         ["api", "maravilla", "ren"] => (ApiRoute::NotBuilt, "GET"),
         _ => return Err(Refusal::new(ApiError::NotFound, "no such route")),
     };
@@ -100,6 +114,10 @@ async fn answer(shard: &Rc<Shard>, head: &RequestHead, body: &[u8]) -> Result<Ve
         ApiRoute::Publish => publish::publish(shard, head, body, &tenant).await,
         ApiRoute::Channels => channels::channels(shard, &tenant).await,
         ApiRoute::History(channel) => history::history(shard, head, &channel, &tenant).await,
+        ApiRoute::PresenceMembers(channel) => presence::members(shard, &channel, &tenant).await,
+        ApiRoute::Presence(channel, action) => {
+            presence::act(shard, action, &channel, body, &tenant).await
+        }
         ApiRoute::NotBuilt => unreachable!("answered above"),
     }
 }

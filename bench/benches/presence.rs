@@ -137,7 +137,7 @@ fn join_leave(c: &mut Criterion) {
                     black_box(joined.is_new);
                 }
                 for (i, user) in users.iter().enumerate() {
-                    black_box(table.leave(&k, user, holder(i)));
+                    black_box(table.leave(&k, user, holder(i), Millis(0)));
                 }
                 assert_eq!(table.channel_count(), 0);
             })

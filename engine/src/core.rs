@@ -1104,7 +1104,7 @@ impl ShardCore {
                 user_id,
                 holder,
             } => {
-                let (was_present, announce) = self.presence.leave(&key, &user_id, holder);
+                let (was_present, announce) = self.presence.leave(&key, &user_id, holder, now);
                 if let Some(announce) = announce {
                     self.announce(&key, announce);
                 }

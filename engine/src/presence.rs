@@ -12,10 +12,18 @@
 //! ```
 //!
 //! A member is keyed by userId and held by the connections that joined as that user
-//! (`(shard, conn)`) and/or by the HTTP API. It leaves when its last connection leaves,
-//! on an HTTP leave, or when it was not seen for the tenant's TTL. A connection that
-//! closes stops holding its members but does not remove them: they stay until the TTL,
-//! so a quick reconnect of the same user rejoins without a leave/join pair.
+//! (`(shard, conn)`) and/or by the HTTP API (one hold per member, refreshed only by an
+//! HTTP join or an update). It leaves when its last connection leaves and no live HTTP
+//! hold is left, on an HTTP leave (outright, whoever else holds it: the seed's server
+//! `presence.leave` "removes a user from a channel's presence"), or when it was not seen
+//! for the tenant's TTL. A connection that closes stops holding its members but does not
+//! remove them: they stay until the TTL, so a quick reconnect of the same user rejoins
+//! without a leave/join pair.
+//!
+//! The HTTP hold is live for the TTL (plus the grace) after its last join: the app must
+//! join again within the TTL (SPEC §4). While a connection also holds the member, the
+//! connection's heartbeats keep the member; once the last connection leaves, a lapsed
+//! HTTP hold keeps nothing.
 //!
 //! Heartbeats: a frame from a connection only sets a flag on it; once per housekeeping
 //! tick its shard sends each owner one `PresenceSeen` listing the connections seen, and
@@ -53,7 +61,7 @@ pub enum PresenceHolder {
         /// The connection.
         conn: ConnId,
     },
-    /// The HTTP API (refreshed only by joining again).
+    /// The HTTP API (refreshed only by joining again, or by an update).
     Http,
 }
 
@@ -115,8 +123,8 @@ struct Member {
     last_seen: Millis,
     /// Connections that joined as this user and have not left or closed.
     conns: Vec<HolderConn>,
-    /// Joined through the HTTP API (and not left there).
-    http: bool,
+    /// When the HTTP API last joined (or updated) it; `None`: not held by the HTTP API.
+    http: Option<Millis>,
     timer: TimerKey,
 }
 
@@ -164,7 +172,7 @@ impl PresenceTable {
             channel.ttl_ms = ttl_ms;
             if let Some((user, member)) = channel.members.get_key_value_mut(user) {
                 member.last_seen = now;
-                hold(held, member, key, user, holder);
+                hold(held, member, key, user, holder, now);
                 let changed = metadata.is_some() && metadata != member.metadata;
                 let announce = changed.then(|| {
                     member.metadata = metadata;
@@ -193,10 +201,10 @@ impl PresenceTable {
             metadata: metadata.clone(),
             last_seen: now,
             conns: Vec::new(),
-            http: false,
+            http: None,
             timer,
         };
-        hold(held, &mut member, key, &user, holder);
+        hold(held, &mut member, key, &user, holder, now);
         channels
             .entry_ref(key)
             .or_insert_with(|| PresenceChannel {
@@ -215,8 +223,8 @@ impl PresenceTable {
         })
     }
 
-    /// Replaces `user`'s metadata (and counts as seen); `Ok(None)` when it is not a
-    /// member.
+    /// Replaces `user`'s metadata (and counts as seen, refreshing an HTTP hold too);
+    /// `Ok(None)` when it is not a member.
     pub fn update(
         &mut self,
         key: &ChannelKey,
@@ -234,6 +242,9 @@ impl PresenceTable {
             return Ok(None);
         };
         member.last_seen = now;
+        if member.http.is_some() {
+            member.http = Some(now);
+        }
         member.metadata = metadata;
         Ok(Some(Announce {
             kind: PresenceKind::Update,
@@ -242,20 +253,22 @@ impl PresenceTable {
         }))
     }
 
-    /// `holder` leaves `user`'s membership of `key`. A connection's leave removes the
-    /// member only when no other holder is left; an HTTP leave removes it outright.
-    /// Returns whether it was a member, and the leave to announce if it is gone.
+    /// `holder` leaves `user`'s membership of `key` at `now`. A connection's leave
+    /// removes the member only when no other connection holds it and no HTTP hold is
+    /// live (joined within the TTL); an HTTP leave removes it outright. Returns whether
+    /// it was a member, and the leave to announce if it is gone.
     pub fn leave(
         &mut self,
         key: &ChannelKey,
         user: &str,
         holder: PresenceHolder,
+        now: Millis,
     ) -> (bool, Option<Announce>) {
-        let Some(member) = self
-            .channels
-            .get_mut(key)
-            .and_then(|c| c.members.get_mut(user))
-        else {
+        let Some(channel) = self.channels.get_mut(key) else {
+            return (false, None);
+        };
+        let ttl_ms = channel.ttl_ms;
+        let Some(member) = channel.members.get_mut(user) else {
             return (false, None);
         };
         if let PresenceHolder::Conn { shard, conn } = holder {
@@ -263,7 +276,10 @@ impl PresenceTable {
                 member.conns.swap_remove(at);
                 unindex(&mut self.held, (shard, conn), key, user);
             }
-            if !member.conns.is_empty() || member.http {
+            let http_live = member
+                .http
+                .is_some_and(|at| at.plus(ttl_ms + EXPIRY_GRACE_MS) > now);
+            if !member.conns.is_empty() || http_live {
                 return (true, None);
             }
         }
@@ -427,9 +443,10 @@ fn hold(
     key: &ChannelKey,
     user: &Rc<str>,
     holder: PresenceHolder,
+    now: Millis,
 ) {
     match holder {
-        PresenceHolder::Http => member.http = true,
+        PresenceHolder::Http => member.http = Some(now),
         PresenceHolder::Conn { shard, conn } => {
             if !member.conns.contains(&(shard, conn)) {
                 member.conns.push((shard, conn));
@@ -552,13 +569,16 @@ mod tests {
                 announce: None
             }
         );
-        assert_eq!(t.leave(&k, "alice", conn(0, 1)), (true, None));
-        let (was, announce) = t.leave(&k, "alice", conn(1, 9));
+        assert_eq!(t.leave(&k, "alice", conn(0, 1), Millis(6)), (true, None));
+        let (was, announce) = t.leave(&k, "alice", conn(1, 9), Millis(6));
         assert!(was);
         assert_eq!(announce.unwrap().kind, PresenceKind::Leave);
         assert!(!t.has_members(&k));
         assert!(t.held.is_empty());
-        assert_eq!(t.leave(&k, "alice", PresenceHolder::Http), (false, None));
+        assert_eq!(
+            t.leave(&k, "alice", PresenceHolder::Http, Millis(6)),
+            (false, None)
+        );
     }
 
     #[test]
@@ -643,16 +663,62 @@ mod tests {
         t.join(&k, "a", None, conn(0, 1), &limits(), Millis(0))
             .unwrap();
         assert_eq!(
-            t.leave(&k, "a", conn(0, 1)),
+            t.leave(&k, "a", conn(0, 1), Millis(0)),
             (true, None),
             "http still holds"
         );
         t.join(&k, "a", None, conn(0, 1), &limits(), Millis(0))
             .unwrap();
-        let (was, announce) = t.leave(&k, "a", PresenceHolder::Http);
-        assert!(was && announce.is_some());
+        let (was, announce) = t.leave(&k, "a", PresenceHolder::Http, Millis(0));
+        assert!(
+            was && announce.is_some(),
+            "outright, though a connection holds"
+        );
         assert!(t.held.is_empty());
+        assert!(t.deadlines.is_empty());
         assert_eq!(t.update(&k, "a", None, &limits(), Millis(0)), Ok(None));
+    }
+
+    #[test]
+    fn an_http_hold_lapses_one_ttl_after_its_last_join_or_update() {
+        let mut t = PresenceTable::default();
+        let k = key("c");
+        let lapse = TTL + EXPIRY_GRACE_MS;
+        // Joined over HTTP at 0 and by a connection that keeps pinging.
+        t.join(&k, "a", None, PresenceHolder::Http, &limits(), Millis(0))
+            .unwrap();
+        t.join(&k, "a", None, conn(0, 1), &limits(), Millis(0))
+            .unwrap();
+        t.seen(ShardId(0), &[ConnId(1)], Millis(lapse));
+        assert!(expired(&mut t, lapse).is_empty(), "the connection keeps it");
+        // The connection leaves after the HTTP hold lapsed: nothing holds it any more.
+        let (was, announce) = t.leave(&k, "a", conn(0, 1), Millis(lapse));
+        assert!(was);
+        assert_eq!(announce.unwrap().kind, PresenceKind::Leave);
+        assert!(!t.has_members(&k) && t.held.is_empty() && t.deadlines.is_empty());
+
+        // An HTTP re-join (or an update) renews the hold: a connection leaving within
+        // the TTL of it leaves the member in place, until the TTL of the last sighting.
+        t.join(&k, "b", None, PresenceHolder::Http, &limits(), Millis(0))
+            .unwrap();
+        t.join(&k, "b", None, conn(0, 2), &limits(), Millis(0))
+            .unwrap();
+        t.join(
+            &k,
+            "b",
+            None,
+            PresenceHolder::Http,
+            &limits(),
+            Millis(20_000),
+        )
+        .unwrap();
+        t.update(&k, "b", None, &limits(), Millis(25_000)).unwrap();
+        let left_at = 25_000 + lapse - 1;
+        assert_eq!(t.leave(&k, "b", conn(0, 2), Millis(left_at)), (true, None));
+        assert_eq!(t.member_count(&k), 1);
+        assert!(expired(&mut t, left_at).is_empty());
+        assert_eq!(expired(&mut t, left_at + 1), vec!["b"]);
+        assert!(t.deadlines.is_empty());
     }
 
     #[test]

@@ -15,7 +15,9 @@ use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
-use ringcast_protocol::api::{ApiParser, PublishBody, Refusal, TokenBody};
+use ringcast_protocol::api::{
+    ApiParser, PresenceAction, PresenceBody, PublishBody, Refusal, TokenBody,
+};
 use ringcast_protocol::event::PresenceSpelling;
 
 use crate::clock::{Clock, Millis};
@@ -163,6 +165,15 @@ impl Shard {
     /// Parses an HTTP API publish body.
     pub fn parse_publish<'a>(&self, body: &'a [u8]) -> Result<PublishBody<'a>, Refusal> {
         self.api_parser.borrow_mut().publish(body)
+    }
+
+    /// Parses an HTTP API presence body (join, update or leave).
+    pub fn parse_presence<'a>(
+        &self,
+        action: PresenceAction,
+        body: &'a [u8],
+    ) -> Result<PresenceBody<'a>, Refusal> {
+        self.api_parser.borrow_mut().presence(action, body)
     }
 
     /// [`Shard::publish`] with an idempotency key (see `idempotency.rs`).

@@ -486,3 +486,91 @@ fn idle_channel_housekeeping_keeps_a_channel_with_members() {
     run_for(&mut cluster, 62_000);
     assert_eq!(cluster.shards[0].open_channel_count(), 0);
 }
+
+/// A member held both by a WebSocket connection and by the HTTP API: an HTTP leave
+/// removes it outright (the seed's server `presence.leave` "removes a user"); the
+/// connection may join again. A connection leaving while the HTTP hold is live keeps
+/// the member; once the hold lapsed (no HTTP join within the TTL), it does not.
+#[test]
+fn http_and_websocket_holders_of_one_member() {
+    let mut cluster = Cluster::new(2);
+    let channel = cluster.channel_owned_by(1, "mixed:");
+    let (watcher, tab) = (cluster.connect(0), cluster.connect(0));
+    subscribe(&mut cluster, 0, &watcher, &channel);
+    let http_join = || Question::PresenceJoin {
+        key: key(&channel),
+        user_id: "alice".into(),
+        metadata: None,
+        holder: PresenceHolder::Http,
+    };
+    let http_leave = || Question::PresenceLeave {
+        key: key(&channel),
+        user_id: "alice".into(),
+        holder: PresenceHolder::Http,
+    };
+
+    join(&mut cluster, 0, &tab, &channel, "alice");
+    assert_eq!(
+        ask(&mut cluster, 0, &channel, http_join()),
+        Answer::PresenceJoined { is_new: false },
+        "already present through the connection"
+    );
+    assert_eq!(
+        ask(&mut cluster, 1, &channel, http_leave()),
+        Answer::PresenceLeft { was_present: true }
+    );
+    assert_eq!(
+        presence_events(&take(&watcher)),
+        vec![
+            pair("presence:join", "alice"),
+            pair("presence:leave", "alice")
+        ],
+        "removed although the connection still held it"
+    );
+    assert!(members(&mut cluster, 0, &channel).is_empty());
+    join(&mut cluster, 0, &tab, &channel, "alice");
+    assert_eq!(
+        presence_events(&take(&watcher)),
+        vec![pair("presence:join", "alice")],
+        "the connection joins again"
+    );
+
+    // Held by both; the connection leaves while the HTTP join is fresh: still present.
+    ask(&mut cluster, 0, &channel, http_join());
+    leave(&mut cluster, 0, &tab, &channel);
+    assert!(presence_events(&take(&watcher)).is_empty());
+    assert_eq!(members(&mut cluster, 0, &channel).len(), 1);
+    // Not joined again over HTTP: expired one TTL after that join.
+    run_for(&mut cluster, EXPIRES_AFTER_MS);
+    assert_eq!(
+        presence_events(&take(&watcher)),
+        vec![pair("presence:leave", "alice")]
+    );
+
+    // The HTTP hold lapses while the connection keeps the member alive with pings;
+    // when the connection leaves, nothing holds it: one leave, at once.
+    ask(&mut cluster, 0, &channel, http_join());
+    join(&mut cluster, 0, &tab, &channel, "alice");
+    for _ in 0..2 {
+        run_for(&mut cluster, 20_000);
+        cluster.send(0, &tab, r#"{"action":"ping"}"#);
+        cluster.pump();
+    }
+    assert_eq!(
+        presence_events(&take(&watcher)),
+        vec![
+            pair("presence:join", "alice"),
+            pair("presence:update", "alice")
+        ],
+        "joined over HTTP without metadata; the connection's join brought some"
+    );
+    leave(&mut cluster, 0, &tab, &channel);
+    assert_eq!(
+        presence_events(&take(&watcher)),
+        vec![pair("presence:leave", "alice")]
+    );
+    assert_eq!(
+        ask(&mut cluster, 0, &channel, http_leave()),
+        Answer::PresenceLeft { was_present: false }
+    );
+}

@@ -1,13 +1,14 @@
 //! The HTTP API of SPEC §5, sans IO: request bodies in, JSON answers out.
 //!
 //! ```text
-//!  body bytes ──► ApiParser::publish ──► PublishBody { channel, data (raw), userId?, idempotencyKey? }
-//!  query      ──► history_query      ──► HistoryParams { limit, after?, before? }
-//!  owner's answer ──► published / channels / history_page ──► JSON body bytes
+//!  body bytes ──► ApiParser::publish  ──► PublishBody { channel, data (raw), userId?, idempotencyKey? }
+//!  body bytes ──► ApiParser::presence ──► PresenceBody { userId, metadata (raw)? }
+//!  query      ──► history_query       ──► HistoryParams { limit, after?, before? }
+//!  owner's answer ──► published / channels / history_page / presence_* ──► JSON body bytes
 //! ```
 //!
-//! `data` is any JSON value (RFC 8259) and travels as the raw bytes of the request body:
-//! the same bytes reach WebSocket subscribers and history readers.
+//! `data` and presence `metadata` are any JSON value (RFC 8259) and travel as the raw
+//! bytes of the request body: the same bytes reach WebSocket subscribers and readers.
 
 use simd_json::prelude::*;
 use simd_json::ValueType;
@@ -70,6 +71,38 @@ pub struct PublishBody<'a> {
     pub idempotency_key: Option<String>,
 }
 
+/// Which presence route a body was sent to (`POST /api/realtime/presence/{channel}/…`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PresenceAction {
+    /// `…/join` `{userId, metadata?}`.
+    Join,
+    /// `…/update` `{userId, metadata}`.
+    Update,
+    /// `…/leave` `{userId}`.
+    Leave,
+}
+
+impl PresenceAction {
+    /// The last path segment of the route.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PresenceAction::Join => "join",
+            PresenceAction::Update => "update",
+            PresenceAction::Leave => "leave",
+        }
+    }
+}
+
+/// The body of a presence join, update or leave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresenceBody<'a> {
+    /// `userId`: a non-empty string.
+    pub user_id: String,
+    /// The raw JSON of `metadata`, exactly as sent; `None` when absent or `null` (and
+    /// always on a leave, which ignores it).
+    pub metadata: Option<&'a [u8]>,
+}
+
 /// Parses API request bodies, reusing its buffers.
 pub struct ApiParser {
     tape: TapeBuffers,
@@ -108,16 +141,7 @@ impl ApiParser {
         if root.value_type() != ValueType::Object {
             return Err(Refusal::bad_request("the body must be a JSON object"));
         }
-        let string = |key: &str| -> Result<Option<String>, Refusal> {
-            match root.get(key) {
-                None => Ok(None),
-                Some(v) if v.is_null() => Ok(None),
-                Some(v) => v
-                    .as_str()
-                    .map(|s| Some(s.to_owned()))
-                    .ok_or_else(|| Refusal::bad_request(format!("`{key}` must be a string"))),
-            }
-        };
+        let string = |key: &str| optional_string(&root, key);
         let Some(name) = string("channel")? else {
             return Err(Refusal::bad_request("missing `channel`"));
         };
@@ -141,6 +165,61 @@ impl ApiParser {
             user_id: string("userId")?,
             idempotency_key,
         })
+    }
+
+    /// Parses the body of a presence `action`: a JSON object with `userId` (a non-empty
+    /// string); a join may carry `metadata` (any JSON; `null` or absent: keep what the
+    /// member has, `null` for a new one), an update must (`null` clears it); a leave's
+    /// other members are ignored.
+    pub fn presence<'a>(
+        &mut self,
+        action: PresenceAction,
+        body: &'a [u8],
+    ) -> Result<PresenceBody<'a>, Refusal> {
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Err(Refusal::bad_request(
+                "the body must be a JSON object with `userId`",
+            ));
+        }
+        let tape = self.tape.parse(body).map_err(Refusal::bad_request)?;
+        let root = tape.as_value();
+        if root.value_type() != ValueType::Object {
+            return Err(Refusal::bad_request("the body must be a JSON object"));
+        }
+        let user_id = match optional_string(&root, "userId")? {
+            None => return Err(Refusal::bad_request("missing `userId`")),
+            Some(id) if id.is_empty() => {
+                return Err(Refusal::bad_request("`userId` must not be empty"))
+            }
+            Some(id) => id,
+        };
+        let metadata = match (action, root.get("metadata")) {
+            (PresenceAction::Leave, _) => None,
+            (PresenceAction::Update, None) => {
+                return Err(Refusal::bad_request("an update needs `metadata`"))
+            }
+            (_, None) => None,
+            (_, Some(_)) => match raw_members(body).unwrap_or_default().metadata {
+                Some(raw) => Some(raw).filter(|m| *m != b"null"),
+                None => return Err(Refusal::bad_request("`metadata` key must not be escaped")),
+            },
+        };
+        Ok(PresenceBody { user_id, metadata })
+    }
+}
+
+/// `key` of `root` as a string; absent or `null` is `None`, any other type a refusal.
+fn optional_string(
+    root: &simd_json::tape::Value<'_, '_>,
+    key: &str,
+) -> Result<Option<String>, Refusal> {
+    match root.get(key) {
+        None => Ok(None),
+        Some(v) if v.is_null() => Ok(None),
+        Some(v) => v
+            .as_str()
+            .map(|s| Some(s.to_owned()))
+            .ok_or_else(|| Refusal::bad_request(format!("`{key}` must be a string"))),
     }
 }
 
@@ -348,6 +427,62 @@ pub fn history_page<'a>(
     out
 }
 
+/// One member of a presence listing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PresenceEntry<'a> {
+    /// Its key.
+    pub user_id: &'a str,
+    /// Its raw JSON metadata; `None` is `null`.
+    pub metadata: Option<&'a [u8]>,
+    /// When it was last seen, epoch seconds.
+    pub last_seen_secs: u64,
+}
+
+/// `{"members":[{"userId","metadata","lastSeen"}…]}`, in the order given.
+pub fn presence_members<'a>(members: impl IntoIterator<Item = PresenceEntry<'a>>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(128);
+    out.extend_from_slice(b"{\"members\":[");
+    for (i, m) in members.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"userId\":");
+        write_str(&mut out, m.user_id);
+        out.extend_from_slice(b",\"metadata\":");
+        out.extend_from_slice(m.metadata.unwrap_or(b"null"));
+        out.extend_from_slice(b",\"lastSeen\":");
+        write_u64(&mut out, m.last_seen_secs);
+        out.push(b'}');
+    }
+    out.extend_from_slice(b"]}");
+    out
+}
+
+/// `{"isNew":…}`: the answer to a presence join.
+pub fn presence_joined(is_new: bool) -> Vec<u8> {
+    flag("isNew", is_new)
+}
+
+/// `{"updated":…}`: the answer to a presence update.
+pub fn presence_updated(updated: bool) -> Vec<u8> {
+    flag("updated", updated)
+}
+
+/// `{"wasPresent":…}`: the answer to a presence leave.
+pub fn presence_left(was_present: bool) -> Vec<u8> {
+    flag("wasPresent", was_present)
+}
+
+fn flag(key: &str, value: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(key.len() + 10);
+    out.push(b'{');
+    write_str(&mut out, key);
+    out.push(b':');
+    out.extend_from_slice(if value { b"true" } else { b"false" });
+    out.push(b'}');
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -388,6 +523,52 @@ mod tests {
             refused_with(br#"{"channel":"c","data":01}"#),
             ApiError::BadRequest
         );
+    }
+
+    #[test]
+    fn presence_bodies() {
+        let mut p = ApiParser::new();
+        let body =
+            br#"{"userId":"alice","metadata":{"n":123456789012345678901234567890, "s":"x"}}"#;
+        let b = p.presence(PresenceAction::Join, body).unwrap();
+        assert_eq!(b.user_id, "alice");
+        assert_eq!(
+            b.metadata,
+            Some(&br#"{"n":123456789012345678901234567890, "s":"x"}"#[..])
+        );
+        // What the SDK sends when metadata is undefined: the key is left out.
+        let b = p
+            .presence(PresenceAction::Join, br#"{"userId":"a"}"#)
+            .unwrap();
+        assert_eq!(b.metadata, None);
+        let b = p
+            .presence(PresenceAction::Update, br#"{"userId":"a","metadata":null}"#)
+            .unwrap();
+        assert_eq!(b.metadata, None);
+        // A leave ignores what else the body holds.
+        let b = p
+            .presence(PresenceAction::Leave, br#"{"userId":"a","metadata":[1]}"#)
+            .unwrap();
+        assert_eq!((b.user_id.as_str(), b.metadata), ("a", None));
+
+        let mut refused = |action, body: &[u8]| p.presence(action, body).unwrap_err();
+        for (action, body) in [
+            (PresenceAction::Join, &b""[..]),
+            (PresenceAction::Join, b"  "),
+            (PresenceAction::Join, b"{\"userId\":\"a\""),
+            (PresenceAction::Join, b"[\"a\"]"),
+            (PresenceAction::Join, b"{}"),
+            (PresenceAction::Join, br#"{"userId":null}"#),
+            (PresenceAction::Join, br#"{"userId":""}"#),
+            (PresenceAction::Join, br#"{"userId":7}"#),
+            (PresenceAction::Leave, br#"{"userId":["a"]}"#),
+            (PresenceAction::Update, br#"{"userId":"a"}"#),
+            (PresenceAction::Join, br#"{"userId":"a","metad\u0061ta":1}"#),
+        ] {
+            let r = refused(action, body);
+            assert_eq!(r.error, ApiError::BadRequest, "{action:?} {body:?}");
+            assert!(!r.message.is_empty());
+        }
     }
 
     fn query(q: &str) -> Result<HistoryParams, Refusal> {
@@ -441,5 +622,25 @@ mod tests {
             std::str::from_utf8(&page).unwrap(),
             r#"{"messages":[{"seq":1,"channel":"ch","data":{"a":1},"uid":"u","ts":5},{"seq":2,"channel":"ch","data":1e400,"ts":6}]}"#
         );
+        let members = presence_members([
+            PresenceEntry {
+                user_id: "a\"b",
+                metadata: Some(b"{\"n\":1e400}"),
+                last_seen_secs: 1_710_000_000,
+            },
+            PresenceEntry {
+                user_id: "c",
+                metadata: None,
+                last_seen_secs: 7,
+            },
+        ]);
+        assert_eq!(
+            std::str::from_utf8(&members).unwrap(),
+            r#"{"members":[{"userId":"a\"b","metadata":{"n":1e400},"lastSeen":1710000000},{"userId":"c","metadata":null,"lastSeen":7}]}"#
+        );
+        assert_eq!(presence_members([]), b"{\"members\":[]}");
+        assert_eq!(presence_joined(true), b"{\"isNew\":true}");
+        assert_eq!(presence_updated(false), b"{\"updated\":false}");
+        assert_eq!(presence_left(true), b"{\"wasPresent\":true}");
     }
 }

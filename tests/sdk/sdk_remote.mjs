@@ -1,7 +1,9 @@
 // Runs the official SDK's server client (getPlatform() → createRemoteClient) against a
 // running ringcast server: HTTP publishes reach a RealtimeClient subscriber, history
-// reads page by `limit` (latest N) and by `after` (the next N), and channels() lists the
-// subscribed channel.
+// reads page by `limit` (latest N) and by `after` (the next N), channels() lists the
+// subscribed channel, and presence.join / members / leave (plus an update, which the
+// SDK's remote client does not offer, sent as the same kind of fetch) drive presence
+// that the subscriber's presence(ch) handle sees: onJoin, onUpdate, onLeave.
 //
 // Usage: node tests/sdk/sdk_remote.mjs http://127.0.0.1:PORT ws://127.0.0.1:PORT/_rt/ws
 // Exit 0 on success; non-zero with a message on stderr otherwise.
@@ -81,6 +83,57 @@ async function main() {
   check(all.length === 5 && all[0].seq === 1, 'history, no options', all);
   const none = await platform.realtime.history(`${channel}:never`);
   check(Array.isArray(none) && none.length === 0, 'history of an unknown channel', none);
+
+  // Presence through the remote client; the subscriber's handle watches the channel.
+  const seen = [];
+  let presenceWake = null;
+  const handle = subscriber.presence(channel);
+  const record = (kind) => (member) => {
+    seen.push([kind, member]);
+    if (presenceWake) presenceWake();
+  };
+  handle.onJoin(record('join'));
+  handle.onUpdate(record('update'));
+  handle.onLeave(record('leave'));
+  const presenceSeen = async (count, what) => {
+    const until = Date.now() + 5000;
+    while (seen.length < count && Date.now() < until) {
+      await new Promise((resolve) => { presenceWake = resolve; setTimeout(resolve, 100); });
+    }
+    check(seen.length === count, what, seen);
+    return seen[count - 1];
+  };
+  const presence = platform.realtime.presence;
+  const meta = { name: 'Server Alice', n: 1 };
+  check(await presence.join(channel, 'server-alice', meta) === true, 'presence.join is new', null);
+  const [joinKind, joined] = await presenceSeen(1, 'onJoin after presence.join');
+  check(joinKind === 'join' && joined.userId === 'server-alice', 'onJoin member', joined);
+  check(JSON.stringify(joined.metadata) === JSON.stringify(meta), 'onJoin metadata', joined);
+  check(await presence.join(channel, 'server-alice', meta) === false, 'a second join is not new', null);
+  const members = await presence.members(channel);
+  check(members.length === 1 && members[0].userId === 'server-alice', 'presence.members', members);
+  check(JSON.stringify(members[0].metadata) === JSON.stringify(meta), 'members metadata', members);
+  const nowSecs = Math.floor(Date.now() / 1000);
+  check(Math.abs(members[0].lastSeen - nowSecs) <= 5, 'members lastSeen in epoch seconds', members);
+
+  // The remote client has no update(); the route is the one SPEC §5 names.
+  check(typeof presence.update === 'undefined', 'the SDK remote client has no presence.update', Object.keys(presence));
+  const res = await fetch(`${baseUrl}/api/realtime/presence/${encodeURIComponent(channel)}/update`, {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json', 'X-Tenant-Id': 'dev' },
+    body: JSON.stringify({ userId: 'server-alice', metadata: { name: 'Server Alice', n: 2 } }),
+  });
+  const updated = await res.json();
+  check(res.status === 200 && updated.updated === true, 'presence update', updated);
+  const [updateKind, update] = await presenceSeen(2, 'onUpdate after the update');
+  check(updateKind === 'update' && update.metadata?.n === 2, 'onUpdate member', update);
+
+  check(await presence.leave(channel, 'server-alice') === true, 'presence.leave was present', null);
+  const [leaveKind, left] = await presenceSeen(3, 'onLeave after presence.leave');
+  check(leaveKind === 'leave' && left.userId === 'server-alice', 'onLeave member', left);
+  check(await presence.leave(channel, 'server-alice') === false, 'a second leave was not present', null);
+  const after = await presence.members(channel);
+  check(Array.isArray(after) && after.length === 0, 'members after the leave', after);
 
   subscriber.disconnect();
   clearTimeout(overall);

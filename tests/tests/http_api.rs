@@ -1,8 +1,10 @@
 //! The HTTP API of SPEC §5 against the real binary: publish (fanned out to WebSocket
 //! subscribers on every shard, idempotent retries), history pages both ways, active
-//! channels, every error status with its JSON body, keep-alive, pipelining, chunked bodies.
+//! channels, presence (join / update / leave seen by WebSocket subscribers, members, TTL
+//! expiry of HTTP joins), every error status with its JSON body, keep-alive, pipelining,
+//! chunked bodies.
 
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use ringcast_tests::{json, poll_until, Client, HttpConn, HttpResponse, Server, TIMEOUT};
@@ -447,11 +449,8 @@ fn every_error_status_has_a_json_body() -> Result<()> {
     let huge = format!(r#"{{"channel":"c","data":"{}"}}"#, "x".repeat(9000));
     call(&server, publish_with(&huge))?.assert_error(413, "payload_too_large");
     // 501: routes other issues build.
-    call(
-        &server,
-        request("GET", "/api/realtime/presence/c", auth, ""),
-    )?
-    .assert_error(501, "not_implemented");
+    call(&server, request("GET", "/api/maravilla/ren", auth, ""))?
+        .assert_error(501, "not_implemented");
     call(&server, request("POST", "/api/realtime/tokens", auth, "{}"))?
         .assert_error(501, "not_implemented");
     // 503: every connection slot taken (a server of its own, so that the slots of the
@@ -461,5 +460,345 @@ fn every_error_status_has_a_json_body() -> Result<()> {
     held.send(request("GET", "/api/realtime/channels", auth, ""))?;
     ok_json(&held.response()?)?;
     call(&full, publish_with(r#"{"channel":"c","data":1}"#))?.assert_error(503, "overloaded");
+    Ok(())
+}
+
+/// What `encodeURIComponent` makes of `s` (the SDK encodes channel names so).
+fn encode_component(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.!~*'()".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn presence_path(channel: &str, action: &str) -> String {
+    let channel = encode_component(channel);
+    match action {
+        "" => format!("/api/realtime/presence/{channel}"),
+        action => format!("/api/realtime/presence/{channel}/{action}"),
+    }
+}
+
+fn presence_post(server: &Server, channel: &str, action: &str, body: Value) -> Result<Value> {
+    let resp = call(
+        server,
+        post(&presence_path(channel, action), &body.to_string()),
+    )?;
+    ok_json(&resp)
+}
+
+fn presence_members(server: &Server, channel: &str) -> Result<Value> {
+    ok_json(&call(server, get(&presence_path(channel, "")))?)
+}
+
+/// The next presence event a subscriber receives (pongs are skipped), within `timeout`.
+fn next_presence_event(client: &mut Client, timeout: Duration) -> Result<Value> {
+    client.recv_until(
+        |e| {
+            e["event"]
+                .as_str()
+                .is_some_and(|e| e.starts_with("presence"))
+        },
+        timeout,
+    )
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs()
+}
+
+#[test]
+fn presence_over_http_is_seen_by_websocket_subscribers() -> Result<()> {
+    let server = Server::start(&[])?;
+    // Characters `encodeURIComponent` escapes, `/` included.
+    let channel = "room:lobby/α b";
+    let mut subs = Vec::new();
+    for shard in 0..2 {
+        let mut c = Client::connect_on_shard(&server, shard)?;
+        c.subscribe(channel)?;
+        subs.push(c);
+    }
+    let mut dotted = Client::open(&server, "presence_events=dot")?;
+    dotted.subscribe(channel)?;
+
+    let alice = json!({"userId": "alice", "metadata": {"name": "Alice", "tags": [1, null]}});
+    assert_eq!(
+        presence_post(&server, channel, "join", alice.clone())?,
+        json!({"isNew": true})
+    );
+    for c in &mut subs {
+        let ev = c.expect_event("presence:join")?;
+        assert_eq!(ev["channel"], channel);
+        assert_eq!(ev["userId"], "alice");
+        assert_eq!(ev["metadata"], alice["metadata"]);
+    }
+    assert_eq!(dotted.expect_event("presence.join")?["userId"], "alice");
+    assert_eq!(
+        presence_post(&server, channel, "join", alice.clone())?,
+        json!({"isNew": false}),
+        "a second join refreshes"
+    );
+    // bob joins without metadata (the SDK leaves the key out when it is undefined).
+    let before = now_secs();
+    assert_eq!(
+        presence_post(&server, channel, "join", json!({"userId": "bob"}))?,
+        json!({"isNew": true})
+    );
+    for c in &mut subs {
+        let ev = c.expect_event("presence:join")?;
+        assert_eq!(
+            (ev["userId"].clone(), ev["metadata"].clone()),
+            (json!("bob"), Value::Null),
+            "{ev}"
+        );
+    }
+    let listed = presence_members(&server, channel)?;
+    let members = listed["members"].as_array().expect("members");
+    assert_eq!(members.len(), 2, "{listed}");
+    assert_eq!(members[0]["userId"], "alice");
+    assert_eq!(members[0]["metadata"], alice["metadata"]);
+    assert_eq!(members[1]["userId"], "bob");
+    assert_eq!(members[1]["metadata"], Value::Null);
+    let last_seen = members[1]["lastSeen"]
+        .as_u64()
+        .expect("lastSeen in seconds");
+    assert!(
+        (before..=now_secs()).contains(&last_seen),
+        "lastSeen {last_seen} is epoch seconds"
+    );
+
+    let away = json!({"userId": "alice", "metadata": {"name": "Alice", "status": "away"}});
+    assert_eq!(
+        presence_post(&server, channel, "update", away.clone())?,
+        json!({"updated": true})
+    );
+    for c in &mut subs {
+        let ev = next_presence_event(c, TIMEOUT)?;
+        assert_eq!(ev["event"], "presence:update", "not a leave/join: {ev}");
+        assert_eq!(ev["metadata"], away["metadata"]);
+    }
+    assert_eq!(
+        presence_post(
+            &server,
+            channel,
+            "update",
+            json!({"userId": "nobody", "metadata": 1})
+        )?,
+        json!({"updated": false})
+    );
+    assert_eq!(
+        presence_members(&server, channel)?["members"][0]["metadata"],
+        away["metadata"]
+    );
+
+    assert_eq!(
+        presence_post(&server, channel, "leave", json!({"userId": "alice"}))?,
+        json!({"wasPresent": true})
+    );
+    for c in &mut subs {
+        let ev = next_presence_event(c, TIMEOUT)?;
+        assert_eq!(ev["event"], "presence:leave", "{ev}");
+        assert_eq!(
+            (ev["userId"].clone(), ev["channel"].clone()),
+            (json!("alice"), json!(channel))
+        );
+    }
+    let dotted_events: Vec<(Value, Value)> = (0..3)
+        .map(|_| {
+            dotted
+                .recv_event(TIMEOUT)
+                .map(|e| (e["event"].clone(), e["userId"].clone()))
+        })
+        .collect::<Result<_>>()?;
+    assert_eq!(
+        dotted_events,
+        [
+            (json!("presence.join"), json!("bob")),
+            (json!("presence.update"), json!("alice")),
+            (json!("presence.leave"), json!("alice")),
+        ]
+    );
+    assert_eq!(
+        presence_post(&server, channel, "leave", json!({"userId": "alice"}))?,
+        json!({"wasPresent": false})
+    );
+    let listed = presence_members(&server, channel)?;
+    assert_eq!(
+        listed["members"].as_array().map(Vec::len),
+        Some(1),
+        "{listed}"
+    );
+    assert_eq!(listed["members"][0]["userId"], "bob");
+    assert_eq!(
+        presence_members(&server, "never-joined")?,
+        json!({"members": []})
+    );
+
+    // The API is trusted: a private channel without a token. A channel with a member
+    // and no subscriber is active.
+    assert_eq!(
+        presence_post(
+            &server,
+            "private-room:vip",
+            "join",
+            json!({"userId": "carol"})
+        )?,
+        json!({"isNew": true})
+    );
+    assert_eq!(
+        presence_members(&server, "private-room:vip")?["members"][0]["userId"],
+        "carol"
+    );
+    let channels = ok_json(&call(&server, get("/api/realtime/channels"))?)?;
+    assert!(
+        channels["channels"]
+            .as_array()
+            .expect("channels")
+            .contains(&json!("private-room:vip")),
+        "{channels}"
+    );
+    Ok(())
+}
+
+/// `ringcast serve --dev --config FILE` where the dev tenant has `presence_ttl_secs`.
+fn server_with_presence_ttl(ttl_secs: u64) -> Result<(Server, tempfile::TempDir)> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("ringcast.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[[tenants]]\nid = \"dev\"\nplan = \"enterprise\"\npresence_ttl_secs = {ttl_secs}\n"
+        ),
+    )?;
+    let server = Server::start(&["--config", &path.display().to_string()])?;
+    Ok((server, dir))
+}
+
+#[test]
+fn an_http_join_expires_after_the_ttl_unless_joined_again() -> Result<()> {
+    let (server, _conf) = server_with_presence_ttl(2)?;
+    let channel = "room:ttl";
+    let mut watcher = Client::open(&server, "")?;
+    watcher.subscribe(channel)?;
+    let join = || presence_post(&server, channel, "join", json!({"userId": "server-bob"}));
+    assert_eq!(join()?, json!({"isNew": true}));
+    assert_eq!(
+        watcher.expect_event("presence:join")?["userId"],
+        "server-bob"
+    );
+
+    // Joined again every second for 4 s, twice the TTL (plus its second of grace): it
+    // never lapses, so each join is a refresh.
+    for _ in 0..4 {
+        std::thread::sleep(Duration::from_secs(1));
+        assert_eq!(
+            join()?,
+            json!({"isNew": false}),
+            "lapsed although refreshed"
+        );
+    }
+    let last_join = Instant::now();
+    assert_eq!(
+        presence_members(&server, channel)?["members"][0]["userId"],
+        "server-bob"
+    );
+    // Not joined again: one presence:leave, between the TTL and a second after it.
+    let left = next_presence_event(&mut watcher, Duration::from_secs(8))?;
+    let waited = last_join.elapsed();
+    assert_eq!(left["event"], "presence:leave", "{left}");
+    assert_eq!(left["userId"], "server-bob");
+    assert!(
+        waited >= Duration::from_millis(1_500),
+        "kept until the TTL: {waited:?}"
+    );
+    assert_eq!(presence_members(&server, channel)?, json!({"members": []}));
+    assert_eq!(
+        join()?,
+        json!({"isNew": true}),
+        "a join after expiry is new"
+    );
+    Ok(())
+}
+
+#[test]
+fn presence_routes_refuse_bad_requests_with_json_errors() -> Result<()> {
+    let server = keyed_server(&[])?;
+    let auth = "Authorization: Bearer key-a\r\n";
+    let post_with = |path: &str, body: &str| call(&server, request("POST", path, auth, body));
+    let join = "/api/realtime/presence/room/join";
+    for body in [
+        "",
+        "{not json",
+        "[\"alice\"]",
+        "{}",
+        r#"{"userId":""}"#,
+        r#"{"userId":7}"#,
+        r#"{"userId":null}"#,
+    ] {
+        let resp = post_with(join, body)?;
+        assert_eq!(resp.status, 400, "{body:?}: {}", resp.body_text());
+        resp.assert_error(400, "bad_request");
+    }
+    post_with("/api/realtime/presence/room/update", r#"{"userId":"a"}"#)?
+        .assert_error(400, "bad_request");
+    post_with("/api/realtime/presence/room/leave", r#"{"userId":false}"#)?
+        .assert_error(400, "bad_request");
+    // Bad channel names in the path.
+    post_with("/api/realtime/presence//join", r#"{"userId":"a"}"#)?
+        .assert_error(400, "invalid_channel");
+    post_with("/api/realtime/presence/a%00b/join", r#"{"userId":"a"}"#)?
+        .assert_error(400, "invalid_channel");
+    post_with("/api/realtime/presence/%FF/join", r#"{"userId":"a"}"#)?
+        .assert_error(400, "bad_request");
+    // Metadata over the tenant's limit (4 KiB by default): presence_limit, as on
+    // WebSocket, and nothing joined.
+    let big = format!(r#"{{"userId":"a","metadata":"{}"}}"#, "x".repeat(5000));
+    post_with(join, &big)?.assert_error(403, "presence_limit");
+    let listed = call(
+        &server,
+        request("GET", "/api/realtime/presence/room", auth, ""),
+    )?;
+    assert_eq!(ok_json(&listed)?, json!({"members": []}));
+    // Methods, unknown actions, keys.
+    call(&server, request("GET", join, auth, ""))?.assert_error(405, "method_not_allowed");
+    call(
+        &server,
+        request("POST", "/api/realtime/presence/room", auth, "{}"),
+    )?
+    .assert_error(405, "method_not_allowed");
+    call(
+        &server,
+        request("DELETE", "/api/realtime/presence/room/leave", auth, ""),
+    )?
+    .assert_error(405, "method_not_allowed");
+    post_with("/api/realtime/presence/room/kick", r#"{"userId":"a"}"#)?
+        .assert_error(404, "not_found");
+    call(&server, post(join, r#"{"userId":"a"}"#))?.assert_error(401, "unauthorized");
+    call(
+        &server,
+        request(
+            "GET",
+            "/api/realtime/presence/room",
+            "Authorization: Bearer key-b\r\n",
+            "",
+        ),
+    )?
+    .assert_error(403, "forbidden");
+    // And a good request on the same server works.
+    assert_eq!(
+        ok_json(&post_with(
+            join,
+            r#"{"userId":"a","metadata":{"ok":true}}"#
+        )?)?,
+        json!({"isNew": true})
+    );
     Ok(())
 }

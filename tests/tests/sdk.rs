@@ -1,7 +1,8 @@
 //! The official SDK (`@maravilla-labs/platform`) against the real server:
 //! tests/sdk/sdk_pubsub.mjs subscribes with one RealtimeClient and publishes with another;
 //! tests/sdk/sdk_remote.mjs drives the HTTP API through `getPlatform()` /
-//! `createRemoteClient` (publish, history, channels) with a RealtimeClient subscriber;
+//! `createRemoteClient` (publish, history, channels, presence join / members / leave)
+//! with a RealtimeClient subscriber whose presence handle sees the changes;
 //! tests/sdk/sdk_presence.mjs watches another client join, update and leave presence.
 
 use std::process::{Command, Stdio};

@@ -2,8 +2,8 @@
 //!
 //! Every shard owns some channels, so every shard is asked (`Question::ActiveChannels`)
 //! and the answers are merged here. A channel is active while it has a subscriber on any
-//! shard; channels with presence members join the same answer when presence lands (the
-//! owner-side handler in `core.rs` is the one place to add them).
+//! shard or a presence member (joined over WebSocket or HTTP); the owner-side handler in
+//! `core.rs` decides.
 
 use std::rc::Rc;
 

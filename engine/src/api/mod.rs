@@ -1,6 +1,6 @@
 //! The HTTP API of SPEC §5: what apps' backends call on the same port as WebSockets
 //! (the SDK's `createRemoteClient`). One role per file: [`auth`] (tenant and key of every
-//! request), [`publish`], [`history`], [`channels`], [`tokens`].
+//! request), [`publish`], [`history`], [`channels`], [`presence`], [`tokens`].
 //!
 //! ```text
 //!  http::serve_requests ──► api::serve(shard, head, body)
@@ -16,12 +16,13 @@
 pub mod auth;
 pub mod channels;
 pub mod history;
+pub mod presence;
 pub mod publish;
 pub mod tokens;
 
 use std::rc::Rc;
 
-use ringcast_protocol::api::Refusal;
+use ringcast_protocol::api::{PresenceAction, Refusal};
 use ringcast_protocol::http::{api_error_response, ok_json, with_header, RequestHead};
 use ringcast_protocol::ApiError;
 
@@ -62,8 +63,13 @@ enum ApiRoute {
     Publish,
     Channels,
     History(String),
+    /// `GET /api/realtime/presence/{channel}`.
+    PresenceMembers(String),
+    /// `POST /api/realtime/presence/{channel}/{join|update|leave}`.
+    Presence(String, PresenceAction),
+    /// `POST /api/realtime/tokens`.
     Tokens,
-    /// Built by other issues (presence, REN).
+    /// Built by another issue (REN).
     NotBuilt,
 }
 
@@ -77,10 +83,20 @@ fn choose(head: &RequestHead) -> Result<(ApiRoute, &'static str), Refusal> {
         ["api", "realtime", "history", channel] => {
             (ApiRoute::History((*channel).to_owned()), "GET")
         }
-        ["api", "realtime", "presence", _] => (ApiRoute::NotBuilt, "GET"),
+        ["api", "realtime", "presence", channel] => {
+            (ApiRoute::PresenceMembers((*channel).to_owned()), "GET")
+        }
+        ["api", "realtime", "presence", channel, action] => {
+            let action = match *action {
+                "join" => PresenceAction::Join,
+                "update" => PresenceAction::Update,
+                "leave" => PresenceAction::Leave,
+                _ => return Err(Refusal::new(ApiError::NotFound, "no such route")),
+            };
+            (ApiRoute::Presence((*channel).to_owned(), action), "POST")
+        }
         ["api", "realtime", "tokens"] => (ApiRoute::Tokens, "POST"),
-        ["api", "realtime", "presence", _, "join" | "update" | "leave"]
-        | ["api", "ren", "events"] => (ApiRoute::NotBuilt, "POST"),
+        ["api", "ren", "events"] => (ApiRoute::NotBuilt, "POST"),
         ["api", "maravilla", "ren"] => (ApiRoute::NotBuilt, "GET"),
         _ => return Err(Refusal::new(ApiError::NotFound, "no such route")),
     };
@@ -107,6 +123,10 @@ async fn answer(shard: &Rc<Shard>, head: &RequestHead, body: &[u8]) -> Result<Ve
         ApiRoute::Channels => channels::channels(shard, &tenant).await,
         ApiRoute::History(channel) => history::history(shard, head, &channel, &tenant).await,
         ApiRoute::Tokens => tokens::tokens(shard, body, &tenant),
+        ApiRoute::PresenceMembers(channel) => presence::members(shard, &channel, &tenant).await,
+        ApiRoute::Presence(channel, action) => {
+            presence::act(shard, action, &channel, body, &tenant).await
+        }
         ApiRoute::NotBuilt => unreachable!("answered above"),
     }
 }

@@ -9,11 +9,9 @@
 //!
 //! Run: `cargo bench -p ringcast-bench --bench first_publish` (about 10 s).
 
-use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Instant;
 
-use arc_swap::ArcSwap;
 use hdrhistogram::Histogram;
 use ringcast_engine::clock::{Clock, ManualClock, Millis};
 use ringcast_engine::config::{Config, Overrides};
@@ -21,9 +19,7 @@ use ringcast_engine::core::ShardCore;
 use ringcast_engine::history;
 use ringcast_engine::keys::ShardId;
 use ringcast_engine::mesh::Mesh;
-use ringcast_engine::metrics::Metrics;
 use ringcast_engine::shared::Shared;
-use ringcast_engine::tenant::TenantTable;
 
 /// New channels created (and as many publishes to existing ones).
 const ROUNDS: usize = 300_000;

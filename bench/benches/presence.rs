@@ -18,7 +18,6 @@ use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ringcast_engine::clock::{Clock, ManualClock, Millis};
@@ -28,7 +27,6 @@ use ringcast_engine::core::{ShardCore, HOUSEKEEPING_MS};
 use ringcast_engine::history;
 use ringcast_engine::keys::{ChannelKey, ConnId, ShardId};
 use ringcast_engine::mesh::Mesh;
-use ringcast_engine::metrics::Metrics;
 use ringcast_engine::presence::{PresenceHolder, PresenceTable};
 use ringcast_engine::shared::Shared;
 use ringcast_engine::tenant::{PresenceLimits, TenantTable};

@@ -243,6 +243,11 @@ impl Server {
         self.child.as_ref().expect("server is running").id()
     }
 
+    /// Everything the server wrote to stderr since it last started.
+    pub fn stderr_text(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(self.stderr_path()).unwrap_or_default()).into_owned()
+    }
+
     /// The last ~4 KB the server wrote to stderr (for failure messages).
     pub fn stderr_tail(&self) -> String {
         let text = std::fs::read(self.stderr_path()).unwrap_or_default();

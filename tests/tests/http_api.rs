@@ -452,7 +452,7 @@ fn every_error_status_has_a_json_body() -> Result<()> {
     call(&server, request("GET", "/api/maravilla/ren", auth, ""))?
         .assert_error(501, "not_implemented");
     call(&server, request("POST", "/api/realtime/tokens", auth, "{}"))?
-        .assert_error(501, "not_implemented");
+        .assert_error(400, "bad_request");
     // 503: every connection slot taken (a server of its own, so that the slots of the
     // connections above, closed but perhaps not yet seen closed, do not count).
     let full = keyed_server(&["--max-connections", "1"])?;
@@ -731,7 +731,7 @@ fn an_http_join_expires_after_the_ttl_unless_joined_again() -> Result<()> {
 #[test]
 fn presence_routes_refuse_bad_requests_with_json_errors() -> Result<()> {
     let server = keyed_server(&[])?;
-    let auth = "Authorization: Bearer key-a\r\n";
+    let auth = "Authorization: Bearer key-a-0123456789abcdef\r\n";
     let post_with = |path: &str, body: &str| call(&server, request("POST", path, auth, body));
     let join = "/api/realtime/presence/room/join";
     for body in [
@@ -787,7 +787,7 @@ fn presence_routes_refuse_bad_requests_with_json_errors() -> Result<()> {
         request(
             "GET",
             "/api/realtime/presence/room",
-            "Authorization: Bearer key-b\r\n",
+            "Authorization: Bearer key-b-0123456789abcdef\r\n",
             "",
         ),
     )?

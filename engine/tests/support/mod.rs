@@ -8,11 +8,9 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
-use arc_swap::ArcSwap;
 use ringcast_engine::clock::{Clock, ManualClock, Millis};
 use ringcast_engine::config::{Config, Overrides};
 use ringcast_engine::conn::Conn;
@@ -20,10 +18,8 @@ use ringcast_engine::core::ShardCore;
 use ringcast_engine::history;
 use ringcast_engine::keys::{ChannelKey, ShardId};
 use ringcast_engine::mesh::Mesh;
-use ringcast_engine::metrics::Metrics;
 use ringcast_engine::requests::{AnswerReceiver, Outcome};
 use ringcast_engine::shared::Shared;
-use ringcast_engine::tenant::TenantTable;
 use ringcast_protocol::event::PresenceSpelling;
 use ringcast_protocol::{ChannelName, TenantId};
 use serde_json::Value;
@@ -84,6 +80,7 @@ impl Cluster {
     }
 
     /// A WebSocket connection of the dev tenant on `shard`; its `connected` is consumed.
+    /// (The tenant is the one of the current table, as the server's handshake finds it.)
     pub fn connect(&mut self, shard: usize) -> Rc<Conn> {
         let tenant = self
             .shared

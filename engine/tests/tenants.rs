@@ -1,0 +1,380 @@
+//! Tenants' tokens and plan limits (SPEC §6, §8) on shards driven message by message with
+//! a fake clock: every refusal once, each leaving state intact.
+
+mod support;
+
+use std::rc::Rc;
+
+use ringcast_engine::conn::Conn;
+use ringcast_engine::reload::{self, ConfigSource};
+use ringcast_engine::tenant::{Tenant, TokenKeyConfig};
+use ringcast_engine::token::{self, MintRequest, Permission, SKEW_SECS};
+use serde_json::Value;
+use support::{seqs, take, Cluster};
+
+const SECRET: &str = "dev-secret-0123456789abcdef-0123456789";
+
+/// Two shards; the dev tenant with a token key and the given limits.
+fn cluster(max_channels: Option<u32>, rate: Option<u32>) -> Cluster {
+    Cluster::with(2, |config| {
+        let dev = &mut config.tenants[0];
+        dev.token_keys = vec![TokenKeyConfig {
+            kid: "k1".into(),
+            secret: SECRET.into(),
+        }];
+        dev.max_channels = max_channels;
+        dev.publishes_per_minute = rate;
+    })
+}
+
+fn dev(cluster: &Cluster) -> std::sync::Arc<Tenant> {
+    cluster.shared.tenants.load().get("dev").unwrap()
+}
+
+fn mint(cluster: &Cluster, channel: &str, user: &str, perms: &[Permission], secs: u64) -> String {
+    let request = MintRequest {
+        channels: vec![channel.to_owned()],
+        user: Some(user.to_owned()),
+        permissions: perms.to_vec(),
+        expires_in_secs: secs,
+        kid: None,
+    };
+    token::mint(&dev(cluster), &request, cluster.clock.now().0).unwrap()
+}
+
+fn send(cluster: &mut Cluster, shard: usize, conn: &Rc<Conn>, frame: &str) -> Vec<Value> {
+    cluster.send(shard, conn, frame);
+    cluster.pump();
+    take(conn)
+}
+
+fn subscribe(
+    cluster: &mut Cluster,
+    conn: &Rc<Conn>,
+    channel: &str,
+    token: Option<&str>,
+) -> Vec<Value> {
+    let token = token.map_or(String::new(), |t| format!(r#","token":"{t}""#));
+    let frame = format!(r#"{{"action":"subscribe","channel":"{channel}"{token}}}"#);
+    send(cluster, 0, conn, &frame)
+}
+
+fn publish(
+    cluster: &mut Cluster,
+    conn: &Rc<Conn>,
+    channel: &str,
+    token: Option<&str>,
+) -> Vec<Value> {
+    let token = token.map_or(String::new(), |t| format!(r#","token":"{t}""#));
+    let frame = format!(
+        r#"{{"action":"publish","channel":"{channel}","data":{{"n":1}},"userId":"claimed","ref":7{token}}}"#
+    );
+    send(cluster, 0, conn, &frame)
+}
+
+fn error_code(events: &[Value]) -> Option<&str> {
+    events
+        .iter()
+        .find(|e| e["event"] == "error")
+        .and_then(|e| e["data"]["code"].as_str().or_else(|| e["code"].as_str()))
+}
+
+/// The connection still answers `ping`.
+fn answers_ping(cluster: &mut Cluster, conn: &Rc<Conn>) {
+    let events = send(cluster, 0, conn, r#"{"action":"ping"}"#);
+    assert_eq!(events.last().unwrap()["event"], "pong", "{events:?}");
+}
+
+#[test]
+fn private_channels_need_a_token_naming_them_with_the_permission() {
+    let mut cluster = cluster(None, None);
+    let conn = cluster.connect(0);
+    let events = subscribe(&mut cluster, &conn, "private-room", None);
+    assert_eq!(error_code(&events), Some("unauthorized"), "{events:?}");
+    answers_ping(&mut cluster, &conn);
+
+    let other = mint(
+        &cluster,
+        "private-other",
+        "alice",
+        &[Permission::Subscribe],
+        60,
+    );
+    let events = subscribe(&mut cluster, &conn, "private-room", Some(&other));
+    assert_eq!(error_code(&events), Some("unauthorized"));
+    let publish_only = mint(
+        &cluster,
+        "private-room",
+        "alice",
+        &[Permission::Publish],
+        60,
+    );
+    let events = subscribe(&mut cluster, &conn, "private-room", Some(&publish_only));
+    assert_eq!(error_code(&events), Some("forbidden"));
+    let events = subscribe(&mut cluster, &conn, "private-room", Some("garbage"));
+    assert_eq!(error_code(&events), Some("unauthorized"));
+    answers_ping(&mut cluster, &conn);
+
+    let good = mint(
+        &cluster,
+        "private-room",
+        "alice",
+        &[Permission::Subscribe],
+        60,
+    );
+    let events = subscribe(&mut cluster, &conn, "private-room", Some(&good));
+    assert_eq!(events.last().unwrap()["event"], "subscribed", "{events:?}");
+
+    // Publishing needs `publish`; the token's sub replaces the claimed userId.
+    let events = publish(&mut cluster, &conn, "private-room", Some(&good));
+    assert_eq!(error_code(&events), Some("forbidden"));
+    let both = mint(
+        &cluster,
+        "private-room",
+        "alice",
+        &[Permission::Subscribe, Permission::Publish],
+        60,
+    );
+    let events = publish(&mut cluster, &conn, "private-room", Some(&both));
+    let message = events
+        .iter()
+        .find(|e| e["event"] == "realtime.message")
+        .expect("delivered");
+    assert_eq!(message["userId"], "alice", "{message}");
+    assert_eq!(seqs(&events), vec![1], "refused publishes took no seq");
+}
+
+#[test]
+fn a_private_subscription_ends_when_its_token_expires() {
+    let mut cluster = cluster(None, None);
+    let conn = cluster.connect(0);
+    let short = mint(
+        &cluster,
+        "private-room",
+        "alice",
+        &[Permission::Subscribe],
+        10,
+    );
+    let events = subscribe(&mut cluster, &conn, "private-room", Some(&short));
+    assert_eq!(events.last().unwrap()["event"], "subscribed");
+    let publisher = cluster.connect(1);
+    let both = mint(
+        &cluster,
+        "private-room",
+        "bob",
+        &[Permission::Subscribe, Permission::Publish],
+        3600,
+    );
+
+    cluster.advance((10 + SKEW_SECS) * 1000 - 1);
+    cluster.pump();
+    assert!(take(&conn).is_empty(), "not yet");
+    cluster.advance(1);
+    cluster.pump();
+    let events = take(&conn);
+    let names: Vec<&str> = events.iter().filter_map(|e| e["event"].as_str()).collect();
+    assert_eq!(names, ["error", "unsubscribed"], "{events:?}");
+    assert_eq!(error_code(&events), Some("unauthorized"));
+
+    // Nothing more reaches it; a fresh token subscribes again and is not ended by the
+    // old one's deadline.
+    let frame =
+        format!(r#"{{"action":"publish","channel":"private-room","data":1,"token":"{both}"}}"#);
+    send(&mut cluster, 1, &publisher, &frame);
+    assert!(seqs(&take(&conn)).is_empty());
+    let fresh = mint(
+        &cluster,
+        "private-room",
+        "alice",
+        &[Permission::Subscribe],
+        60,
+    );
+    let events = subscribe(&mut cluster, &conn, "private-room", Some(&fresh));
+    assert_eq!(events.last().unwrap()["event"], "subscribed");
+    cluster.advance(30_000);
+    cluster.pump();
+    assert!(take(&conn).is_empty(), "still subscribed");
+    send(&mut cluster, 1, &publisher, &frame);
+    assert_eq!(seqs(&take(&conn)), vec![2]);
+}
+
+#[test]
+fn a_connection_token_names_the_user_and_grants_its_channels() {
+    let mut cluster = cluster(None, None);
+    let token = mint(
+        &cluster,
+        "private-inbox",
+        "carol",
+        &[Permission::Subscribe, Permission::Publish],
+        60,
+    );
+    let grant = token::verify(&token, &dev(&cluster), cluster.clock.now().0).unwrap();
+    let tenant = dev(&cluster);
+    let conn = cluster.shards[0].register_authenticated(tenant, "c", None, Some(grant));
+    take(&conn);
+    let events = subscribe(&mut cluster, &conn, "private-inbox", None);
+    assert_eq!(events.last().unwrap()["event"], "subscribed", "{events:?}");
+    let events = subscribe(&mut cluster, &conn, "private-elsewhere", None);
+    assert_eq!(error_code(&events), Some("unauthorized"));
+    // On a public channel too, the verified user replaces the claimed one.
+    subscribe(&mut cluster, &conn, "lobby", None);
+    let events = publish(&mut cluster, &conn, "lobby", None);
+    let message = events
+        .iter()
+        .find(|e| e["event"] == "realtime.message")
+        .unwrap();
+    assert_eq!(message["userId"], "carol");
+    // Presence joins as the verified user.
+    let frame = r#"{"action":"presence:join","channel":"lobby","userId":"mallory"}"#;
+    let events = send(&mut cluster, 0, &conn, frame);
+    let joined = events
+        .iter()
+        .find(|e| e["event"] == "presence:join")
+        .unwrap();
+    assert_eq!(joined["userId"], "carol", "{joined}");
+}
+
+#[test]
+fn max_channels_counts_subscribed_present_and_recently_published_channels_exactly() {
+    let mut cluster = cluster(Some(3), None);
+    let conn = cluster.connect(0);
+    // Three channels on both owners.
+    let names = [
+        cluster.channel_owned_by(0, "a"),
+        cluster.channel_owned_by(1, "b"),
+        cluster.channel_owned_by(1, "c"),
+    ];
+    for name in &names[..2] {
+        let events = subscribe(&mut cluster, &conn, name, None);
+        assert_eq!(events.last().unwrap()["event"], "subscribed");
+    }
+    let frame = format!(
+        r#"{{"action":"presence:join","channel":"{}","userId":"u"}}"#,
+        names[2]
+    );
+    let events = send(&mut cluster, 0, &conn, &frame);
+    assert_eq!(error_code(&events), None, "{events:?}");
+    assert_eq!(dev(&cluster).usage.active_channels(), 3);
+
+    // A fourth: subscribe, publish and presence join are refused, nothing else changes.
+    let events = subscribe(&mut cluster, &conn, "d", None);
+    assert_eq!(error_code(&events), Some("channel_limit"), "{events:?}");
+    assert!(!events.iter().any(|e| e["event"] == "subscribed"));
+    let events = publish(&mut cluster, &conn, "d", None);
+    assert_eq!(error_code(&events), Some("channel_limit"));
+    let frame = r#"{"action":"presence:join","channel":"d","userId":"u"}"#;
+    let events = send(&mut cluster, 0, &conn, frame);
+    assert_eq!(error_code(&events), Some("channel_limit"));
+    // Existing channels work as before.
+    let events = publish(&mut cluster, &conn, &names[0], None);
+    assert_eq!(seqs(&events), vec![1]);
+    answers_ping(&mut cluster, &conn);
+
+    // Unsubscribing one frees its place at once (it had no publish).
+    let frame = format!(r#"{{"action":"unsubscribe","channel":"{}"}}"#, names[1]);
+    send(&mut cluster, 0, &conn, &frame);
+    let events = publish(&mut cluster, &conn, "d", None);
+    assert_eq!(error_code(&events), None, "{events:?}");
+    // `d` now counts for 60 s after its publish; the published `names[0]` stays
+    // subscribed; presence holds `names[2]`.
+    let events = subscribe(&mut cluster, &conn, "e", None);
+    assert_eq!(error_code(&events), Some("channel_limit"));
+    // (Pings keep the presence member from expiring meanwhile.)
+    for _ in 0..59 {
+        cluster.advance(1_000);
+        cluster.pump();
+        answers_ping(&mut cluster, &conn);
+    }
+    let events = subscribe(&mut cluster, &conn, "e", None);
+    assert_eq!(
+        error_code(&events),
+        Some("channel_limit"),
+        "59 s after its publish"
+    );
+    cluster.advance(2_000);
+    cluster.pump();
+    let events = subscribe(&mut cluster, &conn, "e", None);
+    assert_eq!(events.last().unwrap()["event"], "subscribed", "{events:?}");
+    assert_eq!(dev(&cluster).usage.active_channels(), 3);
+}
+
+#[test]
+fn publishes_per_minute_is_exact_across_shards_and_refusals_leave_nothing() {
+    let mut cluster = cluster(None, Some(5));
+    let conn = cluster.connect(0);
+    let on_0 = cluster.channel_owned_by(0, "r");
+    let on_1 = cluster.channel_owned_by(1, "s");
+    subscribe(&mut cluster, &conn, &on_0, None);
+    subscribe(&mut cluster, &conn, &on_1, None);
+    let mut acked = 0;
+    for i in 0..5 {
+        let channel = if i % 2 == 0 { &on_0 } else { &on_1 };
+        let events = publish(&mut cluster, &conn, channel, None);
+        assert_eq!(error_code(&events), None, "{events:?}");
+        acked += events.iter().filter(|e| e["event"] == "ack").count();
+    }
+    assert_eq!(acked, 5);
+    for channel in [&on_0, &on_1] {
+        let events = publish(&mut cluster, &conn, channel, None);
+        assert_eq!(error_code(&events), Some("rate_limited"), "{events:?}");
+        assert!(seqs(&events).is_empty(), "no delivery");
+    }
+    // A refused publish to a new channel does not make it count.
+    publish(&mut cluster, &conn, "fresh", None);
+    assert_eq!(dev(&cluster).usage.active_channels(), 2);
+    answers_ping(&mut cluster, &conn);
+
+    cluster.advance(60_000);
+    cluster.pump();
+    let events = publish(&mut cluster, &conn, &on_0, None);
+    assert_eq!(error_code(&events), None);
+    assert_eq!(
+        seqs(&events),
+        vec![4],
+        "seqs stay contiguous: 1, 2, 3 then 4"
+    );
+}
+
+#[test]
+fn a_reload_closes_a_removed_tenants_connections_and_raises_a_plan() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ringcast.toml");
+    let data = dir.path().join("data");
+    let write = |text: &str| std::fs::write(&path, text).unwrap();
+    let head = format!("data_dir = \"{}\"\nshards = 2\n", data.display());
+    write(&format!(
+        "{head}default_tenant = \"a\"\n[[tenants]]\nid = \"a\"\nplan = \"free\"\n[[tenants]]\nid = \"b\"\nplan = \"free\"\n"
+    ));
+    let source = ConfigSource {
+        path: Some(path.clone()),
+        flags: Default::default(),
+    };
+    let mut cluster = Cluster::with(2, |config| *config = source.load().unwrap());
+    let tenant = |cluster: &Cluster, id: &str| cluster.shared.tenants.load().get(id).unwrap();
+    let (tenant_a, tenant_b) = (tenant(&cluster, "a"), tenant(&cluster, "b"));
+    let a = cluster.shards[0].register_conn(tenant_a, "a");
+    let b = cluster.shards[0].register_conn(tenant_b, "b");
+    take(&a);
+    take(&b);
+    let big = format!(
+        r#"{{"action":"publish","channel":"x","data":"{}","ref":1}}"#,
+        "y".repeat(100_000)
+    );
+    let events = send(&mut cluster, 0, &a, &big);
+    assert_eq!(error_code(&events), Some("message_too_large"));
+
+    write(&format!(
+        "{head}default_tenant = \"a\"\n[[tenants]]\nid = \"a\"\nplan = \"pro\"\n"
+    ));
+    reload::reload(&cluster.shared, &source).unwrap();
+    let events = send(&mut cluster, 0, &a, &big);
+    assert_eq!(
+        error_code(&events),
+        None,
+        "the pro plan's 512 KB applies: {events:?}"
+    );
+    cluster.advance(1_000);
+    cluster.pump();
+    assert_eq!(take(&b).last().unwrap()["close"], 4510);
+    answers_ping(&mut cluster, &a);
+}

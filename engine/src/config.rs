@@ -163,6 +163,26 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+impl ConfigError {
+    /// The error without the text of the offending line (which may hold a secret), for
+    /// logs.
+    pub fn redacted(&self) -> String {
+        match self {
+            ConfigError::Parse { path, source } => {
+                let at = source
+                    .span()
+                    .map_or(String::new(), |span| format!(" at byte {}", span.start));
+                format!(
+                    "invalid config {}{at}: {}",
+                    path.display(),
+                    source.message()
+                )
+            }
+            other => other.to_string(),
+        }
+    }
+}
+
 impl Config {
     /// Merges defaults, the file at `path` (if any) and the flags.
     pub fn load(path: Option<&Path>, flags: &Overrides) -> Result<Config, ConfigError> {

@@ -27,7 +27,7 @@ use ringcast_protocol::{event, ChannelName, ClientFrame, CloseCode, ErrorCode, F
 
 use crate::clock::{Clock, Millis};
 use crate::conn::{Conn, Sub};
-use crate::deadline::DeadlineQueue;
+use crate::deadline::{DeadlineQueue, TimerKey};
 use crate::history::HistoryStore;
 use crate::idempotency::{IdempotencyTable, Remembered};
 use crate::keys::{ChannelKey, ConnId, RequestId, ShardId};
@@ -35,13 +35,14 @@ use crate::mesh::{Answer, Mesh, PublishReq, Question, ReplyTo, ShardMsg, Subscri
 use crate::metrics::ShardCounters;
 use crate::outbound::Pushed;
 use crate::outgoing::Outgoing;
-use crate::owner::{OwnedChannels, ShardSet};
+use crate::owner::{ChannelLimitReached, OwnedChannels, ShardSet};
 use crate::presence::{Announce, PresenceEvent, PresenceHolder, PresenceTable};
 use crate::requests::{answer_channel, AnswerReceiver, PendingRequests, RequestFailed, Waiter};
 use crate::shared::Shared;
 use crate::tenant::Tenant;
 use crate::token::{self, Grant, Permission};
 use crate::topic_table::{LocalTopics, Watch};
+use crate::usage::PublishRefused;
 
 /// Channels nobody watches are closed (their log unmapped) after this long idle.
 const IDLE_CHANNEL_MS: u64 = 60_000;
@@ -70,7 +71,7 @@ struct SubExpiry {
     request: RequestId,
 }
 
-fn channel_limit_message(limit: crate::owner::ChannelLimitReached) -> String {
+fn channel_limit_message(limit: ChannelLimitReached) -> String {
     format!(
         "the tenant has {} active channels, its plan's max_channels",
         limit.0
@@ -101,6 +102,13 @@ pub struct ShardCore {
     presence_seen: Vec<ConnId>,
     /// Private subscriptions of this shard's connections, by their token's expiry.
     sub_expiry: DeadlineQueue<SubExpiry>,
+    /// The `sub_expiry` entry of each private subscription, by the request that
+    /// subscribed (cancelled when the subscription ends otherwise).
+    sub_timers: HashMap<RequestId, TimerKey>,
+    /// Connections admitted by a connection token, by its expiry (closed with 4001).
+    conn_expiry: DeadlineQueue<ConnId>,
+    /// The `conn_expiry` entry of each such connection.
+    conn_timers: HashMap<ConnId, TimerKey>,
     /// The configuration reloads this shard has acted on.
     reloads_seen: u64,
 }
@@ -145,6 +153,9 @@ impl ShardCore {
             presence: PresenceTable::default(),
             presence_seen: Vec::new(),
             sub_expiry: DeadlineQueue::default(),
+            sub_timers: HashMap::new(),
+            conn_expiry: DeadlineQueue::default(),
+            conn_timers: HashMap::new(),
             reloads_seen: 0,
         }
     }
@@ -162,6 +173,11 @@ impl ShardCore {
     /// Channels this shard owns that are open now (history mapped).
     pub fn open_channel_count(&self) -> usize {
         self.owned.len()
+    }
+
+    /// Token-expiry deadlines held (private subscriptions and connection tokens; tests).
+    pub fn token_deadlines(&self) -> usize {
+        self.sub_expiry.len() + self.conn_expiry.len()
     }
 
     /// The presence members of the channels this shard owns (read-only; tests, benches).
@@ -217,7 +233,12 @@ impl ShardCore {
         grant: Option<Grant>,
     ) -> Rc<Conn> {
         let limit = self.shared.config.load().outbound_buffer_bytes;
+        let expires = grant.as_ref().map(|g| Millis(g.expires_ms));
         let mut conn = Conn::new(ConnId(self.next_id()), tenant, limit).with_grant(grant);
+        if let Some(expires) = expires {
+            let timer = self.conn_expiry.insert(expires, conn.id);
+            self.conn_timers.insert(conn.id, timer);
+        }
         if let Some(spelling) = spelling {
             conn = conn.with_presence_spelling(spelling);
         }
@@ -231,8 +252,12 @@ impl ShardCore {
     /// Forgets a connection: leaves its channels, tells owners of channels left unwatched.
     pub fn unregister_conn(&mut self, conn: &Conn) {
         self.conns.remove(&conn.id);
+        if let Some(timer) = self.conn_timers.remove(&conn.id) {
+            self.conn_expiry.cancel(timer);
+        }
         let subs = std::mem::take(&mut *conn.subs.borrow_mut());
-        for channel in subs.into_keys() {
+        for (channel, sub) in subs {
+            self.cancel_sub_timer(Some(sub));
             let key = ChannelKey::new(conn.tenant.id.clone(), channel);
             self.leave_local(&key, conn.id);
         }
@@ -402,11 +427,14 @@ impl ShardCore {
                 channel: sub.channel.clone(),
                 request,
             };
-            self.sub_expiry.insert(expires, expiry);
+            let timer = self.sub_expiry.insert(expires, expiry);
+            self.sub_timers.insert(request, timer);
         }
-        conn.subs
+        let previous = conn
+            .subs
             .borrow_mut()
             .insert(sub.channel.clone(), Sub::Pending(request));
+        self.cancel_sub_timer(previous);
         let key = ChannelKey::new(conn.tenant.id.clone(), sub.channel);
         self.local.begin_subscribe(&key);
         let msg = ShardMsg::Subscribe(SubscribeReq {
@@ -420,13 +448,25 @@ impl ShardCore {
         self.send_to_owner(&key, msg);
     }
 
+    /// A subscription ended (or was replaced): its token-expiry entry goes too.
+    fn cancel_sub_timer(&mut self, sub: Option<Sub>) {
+        let request = match sub {
+            Some(Sub::Pending(request) | Sub::Active(request)) => request,
+            None => return,
+        };
+        if let Some(timer) = self.sub_timers.remove(&request) {
+            self.sub_expiry.cancel(timer);
+        }
+    }
+
     fn unsubscribe(&mut self, conn: &Rc<Conn>, channel: ChannelName) {
-        if conn.subs.borrow_mut().remove(&channel).is_none() {
+        let Some(sub) = conn.subs.borrow_mut().remove(&channel) else {
             let message = "not subscribed to this channel";
             let name = Some(channel.as_str());
             self.send_error(conn, name, None, ErrorCode::NotSubscribed, message);
             return;
-        }
+        };
+        self.cancel_sub_timer(Some(sub));
         let unsubscribed = event::unsubscribed(channel.as_str(), self.now().0);
         self.push(conn, unsubscribed);
         let key = ChannelKey::new(conn.tenant.id.clone(), channel);
@@ -860,28 +900,31 @@ impl ShardCore {
             self.answer(req.reply, failed);
             return;
         };
-        let was_counted = self.owned.get(&req.key).is_some_and(|c| c.is_counted());
-        if let Err(limit) = self.owned.open_counted(&req.key, &tenant, now) {
-            let failed = Answer::Failed {
-                code: ErrorCode::ChannelLimit,
-                message: channel_limit_message(limit),
-            };
-            self.answer(req.reply, failed);
-            return;
-        }
+        // The rate and the channel count are checked (and recorded) in one step: a
+        // refused publish leaves neither.
+        let was_counted = self.owned.is_counted(&req.key);
+        let count_channel = (!was_counted).then_some(tenant.limits.max_channels);
         let rate = tenant.limits.publishes_per_minute;
-        if let Err(retry) = tenant.usage.try_publish(now, rate) {
-            if !was_counted {
-                // This publish alone made the channel count; it is refused, so it
-                // does not.
-                self.settle_channel(&req.key);
+        match tenant.usage.try_publish_counting(now, rate, count_channel) {
+            Ok(()) => {}
+            Err(PublishRefused::Rate(retry)) => {
+                let limited = Answer::RateLimited {
+                    retry_after_secs: retry.secs(),
+                };
+                self.answer(req.reply, limited);
+                return;
             }
-            let limited = Answer::RateLimited {
-                retry_after_secs: retry.secs(),
-            };
-            self.answer(req.reply, limited);
-            return;
+            Err(PublishRefused::ChannelLimit) => {
+                let limit = ChannelLimitReached(tenant.limits.max_channels.unwrap_or(u32::MAX));
+                let failed = Answer::Failed {
+                    code: ErrorCode::ChannelLimit,
+                    message: channel_limit_message(limit),
+                };
+                self.answer(req.reply, failed);
+                return;
+            }
         }
+        self.owned.open_as_counted(&req.key, &tenant, now);
         let seq = self.owned.next_seq(&req.key);
         let (frame, data_span) = event::message_with_span(
             req.key.channel.as_str(),
@@ -894,6 +937,13 @@ impl ShardCore {
             .owned
             .append(&req.key, now, req.user_id.as_deref(), &frame, data_span)
         {
+            // Not published: give back its place in the rate window and its count.
+            if rate.is_some() {
+                tenant.usage.refund_publish(now);
+            }
+            if !was_counted {
+                self.settle_channel(&req.key);
+            }
             let message = format!("history append failed: {e}");
             self.publish_failed(&req, message);
             return;
@@ -1055,17 +1105,21 @@ impl ShardCore {
                     return gone();
                 };
                 let limits = tenant.limits.presence;
-                if let Err(limit) = self.owned.open_counted(&key, &tenant, now.0) {
-                    return Answer::Failed {
-                        code: ErrorCode::ChannelLimit,
-                        message: channel_limit_message(limit),
-                    };
-                }
+                // Joined first (nothing announced yet), counted second: a join the
+                // presence limits refuse never counts the channel, and one the channel
+                // limit refuses is taken back unseen (a channel with members always
+                // counts already, so only a new member can be refused).
                 let joined = self
                     .presence
                     .join(&key, &user_id, metadata, holder, &limits, now);
-                if joined.is_err() {
-                    self.settle_channel(&key);
+                if joined.is_ok() {
+                    if let Err(limit) = self.owned.open_counted(&key, &tenant, now.0) {
+                        self.presence.forget(&key, &user_id);
+                        return Answer::Failed {
+                            code: ErrorCode::ChannelLimit,
+                            message: channel_limit_message(limit),
+                        };
+                    }
                 }
                 match joined {
                     Ok(joined) => {
@@ -1161,7 +1215,7 @@ impl ShardCore {
         let waiting =
             conn.filter(|c| c.subs.borrow().get(&key.channel) == Some(&Sub::Pending(request)));
         let activate = waiting.clone().filter(|_| ok);
-        let watch = self.local.finish_subscribe(key, activate);
+        let mut watch = self.local.finish_subscribe(key, activate);
         if let Some(conn) = &waiting {
             if ok {
                 conn.subs
@@ -1169,6 +1223,16 @@ impl ShardCore {
                     .insert(key.channel.clone(), Sub::Active(request));
             } else {
                 conn.subs.borrow_mut().remove(&key.channel);
+                self.cancel_sub_timer(Some(Sub::Pending(request)));
+                // A refused re-subscribe ends the earlier subscription too (the
+                // connection was told `subscribed` before; now it gets the error).
+                let listed = self
+                    .local
+                    .get(key)
+                    .is_some_and(|c| c.subscribers().iter().any(|s| s.id == conn.id));
+                if listed {
+                    watch = self.local.remove(key, conn.id);
+                }
             }
             for frame in frames {
                 self.push(conn, frame);
@@ -1338,6 +1402,12 @@ impl ShardCore {
         while let Some((_, expiry)) = self.sub_expiry.pop_expired(now) {
             self.end_expired_subscription(expiry);
         }
+        while let Some((_, conn)) = self.conn_expiry.pop_expired(now) {
+            self.conn_timers.remove(&conn);
+            if let Some(conn) = self.conns.get(&conn) {
+                conn.close(CloseCode::AUTH_EXPIRED, "connection token expired");
+            }
+        }
         if now >= self.next_housekeeping {
             self.housekeeping_ticks += 1;
             let sweep = self.housekeeping_ticks % IDLE_RING_TICKS == 1;
@@ -1354,6 +1424,7 @@ impl ShardCore {
             self.requests.next_deadline(),
             self.presence.next_deadline(),
             self.sub_expiry.next_deadline(),
+            self.conn_expiry.next_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -1364,6 +1435,7 @@ impl ShardCore {
     /// channel, then `unsubscribed`, and the subscription ends (a later one, admitted by
     /// a fresh token, is left alone).
     fn end_expired_subscription(&mut self, expiry: SubExpiry) {
+        self.sub_timers.remove(&expiry.request);
         let Some(conn) = self.conns.get(&expiry.conn).cloned() else {
             return;
         };

@@ -140,17 +140,32 @@ impl OwnedChannels {
         tenant: &Tenant,
         now_ms: u64,
     ) -> Result<&mut OwnedChannel, ChannelLimitReached> {
-        let counted = self.channels.get(key).is_some_and(OwnedChannel::is_counted);
-        if !counted && !tenant.usage.try_count_channel(tenant.limits.max_channels) {
+        if !self.is_counted(key) && !tenant.usage.try_count_channel(tenant.limits.max_channels) {
             return Err(ChannelLimitReached(
                 tenant.limits.max_channels.unwrap_or(u32::MAX),
             ));
         }
+        Ok(self.open_as_counted(key, tenant, now_ms))
+    }
+
+    /// Whether `key` counts against its tenant's `max_channels` now.
+    pub fn is_counted(&self, key: &ChannelKey) -> bool {
+        self.channels.get(key).is_some_and(OwnedChannel::is_counted)
+    }
+
+    /// Like [`OwnedChannels::open`], for a channel the caller has just counted in
+    /// `tenant.usage` (when it did not count yet): it counts from now on.
+    pub fn open_as_counted(
+        &mut self,
+        key: &ChannelKey,
+        tenant: &Tenant,
+        now_ms: u64,
+    ) -> &mut OwnedChannel {
         let channel = self.open(key, tenant, now_ms);
-        if !counted {
+        if channel.counted.is_none() {
             channel.counted = Some(tenant.usage.clone());
         }
-        Ok(channel)
+        channel
     }
 
     /// Stops counting `key` if nothing keeps it active any more: no shard watches it,
@@ -220,9 +235,11 @@ impl OwnedChannels {
             .channels
             .get_mut(key)
             .expect("channel opened before append");
+        let seq = self
+            .store
+            .append(key, &mut channel.history, ts_ms, user_id, frame, data)?;
         channel.last_publish_ms = ts_ms;
-        self.store
-            .append(key, &mut channel.history, ts_ms, user_id, frame, data)
+        Ok(seq)
     }
 
     /// What a subscriber to `key` (opened) gets, see [`HistoryStore::subscribe_answer`].

@@ -409,6 +409,12 @@ impl PresenceTable {
         self.deadlines.next_deadline()
     }
 
+    /// Takes back a join that was refused after the fact (the channel limit): the
+    /// member is removed without a leave to announce (its join was never announced).
+    pub fn forget(&mut self, key: &ChannelKey, user: &str) {
+        self.remove_member(key, user);
+    }
+
     fn remove_member(&mut self, key: &ChannelKey, user: &str) -> Option<(Rc<str>, Member)> {
         let channel = self.channels.get_mut(key)?;
         let (user, member) = channel.members.remove_entry(user)?;

@@ -111,7 +111,10 @@ pub fn reload_and_log(shared: &Shared, source: &ConfigSource) {
                 "config reloaded"
             );
         }
-        Err(e) => tracing::error!(error = %e, "config reload refused; the running config stays"),
+        Err(e) => tracing::error!(
+            error = %e.redacted(),
+            "config reload refused; the running config stays"
+        ),
     }
 }
 

@@ -105,8 +105,8 @@ impl Plan {
     }
 }
 
-/// One `[[tenants]]` entry of the config file.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// One `[[tenants]]` entry of the config file (its `Debug` does not show keys).
+#[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TenantConfig {
     /// Tenant id (`?tenant=`, `X-Tenant-Id`).
@@ -219,8 +219,8 @@ impl TenantConfig {
     }
 }
 
-/// A tenant as the shards see it.
-#[derive(Debug, Clone)]
+/// A tenant as the shards see it (its `Debug` does not show keys).
+#[derive(Clone)]
 pub struct Tenant {
     /// Its id.
     pub id: TenantId,
@@ -242,6 +242,30 @@ pub struct Tenant {
     pub usage: Arc<TenantUsage>,
 }
 
+impl std::fmt::Debug for TenantConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TenantConfig")
+            .field("id", &self.id)
+            .field("plan", &self.plan)
+            .field("api_keys", &self.api_keys.len())
+            .field("token_keys", &self.token_keys)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for Tenant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tenant")
+            .field("id", &self.id)
+            .field("plan", &self.plan)
+            .field("limits", &self.limits)
+            .field("api_keys", &self.api_keys.len())
+            .field("token_keys", &self.token_keys)
+            .field("usage", &self.usage)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Tenant {
     /// Whether a browser page from `origin` may open a WebSocket or SSE stream.
     pub fn allows_origin(&self, origin: &str) -> bool {
@@ -256,6 +280,9 @@ impl Tenant {
 pub struct TenantTable {
     tenants: HashMap<String, Arc<Tenant>>,
     default: Option<String>,
+    /// Usage of removed tenants whose channels still count (owners hold them until
+    /// they stop), so a tenant removed and added back finds its count.
+    retired: HashMap<String, Arc<TenantUsage>>,
 }
 
 impl TenantTable {
@@ -271,7 +298,7 @@ impl TenantTable {
         default: Option<&str>,
         previous: &TenantTable,
     ) -> TenantTable {
-        let tenants = configs
+        let tenants: HashMap<String, Arc<Tenant>> = configs
             .iter()
             .map(|c| {
                 let mut limits = c.plan.limits();
@@ -313,14 +340,26 @@ impl TenantTable {
                         allow_anonymous_ren: c.allow_anonymous_ren,
                         usage: previous
                             .get(&c.id)
-                            .map_or_else(Default::default, |t| t.usage.clone()),
+                            .map(|t| t.usage.clone())
+                            .or_else(|| previous.retired.get(&c.id).cloned())
+                            .unwrap_or_default(),
                     }),
                 )
             })
             .collect();
+        let still_counted = |usage: &Arc<TenantUsage>| Arc::strong_count(usage) > 1;
+        let retired = previous
+            .tenants
+            .iter()
+            .map(|(id, t)| (id, &t.usage))
+            .chain(previous.retired.iter())
+            .filter(|(id, usage)| !tenants.contains_key(id.as_str()) && still_counted(usage))
+            .map(|(id, usage)| (id.clone(), usage.clone()))
+            .collect();
         TenantTable {
             tenants,
             default: default.map(str::to_owned),
+            retired,
         }
     }
 

@@ -63,29 +63,83 @@ impl TenantUsage {
     }
 
     /// Records a publish at `now_ms` if fewer than `limit` were recorded in the window
-    /// before it (`None`: unlimited, nothing recorded).
+    /// before it (`None`: unlimited, nothing recorded; `0`: every publish refused).
     pub fn try_publish(&self, now_ms: u64, limit: Option<u32>) -> Result<(), RetryAfter> {
+        self.try_publish_counting(now_ms, limit, None)
+            .map_err(|refused| match refused {
+                PublishRefused::Rate(retry) => retry,
+                PublishRefused::ChannelLimit => unreachable!("no channel counted"),
+            })
+    }
+
+    /// [`TenantUsage::try_publish`] for a publish that also makes its channel count
+    /// (`count_channel: Some(max_channels)`): the channel is counted only if the rate
+    /// allows the publish, and the publish recorded only if the channel fits, in one
+    /// step, so no other shard ever sees a count or a log entry of a refused publish.
+    pub fn try_publish_counting(
+        &self,
+        now_ms: u64,
+        limit: Option<u32>,
+        count_channel: Option<Option<u32>>,
+    ) -> Result<(), PublishRefused> {
         let Some(limit) = limit else {
-            return Ok(());
+            return match count_channel {
+                Some(max) if !self.try_count_channel(max) => Err(PublishRefused::ChannelLimit),
+                _ => Ok(()),
+            };
         };
         let mut log = self.publishes.lock().unwrap_or_else(|e| e.into_inner());
+        // Shards' clocks may differ by a millisecond: the log stays in order.
+        let now_ms = log.back().map_or(now_ms, |&last| now_ms.max(last));
         // Entries at or before `now - window` have left it.
         if let Some(window_start) = now_ms.checked_sub(RATE_WINDOW_MS) {
             while log.front().is_some_and(|&t| t <= window_start) {
                 log.pop_front();
             }
         }
+        if limit == 0 {
+            return Err(PublishRefused::Rate(RetryAfter(RATE_WINDOW_MS)));
+        }
         if log.len() >= limit as usize {
             // Once enough of the oldest entries leave the window, one more fits (a
             // lowered limit may need several to leave).
             let oldest_blocking = log[log.len() - limit as usize];
-            return Err(RetryAfter(
+            return Err(PublishRefused::Rate(RetryAfter(
                 (oldest_blocking + RATE_WINDOW_MS).saturating_sub(now_ms),
-            ));
+            )));
+        }
+        if let Some(max) = count_channel {
+            if !self.try_count_channel(max) {
+                return Err(PublishRefused::ChannelLimit);
+            }
         }
         log.push_back(now_ms);
         Ok(())
     }
+
+    /// Gives back the place of a publish recorded at `now_ms` that then failed (its
+    /// history append), so that only published messages count.
+    pub fn refund_publish(&self, now_ms: u64) {
+        let mut log = self.publishes.lock().unwrap_or_else(|e| e.into_inner());
+        // The entry may have been recorded at a slightly later time (see above); the
+        // latest entry not after it is as good as any: they are all in the window.
+        if let Some(at) = log
+            .iter()
+            .rposition(|&t| t >= now_ms)
+            .or(log.len().checked_sub(1))
+        {
+            log.remove(at);
+        }
+    }
+}
+
+/// Why [`TenantUsage::try_publish_counting`] refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublishRefused {
+    /// Over `publishes_per_minute`.
+    Rate(RetryAfter),
+    /// The channel would be one active channel too many.
+    ChannelLimit,
 }
 
 #[cfg(test)]
@@ -130,6 +184,55 @@ mod tests {
         // Limit now 5: entries at 0..=4 s must leave first; the 5 s one blocks last.
         assert_eq!(usage.try_publish(10_000, Some(5)), Err(RetryAfter(55_000)));
         assert!(usage.try_publish(65_000, Some(5)).is_ok());
+    }
+
+    #[test]
+    fn a_zero_limit_refuses_every_publish() {
+        let usage = TenantUsage::default();
+        assert_eq!(usage.try_publish(5, Some(0)), Err(RetryAfter(60_000)));
+        assert_eq!(usage.try_publish(70_000, Some(0)), Err(RetryAfter(60_000)));
+    }
+
+    #[test]
+    fn out_of_order_times_from_two_clocks_keep_the_window_exact() {
+        let usage = TenantUsage::default();
+        usage.try_publish(10_000, Some(2)).unwrap();
+        // Another shard's clock is a millisecond behind.
+        usage.try_publish(9_999, Some(2)).unwrap();
+        assert!(usage.try_publish(69_999, Some(2)).is_err());
+        // Both entries (at 10,000) leave the window at 70,000.
+        assert!(usage.try_publish(70_000, Some(2)).is_ok());
+        assert!(usage.try_publish(70_000, Some(2)).is_ok());
+        assert!(usage.try_publish(70_000, Some(2)).is_err());
+    }
+
+    #[test]
+    fn a_publish_counts_its_channel_only_when_the_rate_allows_it() {
+        let usage = TenantUsage::default();
+        assert!(usage
+            .try_publish_counting(0, Some(1), Some(Some(5)))
+            .is_ok());
+        assert_eq!(usage.active_channels(), 1);
+        let refused = usage.try_publish_counting(1, Some(1), Some(Some(5)));
+        assert!(matches!(refused, Err(PublishRefused::Rate(_))));
+        assert_eq!(
+            usage.active_channels(),
+            1,
+            "a rate-refused publish counts nothing"
+        );
+        let full = TenantUsage::default();
+        assert!(full.try_count_channel(Some(1)));
+        let refused = full.try_publish_counting(0, Some(10), Some(Some(1)));
+        assert_eq!(refused, Err(PublishRefused::ChannelLimit));
+        assert!(
+            full.try_publish(0, Some(1)).is_ok(),
+            "a channel-refused publish took no place"
+        );
+        full.refund_publish(0);
+        assert!(
+            full.try_publish(0, Some(1)).is_ok(),
+            "a refunded place is free again"
+        );
     }
 
     #[test]

@@ -378,3 +378,221 @@ fn a_reload_closes_a_removed_tenants_connections_and_raises_a_plan() {
     assert_eq!(take(&b).last().unwrap()["close"], 4510);
     answers_ping(&mut cluster, &a);
 }
+
+#[test]
+fn presence_join_on_a_private_channel_needs_subscribe_and_joins_as_the_tokens_user() {
+    let mut cluster = cluster(None, None);
+    let conn = cluster.connect(0);
+    let join = |token: Option<&str>| {
+        let token = token.map_or(String::new(), |t| format!(r#","token":"{t}""#));
+        format!(
+            r#"{{"action":"presence:join","channel":"private-room","userId":"mallory"{token}}}"#
+        )
+    };
+    let events = send(&mut cluster, 0, &conn, &join(None));
+    assert_eq!(error_code(&events), Some("unauthorized"));
+    let other = mint(
+        &cluster,
+        "private-other",
+        "dana",
+        &[Permission::Subscribe],
+        60,
+    );
+    let events = send(&mut cluster, 0, &conn, &join(Some(&other)));
+    assert_eq!(error_code(&events), Some("unauthorized"));
+    let publish_only = mint(&cluster, "private-room", "dana", &[Permission::Publish], 60);
+    let events = send(&mut cluster, 0, &conn, &join(Some(&publish_only)));
+    assert_eq!(error_code(&events), Some("forbidden"));
+    assert_eq!(
+        dev(&cluster).usage.active_channels(),
+        0,
+        "refusals count nothing"
+    );
+
+    let good = mint(
+        &cluster,
+        "private-room",
+        "dana",
+        &[Permission::Subscribe],
+        60,
+    );
+    subscribe(&mut cluster, &conn, "private-room", Some(&good));
+    let events = send(&mut cluster, 0, &conn, &join(Some(&good)));
+    let joined = events
+        .iter()
+        .find(|e| e["event"] == "presence:join")
+        .expect("joined");
+    assert_eq!(joined["userId"], "dana", "{joined}");
+}
+
+#[test]
+fn every_way_a_channel_stops_being_active_gives_its_place_back() {
+    use ringcast_engine::mesh::{Answer, Question};
+    use ringcast_engine::presence::PresenceHolder;
+    let mut cluster = cluster(Some(10), None);
+    let usage = dev(&cluster).usage.clone();
+    let conn = cluster.connect(0);
+
+    // Subscribing twice counts once; unsubscribing gives the place back.
+    subscribe(&mut cluster, &conn, "a", None);
+    subscribe(&mut cluster, &conn, "a", None);
+    assert_eq!(usage.active_channels(), 1);
+    send(
+        &mut cluster,
+        0,
+        &conn,
+        r#"{"action":"unsubscribe","channel":"a"}"#,
+    );
+    assert_eq!(usage.active_channels(), 0);
+
+    // A closed connection gives its channels back.
+    let other = cluster.connect(1);
+    cluster.send(1, &other, r#"{"action":"subscribe","channel":"b"}"#);
+    cluster.pump();
+    assert_eq!(usage.active_channels(), 1);
+    cluster.shards[1].unregister_conn(&other);
+    cluster.pump();
+    assert_eq!(usage.active_channels(), 0);
+
+    // A join the presence limits refuse counts nothing (metadata over 4 KB, asked as
+    // the HTTP API does).
+    let key = support::key("c");
+    let big = bytes::Bytes::from(format!("\"{}\"", "m".repeat(5000)));
+    let question = |metadata: Option<bytes::Bytes>| Question::PresenceJoin {
+        key: key.clone(),
+        user_id: "u".into(),
+        metadata,
+        holder: PresenceHolder::Http,
+    };
+    let mut refused = cluster.shards[0].ask(&key, question(Some(big)), 1_000);
+    cluster.pump();
+    let answer = support::poll_answer(&mut refused).expect("answered");
+    assert!(matches!(answer, Ok(Answer::Failed { .. })), "{answer:?}");
+    assert_eq!(usage.active_channels(), 0);
+
+    // An HTTP presence hold counts until it lapses at the TTL.
+    let mut joined = cluster.shards[0].ask(&key, question(None), 1_000);
+    cluster.pump();
+    assert!(matches!(
+        support::poll_answer(&mut joined),
+        Some(Ok(Answer::PresenceJoined { is_new: true }))
+    ));
+    assert_eq!(usage.active_channels(), 1);
+    for _ in 0..32 {
+        cluster.advance(1_000);
+        cluster.pump();
+    }
+    assert_eq!(usage.active_channels(), 0, "the member expired");
+
+    // A subscription whose token expires while its answer is on its way gives the
+    // place back once the answer arrives.
+    let short = mint(&cluster, "private-d", "u", &[Permission::Subscribe], 1);
+    let frame = format!(r#"{{"action":"subscribe","channel":"private-d","token":"{short}"}}"#);
+    cluster.send(0, &conn, &frame);
+    cluster.clock.advance((1 + SKEW_SECS) * 1000);
+    cluster.shards[0].on_tick();
+    cluster.pump();
+    let events = take(&conn);
+    assert_eq!(error_code(&events), Some("unauthorized"), "{events:?}");
+    assert!(
+        !events.iter().any(|e| e["event"] == "subscribed"),
+        "{events:?}"
+    );
+    assert_eq!(usage.active_channels(), 0);
+    answers_ping(&mut cluster, &conn);
+}
+
+#[test]
+fn token_deadlines_go_with_their_subscriptions() {
+    let mut cluster = cluster(None, None);
+    let conn = cluster.connect(0);
+    let long = mint(
+        &cluster,
+        "private-room",
+        "u",
+        &[Permission::Subscribe],
+        365 * 24 * 3600,
+    );
+    for _ in 0..100 {
+        subscribe(&mut cluster, &conn, "private-room", Some(&long));
+        send(
+            &mut cluster,
+            0,
+            &conn,
+            r#"{"action":"unsubscribe","channel":"private-room"}"#,
+        );
+    }
+    assert_eq!(
+        cluster.shards[0].token_deadlines(),
+        0,
+        "unsubscribes cancel them"
+    );
+    for _ in 0..10 {
+        subscribe(&mut cluster, &conn, "private-room", Some(&long));
+    }
+    assert_eq!(
+        cluster.shards[0].token_deadlines(),
+        1,
+        "a re-subscribe replaces it"
+    );
+    cluster.shards[0].unregister_conn(&conn);
+    assert_eq!(cluster.shards[0].token_deadlines(), 0, "a close cancels it");
+}
+
+#[test]
+fn a_connection_token_closes_its_connection_with_4001_at_expiry() {
+    let mut cluster = cluster(None, None);
+    let token = mint(
+        &cluster,
+        "private-inbox",
+        "erin",
+        &[Permission::Subscribe],
+        5,
+    );
+    let grant = token::verify(&token, &dev(&cluster), cluster.clock.now().0).unwrap();
+    let tenant = dev(&cluster);
+    let conn = cluster.shards[0].register_authenticated(tenant, "e", None, Some(grant));
+    take(&conn);
+    cluster.advance((5 + SKEW_SECS) * 1000 - 1);
+    assert!(take(&conn).is_empty());
+    cluster.advance(1);
+    assert_eq!(take(&conn).last().unwrap()["close"], 4001);
+}
+
+#[test]
+fn a_zero_rate_refuses_every_publish_and_a_failed_append_gives_its_place_back() {
+    let mut cluster = cluster(None, Some(0));
+    let conn = cluster.connect(0);
+    let events = publish(&mut cluster, &conn, "a", None);
+    assert_eq!(error_code(&events), Some("rate_limited"));
+    assert_eq!(dev(&cluster).usage.active_channels(), 0);
+
+    // Room for 2 smallest rings on each shard: a third new channel on shard 0 fails its
+    // append (`overloaded`) after passing the rate check.
+    let mut cluster = Cluster::with(1, |config| {
+        config.history.max_total_bytes = Some(2 * 512);
+        config.tenants[0].publishes_per_minute = Some(3);
+        config.tenants[0].max_channels = Some(3);
+    });
+    let conn = cluster.connect(0);
+    for channel in ["a", "b"] {
+        assert_eq!(
+            error_code(&publish(&mut cluster, &conn, channel, None)),
+            None
+        );
+    }
+    let events = publish(&mut cluster, &conn, "c", None);
+    assert_eq!(error_code(&events), Some("overloaded"), "{events:?}");
+    assert_eq!(
+        dev(&cluster).usage.active_channels(),
+        2,
+        "the failed channel does not count"
+    );
+    let events = publish(&mut cluster, &conn, "a", None);
+    assert_eq!(
+        error_code(&events),
+        None,
+        "the failed publish took no place: {events:?}"
+    );
+    assert_eq!(seqs(&events), Vec::<u64>::new(), "(not subscribed)");
+}

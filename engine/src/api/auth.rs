@@ -15,6 +15,7 @@ use std::sync::Arc;
 use ringcast_protocol::api::Refusal;
 use ringcast_protocol::http::RequestHead;
 use ringcast_protocol::ApiError;
+use subtle::ConstantTimeEq;
 
 use crate::shared::Shared;
 use crate::tenant::Tenant;
@@ -52,12 +53,13 @@ pub fn authorize(shared: &Shared, head: &RequestHead) -> Result<Arc<Tenant>, Ref
             "this tenant needs `Authorization: Bearer <api key>`",
         ));
     };
-    if tenant.api_keys.iter().any(|k| same_key(k.as_bytes(), key)) {
+    if holds_key(&tenant.api_keys, key) {
         return Ok(tenant);
     }
     let other_tenants = tenants
         .iter()
-        .any(|t| t.id != tenant.id && t.api_keys.iter().any(|k| same_key(k.as_bytes(), key)));
+        .filter(|t| t.id != tenant.id)
+        .fold(false, |found, t| found | holds_key(&t.api_keys, key));
     if other_tenants {
         return Err(Refusal::new(
             ApiError::Forbidden,
@@ -75,16 +77,15 @@ fn bearer(head: &RequestHead) -> Option<&[u8]> {
         .then(|| key.trim_ascii())
 }
 
-/// Compares keys in time that does not depend on where they differ.
+/// Compares keys in time that does not depend on where they differ (`subtle`).
 fn same_key(expected: &[u8], presented: &[u8]) -> bool {
-    if expected.len() != presented.len() {
-        return false;
-    }
-    expected
-        .iter()
-        .zip(presented)
-        .fold(0u8, |diff, (a, b)| diff | (a ^ b))
-        == 0
+    bool::from(expected.ct_eq(presented))
+}
+
+/// Whether `presented` is one of `keys`, comparing against every one of them.
+fn holds_key(keys: &[String], presented: &[u8]) -> bool {
+    keys.iter()
+        .fold(false, |found, k| found | same_key(k.as_bytes(), presented))
 }
 
 #[cfg(test)]

@@ -521,6 +521,10 @@ mod model {
             let cfg = StoreConfig { max_bytes_per_ring: 4096, ..small_cfg() };
             let (mut s, _) = open(dir.path(), cfg);
             let mut model: std::collections::BTreeMap<u8, ModelRing> = Default::default();
+            // Every history gets its own epoch, as `Epoch::fresh` gives the engine: a
+            // ring freed and created again must not meet its predecessor's records
+            // under the same epoch (their CRCs cover it, which is what keeps them out).
+            let mut epochs = 100u64;
             for op in ops {
                 match op {
                     Op::Append { key, len, uid } => {
@@ -529,7 +533,8 @@ mod model {
                             Some(r) => r,
                             None => {
                                 model.insert(key, ModelRing { max_records: 12, floor: 1, ..Default::default() });
-                                s.create(&k, Epoch(u64::from(key) + 100), 12).unwrap()
+                                epochs += 1;
+                                s.create(&k, Epoch(epochs), 12).unwrap()
                             }
                         };
                         let m = model.get_mut(&key).unwrap();

@@ -11,6 +11,10 @@ use crate::tenant::{Plan, TenantConfig};
 
 /// The `--dev` tenant (SPEC §2).
 pub const DEV_TENANT: &str = "dev";
+/// `max_connections_per_ip` outside `--dev`.
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: u32 = 10_000;
+/// `handshakes_per_sec_per_ip` outside `--dev`.
+pub const DEFAULT_HANDSHAKES_PER_SEC_PER_IP: u32 = 200;
 
 /// Everything the server needs to start, after merging file and flags.
 #[derive(Debug, Clone, PartialEq)]
@@ -44,6 +48,16 @@ pub struct Config {
     pub idempotency_max_keys: usize,
     /// Tenant used when a request names none.
     pub default_tenant: Option<String>,
+    /// Proxies whose word on the client address (`X-Forwarded-For`, PROXY header) is
+    /// taken: addresses or CIDR blocks.
+    pub trusted_proxies: Vec<String>,
+    /// Whether the listener reads a PROXY protocol header (v1 or v2) from trusted
+    /// proxies; from any other peer one is refused.
+    pub proxy_protocol: bool,
+    /// Open WebSocket/SSE connections per client address (`0`: unlimited).
+    pub max_connections_per_ip: u32,
+    /// WebSocket/SSE handshakes per second per client address (`0`: unlimited).
+    pub handshakes_per_sec_per_ip: u32,
     /// Tenants and their plans.
     pub tenants: Vec<TenantConfig>,
     /// History settings.
@@ -111,6 +125,11 @@ pub struct FileConfig {
     idempotency_ttl_secs: Option<u64>,
     idempotency_max_keys: Option<usize>,
     default_tenant: Option<String>,
+    #[serde(default)]
+    trusted_proxies: Vec<String>,
+    proxy_protocol: Option<bool>,
+    max_connections_per_ip: Option<u32>,
+    handshakes_per_sec_per_ip: Option<u32>,
     #[serde(default)]
     tenants: Vec<TenantConfig>,
     #[serde(default)]
@@ -184,6 +203,19 @@ impl ConfigError {
 }
 
 impl Config {
+    /// The trusted proxies (validated when the config was loaded).
+    pub fn trusted(&self) -> crate::client_addr::TrustedProxies {
+        crate::client_addr::TrustedProxies::parse(&self.trusted_proxies).unwrap_or_default()
+    }
+
+    /// The per-address limits.
+    pub fn ip_limits(&self) -> crate::per_ip::IpLimits {
+        crate::per_ip::IpLimits {
+            max_connections: self.max_connections_per_ip,
+            handshakes_per_sec: self.handshakes_per_sec_per_ip,
+        }
+    }
+
     /// Merges defaults, the file at `path` (if any) and the flags.
     pub fn load(path: Option<&Path>, flags: &Overrides) -> Result<Config, ConfigError> {
         let file = match path {
@@ -247,6 +279,19 @@ impl Config {
             idempotency_ttl_secs: file.idempotency_ttl_secs.unwrap_or(300),
             idempotency_max_keys: file.idempotency_max_keys.unwrap_or(10_000),
             default_tenant,
+            trusted_proxies: file.trusted_proxies,
+            proxy_protocol: file.proxy_protocol.unwrap_or(false),
+            // Off in --dev (benchmarks open thousands of connections from one address).
+            max_connections_per_ip: file.max_connections_per_ip.unwrap_or(if dev {
+                0
+            } else {
+                DEFAULT_MAX_CONNECTIONS_PER_IP
+            }),
+            handshakes_per_sec_per_ip: file.handshakes_per_sec_per_ip.unwrap_or(if dev {
+                0
+            } else {
+                DEFAULT_HANDSHAKES_PER_SEC_PER_IP
+            }),
             tenants,
             history: file.history,
         };
@@ -302,6 +347,8 @@ impl Config {
         for t in &self.tenants {
             validate_tenant(t)?;
         }
+        crate::client_addr::TrustedProxies::parse(&self.trusted_proxies)
+            .map_err(ConfigError::Invalid)?;
         let mut ids: Vec<&str> = self.tenants.iter().map(|t| t.id.as_str()).collect();
         ids.sort_unstable();
         if let Some(pair) = ids.windows(2).find(|w| w[0] == w[1]) {

@@ -20,6 +20,7 @@
 
 pub mod admission;
 pub mod api;
+pub mod client_addr;
 pub mod clock;
 pub mod config;
 pub mod conn;
@@ -36,6 +37,7 @@ pub mod metrics;
 pub mod outbound;
 pub mod outgoing;
 pub mod owner;
+pub mod per_ip;
 pub mod presence;
 pub mod reload;
 pub mod requests;

@@ -57,6 +57,7 @@ pub fn reload(shared: &Shared, source: &ConfigSource) -> Result<Reloaded, Config
     }
     keep!(
         listen,
+        proxy_protocol,
         shards,
         data_dir,
         history,
@@ -85,6 +86,7 @@ pub fn reload(shared: &Shared, source: &ConfigSource) -> Result<Reloaded, Config
             .collect(),
         need_restart,
     };
+    shared.trusted.store(std::sync::Arc::new(next.trusted()));
     shared.config.store(std::sync::Arc::new(next));
     shared.tenants.store(std::sync::Arc::new(tenants));
     shared.reloads.fetch_add(1, Ordering::AcqRel);

@@ -7,9 +7,11 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
+use crate::client_addr::TrustedProxies;
 use crate::config::Config;
 use crate::mesh::Mesh;
 use crate::metrics::Metrics;
+use crate::per_ip::PerIp;
 use crate::tenant::TenantTable;
 
 /// State shared by every shard (read-mostly; live-replaceable parts behind `ArcSwap`).
@@ -28,6 +30,10 @@ pub struct Shared {
     /// Configuration reloads applied so far; a shard that sees it move re-checks its
     /// connections' tenants.
     pub reloads: AtomicU64,
+    /// Open long-lived connections and handshake buckets per client address.
+    pub per_ip: Arc<PerIp>,
+    /// The trusted proxies of the config in force (parsed), swapped with it on reload.
+    pub trusted: ArcSwap<TrustedProxies>,
 }
 
 impl Shared {
@@ -35,6 +41,8 @@ impl Shared {
     pub fn new(config: Config, mesh: Arc<Mesh>) -> Shared {
         let tenants = TenantTable::new(&config.tenants, config.default_tenant.as_deref());
         Shared {
+            trusted: ArcSwap::from_pointee(config.trusted()),
+            per_ip: Arc::default(),
             config: ArcSwap::from_pointee(config),
             tenants: ArcSwap::from_pointee(tenants),
             metrics: Metrics::new(mesh),

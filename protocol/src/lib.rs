@@ -30,6 +30,7 @@ pub mod error;
 pub mod event;
 pub mod http;
 mod json;
+pub mod proxy;
 pub mod ws;
 
 pub use channel::{ChannelName, TenantId};

@@ -16,6 +16,7 @@
 //! request. Past it the answer is 408 and the connection closes. Every HTTP status and
 //! error code comes from [`ApiError`]; this file holds no status numbers.
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -27,12 +28,15 @@ use monoio::time::Instant;
 use ringcast_protocol::body::{BodyDecoder, BodyError, BodyPoll};
 use ringcast_protocol::event::PresenceSpelling;
 use ringcast_protocol::http::{
-    api_error_response, ok_json, ok_response, parse_request_head, switching_protocols, HttpError,
-    RequestHead, Upgrade, CONTINUE,
+    api_error_response, ok_json, ok_response, parse_request_head, switching_protocols, with_header,
+    HttpError, RequestHead, Upgrade, CONTINUE,
 };
+use ringcast_protocol::proxy::{self, ProxyParse};
 use ringcast_protocol::ApiError;
 
 use crate::admission::ConnectionSlot;
+use crate::client_addr::canonical;
+use crate::per_ip::PerIp;
 use crate::session::{start_session, SessionSetup};
 use crate::shard::Shard;
 use crate::token;
@@ -66,7 +70,10 @@ pub async fn serve_connection(
     slot: Option<ConnectionSlot>,
 ) {
     let mut buf: Vec<u8> = Vec::with_capacity(1024);
-    match serve_requests(&shard, &mut stream, &mut buf, slot.is_some()).await {
+    let peer = stream
+        .peer_addr()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| canonical(a.ip()));
+    match serve_requests(&shard, &mut stream, &mut buf, peer, slot.is_some()).await {
         Served::Close => {
             // The slot is free before the client can see the close: a client that waits
             // for EOF and connects again finds it free.
@@ -88,15 +95,40 @@ async fn serve_requests(
     shard: &Rc<Shard>,
     stream: &mut TcpStream,
     buf: &mut Vec<u8>,
+    peer: IpAddr,
     has_slot: bool,
 ) -> Served {
-    let (timeout, max_body) = {
+    let (timeout, max_body, proxy_protocol) = {
         let config = shard.shared.config.load();
         (
             Duration::from_millis(config.handshake_timeout_ms),
             config.max_message_bytes,
+            config.proxy_protocol,
         )
     };
+    // The connection's own client: the peer, or whom a trusted proxy's PROXY header
+    // names. Each request may still name another through X-Forwarded-For.
+    let mut relayed = peer;
+    if proxy_protocol {
+        let deadline = Instant::now() + timeout;
+        match monoio::time::timeout_at(deadline, read_proxy_header(stream, buf)).await {
+            Err(_) => return timed_out(shard, stream, timeout, "PROXY header").await,
+            Ok(Err(ReadError::Closed)) => return Served::Close,
+            Ok(Err(_)) => unreachable!("read_proxy_header only fails with Closed"),
+            Ok(Ok(ProxyParse::Header { len, client })) => {
+                if !shard.shared.trusted.load().trusts(peer) {
+                    let message = "a PROXY header from a peer that is not in trusted_proxies";
+                    return refuse(shard, stream, ApiError::BadRequest, message, timeout).await;
+                }
+                buf.drain(..len);
+                relayed = client.map_or(peer, |c| canonical(c.ip()));
+            }
+            Ok(Ok(ProxyParse::Invalid(why))) => {
+                return refuse(shard, stream, ApiError::BadRequest, &why, timeout).await;
+            }
+            Ok(Ok(ProxyParse::NotProxy | ProxyParse::Incomplete)) => {}
+        }
+    }
     loop {
         let deadline = Instant::now() + timeout;
         let head = match monoio::time::timeout_at(deadline, read_head(stream, buf)).await {
@@ -123,7 +155,14 @@ async fn serve_requests(
             }
             continue;
         }
-        match route(shard, &head) {
+        let forwarded: Vec<&[u8]> = head
+            .headers
+            .iter()
+            .filter(|(name, _)| name == "x-forwarded-for")
+            .map(|(_, value)| value.as_slice())
+            .collect();
+        let client = shard.shared.trusted.load().client(relayed, &forwarded);
+        match route(shard, &head, client) {
             Route::Respond(out, keep_alive) => {
                 if !write_within(stream, out, timeout).await || !keep_alive {
                     return Served::Close;
@@ -275,6 +314,19 @@ async fn read_body(
     }
 }
 
+/// Reads until the start of `buf` is a PROXY header or cannot be one.
+async fn read_proxy_header(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+) -> Result<ProxyParse, ReadError> {
+    loop {
+        match proxy::parse(buf) {
+            ProxyParse::Incomplete => read_more(stream, buf).await?,
+            done => return Ok(done),
+        }
+    }
+}
+
 /// Appends what the socket has to `buf`; `Closed` on EOF or a read error.
 async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(), ReadError> {
     if buf.capacity() - buf.len() < 512 {
@@ -290,7 +342,7 @@ async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(), Read
 }
 
 /// Answers a complete request that is not for the HTTP API (`crate::api` answers those).
-fn route(shard: &Rc<Shard>, head: &RequestHead) -> Route {
+fn route(shard: &Rc<Shard>, head: &RequestHead, client: IpAddr) -> Route {
     let keep_alive = head.keep_alive();
     let respond = |out: Vec<u8>| Route::Respond(out, keep_alive);
     let error = |error: ApiError, message: &str| {
@@ -301,7 +353,7 @@ fn route(shard: &Rc<Shard>, head: &RequestHead) -> Route {
     let is_get = head.method == "GET";
     match path {
         "/_rt/ws" if !is_get => error(ApiError::MethodNotAllowed, "use GET to open a WebSocket"),
-        "/_rt/ws" => websocket(shard, head, keep_alive),
+        "/_rt/ws" => websocket(shard, head, client, keep_alive),
         "/healthz" | "/readyz" | "/metrics" if !is_get => {
             error(ApiError::MethodNotAllowed, "use GET")
         }
@@ -327,7 +379,7 @@ fn route(shard: &Rc<Shard>, head: &RequestHead) -> Route {
     }
 }
 
-fn websocket(shard: &Rc<Shard>, head: &RequestHead, keep_alive: bool) -> Route {
+fn websocket(shard: &Rc<Shard>, head: &RequestHead, client: IpAddr, keep_alive: bool) -> Route {
     let error = |error: ApiError, message: &str| {
         shard.shared.metrics.shard(shard.id).error(error.code());
         Route::Respond(api_error_response(error, message, keep_alive), keep_alive)
@@ -381,6 +433,20 @@ fn websocket(shard: &Rc<Shard>, head: &RequestHead, keep_alive: bool) -> Route {
         .query_param("presence_events")
         .as_deref()
         .and_then(PresenceSpelling::parse);
+    let limits = shard.shared.config.load().ip_limits();
+    let ip_slot = match PerIp::admit(&shard.shared.per_ip, client, limits, shard.now().0) {
+        Ok(slot) => slot,
+        Err(refused) => {
+            shard
+                .shared
+                .metrics
+                .shard(shard.id)
+                .error(ApiError::RateLimited.code());
+            let response =
+                api_error_response(ApiError::RateLimited, &refused.to_string(), keep_alive);
+            return Route::Respond(with_header(response, "Retry-After", "1"), keep_alive);
+        }
+    };
     let shard_header = shard.id.to_string();
     let response = switching_protocols(&accept, &[("x-ringcast-shard", &shard_header)]);
     Route::Upgrade {
@@ -390,6 +456,7 @@ fn websocket(shard: &Rc<Shard>, head: &RequestHead, keep_alive: bool) -> Route {
             client_id,
             presence_events,
             grant,
+            ip_slot,
         },
     }
 }

@@ -20,6 +20,7 @@ use ringcast_protocol::CloseCode;
 use crate::admission::ConnectionSlot;
 use crate::conn::Conn;
 use crate::outbound::{run_writer, ConnState};
+use crate::per_ip::IpSlot;
 use crate::shard::Shard;
 use crate::tenant::Tenant;
 use crate::token::Grant;
@@ -43,6 +44,8 @@ pub struct SessionSetup {
     pub presence_events: Option<PresenceSpelling>,
     /// What its connection token (`?token=`) verified.
     pub grant: Option<Grant>,
+    /// Its place among its client address's open connections (released at the end).
+    pub ip_slot: IpSlot,
 }
 
 /// Starts serving one upgraded connection: registers it, spawns its writer and its
@@ -62,6 +65,7 @@ pub fn start_session(
         client_id,
         presence_events,
         grant,
+        ip_slot,
     } = setup;
     let conn = shard.register_conn(tenant, &client_id, presence_events, grant);
     let (reader, writer) = stream.into_split();
@@ -73,7 +77,7 @@ pub fn start_session(
     } else {
         leftover
     };
-    monoio::spawn(run_session(shard, conn, reader, buf, slot));
+    monoio::spawn(run_session(shard, conn, reader, buf, (slot, ip_slot)));
 }
 
 /// Reads and handles the connection's frames until it closes.
@@ -82,7 +86,7 @@ async fn run_session(
     conn: Rc<Conn>,
     mut reader: OwnedReadHalf<TcpStream>,
     mut buf: Vec<u8>,
-    slot: ConnectionSlot,
+    slot: (ConnectionSlot, IpSlot),
 ) {
     let max_message = shard.shared.config.load().max_message_bytes;
     let mut decoder = WsDecoder::new(max_message);

@@ -18,6 +18,8 @@ use ppp::{v1, v2, HeaderResult, PartialResult};
 const V2_SIGNATURE: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
 /// The v1 prefix.
 const V1_PREFIX: &[u8; 6] = b"PROXY ";
+/// Longest v1 header, CRLF included.
+const V1_MAX: usize = 107;
 /// Longest header accepted: v2's 16 fixed bytes plus addresses and TLVs (a v1 header is
 /// at most 107 bytes).
 pub const MAX_PROXY_HEADER: usize = 16 + 1024;
@@ -50,6 +52,22 @@ pub fn parse(bytes: &[u8]) -> ProxyParse {
     if !bytes.starts_with(V2_SIGNATURE) && !bytes.starts_with(V1_PREFIX) {
         return ProxyParse::NotProxy;
     }
+    if bytes.starts_with(V1_PREFIX) {
+        // A v1 header is one line of at most 107 bytes: with its CRLF in sight it is
+        // complete, whatever the parser would still wait for.
+        match bytes.windows(2).position(|w| w == b"\r\n") {
+            Some(end) if end + 2 <= V1_MAX => {
+                let line = &bytes[..end + 2];
+                return match HeaderResult::parse(line) {
+                    HeaderResult::V1(Ok(header)) => v1_header(&header),
+                    HeaderResult::V1(Err(e)) => ProxyParse::Invalid(format!("PROXY v1: {e}")),
+                    HeaderResult::V2(_) => ProxyParse::Invalid("PROXY v1: malformed".into()),
+                };
+            }
+            None if bytes.len() < V1_MAX => return ProxyParse::Incomplete,
+            _ => return ProxyParse::Invalid("PROXY v1 header longer than 107 bytes".into()),
+        }
+    }
     let parsed = HeaderResult::parse(bytes);
     if parsed.is_incomplete() {
         if bytes.len() >= MAX_PROXY_HEADER {
@@ -58,18 +76,7 @@ pub fn parse(bytes: &[u8]) -> ProxyParse {
         return ProxyParse::Incomplete;
     }
     match parsed {
-        HeaderResult::V1(Ok(header)) => ProxyParse::Header {
-            len: header.header.len(),
-            client: match header.addresses {
-                v1::Addresses::Tcp4(a) => {
-                    Some(SocketAddr::new(IpAddr::V4(a.source_address), a.source_port))
-                }
-                v1::Addresses::Tcp6(a) => {
-                    Some(SocketAddr::new(IpAddr::V6(a.source_address), a.source_port))
-                }
-                v1::Addresses::Unknown => None,
-            },
-        },
+        HeaderResult::V1(Ok(header)) => v1_header(&header),
         HeaderResult::V2(Ok(header)) => {
             let client = match (header.command, header.addresses) {
                 (v2::Command::Local, _) => None,
@@ -88,6 +95,21 @@ pub fn parse(bytes: &[u8]) -> ProxyParse {
         }
         HeaderResult::V1(Err(e)) => ProxyParse::Invalid(format!("PROXY v1: {e}")),
         HeaderResult::V2(Err(e)) => ProxyParse::Invalid(format!("PROXY v2: {e}")),
+    }
+}
+
+fn v1_header(header: &v1::Header<'_>) -> ProxyParse {
+    ProxyParse::Header {
+        len: header.header.len(),
+        client: match header.addresses {
+            v1::Addresses::Tcp4(a) => {
+                Some(SocketAddr::new(IpAddr::V4(a.source_address), a.source_port))
+            }
+            v1::Addresses::Tcp6(a) => {
+                Some(SocketAddr::new(IpAddr::V6(a.source_address), a.source_port))
+            }
+            v1::Addresses::Unknown => None,
+        },
     }
 }
 
@@ -128,6 +150,13 @@ mod tests {
             parse(b"PROXY BOGUS 1 2 3 4\r\n"),
             ProxyParse::Invalid(_)
         ));
+        assert!(matches!(
+            parse(b"PROXY TCP4 nonsense\r\n"),
+            ProxyParse::Invalid(_)
+        ));
+        assert!(matches!(parse(&[b'P'; 200]), ProxyParse::NotProxy));
+        let long = [&b"PROXY "[..], &[b'1'; 120]].concat();
+        assert!(matches!(parse(&long), ProxyParse::Invalid(_)));
     }
 
     #[test]

@@ -1,0 +1,168 @@
+//! The client address behind proxies and the per-address limits (issue #15): only
+//! trusted proxies are believed (`X-Forwarded-For`, PROXY protocol v1 and v2), a PROXY
+//! header from anyone else is refused, and over a per-address limit a handshake gets 429
+//! while everything else goes on.
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use ringcast_tests::{poll_until, read_http_response, HttpResponse, Server};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn start(settings: &str) -> Result<Server> {
+    let dir = tempfile::Builder::new()
+        .prefix("ringcast-data-")
+        .tempdir()?;
+    let path = dir.path().join("ringcast.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "{settings}\ndefault_tenant = \"acme\"\n[[tenants]]\nid = \"acme\"\nplan = \"pro\"\n"
+        ),
+    )?;
+    let args = [
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--shards",
+        "2",
+        "--config",
+        &path.display().to_string(),
+        "--data-dir",
+        &dir.path().join("data").display().to_string(),
+    ]
+    .map(String::from)
+    .to_vec();
+    Server::start_raw(args, dir)
+}
+
+fn upgrade(headers: &str) -> Vec<u8> {
+    format!(
+        "GET /_rt/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{headers}\r\n"
+    )
+    .into_bytes()
+}
+
+/// Opens a connection from `local` (any 127.x address), sends `prefix` then an upgrade
+/// with `headers`; the response and the socket (kept open: it holds its place).
+fn open_from(
+    server: &Server,
+    local: &str,
+    prefix: &[u8],
+    headers: &str,
+) -> Result<(HttpResponse, TcpStream)> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    let bind: SocketAddr = format!("{local}:0").parse()?;
+    socket.bind(&bind.into())?;
+    socket.connect(&server.addr().into())?;
+    let mut stream: TcpStream = socket.into();
+    let mut bytes = prefix.to_vec();
+    bytes.extend(upgrade(headers));
+    stream.write_all(&bytes)?;
+    Ok((read_http_response(&mut stream, WAIT)?, stream))
+}
+
+fn open(server: &Server, headers: &str) -> Result<(HttpResponse, TcpStream)> {
+    open_from(server, "127.0.0.1", b"", headers)
+}
+
+fn proxy_v1(client: &str) -> Vec<u8> {
+    format!("PROXY TCP4 {client} 127.0.0.1 40000 3001\r\n").into_bytes()
+}
+
+fn proxy_v2(client: [u8; 4]) -> Vec<u8> {
+    let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    h.extend_from_slice(&[0x21, 0x11, 0, 12]);
+    h.extend_from_slice(&client);
+    h.extend_from_slice(&[127, 0, 0, 1, 0x9c, 0x40, 0x0b, 0xb9]);
+    h
+}
+
+#[test]
+fn over_the_per_address_connection_limit_the_handshake_gets_429_until_one_closes() -> Result<()> {
+    let server = start("max_connections_per_ip = 2\nhandshakes_per_sec_per_ip = 0")?;
+    let (a, _a) = open(&server, "")?;
+    let (b, b_stream) = open(&server, "")?;
+    assert_eq!((a.status, b.status), (101, 101));
+    let (refused, _) = open(&server, "")?;
+    refused.assert_error(429, "rate_limited");
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    // Another address is its own.
+    let (other, _other) = open_from(&server, "127.0.0.2", b"", "")?;
+    assert_eq!(other.status, 101);
+    drop(b_stream);
+    let again = poll_until(WAIT, Duration::from_millis(20), || {
+        let (resp, stream) = open(&server, "")?;
+        Ok((resp.status == 101).then_some(stream))
+    })?;
+    drop(again);
+    Ok(())
+}
+
+#[test]
+fn handshakes_per_second_are_bounded_per_address() -> Result<()> {
+    let server = start("max_connections_per_ip = 0\nhandshakes_per_sec_per_ip = 1")?;
+    let started = Instant::now();
+    let (first, _first) = open(&server, "")?;
+    let (second, _second) = open(&server, "")?;
+    assert_eq!(first.status, 101);
+    if started.elapsed() < Duration::from_millis(900) {
+        second.assert_error(429, "rate_limited");
+    }
+    Ok(())
+}
+
+#[test]
+fn x_forwarded_for_is_believed_from_trusted_proxies_only() -> Result<()> {
+    let trusting = start(
+        "trusted_proxies = [\"127.0.0.1\"]\nmax_connections_per_ip = 1\nhandshakes_per_sec_per_ip = 0",
+    )?;
+    let (a, _a) = open(&trusting, "X-Forwarded-For: 203.0.113.1\r\n")?;
+    assert_eq!(a.status, 101);
+    let (same, _) = open(&trusting, "X-Forwarded-For: 6.6.6.6, 203.0.113.1\r\n")?;
+    same.assert_error(429, "rate_limited");
+    let (other, _other) = open(&trusting, "X-Forwarded-For: 203.0.113.2\r\n")?;
+    assert_eq!(other.status, 101, "another client behind the same proxy");
+    // 127.0.0.2 is not trusted: its X-Forwarded-For is ignored, it is the client.
+    let (direct, _direct) = open_from(
+        &trusting,
+        "127.0.0.2",
+        b"",
+        "X-Forwarded-For: 203.0.113.9\r\n",
+    )?;
+    assert_eq!(direct.status, 101);
+    let (direct2, _) = open_from(
+        &trusting,
+        "127.0.0.2",
+        b"",
+        "X-Forwarded-For: 203.0.113.10\r\n",
+    )?;
+    direct2.assert_error(429, "rate_limited");
+    Ok(())
+}
+
+#[test]
+fn proxy_protocol_names_the_client_and_is_refused_from_untrusted_peers() -> Result<()> {
+    let server = start(
+        "proxy_protocol = true\ntrusted_proxies = [\"127.0.0.1\"]\nmax_connections_per_ip = 1\nhandshakes_per_sec_per_ip = 0",
+    )?;
+    let (v1, _v1) = open_from(&server, "127.0.0.1", &proxy_v1("198.51.100.1"), "")?;
+    assert_eq!(v1.status, 101);
+    let (same, _) = open_from(&server, "127.0.0.1", &proxy_v2([198, 51, 100, 1]), "")?;
+    same.assert_error(429, "rate_limited");
+    let (v2, _v2) = open_from(&server, "127.0.0.1", &proxy_v2([198, 51, 100, 2]), "")?;
+    assert_eq!(v2.status, 101, "v2 names another client");
+    // No header from the trusted proxy: the proxy itself is the client.
+    let (bare, _bare) = open(&server, "")?;
+    assert_eq!(bare.status, 101);
+    // A PROXY header from a peer that is not trusted is refused.
+    let (forged, _) = open_from(&server, "127.0.0.3", &proxy_v1("198.51.100.3"), "")?;
+    forged.assert_error(400, "bad_request");
+    let (garbled, _) = open_from(&server, "127.0.0.1", b"PROXY TCP4 nonsense\r\n", "")?;
+    garbled.assert_error(400, "bad_request");
+    Ok(())
+}

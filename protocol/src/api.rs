@@ -63,7 +63,7 @@ pub struct PublishBody<'a> {
 
 /// Parses API request bodies, reusing its buffers.
 pub struct ApiParser {
-    tape: TapeBuffers,
+    pub(crate) tape: TapeBuffers,
 }
 
 impl std::fmt::Debug for ApiParser {

@@ -48,6 +48,7 @@ fn main() {
         metrics: Metrics::new(mesh.clone()),
         open_connections: AtomicUsize::new(0),
         ready_shards: AtomicUsize::new(0),
+        ren: Default::default(),
     });
     let store = history::open_all(data.path(), &config.history, 1)
         .expect("history")

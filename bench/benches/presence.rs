@@ -201,6 +201,7 @@ impl Pair {
             metrics: Metrics::new(mesh.clone()),
             open_connections: AtomicUsize::new(0),
             ready_shards: AtomicUsize::new(0),
+            ren: Default::default(),
         });
         let clock = ManualClock::new(Millis(1_700_000_000_000));
         let histories = history::open_all(data.path(), &config.history, 2).unwrap();

@@ -16,6 +16,8 @@
 //! same shard go through the local FIFO and are handled after the producing handler has
 //! returned, so re-entrancy cannot happen and ordering is the same as across shards.
 
+mod ren;
+
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -73,6 +75,8 @@ pub struct ShardCore {
     presence: PresenceTable,
     /// This shard's connections holding presence that sent a frame since the last tick.
     presence_seen: Vec<ConnId>,
+    /// REN: the sequences of the tenants this shard is REN owner of, and its SSE streams.
+    ren: ren::RenCore,
 }
 
 impl ShardCore {
@@ -90,6 +94,7 @@ impl ShardCore {
             .shard(id)
             .history_rings
             .set(history.ring_count() as u64);
+        let ren = ren::RenCore::new(shared.config.load().ren.limits(), now);
         let idempotency = {
             let config = shared.config.load();
             IdempotencyTable::new(
@@ -114,6 +119,7 @@ impl ShardCore {
             housekeeping_ticks: 0,
             presence: PresenceTable::default(),
             presence_seen: Vec::new(),
+            ren,
         }
     }
 
@@ -228,6 +234,7 @@ impl ShardCore {
         for conn in self.conns.values() {
             conn.close(CloseCode::GOING_AWAY, "server shutting down");
         }
+        self.ren_close_all();
     }
 
     // ----- client actions (from sessions on this shard) -----
@@ -693,6 +700,7 @@ impl ShardCore {
                 let now = self.now();
                 self.presence.conn_closed(from, conn, seen, now);
             }
+            ShardMsg::Ren(msg) => self.ren_handle(msg),
         }
     }
 
@@ -741,10 +749,13 @@ impl ShardCore {
             seq,
             now,
         );
-        if let Err(e) = self
-            .owned
-            .append(&req.key, now, req.user_id.as_deref(), &frame, data_span)
-        {
+        if let Err(e) = self.owned.append(
+            &req.key,
+            now,
+            req.user_id.as_deref(),
+            &frame,
+            data_span.clone(),
+        ) {
             let message = format!("history append failed: {e}");
             self.publish_failed(&req, message);
             return;
@@ -762,6 +773,14 @@ impl ShardCore {
             };
             self.send_to(shard, deliver);
         }
+        self.mirror_to_ren(
+            &req.key,
+            &frame,
+            data_span,
+            req.user_id.as_deref(),
+            seq,
+            now,
+        );
         let counters = self.counters();
         counters.messages_published.inc();
         if seq == 1 {
@@ -956,6 +975,7 @@ impl ShardCore {
     /// Sends a presence change to every shard watching `key` (itself included, through
     /// the local FIFO), after any message of the channel sent before it.
     fn announce(&mut self, key: &ChannelKey, announce: Announce) {
+        self.mirror_presence_to_ren(key, &announce);
         let Some(channel) = self.owned.get(key) else {
             return;
         };
@@ -1183,6 +1203,7 @@ impl ShardCore {
     /// flushes, idle log removal.
     fn housekeeping(&mut self, now: Millis, sweep_idle_rings: bool) {
         self.flush_presence_seen();
+        self.ren_housekeeping(now);
         for conn in self.conns.values() {
             conn.outbound().sweep_idle();
         }

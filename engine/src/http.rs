@@ -7,6 +7,7 @@
 //!               head  (protocol::http::parse_request_head)   ┐ one deadline:
 //!               body  (protocol::body::BodyDecoder)          ┘ handshake_timeout_ms
 //!               api::serve(shard, &head, &body).await  (/api/…: SPEC §5)
+//!               api::ren::open(shard, &head)  (GET /api/maravilla/ren) ──► SSE stream
 //!               route(shard, &head) ──► response | upgrade ──► session
 //! ```
 //!
@@ -51,6 +52,8 @@ enum Route {
 /// How the HTTP phase of a connection ended.
 enum Served {
     Close,
+    /// `GET /api/maravilla/ren`: the connection becomes a REN (SSE) stream.
+    Ren(crate::api::ren::RenOpen),
     Upgrade {
         tenant: Arc<crate::tenant::Tenant>,
         client_id: String,
@@ -78,6 +81,11 @@ pub async fn serve_connection(
             // for EOF and connects again finds it free.
             drop(slot);
             drop(stream);
+        }
+        Served::Ren(open) => {
+            if let Some(slot) = slot {
+                crate::ren::serve::start_stream(shard, stream, open, slot);
+            }
         }
         Served::Upgrade {
             tenant,
@@ -134,6 +142,18 @@ async fn serve_requests(
             Ok(Err(e)) => return answer_read_error(shard, stream, e, max_body, timeout).await,
             Ok(Ok(body)) => body,
         };
+        if crate::api::ren::is_stream_request(&head) {
+            match crate::api::ren::open(shard, &head) {
+                Ok(open) => return Served::Ren(open),
+                Err(refusal) => {
+                    let out = crate::api::respond_refusal(shard, &refusal, head.keep_alive());
+                    if !write_within(stream, out, timeout).await || !head.keep_alive() {
+                        return Served::Close;
+                    }
+                    continue;
+                }
+            }
+        }
         if crate::api::handles(&head.path) {
             let out = crate::api::serve(shard, &head, &body).await;
             if !write_within(stream, out, timeout).await || !head.keep_alive() {

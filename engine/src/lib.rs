@@ -37,6 +37,7 @@ pub mod outbound;
 pub mod outgoing;
 pub mod owner;
 pub mod presence;
+pub mod ren;
 pub mod requests;
 pub mod server;
 pub mod session;

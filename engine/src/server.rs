@@ -44,6 +44,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         metrics: Metrics::new(mesh.clone()),
         open_connections: AtomicUsize::new(0),
         ready_shards: AtomicUsize::new(0),
+        ren: Default::default(),
     });
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     if !monoio::utils::detect_uring() {

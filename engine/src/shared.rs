@@ -8,6 +8,7 @@ use arc_swap::ArcSwap;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::ren::activity::RenActivity;
 use crate::tenant::TenantTable;
 
 /// State shared by every shard (read-mostly; live-replaceable parts behind `ArcSwap`).
@@ -23,4 +24,6 @@ pub struct Shared {
     pub open_connections: AtomicUsize,
     /// Shards whose loops run (for `/readyz`).
     pub ready_shards: AtomicUsize,
+    /// Which tenants' channel events are mirrored into REN (`ren/activity.rs`).
+    pub ren: RenActivity,
 }

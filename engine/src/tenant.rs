@@ -134,6 +134,13 @@ pub struct TenantConfig {
     /// (`presence.join`) for this tenant's WebSocket connections.
     #[serde(default)]
     pub presence_events: Option<PresenceEvents>,
+    /// Whether `GET /api/maravilla/ren` needs no `token=` (SPEC §9; default false; always
+    /// allowed in `--dev`).
+    #[serde(default)]
+    pub allow_anonymous_ren: bool,
+    /// Origins a browser may open REN streams from (CORS); absent: any Origin.
+    #[serde(default)]
+    pub allowed_origins: Option<Vec<String>>,
 }
 
 /// The `presence_events` tenant setting.
@@ -169,6 +176,8 @@ impl TenantConfig {
             max_presence_channels_per_connection: None,
             presence_events: None,
             api_keys: Vec::new(),
+            allow_anonymous_ren: false,
+            allowed_origins: None,
         }
     }
 }
@@ -186,6 +195,10 @@ pub struct Tenant {
     pub presence_spelling: PresenceSpelling,
     /// Bearer keys of the HTTP API (empty: none configured).
     pub api_keys: Vec<String>,
+    /// REN streams need no token.
+    pub allow_anonymous_ren: bool,
+    /// Origins allowed to open REN streams from a browser; `None`: any.
+    pub allowed_origins: Option<Vec<String>>,
 }
 
 /// Every tenant, by id, and the default one.
@@ -229,6 +242,8 @@ impl TenantTable {
                         limits,
                         presence_spelling: c.presence_events.map(Into::into).unwrap_or_default(),
                         api_keys: c.api_keys.clone(),
+                        allow_anonymous_ren: c.allow_anonymous_ren,
+                        allowed_origins: c.allowed_origins.clone(),
                     }),
                 )
             })

@@ -1,6 +1,7 @@
 //! The HTTP API of SPEC §5: what apps' backends call on the same port as WebSockets
 //! (the SDK's `createRemoteClient`). One role per file: [`auth`] (tenant and key of every
-//! request), [`publish`], [`history`], [`channels`].
+//! request), [`publish`], [`history`], [`channels`], [`ren`] (the SSE stream, whose GET
+//! `http.rs` takes before [`serve`], and `POST /api/ren/events`).
 //!
 //! ```text
 //!  http::serve_requests ──► api::serve(shard, head, body)
@@ -17,6 +18,7 @@ pub mod auth;
 pub mod channels;
 pub mod history;
 pub mod publish;
+pub mod ren;
 
 use std::rc::Rc;
 
@@ -57,7 +59,12 @@ enum ApiRoute {
     Publish,
     Channels,
     History(String),
-    /// Built by other issues (presence, tokens, REN).
+    /// `POST /api/ren/events`.
+    RenEvents,
+    /// `GET /api/maravilla/ren`: `http.rs` takes the GET before [`serve`] (the
+    /// connection becomes the stream); only other methods get here (405).
+    RenStream,
+    /// Built by other issues (presence, tokens).
     NotBuilt,
 }
 
@@ -73,9 +80,9 @@ fn choose(head: &RequestHead) -> Result<(ApiRoute, &'static str), Refusal> {
         }
         ["api", "realtime", "presence", _] => (ApiRoute::NotBuilt, "GET"),
         ["api", "realtime", "presence", _, "join" | "update" | "leave"]
-        | ["api", "realtime", "tokens"]
-        | ["api", "ren", "events"] => (ApiRoute::NotBuilt, "POST"),
-        ["api", "maravilla", "ren"] => (ApiRoute::NotBuilt, "GET"),
+        | ["api", "realtime", "tokens"] => (ApiRoute::NotBuilt, "POST"),
+        ["api", "ren", "events"] => (ApiRoute::RenEvents, "POST"),
+        ["api", "maravilla", "ren"] => (ApiRoute::RenStream, "GET"),
         _ => return Err(Refusal::new(ApiError::NotFound, "no such route")),
     };
     Ok(route)
@@ -100,6 +107,11 @@ async fn answer(shard: &Rc<Shard>, head: &RequestHead, body: &[u8]) -> Result<Ve
         ApiRoute::Publish => publish::publish(shard, head, body, &tenant).await,
         ApiRoute::Channels => channels::channels(shard, &tenant).await,
         ApiRoute::History(channel) => history::history(shard, head, &channel, &tenant).await,
+        ApiRoute::RenEvents => ren::ingest(shard, head, body, &tenant).await,
+        ApiRoute::RenStream => Err(Refusal::new(
+            ApiError::Internal,
+            "a REN stream request reached the JSON API",
+        )),
         ApiRoute::NotBuilt => unreachable!("answered above"),
     }
 }

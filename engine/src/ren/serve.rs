@@ -1,0 +1,56 @@
+//! The tasks of one SSE stream, after `http.rs` read its request: the writer (the shared
+//! [`run_writer`]: one `writev` per turn with everything queued) and a reader that only
+//! watches for the client going away (SSE clients send nothing after the request).
+//! The stream holds its `max_connections` slot until the reader ends.
+
+use std::rc::Rc;
+
+use monoio::io::{AsyncReadRent, OwnedReadHalf, Splitable};
+use monoio::net::TcpStream;
+
+use crate::admission::ConnectionSlot;
+use crate::api::ren::RenOpen;
+use crate::outbound::{run_writer, ConnState};
+use crate::ren::stream::RenStream;
+use crate::shard::Shard;
+
+/// Starts serving an accepted `GET /api/maravilla/ren` on `socket`.
+pub fn start_stream(shard: Rc<Shard>, socket: TcpStream, open: RenOpen, slot: ConnectionSlot) {
+    let stream = shard.ren_open(open);
+    let (reader, writer) = socket.into_split();
+    monoio::spawn(run_writer(stream.clone(), writer));
+    monoio::spawn(run_reader(shard, stream, reader, slot));
+}
+
+/// Reads (and drops) whatever the client sends until it closes or the stream is closed
+/// by the server (slow consumer, shutdown), then forgets the stream.
+async fn run_reader(
+    shard: Rc<Shard>,
+    stream: Rc<RenStream>,
+    mut reader: OwnedReadHalf<TcpStream>,
+    slot: ConnectionSlot,
+) {
+    let mut buf = Vec::with_capacity(64);
+    loop {
+        buf.clear();
+        let read = reader.read(buf);
+        let outcome = monoio::select! {
+            (result, returned) = read => Some((result, returned)),
+            _ = stream.outbound().until_not_open() => None,
+        };
+        let Some((result, returned)) = outcome else {
+            break;
+        };
+        buf = returned;
+        if matches!(result, Ok(0) | Err(_)) {
+            break;
+        }
+    }
+    // A stream the server is closing lets its writer finish (it shuts the socket down,
+    // within its own deadline); one whose client left is done.
+    if stream.state() == ConnState::Open {
+        stream.mark_closed();
+    }
+    shard.ren_close(&stream);
+    drop(slot);
+}

@@ -1,0 +1,272 @@
+//! An SSE stream as its shard sees it ([`RenStream`]: tenant, filter, the shared
+//! [`Outbound`] queue with no farewell frame) and the shard's table of them
+//! ([`LocalStreams`]), grouped by tenant and then by filter class, so an event is tested
+//! against each distinct filter once, not once per stream.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use hashbrown::HashMap;
+use ringcast_protocol::ren::RenFilter;
+use ringcast_protocol::{CloseCode, TenantId};
+
+use crate::keys::{ConnId, RequestId};
+use crate::outbound::{ConnState, Outbound, Pushed};
+use crate::ren::RenEntry;
+use crate::tenant::Tenant;
+
+/// SSE has no goodbye frame: a closing stream just ends.
+fn no_farewell(_: CloseCode, _: &str) -> Option<Bytes> {
+    None
+}
+
+/// Where a stream stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamState {
+    /// Waiting for the REN owner's answer to this subscribe; nothing sent yet.
+    Pending(RequestId),
+    /// Head sent; receiving events.
+    Active,
+}
+
+/// One `GET /api/maravilla/ren` stream.
+pub struct RenStream {
+    /// Shard-local id (from the same counter as WebSocket connections).
+    pub id: ConnId,
+    /// Its tenant.
+    pub tenant: Arc<Tenant>,
+    /// Which domains it wants.
+    pub filter: RenFilter,
+    /// `?cid=`, for correlation (the client drops events whose `src` is its own id).
+    pub client_id: Box<str>,
+    state: Cell<StreamState>,
+    /// The response head, sent when the owner answers (so a client that sees the stream
+    /// open knows the tenant's events are being mirrored).
+    head: RefCell<Option<Vec<u8>>>,
+    out: Outbound,
+}
+
+impl std::fmt::Debug for RenStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RenStream")
+            .field("id", &self.id)
+            .field("tenant", &self.tenant.id)
+            .field("filter", &self.filter)
+            .field("state", &self.state.get())
+            .field("out", &self.out)
+            .finish()
+    }
+}
+
+impl AsRef<Outbound> for RenStream {
+    fn as_ref(&self) -> &Outbound {
+        &self.out
+    }
+}
+
+impl RenStream {
+    /// A stream waiting for `request`'s answer, with an outbound bound of `limit` bytes.
+    pub fn new(
+        id: ConnId,
+        tenant: Arc<Tenant>,
+        filter: RenFilter,
+        client_id: &str,
+        head: Vec<u8>,
+        request: RequestId,
+        limit: usize,
+    ) -> RenStream {
+        RenStream {
+            id,
+            tenant,
+            filter,
+            client_id: client_id.into(),
+            state: Cell::new(StreamState::Pending(request)),
+            head: RefCell::new(Some(head)),
+            out: Outbound::new(limit, no_farewell),
+        }
+    }
+
+    /// Where it stands.
+    pub fn stream_state(&self) -> StreamState {
+        self.state.get()
+    }
+
+    /// The outbound queue.
+    pub fn outbound(&self) -> &Outbound {
+        &self.out
+    }
+
+    /// The queue's state.
+    pub fn state(&self) -> ConnState {
+        self.out.state()
+    }
+
+    /// Queues a chunk.
+    pub fn push(&self, chunk: Bytes) -> Pushed {
+        self.out.push(chunk)
+    }
+
+    /// Starts closing (nothing more is queued; what is queued is flushed).
+    pub fn close(&self, code: CloseCode, reason: &str) {
+        self.out.close(code, reason);
+    }
+
+    /// The stream is gone.
+    pub fn mark_closed(&self) {
+        self.out.mark_closed();
+    }
+}
+
+/// Streams of one tenant with the same filter.
+#[derive(Debug)]
+struct FilterClass {
+    filter: RenFilter,
+    streams: HashMap<ConnId, Rc<RenStream>>,
+}
+
+#[derive(Debug, Default)]
+struct TenantStreams {
+    /// Subscribing, not yet answered.
+    pending: usize,
+    classes: Vec<FilterClass>,
+}
+
+impl TenantStreams {
+    fn is_empty(&self) -> bool {
+        self.pending == 0 && self.classes.is_empty()
+    }
+}
+
+/// Outcome of delivering events to a shard's streams.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Delivered {
+    /// Chunks queued.
+    pub queued: u64,
+    /// Streams closed because their buffer was full.
+    pub overflowed: u64,
+}
+
+/// Every stream of one shard.
+#[derive(Debug, Default)]
+pub struct LocalStreams {
+    streams: HashMap<ConnId, Rc<RenStream>>,
+    tenants: HashMap<TenantId, TenantStreams>,
+}
+
+impl LocalStreams {
+    /// Adds a pending stream.
+    pub fn open(&mut self, stream: Rc<RenStream>) {
+        self.tenants
+            .entry_ref(&stream.tenant.id)
+            .or_default()
+            .pending += 1;
+        self.streams.insert(stream.id, stream);
+    }
+
+    /// The owner answered `request` for `id`: the stream, now active (in its filter
+    /// class), and its head; `None` when it closed meanwhile or the answer is stale.
+    pub fn activate(&mut self, id: ConnId, request: RequestId) -> Option<(Rc<RenStream>, Vec<u8>)> {
+        let stream = self.streams.get(&id)?.clone();
+        if stream.state.get() != StreamState::Pending(request) {
+            return None;
+        }
+        stream.state.set(StreamState::Active);
+        let tenant = self.tenants.entry_ref(&stream.tenant.id).or_default();
+        tenant.pending -= 1;
+        match tenant
+            .classes
+            .iter_mut()
+            .find(|c| c.filter == stream.filter)
+        {
+            Some(class) => {
+                class.streams.insert(id, stream.clone());
+            }
+            None => tenant.classes.push(FilterClass {
+                filter: stream.filter.clone(),
+                streams: HashMap::from_iter([(id, stream.clone())]),
+            }),
+        }
+        let head = stream.head.borrow_mut().take().unwrap_or_default();
+        Some((stream, head))
+    }
+
+    /// Forgets a stream. Returns its tenant when no stream of it is left on this shard
+    /// (the shard stops watching the tenant).
+    pub fn close(&mut self, id: ConnId) -> Option<TenantId> {
+        let stream = self.streams.remove(&id)?;
+        let tenant_id = &stream.tenant.id;
+        let tenant = self.tenants.get_mut(tenant_id)?;
+        match stream.state.get() {
+            StreamState::Pending(_) => tenant.pending -= 1,
+            StreamState::Active => {
+                if let Some(at) = tenant
+                    .classes
+                    .iter()
+                    .position(|c| c.filter == stream.filter)
+                {
+                    let class = &mut tenant.classes[at];
+                    class.streams.remove(&id);
+                    if class.streams.is_empty() {
+                        tenant.classes.swap_remove(at);
+                    }
+                }
+            }
+        }
+        if tenant.is_empty() {
+            self.tenants.remove(tenant_id);
+            return Some(tenant_id.clone());
+        }
+        None
+    }
+
+    /// Queues each event, in order, to every active stream of `tenant` whose filter
+    /// takes its domain: one test per filter class, the same `Bytes` for every stream.
+    pub fn deliver(&self, tenant: &TenantId, events: &[RenEntry]) -> Delivered {
+        let mut delivered = Delivered::default();
+        let Some(tenant) = self.tenants.get(tenant) else {
+            return delivered;
+        };
+        for event in events {
+            for class in &tenant.classes {
+                if !class.filter.matches(&event.domain) {
+                    continue;
+                }
+                for stream in class.streams.values() {
+                    match stream.push(event.chunk.clone()) {
+                        Pushed::Queued => delivered.queued += 1,
+                        Pushed::Overflowed => delivered.overflowed += 1,
+                        Pushed::Dropped => {}
+                    }
+                }
+            }
+        }
+        delivered
+    }
+
+    /// The stream `id`.
+    pub fn get(&self, id: ConnId) -> Option<&Rc<RenStream>> {
+        self.streams.get(&id)
+    }
+
+    /// Every stream.
+    pub fn iter(&self) -> impl Iterator<Item = &Rc<RenStream>> {
+        self.streams.values()
+    }
+
+    /// Number of streams (pending and active).
+    pub fn len(&self) -> usize {
+        self.streams.len()
+    }
+
+    /// Whether there is none.
+    pub fn is_empty(&self) -> bool {
+        self.streams.is_empty()
+    }
+
+    /// Distinct filter classes of `tenant` here (tests, benches).
+    pub fn classes_of(&self, tenant: &TenantId) -> usize {
+        self.tenants.get(tenant).map_or(0, |t| t.classes.len())
+    }
+}

@@ -68,7 +68,10 @@ pub fn run(cfg: &Config) -> anyhow::Result<Report> {
         "w5" => idle(cfg, &mut r)?,
         "http-publish" => crate::publish_api::run(cfg, true, &mut r)?,
         "ws-publish" => crate::publish_api::run(cfg, false, &mut r)?,
-        other => anyhow::bail!("unknown workload {other:?} (w1…w6, http-publish, ws-publish)"),
+        "ren-fanout" => crate::ren_fanout::run(cfg, &mut r)?,
+        other => anyhow::bail!(
+            "unknown workload {other:?} (w1…w6, http-publish, ws-publish, ren-fanout)"
+        ),
     }
     Ok(r)
 }

@@ -25,7 +25,8 @@ struct Args {
     /// w1 (fan-out saturation), w2 (personal+group, open loop at 50/80 %), w3 (hot channel,
     /// fixed rate), w4 (connection storm + churn), w5 (idle memory), w6 (w2 + stalled readers),
     /// http-publish (HTTP API publishes on `--publishers` keep-alive connections, closed
-    /// loop), ws-publish (the same over WebSocket with `ref` acks).
+    /// loop), ws-publish (the same over WebSocket with `ref` acks), ren-fanout (one
+    /// `POST /api/ren/events` of `--burst` events → `--subscribers` SSE streams).
     #[arg(long, default_value = "w1")]
     workload: String,
     /// Subscribers (w1/w3) or connections (w2/w4/w5/w6).

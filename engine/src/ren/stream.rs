@@ -42,6 +42,8 @@ pub struct RenStream {
     /// `?cid=`, for correlation (the client drops events whose `src` is its own id).
     pub client_id: Box<str>,
     state: Cell<StreamState>,
+    /// Its index in its filter class's list (while active).
+    slot: Cell<usize>,
     /// The response head, sent when the owner answers (so a client that sees the stream
     /// open knows the tenant's events are being mirrored).
     head: RefCell<Option<Vec<u8>>>,
@@ -83,6 +85,7 @@ impl RenStream {
             filter,
             client_id: client_id.into(),
             state: Cell::new(StreamState::Pending(request)),
+            slot: Cell::new(0),
             head: RefCell::new(Some(head)),
             out: Outbound::new(limit, no_farewell),
         }
@@ -119,11 +122,29 @@ impl RenStream {
     }
 }
 
-/// Streams of one tenant with the same filter.
+/// Streams of one tenant with the same filter: a dense list (fan-out walks it), each
+/// stream knowing its index (removal is a swap).
 #[derive(Debug)]
 struct FilterClass {
     filter: RenFilter,
-    streams: HashMap<ConnId, Rc<RenStream>>,
+    streams: Vec<Rc<RenStream>>,
+}
+
+impl FilterClass {
+    fn insert(&mut self, stream: Rc<RenStream>) {
+        stream.slot.set(self.streams.len());
+        self.streams.push(stream);
+    }
+
+    fn remove(&mut self, stream: &RenStream) {
+        let at = stream.slot.get();
+        if self.streams.get(at).is_some_and(|s| s.id == stream.id) {
+            self.streams.swap_remove(at);
+            if let Some(moved) = self.streams.get(at) {
+                moved.slot.set(at);
+            }
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -180,13 +201,15 @@ impl LocalStreams {
             .iter_mut()
             .find(|c| c.filter == stream.filter)
         {
-            Some(class) => {
-                class.streams.insert(id, stream.clone());
+            Some(class) => class.insert(stream.clone()),
+            None => {
+                let mut class = FilterClass {
+                    filter: stream.filter.clone(),
+                    streams: Vec::new(),
+                };
+                class.insert(stream.clone());
+                tenant.classes.push(class);
             }
-            None => tenant.classes.push(FilterClass {
-                filter: stream.filter.clone(),
-                streams: HashMap::from_iter([(id, stream.clone())]),
-            }),
         }
         let head = stream.head.borrow_mut().take().unwrap_or_default();
         Some((stream, head))
@@ -207,7 +230,7 @@ impl LocalStreams {
                     .position(|c| c.filter == stream.filter)
                 {
                     let class = &mut tenant.classes[at];
-                    class.streams.remove(&id);
+                    class.remove(&stream);
                     if class.streams.is_empty() {
                         tenant.classes.swap_remove(at);
                     }
@@ -233,7 +256,7 @@ impl LocalStreams {
                 if !class.filter.matches(&event.domain) {
                     continue;
                 }
-                for stream in class.streams.values() {
+                for stream in &class.streams {
                     match stream.push(event.chunk.clone()) {
                         Pushed::Queued => delivered.queued += 1,
                         Pushed::Overflowed => delivered.overflowed += 1,
@@ -268,5 +291,66 @@ impl LocalStreams {
     /// Distinct filter classes of `tenant` here (tests, benches).
     pub fn classes_of(&self, tenant: &TenantId) -> usize {
         self.tenants.get(tenant).map_or(0, |t| t.classes.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tenant::{Plan, TenantConfig, TenantTable};
+
+    fn entry(domain: &str) -> RenEntry {
+        RenEntry {
+            id: 1,
+            domain: Arc::from(domain),
+            chunk: Bytes::from_static(b"x"),
+        }
+    }
+
+    #[test]
+    fn classes_keep_their_streams_through_swaps_and_report_the_last_close() {
+        let tenant = TenantTable::new(&[TenantConfig::new("t", Plan::Free)], Some("t"))
+            .resolve(None)
+            .unwrap();
+        let mut table = LocalStreams::default();
+        let streams: Vec<Rc<RenStream>> = (0..4)
+            .map(|i| {
+                let filter = if i == 3 {
+                    RenFilter::Domains(vec!["db".into()].into())
+                } else {
+                    RenFilter::All
+                };
+                let stream = Rc::new(RenStream::new(
+                    ConnId(i),
+                    tenant.clone(),
+                    filter,
+                    "c",
+                    b"HEAD".to_vec(),
+                    RequestId(i),
+                    1000,
+                ));
+                table.open(stream.clone());
+                stream
+            })
+            .collect();
+        assert!(table.activate(ConnId(0), RequestId(9)).is_none(), "stale answer");
+        for s in &streams {
+            let (_, head) = table.activate(s.id, RequestId(s.id.0)).unwrap();
+            assert_eq!(head, b"HEAD");
+            s.outbound().take_queued();
+        }
+        assert_eq!(table.classes_of(&tenant.id), 2);
+        assert_eq!(table.close(ConnId(0)), None, "others are left");
+        let delivered = table.deliver(&tenant.id, &[entry("kv"), entry("db")]);
+        assert_eq!(delivered.queued, 2 + 2 + 1);
+        assert!(streams[0].outbound().take_queued().is_empty());
+        for s in &streams[1..3] {
+            assert_eq!(s.outbound().take_queued().len(), 2, "{:?}", s.id);
+        }
+        assert_eq!(streams[3].outbound().take_queued().len(), 1);
+        assert_eq!(table.close(ConnId(2)), None);
+        assert_eq!(table.close(ConnId(3)), None);
+        assert_eq!(table.close(ConnId(1)), Some(tenant.id.clone()), "the last one");
+        assert_eq!(table.deliver(&tenant.id, &[entry("kv")]).queued, 0);
     }
 }

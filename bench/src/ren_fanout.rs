@@ -5,6 +5,10 @@
 //! the same epoll: its answers are read as they come, while the streams are read (so
 //! the client reads deliveries as the server writes them, as in W1).
 //!
+//! With `--nchan` the same streams and paths go to Nginx + Nchan (`bench/scripts/ren.sh`
+//! configures its subscriber and publisher locations on REN's paths): Nchan publishes
+//! one message per POST, so a burst is K pipelined POSTs of one event each.
+//!
 //! Reports deliveries/s, broadcast completion (post → last stream has the burst) and
 //! per-delivery latency from the stamp in each event's data, server CPU per million
 //! deliveries.
@@ -97,6 +101,14 @@ pub fn run(cfg: &Config, r: &mut Report) -> Result<()> {
     let mut burst = |publisher: &mut Publisher, next_id: &mut u64| -> Result<Instant> {
         let sent = Instant::now();
         let lg = sent.duration_since(start).as_nanos() as u64;
+        if cfg.nchan {
+            for _ in 0..k {
+                payload::write_data(&mut data, lg, *next_id, cfg.payload);
+                *next_id += 1;
+                publisher.post(&data)?;
+            }
+            return Ok(sent);
+        }
         body.clear();
         body.push(b'[');
         for j in 0..k {
@@ -239,13 +251,13 @@ fn turn(
                 }
             }
         }
+        consume(stream, counts, start);
         if stream.closed && !stream.opened {
             bail!(
                 "a stream was refused: {:?}",
                 String::from_utf8_lossy(&stream.buf)
             );
         }
-        consume(stream, counts, start);
     }
     Ok(())
 }
@@ -257,7 +269,13 @@ fn consume(stream: &mut Stream, counts: &mut Counts, start: Instant) {
         let Some(end) = find(&stream.buf, b"\r\n\r\n") else {
             return;
         };
+        if !stream.buf.starts_with(b"HTTP/1.1 200") {
+            stream.closed = true;
+            return;
+        }
+        // Ringcast sends the head once the stream is registered; Nchan at once.
         stream.head_done = true;
+        stream.opened = true;
         at = end + 4;
     }
     let now_ns = start.elapsed().as_nanos() as u64;
@@ -265,9 +283,7 @@ fn consume(stream: &mut Stream, counts: &mut Counts, start: Instant) {
     let lg = memchr::memmem::Finder::new(b"{\"lg\":");
     while let Some(end) = blank.find(&stream.buf[at..]) {
         let block = &stream.buf[at..at + end];
-        if block.starts_with(b":ok") {
-            stream.opened = true;
-        } else if !block.starts_with(b":") {
+        if !block.starts_with(b":") {
             counts.deliveries += 1;
             // The stamp opens the event's `data`: jump there before parsing it.
             let stamp = lg
@@ -371,7 +387,7 @@ impl Publisher {
                     })
                     .context("answer without Content-Length")?;
                 if self.buf.len() >= end + 4 + length {
-                    if !head.starts_with("HTTP/1.1 200") {
+                    if !head.starts_with("HTTP/1.1 2") {
                         bail!(
                             "ingest refused: {head} {}",
                             String::from_utf8_lossy(&self.buf[end + 4..end + 4 + length])

@@ -49,6 +49,9 @@ pub struct Config {
     pub stopped_pct: f64,
     /// Reconnects per second in W4's churn phase.
     pub churn_per_s: f64,
+    /// `ren-fanout` against Nchan (one message per POST) instead of Ringcast (K events
+    /// per POST).
+    pub nchan: bool,
 }
 
 /// Runs the workload named in `cfg`.

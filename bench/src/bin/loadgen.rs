@@ -66,6 +66,10 @@ struct Args {
     /// Reconnects per second during w4's churn.
     #[arg(long, default_value_t = 3000.0)]
     churn_per_s: f64,
+    /// ren-fanout against Nginx + Nchan (`bench/scripts/ren.sh --nchan`): each event its
+    /// own POST, answers 2xx.
+    #[arg(long)]
+    nchan: bool,
     /// Print one JSON line instead of text.
     #[arg(long)]
     json: bool,
@@ -103,6 +107,7 @@ fn main() {
         max_inflight: a.max_inflight.max(1),
         stopped_pct: a.stopped_pct,
         churn_per_s: a.churn_per_s,
+        nchan: a.nchan,
     };
     match workload::run(&cfg) {
         Ok(r) if a.json => println!("{}", r.to_json()),

@@ -333,7 +333,10 @@ mod tests {
                 stream
             })
             .collect();
-        assert!(table.activate(ConnId(0), RequestId(9)).is_none(), "stale answer");
+        assert!(
+            table.activate(ConnId(0), RequestId(9)).is_none(),
+            "stale answer"
+        );
         for s in &streams {
             let (_, head) = table.activate(s.id, RequestId(s.id.0)).unwrap();
             assert_eq!(head, b"HEAD");
@@ -350,7 +353,11 @@ mod tests {
         assert_eq!(streams[3].outbound().take_queued().len(), 1);
         assert_eq!(table.close(ConnId(2)), None);
         assert_eq!(table.close(ConnId(3)), None);
-        assert_eq!(table.close(ConnId(1)), Some(tenant.id.clone()), "the last one");
+        assert_eq!(
+            table.close(ConnId(1)),
+            Some(tenant.id.clone()),
+            "the last one"
+        );
         assert_eq!(table.deliver(&tenant.id, &[entry("kv")]).queued, 0);
     }
 }

@@ -174,6 +174,16 @@ fn publishes_presence_and_app_events_reach_every_stream_whose_filter_takes_them(
         2
     );
 
+    // A private channel's message is not mirrored (streams may be anonymous).
+    let private = support::key("private-room:vip");
+    let data = Bytes::from_static(b"\"secret\"");
+    let mut rx = cluster.shards[0].publish_for_task(private, data, None, 1_000);
+    cluster.pump();
+    assert!(matches!(
+        poll_answer(&mut rx),
+        Some(Ok(Answer::Published { .. }))
+    ));
+
     let seen = events(&all);
     let names: Vec<&str> = seen.iter().map(Chunk::event).collect();
     assert_eq!(

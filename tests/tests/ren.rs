@@ -460,25 +460,15 @@ fn anonymous_token_cors_and_api_key_rules() -> Result<()> {
     Ok(())
 }
 
-/// REAL TIME: this test waits for the server's 15 s heartbeat (the one test that does).
+/// REAL TIME: this test waits for the server's 15 s heartbeat (the one test that does;
+/// the interval itself is checked on the injected clock in engine/tests/ren.rs).
 #[test]
-fn a_ping_comment_every_15_seconds_real_time() -> Result<()> {
+fn a_ping_comment_within_15_seconds_real_time() -> Result<()> {
     let server = Server::start(&[])?;
     let mut stream = open(&server, STREAM)?;
-    let started = Instant::now();
     assert_eq!(
-        stream.next_item(Duration::from_secs(18))?,
+        stream.next_item(Duration::from_secs(17))?,
         SseItem::Comment("ping".into())
-    );
-    let first = started.elapsed();
-    assert_eq!(
-        stream.next_item(Duration::from_secs(18))?,
-        SseItem::Comment("ping".into())
-    );
-    let between = started.elapsed() - first;
-    assert!(
-        (Duration::from_secs(14)..Duration::from_secs(17)).contains(&between),
-        "pings {between:?} apart"
     );
     Ok(())
 }

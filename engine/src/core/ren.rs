@@ -133,7 +133,10 @@ impl ShardCore {
 
     /// After a publish on a channel this shard owns: mirrors it into the tenant's REN
     /// sequence, if the tenant is active. The parts travel (`data` is a slice of the
-    /// already-encoded `frame`); the REN owner encodes.
+    /// already-encoded `frame`); the REN owner encodes. `private-` channels are not
+    /// mirrored: a REN stream may be anonymous, and nothing yet says which stream may see
+    /// a private channel.
+    // TODO(#12): mirror private channels to the streams whose token allows them.
     pub(super) fn mirror_to_ren(
         &mut self,
         key: &ChannelKey,
@@ -143,7 +146,7 @@ impl ShardCore {
         seq: u64,
         ts: u64,
     ) {
-        if !self.shared.ren.is_active(&key.tenant) {
+        if key.channel.is_private() || !self.shared.ren.is_active(&key.tenant) {
             return;
         }
         let what = Mirrored::Message {
@@ -157,9 +160,10 @@ impl ShardCore {
     }
 
     /// On a presence change of a channel this shard owns (whether or not the channel
-    /// has subscribers): mirrors it, if the tenant is active.
+    /// has subscribers): mirrors it, if the tenant is active (not for `private-`
+    /// channels, as above).
     pub(super) fn mirror_presence_to_ren(&mut self, key: &ChannelKey, announce: &Announce) {
-        if !self.shared.ren.is_active(&key.tenant) {
+        if key.channel.is_private() || !self.shared.ren.is_active(&key.tenant) {
             return;
         }
         let what = Mirrored::Presence {

@@ -325,6 +325,10 @@ fn a_stalled_reader_is_closed_while_another_stream_keeps_receiving() -> Result<(
         Err(resp) => bail!("refused: {}", resp.body_text()),
     };
     let mut reading = open(&server, STREAM)?;
+    let fds = || -> Result<usize> {
+        Ok(std::fs::read_dir(format!("/proc/{}/fd", server.pid()))?.count())
+    };
+    let fds_with_both = fds()?;
     let filler = "p".repeat(EVENT_BYTES);
     let batch: Vec<Value> = (0..BATCH)
         .map(|_| json!({"t":"kv.put","data":filler}))
@@ -356,6 +360,11 @@ fn a_stalled_reader_is_closed_while_another_stream_keeps_receiving() -> Result<(
         cut,
         "the stalled stream was not closed after {sent} batches"
     );
+    // The server lets go of the stalled socket without the reader ever reading again
+    // (its writer, stuck on a full socket, is stopped after a grace of 2 s).
+    poll_until(Duration::from_secs(10), Duration::from_millis(50), || {
+        Ok((fds()? < fds_with_both).then_some(()))
+    })?;
     let bytes = stalled.read_to_eof(TIMEOUT, 64 << 20)?;
     assert!(
         bytes < sent * BATCH * (EVENT_BYTES + 200),

@@ -14,6 +14,9 @@ use crate::outbound::{run_writer, ConnState};
 use crate::ren::stream::RenStream;
 use crate::shard::Shard;
 
+/// How long a stream being closed by the server may take to flush and shut down.
+const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Starts serving an accepted `GET /api/maravilla/ren` on `socket`.
 pub fn start_stream(shard: Rc<Shard>, socket: TcpStream, open: RenOpen, slot: ConnectionSlot) {
     let stream = shard.ren_open(open);
@@ -46,11 +49,13 @@ async fn run_reader(
             break;
         }
     }
-    // A stream the server is closing lets its writer finish (it shuts the socket down,
-    // within its own deadline); one whose client left is done.
-    if stream.state() == ConnState::Open {
-        stream.mark_closed();
+    // A stream the server is closing (slow reader, shutdown) gives its writer a moment
+    // to flush and shut the socket down; a writer stuck on a reader that never reads is
+    // stopped after it. One whose client left is done at once.
+    if stream.state() != ConnState::Open {
+        let _ = monoio::time::timeout(CLOSE_GRACE, stream.outbound().reader_until_closed()).await;
     }
+    stream.mark_closed();
     shard.ren_close(&stream);
     drop(slot);
 }

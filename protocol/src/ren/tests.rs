@@ -176,3 +176,36 @@ fn answers_and_head() {
     assert!(head.contains("Access-Control-Allow-Origin: https://a\r\n"));
     assert!(head.ends_with("\r\n\r\n") && !head.contains("Content-Length"));
 }
+
+proptest::proptest! {
+    /// Whatever the strings and whitespace of an accepted event, its chunk is exactly one
+    /// SSE event (three lines, one blank line), `event:` is `t`, and the `data:` line is
+    /// JSON that gives every field back.
+    #[test]
+    fn any_accepted_event_is_one_well_formed_sse_event(
+        k in "\\PC{0,12}|[\\r\\n\\t\"\\\\]{1,4}",
+        uid in "\\PC{0,12}",
+        gap in "[ \\t\\r\\n]{0,3}",
+        id in proptest::prelude::any::<u64>(),
+    ) {
+        let body = serde_json::json!({"t": "kv.put", "k": k, "uid": uid}).to_string();
+        // Raw whitespace (CR/LF included) inside `data`, where JSON allows it.
+        let body = format!(
+            "{}{gap},{gap}\"data\"{gap}:{gap}[{gap}1{gap},{gap}{{\"a\":{gap}\"x\\ny\"}}{gap}]{gap}}}",
+            &body[..body.len() - 1]
+        );
+        let mut p = ApiParser::new();
+        let events = p.ren_events(body.as_bytes(), 1, None, 1 << 20).unwrap();
+        let chunk = events[0].chunk.clone().finish(id);
+        let text = std::str::from_utf8(&chunk).unwrap();
+        proptest::prop_assert!(text.ends_with("\n\n"));
+        proptest::prop_assert_eq!(text.matches('\n').count(), 4, "{:?}", text);
+        proptest::prop_assert!(!text.contains('\r'));
+        let (got_id, event, data) = fields(&chunk);
+        proptest::prop_assert_eq!(got_id, id);
+        proptest::prop_assert_eq!(event, "kv.put");
+        proptest::prop_assert_eq!(data["k"].as_str(), Some(k.as_str()));
+        proptest::prop_assert_eq!(data["uid"].as_str(), Some(uid.as_str()));
+        proptest::prop_assert_eq!(&data["data"], &serde_json::json!([1, {"a": "x\ny"}]));
+    }
+}

@@ -749,13 +749,11 @@ impl ShardCore {
             seq,
             now,
         );
-        if let Err(e) = self.owned.append(
-            &req.key,
-            now,
-            req.user_id.as_deref(),
-            &frame,
-            data_span.clone(),
-        ) {
+        let ren_data = data_span.clone();
+        if let Err(e) = self
+            .owned
+            .append(&req.key, now, req.user_id.as_deref(), &frame, data_span)
+        {
             let message = format!("history append failed: {e}");
             self.publish_failed(&req, message);
             return;
@@ -773,14 +771,7 @@ impl ShardCore {
             };
             self.send_to(shard, deliver);
         }
-        self.mirror_to_ren(
-            &req.key,
-            &frame,
-            data_span,
-            req.user_id.as_deref(),
-            seq,
-            now,
-        );
+        self.mirror_to_ren(&req.key, &frame, ren_data, req.user_id.as_deref(), seq, now);
         let counters = self.counters();
         counters.messages_published.inc();
         if seq == 1 {

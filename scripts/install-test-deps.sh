@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs what the end-to-end tests need beyond cargo: the official SDK and `ws` for
+# Installs what the end-to-end tests need beyond cargo: the official SDK, `ws` and
+# `eventsource` (Node 20 has neither a global WebSocket nor EventSource) for
 # tests/tests/sdk.rs (tests/sdk/node_modules, pinned by tests/sdk/package-lock.json).
 # Idempotent: quick when node_modules already matches the lock file.
 set -euo pipefail
@@ -16,7 +17,8 @@ fi
 # when that matches package-lock.json there is nothing to do.
 if [ -d "$sdk/node_modules" ] && [ -f "$sdk/node_modules/.package-lock.json" ] \
   && [ "$sdk/node_modules/.package-lock.json" -nt "$sdk/package-lock.json" ] \
-  && [ -d "$sdk/node_modules/@maravilla-labs/platform" ] && [ -d "$sdk/node_modules/ws" ]; then
+  && [ -d "$sdk/node_modules/@maravilla-labs/platform" ] && [ -d "$sdk/node_modules/ws" ] \
+  && [ -d "$sdk/node_modules/eventsource" ]; then
   echo "install-test-deps: tests/sdk/node_modules is up to date"
   exit 0
 fi

@@ -14,6 +14,7 @@ pub mod client;
 pub mod payload;
 pub mod procfs;
 pub mod publish_api;
+pub mod ren_fanout;
 pub mod report;
 pub mod table;
 pub mod workload;

@@ -49,6 +49,9 @@ pub struct Config {
     pub stopped_pct: f64,
     /// Reconnects per second in W4's churn phase.
     pub churn_per_s: f64,
+    /// `ren-fanout` against Nchan (one message per POST) instead of Ringcast (K events
+    /// per POST).
+    pub nchan: bool,
 }
 
 /// Runs the workload named in `cfg`.
@@ -68,7 +71,10 @@ pub fn run(cfg: &Config) -> anyhow::Result<Report> {
         "w5" => idle(cfg, &mut r)?,
         "http-publish" => crate::publish_api::run(cfg, true, &mut r)?,
         "ws-publish" => crate::publish_api::run(cfg, false, &mut r)?,
-        other => anyhow::bail!("unknown workload {other:?} (w1…w6, http-publish, ws-publish)"),
+        "ren-fanout" => crate::ren_fanout::run(cfg, &mut r)?,
+        other => anyhow::bail!(
+            "unknown workload {other:?} (w1…w6, http-publish, ws-publish, ren-fanout)"
+        ),
     }
     Ok(r)
 }

@@ -62,6 +62,42 @@ pub struct Config {
     pub tenants: Vec<TenantConfig>,
     /// History settings.
     pub history: HistoryConfig,
+    /// REN settings.
+    pub ren: RenConfig,
+}
+
+/// `[ren]`: the per-tenant resume buffer of the REN stream (SPEC §7).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RenConfig {
+    /// Events kept per tenant for streams that reconnect with `Last-Event-ID`.
+    pub buffer_events: usize,
+    /// Bytes of encoded events kept per tenant.
+    pub buffer_bytes: usize,
+    /// How long an event is kept; also how long a tenant whose last stream closed keeps
+    /// mirroring channel events into REN (after that its channels pay nothing for REN).
+    pub buffer_secs: u64,
+}
+
+impl Default for RenConfig {
+    fn default() -> Self {
+        RenConfig {
+            buffer_events: 1000,
+            buffer_bytes: 1 << 20,
+            buffer_secs: 300,
+        }
+    }
+}
+
+impl RenConfig {
+    /// The bounds as the engine uses them.
+    pub fn limits(&self) -> crate::ren::RenLimits {
+        crate::ren::RenLimits {
+            max_events: self.buffer_events,
+            max_bytes: self.buffer_bytes,
+            max_age_ms: self.buffer_secs.saturating_mul(1000),
+        }
+    }
 }
 
 /// How history logs are kept (see `docs/store-format.md`).
@@ -134,6 +170,8 @@ pub struct FileConfig {
     tenants: Vec<TenantConfig>,
     #[serde(default)]
     history: HistoryConfig,
+    #[serde(default)]
+    ren: RenConfig,
 }
 
 /// Values given on the command line (each `None` when absent).
@@ -294,6 +332,7 @@ impl Config {
             }),
             tenants,
             history: file.history,
+            ren: file.ren,
         };
         config.validate()?;
         Ok(config)
@@ -496,6 +535,32 @@ mod tests {
             toml::from_str("[[tenants]]\nid = \"a\"\nplan = \"free\"\npresence_ttl_secs = 0\n")
                 .unwrap();
         assert!(Config::merge(zero_ttl, &Overrides::default()).is_err());
+    }
+
+    #[test]
+    fn ren_settings_and_defaults() {
+        let config = Config::merge(FileConfig::default(), &Overrides::default()).unwrap();
+        assert_eq!(config.ren, RenConfig::default());
+        assert_eq!(config.ren.limits().max_age_ms, 300_000);
+        let file: FileConfig =
+            toml::from_str("[ren]\nbuffer_events = 5\nbuffer_secs = 2\n").unwrap();
+        let config = Config::merge(file, &Overrides::default()).unwrap();
+        assert_eq!((config.ren.buffer_events, config.ren.buffer_secs), (5, 2));
+        assert_eq!(config.ren.buffer_bytes, 1 << 20);
+        assert!(toml::from_str::<FileConfig>("[ren]\nbuffer = 1\n").is_err());
+        let anonymous: FileConfig = toml::from_str(
+            "[[tenants]]\nid = \"a\"\nplan = \"free\"\nallow_anonymous_ren = true\n\
+             allowed_origins = [\"https://app.example\"]\n",
+        )
+        .unwrap();
+        let config = Config::merge(anonymous, &Overrides::default()).unwrap();
+        let table = crate::tenant::TenantTable::new(&config.tenants, None);
+        let tenant = table.get("a").unwrap();
+        assert!(tenant.allow_anonymous_ren);
+        assert_eq!(
+            tenant.allowed_origins.as_deref(),
+            Some(&["https://app.example".to_owned()][..])
+        );
     }
 
     #[test]

@@ -16,6 +16,8 @@
 //! same shard go through the local FIFO and are handled after the producing handler has
 //! returned, so re-entrancy cannot happen and ordering is the same as across shards.
 
+mod ren;
+
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -111,6 +113,8 @@ pub struct ShardCore {
     conn_timers: HashMap<ConnId, TimerKey>,
     /// The configuration reloads this shard has acted on.
     reloads_seen: u64,
+    /// REN: the sequences of the tenants this shard is REN owner of, and its SSE streams.
+    ren: ren::RenCore,
 }
 
 impl ShardCore {
@@ -128,6 +132,7 @@ impl ShardCore {
             .shard(id)
             .history_rings
             .set(history.ring_count() as u64);
+        let ren = ren::RenCore::new(shared.config.load().ren.limits(), now);
         let idempotency = {
             let config = shared.config.load();
             IdempotencyTable::new(
@@ -157,6 +162,7 @@ impl ShardCore {
             conn_expiry: DeadlineQueue::default(),
             conn_timers: HashMap::new(),
             reloads_seen: 0,
+            ren,
         }
     }
 
@@ -297,6 +303,7 @@ impl ShardCore {
         for conn in self.conns.values() {
             conn.close(CloseCode::GOING_AWAY, "server shutting down");
         }
+        self.ren_close_all();
     }
 
     // ----- client actions (from sessions on this shard) -----
@@ -861,6 +868,7 @@ impl ShardCore {
                 let now = self.now();
                 self.presence.conn_closed(from, conn, seen, now);
             }
+            ShardMsg::Ren(msg) => self.ren_handle(msg),
         }
     }
 
@@ -933,6 +941,7 @@ impl ShardCore {
             seq,
             now,
         );
+        let ren_data = data_span.clone();
         if let Err(e) = self
             .owned
             .append(&req.key, now, req.user_id.as_deref(), &frame, data_span)
@@ -961,6 +970,7 @@ impl ShardCore {
             };
             self.send_to(shard, deliver);
         }
+        self.mirror_to_ren(&req.key, &frame, ren_data, req.user_id.as_deref(), seq, now);
         let counters = self.counters();
         counters.messages_published.inc();
         if seq == 1 {
@@ -1171,6 +1181,7 @@ impl ShardCore {
     /// Sends a presence change to every shard watching `key` (itself included, through
     /// the local FIFO), after any message of the channel sent before it.
     fn announce(&mut self, key: &ChannelKey, announce: Announce) {
+        self.mirror_presence_to_ren(key, &announce);
         let Some(channel) = self.owned.get(key) else {
             return;
         };
@@ -1484,6 +1495,7 @@ impl ShardCore {
     fn housekeeping(&mut self, now: Millis, sweep_idle_rings: bool) {
         self.apply_reload();
         self.flush_presence_seen();
+        self.ren_housekeeping(now);
         for conn in self.conns.values() {
             conn.outbound().sweep_idle();
         }

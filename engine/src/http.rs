@@ -7,6 +7,7 @@
 //!               head  (protocol::http::parse_request_head)   ┐ one deadline:
 //!               body  (protocol::body::BodyDecoder)          ┘ handshake_timeout_ms
 //!               api::serve(shard, &head, &body).await  (/api/…: SPEC §5)
+//!               api::ren::open(shard, &head)  (GET /api/maravilla/ren) ──► SSE stream
 //!               route(shard, &head) ──► response | upgrade ──► session
 //! ```
 //!
@@ -25,18 +26,19 @@ use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 use monoio::time::Instant;
+use ringcast_protocol::api::Refusal;
 use ringcast_protocol::body::{BodyDecoder, BodyError, BodyPoll};
 use ringcast_protocol::event::PresenceSpelling;
 use ringcast_protocol::http::{
-    api_error_response, ok_json, ok_response, parse_request_head, switching_protocols, with_header,
-    HttpError, RequestHead, Upgrade, CONTINUE,
+    api_error_response, ok_json, ok_response, parse_request_head, switching_protocols, HttpError,
+    RequestHead, Upgrade, CONTINUE,
 };
 use ringcast_protocol::proxy::{self, ProxyParse};
 use ringcast_protocol::ApiError;
 
 use crate::admission::ConnectionSlot;
 use crate::client_addr::canonical;
-use crate::per_ip::PerIp;
+use crate::per_ip::{IpSlot, PerIp};
 use crate::session::{start_session, SessionSetup};
 use crate::shard::Shard;
 use crate::token;
@@ -53,6 +55,8 @@ enum Route {
 /// How the HTTP phase of a connection ended.
 enum Served {
     Close,
+    /// `GET /api/maravilla/ren`: the connection becomes a REN (SSE) stream.
+    Ren(crate::api::ren::RenOpen, IpSlot),
     Upgrade(SessionSetup),
 }
 
@@ -79,6 +83,11 @@ pub async fn serve_connection(
             // for EOF and connects again finds it free.
             drop(slot);
             drop(stream);
+        }
+        Served::Ren(open, ip_slot) => {
+            if let Some(slot) = slot {
+                crate::ren::serve::start_stream(shard, stream, open, (slot, ip_slot));
+            }
         }
         Served::Upgrade(setup) => {
             if let Some(slot) = slot {
@@ -148,13 +157,6 @@ async fn serve_requests(
             Ok(Err(e)) => return answer_read_error(shard, stream, e, max_body, timeout).await,
             Ok(Ok(body)) => body,
         };
-        if crate::api::handles(&head.path) {
-            let out = crate::api::serve(shard, &head, &body).await;
-            if !write_within(stream, out, timeout).await || !head.keep_alive() {
-                return Served::Close;
-            }
-            continue;
-        }
         let forwarded: Vec<&[u8]> = head
             .headers
             .iter()
@@ -162,6 +164,27 @@ async fn serve_requests(
             .map(|(_, value)| value.as_slice())
             .collect();
         let client = shard.shared.trusted.load().client(relayed, &forwarded);
+        if crate::api::ren::is_stream_request(&head) {
+            let opened = crate::api::ren::open(shard, &head)
+                .and_then(|open| Ok((open, admit_ip(shard, client)?)));
+            match opened {
+                Ok((open, ip_slot)) => return Served::Ren(open, ip_slot),
+                Err(refusal) => {
+                    let out = crate::api::respond_refusal(shard, &refusal, head.keep_alive());
+                    if !write_within(stream, out, timeout).await || !head.keep_alive() {
+                        return Served::Close;
+                    }
+                    continue;
+                }
+            }
+        }
+        if crate::api::handles(&head.path) {
+            let out = crate::api::serve(shard, &head, &body).await;
+            if !write_within(stream, out, timeout).await || !head.keep_alive() {
+                return Served::Close;
+            }
+            continue;
+        }
         match route(shard, &head, client) {
             Route::Respond(out, keep_alive) => {
                 if !write_within(stream, out, timeout).await || !keep_alive {
@@ -314,6 +337,14 @@ async fn read_body(
     }
 }
 
+/// A place for one more long-lived connection (WebSocket, SSE) of `client`, or the 429
+/// that refuses it (see `per_ip.rs`).
+fn admit_ip(shard: &Shard, client: IpAddr) -> Result<IpSlot, Refusal> {
+    let limits = shard.shared.config.load().ip_limits();
+    PerIp::admit(&shard.shared.per_ip, client, limits, shard.now().0)
+        .map_err(|refused| Refusal::new(ApiError::RateLimited, refused.to_string()).retry_after(1))
+}
+
 /// Reads until the start of `buf` is a PROXY header or cannot be one.
 async fn read_proxy_header(
     stream: &mut TcpStream,
@@ -433,18 +464,11 @@ fn websocket(shard: &Rc<Shard>, head: &RequestHead, client: IpAddr, keep_alive: 
         .query_param("presence_events")
         .as_deref()
         .and_then(PresenceSpelling::parse);
-    let limits = shard.shared.config.load().ip_limits();
-    let ip_slot = match PerIp::admit(&shard.shared.per_ip, client, limits, shard.now().0) {
+    let ip_slot = match admit_ip(shard, client) {
         Ok(slot) => slot,
-        Err(refused) => {
-            shard
-                .shared
-                .metrics
-                .shard(shard.id)
-                .error(ApiError::RateLimited.code());
-            let response =
-                api_error_response(ApiError::RateLimited, &refused.to_string(), keep_alive);
-            return Route::Respond(with_header(response, "Retry-After", "1"), keep_alive);
+        Err(refusal) => {
+            let out = crate::api::respond_refusal(shard, &refusal, keep_alive);
+            return Route::Respond(out, keep_alive);
         }
     };
     let shard_header = shard.id.to_string();

@@ -72,6 +72,12 @@ pub fn log_key_owner(log_key: &[u8], shards: usize) -> Option<ShardId> {
     Some(owner_of(tenant, channel, shards))
 }
 
+/// The REN owner of `tenant` among `shards` (keeps its REN sequence and resume buffer):
+/// the tenant hashed with the empty channel name, which no channel has.
+pub fn tenant_owner(tenant: &TenantId, shards: usize) -> ShardId {
+    owner_of(tenant.as_str(), "", shards)
+}
+
 fn owner_of(tenant: &str, channel: &str, shards: usize) -> ShardId {
     let mut hasher = rustc_hash::FxHasher::default();
     tenant.hash(&mut hasher);

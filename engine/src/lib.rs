@@ -40,6 +40,7 @@ pub mod owner;
 pub mod per_ip;
 pub mod presence;
 pub mod reload;
+pub mod ren;
 pub mod requests;
 pub mod server;
 pub mod session;

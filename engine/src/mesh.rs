@@ -26,6 +26,7 @@ use ringcast_protocol::{ChannelName, ErrorCode, TenantId};
 use crate::history::{HistoryPage, HistoryQuery};
 use crate::keys::{ChannelKey, ConnId, RequestId, ShardId};
 use crate::presence::{PresenceEvent, PresenceHolder, PresenceMember};
+use crate::ren::RenMsg;
 
 /// Default bound of each inbox, in messages.
 pub const DEFAULT_INBOX_CAPACITY: usize = 8192;
@@ -104,6 +105,9 @@ pub enum ShardMsg {
         /// It was seen since the last `PresenceSeen`.
         seen: bool,
     },
+    /// REN: mirrors and app events to a tenant's REN owner, its events to the shards
+    /// with streams (see `ren/mod.rs`).
+    Ren(RenMsg),
 }
 
 /// Where an owner sends its answer: the asking shard and its request.
@@ -223,6 +227,11 @@ pub enum Answer {
     RateLimited {
         /// When the tenant may publish again, in whole seconds (`Retry-After`).
         retry_after_secs: u64,
+    },
+    /// The answer to `RenMsg::Ingest`: every event was given an id (`{ok, accepted}`).
+    RenAccepted {
+        /// How many.
+        accepted: usize,
     },
     /// The request failed at the owner.
     Failed {

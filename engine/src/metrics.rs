@@ -136,6 +136,16 @@ pub struct ShardCounters {
     pub tokens_accepted: Count,
     /// JWTs refused (bad signature, key, algorithm, time, tenant or channel).
     pub tokens_refused: Count,
+    /// REN events given an id by this shard (the REN owner of their tenant).
+    pub ren_events: Count,
+    /// REN chunks queued to this shard's SSE streams.
+    pub ren_deliveries: Count,
+    /// Streams that asked to resume from an id the buffer no longer covers (`ren.meta`).
+    pub ren_truncated: Count,
+    /// Open SSE streams on this shard (set at each housekeeping tick).
+    pub ren_streams: Level,
+    /// REN events held in the resume buffers of the tenants this shard owns.
+    pub ren_buffered: Level,
     errors: Vec<Count>,
 }
 
@@ -156,6 +166,11 @@ impl Default for ShardCounters {
             history_evictions: Count::default(),
             tokens_accepted: Count::default(),
             tokens_refused: Count::default(),
+            ren_events: Count::default(),
+            ren_deliveries: Count::default(),
+            ren_truncated: Count::default(),
+            ren_streams: Level::default(),
+            ren_buffered: Level::default(),
             errors: ERROR_LABELS.iter().map(|_| Count::default()).collect(),
         }
     }
@@ -286,6 +301,15 @@ const COUNTERS: &[(&str, &str, Reader)] = &[
         c.tokens_accepted.get()
     }),
     ("tokens_refused", "JWTs refused", |c| c.tokens_refused.get()),
+    ("ren_events", "REN events sequenced", |c| c.ren_events.get()),
+    ("ren_deliveries", "REN events queued to SSE streams", |c| {
+        c.ren_deliveries.get()
+    }),
+    (
+        "ren_truncated",
+        "REN streams told ren.meta (truncated): their Last-Event-ID was no longer covered",
+        |c| c.ren_truncated.get(),
+    ),
 ];
 
 impl Collector for Collect {
@@ -310,6 +334,12 @@ impl Collector for Collect {
                 "Bytes of history slots in use (bounded by max_total_bytes)",
                 |c| c.history_bytes.get(),
             ),
+            ("ren_streams", "Open REN (SSE) streams", |c| {
+                c.ren_streams.get()
+            }),
+            ("ren_buffered", "REN events held in resume buffers", |c| {
+                c.ren_buffered.get()
+            }),
         ] {
             let gauge = ConstGauge::new(shards.counters.iter().map(|c| read(&c.0)).sum::<i64>());
             gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
@@ -381,6 +411,8 @@ mod tests {
             "ringcast_errors_total{code=\"other\"} 1",
             "ringcast_inbox_depth{shard=\"1\"} 0",
             "ringcast_inbox_capacity 8192",
+            "ringcast_ren_events_total 0",
+            "ringcast_ren_streams 0",
         ] {
             assert!(text.contains(name), "{name} missing from\n{text}");
         }

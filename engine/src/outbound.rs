@@ -227,6 +227,19 @@ impl Outbound {
         .await
     }
 
+    /// For the reader task once it stopped reading: resolves when the connection is
+    /// marked closed (it waits on the reader's waker slot, never the writer's).
+    pub async fn reader_until_closed(&self) {
+        poll_fn(|cx| {
+            if self.state() == ConnState::Closed {
+                return Poll::Ready(());
+            }
+            register(&self.reader_waker, cx.waker());
+            Poll::Pending
+        })
+        .await
+    }
+
     async fn until_closed(&self) {
         poll_fn(|cx| {
             if self.state() == ConnState::Closed {

@@ -209,6 +209,56 @@ impl Shard {
         outcomes
     }
 
+    // ----- REN (SSE streams, app events) -----
+
+    /// Registers a checked REN stream; its head goes out once the tenant's REN owner
+    /// answered.
+    pub fn ren_open(&self, open: crate::api::ren::RenOpen) -> Rc<crate::ren::stream::RenStream> {
+        let crate::api::ren::RenOpen {
+            tenant,
+            filter,
+            client_id,
+            resume,
+            user: _,
+            head,
+        } = open;
+        let stream = self
+            .core()
+            .ren_open(tenant, filter, &client_id, resume, head);
+        self.rearm_timer();
+        stream
+    }
+
+    /// Forgets a REN stream that ended.
+    pub fn ren_close(&self, stream: &crate::ren::stream::RenStream) {
+        self.core().ren_close(stream);
+    }
+
+    /// Parses a `POST /api/ren/events` body.
+    pub fn parse_ren_events(
+        &self,
+        body: &[u8],
+        now: u64,
+        header_src: Option<&str>,
+        max_data_bytes: usize,
+    ) -> Result<Vec<ringcast_protocol::ren::IngestEvent>, Refusal> {
+        self.api_parser
+            .borrow_mut()
+            .ren_events(body, now, header_src, max_data_bytes)
+    }
+
+    /// Hands app events to their tenant's REN owner; resolves once each has its id.
+    pub async fn ren_ingest(
+        &self,
+        tenant: ringcast_protocol::TenantId,
+        events: Vec<ringcast_protocol::ren::IngestEvent>,
+        timeout_ms: u64,
+    ) -> Outcome {
+        let answer = self.core().ren_ingest_for_task(tenant, events, timeout_ms);
+        self.rearm_timer();
+        answer.await
+    }
+
     // ----- the shard's own loops -----
 
     /// Handles one batch from the inbox, then retries spills and reports the drain.

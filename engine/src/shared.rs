@@ -12,6 +12,7 @@ use crate::config::Config;
 use crate::mesh::Mesh;
 use crate::metrics::Metrics;
 use crate::per_ip::PerIp;
+use crate::ren::activity::RenActivity;
 use crate::tenant::TenantTable;
 
 /// State shared by every shard (read-mostly; live-replaceable parts behind `ArcSwap`).
@@ -34,6 +35,8 @@ pub struct Shared {
     pub per_ip: Arc<PerIp>,
     /// The trusted proxies of the config in force (parsed), swapped with it on reload.
     pub trusted: ArcSwap<TrustedProxies>,
+    /// Which tenants' channel events are mirrored into REN (`ren/activity.rs`).
+    pub ren: RenActivity,
 }
 
 impl Shared {
@@ -49,6 +52,7 @@ impl Shared {
             open_connections: AtomicUsize::new(0),
             ready_shards: AtomicUsize::new(0),
             reloads: AtomicU64::new(0),
+            ren: Default::default(),
         }
     }
 

@@ -137,7 +137,8 @@ pub struct TenantConfig {
     /// origin. A request without `Origin` (not a browser) is not refused by it.
     #[serde(default)]
     pub allowed_origins: Option<Vec<String>>,
-    /// Whether the REN stream needs no token for this tenant.
+    /// Whether `GET /api/maravilla/ren` needs no `token=` (SPEC §9; default false; always
+    /// allowed in `--dev`).
     #[serde(default)]
     pub allow_anonymous_ren: bool,
     /// Presence TTL in seconds (default 30).

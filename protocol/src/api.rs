@@ -105,7 +105,7 @@ pub struct PresenceBody<'a> {
 
 /// Parses API request bodies, reusing its buffers.
 pub struct ApiParser {
-    tape: TapeBuffers,
+    pub(crate) tape: TapeBuffers,
 }
 
 impl std::fmt::Debug for ApiParser {

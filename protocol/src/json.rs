@@ -96,6 +96,30 @@ pub(crate) fn raw_members(input: &[u8]) -> Option<RawMembers<'_>> {
     }
 }
 
+/// The raw bytes of each element of a validated top-level JSON array, in order; `None`
+/// when `input` is not an array.
+pub(crate) fn raw_elements(input: &[u8]) -> Option<Vec<&[u8]>> {
+    let mut elements = Vec::new();
+    let mut i = skip_ws(input, 0);
+    if input.get(i) != Some(&b'[') {
+        return None;
+    }
+    i = skip_ws(input, i + 1);
+    if input.get(i) == Some(&b']') {
+        return Some(elements);
+    }
+    loop {
+        let end = skip_value(input, i)?;
+        elements.push(&input[i..end]);
+        i = skip_ws(input, end);
+        match input.get(i) {
+            Some(b',') => i = skip_ws(input, i + 1),
+            Some(b']') => return Some(elements),
+            _ => return None,
+        }
+    }
+}
+
 fn skip_ws(input: &[u8], mut i: usize) -> usize {
     while let Some(b' ' | b'\t' | b'\n' | b'\r') = input.get(i) {
         i += 1;
@@ -486,6 +510,12 @@ mod tests {
 
     #[test]
     fn empty_object_and_garbage() {
+        assert_eq!(
+            raw_elements(br#" [ {"a":[1,"]"]} , 2,"x" ] "#).unwrap(),
+            vec![&br#"{"a":[1,"]"]}"#[..], b"2", br#""x""#]
+        );
+        assert_eq!(raw_elements(b"[]").unwrap(), Vec::<&[u8]>::new());
+        assert!(raw_elements(b"{}").is_none());
         assert_eq!(raw_members(b"{}").unwrap(), RawMembers::default());
         assert!(raw_members(b"[1]").is_none());
         assert!(raw_members(b"{\"data\":").is_none());

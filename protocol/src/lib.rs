@@ -12,6 +12,7 @@
 //!                   │ body bytes
 //!                   ▼
 //!                   api::ApiParser::publish ──► PublishBody (data raw); api::* encode answers
+//!                   api::ApiParser::ren_events ──► REN events (ren.rs: filters, SSE chunks)
 //!                   engine route(head, body); refusals: error::ApiError ──► status + code
 //!  engine decides what happens, then encodes each outgoing event ONCE:
 //!      event::* ──► a complete WebSocket frame (header + JSON) as `Bytes`, shared by
@@ -31,6 +32,7 @@ pub mod event;
 pub mod http;
 mod json;
 pub mod proxy;
+pub mod ren;
 pub mod ws;
 
 pub use channel::{ChannelName, TenantId};

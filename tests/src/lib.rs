@@ -27,6 +27,8 @@ use tungstenite::{Message, WebSocket};
 
 pub use serde_json::json;
 
+pub mod sse;
+
 /// Default wait for one expected event.
 pub const TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the server may take to print its startup line.

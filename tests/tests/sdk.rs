@@ -3,7 +3,9 @@
 //! tests/sdk/sdk_remote.mjs drives the HTTP API through `getPlatform()` /
 //! `createRemoteClient` (publish, history, channels, presence join / members / leave)
 //! with a RealtimeClient subscriber whose presence handle sees the changes;
-//! tests/sdk/sdk_presence.mjs watches another client join, update and leave presence.
+//! tests/sdk/sdk_presence.mjs watches another client join, update and leave presence;
+//! tests/sdk/sdk_ren.mjs runs two `RenClient`s (filters, self-filtering by `src`, events
+//! pushed with the SDK's `renFetch`, a mirrored publish).
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -30,6 +32,13 @@ fn official_sdk_remote_client() -> Result<()> {
     run_script("sdk_remote.mjs", &[base, server.ws_url()], &server)
 }
 
+#[test]
+fn official_sdk_ren_client_filters_and_drops_its_own_writes() -> Result<()> {
+    let server = Server::start(&[])?;
+    let base = format!("http://{}", server.addr());
+    run_script("sdk_ren.mjs", &[base], &server)
+}
+
 /// Runs `node tests/sdk/SCRIPT ARGS…` and checks it printed `<name>: ok`.
 fn run_script(script: &str, args: &[String], server: &Server) -> Result<()> {
     let sdk_dir = workspace_root().join("tests/sdk");
@@ -37,6 +46,7 @@ fn run_script(script: &str, args: &[String], server: &Server) -> Result<()> {
         .join("node_modules/@maravilla-labs/platform")
         .is_dir()
         || !sdk_dir.join("node_modules/ws").is_dir()
+        || !sdk_dir.join("node_modules/eventsource").is_dir()
     {
         panic!(
             "tests/sdk/node_modules is missing: run `scripts/install-test-deps.sh` (npm ci in tests/sdk) \

@@ -25,7 +25,8 @@ struct Args {
     /// w1 (fan-out saturation), w2 (personal+group, open loop at 50/80 %), w3 (hot channel,
     /// fixed rate), w4 (connection storm + churn), w5 (idle memory), w6 (w2 + stalled readers),
     /// http-publish (HTTP API publishes on `--publishers` keep-alive connections, closed
-    /// loop), ws-publish (the same over WebSocket with `ref` acks).
+    /// loop), ws-publish (the same over WebSocket with `ref` acks), ren-fanout (one
+    /// `POST /api/ren/events` of `--burst` events → `--subscribers` SSE streams).
     #[arg(long, default_value = "w1")]
     workload: String,
     /// Subscribers (w1/w3) or connections (w2/w4/w5/w6).
@@ -65,6 +66,10 @@ struct Args {
     /// Reconnects per second during w4's churn.
     #[arg(long, default_value_t = 3000.0)]
     churn_per_s: f64,
+    /// ren-fanout against Nginx + Nchan (`bench/scripts/ren.sh --nchan`): each event its
+    /// own POST, answers 2xx.
+    #[arg(long)]
+    nchan: bool,
     /// Print one JSON line instead of text.
     #[arg(long)]
     json: bool,
@@ -102,6 +107,7 @@ fn main() {
         max_inflight: a.max_inflight.max(1),
         stopped_pct: a.stopped_pct,
         churn_per_s: a.churn_per_s,
+        nchan: a.nchan,
     };
     match workload::run(&cfg) {
         Ok(r) if a.json => println!("{}", r.to_json()),

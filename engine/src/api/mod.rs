@@ -1,6 +1,8 @@
 //! The HTTP API of SPEC §5: what apps' backends call on the same port as WebSockets
 //! (the SDK's `createRemoteClient`). One role per file: [`auth`] (tenant and key of every
-//! request), [`publish`], [`history`], [`channels`], [`presence`], [`tokens`].
+//! request), [`publish`], [`history`], [`channels`], [`presence`], [`tokens`], [`ren`]
+//! (the SSE stream, whose GET `http.rs` takes before [`serve`], and
+//! `POST /api/ren/events`).
 //!
 //! ```text
 //!  http::serve_requests ──► api::serve(shard, head, body)
@@ -18,6 +20,7 @@ pub mod channels;
 pub mod history;
 pub mod presence;
 pub mod publish;
+pub mod ren;
 pub mod tokens;
 
 use std::rc::Rc;
@@ -69,8 +72,11 @@ enum ApiRoute {
     Presence(String, PresenceAction),
     /// `POST /api/realtime/tokens`.
     Tokens,
-    /// Built by another issue (REN).
-    NotBuilt,
+    /// `POST /api/ren/events`.
+    RenEvents,
+    /// `GET /api/maravilla/ren`: `http.rs` takes the GET before [`serve`] (the
+    /// connection becomes the stream); only other methods get here (405).
+    RenStream,
 }
 
 fn choose(head: &RequestHead) -> Result<(ApiRoute, &'static str), Refusal> {
@@ -96,8 +102,8 @@ fn choose(head: &RequestHead) -> Result<(ApiRoute, &'static str), Refusal> {
             (ApiRoute::Presence((*channel).to_owned(), action), "POST")
         }
         ["api", "realtime", "tokens"] => (ApiRoute::Tokens, "POST"),
-        ["api", "ren", "events"] => (ApiRoute::NotBuilt, "POST"),
-        ["api", "maravilla", "ren"] => (ApiRoute::NotBuilt, "GET"),
+        ["api", "ren", "events"] => (ApiRoute::RenEvents, "POST"),
+        ["api", "maravilla", "ren"] => (ApiRoute::RenStream, "GET"),
         _ => return Err(Refusal::new(ApiError::NotFound, "no such route")),
     };
     Ok(route)
@@ -111,12 +117,6 @@ async fn answer(shard: &Rc<Shard>, head: &RequestHead, body: &[u8]) -> Result<Ve
             format!("use {method} on this route"),
         ));
     }
-    if matches!(route, ApiRoute::NotBuilt) {
-        return Err(Refusal::new(
-            ApiError::NotImplemented,
-            "this HTTP API route is not available in this release of Ringcast",
-        ));
-    }
     let tenant = auth::authorize(&shard.shared, head)?;
     match route {
         ApiRoute::Publish => publish::publish(shard, head, body, &tenant).await,
@@ -127,7 +127,11 @@ async fn answer(shard: &Rc<Shard>, head: &RequestHead, body: &[u8]) -> Result<Ve
         ApiRoute::Presence(channel, action) => {
             presence::act(shard, action, &channel, body, &tenant).await
         }
-        ApiRoute::NotBuilt => unreachable!("answered above"),
+        ApiRoute::RenEvents => ren::ingest(shard, head, body, &tenant).await,
+        ApiRoute::RenStream => Err(Refusal::new(
+            ApiError::Internal,
+            "a REN stream request reached the JSON API",
+        )),
     }
 }
 

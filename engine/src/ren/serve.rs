@@ -1,0 +1,67 @@
+//! The tasks of one SSE stream, after `http.rs` read its request: the writer (the shared
+//! [`run_writer`]: one `writev` per turn with everything queued) and a reader that only
+//! watches for the client going away (SSE clients send nothing after the request).
+//! The stream holds its `max_connections` slot until the reader ends.
+
+use std::rc::Rc;
+
+use monoio::io::{AsyncReadRent, OwnedReadHalf, Splitable};
+use monoio::net::TcpStream;
+
+use crate::admission::ConnectionSlot;
+use crate::api::ren::RenOpen;
+use crate::outbound::{run_writer, ConnState};
+use crate::per_ip::IpSlot;
+use crate::ren::stream::RenStream;
+use crate::shard::Shard;
+
+/// How long a stream being closed by the server may take to flush and shut down.
+const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Starts serving an accepted `GET /api/maravilla/ren` on `socket`.
+pub fn start_stream(
+    shard: Rc<Shard>,
+    socket: TcpStream,
+    open: RenOpen,
+    slot: (ConnectionSlot, IpSlot),
+) {
+    let stream = shard.ren_open(open);
+    let (reader, writer) = socket.into_split();
+    monoio::spawn(run_writer(stream.clone(), writer));
+    monoio::spawn(run_reader(shard, stream, reader, slot));
+}
+
+/// Reads (and drops) whatever the client sends until it closes or the stream is closed
+/// by the server (slow consumer, shutdown), then forgets the stream.
+async fn run_reader(
+    shard: Rc<Shard>,
+    stream: Rc<RenStream>,
+    mut reader: OwnedReadHalf<TcpStream>,
+    slot: (ConnectionSlot, IpSlot),
+) {
+    let mut buf = Vec::with_capacity(64);
+    loop {
+        buf.clear();
+        let read = reader.read(buf);
+        let outcome = monoio::select! {
+            (result, returned) = read => Some((result, returned)),
+            _ = stream.outbound().until_not_open() => None,
+        };
+        let Some((result, returned)) = outcome else {
+            break;
+        };
+        buf = returned;
+        if matches!(result, Ok(0) | Err(_)) {
+            break;
+        }
+    }
+    // A stream the server is closing (slow reader, shutdown) gives its writer a moment
+    // to flush and shut the socket down; a writer stuck on a reader that never reads is
+    // stopped after it. One whose client left is done at once.
+    if stream.state() != ConnState::Open {
+        let _ = monoio::time::timeout(CLOSE_GRACE, stream.outbound().reader_until_closed()).await;
+    }
+    stream.mark_closed();
+    shard.ren_close(&stream);
+    drop(slot);
+}

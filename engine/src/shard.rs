@@ -219,12 +219,12 @@ impl Shard {
             filter,
             client_id,
             resume,
-            user: _,
+            grant,
             head,
         } = open;
         let stream = self
             .core()
-            .ren_open(tenant, filter, &client_id, resume, head);
+            .ren_open_with(tenant, filter, &client_id, resume, head, grant);
         self.rearm_timer();
         stream
     }

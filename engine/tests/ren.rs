@@ -174,7 +174,7 @@ fn publishes_presence_and_app_events_reach_every_stream_whose_filter_takes_them(
         2
     );
 
-    // A private channel's message is not mirrored (streams may be anonymous).
+    // A private channel's message reaches no anonymous stream.
     let private = support::key("private-room:vip");
     let data = Bytes::from_static(b"\"secret\"");
     let mut rx = cluster.shards[0].publish_for_task(private, data, None, 1_000);
@@ -500,4 +500,95 @@ fn a_stream_closed_before_its_answer_is_forgotten() {
     ingest(&mut cluster, other, r#"{"t":"kv.put"}"#);
     assert_eq!(events(&live).len(), 1);
     assert!(take(&cluster.connect(0)).is_empty());
+}
+
+#[test]
+fn a_private_channels_events_reach_only_streams_whose_token_allows_them() {
+    use ringcast_engine::tenant::TokenKeyConfig;
+    use ringcast_engine::token::{self, MintRequest, Permission};
+    let mut cluster = Cluster::with(2, |config| {
+        config.tenants[0].token_keys = vec![TokenKeyConfig {
+            kid: "k1".into(),
+            secret: "dev-secret-0123456789abcdef-0123456789".into(),
+        }];
+    });
+    let tenant = cluster.shared.tenants.load().resolve(None).expect("dev");
+    let now = cluster.clock.now().0;
+    let grant = |channel: &str, permissions: Vec<Permission>| {
+        let request = MintRequest {
+            channels: vec![channel.to_owned()],
+            user: Some("u".into()),
+            permissions,
+            expires_in_secs: 60,
+            kid: None,
+        };
+        let jwt = token::mint(&tenant, &request, now).unwrap();
+        token::verify(&jwt, &tenant, now).unwrap()
+    };
+    let open_granted = |cluster: &mut Cluster, shard: usize, grant| {
+        let filter = RenFilter::parse(Some("*")).unwrap();
+        let stream = cluster.shards[shard].ren_open_with(
+            tenant.clone(),
+            filter,
+            "cid",
+            Resume::Fresh,
+            b"HEAD".to_vec(),
+            grant,
+        );
+        cluster.pump();
+        assert_eq!(chunks(&stream), vec![Chunk::Head, Chunk::Opened]);
+        stream
+    };
+    let allowed = open_granted(
+        &mut cluster,
+        0,
+        Some(grant("private-vip", vec![Permission::Subscribe])),
+    );
+    let elsewhere = open_granted(
+        &mut cluster,
+        1,
+        Some(grant("private-other", vec![Permission::Subscribe])),
+    );
+    let publish_only = open_granted(
+        &mut cluster,
+        1,
+        Some(grant("private-vip", vec![Permission::Publish])),
+    );
+    let anonymous = open_live(&mut cluster, 0, "*");
+
+    let data = Bytes::from_static(b"\"secret\"");
+    let mut rx = cluster.shards[1].publish_for_task(support::key("private-vip"), data, None, 1_000);
+    cluster.pump();
+    assert!(matches!(
+        poll_answer(&mut rx),
+        Some(Ok(Answer::Published { .. }))
+    ));
+    publish(&mut cluster, 0, "lobby", "1");
+
+    let got = events(&allowed);
+    let names: Vec<&str> = got.iter().map(Chunk::event).collect();
+    assert_eq!(names, ["realtime.message", "realtime.message"]);
+    assert_eq!(got[0].data()["ch"], "private-vip");
+    for other in [&elsewhere, &publish_only, &anonymous] {
+        let seen = events(other);
+        assert_eq!(seen.len(), 1, "only the public message: {seen:?}");
+        assert_eq!(seen[0].data()["ch"], "lobby");
+    }
+    // A resume replays by the same rule.
+    let first = got[0].id();
+    let filter = RenFilter::parse(Some("*")).unwrap();
+    let resumed = cluster.shards[0].ren_open(
+        tenant.clone(),
+        filter,
+        "cid",
+        Resume::After(first - 1),
+        b"HEAD".to_vec(),
+    );
+    cluster.pump();
+    let replayed = events(&resumed);
+    assert_eq!(
+        replayed.len(),
+        1,
+        "anonymous: the public one only: {replayed:?}"
+    );
 }

@@ -448,9 +448,9 @@ fn every_error_status_has_a_json_body() -> Result<()> {
     call(&server, publish_with(&big))?.assert_error(413, "message_too_large");
     let huge = format!(r#"{{"channel":"c","data":"{}"}}"#, "x".repeat(9000));
     call(&server, publish_with(&huge))?.assert_error(413, "payload_too_large");
-    // 501: routes other issues build.
+    // A REN stream of a tenant without anonymous streams needs a token.
     call(&server, request("GET", "/api/maravilla/ren", auth, ""))?
-        .assert_error(501, "not_implemented");
+        .assert_error(401, "unauthorized");
     call(&server, request("POST", "/api/realtime/tokens", auth, "{}"))?
         .assert_error(400, "bad_request");
     // 503: every connection slot taken (a server of its own, so that the slots of the

@@ -25,6 +25,7 @@ use crate::mesh::Answer;
 use crate::ren::Resume;
 use crate::shard::Shard;
 use crate::tenant::Tenant;
+use crate::token::Grant;
 
 /// A checked `GET /api/maravilla/ren`: what the stream needs to start.
 #[derive(Debug)]
@@ -37,8 +38,9 @@ pub struct RenOpen {
     pub client_id: String,
     /// From `Last-Event-ID`.
     pub resume: Resume,
-    /// The user a token named (`None`: anonymous).
-    pub user: Option<String>,
+    /// What its token verified (`None`: anonymous): its user and the `private-`
+    /// channels whose events it may see.
+    pub grant: Option<Grant>,
     /// The response head (with the CORS header when an allowed Origin asked).
     pub head: Vec<u8>,
 }
@@ -55,7 +57,7 @@ pub fn open(shard: &Shard, head: &RequestHead) -> Result<RenOpen, Refusal> {
         return Err(Refusal::new(ApiError::Overloaded, "server shutting down"));
     }
     let tenant = stream_tenant(shard, head)?;
-    let user = ren_user(shard, &tenant, head)?;
+    let grant = ren_user(shard, &tenant, head)?;
     let origin = cors_origin(&tenant, head)?;
     let filter = RenFilter::parse(head.query_param("s").as_deref())?;
     let last_event_id = match head.header("last-event-id") {
@@ -78,7 +80,7 @@ pub fn open(shard: &Shard, head: &RequestHead) -> Result<RenOpen, Refusal> {
         filter,
         client_id: head.query_param("cid").unwrap_or_default(),
         resume: Resume::parse(last_event_id.as_deref()),
-        user,
+        grant,
         head: stream_head(&headers),
     })
 }
@@ -111,13 +113,13 @@ fn stream_tenant(shard: &Shard, head: &RequestHead) -> Result<Arc<Tenant>, Refus
 }
 
 /// Who may open a stream: anyone when the tenant has `allow_anonymous_ren` (and in
-/// `--dev`); otherwise a `token=` of the tenant, whose `sub` is the stream's user.
-/// `Ok(None)`: anonymous.
+/// `--dev`); otherwise a `token=` of the tenant, whose `sub` is the stream's user and
+/// whose channels are the `private-` channels it sees. `Ok(None)`: anonymous.
 pub fn ren_user(
     shard: &Shard,
     tenant: &Tenant,
     head: &RequestHead,
-) -> Result<Option<String>, Refusal> {
+) -> Result<Option<Grant>, Refusal> {
     let anonymous = tenant.allow_anonymous_ren || shard.shared.config.load().dev;
     let token = head.query_param("token").filter(|t| !t.is_empty());
     match (token, anonymous) {
@@ -128,7 +130,7 @@ pub fn ren_user(
             let counters = shard.shared.metrics.shard(shard.id);
             counters.token_verification(verified.is_ok());
             match verified {
-                Ok(grant) => Ok(grant.user),
+                Ok(grant) => Ok(Some(grant)),
                 Err(refused) => Err(Refusal::new(
                     ApiError::Unauthorized,
                     format!("REN token refused: {}", refused.message),

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use ringcast_protocol::ren::{IngestEvent, PendingChunk, RenFilter, OPENED, PING};
-use ringcast_protocol::{CloseCode, TenantId};
+use ringcast_protocol::{ChannelName, CloseCode, TenantId};
 
 use super::ShardCore;
 use crate::clock::Millis;
@@ -23,6 +23,7 @@ use crate::ren::stream::{LocalStreams, RenStream, StreamState};
 use crate::ren::{Mirrored, RenEntry, RenLimits, RenMsg, Replay, Resume, PING_MS};
 use crate::requests::AnswerReceiver;
 use crate::tenant::Tenant;
+use crate::token::Grant;
 
 /// A shard's REN state: the logs of the tenants it is the REN owner of, and its streams.
 #[derive(Debug)]
@@ -63,13 +64,27 @@ impl ShardCore {
         resume: Resume,
         head: Vec<u8>,
     ) -> Rc<RenStream> {
+        self.ren_open_with(tenant, filter, client_id, resume, head, None)
+    }
+
+    /// [`ShardCore::ren_open`] for a stream whose `token=` verified `grant` (it also
+    /// gets the events of the `private-` channels the grant allows).
+    pub fn ren_open_with(
+        &mut self,
+        tenant: Arc<Tenant>,
+        filter: RenFilter,
+        client_id: &str,
+        resume: Resume,
+        head: Vec<u8>,
+        grant: Option<Grant>,
+    ) -> Rc<RenStream> {
         let limit = self.shared.config.load().outbound_buffer_bytes;
         let id = ConnId(self.next_id());
         let request = self.next_request();
         let tenant_id = tenant.id.clone();
-        let stream = Rc::new(RenStream::new(
-            id, tenant, filter, client_id, head, request, limit,
-        ));
+        let stream = Rc::new(
+            RenStream::new(id, tenant, filter, client_id, head, request, limit).with_grant(grant),
+        );
         self.ren.streams.open(stream.clone());
         let msg = RenMsg::Subscribe {
             tenant: tenant_id.clone(),
@@ -133,10 +148,8 @@ impl ShardCore {
 
     /// After a publish on a channel this shard owns: mirrors it into the tenant's REN
     /// sequence, if the tenant is active. The parts travel (`data` is a slice of the
-    /// already-encoded `frame`); the REN owner encodes. `private-` channels are not
-    /// mirrored: a REN stream may be anonymous, and nothing yet says which stream may see
-    /// a private channel.
-    // TODO(#12): mirror private channels to the streams whose token allows them.
+    /// already-encoded `frame`); the REN owner encodes. A `private-` channel's events
+    /// reach only the streams whose token grants `subscribe` on it.
     pub(super) fn mirror_to_ren(
         &mut self,
         key: &ChannelKey,
@@ -146,7 +159,7 @@ impl ShardCore {
         seq: u64,
         ts: u64,
     ) {
-        if key.channel.is_private() || !self.shared.ren.is_active(&key.tenant) {
+        if !self.shared.ren.is_active(&key.tenant) {
             return;
         }
         let what = Mirrored::Message {
@@ -160,10 +173,10 @@ impl ShardCore {
     }
 
     /// On a presence change of a channel this shard owns (whether or not the channel
-    /// has subscribers): mirrors it, if the tenant is active (not for `private-`
-    /// channels, as above).
+    /// has subscribers): mirrors it, if the tenant is active (`private-` channels only
+    /// to the streams allowed, as above).
     pub(super) fn mirror_presence_to_ren(&mut self, key: &ChannelKey, announce: &Announce) {
-        if key.channel.is_private() || !self.shared.ren.is_active(&key.tenant) {
+        if !self.shared.ren.is_active(&key.tenant) {
             return;
         }
         let what = Mirrored::Presence {
@@ -190,7 +203,7 @@ impl ShardCore {
     pub(super) fn ren_handle(&mut self, msg: RenMsg) {
         match msg {
             RenMsg::Mirror { tenant, what } => {
-                let (domain, chunk) = match what {
+                let (domain, chunk, channel) = match what {
                     Mirrored::Message {
                         channel,
                         data,
@@ -200,6 +213,7 @@ impl ShardCore {
                     } => (
                         self.ren.realtime.clone(),
                         PendingChunk::realtime(channel.as_str(), &data, uid.as_deref(), seq, ts),
+                        channel,
                     ),
                     Mirrored::Presence {
                         channel,
@@ -216,9 +230,11 @@ impl ShardCore {
                             metadata.as_deref(),
                             ts,
                         ),
+                        channel,
                     ),
                 };
-                self.ren_record(&tenant, [(domain, chunk)]);
+                let private = channel.is_private().then_some(channel);
+                self.ren_record(&tenant, [(domain, chunk, private)]);
             }
             RenMsg::Ingest {
                 tenant,
@@ -226,7 +242,9 @@ impl ShardCore {
                 reply,
             } => {
                 let accepted = events.len();
-                let events = events.into_iter().map(|e| (Arc::<str>::from(e.r), e.chunk));
+                let events = events
+                    .into_iter()
+                    .map(|e| (Arc::<str>::from(e.r), e.chunk, None));
                 self.ren_record(&tenant, events);
                 self.answer(Some(reply), Answer::RenAccepted { accepted });
             }
@@ -247,7 +265,8 @@ impl ShardCore {
                 self.ren.logs.unwatch(&tenant, from, now);
             }
             RenMsg::Deliver { tenant, events } => {
-                let delivered = self.ren.streams.deliver(&tenant, &events);
+                let now = self.now().0;
+                let delivered = self.ren.streams.deliver(&tenant, &events, now);
                 let counters = self.counters();
                 counters.ren_deliveries.add(delivered.queued);
                 if delivered.overflowed > 0 {
@@ -264,7 +283,7 @@ impl ShardCore {
     fn ren_record(
         &mut self,
         tenant: &TenantId,
-        events: impl IntoIterator<Item = (Arc<str>, PendingChunk)>,
+        events: impl IntoIterator<Item = (Arc<str>, PendingChunk, Option<ChannelName>)>,
     ) {
         let now = self.now();
         let limits = self.ren.limits;
@@ -273,12 +292,13 @@ impl ShardCore {
         };
         let entries: Vec<RenEntry> = events
             .into_iter()
-            .map(|(domain, chunk)| {
+            .map(|(domain, chunk, private)| {
                 let id = log.buffer.next_id();
                 let entry = RenEntry {
                     id,
                     domain,
                     chunk: chunk.finish(id),
+                    private,
                 };
                 log.buffer.push(entry.clone(), now, &limits);
                 entry
@@ -339,6 +359,7 @@ impl ShardCore {
             self.counters().answers_unclaimed.inc();
             return;
         };
+        let now = self.now().0;
         let mut queued = 0u64;
         let mut overflowed = false;
         let chunks = [Bytes::from(head), Bytes::from_static(OPENED)]
@@ -348,7 +369,7 @@ impl ShardCore {
                 replay
                     .events
                     .into_iter()
-                    .filter(|e| stream.filter.matches(&e.domain))
+                    .filter(|e| stream.filter.matches(&e.domain) && e.visible_to(&stream, now))
                     .map(|e| e.chunk),
             );
         for chunk in chunks {

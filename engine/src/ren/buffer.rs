@@ -145,6 +145,7 @@ mod tests {
             id,
             domain: Arc::from("kv"),
             chunk: Bytes::from(vec![b'x'; size]),
+            private: None,
         };
         buffer.push(entry, Millis(at), &LIMITS);
         id

@@ -50,6 +50,24 @@ pub struct RenEntry {
     pub domain: Arc<str>,
     /// `id: …\nevent: …\ndata: …\n\n`.
     pub chunk: Bytes,
+    /// The `private-` channel it mirrors: only streams whose token grants `subscribe`
+    /// on it get it. `None` for public channels and app events.
+    pub private: Option<ChannelName>,
+}
+
+impl RenEntry {
+    /// Whether `stream` may see it (its filter aside).
+    pub fn visible_to(&self, stream: &stream::RenStream, now_ms: u64) -> bool {
+        match &self.private {
+            None => true,
+            Some(channel) => stream.grant.as_ref().is_some_and(|grant| {
+                grant.expires_ms > now_ms
+                    && grant
+                        .allows(channel.as_str(), crate::token::Permission::Subscribe)
+                        .is_ok()
+            }),
+        }
+    }
 }
 
 /// Where a (re)connecting stream starts, from `Last-Event-ID`.

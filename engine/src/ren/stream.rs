@@ -16,6 +16,7 @@ use crate::keys::{ConnId, RequestId};
 use crate::outbound::{ConnState, Outbound, Pushed};
 use crate::ren::RenEntry;
 use crate::tenant::Tenant;
+use crate::token::Grant;
 
 /// SSE has no goodbye frame: a closing stream just ends.
 fn no_farewell(_: CloseCode, _: &str) -> Option<Bytes> {
@@ -41,6 +42,9 @@ pub struct RenStream {
     pub filter: RenFilter,
     /// `?cid=`, for correlation (the client drops events whose `src` is its own id).
     pub client_id: Box<str>,
+    /// What its `token=` verified (`None`: anonymous): which `private-` channels'
+    /// events it may see.
+    pub grant: Option<Grant>,
     state: Cell<StreamState>,
     /// Its index in its filter class's list (while active).
     slot: Cell<usize>,
@@ -84,11 +88,18 @@ impl RenStream {
             tenant,
             filter,
             client_id: client_id.into(),
+            grant: None,
             state: Cell::new(StreamState::Pending(request)),
             slot: Cell::new(0),
             head: RefCell::new(Some(head)),
             out: Outbound::new(limit, no_farewell),
         }
+    }
+
+    /// The same stream, admitted by a token that verified `grant`.
+    pub fn with_grant(mut self, grant: Option<Grant>) -> RenStream {
+        self.grant = grant;
+        self
     }
 
     /// Where it stands.
@@ -246,7 +257,10 @@ impl LocalStreams {
 
     /// Queues each event, in order, to every active stream of `tenant` whose filter
     /// takes its domain: one test per filter class, the same `Bytes` for every stream.
-    pub fn deliver(&self, tenant: &TenantId, events: &[RenEntry]) -> Delivered {
+    ///
+    /// An event of a `private-` channel goes only to the streams whose token allows it
+    /// (tested per stream: private channels are the exception).
+    pub fn deliver(&self, tenant: &TenantId, events: &[RenEntry], now_ms: u64) -> Delivered {
         let mut delivered = Delivered::default();
         let Some(tenant) = self.tenants.get(tenant) else {
             return delivered;
@@ -257,6 +271,9 @@ impl LocalStreams {
                     continue;
                 }
                 for stream in &class.streams {
+                    if event.private.is_some() && !event.visible_to(stream, now_ms) {
+                        continue;
+                    }
                     match stream.push(event.chunk.clone()) {
                         Pushed::Queued => delivered.queued += 1,
                         Pushed::Overflowed => delivered.overflowed += 1,
@@ -304,6 +321,7 @@ mod tests {
             id: 1,
             domain: Arc::from(domain),
             chunk: Bytes::from_static(b"x"),
+            private: None,
         }
     }
 
@@ -344,7 +362,7 @@ mod tests {
         }
         assert_eq!(table.classes_of(&tenant.id), 2);
         assert_eq!(table.close(ConnId(0)), None, "others are left");
-        let delivered = table.deliver(&tenant.id, &[entry("kv"), entry("db")]);
+        let delivered = table.deliver(&tenant.id, &[entry("kv"), entry("db")], 0);
         assert_eq!(delivered.queued, 2 + 2 + 1);
         assert!(streams[0].outbound().take_queued().is_empty());
         for s in &streams[1..3] {
@@ -358,6 +376,6 @@ mod tests {
             Some(tenant.id.clone()),
             "the last one"
         );
-        assert_eq!(table.deliver(&tenant.id, &[entry("kv")]).queued, 0);
+        assert_eq!(table.deliver(&tenant.id, &[entry("kv")], 0).queued, 0);
     }
 }

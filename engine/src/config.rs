@@ -539,6 +539,51 @@ mod tests {
     }
 
     #[test]
+    fn ops_settings_from_the_file_and_flags() {
+        let file: FileConfig = toml::from_str(
+            "drain_ms = 1500\nlog_format = \"json\"\nlog_level = \"warn,ringcast_engine=debug\"\n\
+             [metrics]\ntenant_labels = true\nmax_tenant_labels = 7\n",
+        )
+        .unwrap();
+        let config = Config::merge(file, &Overrides::default()).unwrap();
+        assert_eq!(config.drain_ms, 1500);
+        assert_eq!(config.log_format, LogFormat::Json);
+        assert_eq!(config.log_level, "warn,ringcast_engine=debug");
+        assert!(config.metrics.tenant_labels);
+        assert_eq!(config.metrics.max_tenant_labels, 7);
+
+        let flags = Overrides {
+            drain_ms: Some(0),
+            log_format: Some(LogFormat::Text),
+            ..Overrides::default()
+        };
+        let file: FileConfig = toml::from_str("drain_ms = 1500\nlog_format = \"json\"\n").unwrap();
+        let config = Config::merge(file, &flags).unwrap();
+        assert_eq!((config.drain_ms, config.log_format), (0, LogFormat::Text));
+
+        let defaults = Config::merge(FileConfig::default(), &Overrides::default()).unwrap();
+        assert_eq!(defaults.drain_ms, 0);
+        assert_eq!(defaults.log_level, "info");
+        assert!(!defaults.metrics.tenant_labels);
+
+        for bad in [
+            "log_level = \"\"\n",
+            "log_level = \"[[[\"\n",
+            "log_format = \"xml\"\n",
+            "[metrics]\nnope = 1\n",
+        ] {
+            let parsed: Result<FileConfig, _> = toml::from_str(bad);
+            let refused = match parsed {
+                Err(_) => true,
+                Ok(file) => Config::merge(file, &Overrides::default()).is_err(),
+            };
+            assert!(refused, "{bad}");
+        }
+        assert_eq!("json".parse::<LogFormat>(), Ok(LogFormat::Json));
+        assert!("xml".parse::<LogFormat>().is_err());
+    }
+
+    #[test]
     fn presence_settings_per_tenant() {
         let file: FileConfig = toml::from_str(
             "[[tenants]]\nid = \"a\"\nplan = \"free\"\npresence_ttl_secs = 5\n\

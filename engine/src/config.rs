@@ -37,6 +37,16 @@ pub struct Config {
     pub handshake_timeout_ms: u64,
     /// Time allowed for connections to close on shutdown.
     pub shutdown_grace_ms: u64,
+    /// After SIGTERM, how long the server keeps serving with `/readyz` answering 503
+    /// (so a load balancer stops sending new connections) before it closes connections
+    /// with 1001. 0: close at once.
+    pub drain_ms: u64,
+    /// Log lines as `text` or `json` (stderr).
+    pub log_format: LogFormat,
+    /// Log filter when `RUST_LOG` is not set (`info`, `warn`, `ringcast_engine=debug`, …).
+    pub log_level: String,
+    /// What `/metrics` labels.
+    pub metrics: MetricsConfig,
     /// How long a handler waits for an owner shard's answer (a WebSocket publish's
     /// `ack`, an HTTP route's answer) before giving up with `overloaded`.
     pub request_timeout_ms: u64,
@@ -131,6 +141,50 @@ impl Default for HistoryConfig {
     }
 }
 
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines (`tracing-subscriber`'s default format).
+    #[default]
+    Text,
+    /// One JSON object per line, fields at the top level.
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<LogFormat, String> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!("log format must be text or json, not `{other}`")),
+        }
+    }
+}
+
+/// `[metrics]`: labels of `/metrics` whose number depends on the configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Render the `ringcast_tenant_*` families, labelled by tenant (shards count per
+    /// tenant only when this is on).
+    pub tenant_labels: bool,
+    /// At most this many tenants (the first by id) get their own label; the others are
+    /// summed under `tenant="_other"`, so a scrape's size stays bounded.
+    pub max_tenant_labels: usize,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            tenant_labels: false,
+            max_tenant_labels: 100,
+        }
+    }
+}
+
 /// When history is msync'ed to disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -156,6 +210,11 @@ pub struct FileConfig {
     outbound_buffer_bytes: Option<usize>,
     handshake_timeout_ms: Option<u64>,
     shutdown_grace_ms: Option<u64>,
+    drain_ms: Option<u64>,
+    log_format: Option<LogFormat>,
+    log_level: Option<String>,
+    #[serde(default)]
+    metrics: MetricsConfig,
     request_timeout_ms: Option<u64>,
     inbox_capacity: Option<usize>,
     idempotency_ttl_secs: Option<u64>,
@@ -193,6 +252,10 @@ pub struct Overrides {
     pub outbound_buffer_bytes: Option<usize>,
     /// `--handshake-timeout-ms`
     pub handshake_timeout_ms: Option<u64>,
+    /// `--drain-ms`
+    pub drain_ms: Option<u64>,
+    /// `--log-format`
+    pub log_format: Option<LogFormat>,
 }
 
 /// Why the configuration was refused.
@@ -310,6 +373,10 @@ impl Config {
                 .or(file.handshake_timeout_ms)
                 .unwrap_or(10_000),
             shutdown_grace_ms: file.shutdown_grace_ms.unwrap_or(5_000),
+            drain_ms: flags.drain_ms.or(file.drain_ms).unwrap_or(0),
+            log_format: flags.log_format.or(file.log_format).unwrap_or_default(),
+            log_level: file.log_level.unwrap_or_else(|| "info".to_owned()),
+            metrics: file.metrics,
             request_timeout_ms: file.request_timeout_ms.unwrap_or(10_000),
             inbox_capacity: file
                 .inbox_capacity
@@ -358,6 +425,15 @@ impl Config {
         if self.inbox_capacity < 64 {
             return Err(ConfigError::Invalid(
                 "inbox_capacity must be at least 64".into(),
+            ));
+        }
+        if self.log_level.trim().is_empty() {
+            return Err(ConfigError::Invalid("log_level must not be empty".into()));
+        }
+        crate::logging::valid_level(&self.log_level).map_err(ConfigError::Invalid)?;
+        if self.drain_ms > 3_600_000 {
+            return Err(ConfigError::Invalid(
+                "drain_ms must be at most 3600000 (one hour)".into(),
             ));
         }
         if self.request_timeout_ms == 0 {
@@ -410,6 +486,17 @@ impl Config {
         let _ = writeln!(out, "data_dir = {}", self.data_dir.display());
         let _ = writeln!(out, "dev = {}", self.dev);
         let _ = writeln!(out, "max_connections = {}", self.max_connections);
+        let _ = writeln!(out, "drain_ms = {}", self.drain_ms);
+        let _ = writeln!(
+            out,
+            "log_format = {:?}, log_level = {}",
+            self.log_format, self.log_level
+        );
+        let _ = writeln!(
+            out,
+            "metrics: tenant_labels = {}, max_tenant_labels = {}",
+            self.metrics.tenant_labels, self.metrics.max_tenant_labels
+        );
         let default = self.default_tenant.as_deref().unwrap_or("(none)");
         let _ = writeln!(out, "default_tenant = {default}");
         let tenants = crate::tenant::TenantTable::new(&self.tenants, None);
@@ -561,6 +648,51 @@ mod tests {
             tenant.allowed_origins.as_deref(),
             Some(&["https://app.example".to_owned()][..])
         );
+    }
+
+    #[test]
+    fn ops_settings_from_the_file_and_flags() {
+        let file: FileConfig = toml::from_str(
+            "drain_ms = 1500\nlog_format = \"json\"\nlog_level = \"warn,ringcast_engine=debug\"\n\
+             [metrics]\ntenant_labels = true\nmax_tenant_labels = 7\n",
+        )
+        .unwrap();
+        let config = Config::merge(file, &Overrides::default()).unwrap();
+        assert_eq!(config.drain_ms, 1500);
+        assert_eq!(config.log_format, LogFormat::Json);
+        assert_eq!(config.log_level, "warn,ringcast_engine=debug");
+        assert!(config.metrics.tenant_labels);
+        assert_eq!(config.metrics.max_tenant_labels, 7);
+
+        let flags = Overrides {
+            drain_ms: Some(0),
+            log_format: Some(LogFormat::Text),
+            ..Overrides::default()
+        };
+        let file: FileConfig = toml::from_str("drain_ms = 1500\nlog_format = \"json\"\n").unwrap();
+        let config = Config::merge(file, &flags).unwrap();
+        assert_eq!((config.drain_ms, config.log_format), (0, LogFormat::Text));
+
+        let defaults = Config::merge(FileConfig::default(), &Overrides::default()).unwrap();
+        assert_eq!(defaults.drain_ms, 0);
+        assert_eq!(defaults.log_level, "info");
+        assert!(!defaults.metrics.tenant_labels);
+
+        for bad in [
+            "log_level = \"\"\n",
+            "log_level = \"[[[\"\n",
+            "log_format = \"xml\"\n",
+            "[metrics]\nnope = 1\n",
+        ] {
+            let parsed: Result<FileConfig, _> = toml::from_str(bad);
+            let refused = match parsed {
+                Err(_) => true,
+                Ok(file) => Config::merge(file, &Overrides::default()).is_err(),
+            };
+            assert!(refused, "{bad}");
+        }
+        assert_eq!("json".parse::<LogFormat>(), Ok(LogFormat::Json));
+        assert!("xml".parse::<LogFormat>().is_err());
     }
 
     #[test]

@@ -28,13 +28,14 @@ use ringcast_protocol::event::PresenceSpelling;
 use ringcast_protocol::{event, ChannelName, ClientFrame, CloseCode, ErrorCode, FrameParser};
 
 use crate::clock::{Clock, Millis};
+use crate::close_log::CloseLog;
 use crate::conn::{Conn, Sub};
 use crate::deadline::{DeadlineQueue, TimerKey};
 use crate::history::HistoryStore;
 use crate::idempotency::{IdempotencyTable, Remembered};
 use crate::keys::{ChannelKey, ConnId, RequestId, ShardId};
 use crate::mesh::{Answer, Mesh, PublishReq, Question, ReplyTo, ShardMsg, SubscribeReq};
-use crate::metrics::ShardCounters;
+use crate::metrics::{CloseReason, ShardCounters, Transport};
 use crate::outbound::Pushed;
 use crate::outgoing::Outgoing;
 use crate::owner::{ChannelLimitReached, OwnedChannels, ShardSet};
@@ -115,6 +116,10 @@ pub struct ShardCore {
     reloads_seen: u64,
     /// REN: the sequences of the tenants this shard is REN owner of, and its SSE streams.
     ren: ren::RenCore,
+    /// Whether to count per tenant (`[metrics] tenant_labels`, fixed at start-up).
+    tenant_labels: bool,
+    /// Rate limit of the abnormal-close log lines.
+    close_log: CloseLog,
 }
 
 impl ShardCore {
@@ -140,13 +145,19 @@ impl ShardCore {
                 config.idempotency_max_keys,
             )
         };
+        let tenant_labels = shared.metrics.tenant_labels();
+        let local = if tenant_labels {
+            LocalTopics::with_tenant_meter(id, mesh.shards())
+        } else {
+            LocalTopics::default()
+        };
         ShardCore {
             id,
             shards: mesh.shards(),
             shared,
             clock,
             conns: HashMap::new(),
-            local: LocalTopics::default(),
+            local,
             owned: OwnedChannels::new(history),
             idempotency,
             parser: FrameParser::new(),
@@ -163,6 +174,8 @@ impl ShardCore {
             conn_timers: HashMap::new(),
             reloads_seen: 0,
             ren,
+            tenant_labels,
+            close_log: CloseLog::default(),
         }
     }
 
@@ -250,14 +263,30 @@ impl ShardCore {
         }
         let conn = Rc::new(conn);
         self.conns.insert(conn.id, conn.clone());
+        self.counters().ws_connections.add(1);
+        if self.tenant_labels {
+            let tenant = conn.tenant.metrics.shard(self.id, self.shards);
+            tenant.ws_connections.add(1);
+        }
         let connected = event::connected(client_id, self.now().0);
         self.push(&conn, connected);
         conn
     }
 
-    /// Forgets a connection: leaves its channels, tells owners of channels left unwatched.
+    /// Forgets a connection: leaves its channels, tells owners of channels left
+    /// unwatched; counts (and, when abnormal, logs) why it closed.
     pub fn unregister_conn(&mut self, conn: &Conn) {
-        self.conns.remove(&conn.id);
+        if self.conns.remove(&conn.id).is_some() {
+            self.counters().ws_connections.add(-1);
+            if self.tenant_labels {
+                let tenant = conn.tenant.metrics.shard(self.id, self.shards);
+                tenant.ws_connections.add(-1);
+            }
+            let reason = conn.outbound().close_reason();
+            let code = conn.outbound().close_code().map(|c| c.0);
+            let tenant = conn.tenant.id.as_str();
+            self.connection_closed(Transport::Ws, reason, Some(tenant), code);
+        }
         if let Some(timer) = self.conn_timers.remove(&conn.id) {
             self.conn_expiry.cancel(timer);
         }
@@ -291,6 +320,40 @@ impl ShardCore {
     /// Number of WebSocket connections on this shard.
     pub fn connection_count(&self) -> usize {
         self.conns.len()
+    }
+
+    /// Counts a connection of `transport` that ended for `reason` and, when the reason is
+    /// abnormal, logs one line (rate-limited per reason, see `close_log.rs`). `tenant`
+    /// and `code` go on the line when known. Every transport's end comes here: WebSocket
+    /// sessions from [`ShardCore::unregister_conn`], plain HTTP connections from
+    /// `http.rs`, SSE streams from their own code.
+    pub fn connection_closed(
+        &mut self,
+        transport: Transport,
+        reason: CloseReason,
+        tenant: Option<&str>,
+        code: Option<u16>,
+    ) {
+        self.counters().closed(transport, reason);
+        if !reason.is_abnormal() {
+            return;
+        }
+        let admit = self.close_log.admit(reason, self.now());
+        if admit.suppressed_before > 0 {
+            log_suppressed(self.id, reason, admit.suppressed_before);
+        }
+        if !admit.log {
+            return;
+        }
+        let shard = self.id.0;
+        let tenant = tenant.unwrap_or("-");
+        let code = code.unwrap_or(0);
+        match reason {
+            CloseReason::SlowConsumer | CloseReason::Limit | CloseReason::Internal => {
+                tracing::warn!(shard, %transport, %reason, code, tenant, "connection closed");
+            }
+            _ => tracing::info!(shard, %transport, %reason, code, tenant, "connection closed"),
+        }
     }
 
     /// msyncs this shard's history now (end of shutdown).
@@ -834,11 +897,25 @@ impl ShardCore {
         self.run_local();
     }
 
-    /// Handles what this shard sent itself, until nothing is left.
+    /// Handles what this shard sent itself, until nothing is left; then refreshes the
+    /// gauges of its tables (every entry point ends here).
     fn run_local(&mut self) {
         while let Some(msg) = self.out.pop_local() {
             self.dispatch(msg);
         }
+        self.publish_gauges();
+    }
+
+    /// Copies the sizes of this shard's tables into its gauges: three plain stores.
+    fn publish_gauges(&self) {
+        let counters = self.shared.metrics.shard(self.id);
+        counters
+            .subscriptions
+            .set(self.local.subscriptions() as u64);
+        counters.channels.set(self.owned.len() as u64);
+        counters
+            .presence_members
+            .set(self.presence.total_members() as u64);
     }
 
     fn dispatch(&mut self, msg: ShardMsg) {
@@ -971,8 +1048,14 @@ impl ShardCore {
             self.send_to(shard, deliver);
         }
         self.mirror_to_ren(&req.key, &frame, ren_data, req.user_id.as_deref(), seq, now);
-        let counters = self.counters();
+        let counters = self.shared.metrics.shard(self.id);
         counters.messages_published.inc();
+        counters.history_appends.inc();
+        counters.history_appended_bytes.add(frame.len() as u64);
+        if self.tenant_labels {
+            let per_tenant = tenant.metrics.shard(self.id, self.shards);
+            per_tenant.messages_published.inc();
+        }
         if seq == 1 {
             counters.history_rings.set(self.owned.ring_count() as u64);
         }
@@ -1014,6 +1097,16 @@ impl ShardCore {
                 let answer =
                     self.owned
                         .subscribe_answer(&req.key, req.last_event_id, req.epoch.as_deref());
+                if req.last_event_id.is_some() {
+                    let counters = self.counters();
+                    counters.history_replays.inc();
+                    counters
+                        .history_replayed_messages
+                        .add(answer.replay.len() as u64);
+                    if !answer.recovered {
+                        counters.history_truncations.inc();
+                    }
+                }
                 let mut frames = answer.replay;
                 frames.push(event::subscribed(
                     req.key.channel.as_str(),
@@ -1351,6 +1444,12 @@ impl ShardCore {
                 Pushed::Dropped => {}
             }
         }
+        if self.tenant_labels && delivered > 0 {
+            if let Some(first) = channel.subscribers().first() {
+                let per_tenant = first.tenant.metrics.shard(self.id, self.shards);
+                per_tenant.deliveries.add(delivered);
+            }
+        }
         let counters = self.counters();
         counters.deliveries.add(delivered);
         if overflowed > 0 {
@@ -1369,6 +1468,12 @@ impl ShardCore {
                 Pushed::Queued => delivered += 1,
                 Pushed::Overflowed => overflowed += 1,
                 Pushed::Dropped => {}
+            }
+        }
+        if self.tenant_labels && delivered > 0 {
+            if let Some(first) = channel.subscribers().first() {
+                let per_tenant = first.tenant.metrics.shard(self.id, self.shards);
+                per_tenant.deliveries.add(delivered);
             }
         }
         let counters = self.counters();
@@ -1494,6 +1599,9 @@ impl ShardCore {
     /// flushes, idle log removal.
     fn housekeeping(&mut self, now: Millis, sweep_idle_rings: bool) {
         self.apply_reload();
+        for (reason, suppressed) in self.close_log.flush(now) {
+            log_suppressed(self.id, reason, suppressed);
+        }
         self.flush_presence_seen();
         self.ren_housekeeping(now);
         for conn in self.conns.values() {
@@ -1521,4 +1629,15 @@ impl ShardCore {
     pub fn retry_spills(&mut self) {
         self.out.retry_spills();
     }
+}
+
+/// The summary line of close log lines left out by the rate limit.
+fn log_suppressed(shard: ShardId, reason: CloseReason, suppressed: u64) {
+    tracing::warn!(
+        shard = shard.0,
+        %reason,
+        suppressed,
+        per_second = crate::close_log::LINES_PER_SECOND,
+        "connection closed: lines suppressed by the log rate limit"
+    );
 }

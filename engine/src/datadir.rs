@@ -2,6 +2,10 @@
 //! the life of the process (the kernel drops it when the process dies, kill -9 included,
 //! so a crash never leaves a stale lock behind). The file holds the holder's pid, so a
 //! second server can say who has the directory.
+//!
+//! [`probe_writable`] is what `/readyz` relies on for "the data directory is writable":
+//! the main thread calls it once a second and caches the answer; requests never touch
+//! the disk.
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -9,6 +13,23 @@ use std::path::{Path, PathBuf};
 
 /// Name of the lock file inside the data directory.
 pub const LOCK_FILE: &str = "LOCK";
+/// Name of the file the write probe creates and removes.
+pub const PROBE_FILE: &str = ".write-probe";
+
+/// Creates a small file in `dir`, writes to it and removes it: fails when the directory
+/// is read-only, out of space (delayed allocation reserves a block at `write`), or gone.
+pub fn probe_writable(dir: &Path) -> std::io::Result<()> {
+    let path = dir.join(PROBE_FILE);
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)?;
+    let written = writeln!(file, "{}", std::process::id());
+    drop(file);
+    let removed = std::fs::remove_file(&path);
+    written.and(removed)
+}
 
 /// Why the data directory could not be taken.
 #[derive(Debug, thiserror::Error)]
@@ -98,5 +119,17 @@ mod tests {
         );
         drop(held);
         assert!(lock(dir.path()).is_ok());
+    }
+
+    #[test]
+    fn the_write_probe_leaves_nothing_and_fails_where_nothing_can_be_written() {
+        let dir = tempfile::tempdir().unwrap();
+        probe_writable(dir.path()).unwrap();
+        assert!(!dir.path().join(PROBE_FILE).exists());
+        // A path under a regular file is never a writable directory (even for root).
+        let file = dir.path().join("plain");
+        std::fs::write(&file, b"x").unwrap();
+        assert!(probe_writable(&file).is_err());
+        assert!(probe_writable(&dir.path().join("gone")).is_err());
     }
 }

@@ -16,10 +16,13 @@
 //! so a client that trickles bytes cannot hold a connection slot longer than that per
 //! request. Past it the answer is 408 and the connection closes. Every HTTP status and
 //! error code comes from [`ApiError`]; this file holds no status numbers.
+//!
+//! Metrics: each answered request is counted by route (a fixed set, [`HttpRoute`]) and
+//! status, with its time from the complete request to the answer written; a connection
+//! that ends here (not upgraded) is counted with its [`CloseReason`].
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::rc::Rc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use monoio::buf::IoBufMut;
@@ -38,6 +41,7 @@ use ringcast_protocol::ApiError;
 
 use crate::admission::ConnectionSlot;
 use crate::client_addr::canonical;
+use crate::metrics::{CloseReason, HttpRoute, Transport};
 use crate::per_ip::{IpSlot, PerIp};
 use crate::session::{start_session, SessionSetup};
 use crate::shard::Shard;
@@ -54,7 +58,7 @@ enum Route {
 
 /// How the HTTP phase of a connection ended.
 enum Served {
-    Close,
+    Close(CloseReason),
     /// `GET /api/maravilla/ren`: the connection becomes a REN (SSE) stream.
     Ren(crate::api::ren::RenOpen, IpSlot),
     Upgrade(SessionSetup),
@@ -78,7 +82,8 @@ pub async fn serve_connection(
         .peer_addr()
         .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| canonical(a.ip()));
     match serve_requests(&shard, &mut stream, &mut buf, peer, slot.is_some()).await {
-        Served::Close => {
+        Served::Close(reason) => {
+            shard.connection_closed(Transport::Http, reason);
             // The slot is free before the client can see the close: a client that waits
             // for EOF and connects again finds it free.
             drop(slot);
@@ -121,42 +126,57 @@ async fn serve_requests(
     if proxy_protocol {
         let deadline = Instant::now() + timeout;
         match monoio::time::timeout_at(deadline, read_proxy_header(stream, buf)).await {
-            Err(_) => return timed_out(shard, stream, timeout, "PROXY header").await,
-            Ok(Err(ReadError::Closed)) => return Served::Close,
+            Err(_) => {
+                return timed_out(shard, stream, timeout, "PROXY header", HttpRoute::Unparsed).await
+            }
+            Ok(Err(ReadError::Closed)) => return Served::Close(CloseReason::Client),
             Ok(Err(_)) => unreachable!("read_proxy_header only fails with Closed"),
             Ok(Ok(ProxyParse::Header { len, client })) => {
                 if !shard.shared.trusted.load().trusts(peer) {
                     let message = "a PROXY header from a peer that is not in trusted_proxies";
-                    return refuse(shard, stream, ApiError::BadRequest, message, timeout).await;
+                    let error = ApiError::BadRequest;
+                    refuse(shard, stream, error, message, timeout, HttpRoute::Unparsed).await;
+                    return Served::Close(CloseReason::ProtocolError);
                 }
                 buf.drain(..len);
                 relayed = client.map_or(peer, |c| canonical(c.ip()));
             }
             Ok(Ok(ProxyParse::Invalid(why))) => {
-                return refuse(shard, stream, ApiError::BadRequest, &why, timeout).await;
+                let error = ApiError::BadRequest;
+                refuse(shard, stream, error, &why, timeout, HttpRoute::Unparsed).await;
+                return Served::Close(CloseReason::ProtocolError);
             }
             Ok(Ok(ProxyParse::NotProxy | ProxyParse::Incomplete)) => {}
         }
     }
     loop {
         let deadline = Instant::now() + timeout;
+        let unparsed = HttpRoute::Unparsed;
         let head = match monoio::time::timeout_at(deadline, read_head(stream, buf)).await {
-            Err(_) => return timed_out(shard, stream, timeout, "request head").await,
-            Ok(Err(e)) => return answer_read_error(shard, stream, e, max_body, timeout).await,
+            Err(_) => return timed_out(shard, stream, timeout, "request head", unparsed).await,
+            Ok(Err(e)) => {
+                return answer_read_error(shard, stream, e, max_body, timeout, unparsed).await
+            }
             Ok(Ok(head)) => head,
         };
+        let route_label = HttpRoute::of(&head.path);
         if !has_slot {
             let message = "max_connections reached; retry later";
-            return refuse(shard, stream, ApiError::Overloaded, message, timeout).await;
+            let error = ApiError::Overloaded;
+            refuse(shard, stream, error, message, timeout, route_label).await;
+            return Served::Close(CloseReason::Limit);
         }
         buf.drain(..head.head_len);
         let body = match monoio::time::timeout_at(deadline, read_body(stream, buf, &head, max_body))
             .await
         {
-            Err(_) => return timed_out(shard, stream, timeout, "request body").await,
-            Ok(Err(e)) => return answer_read_error(shard, stream, e, max_body, timeout).await,
+            Err(_) => return timed_out(shard, stream, timeout, "request body", route_label).await,
+            Ok(Err(e)) => {
+                return answer_read_error(shard, stream, e, max_body, timeout, route_label).await
+            }
             Ok(Ok(body)) => body,
         };
+        let started = std::time::Instant::now();
         let forwarded: Vec<&[u8]> = head
             .headers
             .iter()
@@ -168,11 +188,17 @@ async fn serve_requests(
             let opened = crate::api::ren::open(shard, &head)
                 .and_then(|open| Ok((open, admit_ip(shard, client)?)));
             match opened {
-                Ok((open, ip_slot)) => return Served::Ren(open, ip_slot),
+                Ok((open, ip_slot)) => {
+                    count_request(shard, route_label, 200, started);
+                    return Served::Ren(open, ip_slot);
+                }
                 Err(refusal) => {
                     let out = crate::api::respond_refusal(shard, &refusal, head.keep_alive());
-                    if !write_within(stream, out, timeout).await || !head.keep_alive() {
-                        return Served::Close;
+                    let status = status_of(&out);
+                    let written = write_within(shard, stream, out, timeout).await;
+                    count_request(shard, route_label, status, started);
+                    if !written || !head.keep_alive() {
+                        return Served::Close(CloseReason::Client);
                     }
                     continue;
                 }
@@ -180,20 +206,29 @@ async fn serve_requests(
         }
         if crate::api::handles(&head.path) {
             let out = crate::api::serve(shard, &head, &body).await;
-            if !write_within(stream, out, timeout).await || !head.keep_alive() {
-                return Served::Close;
+            let status = status_of(&out);
+            let written = write_within(shard, stream, out, timeout).await;
+            count_request(shard, route_label, status, started);
+            if !written || !head.keep_alive() {
+                return Served::Close(CloseReason::Client);
             }
             continue;
         }
         match route(shard, &head, client) {
             Route::Respond(out, keep_alive) => {
-                if !write_within(stream, out, timeout).await || !keep_alive {
-                    return Served::Close;
+                let status = status_of(&out);
+                let written = write_within(shard, stream, out, timeout).await;
+                count_request(shard, route_label, status, started);
+                if !written || !keep_alive {
+                    return Served::Close(CloseReason::Client);
                 }
             }
             Route::Upgrade { response, setup } => {
-                if !write_within(stream, response, timeout).await {
-                    return Served::Close;
+                let status = status_of(&response);
+                let written = write_within(shard, stream, response, timeout).await;
+                count_request(shard, route_label, status, started);
+                if !written {
+                    return Served::Close(CloseReason::Client);
                 }
                 return Served::Upgrade(setup);
             }
@@ -209,20 +244,29 @@ async fn answer_read_error(
     e: ReadError,
     max_body: usize,
     timeout: Duration,
+    route: HttpRoute,
 ) -> Served {
-    let (error, message) = match e {
-        ReadError::Closed => return Served::Close,
-        ReadError::Head(e @ HttpError::TooLarge) => {
-            (ApiError::from(e), "request head over 16 KiB".to_owned())
-        }
-        ReadError::Head(e) => (ApiError::from(e), "malformed HTTP request".to_owned()),
+    let (error, message, reason) = match e {
+        ReadError::Closed => return Served::Close(CloseReason::Client),
+        ReadError::Head(e @ HttpError::TooLarge) => (
+            ApiError::from(e),
+            "request head over 16 KiB".to_owned(),
+            CloseReason::ProtocolError,
+        ),
+        ReadError::Head(e) => (
+            ApiError::from(e),
+            "malformed HTTP request".to_owned(),
+            CloseReason::ProtocolError,
+        ),
         ReadError::Body(e @ BodyError::TooLarge) => (
             ApiError::from(e),
             format!("request body over {max_body} bytes"),
+            CloseReason::Limit,
         ),
-        ReadError::Body(e) => (ApiError::from(e), e.to_string()),
+        ReadError::Body(e) => (ApiError::from(e), e.to_string(), CloseReason::ProtocolError),
     };
-    refuse(shard, stream, error, &message, timeout).await
+    refuse(shard, stream, error, &message, timeout, route).await;
+    Served::Close(reason)
 }
 
 /// 408 and close: the deadline passed before the request was complete.
@@ -231,14 +275,17 @@ async fn timed_out(
     stream: &mut TcpStream,
     timeout: Duration,
     what: &str,
+    route: HttpRoute,
 ) -> Served {
     let error = ApiError::Timeout;
     shard.shared.metrics.shard(shard.id).error(error.code());
     let message = format!("{what} not received within {} ms", timeout.as_millis());
     let out = api_error_response(error, &message, false);
+    let started = std::time::Instant::now();
     // The client has been silent, so nothing is left unread: close without lingering.
-    let _ = write_within(stream, out, timeout).await;
-    Served::Close
+    let _ = write_within(shard, stream, out, timeout).await;
+    count_request(shard, route, error.status(), started);
+    Served::Close(CloseReason::Timeout)
 }
 
 /// An error answer that ends the connection (the request, or its body, was not read to
@@ -249,12 +296,32 @@ async fn refuse(
     error: ApiError,
     message: &str,
     timeout: Duration,
-) -> Served {
+    route: HttpRoute,
+) {
     shard.shared.metrics.shard(shard.id).error(error.code());
-    if write_within(stream, api_error_response(error, message, false), timeout).await {
+    let started = std::time::Instant::now();
+    let out = api_error_response(error, message, false);
+    let written = write_within(shard, stream, out, timeout).await;
+    count_request(shard, route, error.status(), started);
+    if written {
         linger(stream).await;
     }
-    Served::Close
+}
+
+/// Counts one answered request of `route` with `status`, timed from `started`.
+fn count_request(shard: &Shard, route: HttpRoute, status: u16, started: std::time::Instant) {
+    let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    let counters = shard.shared.metrics.shard(shard.id);
+    counters.http_request(route, status, nanos);
+}
+
+/// The status of a response the server wrote (`HTTP/1.1 NNN …`).
+fn status_of(response: &[u8]) -> u16 {
+    response
+        .get(9..12)
+        .and_then(|digits| std::str::from_utf8(digits).ok())
+        .and_then(|digits| digits.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Sends FIN after the answer, then reads and drops what the client still sends (bounded
@@ -280,13 +347,24 @@ async fn linger(stream: &mut TcpStream) {
     let _ = monoio::time::timeout(LINGER, drain).await;
 }
 
-/// Writes `out`; false when the write failed or took longer than `timeout` (a client that
-/// does not read).
-async fn write_within(stream: &mut TcpStream, out: Vec<u8>, timeout: Duration) -> bool {
-    matches!(
+/// Writes `out` (counted in `ringcast_bytes_out_total{transport="http"}`); false when
+/// the write failed or took longer than `timeout` (a client that does not read).
+async fn write_within(
+    shard: &Shard,
+    stream: &mut TcpStream,
+    out: Vec<u8>,
+    timeout: Duration,
+) -> bool {
+    let len = out.len() as u64;
+    let written = matches!(
         monoio::time::timeout(timeout, stream.write_all(out)).await,
         Ok((Ok(_), _))
-    )
+    );
+    if written {
+        let counters = shard.shared.metrics.shard(shard.id);
+        counters.bytes_out(Transport::Http, len);
+    }
+    written
 }
 
 enum ReadError {
@@ -389,17 +467,12 @@ fn route(shard: &Rc<Shard>, head: &RequestHead, client: IpAddr) -> Route {
             error(ApiError::MethodNotAllowed, "use GET")
         }
         "/healthz" => respond(ok_json(br#"{"status":"ok"}"#, keep_alive)),
-        "/readyz" => {
-            let ready = shard.shared.ready_shards.load(Ordering::SeqCst) == shard.mesh.shards()
-                && !shard.mesh.is_shutting_down();
-            if ready {
-                respond(ok_json(br#"{"status":"ready"}"#, keep_alive))
-            } else {
-                error(ApiError::NotReady, "starting or shutting down")
-            }
-        }
+        "/readyz" => match shard.shared.readiness(shard.mesh.is_shutting_down()) {
+            Ok(()) => respond(ok_json(br#"{"status":"ready"}"#, keep_alive)),
+            Err(why) => error(ApiError::NotReady, why.message()),
+        },
         "/metrics" => {
-            let text = shard.shared.metrics.render();
+            let text = shard.shared.render_metrics(shard.mesh.is_shutting_down());
             respond(ok_response(
                 "text/plain; version=0.0.4; charset=utf-8",
                 text.as_bytes(),
@@ -482,5 +555,17 @@ fn websocket(shard: &Rc<Shard>, head: &RequestHead, client: IpAddr, keep_alive: 
             grant,
             ip_slot,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::status_of;
+
+    #[test]
+    fn the_status_is_read_from_the_status_line() {
+        assert_eq!(status_of(b"HTTP/1.1 503 Service Unavailable\r\n"), 503);
+        assert_eq!(status_of(b"HTTP/1.1 101 Switching Protocols\r\n"), 101);
+        assert_eq!(status_of(b"junk"), 0);
     }
 }

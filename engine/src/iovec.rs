@@ -69,6 +69,11 @@ impl FrameBatch {
         }
     }
 
+    /// Frames (or parts of frames) still to write.
+    pub fn frames(&self) -> usize {
+        self.frames.len()
+    }
+
     /// Bytes still to write.
     pub fn len(&self) -> usize {
         self.frames.iter().map(Bytes::len).sum()

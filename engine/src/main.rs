@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use ringcast_engine::config::{Config, Overrides};
+use ringcast_engine::config::{Config, LogFormat, Overrides};
 use ringcast_engine::reload::ConfigSource;
 use ringcast_engine::tenant::TenantTable;
 use ringcast_engine::token::{self, MintRequest, Permission};
@@ -32,6 +32,15 @@ enum Command {
     CheckConfig {
         /// The TOML file.
         file: PathBuf,
+    },
+    /// Check this host for running Ringcast at scale: open-file limits, accept and SYN
+    /// backlogs, io_uring and memlock, vm.max_map_count, CPUs vs shards, ephemeral
+    /// ports, transparent huge pages, time sync. Prints what to change and the command
+    /// for each finding; exits 0 when nothing is wrong, 1 otherwise.
+    Doctor {
+        /// The server's TOML file, for max_connections and shards (defaults otherwise)
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
     },
 }
 
@@ -89,22 +98,44 @@ struct ServeArgs {
     /// Time allowed for a request head to arrive [config: handshake_timeout_ms; default 10000]
     #[arg(long, value_name = "MS")]
     handshake_timeout_ms: Option<u64>,
+    /// After SIGTERM, keep serving this long with /readyz answering 503 before closing connections with 1001 [config: drain_ms; default 0]
+    #[arg(long, value_name = "MS")]
+    drain_ms: Option<u64>,
+    /// Log lines on stderr as text or json; RUST_LOG (else log_level in the file) sets the level [config: log_format; default text]
+    #[arg(long, value_name = "FORMAT")]
+    log_format: Option<LogFormat>,
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve(_)) {
+        // The server sets its logs up from its configuration; the other commands log
+        // little, as text.
+        let _ = ringcast_engine::logging::init(LogFormat::Text, "info");
+    }
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::Token(args) => print_token(args),
         Command::CheckConfig { file } => check_config(file),
+        Command::Doctor { config } => doctor(config),
+    }
+}
+
+fn doctor(file: Option<PathBuf>) -> ExitCode {
+    let config = match Config::load(file.as_deref(), &Overrides::default()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("ringcast: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let needs = ringcast_engine::doctor::Needs::of(&config);
+    let report = ringcast_engine::doctor::run(&ringcast_engine::doctor::ThisHost, &needs);
+    print!("{}", report.render());
+    if report.has_findings() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
     }
 }
 
@@ -182,6 +213,8 @@ fn serve(args: ServeArgs) -> ExitCode {
         max_message_bytes: args.max_message_bytes,
         outbound_buffer_bytes: args.outbound_buffer_bytes,
         handshake_timeout_ms: args.handshake_timeout_ms,
+        drain_ms: args.drain_ms,
+        log_format: args.log_format,
     };
     let source = ConfigSource {
         path: args.config.clone(),
@@ -194,6 +227,10 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Err(e) = ringcast_engine::logging::init(config.log_format, &config.log_level) {
+        eprintln!("ringcast: {e}");
+        return ExitCode::from(2);
+    }
     match ringcast_engine::server::run(config, source) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

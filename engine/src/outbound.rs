@@ -14,6 +14,11 @@
 //! flight). A push that would exceed it drops what is queued and starts a close with
 //! [`CloseCode::SLOW_CONSUMER`].
 //!
+//! The queue remembers why it left [`ConnState::Open`] ([`CloseReason`]: the server's
+//! close code, or the client), which the shard counts and logs when the connection ends.
+//! The writer counts the bytes it writes and the frames per `writev` in its shard's
+//! counters ([`WriteMeter`]).
+//!
 //! A busy connection keeps its queue's and batch's memory from one write to the next; the
 //! shard's once-a-second sweep ([`Outbound::sweep_idle`]) gives that memory back once a
 //! connection has written nothing for a whole tick, so idle connections hold none.
@@ -30,6 +35,7 @@ use monoio::io::AsyncWriteRent;
 use ringcast_protocol::CloseCode;
 
 use crate::iovec::FrameBatch;
+use crate::metrics::{CloseReason, ShardMetrics, Transport};
 
 /// How long a closing connection may take to flush its last frames.
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
@@ -89,6 +95,9 @@ pub struct Outbound {
     buffers: Cell<Buffers>,
     /// Set by the sweep: the writer gives back its batch's memory at its next turn.
     trim_requested: Cell<bool>,
+    /// Why it stopped being open, and the code it closed with if the server sent one
+    /// (`None` while open).
+    closed_by: Cell<Option<(CloseReason, Option<CloseCode>)>>,
 }
 
 impl std::fmt::Debug for Outbound {
@@ -117,6 +126,27 @@ impl Outbound {
             reader_waker: Cell::new(None),
             buffers: Cell::new(Buffers::Released),
             trim_requested: Cell::new(false),
+            closed_by: Cell::new(None),
+        }
+    }
+
+    /// Why the connection stopped being open: the reason of the server's close code, or
+    /// [`CloseReason::Client`] when the client closed (or went away) first.
+    pub fn close_reason(&self) -> CloseReason {
+        self.closed_by
+            .get()
+            .map_or(CloseReason::Client, |(reason, _)| reason)
+    }
+
+    /// The code the connection was closed with (`None`: it went away without one).
+    pub fn close_code(&self) -> Option<CloseCode> {
+        self.closed_by.get().and_then(|(_, code)| code)
+    }
+
+    /// Records the first reason only.
+    fn note_reason(&self, reason: CloseReason, code: Option<CloseCode>) {
+        if self.closed_by.get().is_none() {
+            self.closed_by.set(Some((reason, code)));
         }
     }
 
@@ -136,6 +166,7 @@ impl Outbound {
             queue.frames.clear();
             queue.bytes = 0;
             queue.state = ConnState::Closing(CloseCode::SLOW_CONSUMER);
+            self.note_reason(CloseReason::SlowConsumer, Some(CloseCode::SLOW_CONSUMER));
             if let Some(last) = (self.farewell)(CloseCode::SLOW_CONSUMER, "slow consumer") {
                 queue.frames.push_back(last);
             }
@@ -172,11 +203,22 @@ impl Outbound {
 
     /// Starts a close with `code`: the transport's farewell goes after what is queued.
     pub fn close(&self, code: CloseCode, reason: &str) {
+        self.close_for(code, reason, CloseReason::of(code));
+    }
+
+    /// Answers the client's own close (a close frame) with `code`: counted as the
+    /// client's close, whatever the code.
+    pub fn close_by_client(&self, code: CloseCode) {
+        self.close_for(code, "", CloseReason::Client);
+    }
+
+    fn close_for(&self, code: CloseCode, reason: &str, why: CloseReason) {
         let mut queue = self.queue.borrow_mut();
         if queue.state != ConnState::Open {
             return;
         }
         queue.state = ConnState::Closing(code);
+        self.note_reason(why, Some(code));
         if let Some(last) = (self.farewell)(code, reason) {
             queue.frames.push_back(last);
         }
@@ -184,8 +226,10 @@ impl Outbound {
         self.wake_both();
     }
 
-    /// The connection is gone: drop what is queued and stop the writer.
+    /// The connection is gone: drop what is queued and stop the writer. Gone while
+    /// open means the client went away (EOF, reset, a failed write).
     pub fn mark_closed(&self) {
+        self.note_reason(CloseReason::Client, None);
         let mut queue = self.queue.borrow_mut();
         queue.state = ConnState::Closed;
         queue.frames.clear();
@@ -289,9 +333,19 @@ fn wake(slot: &Cell<Option<Waker>>) {
     }
 }
 
+/// Where a writer counts what it writes: its shard's counters and its transport.
+#[derive(Debug, Clone)]
+pub struct WriteMeter {
+    /// The counters of the shard the writer runs on.
+    pub counters: ShardMetrics,
+    /// The connection's transport (the `transport` label of `ringcast_bytes_out_total`).
+    pub transport: Transport,
+}
+
 /// The writer task: one `writev` per turn with everything queued, until closed. `owner`
-/// is whatever holds the queue (a WebSocket connection, an SSE stream).
-pub async fn run_writer<C, W>(owner: Rc<C>, mut writer: W)
+/// is whatever holds the queue (a WebSocket connection, an SSE stream); `meter` counts
+/// bytes written and frames per `writev` on the writer's shard.
+pub async fn run_writer<C, W>(owner: Rc<C>, mut writer: W, meter: WriteMeter)
 where
     C: AsRef<Outbound>,
     W: AsyncWriteRent,
@@ -314,16 +368,20 @@ where
             }
             continue;
         }
+        meter
+            .counters
+            .write_batch_frames
+            .observe(batch.frames() as u64);
         let written = if state == ConnState::Open {
             // Boxed: the write's state (the in-flight op, the select) lives on the heap
             // only while writing, so an idle connection's task stays small.
-            Box::pin(write_batch(out, &mut writer, &mut batch)).await
+            Box::pin(write_batch(out, &mut writer, &mut batch, &meter)).await
         } else {
             // Closing: the last frames get a deadline (boxed: a rare path kept out of
             // every idle connection's task).
             let flush = monoio::time::timeout(
                 CLOSE_FLUSH_TIMEOUT,
-                write_batch(out, &mut writer, &mut batch),
+                write_batch(out, &mut writer, &mut batch, &meter),
             );
             Box::pin(flush).await.unwrap_or(false)
         };
@@ -347,6 +405,7 @@ async fn write_batch<W: AsyncWriteRent>(
     out: &Outbound,
     writer: &mut W,
     batch: &mut FrameBatch,
+    meter: &WriteMeter,
 ) -> bool {
     while !batch.is_empty() {
         let write = writer.writev(std::mem::take(batch));
@@ -361,6 +420,7 @@ async fn write_batch<W: AsyncWriteRent>(
         match result {
             Ok(0) | Err(_) => return false,
             Ok(written) => {
+                meter.counters.bytes_out(meter.transport, written as u64);
                 batch.advance(written);
                 let mut queue = out.queue.borrow_mut();
                 queue.bytes = queue.bytes.saturating_sub(written);
@@ -421,6 +481,27 @@ mod tests {
             "the writer is asked to trim its batch"
         );
         assert_eq!(out.buffers.get(), Buffers::Released);
+    }
+
+    #[test]
+    fn the_first_reason_to_leave_open_is_kept() {
+        let out = Outbound::new(100, ws_like);
+        out.push(Bytes::from(vec![0u8; 101]));
+        out.close(CloseCode::GOING_AWAY, "shutdown");
+        out.mark_closed();
+        assert_eq!(out.close_reason(), CloseReason::SlowConsumer);
+
+        let out = Outbound::new(100, ws_like);
+        out.close_by_client(CloseCode::GOING_AWAY);
+        assert_eq!(out.close_reason(), CloseReason::Client, "the client's 1001");
+
+        let out = Outbound::new(100, ws_like);
+        out.close(CloseCode::GOING_AWAY, "shutdown");
+        assert_eq!(out.close_reason(), CloseReason::Shutdown);
+
+        let out = Outbound::new(100, ws_like);
+        out.mark_closed();
+        assert_eq!(out.close_reason(), CloseReason::Client, "EOF while open");
     }
 
     #[test]

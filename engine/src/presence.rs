@@ -147,9 +147,16 @@ pub struct PresenceTable {
     /// What each connection holds, for its `PresenceSeen` and `PresenceConnClosed`.
     held: Held,
     deadlines: DeadlineQueue<(ChannelKey, Rc<str>)>,
+    /// Members over every channel (the `ringcast_presence_members` gauge).
+    total_members: usize,
 }
 
 impl PresenceTable {
+    /// Members over every channel.
+    pub fn total_members(&self) -> usize {
+        self.total_members
+    }
+
     /// `user` joins `key` through `holder`; an existing member is refreshed (and its
     /// metadata replaced when `metadata` is given and differs).
     pub fn join(
@@ -167,6 +174,7 @@ impl PresenceTable {
             channels,
             held,
             deadlines,
+            total_members,
         } = self;
         if let Some(channel) = channels.get_mut(key) {
             channel.ttl_ms = ttl_ms;
@@ -213,6 +221,7 @@ impl PresenceTable {
             })
             .members
             .insert(user.clone(), member);
+        *total_members += 1;
         Ok(Joined {
             is_new: true,
             announce: Some(Announce {
@@ -418,6 +427,7 @@ impl PresenceTable {
     fn remove_member(&mut self, key: &ChannelKey, user: &str) -> Option<(Rc<str>, Member)> {
         let channel = self.channels.get_mut(key)?;
         let (user, member) = channel.members.remove_entry(user)?;
+        self.total_members -= 1;
         if channel.members.is_empty() {
             self.channels.remove(key);
         }

@@ -4,7 +4,8 @@
 //!
 //! A file that does not parse or validate is refused whole (a log line; the running
 //! configuration stays). Settings fixed at start-up (listen address, shards, data
-//! directory, history, inbox capacity, idempotency table) keep their running values, with
+//! directory, history, inbox capacity, idempotency table, `[metrics]`, log format and
+//! level) keep their running values, with
 //! a log line naming each one that changed. A removed tenant's connections are closed
 //! with 4510 by their shards at the next housekeeping tick (at most one second).
 
@@ -63,7 +64,10 @@ pub fn reload(shared: &Shared, source: &ConfigSource) -> Result<Reloaded, Config
         history,
         inbox_capacity,
         idempotency_ttl_secs,
-        idempotency_max_keys
+        idempotency_max_keys,
+        metrics,
+        log_format,
+        log_level
     );
     let previous = shared.tenants.load();
     let tenants = TenantTable::rebuild(&next.tenants, next.default_tenant.as_deref(), &previous);

@@ -1,11 +1,16 @@
 //! Start-up and shutdown: bind one `SO_REUSEPORT` listener per shard, start one pinned
 //! thread per shard, each running a monoio runtime (io_uring, or the legacy driver with a
 //! log line where io_uring is missing), print the listening line, and on SIGTERM/SIGINT
-//! close every connection with 1001 and exit.
+//! drain (`/readyz` answers 503 for `drain_ms` while everything else is served), then
+//! close every connection with 1001 and exit. A second signal ends the drain at once.
+//!
+//! The main thread, once the shards run, waits for one to exit and meanwhile probes the
+//! data directory once a second (`datadir::probe_writable`) for `/readyz`.
 
 use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::task::Poll;
@@ -58,9 +63,9 @@ pub fn run(config: Config, source: ConfigSource) -> anyhow::Result<()> {
                     reload::reload_and_log(&signal_shared, &source);
                     continue;
                 }
-                tracing::info!(signal, "shutting down");
-                signal_mesh.shutdown_all();
-                break;
+                if !begin_drain(signal, &signal_shared, &signal_mesh) {
+                    break;
+                }
             }
         })?;
 
@@ -105,9 +110,21 @@ pub fn run(config: Config, source: ConfigSource) -> anyhow::Result<()> {
     tracing::info!(%addr, shards, dev = config.dev, "ringcast listening");
 
     // The first shard to exit (after a signal, or a crash) takes the others down.
-    if let Ok(ShardEvent::Exited(id)) = events_rx.recv() {
-        if !mesh.is_shutting_down() {
-            tracing::error!(shard = %id, "shard exited unexpectedly; shutting down");
+    // Meanwhile the data directory is probed once a second for /readyz.
+    let mut writable = true;
+    loop {
+        match events_rx.recv_timeout(DATA_DIR_PROBE) {
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                writable = probe_data_dir(&shared, &config.data_dir, writable);
+            }
+            Ok(ShardEvent::Exited(id)) => {
+                if !mesh.is_shutting_down() {
+                    tracing::error!(shard = %id, "shard exited unexpectedly; shutting down");
+                }
+                break;
+            }
+            Ok(_) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
     }
     mesh.shutdown_all();
@@ -119,6 +136,60 @@ pub fn run(config: Config, source: ConfigSource) -> anyhow::Result<()> {
     anyhow::ensure!(clean, "a shard thread panicked");
     tracing::info!("stopped");
     Ok(())
+}
+
+/// How often the main thread probes the data directory.
+const DATA_DIR_PROBE: Duration = Duration::from_secs(1);
+
+/// Probes the data directory and publishes the answer for `/readyz`; logs when it
+/// changes. Returns the new answer.
+fn probe_data_dir(shared: &Shared, dir: &std::path::Path, was_writable: bool) -> bool {
+    let probed = datadir::probe_writable(dir);
+    let writable = probed.is_ok();
+    shared.data_dir_writable.store(writable, Ordering::Relaxed);
+    match probed {
+        Err(e) if was_writable => tracing::error!(
+            dir = %dir.display(),
+            error = %e,
+            "data directory not writable: /readyz answers 503"
+        ),
+        Ok(()) if !was_writable => {
+            tracing::info!(dir = %dir.display(), "data directory writable again")
+        }
+        _ => {}
+    }
+    writable
+}
+
+/// SIGTERM/SIGINT: the first one marks the server draining for `drain_ms` (then a
+/// timer thread shuts it down), or shuts down at once when `drain_ms` is 0; a second one
+/// during the drain shuts down at once. Returns whether to keep listening for signals.
+fn begin_drain(signal: i32, shared: &Arc<Shared>, mesh: &Arc<Mesh>) -> bool {
+    let drain_ms = shared.config.load().drain_ms;
+    let already = shared.draining.swap(true, Ordering::SeqCst);
+    if already || drain_ms == 0 {
+        tracing::info!(signal, "shutting down");
+        mesh.shutdown_all();
+        return false;
+    }
+    tracing::info!(
+        signal,
+        drain_ms,
+        "draining: /readyz answers 503; connections close with 1001 when the drain ends"
+    );
+    let timer_mesh = mesh.clone();
+    let started = std::thread::Builder::new()
+        .name("drain".into())
+        .spawn(move || {
+            std::thread::sleep(Duration::from_millis(drain_ms));
+            tracing::info!("drain over; shutting down");
+            timer_mesh.shutdown_all();
+        });
+    if started.is_err() {
+        mesh.shutdown_all();
+        return false;
+    }
+    true
 }
 
 enum ShardEvent {

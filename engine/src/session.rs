@@ -19,7 +19,8 @@ use ringcast_protocol::CloseCode;
 
 use crate::admission::ConnectionSlot;
 use crate::conn::Conn;
-use crate::outbound::{run_writer, ConnState};
+use crate::metrics::Transport;
+use crate::outbound::{run_writer, ConnState, WriteMeter};
 use crate::per_ip::IpSlot;
 use crate::shard::Shard;
 use crate::tenant::Tenant;
@@ -69,7 +70,11 @@ pub fn start_session(
     } = setup;
     let conn = shard.register_conn(tenant, &client_id, presence_events, grant);
     let (reader, writer) = stream.into_split();
-    monoio::spawn(run_writer(conn.clone(), writer));
+    let meter = WriteMeter {
+        counters: shard.shared.metrics.shard_handle(shard.id),
+        transport: Transport::Ws,
+    };
+    monoio::spawn(run_writer(conn.clone(), writer, meter));
     // The HTTP phase's buffer is sized for request heads; start small unless it holds
     // frames the client sent right behind its handshake.
     let buf = if leftover.is_empty() {
@@ -161,7 +166,7 @@ fn handle_message(shard: &Shard, conn: &Rc<Conn>, message: &Message, buf: &[u8])
                 Some(code) if code.0 >= 1000 => *code,
                 _ => CloseCode::NORMAL,
             };
-            conn.close(answer, "");
+            conn.outbound().close_by_client(answer);
         }
     }
 }

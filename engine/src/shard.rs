@@ -109,6 +109,16 @@ impl Shard {
         self.core().unregister_conn(conn);
     }
 
+    /// Counts (and logs, when abnormal) a connection that ended here without a
+    /// session: a plain HTTP connection, or an SSE stream (the SSE code counts its own).
+    pub fn connection_closed(
+        &self,
+        transport: crate::metrics::Transport,
+        reason: crate::metrics::CloseReason,
+    ) {
+        self.core().connection_closed(transport, reason, None, None);
+    }
+
     /// Number of WebSocket connections on this shard.
     pub fn connection_count(&self) -> usize {
         self.core.borrow().connection_count()
@@ -262,7 +272,18 @@ impl Shard {
     // ----- the shard's own loops -----
 
     /// Handles one batch from the inbox, then retries spills and reports the drain.
+    /// The time it takes goes into `ringcast_loop_turn_seconds`.
     pub fn handle_batch(&self, batch: &mut Vec<ShardMsg>) {
+        if batch.is_empty() {
+            return self.handle_batch_untimed(batch);
+        }
+        let started = std::time::Instant::now();
+        self.handle_batch_untimed(batch);
+        let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.shared.metrics.shard(self.id).loop_turn.observe(nanos);
+    }
+
+    fn handle_batch_untimed(&self, batch: &mut Vec<ShardMsg>) {
         {
             let mut core = self.core();
             for msg in batch.drain(..) {

@@ -1,8 +1,9 @@
 //! What every shard of one server shares: read-mostly state behind `arc-swap` (config,
-//! tenants), the metrics every shard writes its own part of, and the process-wide
-//! connection count.
+//! tenants), the metrics every shard writes its own part of, the process-wide
+//! connection count, and what `/readyz` reads (shards started, draining, data directory
+//! writable).
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -10,7 +11,7 @@ use arc_swap::ArcSwap;
 use crate::client_addr::TrustedProxies;
 use crate::config::Config;
 use crate::mesh::Mesh;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Scrape};
 use crate::per_ip::PerIp;
 use crate::ren::activity::RenActivity;
 use crate::tenant::TenantTable;
@@ -37,6 +38,34 @@ pub struct Shared {
     pub trusted: ArcSwap<TrustedProxies>,
     /// Which tenants' channel events are mirrored into REN (`ren/activity.rs`).
     pub ren: RenActivity,
+    /// Set on SIGTERM (before connections are closed): `/readyz` answers 503.
+    pub draining: AtomicBool,
+    /// Whether the data directory took the last write probe (refreshed once a second
+    /// by the main thread, `datadir::DataDirLock::probe`; never by a request).
+    pub data_dir_writable: AtomicBool,
+    shards: usize,
+}
+
+/// Why `/readyz` answers 503.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotReady {
+    /// Some shard has not started its loops yet.
+    Starting,
+    /// SIGTERM arrived: draining, then shutting down.
+    Draining,
+    /// The data directory refused the last write probe.
+    DataDirNotWritable,
+}
+
+impl NotReady {
+    /// The message of the 503 answer.
+    pub fn message(self) -> &'static str {
+        match self {
+            NotReady::Starting => "starting: not every shard runs yet",
+            NotReady::Draining => "draining: shutting down (SIGTERM)",
+            NotReady::DataDirNotWritable => "the data directory is not writable",
+        }
+    }
 }
 
 impl Shared {
@@ -46,14 +75,41 @@ impl Shared {
         Shared {
             trusted: ArcSwap::from_pointee(config.trusted()),
             per_ip: Arc::default(),
+            metrics: Metrics::new(mesh.clone(), &config.metrics),
             config: ArcSwap::from_pointee(config),
             tenants: ArcSwap::from_pointee(tenants),
-            metrics: Metrics::new(mesh),
             open_connections: AtomicUsize::new(0),
             ready_shards: AtomicUsize::new(0),
             reloads: AtomicU64::new(0),
             ren: Default::default(),
+            draining: AtomicBool::new(false),
+            data_dir_writable: AtomicBool::new(true),
+            shards: mesh.shards(),
         }
+    }
+
+    /// What `/readyz` answers: `Ok` when every shard runs, the server is not draining and
+    /// the data directory took its last write probe. Reads three atomics.
+    pub fn readiness(&self, shutting_down: bool) -> Result<(), NotReady> {
+        if self.draining.load(Ordering::SeqCst) || shutting_down {
+            return Err(NotReady::Draining);
+        }
+        if self.ready_shards.load(Ordering::SeqCst) < self.shards {
+            return Err(NotReady::Starting);
+        }
+        if !self.data_dir_writable.load(Ordering::Relaxed) {
+            return Err(NotReady::DataDirNotWritable);
+        }
+        Ok(())
+    }
+
+    /// `/metrics`: every counter, with the tenant table and the server's state.
+    pub fn render_metrics(&self, shutting_down: bool) -> String {
+        self.metrics.render(Scrape {
+            tenants: Some(self.tenants.load_full()),
+            ready: self.readiness(shutting_down).is_ok(),
+            draining: self.draining.load(Ordering::SeqCst) || shutting_down,
+        })
     }
 
     /// Number of reloads applied.

@@ -13,6 +13,8 @@ use serde::Deserialize;
 
 pub use crate::usage::TenantUsage;
 
+use crate::metrics::TenantMetrics;
+
 /// A plan from the seed's table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -241,6 +243,8 @@ pub struct Tenant {
     pub allow_anonymous_ren: bool,
     /// What it has used: shared by every shard, carried across reloads.
     pub usage: Arc<TenantUsage>,
+    /// Its per-shard counters (`[metrics] tenant_labels`), carried across reloads.
+    pub metrics: Arc<TenantMetrics>,
 }
 
 impl std::fmt::Debug for TenantConfig {
@@ -343,6 +347,10 @@ impl TenantTable {
                             .get(&c.id)
                             .map(|t| t.usage.clone())
                             .or_else(|| previous.retired.get(&c.id).cloned())
+                            .unwrap_or_default(),
+                        metrics: previous
+                            .get(&c.id)
+                            .map(|t| t.metrics.clone())
                             .unwrap_or_default(),
                     }),
                 )

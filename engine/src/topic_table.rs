@@ -11,7 +11,7 @@ use std::rc::Rc;
 use hashbrown::HashMap;
 
 use crate::conn::Conn;
-use crate::keys::{ChannelKey, ConnId};
+use crate::keys::{ChannelKey, ConnId, ShardId};
 
 /// Local subscribers of one channel.
 #[derive(Debug, Default)]
@@ -44,9 +44,34 @@ pub enum Watch {
 #[derive(Debug, Default)]
 pub struct LocalTopics {
     channels: HashMap<ChannelKey, LocalChannel>,
+    /// Subscribers over every channel (the `ringcast_subscriptions` gauge).
+    subscriptions: usize,
+    /// `(this shard, shard count)` when subscriptions are also counted per tenant.
+    tenant_meter: Option<(ShardId, usize)>,
 }
 
 impl LocalTopics {
+    /// A table that also counts subscriptions per tenant, in slot `shard` of each
+    /// tenant's metrics (`[metrics] tenant_labels`).
+    pub fn with_tenant_meter(shard: ShardId, shards: usize) -> LocalTopics {
+        LocalTopics {
+            tenant_meter: Some((shard, shards)),
+            ..LocalTopics::default()
+        }
+    }
+
+    /// Subscribers over every channel.
+    pub fn subscriptions(&self) -> usize {
+        self.subscriptions
+    }
+
+    fn count_tenant(&self, conn: &Conn, delta: i64) {
+        if let Some((shard, shards)) = self.tenant_meter {
+            let slot = conn.tenant.metrics.shard(shard, shards);
+            slot.subscriptions.add(delta);
+        }
+    }
+
     /// Records a subscribe sent to the owner.
     pub fn begin_subscribe(&mut self, key: &ChannelKey) {
         self.channels.entry_ref(key).or_default().pending += 1;
@@ -60,7 +85,9 @@ impl LocalTopics {
         channel.pending = channel.pending.saturating_sub(1);
         if let Some(conn) = conn {
             if !channel.subscribers.iter().any(|c| c.id == conn.id) {
-                channel.subscribers.push(conn);
+                channel.subscribers.push(conn.clone());
+                self.subscriptions += 1;
+                self.count_tenant(&conn, 1);
             }
         }
         self.prune(key)
@@ -72,7 +99,9 @@ impl LocalTopics {
             return Watch::Watching;
         };
         if let Some(at) = channel.subscribers.iter().position(|c| c.id == conn) {
-            channel.subscribers.swap_remove(at);
+            let gone = channel.subscribers.swap_remove(at);
+            self.subscriptions -= 1;
+            self.count_tenant(&gone, -1);
         }
         self.prune(key)
     }
@@ -137,8 +166,10 @@ mod tests {
             Watch::Watching
         );
         assert_eq!(topics.get(&key()).unwrap().subscribers().len(), 1);
+        assert_eq!(topics.subscriptions(), 1);
         assert_eq!(topics.remove(&key(), b.id), Watch::Unwatched);
         assert!(topics.is_empty());
+        assert_eq!(topics.subscriptions(), 0);
     }
 
     #[test]
@@ -157,5 +188,17 @@ mod tests {
             topics.finish_subscribe(&key(), Some(a.clone()));
         }
         assert_eq!(topics.get(&key()).unwrap().subscribers().len(), 1);
+        assert_eq!(topics.subscriptions(), 1);
+    }
+
+    #[test]
+    fn subscriptions_are_counted_per_tenant_when_asked() {
+        let mut topics = LocalTopics::with_tenant_meter(ShardId(1), 2);
+        let a = conn(1);
+        topics.begin_subscribe(&key());
+        topics.finish_subscribe(&key(), Some(a.clone()));
+        assert_eq!(a.tenant.metrics.sum(|c| c.subscriptions.get()), 1);
+        topics.remove(&key(), a.id);
+        assert_eq!(a.tenant.metrics.sum(|c| c.subscriptions.get()), 0);
     }
 }

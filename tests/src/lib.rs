@@ -391,6 +391,29 @@ pub fn metric_value(text: &str, name: &str) -> Option<f64> {
     total
 }
 
+/// The value of one exact series (`name` or `name{labels}` as the server writes it, labels
+/// in its order), `None` when absent.
+pub fn series_value(text: &str, series: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// Writes `text` as `ringcast.toml` in a new temporary directory (kept alive by the
+/// returned guard).
+pub fn config_file(text: &str) -> Result<(tempfile::TempDir, PathBuf)> {
+    let dir = tempfile::Builder::new()
+        .prefix("ringcast-config-")
+        .tempdir()?;
+    let path = dir.path().join("ringcast.toml");
+    std::fs::write(&path, text)?;
+    Ok((dir, path))
+}
+
 /// How a WebSocket connection ended, as seen by the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Closed {

@@ -158,6 +158,26 @@ fn slow_consumer_is_closed_and_others_lose_nothing() -> Result<()> {
         "server RSS grew by {growth_mib} MiB ({rss_before} -> {rss_after} KiB)"
     );
 
+    // One log line says why, and the close is counted by reason.
+    let line = ringcast_tests::poll_until(TIMEOUT, Duration::from_millis(20), || {
+        Ok(server
+            .stderr_text()
+            .lines()
+            .find(|l| l.contains("connection closed") && l.contains("reason=slow_consumer"))
+            .map(str::to_owned))
+    })
+    .with_context(|| format!("no slow-consumer log line:\n{}", server.stderr_tail()))?;
+    assert!(
+        line.contains("code=4008") && line.contains("WARN"),
+        "{line}"
+    );
+    let closes = server.metrics()?;
+    let series = "ringcast_connections_closed_total{transport=\"ws\",reason=\"slow_consumer\"}";
+    assert!(
+        ringcast_tests::series_value(&closes, series) >= Some(1.0),
+        "{closes}"
+    );
+
     // The server is still healthy.
     let mut c = Client::open(&server, "")?;
     c.ping_pong()?;

@@ -364,6 +364,14 @@ fn sighup_adds_a_tenant_raises_a_plan_and_rotates_a_kid_with_a_connection_open()
     server.signal(libc::SIGHUP)?;
     wait_reloads(2)?;
     assert_eq!(initech.expect_close(WAIT)?, 4510);
+    poll_until(WAIT, Duration::from_millis(20), || {
+        let log = server.stderr_text();
+        Ok(log
+            .lines()
+            .any(|l| l.contains("connection closed") && l.contains("reason=tenant_removed"))
+            .then_some(()))
+    })
+    .context("a log line for the 4510 close")?;
     client.send_json(&json!({"action":"subscribe","channel":"private-y","token":old_kid}))?;
     expect_error(&mut client, "unauthorized")?;
     client.ping_pong()?;

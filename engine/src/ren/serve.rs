@@ -10,7 +10,8 @@ use monoio::net::TcpStream;
 
 use crate::admission::ConnectionSlot;
 use crate::api::ren::RenOpen;
-use crate::outbound::{run_writer, ConnState};
+use crate::metrics::Transport;
+use crate::outbound::{run_writer, ConnState, WriteMeter};
 use crate::per_ip::IpSlot;
 use crate::ren::stream::RenStream;
 use crate::shard::Shard;
@@ -27,7 +28,13 @@ pub fn start_stream(
 ) {
     let stream = shard.ren_open(open);
     let (reader, writer) = socket.into_split();
-    monoio::spawn(run_writer(stream.clone(), writer));
+    let counters = shard.shared.metrics.shard(shard.id);
+    counters.sse_connections.add(1);
+    let meter = WriteMeter {
+        counters: shard.shared.metrics.shard_handle(shard.id),
+        transport: Transport::Sse,
+    };
+    monoio::spawn(run_writer(stream.clone(), writer, meter));
     monoio::spawn(run_reader(shard, stream, reader, slot));
 }
 
@@ -61,7 +68,10 @@ async fn run_reader(
     if stream.state() != ConnState::Open {
         let _ = monoio::time::timeout(CLOSE_GRACE, stream.outbound().reader_until_closed()).await;
     }
+    let reason = stream.outbound().close_reason();
     stream.mark_closed();
     shard.ren_close(&stream);
+    shard.shared.metrics.shard(shard.id).sse_connections.add(-1);
+    shard.connection_closed(Transport::Sse, reason);
     drop(slot);
 }

@@ -1,0 +1,130 @@
+//! Network settings: the accept backlog (`net.core.somaxconn` caps the backlog every
+//! shard's listener asks for), the SYN backlog (`net.ipv4.tcp_max_syn_backlog`, half-open
+//! connections during a reconnect storm), and the ephemeral port range (how many
+//! connections a proxy or load generator on the same host can open to one Ringcast
+//! address).
+
+use super::{parse_number, sysctl_commands, Finding, Host, Needs, Outcome};
+
+/// The backlog each shard's listener asks for (`server.rs`); the kernel caps it at
+/// `somaxconn`.
+pub const LISTEN_BACKLOG: u64 = 4096;
+/// The ephemeral ports a local proxy needs at most: past 60,000 the range cannot grow
+/// (ports below 1024 are privileged).
+pub const MAX_USEFUL_PORTS: u64 = 60_000;
+
+/// Parses `ip_local_port_range` (`"32768\t60999"`) into the number of ports.
+pub fn parse_port_range(text: &str) -> Option<(u64, u64)> {
+    let mut fields = text.split_whitespace();
+    let low = fields.next()?.parse().ok()?;
+    let high = fields.next()?.parse().ok()?;
+    (low <= high).then_some((low, high))
+}
+
+fn backlog(host: &dyn Host, path: &str, key: &str, what: &str) -> Outcome {
+    let Some(value) = host.read(path).and_then(|t| parse_number(&t)) else {
+        return Outcome::Unknown(format!("cannot read {path}; check `sysctl {key}`"));
+    };
+    if value >= LISTEN_BACKLOG {
+        return Outcome::Ok(format!("{key} = {value} ≥ {LISTEN_BACKLOG}"));
+    }
+    Outcome::Finding(Finding {
+        problem: format!("{key} = {value} < {LISTEN_BACKLOG}"),
+        change: format!(
+            "each shard listens with a backlog of {LISTEN_BACKLOG}; {what} past {value} are dropped during a reconnect storm"
+        ),
+        commands: sysctl_commands(key, &LISTEN_BACKLOG.to_string()),
+    })
+}
+
+/// The `somaxconn` check.
+pub fn check_somaxconn(host: &dyn Host) -> Outcome {
+    backlog(
+        host,
+        "/proc/sys/net/core/somaxconn",
+        "net.core.somaxconn",
+        "accepted connections waiting for the shard",
+    )
+}
+
+/// The `syn_backlog` check.
+pub fn check_syn_backlog(host: &dyn Host) -> Outcome {
+    backlog(
+        host,
+        "/proc/sys/net/ipv4/tcp_max_syn_backlog",
+        "net.ipv4.tcp_max_syn_backlog",
+        "half-open connections",
+    )
+}
+
+/// The `port_range` check.
+pub fn check_port_range(host: &dyn Host, needs: &Needs) -> Outcome {
+    let path = "/proc/sys/net/ipv4/ip_local_port_range";
+    let Some((low, high)) = host.read(path).and_then(|t| parse_port_range(&t)) else {
+        return Outcome::Unknown(format!(
+            "cannot read {path}; check `sysctl net.ipv4.ip_local_port_range`"
+        ));
+    };
+    let ports = high - low + 1;
+    let need = (needs.max_connections as u64).min(MAX_USEFUL_PORTS);
+    if ports >= need {
+        return Outcome::Ok(format!("{low}–{high}: {ports} ephemeral ports"));
+    }
+    Outcome::Finding(Finding {
+        problem: format!(
+            "{low}–{high} is {ports} ephemeral ports < {need} (max_connections, at most {MAX_USEFUL_PORTS})"
+        ),
+        change: "a TLS terminator or proxy on this host takes one ephemeral port per connection it opens to Ringcast; widen the range (harmless when no proxy is local)".into(),
+        commands: sysctl_commands("net.ipv4.ip_local_port_range", "1024 65535"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::doctor::fake::FakeHost;
+
+    const NEEDS: Needs = Needs {
+        max_connections: 100_000,
+        shards: 2,
+        history_bytes: None,
+    };
+
+    #[test]
+    fn port_ranges_parse_with_tabs_or_spaces() {
+        assert_eq!(parse_port_range("32768\t60999\n"), Some((32768, 60999)));
+        assert_eq!(parse_port_range("1024 65535"), Some((1024, 65535)));
+        assert_eq!(parse_port_range("9 1"), None);
+        assert_eq!(parse_port_range(""), None);
+    }
+
+    #[test]
+    fn default_backlogs_and_ports_are_findings_tuned_ones_are_not() {
+        let untuned = FakeHost::untuned();
+        for outcome in [
+            check_somaxconn(&untuned),
+            check_syn_backlog(&untuned),
+            check_port_range(&untuned, &NEEDS),
+        ] {
+            assert!(matches!(outcome, Outcome::Finding(_)), "{outcome:?}");
+        }
+        let tuned = FakeHost::tuned();
+        for outcome in [
+            check_somaxconn(&tuned),
+            check_syn_backlog(&tuned),
+            check_port_range(&tuned, &NEEDS),
+        ] {
+            assert!(matches!(outcome, Outcome::Ok(_)), "{outcome:?}");
+        }
+    }
+
+    #[test]
+    fn a_small_server_needs_few_ports() {
+        let host = FakeHost::untuned();
+        let small = Needs {
+            max_connections: 10_000,
+            ..NEEDS
+        };
+        assert!(matches!(check_port_range(&host, &small), Outcome::Ok(_)));
+    }
+}

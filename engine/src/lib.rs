@@ -27,6 +27,7 @@ pub mod conn;
 pub mod core;
 pub mod datadir;
 pub mod deadline;
+pub mod demo;
 pub mod history;
 pub mod http;
 pub mod idempotency;

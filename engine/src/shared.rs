@@ -9,6 +9,7 @@ use arc_swap::ArcSwap;
 
 use crate::client_addr::TrustedProxies;
 use crate::config::Config;
+use crate::demo::DemoSite;
 use crate::mesh::Mesh;
 use crate::metrics::Metrics;
 use crate::per_ip::PerIp;
@@ -37,6 +38,8 @@ pub struct Shared {
     pub trusted: ArcSwap<TrustedProxies>,
     /// Which tenants' channel events are mirrored into REN (`ren/activity.rs`).
     pub ren: RenActivity,
+    /// The demo page's files, when `demo` is on (loaded at start-up, never reloaded).
+    pub demo: Option<DemoSite>,
 }
 
 impl Shared {
@@ -53,6 +56,7 @@ impl Shared {
             ready_shards: AtomicUsize::new(0),
             reloads: AtomicU64::new(0),
             ren: Default::default(),
+            demo: None,
         }
     }
 

@@ -43,7 +43,15 @@ if [ "${#missing[@]}" -gt 0 ]; then
   fi
   echo "install-test-deps: apt-get install ${missing[*]}"
   "${sudo[@]}" apt-get update -qq
-  # A package's postinst may try to start its service; the tests do not use it.
+  # nginx's and haproxy's packages start a system service on install; the tests start
+  # their own processes instead. A policy-rc.d that says no (Debian's switch for this,
+  # obeyed by invoke-rc.d and deb-systemd-invoke) stops that, for this install only.
+  policy=/usr/sbin/policy-rc.d
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' | "${sudo[@]}" tee "$policy" >/dev/null
+    "${sudo[@]}" chmod 755 "$policy"
+    trap '"${sudo[@]}" rm -f "$policy"' EXIT
+  fi
   DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends \
     "${missing[@]}" >/dev/null
 else

@@ -293,6 +293,16 @@ ui.composer.addEventListener('submit', (e) => {
 // ── the REN stream ──────────────────────────────────────────────────────────────────
 const ren = new RenClient({ endpoint: REN_ENDPOINT, subscriptions: ['realtime', 'presence'], clientId: me.id });
 ren.on(showRenEvent);
+// The RenClient tells no open/close either; its EventSource (`ren.es`, replaced on each
+// reconnect) does.
+const renState = $('ren-state');
+function showRenState() {
+  const open = ren.es?.readyState === 1; // EventSource.OPEN
+  renState.dataset.state = open ? 'open' : 'connecting';
+  renState.textContent = open ? 'open' : 'connecting…';
+}
+ren.es?.addEventListener('open', showRenState);
+setInterval(showRenState, 500);
 
 // Leaving (closing the tab, a reload, navigating away): leave presence at once rather than
 // after the server's presence TTL.

@@ -85,6 +85,8 @@ async function main() {
   });
   try {
     const a = await open(browser, 'A');
+    // A's REN stream is open before B arrives, so B's join and the chat reach its panel.
+    await a.page.waitForSelector('#ren-state[data-state="open"]');
     const b = await open(browser, 'B');
 
     // Presence: each sees the other (and itself) online.

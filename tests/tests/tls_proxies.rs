@@ -166,8 +166,28 @@ impl Terminator {
 }
 
 impl Drop for Terminator {
+    /// nginx: SIGTERM, then SIGKILL if it is still there after 5 s (its master stops its
+    /// worker processes on SIGTERM; killed outright it leaves them running, holding the
+    /// port). HAProxy (`-db`) and Caddy are one process each: SIGKILL (Caddy's graceful
+    /// stop would wait for proxied streams the clients already left).
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        if self.name != "nginx" {
+            let _ = child.kill();
+            let _ = child.wait();
+            return;
+        }
+        if let Ok(pid) = libc::pid_t::try_from(child.id()) {
+            // SAFETY: kill(2) has no memory-safety preconditions; `pid` is our own child,
+            // not yet reaped (we hold its `Child` and have not waited on it).
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        let exited = poll_until(Duration::from_secs(5), Duration::from_millis(10), || {
+            Ok(child.try_wait()?.map(|_| ()))
+        });
+        if exited.is_err() {
             let _ = child.kill();
             let _ = child.wait();
         }

@@ -68,6 +68,12 @@ pub struct Config {
     pub max_connections_per_ip: u32,
     /// WebSocket/SSE handshakes per second per client address (`0`: unlimited).
     pub handshakes_per_sec_per_ip: u32,
+    /// Whether `GET /` serves the demo page (`demo.rs`); default: in `--dev` only.
+    pub demo: bool,
+    /// The SDK bundle the demo page loads, read once at start-up (default: the
+    /// `demo/dist/platform.js` that `scripts/build-demo.sh` writes in the source tree the
+    /// binary was built from).
+    pub demo_bundle: PathBuf,
     /// Tenants and their plans.
     pub tenants: Vec<TenantConfig>,
     /// History settings.
@@ -225,6 +231,8 @@ pub struct FileConfig {
     proxy_protocol: Option<bool>,
     max_connections_per_ip: Option<u32>,
     handshakes_per_sec_per_ip: Option<u32>,
+    demo: Option<bool>,
+    demo_bundle: Option<PathBuf>,
     #[serde(default)]
     tenants: Vec<TenantConfig>,
     #[serde(default)]
@@ -397,6 +405,10 @@ impl Config {
             } else {
                 DEFAULT_HANDSHAKES_PER_SEC_PER_IP
             }),
+            demo: file.demo.unwrap_or(dev),
+            demo_bundle: file
+                .demo_bundle
+                .unwrap_or_else(crate::demo::default_bundle_path),
             tenants,
             history: file.history,
             ren: file.ren,

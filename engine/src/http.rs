@@ -9,6 +9,7 @@
 //!               api::serve(shard, &head, &body).await  (/api/…: SPEC §5)
 //!               api::ren::open(shard, &head)  (GET /api/maravilla/ren) ──► SSE stream
 //!               route(shard, &head) ──► response | upgrade ──► session
+//!                                       (`/` and `/demo/*`: demo.rs, when `demo` is on)
 //! ```
 //!
 //! Deadline: each request's head and body together must arrive within
@@ -41,6 +42,7 @@ use ringcast_protocol::ApiError;
 
 use crate::admission::ConnectionSlot;
 use crate::client_addr::canonical;
+use crate::demo::DemoSite;
 use crate::metrics::{CloseReason, HttpRoute, Transport};
 use crate::per_ip::{IpSlot, PerIp};
 use crate::session::{start_session, SessionSetup};
@@ -479,7 +481,18 @@ fn route(shard: &Rc<Shard>, head: &RequestHead, client: IpAddr) -> Route {
                 keep_alive,
             ))
         }
-        _ => error(ApiError::NotFound, "no such route"),
+        _ => match &shard.shared.demo {
+            Some(demo) if DemoSite::handles(path) => {
+                if !is_get {
+                    return error(ApiError::MethodNotAllowed, "use GET");
+                }
+                match demo.answer(path, keep_alive) {
+                    Ok(out) => respond(out),
+                    Err((code, message)) => error(code, &message),
+                }
+            }
+            _ => error(ApiError::NotFound, "no such route"),
+        },
     }
 }
 

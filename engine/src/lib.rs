@@ -28,6 +28,7 @@ pub mod conn;
 pub mod core;
 pub mod datadir;
 pub mod deadline;
+pub mod demo;
 pub mod doctor;
 pub mod history;
 pub mod http;

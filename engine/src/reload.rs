@@ -67,7 +67,9 @@ pub fn reload(shared: &Shared, source: &ConfigSource) -> Result<Reloaded, Config
         idempotency_max_keys,
         metrics,
         log_format,
-        log_level
+        log_level,
+        demo,
+        demo_bundle
     );
     let previous = shared.tenants.load();
     let tenants = TenantTable::rebuild(&next.tenants, next.default_tenant.as_deref(), &previous);

@@ -40,7 +40,12 @@ pub fn run(config: Config, source: ConfigSource) -> anyhow::Result<()> {
     let (listeners, addr) = bind_listeners(config.listen, shards)
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let mesh = Mesh::with_capacity(shards, config.inbox_capacity);
-    let shared = Arc::new(Shared::new(config.clone(), mesh.clone()));
+    let mut shared = Shared::new(config.clone(), mesh.clone());
+    // Read before any shard runs: no request reads a file.
+    shared.demo = config
+        .demo
+        .then(|| crate::demo::DemoSite::load(&config.demo_bundle));
+    let shared = Arc::new(shared);
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     if !monoio::utils::detect_uring() {
         tracing::warn!("io_uring is unavailable: shards run on monoio's legacy (epoll) driver");

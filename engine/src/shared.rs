@@ -10,6 +10,7 @@ use arc_swap::ArcSwap;
 
 use crate::client_addr::TrustedProxies;
 use crate::config::Config;
+use crate::demo::DemoSite;
 use crate::mesh::Mesh;
 use crate::metrics::{Metrics, Scrape};
 use crate::per_ip::PerIp;
@@ -44,6 +45,8 @@ pub struct Shared {
     /// by the main thread, `datadir::DataDirLock::probe`; never by a request).
     pub data_dir_writable: AtomicBool,
     shards: usize,
+    /// The demo page's files, when `demo` is on (loaded at start-up, never reloaded).
+    pub demo: Option<DemoSite>,
 }
 
 /// Why `/readyz` answers 503.
@@ -85,6 +88,7 @@ impl Shared {
             draining: AtomicBool::new(false),
             data_dir_writable: AtomicBool::new(true),
             shards: mesh.shards(),
+            demo: None,
         }
     }
 

@@ -27,6 +27,7 @@ use tungstenite::{Message, WebSocket};
 
 pub use serde_json::json;
 
+pub mod node;
 pub mod sse;
 
 /// Default wait for one expected event.

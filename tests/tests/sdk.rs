@@ -7,10 +7,10 @@
 //! tests/sdk/sdk_ren.mjs runs two `RenClient`s (filters, self-filtering by `src`, events
 //! pushed with the SDK's `renFetch`, a mirrored publish).
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
+use ringcast_tests::node::NodeScript;
 use ringcast_tests::{workspace_root, Server};
 
 #[test]
@@ -53,38 +53,10 @@ fn run_script(script: &str, args: &[String], server: &Server) -> Result<()> {
              before `cargo test -p ringcast-tests`"
         );
     }
-    let mut child = Command::new("node")
-        .arg(sdk_dir.join(script))
-        .args(args)
-        .current_dir(&sdk_dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("running node (Node 20 or newer is required)")?;
     // The script has its own 15 s timeout; this one guards against a hung node.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if child.try_wait()?.is_some() {
-            break;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("node {script} did not finish within 30 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = child.wait_with_output()?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "{script} failed ({}):\nstdout:\n{stdout}\nstderr:\n{stderr}\nserver stderr tail:\n{}",
-        out.status,
-        server.stderr_tail()
-    );
-    let ok = format!("{}: ok", script.trim_end_matches(".mjs"));
-    assert!(stdout.contains(&ok), "stdout: {stdout}");
+    NodeScript::new(&sdk_dir, script)
+        .args(args.iter().cloned())
+        .timeout(Duration::from_secs(30))
+        .run_ok(|| format!("server stderr tail:\n{}", server.stderr_tail()))?;
     Ok(())
 }

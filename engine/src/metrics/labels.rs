@@ -187,6 +187,8 @@ pub enum HttpRoute {
     ApiRen,
     /// Another path under `/api/realtime/`.
     ApiUnknown,
+    /// The demo page (`/`, `/favicon.ico`, `/demo/…`).
+    Demo,
     /// Any other path (404).
     NotFound,
     /// A request whose head could not be read (malformed, too large, timed out).
@@ -195,7 +197,7 @@ pub enum HttpRoute {
 
 impl HttpRoute {
     /// Every route, in label order.
-    pub const ALL: [HttpRoute; 13] = [
+    pub const ALL: [HttpRoute; 14] = [
         HttpRoute::Ws,
         HttpRoute::Healthz,
         HttpRoute::Readyz,
@@ -207,6 +209,7 @@ impl HttpRoute {
         HttpRoute::ApiTokens,
         HttpRoute::ApiRen,
         HttpRoute::ApiUnknown,
+        HttpRoute::Demo,
         HttpRoute::NotFound,
         HttpRoute::Unparsed,
     ];
@@ -227,6 +230,7 @@ impl HttpRoute {
             HttpRoute::ApiTokens => "api_tokens",
             HttpRoute::ApiRen => "api_ren",
             HttpRoute::ApiUnknown => "api_unknown",
+            HttpRoute::Demo => "demo",
             HttpRoute::NotFound => "not_found",
             HttpRoute::Unparsed => "unparsed",
         }
@@ -247,6 +251,8 @@ impl HttpRoute {
             p if p.starts_with("/api/realtime/history/") => HttpRoute::ApiHistory,
             p if p.starts_with("/api/realtime/presence/") => HttpRoute::ApiPresence,
             p if p.starts_with("/api/realtime/") => HttpRoute::ApiUnknown,
+            "/" | "/favicon.ico" => HttpRoute::Demo,
+            p if p.starts_with("/demo/") => HttpRoute::Demo,
             _ => HttpRoute::NotFound,
         }
     }

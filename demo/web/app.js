@@ -1,0 +1,316 @@
+// The Ringcast demo page: a chat room built on the official SDK (@maravilla-labs/platform),
+// loaded from /demo/platform.js (bundled by scripts/build-demo.sh).
+//
+//   RealtimeClient  publish / subscribe on `demo:<room>`; catch-up after a reload with the
+//                   subscribe option `lastEventId` (last seq kept in localStorage)
+//   presence(ch)    join as this tab's user; onJoin / onLeave keep the online list
+//   RenClient       the tenant's REN stream (SSE), shown in the side panel
+//
+// Each tab is its own user (name in sessionStorage, so it survives a reload); the
+// messages a browser has seen and the last seq are shared by its tabs (localStorage).
+
+import { RealtimeClient, RenClient } from '/demo/platform.js';
+
+const params = new URLSearchParams(location.search);
+const room = /^[A-Za-z0-9_-]{1,64}$/.test(params.get('room') || '') ? params.get('room') : 'lobby';
+const CHANNEL = `demo:${room}`;
+const WS_ENDPOINT = `${location.protocol === 'https:' ? 'wss:' : 'ws:'}//${location.host}/_rt/ws`;
+const REN_ENDPOINT = `${location.origin}/api/maravilla/ren`;
+const KEPT_MESSAGES = 200;
+const SHOWN_REN_EVENTS = 40;
+
+const $ = (id) => document.getElementById(id);
+const ui = {
+  status: $('status'), me: $('me'), room: $('room'), channel: $('channel'), notice: $('notice'),
+  messages: $('messages'), empty: $('empty'), composer: $('composer'), text: $('text'),
+  online: $('online'), onlineCount: $('online-count'), ren: $('ren'), renCount: $('ren-count'),
+};
+
+// ── who this tab is ─────────────────────────────────────────────────────────────────
+const ADJECTIVES = ['Quiet', 'Brave', 'Sunny', 'Clever', 'Gentle', 'Swift', 'Lucky', 'Merry', 'Calm', 'Bold'];
+const ANIMALS = ['Otter', 'Fox', 'Heron', 'Lynx', 'Panda', 'Robin', 'Badger', 'Koala', 'Owl', 'Seal'];
+const COLORS = ['#e4572e', '#17bebb', '#7a5cfa', '#f2a541', '#2e86de', '#29a35a', '#d94f8a', '#8a6d3b'];
+const pick = (list) => list[Math.floor(Math.random() * list.length)];
+
+function whoAmI() {
+  const saved = sessionStorage.getItem('ringcast-demo:me');
+  if (saved) {
+    try { return JSON.parse(saved); } catch { /* made anew below */ }
+  }
+  const me = {
+    id: `u-${crypto.randomUUID().slice(0, 8)}`,
+    name: `${pick(ADJECTIVES)} ${pick(ANIMALS)}`,
+    color: pick(COLORS),
+  };
+  sessionStorage.setItem('ringcast-demo:me', JSON.stringify(me));
+  return me;
+}
+const me = whoAmI();
+
+// ── what this browser has seen of the room ──────────────────────────────────────────
+const STORE_KEY = `ringcast-demo:${CHANNEL}`;
+function loadStore() {
+  try {
+    const s = JSON.parse(localStorage.getItem(STORE_KEY) || 'null');
+    if (s && Number.isInteger(s.lastSeq) && Array.isArray(s.messages)) return s;
+  } catch { /* start afresh */ }
+  return { lastSeq: 0, epoch: null, messages: [] };
+}
+const store = loadStore();
+const bySeq = new Map(); // seq → message shown
+function saveStore() {
+  const kept = [...bySeq.values()].sort((a, b) => a.seq - b.seq).slice(-KEPT_MESSAGES);
+  store.messages = kept;
+  // Tabs of one browser share this; the last to save wins (live tabs see the same).
+  localStorage.setItem(STORE_KEY, JSON.stringify(store));
+}
+
+// ── rendering ───────────────────────────────────────────────────────────────────────
+const members = new Map(); // userId → metadata
+const names = new Map(); // userId → the last name seen for it (kept after a leave)
+const time = (ts) => new Date(ts).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+function nameOf(userId, data) {
+  if (typeof data?.name === 'string') names.set(userId, data.name);
+  return names.get(userId) || userId || 'someone';
+}
+
+function showMessage(msg) {
+  if (!Number.isInteger(msg.seq) || bySeq.has(msg.seq)) return false;
+  bySeq.set(msg.seq, msg);
+  const li = document.createElement('li');
+  li.className = msg.userId === me.id ? 'message mine' : 'message';
+  li.dataset.seq = String(msg.seq);
+  const meta = document.createElement('div');
+  meta.className = 'meta';
+  const who = document.createElement('span');
+  who.className = 'who';
+  who.textContent = nameOf(msg.userId, msg.data);
+  who.style.color = msg.data?.color || 'inherit';
+  const when = document.createElement('span');
+  when.className = 'when';
+  when.textContent = `${time(msg.ts)} · #${msg.seq}`;
+  meta.append(who, when);
+  const text = document.createElement('div');
+  text.className = 'text';
+  text.textContent = typeof msg.data?.text === 'string' ? msg.data.text : JSON.stringify(msg.data);
+  li.append(meta, text);
+  // In seq order, wherever it arrives from (cache, replay, live, history fetch).
+  const after = [...ui.messages.children].find((el) => Number(el.dataset.seq) > msg.seq);
+  ui.messages.insertBefore(li, after || null);
+  ui.empty.hidden = true;
+  if (msg.seq > store.lastSeq) store.lastSeq = msg.seq;
+  ui.messages.scrollTop = ui.messages.scrollHeight;
+  return true;
+}
+
+function clearMessages() {
+  bySeq.clear();
+  ui.messages.replaceChildren();
+  ui.empty.hidden = false;
+  store.lastSeq = 0;
+}
+
+function notice(text) {
+  ui.notice.textContent = text;
+  ui.notice.hidden = !text;
+}
+
+function setStatus(state, label) {
+  ui.status.dataset.state = state;
+  ui.status.textContent = label;
+}
+
+function renderOnline() {
+  const list = [...members.entries()].sort((a, b) => (a[1]?.name || a[0]).localeCompare(b[1]?.name || b[0]));
+  ui.online.replaceChildren(...list.map(([userId, meta]) => {
+    const li = document.createElement('li');
+    li.dataset.userId = userId;
+    const dot = document.createElement('span');
+    dot.className = 'dot';
+    dot.style.background = meta?.color || '#999';
+    const name = document.createElement('span');
+    name.textContent = meta?.name || userId;
+    li.append(dot, name);
+    if (userId === me.id) {
+      const you = document.createElement('span');
+      you.className = 'you';
+      you.textContent = 'you';
+      li.append(you);
+    }
+    return li;
+  }));
+  ui.onlineCount.textContent = String(members.size);
+}
+
+let renCount = 0;
+function showRenEvent(evt) {
+  renCount += 1;
+  ui.renCount.textContent = String(renCount);
+  const li = document.createElement('li');
+  li.dataset.type = evt.t;
+  const type = document.createElement('code');
+  type.textContent = evt.t;
+  const what = document.createElement('span');
+  what.className = 'what';
+  const parts = [];
+  if (evt.ch) parts.push(evt.ch);
+  // A message's data and a joining member's metadata both carry the sender's name.
+  if (evt.uid) parts.push(nameOf(evt.uid, evt.data));
+  if (evt.t === 'realtime.message' && evt.v) parts.push(`seq ${evt.v}`);
+  what.textContent = parts.join(' · ');
+  const when = document.createElement('span');
+  when.className = 'when';
+  when.textContent = evt.ts ? time(evt.ts) : '';
+  li.append(type, when, what);
+  ui.ren.prepend(li);
+  while (ui.ren.children.length > SHOWN_REN_EVENTS) ui.ren.lastChild.remove();
+}
+
+// ── HTTP API (createRemoteClient's routes; anonymous in --dev) ───────────────────────
+async function getJson(path) {
+  const res = await fetch(path, { headers: { Accept: 'application/json' } });
+  if (!res.ok) throw new Error(`${path}: ${res.status}`);
+  return res.json();
+}
+const historyUrl = (query) => `/api/realtime/history/${encodeURIComponent(CHANNEL)}?${query}`;
+
+async function fetchHistory(query) {
+  const { messages } = await getJson(historyUrl(query));
+  let added = 0;
+  for (const m of messages) {
+    if (showMessage({ seq: m.seq, ts: m.ts, userId: m.uid, data: m.data })) added += 1;
+  }
+  saveStore();
+  return added;
+}
+
+async function fetchMembers() {
+  const { members: list } = await getJson(`/api/realtime/presence/${encodeURIComponent(CHANNEL)}`);
+  for (const m of list) if (!members.has(m.userId)) upsertMember(m);
+  renderOnline();
+}
+
+// ── the realtime client ─────────────────────────────────────────────────────────────
+ui.me.textContent = me.name;
+ui.me.dataset.userId = me.id;
+ui.me.style.borderColor = me.color;
+ui.room.textContent = `#${room}`;
+ui.channel.textContent = CHANNEL;
+document.title = `Ringcast demo · #${room}`;
+
+for (const m of store.messages) showMessage(m);
+
+const client = new RealtimeClient({ wsEndpoint: WS_ENDPOINT, clientId: me.id });
+const presence = client.presence(CHANNEL);
+function upsertMember(m) {
+  members.set(m.userId, m.metadata);
+  nameOf(m.userId, m.metadata);
+  renderOnline();
+}
+presence.onJoin(upsertMember);
+presence.onUpdate(upsertMember);
+presence.onLeave((m) => { members.delete(m.userId); renderOnline(); });
+
+let subscribedOnce = false; // the first `subscribed` of this page
+let subscribing = false;
+let replayed = 0; // messages the server replayed before the first `subscribed`
+
+function onChannelEvent(event) {
+  if (event.event === 'realtime.message') {
+    const fresh = showMessage({ seq: event.seq, ts: event.ts, userId: event.userId, data: event.data });
+    if (fresh && !subscribedOnce) replayed += 1;
+    saveStore();
+  } else if (event.event === 'subscribed') {
+    onSubscribed(event).catch((e) => console.warn('ringcast demo:', e));
+  }
+}
+
+async function onSubscribed(event) {
+  if (subscribedOnce) {
+    // The SDK subscribes again after a reconnect, without lastEventId: fetch what was
+    // published while the socket was down.
+    const added = await fetchHistory(`after=${store.lastSeq}&limit=1000`);
+    if (added) notice(`Reconnected: caught up on ${added} message${added === 1 ? '' : 's'}.`);
+    return;
+  }
+  subscribedOnce = true;
+  const hadSeen = store.lastSeq > 0;
+  if (hadSeen && (event.recovered === false || (store.epoch !== null && store.epoch !== event.epoch))) {
+    // The server no longer has what came after our seq (or has another history).
+    clearMessages();
+    await fetchHistory('limit=50');
+    notice('The room’s history moved on while you were away; showing the latest messages.');
+  } else if (replayed > 0) {
+    notice(`Caught up on ${replayed} message${replayed === 1 ? '' : 's'} you missed (lastEventId ${store.lastSeq - replayed}).`);
+  } else if (hadSeen) {
+    notice('You are up to date.');
+  }
+  store.epoch = event.epoch ?? null;
+  saveStore();
+  await fetchMembers();
+}
+
+async function subscribeOnce() {
+  if (subscribing) return;
+  subscribing = true;
+  if (store.lastSeq === 0) {
+    // A first visit: the latest messages, then everything after them.
+    try { await fetchHistory('limit=50'); } catch (e) { console.warn('ringcast demo:', e); }
+  }
+  // Subscribed only once the socket is open, so the SDK sends lastEventId with it (frames
+  // it queues before the socket opens are preceded by a plain subscribe of its own).
+  client.subscribe(CHANNEL, onChannelEvent, store.lastSeq > 0 ? { lastEventId: store.lastSeq } : undefined);
+  presence.join(me.id, { name: me.name, color: me.color });
+}
+
+client.onAny((event) => {
+  if (event.event === 'connected') {
+    setStatus('live', 'live');
+    subscribeOnce().catch((e) => console.warn('ringcast demo:', e));
+  } else if (event.event === 'error') {
+    console.warn('ringcast demo: server error', event);
+  }
+});
+client.connect();
+
+// The SDK has no close callback; its socket state is read twice a second.
+let wasLive = false;
+setInterval(() => {
+  const live = client.isConnected();
+  if (live) wasLive = true;
+  else if (wasLive) setStatus('offline', 'reconnecting…');
+}, 500);
+
+ui.composer.addEventListener('submit', (e) => {
+  e.preventDefault();
+  const text = ui.text.value.trim();
+  if (!text) return;
+  client.publish(CHANNEL, { text, name: me.name, color: me.color }, { userId: me.id });
+  ui.text.value = '';
+  ui.text.focus();
+});
+
+// ── the REN stream ──────────────────────────────────────────────────────────────────
+const ren = new RenClient({ endpoint: REN_ENDPOINT, subscriptions: ['realtime', 'presence'], clientId: me.id });
+ren.on(showRenEvent);
+// The RenClient tells no open/close either; its EventSource (`ren.es`, replaced on each
+// reconnect) does.
+const renState = $('ren-state');
+function showRenState() {
+  const open = ren.es?.readyState === 1; // EventSource.OPEN
+  renState.dataset.state = open ? 'open' : 'connecting';
+  renState.textContent = open ? 'open' : 'connecting…';
+}
+ren.es?.addEventListener('open', showRenState);
+setInterval(showRenState, 500);
+
+// Leaving (closing the tab, a reload, navigating away): leave presence at once rather than
+// after the server's presence TTL.
+addEventListener('pagehide', () => {
+  client.disconnect();
+  ren.close();
+});
+// A page restored from the back/forward cache has closed its connections: start afresh.
+addEventListener('pageshow', (e) => {
+  if (e.persisted) location.reload();
+});

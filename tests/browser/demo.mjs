@@ -1,0 +1,159 @@
+// Drives the demo page (`ringcast serve --dev`, GET /) in headless Chromium (Debian's
+// /usr/bin/chromium, through playwright-core): two browsers (separate storage, as two
+// people) chat, see each other in the online list, see the leave when one navigates
+// away, and the returning one catches up on what it missed with `lastEventId`; the REN
+// (SSE) panel shows the mirrored events. Screenshots go to ARTIFACTS_DIR.
+//
+// Usage: node tests/browser/demo.mjs http://127.0.0.1:PORT ARTIFACTS_DIR
+// Exit 0 and `demo: ok` on success; non-zero with a message on stderr otherwise.
+
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { chromium } from 'playwright-core';
+
+const OVERALL_TIMEOUT_MS = 60000;
+const WAIT_MS = 8000;
+const [base, artifacts] = process.argv.slice(2);
+if (!base || !artifacts) {
+  console.error('usage: node demo.mjs http://HOST:PORT ARTIFACTS_DIR');
+  process.exit(2);
+}
+mkdirSync(artifacts, { recursive: true });
+setTimeout(() => {
+  console.error(`demo: timed out after ${OVERALL_TIMEOUT_MS} ms`);
+  process.exit(3);
+}, OVERALL_TIMEOUT_MS).unref();
+
+function fail(message) {
+  console.error(`demo: FAIL: ${message}`);
+  process.exit(1);
+}
+
+function check(cond, what, got) {
+  if (!cond) fail(`${what}: got ${JSON.stringify(got)}`);
+}
+
+const pageErrors = [];
+
+async function open(browser, label) {
+  const context = await browser.newContext({ viewport: { width: 1100, height: 700 } });
+  const page = await context.newPage();
+  page.setDefaultTimeout(WAIT_MS);
+  page.on('pageerror', (e) => pageErrors.push(`${label}: ${e.stack || e}`));
+  page.on('response', (r) => { if (r.status() >= 400) console.error(`[${label}] ${r.status()} ${r.url()}`); });
+  page.on('console', (m) => {
+    if (m.type() === 'error' || m.type() === 'warning') console.error(`[${label} console.${m.type()}] ${m.text()} ${JSON.stringify(m.location())}`);
+  });
+  await goLive(page);
+  const userId = await page.getAttribute('#me', 'data-user-id');
+  check(/^u-/.test(userId || ''), `${label}: #me data-user-id`, userId);
+  return { page, userId, label };
+}
+
+async function goLive(page) {
+  await page.goto(base);
+  await page.waitForSelector('#status[data-state="live"]');
+}
+
+async function send(tab, text) {
+  await tab.page.fill('#text', text);
+  await tab.page.press('#text', 'Enter');
+}
+
+/** Texts of the messages shown, in order, with their seqs. */
+async function messages(page) {
+  return page.$$eval('#messages li', (items) => items.map((li) => ({
+    seq: Number(li.dataset.seq),
+    text: li.querySelector('.text').textContent,
+  })));
+}
+
+async function waitForMessage(page, text) {
+  await page.waitForFunction(
+    (t) => [...document.querySelectorAll('#messages .text')].some((el) => el.textContent === t),
+    text,
+  );
+}
+
+const online = (userId) => `#online li[data-user-id="${userId}"]`;
+
+async function main() {
+  const browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+    // Root in a container: Chromium's sandbox needs user namespaces it may not have.
+    args: ['--no-sandbox', '--disable-dev-shm-usage'],
+  });
+  try {
+    const a = await open(browser, 'A');
+    // A's REN stream is open before B arrives, so B's join and the chat reach its panel.
+    await a.page.waitForSelector('#ren-state[data-state="open"]');
+    const b = await open(browser, 'B');
+
+    // Presence: each sees the other (and itself) online.
+    await a.page.waitForSelector(online(b.userId));
+    await b.page.waitForSelector(online(a.userId));
+    await a.page.waitForSelector(`${online(a.userId)} .you`);
+
+    // Chat both ways.
+    await send(a, 'Hello from the first tab');
+    await waitForMessage(b.page, 'Hello from the first tab');
+    await send(b, 'Hi! Second tab here.');
+    await waitForMessage(a.page, 'Hi! Second tab here.');
+    const seen = await messages(a.page);
+    check(seen.length === 2 && seen[0].seq === 1 && seen[1].seq === 2, 'A shows both messages in seq order', seen);
+
+    // The REN panel (RenClient over SSE) shows the mirrored publishes and the joins.
+    await a.page.waitForFunction(() => document.querySelectorAll('#ren li[data-type="realtime.message"]').length >= 2);
+    await a.page.waitForSelector('#ren li[data-type="presence.join"]');
+    const renText = await a.page.textContent('#ren');
+    check(renText.includes('demo:lobby') && renText.includes('seq 2'), 'REN panel text', renText);
+    await a.page.screenshot({ path: join(artifacts, 'demo-tab-a.png') });
+    await b.page.screenshot({ path: join(artifacts, 'demo-tab-b.png') });
+
+    // B navigates away: its presence leave reaches A (and A's REN panel).
+    await b.page.goto('about:blank');
+    await a.page.waitForSelector(online(b.userId), { state: 'detached' });
+    await a.page.waitForSelector('#ren li[data-type="presence.leave"]');
+
+    // While B is away, A writes twice; B comes back (same tab, same user) and catches up.
+    await send(a, 'Are you still there?');
+    await waitForMessage(a.page, 'Are you still there?');
+    await send(a, 'This one too, while you were away.');
+    await waitForMessage(a.page, 'This one too, while you were away.');
+    await goLive(b.page);
+    const again = await b.page.getAttribute('#me', 'data-user-id');
+    check(again === b.userId, 'B keeps its user across the navigation', again);
+    await waitForMessage(b.page, 'This one too, while you were away.');
+    await b.page.waitForSelector('#notice:not([hidden])');
+    const notice = await b.page.textContent('#notice');
+    check(notice.includes('Caught up on 2 messages') && notice.includes('lastEventId 2'),
+      'B was replayed the 2 messages after its lastEventId', notice);
+    const back = await messages(b.page);
+    check(JSON.stringify(back.map((m) => m.seq)) === '[1,2,3,4]', 'B shows seqs 1–4 (cache + replay)', back);
+    await a.page.waitForSelector(online(b.userId));
+    await b.page.waitForSelector(online(a.userId));
+
+    // A reload: everything is still there, nothing was missed.
+    await a.page.reload();
+    await a.page.waitForSelector('#status[data-state="live"]');
+    await a.page.waitForSelector('#notice:not([hidden])');
+    check((await a.page.textContent('#notice')).includes('up to date'), 'A after a reload', await a.page.textContent('#notice'));
+    const reloaded = await messages(a.page);
+    check(JSON.stringify(reloaded.map((m) => m.seq)) === '[1,2,3,4]', 'A after a reload shows seqs 1–4', reloaded);
+    await send(b, 'Welcome back, both of us.');
+    await waitForMessage(a.page, 'Welcome back, both of us.');
+    await a.page.waitForSelector(online(b.userId));
+    // demo.png is the one docs/demo.png is copied from.
+    await b.page.screenshot({ path: join(artifacts, 'demo.png') });
+    await a.page.screenshot({ path: join(artifacts, 'demo-reloaded.png') });
+
+    check(pageErrors.length === 0, 'no errors on the pages', pageErrors);
+  } finally {
+    await browser.close();
+  }
+  console.log(`demo: screenshots in ${artifacts}`);
+  console.log('demo: ok');
+  process.exit(0);
+}
+
+main().catch((e) => fail(e && e.stack ? e.stack : String(e)));

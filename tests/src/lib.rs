@@ -141,6 +141,27 @@ impl Server {
         Server::start_raw(args, data_dir)
     }
 
+    /// `ringcast serve --listen 127.0.0.1:0 --shards 2 --config FILE --data-dir DIR`
+    /// (no `--dev`) plus `extra`, with `toml` written to FILE in a fresh directory. Returns
+    /// the server and FILE (rewrite it and send SIGHUP to reload).
+    pub fn start_with_config(toml: &str, extra: &[&str]) -> Result<(Server, PathBuf)> {
+        let dir = tempfile::Builder::new()
+            .prefix("ringcast-data-")
+            .tempdir()?;
+        let path = dir.path().join("ringcast.toml");
+        std::fs::write(&path, toml)?;
+        let mut args: Vec<String> = ["serve", "--listen", "127.0.0.1:0", "--shards", "2"]
+            .map(String::from)
+            .to_vec();
+        args.extend(["--config".into(), path.display().to_string()]);
+        args.extend([
+            "--data-dir".into(),
+            dir.path().join("data").display().to_string(),
+        ]);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Ok((Server::start_raw(args, dir)?, path))
+    }
+
     /// Runs `ringcast ARGS` exactly as given (no defaults added); `data_dir` is kept alive
     /// with the server and reused by restarts.
     pub fn start_raw(args: Vec<String>, data_dir: tempfile::TempDir) -> Result<Server> {

@@ -13,30 +13,10 @@ use ringcast_tests::{poll_until, read_http_response, HttpResponse, Server};
 const WAIT: Duration = Duration::from_secs(10);
 
 fn start(settings: &str) -> Result<Server> {
-    let dir = tempfile::Builder::new()
-        .prefix("ringcast-data-")
-        .tempdir()?;
-    let path = dir.path().join("ringcast.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "{settings}\ndefault_tenant = \"acme\"\n[[tenants]]\nid = \"acme\"\nplan = \"pro\"\n"
-        ),
-    )?;
-    let args = [
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--shards",
-        "2",
-        "--config",
-        &path.display().to_string(),
-        "--data-dir",
-        &dir.path().join("data").display().to_string(),
-    ]
-    .map(String::from)
-    .to_vec();
-    Server::start_raw(args, dir)
+    let toml = format!(
+        "{settings}\ndefault_tenant = \"acme\"\n[[tenants]]\nid = \"acme\"\nplan = \"pro\"\n"
+    );
+    Ok(Server::start_with_config(&toml, &[])?.0)
 }
 
 fn upgrade(headers: &str) -> Vec<u8> {

@@ -310,13 +310,7 @@ fn keep_alive_pipelining_and_chunked_bodies() -> Result<()> {
 /// A server without `--dev`: tenant `a` (keys, 2 KiB messages; the default tenant),
 /// tenant `b` (its own key), tenant `open` (no keys configured).
 fn keyed_server(extra: &[&str]) -> Result<Server> {
-    let data_dir = tempfile::Builder::new()
-        .prefix("ringcast-data-")
-        .tempdir()?;
-    let conf = data_dir.path().join("ringcast.toml");
-    std::fs::write(
-        &conf,
-        r#"default_tenant = "a"
+    let toml = r#"default_tenant = "a"
 [[tenants]]
 id = "a"
 plan = "free"
@@ -329,23 +323,8 @@ api_keys = ["key-b-0123456789abcdef"]
 [[tenants]]
 id = "open"
 plan = "pro"
-"#,
-    )?;
-    let mut args: Vec<String> = [
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--shards",
-        "2",
-        "--config",
-    ]
-    .map(String::from)
-    .to_vec();
-    args.push(conf.display().to_string());
-    args.push("--data-dir".into());
-    args.push(data_dir.path().join("data").display().to_string());
-    args.extend(extra.iter().map(|s| s.to_string()));
-    Server::start_raw(args, data_dir)
+"#;
+    Ok(Server::start_with_config(toml, extra)?.0)
 }
 
 #[test]

@@ -39,25 +39,7 @@ fn config(acme_plan: &str, acme_kids: &[(&str, &str)], extra_tenant: bool) -> St
 }
 
 fn start(text: &str) -> Result<(Server, std::path::PathBuf)> {
-    let dir = tempfile::Builder::new()
-        .prefix("ringcast-data-")
-        .tempdir()?;
-    let path = dir.path().join("ringcast.toml");
-    std::fs::write(&path, text)?;
-    let args = [
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--shards",
-        "2",
-        "--config",
-        &path.display().to_string(),
-        "--data-dir",
-        &dir.path().join("data").display().to_string(),
-    ]
-    .map(String::from)
-    .to_vec();
-    Ok((Server::start_raw(args, dir)?, path))
+    Server::start_with_config(text, &[])
 }
 
 fn api(

@@ -52,10 +52,7 @@ use crate::token;
 /// What to do with a request.
 enum Route {
     Respond(Vec<u8>, bool),
-    Upgrade {
-        response: Vec<u8>,
-        setup: SessionSetup,
-    },
+    Upgrade { setup: SessionSetup },
 }
 
 /// How the HTTP phase of a connection ended.
@@ -225,13 +222,9 @@ async fn serve_requests(
                     return Served::Close(CloseReason::Client);
                 }
             }
-            Route::Upgrade { response, setup } => {
-                let status = status_of(&response);
-                let written = write_within(shard, stream, response, timeout).await;
-                count_request(shard, route_label, status, started);
-                if !written {
-                    return Served::Close(CloseReason::Client);
-                }
+            Route::Upgrade { setup } => {
+                // The 101 goes out with `connected`, from the connection's writer.
+                count_request(shard, route_label, 101, started);
                 return Served::Upgrade(setup);
             }
         }
@@ -560,13 +553,13 @@ fn websocket(shard: &Rc<Shard>, head: &RequestHead, client: IpAddr, keep_alive: 
     let shard_header = shard.id.to_string();
     let response = switching_protocols(&accept, &[("x-ringcast-shard", &shard_header)]);
     Route::Upgrade {
-        response,
         setup: SessionSetup {
             tenant,
             client_id,
             presence_events,
             grant,
             ip_slot,
+            response,
         },
     }
 }

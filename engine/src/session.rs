@@ -47,6 +47,9 @@ pub struct SessionSetup {
     pub grant: Option<Grant>,
     /// Its place among its client address's open connections (released at the end).
     pub ip_slot: IpSlot,
+    /// The `101 Switching Protocols` response, not written yet: it leaves with
+    /// `connected` in the connection's first `writev`.
+    pub response: Vec<u8>,
 }
 
 /// Starts serving one upgraded connection: registers it, spawns its writer and its
@@ -67,8 +70,10 @@ pub fn start_session(
         presence_events,
         grant,
         ip_slot,
+        response,
     } = setup;
-    let conn = shard.register_conn(tenant, &client_id, presence_events, grant);
+    let preface = Some(bytes::Bytes::from(response));
+    let conn = shard.register_conn(tenant, &client_id, presence_events, grant, preface);
     let (reader, writer) = stream.into_split();
     let meter = WriteMeter {
         counters: shard.shared.metrics.shard_handle(shard.id),

@@ -93,15 +93,17 @@ impl Shard {
     /// Registers a new WebSocket connection; its first queued frame is `connected`.
     /// `presence_events` (`?presence_events=`) overrides the tenant's spelling.
     /// `grant`: what its connection token verified.
+    /// `preface`: bytes sent before `connected` (the handshake's `101` response).
     pub fn register_conn(
         &self,
         tenant: Arc<Tenant>,
         client_id: &str,
         presence_events: Option<PresenceSpelling>,
         grant: Option<Grant>,
+        preface: Option<Bytes>,
     ) -> Rc<Conn> {
         self.core()
-            .register_authenticated(tenant, client_id, presence_events, grant)
+            .register_after(tenant, client_id, presence_events, grant, preface)
     }
 
     /// Forgets a connection.

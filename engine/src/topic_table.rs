@@ -13,10 +13,17 @@ use hashbrown::HashMap;
 use crate::conn::Conn;
 use crate::keys::{ChannelKey, ConnId, ShardId};
 
-/// Local subscribers of one channel.
+/// A channel with more local subscribers than this finds one by a hash index instead of
+/// a scan (a channel every connection follows would otherwise make connection set-up
+/// quadratic: 10,000 subscribes scanning up to 10,000 entries each).
+const INDEX_FROM: usize = 16;
+
+/// Local subscribers of one channel: a dense list (what fan-out walks) and, once the
+/// channel is large, each connection's place in it.
 #[derive(Debug, Default)]
 pub struct LocalChannel {
     subscribers: Vec<Rc<Conn>>,
+    index: Option<Box<HashMap<ConnId, u32>>>,
     pending: u32,
 }
 
@@ -28,6 +35,45 @@ impl LocalChannel {
 
     fn is_empty(&self) -> bool {
         self.subscribers.is_empty() && self.pending == 0
+    }
+
+    fn position(&self, conn: ConnId) -> Option<usize> {
+        match &self.index {
+            Some(index) => index.get(&conn).map(|&at| at as usize),
+            None => self.subscribers.iter().position(|c| c.id == conn),
+        }
+    }
+
+    fn push(&mut self, conn: Rc<Conn>) {
+        let at = self.subscribers.len() as u32;
+        let id = conn.id;
+        self.subscribers.push(conn);
+        match &mut self.index {
+            Some(index) => {
+                index.insert(id, at);
+            }
+            None if self.subscribers.len() > INDEX_FROM => {
+                let index = self
+                    .subscribers
+                    .iter()
+                    .enumerate()
+                    .map(|(at, c)| (c.id, at as u32))
+                    .collect();
+                self.index = Some(Box::new(index));
+            }
+            None => {}
+        }
+    }
+
+    fn swap_remove(&mut self, at: usize) -> Rc<Conn> {
+        let gone = self.subscribers.swap_remove(at);
+        if let Some(index) = &mut self.index {
+            index.remove(&gone.id);
+            if let Some(moved) = self.subscribers.get(at) {
+                index.insert(moved.id, at as u32);
+            }
+        }
+        gone
     }
 }
 
@@ -84,8 +130,8 @@ impl LocalTopics {
         };
         channel.pending = channel.pending.saturating_sub(1);
         if let Some(conn) = conn {
-            if !channel.subscribers.iter().any(|c| c.id == conn.id) {
-                channel.subscribers.push(conn.clone());
+            if channel.position(conn.id).is_none() {
+                channel.push(conn.clone());
                 self.subscriptions += 1;
                 self.count_tenant(&conn, 1);
             }
@@ -98,8 +144,8 @@ impl LocalTopics {
         let Some(channel) = self.channels.get_mut(key) else {
             return Watch::Watching;
         };
-        if let Some(at) = channel.subscribers.iter().position(|c| c.id == conn) {
-            let gone = channel.subscribers.swap_remove(at);
+        if let Some(at) = channel.position(conn) {
+            let gone = channel.swap_remove(at);
             self.subscriptions -= 1;
             self.count_tenant(&gone, -1);
         }
@@ -177,6 +223,39 @@ mod tests {
         let mut topics = LocalTopics::default();
         topics.begin_subscribe(&key());
         assert_eq!(topics.finish_subscribe(&key(), None), Watch::Unwatched);
+    }
+
+    #[test]
+    fn a_large_channel_finds_and_removes_any_subscriber() {
+        let mut topics = LocalTopics::default();
+        let conns: Vec<_> = (0..200).map(conn).collect();
+        for c in &conns {
+            topics.begin_subscribe(&key());
+            topics.finish_subscribe(&key(), Some(c.clone()));
+        }
+        // Again: no duplicates past the index threshold either.
+        topics.begin_subscribe(&key());
+        topics.finish_subscribe(&key(), Some(conns[150].clone()));
+        assert_eq!(topics.get(&key()).unwrap().subscribers().len(), 200);
+        // Remove in an order that moves entries around.
+        for c in conns.iter().step_by(3) {
+            topics.remove(&key(), c.id);
+        }
+        let mut left: Vec<u64> = topics
+            .get(&key())
+            .unwrap()
+            .subscribers()
+            .iter()
+            .map(|c| c.id.0)
+            .collect();
+        left.sort_unstable();
+        let expected: Vec<u64> = (0..200).filter(|i| i % 3 != 0).collect();
+        assert_eq!(left, expected);
+        for c in conns.iter().filter(|c| c.id.0 % 3 != 0) {
+            topics.remove(&key(), c.id);
+        }
+        assert!(topics.is_empty());
+        assert_eq!(topics.subscriptions(), 0);
     }
 
     #[test]

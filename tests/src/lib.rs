@@ -162,6 +162,21 @@ impl Server {
         Ok((Server::start_raw(args, dir)?, path))
     }
 
+    /// `ringcast serve --dev --config FILE` where the dev tenant has `presence_ttl_secs`;
+    /// the directory holding FILE comes back with the server.
+    pub fn start_dev_with_presence_ttl(ttl_secs: u64) -> Result<(Server, tempfile::TempDir)> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("ringcast.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[[tenants]]\nid = \"dev\"\nplan = \"enterprise\"\npresence_ttl_secs = {ttl_secs}\n"
+            ),
+        )?;
+        let server = Server::start(&["--config", &path.display().to_string()])?;
+        Ok((server, dir))
+    }
+
     /// Runs `ringcast ARGS` exactly as given (no defaults added); `data_dir` is kept alive
     /// with the server and reused by restarts.
     pub fn start_raw(args: Vec<String>, data_dir: tempfile::TempDir) -> Result<Server> {

@@ -647,23 +647,9 @@ fn presence_over_http_is_seen_by_websocket_subscribers() -> Result<()> {
     Ok(())
 }
 
-/// `ringcast serve --dev --config FILE` where the dev tenant has `presence_ttl_secs`.
-fn server_with_presence_ttl(ttl_secs: u64) -> Result<(Server, tempfile::TempDir)> {
-    let dir = tempfile::tempdir()?;
-    let path = dir.path().join("ringcast.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[[tenants]]\nid = \"dev\"\nplan = \"enterprise\"\npresence_ttl_secs = {ttl_secs}\n"
-        ),
-    )?;
-    let server = Server::start(&["--config", &path.display().to_string()])?;
-    Ok((server, dir))
-}
-
 #[test]
 fn an_http_join_expires_after_the_ttl_unless_joined_again() -> Result<()> {
-    let (server, _conf) = server_with_presence_ttl(2)?;
+    let (server, _conf) = Server::start_dev_with_presence_ttl(2)?;
     let channel = "room:ttl";
     let mut watcher = Client::open(&server, "")?;
     watcher.subscribe(channel)?;

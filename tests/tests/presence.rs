@@ -6,23 +6,9 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use ringcast_tests::{json, Client, Server};
 
-/// `ringcast serve --dev --config FILE` where the dev tenant has `presence_ttl_secs`.
-fn server_with_ttl(ttl_secs: u64) -> Result<(Server, tempfile::TempDir)> {
-    let dir = tempfile::tempdir()?;
-    let path = dir.path().join("ringcast.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[[tenants]]\nid = \"dev\"\nplan = \"enterprise\"\npresence_ttl_secs = {ttl_secs}\n"
-        ),
-    )?;
-    let server = Server::start(&["--config", &path.display().to_string()])?;
-    Ok((server, dir))
-}
-
 #[test]
 fn a_dropped_member_expires_after_the_configured_ttl() -> Result<()> {
-    let (server, _conf) = server_with_ttl(2)?;
+    let (server, _conf) = Server::start_dev_with_presence_ttl(2)?;
     let channel = "room:ttl";
     // One watcher per spelling, on whichever shards they land.
     let mut watcher = Client::open(&server, "")?;

@@ -8,8 +8,10 @@
 //!
 //! Owned by its shard's `ShardCore` (no lock); time comes from the shard's clock.
 
+use std::net::IpAddr;
+
 use crate::clock::Millis;
-use crate::metrics::CloseReason;
+use crate::metrics::{CloseReason, Transport};
 
 /// Lines per second per shard per reason.
 pub const LINES_PER_SECOND: u32 = 10;
@@ -20,6 +22,21 @@ struct Window {
     second: u64,
     logged: u32,
     suppressed: u64,
+}
+
+/// One connection's end, as counted and (when abnormal) logged.
+#[derive(Debug, Clone, Copy)]
+pub struct Closed<'a> {
+    /// Its transport.
+    pub transport: Transport,
+    /// Why it ended.
+    pub reason: CloseReason,
+    /// Its client address (the real client behind a trusted proxy), when known.
+    pub client: Option<IpAddr>,
+    /// Its tenant, when known (WebSocket sessions).
+    pub tenant: Option<&'a str>,
+    /// The close code sent or received (WebSocket sessions).
+    pub code: Option<u16>,
 }
 
 /// What to do with one close.

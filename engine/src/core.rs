@@ -18,6 +18,7 @@
 
 mod ren;
 
+use std::net::IpAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -28,7 +29,7 @@ use ringcast_protocol::event::PresenceSpelling;
 use ringcast_protocol::{event, ChannelName, ClientFrame, CloseCode, ErrorCode, FrameParser};
 
 use crate::clock::{Clock, Millis};
-use crate::close_log::CloseLog;
+use crate::close_log::{CloseLog, Closed};
 use crate::conn::{Conn, Sub};
 use crate::deadline::{DeadlineQueue, TimerKey};
 use crate::history::HistoryStore;
@@ -291,18 +292,22 @@ impl ShardCore {
     }
 
     /// Forgets a connection: leaves its channels, tells owners of channels left
-    /// unwatched; counts (and, when abnormal, logs) why it closed.
-    pub fn unregister_conn(&mut self, conn: &Conn) {
+    /// unwatched; counts (and, when abnormal, logs) why it closed. `client` is its client
+    /// address (as `client_addr` settled it), for the log line.
+    pub fn unregister_conn(&mut self, conn: &Conn, client: Option<IpAddr>) {
         if self.conns.remove(&conn.id).is_some() {
             self.counters().ws_connections.add(-1);
             if self.tenant_labels {
                 let tenant = conn.tenant.metrics.shard(self.id, self.shards);
                 tenant.ws_connections.add(-1);
             }
-            let reason = conn.outbound().close_reason();
-            let code = conn.outbound().close_code().map(|c| c.0);
-            let tenant = conn.tenant.id.as_str();
-            self.connection_closed(Transport::Ws, reason, Some(tenant), code);
+            self.connection_closed(Closed {
+                transport: Transport::Ws,
+                reason: conn.outbound().close_reason(),
+                client,
+                tenant: Some(conn.tenant.id.as_str()),
+                code: conn.outbound().close_code().map(|c| c.0),
+            });
         }
         if let Some(timer) = self.conn_timers.remove(&conn.id) {
             self.conn_expiry.cancel(timer);
@@ -339,18 +344,19 @@ impl ShardCore {
         self.conns.len()
     }
 
-    /// Counts a connection of `transport` that ended for `reason` and, when the reason is
-    /// abnormal, logs one line (rate-limited per reason, see `close_log.rs`). `tenant`
-    /// and `code` go on the line when known. Every transport's end comes here: WebSocket
-    /// sessions from [`ShardCore::unregister_conn`], plain HTTP connections from
-    /// `http.rs`, SSE streams from their own code.
-    pub fn connection_closed(
-        &mut self,
-        transport: Transport,
-        reason: CloseReason,
-        tenant: Option<&str>,
-        code: Option<u16>,
-    ) {
+    /// Counts a connection that ended and, when its reason is abnormal, logs one line
+    /// (rate-limited per reason, see `close_log.rs`) naming its client address, tenant
+    /// and close code when known. Every transport's end comes here: WebSocket sessions
+    /// from [`ShardCore::unregister_conn`], plain HTTP connections from `http.rs`, SSE
+    /// streams from their own code.
+    pub fn connection_closed(&mut self, closed: Closed<'_>) {
+        let Closed {
+            transport,
+            reason,
+            client,
+            tenant,
+            code,
+        } = closed;
         self.counters().closed(transport, reason);
         if !reason.is_abnormal() {
             return;
@@ -365,11 +371,14 @@ impl ShardCore {
         let shard = self.id.0;
         let tenant = tenant.unwrap_or("-");
         let code = code.unwrap_or(0);
+        let client = client.map_or_else(|| "-".to_owned(), |ip| ip.to_string());
         match reason {
             CloseReason::SlowConsumer | CloseReason::Limit | CloseReason::Internal => {
-                tracing::warn!(shard, %transport, %reason, code, tenant, "connection closed");
+                tracing::warn!(shard, %transport, %reason, code, %client, tenant, "connection closed");
             }
-            _ => tracing::info!(shard, %transport, %reason, code, tenant, "connection closed"),
+            _ => {
+                tracing::info!(shard, %transport, %reason, code, %client, tenant, "connection closed")
+            }
         }
     }
 

@@ -80,9 +80,12 @@ pub async fn serve_connection(
     let peer = stream
         .peer_addr()
         .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| canonical(a.ip()));
-    match serve_requests(&shard, &mut stream, &mut buf, peer, slot.is_some()).await {
+    // The client the close is logged with: the peer until a request names another.
+    let mut client = peer;
+    let served = serve_requests(&shard, &mut stream, &mut buf, &mut client, slot.is_some()).await;
+    match served {
         Served::Close(reason) => {
-            shard.connection_closed(Transport::Http, reason);
+            shard.connection_closed(Transport::Http, reason, client);
             // The slot is free before the client can see the close: a client that waits
             // for EOF and connects again finds it free.
             drop(slot);
@@ -103,14 +106,17 @@ pub async fn serve_connection(
     }
 }
 
-/// Reads and answers requests until one closes the connection or upgrades it.
+/// Reads and answers requests until one closes the connection or upgrades it. `client`
+/// comes in as the TCP peer and is kept up to date with the client address the last
+/// request came from (a trusted proxy's PROXY header or `X-Forwarded-For`).
 async fn serve_requests(
     shard: &Rc<Shard>,
     stream: &mut TcpStream,
     buf: &mut Vec<u8>,
-    peer: IpAddr,
+    client: &mut IpAddr,
     has_slot: bool,
 ) -> Served {
+    let peer = *client;
     let (timeout, max_body, proxy_protocol) = {
         let config = shard.shared.config.load();
         (
@@ -130,7 +136,10 @@ async fn serve_requests(
             }
             Ok(Err(ReadError::Closed)) => return Served::Close(CloseReason::Client),
             Ok(Err(_)) => unreachable!("read_proxy_header only fails with Closed"),
-            Ok(Ok(ProxyParse::Header { len, client })) => {
+            Ok(Ok(ProxyParse::Header {
+                len,
+                client: client_of_header,
+            })) => {
                 if !shard.shared.trusted.load().trusts(peer) {
                     let message = "a PROXY header from a peer that is not in trusted_proxies";
                     let error = ApiError::BadRequest;
@@ -138,7 +147,8 @@ async fn serve_requests(
                     return Served::Close(CloseReason::ProtocolError);
                 }
                 buf.drain(..len);
-                relayed = client.map_or(peer, |c| canonical(c.ip()));
+                relayed = client_of_header.map_or(peer, |c| canonical(c.ip()));
+                *client = relayed;
             }
             Ok(Ok(ProxyParse::Invalid(why))) => {
                 let error = ApiError::BadRequest;
@@ -159,6 +169,14 @@ async fn serve_requests(
             Ok(Ok(head)) => head,
         };
         let route_label = HttpRoute::of(&head.path);
+        let forwarded: Vec<&[u8]> = head
+            .headers
+            .iter()
+            .filter(|(name, _)| name == "x-forwarded-for")
+            .map(|(_, value)| value.as_slice())
+            .collect();
+        *client = shard.shared.trusted.load().client(relayed, &forwarded);
+        let client = *client;
         if !has_slot {
             let message = "max_connections reached; retry later";
             let error = ApiError::Overloaded;
@@ -176,13 +194,6 @@ async fn serve_requests(
             Ok(Ok(body)) => body,
         };
         let started = std::time::Instant::now();
-        let forwarded: Vec<&[u8]> = head
-            .headers
-            .iter()
-            .filter(|(name, _)| name == "x-forwarded-for")
-            .map(|(_, value)| value.as_slice())
-            .collect();
-        let client = shard.shared.trusted.load().client(relayed, &forwarded);
         if crate::api::ren::is_stream_request(&head) {
             let opened = crate::api::ren::open(shard, &head)
                 .and_then(|open| Ok((open, admit_ip(shard, client)?)));

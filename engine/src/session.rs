@@ -156,7 +156,7 @@ async fn run_session(
         Box::pin(linger(&mut reader)).await;
     }
     conn.mark_closed();
-    shard.unregister_conn(&conn);
+    shard.unregister_conn(&conn, Some(slot.1.addr()));
     drop(slot);
 }
 

@@ -106,9 +106,9 @@ impl Shard {
             .register_after(tenant, client_id, presence_events, grant, preface)
     }
 
-    /// Forgets a connection.
-    pub fn unregister_conn(&self, conn: &Conn) {
-        self.core().unregister_conn(conn);
+    /// Forgets a connection of client address `client`.
+    pub fn unregister_conn(&self, conn: &Conn, client: Option<std::net::IpAddr>) {
+        self.core().unregister_conn(conn, client);
     }
 
     /// Counts (and logs, when abnormal) a connection that ended here without a
@@ -117,8 +117,15 @@ impl Shard {
         &self,
         transport: crate::metrics::Transport,
         reason: crate::metrics::CloseReason,
+        client: std::net::IpAddr,
     ) {
-        self.core().connection_closed(transport, reason, None, None);
+        self.core().connection_closed(crate::close_log::Closed {
+            transport,
+            reason,
+            client: Some(client),
+            tenant: None,
+            code: None,
+        });
     }
 
     /// Number of WebSocket connections on this shard.

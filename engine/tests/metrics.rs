@@ -64,7 +64,7 @@ fn handlers_count_exactly_and_a_slow_consumer_is_counted_by_reason() {
 
     // The session ends: the shard counts why, and its gauges follow.
     slow.mark_closed();
-    cluster.shards[1].unregister_conn(&slow);
+    cluster.shards[1].unregister_conn(&slow, None);
     cluster.pump();
     let counters = cluster.shared.metrics.shard(ShardId(1));
     assert_eq!(counters.ws_connections.get(), 1);
@@ -81,14 +81,14 @@ fn handlers_count_exactly_and_a_slow_consumer_is_counted_by_reason() {
     fast.outbound()
         .close_by_client(ringcast_protocol::CloseCode::GOING_AWAY);
     fast.mark_closed();
-    cluster.shards[1].unregister_conn(&fast);
+    cluster.shards[1].unregister_conn(&fast, None);
     let text = cluster.shared.render_metrics(false);
     let client = "ringcast_connections_closed_total{transport=\"ws\",reason=\"client\"}";
     assert_eq!(sample(&text, client), Some(1.0), "{text}");
     let shutdown = "ringcast_connections_closed_total{transport=\"ws\",reason=\"shutdown\"}";
     assert_eq!(sample(&text, shutdown), Some(0.0));
     // Unregistering twice counts once.
-    cluster.shards[1].unregister_conn(&fast);
+    cluster.shards[1].unregister_conn(&fast, None);
     let counters = cluster.shared.metrics.shard(ShardId(1));
     assert_eq!(counters.ws_connections.get(), 0);
 }

@@ -217,7 +217,7 @@ fn a_reconnect_within_the_ttl_gives_no_leave_and_a_drop_one_leave_after_it() {
 
     // The connection drops without a leave; the client reconnects 10 s later, on the
     // other shard, and rejoins (what the SDK does on reconnect).
-    cluster.shards[0].unregister_conn(&first);
+    cluster.shards[0].unregister_conn(&first, None);
     cluster.pump();
     run_for(&mut cluster, 10_000);
     assert_eq!(
@@ -239,7 +239,7 @@ fn a_reconnect_within_the_ttl_gives_no_leave_and_a_drop_one_leave_after_it() {
     );
 
     // Now it drops for good: exactly one leave, one TTL after it was last seen.
-    cluster.shards[1].unregister_conn(&second);
+    cluster.shards[1].unregister_conn(&second, None);
     cluster.pump();
     run_for(&mut cluster, TTL_MS - 1_000);
     assert!(presence_events(&take(&watcher)).is_empty());

@@ -450,7 +450,7 @@ fn every_way_a_channel_stops_being_active_gives_its_place_back() {
     cluster.send(1, &other, r#"{"action":"subscribe","channel":"b"}"#);
     cluster.pump();
     assert_eq!(usage.active_channels(), 1);
-    cluster.shards[1].unregister_conn(&other);
+    cluster.shards[1].unregister_conn(&other, None);
     cluster.pump();
     assert_eq!(usage.active_channels(), 0);
 
@@ -535,7 +535,7 @@ fn token_deadlines_go_with_their_subscriptions() {
         1,
         "a re-subscribe replaces it"
     );
-    cluster.shards[0].unregister_conn(&conn);
+    cluster.shards[0].unregister_conn(&conn, None);
     assert_eq!(cluster.shards[0].token_deadlines(), 0, "a close cancels it");
 }
 

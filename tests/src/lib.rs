@@ -287,6 +287,19 @@ impl Server {
         String::from_utf8_lossy(&std::fs::read(self.stderr_path()).unwrap_or_default()).into_owned()
     }
 
+    /// Waits up to [`TIMEOUT`] for a line of the server's log that contains every one of
+    /// `parts`, and returns it.
+    pub fn await_log_line(&self, parts: &[&str]) -> Result<String> {
+        poll_until(TIMEOUT, Duration::from_millis(20), || {
+            Ok(self
+                .stderr_text()
+                .lines()
+                .find(|l| parts.iter().all(|p| l.contains(p)))
+                .map(str::to_owned))
+        })
+        .with_context(|| format!("no log line with {parts:?} in:\n{}", self.stderr_tail()))
+    }
+
     /// The last ~4 KB the server wrote to stderr (for failure messages).
     pub fn stderr_tail(&self) -> String {
         let text = std::fs::read(self.stderr_path()).unwrap_or_default();

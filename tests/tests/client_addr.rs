@@ -8,7 +8,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use ringcast_tests::{poll_until, read_http_response, HttpResponse, Server};
+use ringcast_tests::{poll_until, read_http_response, unmasked_frame, HttpResponse, Server};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -144,5 +144,32 @@ fn proxy_protocol_names_the_client_and_is_refused_from_untrusted_peers() -> Resu
     forged.assert_error(400, "bad_request");
     let (garbled, _) = open_from(&server, "127.0.0.1", b"PROXY TCP4 nonsense\r\n", "")?;
     garbled.assert_error(400, "bad_request");
+    Ok(())
+}
+
+#[test]
+fn close_log_lines_name_the_client_address_a_trusted_proxy_gave() -> Result<()> {
+    let server = start(
+        "proxy_protocol = true\ntrusted_proxies = [\"127.0.0.1\"]\nmax_connections_per_ip = 0\nhandshakes_per_sec_per_ip = 0",
+    )?;
+    // A WebSocket behind X-Forwarded-For that breaks the protocol (an unmasked frame).
+    let (resp, mut ws) = open(&server, "X-Forwarded-For: 203.0.113.7\r\n")?;
+    assert_eq!(resp.status, 101);
+    ws.write_all(&unmasked_frame(true, 0x1, br#"{"action":"ping"}"#))?;
+    let line = server.await_log_line(&["connection closed", "transport=ws", "code=1002"])?;
+    assert!(line.contains("client=203.0.113.7"), "{line}");
+
+    // One behind a PROXY v2 header.
+    let (resp, mut ws) = open_from(&server, "127.0.0.1", &proxy_v2([198, 51, 100, 4]), "")?;
+    assert_eq!(resp.status, 101);
+    ws.write_all(&unmasked_frame(true, 0x1, br#"{"action":"ping"}"#))?;
+    server.await_log_line(&["connection closed", "client=198.51.100.4", "code=1002"])?;
+
+    // A peer that is not trusted is named itself, whatever its PROXY header says.
+    let (forged, _) = open_from(&server, "127.0.0.3", &proxy_v1("198.51.100.5"), "")?;
+    forged.assert_error(400, "bad_request");
+    let line =
+        server.await_log_line(&["connection closed", "transport=http", "client=127.0.0.3"])?;
+    assert!(!line.contains("198.51.100.5"), "{line}");
     Ok(())
 }

@@ -11,18 +11,6 @@ use ringcast_tests::{
 };
 use serde_json::Value;
 
-/// Waits until the server's stderr has a line containing every one of `parts`.
-fn await_line(server: &Server, parts: &[&str]) -> Result<String> {
-    poll_until(TIMEOUT, Duration::from_millis(20), || {
-        Ok(server
-            .stderr_text()
-            .lines()
-            .find(|l| parts.iter().all(|p| l.contains(p)))
-            .map(str::to_owned))
-    })
-    .with_context(|| format!("no log line with {parts:?} in:\n{}", server.stderr_tail()))
-}
-
 #[test]
 fn protocol_errors_and_limits_leave_one_line_each_and_a_normal_close_none() -> Result<()> {
     let server = Server::start(&["--max-message-bytes", "65536", "--max-connections", "3"])?;
@@ -30,7 +18,7 @@ fn protocol_errors_and_limits_leave_one_line_each_and_a_normal_close_none() -> R
     let mut c = Client::open(&server, "")?;
     c.send_frame_raw(&unmasked_frame(true, 0x1, br#"{"action":"ping"}"#))?;
     assert_eq!(c.expect_close(TIMEOUT)?, 1002);
-    let line = await_line(&server, &["connection closed", "reason=protocol_error"])?;
+    let line = server.await_log_line(&["connection closed", "reason=protocol_error"])?;
     assert!(
         line.contains("code=1002") && line.contains("transport=ws"),
         "{line}"
@@ -42,7 +30,7 @@ fn protocol_errors_and_limits_leave_one_line_each_and_a_normal_close_none() -> R
     frame.extend_from_slice(&[1, 2, 3, 4]);
     c.send_frame_raw(&frame)?;
     assert_eq!(c.expect_close(TIMEOUT)?, 1009);
-    let line = await_line(&server, &["connection closed", "reason=limit", "code=1009"])?;
+    let line = server.await_log_line(&["connection closed", "reason=limit", "code=1009"])?;
     assert!(line.contains("WARN"), "limits are warnings: {line}");
 
     // max_connections: the fourth TCP connection is refused with 503 and logged (once
@@ -55,10 +43,7 @@ fn protocol_errors_and_limits_leave_one_line_each_and_a_normal_close_none() -> R
         .map(|_| Client::open(&server, ""))
         .collect::<Result<_>>()?;
     assert_eq!(http_get(server.addr(), "/healthz")?.status, 503);
-    await_line(
-        &server,
-        &["connection closed", "reason=limit", "transport=http"],
-    )?;
+    server.await_log_line(&["connection closed", "reason=limit", "transport=http"])?;
 
     // A normal close by the client: counted, not logged.
     for mut c in held {
@@ -81,13 +66,14 @@ fn json_lines_carry_the_fields_at_the_top_level() -> Result<()> {
     let mut c = Client::open(&server, "")?;
     c.send_frame_raw(&unmasked_frame(true, 0x1, br#"{"action":"ping"}"#))?;
     assert_eq!(c.expect_close(TIMEOUT)?, 1002);
-    let line = await_line(&server, &["connection closed"])?;
+    let line = server.await_log_line(&["connection closed"])?;
     let v: Value = serde_json::from_str(&line).with_context(|| line.clone())?;
     assert_eq!(v["message"], "connection closed", "{v}");
     assert_eq!(v["reason"], "protocol_error", "{v}");
     assert_eq!(v["transport"], "ws", "{v}");
     assert_eq!(v["code"], 1002, "{v}");
     assert_eq!(v["tenant"], "dev", "{v}");
+    assert_eq!(v["client"], "127.0.0.1", "{v}");
     assert_eq!(v["level"], "INFO", "{v}");
     // Every line is JSON, the start-up line included.
     for line in server.stderr_text().lines() {

@@ -159,14 +159,7 @@ fn slow_consumer_is_closed_and_others_lose_nothing() -> Result<()> {
     );
 
     // One log line says why, and the close is counted by reason.
-    let line = ringcast_tests::poll_until(TIMEOUT, Duration::from_millis(20), || {
-        Ok(server
-            .stderr_text()
-            .lines()
-            .find(|l| l.contains("connection closed") && l.contains("reason=slow_consumer"))
-            .map(str::to_owned))
-    })
-    .with_context(|| format!("no slow-consumer log line:\n{}", server.stderr_tail()))?;
+    let line = server.await_log_line(&["connection closed", "reason=slow_consumer"])?;
     assert!(
         line.contains("code=4008") && line.contains("WARN"),
         "{line}"

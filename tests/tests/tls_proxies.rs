@@ -5,7 +5,8 @@
 //! the official SDK over `wss://` and `https://` (RealtimeClient pub/sub,
 //! createRemoteClient publish/history, RenClient over SSE), and the client address the
 //! proxy forwards (X-Forwarded-For for nginx and Caddy, PROXY protocol v2 for HAProxy)
-//! checked through `max_connections_per_ip = 1`.
+//! checked through `max_connections_per_ip = 1`. One more test keeps a WebSocket and an
+//! SSE stream quiet through all three for longer than nginx's default read timeout.
 
 use std::fs;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -252,16 +253,40 @@ fn tuning(file: &str) -> PathBuf {
     workspace_root().join("tuning/tls").join(file)
 }
 
-#[test]
-fn nginx_terminates_tls_for_the_sdk_and_forwards_the_client_address() -> Result<()> {
+/// Ringcast with a terminator in front, and what they need kept alive.
+struct Fronted {
+    terminator: Terminator,
+    server: Server,
+    cert: TestCert,
+    _dir: tempfile::TempDir,
+}
+
+impl Fronted {
+    /// The terminator's `https://` address.
+    fn base(&self) -> String {
+        format!("https://127.0.0.1:{}", self.terminator.port)
+    }
+}
+
+/// A temp directory with a certificate, Ringcast behind a proxy, a free port and the
+/// proxy's run directory.
+fn prepare(
+    name: &str,
+    proxy_protocol: bool,
+) -> Result<(tempfile::TempDir, TestCert, Server, u16, PathBuf)> {
     let dir = tempfile::Builder::new()
-        .prefix("ringcast-nginx-")
+        .prefix(&format!("ringcast-{name}-"))
         .tempdir()?;
     let cert = TestCert::make(dir.path())?;
-    let server = ringcast_behind_proxy(dir.path(), false)?;
+    let server = ringcast_behind_proxy(dir.path(), proxy_protocol)?;
     let port = free_port()?;
     let run_dir = dir.path().join("run");
     fs::create_dir(&run_dir)?;
+    Ok((dir, cert, server, port, run_dir))
+}
+
+fn nginx_in_front() -> Result<Fronted> {
+    let (dir, cert, server, port, run_dir) = prepare("nginx", false)?;
     let conf = run_dir.join("nginx.conf");
     fs::write(
         &conf,
@@ -284,20 +309,17 @@ fn nginx_terminates_tls_for_the_sdk_and_forwards_the_client_address() -> Result<
         .arg("-c")
         .arg(&conf)
         .args(["-g", "daemon off;"]);
-    let nginx = Terminator::start("nginx", cmd, &run_dir, port)?;
-    run_sdk_through(&nginx, &cert, &server)
+    let terminator = Terminator::start("nginx", cmd, &run_dir, port)?;
+    Ok(Fronted {
+        terminator,
+        server,
+        cert,
+        _dir: dir,
+    })
 }
 
-#[test]
-fn haproxy_terminates_tls_for_the_sdk_and_sends_proxy_v2() -> Result<()> {
-    let dir = tempfile::Builder::new()
-        .prefix("ringcast-haproxy-")
-        .tempdir()?;
-    let cert = TestCert::make(dir.path())?;
-    let server = ringcast_behind_proxy(dir.path(), true)?;
-    let port = free_port()?;
-    let run_dir = dir.path().join("run");
-    fs::create_dir(&run_dir)?;
+fn haproxy_in_front() -> Result<Fronted> {
+    let (dir, cert, server, port, run_dir) = prepare("haproxy", true)?;
     let conf = run_dir.join("haproxy.cfg");
     fs::write(
         &conf,
@@ -313,20 +335,17 @@ fn haproxy_terminates_tls_for_the_sdk_and_sends_proxy_v2() -> Result<()> {
     )?;
     let mut cmd = Command::new(program("haproxy"));
     cmd.arg("-db").arg("-f").arg(&conf);
-    let haproxy = Terminator::start("haproxy", cmd, &run_dir, port)?;
-    run_sdk_through(&haproxy, &cert, &server)
+    let terminator = Terminator::start("haproxy", cmd, &run_dir, port)?;
+    Ok(Fronted {
+        terminator,
+        server,
+        cert,
+        _dir: dir,
+    })
 }
 
-#[test]
-fn caddy_terminates_tls_for_the_sdk_and_forwards_the_client_address() -> Result<()> {
-    let dir = tempfile::Builder::new()
-        .prefix("ringcast-caddy-")
-        .tempdir()?;
-    let cert = TestCert::make(dir.path())?;
-    let server = ringcast_behind_proxy(dir.path(), false)?;
-    let port = free_port()?;
-    let run_dir = dir.path().join("run");
-    fs::create_dir(&run_dir)?;
+fn caddy_in_front() -> Result<Fronted> {
+    let (dir, cert, server, port, run_dir) = prepare("caddy", false)?;
     let conf = run_dir.join("Caddyfile");
     fs::write(
         &conf,
@@ -349,6 +368,60 @@ fn caddy_terminates_tls_for_the_sdk_and_forwards_the_client_address() -> Result<
         .env("HOME", &run_dir)
         .env("XDG_DATA_HOME", &run_dir)
         .env("XDG_CONFIG_HOME", &run_dir);
-    let caddy = Terminator::start("caddy", cmd, &run_dir, port)?;
-    run_sdk_through(&caddy, &cert, &server)
+    let terminator = Terminator::start("caddy", cmd, &run_dir, port)?;
+    Ok(Fronted {
+        terminator,
+        server,
+        cert,
+        _dir: dir,
+    })
+}
+
+#[test]
+fn nginx_terminates_tls_for_the_sdk_and_forwards_the_client_address() -> Result<()> {
+    let f = nginx_in_front()?;
+    run_sdk_through(&f.terminator, &f.cert, &f.server)
+}
+
+#[test]
+fn haproxy_terminates_tls_for_the_sdk_and_sends_proxy_v2() -> Result<()> {
+    let f = haproxy_in_front()?;
+    run_sdk_through(&f.terminator, &f.cert, &f.server)
+}
+
+#[test]
+fn caddy_terminates_tls_for_the_sdk_and_forwards_the_client_address() -> Result<()> {
+    let f = caddy_in_front()?;
+    run_sdk_through(&f.terminator, &f.cert, &f.server)
+}
+
+/// How long the quiet connections say nothing: past nginx's 60 s default
+/// `proxy_read_timeout`, inside the configs' 120 s.
+const QUIET: Duration = Duration::from_secs(65);
+
+/// The idle timeouts of the three configs keep a quiet WebSocket and an SSE stream open
+/// (tests/sdk/quiet_tls.mjs), all three terminators at once so the test waits once.
+#[test]
+fn quiet_connections_stay_open_through_every_terminator() -> Result<()> {
+    let fronted = [nginx_in_front()?, haproxy_in_front()?, caddy_in_front()?];
+    let bundle = fronted[0]._dir.path().join("ca-bundle.pem");
+    let mut certs = Vec::new();
+    for f in &fronted {
+        certs.extend(fs::read(&f.cert.cert)?);
+    }
+    fs::write(&bundle, certs)?;
+    let sdk = workspace_root().join("tests/sdk");
+    let mut args = vec![QUIET.as_millis().to_string()];
+    args.extend(fronted.iter().map(Fronted::base));
+    NodeScript::new(&sdk, "quiet_tls.mjs")
+        .args(args)
+        .env("NODE_EXTRA_CA_CERTS", bundle.as_os_str())
+        .timeout(QUIET + Duration::from_secs(40))
+        .run_ok(|| {
+            fronted
+                .iter()
+                .map(|f| format!("{} logs:\n{}\n", f.terminator.name, f.terminator.logs()))
+                .collect::<String>()
+        })?;
+    Ok(())
 }

@@ -72,6 +72,6 @@ async fn run_reader(
     stream.mark_closed();
     shard.ren_close(&stream);
     shard.shared.metrics.shard(shard.id).sse_connections.add(-1);
-    shard.connection_closed(Transport::Sse, reason);
+    shard.connection_closed(Transport::Sse, reason, slot.1.addr());
     drop(slot);
 }

@@ -1649,6 +1649,10 @@ impl ShardCore {
         counters.history_rings.set(stats.rings as u64);
         counters.history_bytes.set(stats.bytes_used);
         counters.history_evictions.set(stats.evictions);
+        counters.history_space_waits.set(stats.space_waits);
+        counters
+            .history_segments_prepared
+            .set(stats.segments_prepared);
     }
 
     /// Moves spilled messages on while other inboxes have room.

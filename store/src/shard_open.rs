@@ -158,10 +158,13 @@ impl ShardStore {
                 report.rings_reset.push((key, last_reason));
             }
         }
-        let small = usize::from(store.class_for(0, 0) - MIN_CLASS_LOG2);
-        if store.classes[small].free_count() == 0 {
-            store.create_segment_now(MIN_CLASS_LOG2 + small as u8)?;
+        let small = store.class_for(0, 0);
+        if store.classes[usize::from(small - MIN_CLASS_LOG2)].free_count() == 0 {
+            store.create_segment_now(small)?;
         }
+        // Rings whose keys do not fit the smallest class start in the next one: the
+        // background thread makes its space now, before the first publish needs it.
+        store.prepare_ahead(small);
         Ok((store, report))
     }
 

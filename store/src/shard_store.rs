@@ -112,8 +112,8 @@ pub(crate) struct Class {
     pub free: Vec<SlotLoc>,
     /// Never-used slots: (segment, next, end).
     pub fresh: Vec<(u32, u32, u32)>,
-    /// A segment for this class is being prepared.
-    pub requested: bool,
+    /// Segments of this class the background thread is preparing.
+    pub preparing: u32,
     pub next_number: u32,
 }
 
@@ -775,10 +775,6 @@ impl ShardStore {
         (self.cfg.segment_bytes >> log2).clamp(4, u64::from(u32::MAX / 2)) as u32
     }
 
-    fn low_water(&self, log2: u8) -> usize {
-        (self.slots_per_segment(log2) as usize / 4).max(1)
-    }
-
     /// Notes that file bytes `range` of segment `seg` were written: dirty range for the
     /// next flush (and, in tests, the crash-simulation journal).
     pub(crate) fn touched(&mut self, seg: u32, range: Range<usize>) {
@@ -953,7 +949,7 @@ impl ShardStore {
                 self.touched(loc.seg, slot_format::HIGH_WATER_RANGE);
                 break loc;
             }
-            if !self.classes[ci].requested {
+            if self.classes[ci].preparing == 0 {
                 self.request_segment(log2);
             }
             if self.pending == 0 {
@@ -978,10 +974,31 @@ impl ShardStore {
                 return Err(e);
             }
         };
-        if self.classes[ci].free_count() < self.low_water(log2) && !self.classes[ci].requested {
+        self.prepare_ahead(log2);
+        Ok(loc)
+    }
+
+    /// Keeps space ahead of need, so that no create or growth waits for the background
+    /// thread: class `log2` keeps at least one segment's worth of slots free or being
+    /// prepared (a storm of growths into one class can use a whole segment faster than
+    /// one is made), and the next class up, where this class's rings grow to, has space
+    /// from the moment this one is in use (up to the top class of the plan's bound).
+    /// A storm of more growths into one class than a segment holds, faster than the
+    /// background thread makes one, still waits (with 64 MiB segments: 2,048 rings
+    /// growing into the 32 KiB class at once).
+    pub(crate) fn prepare_ahead(&mut self, log2: u8) {
+        let ci = usize::from(log2 - MIN_CLASS_LOG2);
+        let slots = self.slots_per_segment(log2) as usize;
+        let class = &self.classes[ci];
+        if class.free_count() + class.preparing as usize * slots < slots {
             self.request_segment(log2);
         }
-        Ok(loc)
+        if log2 < self.top_class(0) {
+            let next = &self.classes[ci + 1];
+            if next.preparing == 0 && next.free_count() == 0 {
+                self.request_segment(log2 + 1);
+            }
+        }
     }
 
     pub(crate) fn segment_path(&self, log2: u8, number: u32) -> PathBuf {
@@ -992,7 +1009,7 @@ impl ShardStore {
         let ci = usize::from(log2 - MIN_CLASS_LOG2);
         let number = self.classes[ci].next_number;
         self.classes[ci].next_number += 1;
-        self.classes[ci].requested = true;
+        self.classes[ci].preparing += 1;
         let header = SegmentHeader {
             class_log2: log2,
             slot_count: self.slots_per_segment(log2),
@@ -1003,7 +1020,7 @@ impl ShardStore {
         if self.space.send(job) {
             self.pending += 1;
         } else {
-            self.classes[ci].requested = false;
+            self.classes[ci].preparing -= 1;
         }
     }
 
@@ -1021,7 +1038,7 @@ impl ShardStore {
                 self.stats.segments_prepared += 1;
                 self.add_segment(path, header, map, 0);
                 let ci = usize::from(header.class_log2 - MIN_CLASS_LOG2);
-                self.classes[ci].requested = false;
+                self.classes[ci].preparing -= 1;
             }
             Done::CreateFailed {
                 header,
@@ -1031,7 +1048,7 @@ impl ShardStore {
                 self.pending -= 1;
                 self.stats.background_errors += 1;
                 let ci = usize::from(header.class_log2 - MIN_CLASS_LOG2);
-                self.classes[ci].requested = false;
+                self.classes[ci].preparing -= 1;
                 self.space_error = Some(StoreError::io("create segment", path)(error));
             }
             Done::SyncFailed => self.stats.background_errors += 1,

@@ -115,6 +115,11 @@ pub struct ShardCounters {
     pub history_bytes: Level,
     /// Rings evicted to stay under `max_total_bytes` (copied from the store).
     pub history_evictions: Count,
+    /// Times a ring's creation or growth waited for the store's background thread to
+    /// make a segment (copied from the store; each wait stalls the shard).
+    pub history_space_waits: Count,
+    /// Segment files the store's background thread made ahead of need (copied).
+    pub history_segments_prepared: Count,
     /// Messages appended to history.
     pub history_appends: Count,
     /// Bytes of those messages (their encoded frames).
@@ -173,6 +178,8 @@ impl Default for ShardCounters {
             history_rings: Level::default(),
             history_bytes: Level::default(),
             history_evictions: Count::default(),
+            history_space_waits: Count::default(),
+            history_segments_prepared: Count::default(),
             history_appends: Count::default(),
             history_appended_bytes: Count::default(),
             history_replays: Count::default(),

@@ -207,6 +207,16 @@ const COUNTERS: &[(&str, &str, Reader)] = &[
         "Closed channels' history rings evicted to stay under max_total_bytes",
         |c| c.history_evictions.get(),
     ),
+    (
+        "history_space_waits",
+        "Times the shard waited for a history segment file to be made (none when space is made ahead of need)",
+        |c| c.history_space_waits.get(),
+    ),
+    (
+        "history_segments_prepared",
+        "History segment files made by the store's background thread",
+        |c| c.history_segments_prepared.get(),
+    ),
     ("history_appends", "Messages appended to history", |c| {
         c.history_appends.get()
     }),

@@ -110,6 +110,78 @@ fn a_ring_grows_through_classes_and_keeps_every_record_until_its_byte_bound() {
     s.check_invariants().unwrap();
 }
 
+/// Waits (10 s at most) until the background thread has made every segment asked for.
+fn settle(s: &mut ShardStore) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while s.pending > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "background thread stuck"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+        s.poll_space();
+    }
+}
+
+#[test]
+fn growth_storms_find_space_made_ahead_and_never_wait() {
+    let cfg = StoreConfig {
+        max_bytes_per_ring: 16 * 1024,
+        // 64 slots even in the top class (32 KiB): a storm of 40 fits one segment.
+        segment_bytes: 2 << 20,
+        ..small_cfg()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open(dir.path(), cfg);
+    // Open asks for the space of the class above the smallest; a server's first publish
+    // comes later than that is made.
+    settle(&mut s);
+    let rings: Vec<RingId> = (0..40u64)
+        .map(|i| {
+            s.create(format!("r{i}").as_bytes(), Epoch(i + 1), 1_000)
+                .unwrap()
+        })
+        .collect();
+    // Every ring takes a record per round, so all 40 cross each class boundary in the
+    // same round: a storm of growths into one class at a time. Between rounds the
+    // background thread has a moment, as it has between a shard's turns.
+    for round in 1..=200u64 {
+        settle(&mut s);
+        for &r in &rings {
+            put(&mut s, r, round, &[round as u8; 100]);
+        }
+        // Space ahead of need: every class a ring sits in keeps a segment's worth of
+        // slots free or being made, and the class above it (up to the top) has some.
+        let top = s.top_class(0);
+        let mut in_use: Vec<u8> = s.rings.iter().flatten().map(|m| m.class_log2).collect();
+        in_use.sort_unstable();
+        in_use.dedup();
+        for c in in_use {
+            let ci = usize::from(c - MIN_CLASS_LOG2);
+            let slots = s.slots_per_segment(c) as usize;
+            let class = &s.classes[ci];
+            assert!(
+                class.free_count() + class.preparing as usize * slots >= slots,
+                "round {round}: class {c} has {} free, {} preparing",
+                class.free_count(),
+                class.preparing
+            );
+            if c < top {
+                let next = &s.classes[ci + 1];
+                assert!(
+                    next.free_count() > 0 || next.preparing > 0,
+                    "round {round}: class {}",
+                    c + 1
+                );
+            }
+        }
+    }
+    s.check_invariants().unwrap();
+    let stats = s.stats();
+    assert!(stats.growths >= 40 * 4, "{stats:?}");
+    assert_eq!(stats.space_waits, 0, "{stats:?}");
+}
+
 #[test]
 fn max_records_bounds_and_plan_changes() {
     let dir = tempfile::tempdir().unwrap();

@@ -195,7 +195,8 @@ impl ShardCore {
         self.owned.len()
     }
 
-    /// Token-expiry deadlines held (private subscriptions and connection tokens; tests).
+    /// Token-expiry deadlines held (private subscriptions, connection and REN stream
+    /// tokens; tests).
     pub fn token_deadlines(&self) -> usize {
         self.sub_expiry.len() + self.conn_expiry.len()
     }
@@ -1548,6 +1549,8 @@ impl ShardCore {
             self.conn_timers.remove(&conn);
             if let Some(conn) = self.conns.get(&conn) {
                 conn.close(CloseCode::AUTH_EXPIRED, "connection token expired");
+            } else {
+                self.ren_token_expired(conn);
             }
         }
         if now >= self.next_housekeeping {

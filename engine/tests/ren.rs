@@ -592,3 +592,61 @@ fn a_private_channels_events_reach_only_streams_whose_token_allows_them() {
         "anonymous: the public one only: {replayed:?}"
     );
 }
+
+#[test]
+fn a_stream_admitted_by_a_token_is_closed_when_the_token_expires() {
+    use ringcast_engine::tenant::TokenKeyConfig;
+    use ringcast_engine::token::{self, MintRequest, Permission, SKEW_SECS};
+    let mut cluster = Cluster::with(2, |config| {
+        config.tenants[0].token_keys = vec![TokenKeyConfig {
+            kid: "k1".into(),
+            secret: "dev-secret-0123456789abcdef-0123456789".into(),
+        }];
+    });
+    let tenant = cluster.shared.tenants.load().resolve(None).expect("dev");
+    let now = cluster.clock.now().0;
+    let request = MintRequest {
+        channels: vec!["private-vip".to_owned()],
+        user: Some("u".into()),
+        permissions: vec![Permission::Subscribe],
+        expires_in_secs: 5,
+        kid: None,
+    };
+    let jwt = token::mint(&tenant, &request, now).unwrap();
+    let grant = token::verify(&jwt, &tenant, now).unwrap();
+    let open = |cluster: &mut Cluster, grant| {
+        let filter = RenFilter::parse(Some("*")).unwrap();
+        let stream = cluster.shards[1].ren_open_with(
+            tenant.clone(),
+            filter,
+            "cid",
+            Resume::Fresh,
+            b"HEAD".to_vec(),
+            grant,
+        );
+        cluster.pump();
+        stream
+    };
+    let granted = open(&mut cluster, Some(grant));
+    let anonymous = open(&mut cluster, None);
+    // One that leaves before its token expires has its deadline cancelled with it.
+    let left = open(
+        &mut cluster,
+        Some(token::verify(&jwt, &tenant, now).unwrap()),
+    );
+    left.mark_closed();
+    cluster.shards[1].ren_close(&left);
+
+    cluster.advance((5 + SKEW_SECS) * 1000 - 1);
+    cluster.pump();
+    assert_eq!(granted.state(), ConnState::Open);
+    cluster.advance(1);
+    cluster.pump();
+    assert_eq!(granted.state(), ConnState::Closing(CloseCode::AUTH_EXPIRED));
+    assert_eq!(
+        granted.outbound().close_reason(),
+        ringcast_engine::metrics::CloseReason::Auth
+    );
+    assert_eq!(anonymous.state(), ConnState::Open, "no token, no expiry");
+    assert_eq!(cluster.shards[1].token_deadlines(), 0);
+}

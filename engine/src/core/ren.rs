@@ -82,6 +82,12 @@ impl ShardCore {
         let id = ConnId(self.next_id());
         let request = self.next_request();
         let tenant_id = tenant.id.clone();
+        // A stream admitted by a token ends when the token does, as a WebSocket does
+        // (same deadline queue: streams and connections share the id space).
+        if let Some(expires) = grant.as_ref().map(|g| Millis(g.expires_ms)) {
+            let timer = self.conn_expiry.insert(expires, id);
+            self.conn_timers.insert(id, timer);
+        }
         let stream = Rc::new(
             RenStream::new(id, tenant, filter, client_id, head, request, limit).with_grant(grant),
         );
@@ -101,6 +107,9 @@ impl ShardCore {
     /// Forgets a stream that ended; the owner learns when no stream of its tenant is
     /// left on this shard.
     pub fn ren_close(&mut self, stream: &RenStream) {
+        if let Some(timer) = self.conn_timers.remove(&stream.id) {
+            self.conn_expiry.cancel(timer);
+        }
         if let Some(tenant) = self.ren.streams.close(stream.id) {
             let msg = RenMsg::Unwatch {
                 tenant: tenant.clone(),
@@ -418,6 +427,14 @@ impl ShardCore {
     }
 
     /// Closes every stream (shutdown).
+    /// The token of stream `id` expired: it is closed (`auth`), its client must come
+    /// back with a new one.
+    pub(super) fn ren_token_expired(&mut self, id: ConnId) {
+        if let Some(stream) = self.ren.streams.get(id) {
+            stream.close(CloseCode::AUTH_EXPIRED, "stream token expired");
+        }
+    }
+
     pub(super) fn ren_close_all(&mut self) {
         for stream in self.ren.streams.iter() {
             stream.close(CloseCode::GOING_AWAY, "server shutting down");

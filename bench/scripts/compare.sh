@@ -9,6 +9,8 @@
 #          --repeat R (each case R times, servers taking turns)  --shards N (Ringcast)
 #          --baseline BIN (adds server "baseline": another ringcast binary, e.g. the last
 #          commit's, for an A/B of an engine change in one run)
+#          --write-each (W1: the load generator writes each publish with its own
+#          `write`, a TCP segment each, instead of a burst's K in one)
 #
 # Every server runs pinned to CPU 0 and the load generator to CPU 1 (taskset), with the
 # same workload and payloads; each server is started fresh for every case and always
@@ -33,6 +35,7 @@ DURATION=3
 WARMUP=1
 QUICK=0
 SHARDS=1
+LOADGEN_EXTRA=""
 REPEAT=1
 BASELINE=""
 
@@ -48,7 +51,8 @@ while [ $# -gt 0 ]; do
     --shards) SHARDS=$2; shift ;;
     --repeat) REPEAT=$2; shift ;;
     --baseline) BASELINE=$(realpath "$2"); SERVERS="$SERVERS baseline"; shift ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    --write-each) LOADGEN_EXTRA="--write-each" ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -212,7 +216,7 @@ run_all() {
 for wl in $WORKLOADS; do
   case "$wl" in
     w1) for n in $SUBS; do for p in $PAYLOADS; do for k in $BURSTS; do
-          run_all w1 "$n" "$p" "$k"
+          run_all w1 "$n" "$p" "$k" $LOADGEN_EXTRA
         done; done; done ;;
     w3) for n in $W3_SUBS; do for p in $PAYLOADS; do
           run_all w3 "$n" "$p" 1 --rate "$W3_RATE"

@@ -5,7 +5,8 @@
 //! Reads go into one shared scratch buffer and frames are parsed in place; only the tail
 //! of a frame split across reads is kept per connection. Writes are queued per
 //! connection and flushed once per poll turn, so K publishes queued back to back leave
-//! in one `write`.
+//! in one `write` (or, with `write_each`, each publish as it is queued: one `write`
+//! and one TCP segment per publish).
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
@@ -182,6 +183,9 @@ pub struct Pool {
     scratch: Vec<u8>,
     text_out: Vec<u8>,
     dirty: Vec<ConnIx>,
+    /// Flush each publish as it is queued (one `write` per publish) instead of once
+    /// per turn.
+    pub write_each: bool,
     rng: u64,
     next_cid: u64,
     /// Connections in Connecting..Subscribing.
@@ -216,6 +220,7 @@ impl Pool {
             scratch: vec![0; 256 * 1024],
             text_out: Vec::new(),
             dirty: Vec::new(),
+            write_each: false,
             rng: 0x9e37_79b9_7f4a_7c15,
             next_cid: 0,
             in_progress: 0,
@@ -358,6 +363,9 @@ impl Pool {
             }
         }
         self.text_out = text;
+        if self.write_each {
+            self.flush_dirty();
+        }
         let id = id as usize;
         if self.tracker.pending.len() <= id {
             self.tracker.pending.resize(

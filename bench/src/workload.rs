@@ -39,6 +39,8 @@ pub struct Config {
     pub warmup_s: f64,
     /// Bursts in flight in closed loop.
     pub window: usize,
+    /// Each publish in its own `write` (else a burst's K in one).
+    pub write_each: bool,
     /// Server process for CPU and RSS.
     pub server_pid: Option<u32>,
     /// Publisher connections (W2/W6).
@@ -254,6 +256,8 @@ fn server_report(cfg: &Config, r: &mut Report, cpu0: Option<f64>, deliveries: u6
 fn fanout(cfg: &Config, rate: Option<f64>, r: &mut Report) -> anyhow::Result<()> {
     let start = Instant::now();
     let mut pool = Pool::new(&cfg.url, cfg.protocol, start)?;
+    pool.write_each = cfg.write_each;
+    r.str("writes", if cfg.write_each { "each" } else { "burst" });
     let n = cfg.subscribers;
     let mut specs = vec![vec!["bench".to_string()]; n];
     specs.push(Vec::new());

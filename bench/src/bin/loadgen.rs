@@ -51,6 +51,10 @@ struct Args {
     /// Bursts in flight in closed loop (w1).
     #[arg(long, default_value_t = 1)]
     window: usize,
+    /// Write each publish with its own `write` (a TCP segment each, as clients that
+    /// send one message at a time do) instead of the K of a burst in one.
+    #[arg(long)]
+    write_each: bool,
     /// Server process id, for CPU seconds and RSS from /proc.
     #[arg(long)]
     server_pid: Option<u32>,
@@ -102,6 +106,7 @@ fn main() {
         duration_s: a.duration_s,
         warmup_s: a.warmup_s,
         window: a.window.max(1),
+        write_each: a.write_each,
         server_pid: a.server_pid,
         publishers: a.publishers.max(1),
         max_inflight: a.max_inflight.max(1),

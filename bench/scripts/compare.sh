@@ -11,6 +11,7 @@
 #          commit's, for an A/B of an engine change in one run)
 #          --write-each (W1: the load generator writes each publish with its own
 #          `write`, a TCP segment each, instead of a burst's K in one)
+#          --w1-publishers P (W1: P publisher connections, a burst in flight on each)
 #
 # Every server runs pinned to CPU 0 and the load generator to CPU 1 (taskset), with the
 # same workload and payloads; each server is started fresh for every case and always
@@ -51,7 +52,8 @@ while [ $# -gt 0 ]; do
     --shards) SHARDS=$2; shift ;;
     --repeat) REPEAT=$2; shift ;;
     --baseline) BASELINE=$(realpath "$2"); SERVERS="$SERVERS baseline"; shift ;;
-    --write-each) LOADGEN_EXTRA="--write-each" ;;
+    --write-each) LOADGEN_EXTRA="$LOADGEN_EXTRA --write-each" ;;
+    --w1-publishers) LOADGEN_EXTRA="$LOADGEN_EXTRA --publishers $2 --window $2"; shift ;;
     -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac

@@ -43,7 +43,7 @@ pub struct Config {
     pub write_each: bool,
     /// Server process for CPU and RSS.
     pub server_pid: Option<u32>,
-    /// Publisher connections (W2/W6).
+    /// Publisher connections (W1/W3 default 1, the others 4).
     pub publishers: usize,
     /// Handshakes in flight while ramping.
     pub max_inflight: usize,
@@ -259,14 +259,20 @@ fn fanout(cfg: &Config, rate: Option<f64>, r: &mut Report) -> anyhow::Result<()>
     pool.write_each = cfg.write_each;
     r.str("writes", if cfg.write_each { "each" } else { "burst" });
     let n = cfg.subscribers;
+    let publishers = cfg.publishers.max(1);
     let mut specs = vec![vec!["bench".to_string()]; n];
-    specs.push(Vec::new());
+    specs.extend((0..publishers).map(|_| Vec::new()));
+    let total = n + publishers;
     let (ixs, secs, errors) =
         pool.connect_all(specs, cfg.max_inflight, Duration::from_secs(120))?;
-    anyhow::ensure!(errors == 0, "{errors} of {} connections failed", n + 1);
-    connect_report(&pool, r, secs, n + 1);
-    let publisher = *ixs.last().expect("publisher");
-    let mut tr = Traffic::new(vec![publisher], vec![("bench".to_string(), n as u32)], cfg);
+    anyhow::ensure!(errors == 0, "{errors} of {total} connections failed");
+    connect_report(&pool, r, secs, total);
+    r.int("publishers", publishers as u64);
+    let mut tr = Traffic::new(
+        ixs[n..].to_vec(),
+        vec![("bench".to_string(), n as u32)],
+        cfg,
+    );
 
     // Warm-up, then let everything in flight land before measuring.
     match rate {

@@ -58,9 +58,11 @@ struct Args {
     /// Server process id, for CPU seconds and RSS from /proc.
     #[arg(long)]
     server_pid: Option<u32>,
-    /// Publisher connections (w2/w6, http-publish, ws-publish).
-    #[arg(long, default_value_t = 4)]
-    publishers: usize,
+    /// Publisher connections: w1/w3 default 1 (bursts go round-robin over them; give
+    /// `--window` as many bursts in flight to keep them all busy), w2/w6, http-publish
+    /// and ws-publish default 4.
+    #[arg(long)]
+    publishers: Option<usize>,
     /// Handshakes in flight while connecting.
     #[arg(long, default_value_t = 512)]
     max_inflight: usize,
@@ -89,7 +91,15 @@ fn main() {
         );
         std::process::exit(2);
     };
-    let needed = a.subscribers + a.publishers + 64;
+    let publishers = a
+        .publishers
+        .unwrap_or(if matches!(a.workload.as_str(), "w1" | "w3") {
+            1
+        } else {
+            4
+        })
+        .max(1);
+    let needed = a.subscribers + publishers + 64;
     if needed as u64 > nofile && a.workload != "w4" {
         eprintln!("{needed} sockets needed but RLIMIT_NOFILE is {nofile}");
         std::process::exit(2);
@@ -108,7 +118,7 @@ fn main() {
         window: a.window.max(1),
         write_each: a.write_each,
         server_pid: a.server_pid,
-        publishers: a.publishers.max(1),
+        publishers,
         max_inflight: a.max_inflight.max(1),
         stopped_pct: a.stopped_pct,
         churn_per_s: a.churn_per_s,

@@ -502,58 +502,70 @@ fn a_stream_closed_before_its_answer_is_forgotten() {
     assert!(take(&cluster.connect(0)).is_empty());
 }
 
-#[test]
-fn a_private_channels_events_reach_only_streams_whose_token_allows_them() {
+/// Two shards whose dev tenant has a token key.
+fn cluster_with_token_key() -> Cluster {
     use ringcast_engine::tenant::TokenKeyConfig;
-    use ringcast_engine::token::{self, MintRequest, Permission};
-    let mut cluster = Cluster::with(2, |config| {
+    Cluster::with(2, |config| {
         config.tenants[0].token_keys = vec![TokenKeyConfig {
             kid: "k1".into(),
             secret: "dev-secret-0123456789abcdef-0123456789".into(),
         }];
-    });
+    })
+}
+
+/// A verified grant of the dev tenant on `channel`, minted now, valid `secs`.
+fn grant_on(
+    cluster: &Cluster,
+    channel: &str,
+    permissions: Vec<ringcast_engine::token::Permission>,
+    secs: u64,
+) -> ringcast_engine::token::Grant {
+    use ringcast_engine::token::{self, MintRequest};
     let tenant = cluster.shared.tenants.load().resolve(None).expect("dev");
     let now = cluster.clock.now().0;
-    let grant = |channel: &str, permissions: Vec<Permission>| {
-        let request = MintRequest {
-            channels: vec![channel.to_owned()],
-            user: Some("u".into()),
-            permissions,
-            expires_in_secs: 60,
-            kid: None,
-        };
-        let jwt = token::mint(&tenant, &request, now).unwrap();
-        token::verify(&jwt, &tenant, now).unwrap()
+    let request = MintRequest {
+        channels: vec![channel.to_owned()],
+        user: Some("u".into()),
+        permissions,
+        expires_in_secs: secs,
+        kid: None,
     };
-    let open_granted = |cluster: &mut Cluster, shard: usize, grant| {
-        let filter = RenFilter::parse(Some("*")).unwrap();
-        let stream = cluster.shards[shard].ren_open_with(
-            tenant.clone(),
-            filter,
-            "cid",
-            Resume::Fresh,
-            b"HEAD".to_vec(),
-            grant,
-        );
-        cluster.pump();
-        assert_eq!(chunks(&stream), vec![Chunk::Head, Chunk::Opened]);
-        stream
-    };
-    let allowed = open_granted(
-        &mut cluster,
-        0,
-        Some(grant("private-vip", vec![Permission::Subscribe])),
+    let jwt = token::mint(&tenant, &request, now).unwrap();
+    token::verify(&jwt, &tenant, now).unwrap()
+}
+
+/// A fresh `*` stream of the dev tenant on `shard`, admitted with `grant`, opened.
+fn open_granted(
+    cluster: &mut Cluster,
+    shard: usize,
+    grant: Option<ringcast_engine::token::Grant>,
+) -> Rc<RenStream> {
+    let tenant = cluster.shared.tenants.load().resolve(None).expect("dev");
+    let filter = RenFilter::parse(Some("*")).unwrap();
+    let stream = cluster.shards[shard].ren_open_with(
+        tenant,
+        filter,
+        "cid",
+        Resume::Fresh,
+        b"HEAD".to_vec(),
+        grant,
     );
-    let elsewhere = open_granted(
-        &mut cluster,
-        1,
-        Some(grant("private-other", vec![Permission::Subscribe])),
-    );
-    let publish_only = open_granted(
-        &mut cluster,
-        1,
-        Some(grant("private-vip", vec![Permission::Publish])),
-    );
+    cluster.pump();
+    assert_eq!(chunks(&stream), vec![Chunk::Head, Chunk::Opened]);
+    stream
+}
+
+#[test]
+fn a_private_channels_events_reach_only_streams_whose_token_allows_them() {
+    use ringcast_engine::token::Permission;
+    let mut cluster = cluster_with_token_key();
+    let tenant = cluster.shared.tenants.load().resolve(None).expect("dev");
+    let vip = grant_on(&cluster, "private-vip", vec![Permission::Subscribe], 60);
+    let other = grant_on(&cluster, "private-other", vec![Permission::Subscribe], 60);
+    let vip_publish = grant_on(&cluster, "private-vip", vec![Permission::Publish], 60);
+    let allowed = open_granted(&mut cluster, 0, Some(vip));
+    let elsewhere = open_granted(&mut cluster, 1, Some(other));
+    let publish_only = open_granted(&mut cluster, 1, Some(vip_publish));
     let anonymous = open_live(&mut cluster, 0, "*");
 
     let data = Bytes::from_static(b"\"secret\"");
@@ -595,45 +607,13 @@ fn a_private_channels_events_reach_only_streams_whose_token_allows_them() {
 
 #[test]
 fn a_stream_admitted_by_a_token_is_closed_when_the_token_expires() {
-    use ringcast_engine::tenant::TokenKeyConfig;
-    use ringcast_engine::token::{self, MintRequest, Permission, SKEW_SECS};
-    let mut cluster = Cluster::with(2, |config| {
-        config.tenants[0].token_keys = vec![TokenKeyConfig {
-            kid: "k1".into(),
-            secret: "dev-secret-0123456789abcdef-0123456789".into(),
-        }];
-    });
-    let tenant = cluster.shared.tenants.load().resolve(None).expect("dev");
-    let now = cluster.clock.now().0;
-    let request = MintRequest {
-        channels: vec!["private-vip".to_owned()],
-        user: Some("u".into()),
-        permissions: vec![Permission::Subscribe],
-        expires_in_secs: 5,
-        kid: None,
-    };
-    let jwt = token::mint(&tenant, &request, now).unwrap();
-    let grant = token::verify(&jwt, &tenant, now).unwrap();
-    let open = |cluster: &mut Cluster, grant| {
-        let filter = RenFilter::parse(Some("*")).unwrap();
-        let stream = cluster.shards[1].ren_open_with(
-            tenant.clone(),
-            filter,
-            "cid",
-            Resume::Fresh,
-            b"HEAD".to_vec(),
-            grant,
-        );
-        cluster.pump();
-        stream
-    };
-    let granted = open(&mut cluster, Some(grant));
-    let anonymous = open(&mut cluster, None);
+    use ringcast_engine::token::{Permission, SKEW_SECS};
+    let mut cluster = cluster_with_token_key();
+    let grant = grant_on(&cluster, "private-vip", vec![Permission::Subscribe], 5);
+    let granted = open_granted(&mut cluster, 1, Some(grant.clone()));
+    let anonymous = open_granted(&mut cluster, 1, None);
     // One that leaves before its token expires has its deadline cancelled with it.
-    let left = open(
-        &mut cluster,
-        Some(token::verify(&jwt, &tenant, now).unwrap()),
-    );
+    let left = open_granted(&mut cluster, 1, Some(grant));
     left.mark_closed();
     cluster.shards[1].ren_close(&left);
 

@@ -162,19 +162,12 @@ impl Server {
         Ok((Server::start_raw(args, dir)?, path))
     }
 
-    /// `ringcast serve --dev --config FILE` where the dev tenant has `presence_ttl_secs`;
-    /// the directory holding FILE comes back with the server.
-    pub fn start_dev_with_presence_ttl(ttl_secs: u64) -> Result<(Server, tempfile::TempDir)> {
-        let dir = tempfile::tempdir()?;
-        let path = dir.path().join("ringcast.toml");
-        std::fs::write(
-            &path,
-            format!(
-                "[[tenants]]\nid = \"dev\"\nplan = \"enterprise\"\npresence_ttl_secs = {ttl_secs}\n"
-            ),
-        )?;
-        let server = Server::start(&["--config", &path.display().to_string()])?;
-        Ok((server, dir))
+    /// [`Server::start_with_config`] with `--dev`, the dev tenant on `presence_ttl_secs`.
+    pub fn start_dev_with_presence_ttl(ttl_secs: u64) -> Result<Server> {
+        let toml = format!(
+            "[[tenants]]\nid = \"dev\"\nplan = \"enterprise\"\npresence_ttl_secs = {ttl_secs}\n"
+        );
+        Ok(Server::start_with_config(&toml, &["--dev"])?.0)
     }
 
     /// Runs `ringcast ARGS` exactly as given (no defaults added); `data_dir` is kept alive

@@ -649,7 +649,7 @@ fn presence_over_http_is_seen_by_websocket_subscribers() -> Result<()> {
 
 #[test]
 fn an_http_join_expires_after_the_ttl_unless_joined_again() -> Result<()> {
-    let (server, _conf) = Server::start_dev_with_presence_ttl(2)?;
+    let server = Server::start_dev_with_presence_ttl(2)?;
     let channel = "room:ttl";
     let mut watcher = Client::open(&server, "")?;
     watcher.subscribe(channel)?;

@@ -8,7 +8,7 @@ use ringcast_tests::{json, Client, Server};
 
 #[test]
 fn a_dropped_member_expires_after_the_configured_ttl() -> Result<()> {
-    let (server, _conf) = Server::start_dev_with_presence_ttl(2)?;
+    let server = Server::start_dev_with_presence_ttl(2)?;
     let channel = "room:ttl";
     // One watcher per spelling, on whichever shards they land.
     let mut watcher = Client::open(&server, "")?;

@@ -269,11 +269,17 @@ impl Fronted {
 }
 
 /// A temp directory with a certificate, Ringcast behind a proxy, a free port and the
-/// proxy's run directory.
-fn prepare(
-    name: &str,
-    proxy_protocol: bool,
-) -> Result<(tempfile::TempDir, TestCert, Server, u16, PathBuf)> {
+/// proxy's run directory: all a terminator needs before it starts.
+struct Prepared {
+    name: &'static str,
+    dir: tempfile::TempDir,
+    cert: TestCert,
+    server: Server,
+    port: u16,
+    run_dir: PathBuf,
+}
+
+fn prepare(name: &'static str, proxy_protocol: bool) -> Result<Prepared> {
     let dir = tempfile::Builder::new()
         .prefix(&format!("ringcast-{name}-"))
         .tempdir()?;
@@ -282,82 +288,90 @@ fn prepare(
     let port = free_port()?;
     let run_dir = dir.path().join("run");
     fs::create_dir(&run_dir)?;
-    Ok((dir, cert, server, port, run_dir))
+    Ok(Prepared {
+        name,
+        dir,
+        cert,
+        server,
+        port,
+        run_dir,
+    })
+}
+
+impl Prepared {
+    /// Starts the terminator with `cmd` and waits until it listens.
+    fn front(self, cmd: Command) -> Result<Fronted> {
+        let terminator = Terminator::start(self.name, cmd, &self.run_dir, self.port)?;
+        Ok(Fronted {
+            terminator,
+            server: self.server,
+            cert: self.cert,
+            _dir: self.dir,
+        })
+    }
 }
 
 fn nginx_in_front() -> Result<Fronted> {
-    let (dir, cert, server, port, run_dir) = prepare("nginx", false)?;
-    let conf = run_dir.join("nginx.conf");
+    let p = prepare("nginx", false)?;
+    let conf = p.run_dir.join("nginx.conf");
     fs::write(
         &conf,
         render(
             &tuning("nginx.conf"),
             &[
-                ("LISTEN", format!("127.0.0.1:{port}")),
-                ("UPSTREAM", server.addr().to_string()),
-                ("CERT", cert.cert.display().to_string()),
-                ("KEY", cert.key.display().to_string()),
-                ("RUN_DIR", run_dir.display().to_string()),
+                ("LISTEN", format!("127.0.0.1:{}", p.port)),
+                ("UPSTREAM", p.server.addr().to_string()),
+                ("CERT", p.cert.cert.display().to_string()),
+                ("KEY", p.cert.key.display().to_string()),
+                ("RUN_DIR", p.run_dir.display().to_string()),
             ],
         )?,
     )?;
     let mut cmd = Command::new(program("nginx"));
     cmd.arg("-p")
-        .arg(&run_dir)
+        .arg(&p.run_dir)
         .arg("-e")
-        .arg(run_dir.join("error.log"))
+        .arg(p.run_dir.join("error.log"))
         .arg("-c")
         .arg(&conf)
         .args(["-g", "daemon off;"]);
-    let terminator = Terminator::start("nginx", cmd, &run_dir, port)?;
-    Ok(Fronted {
-        terminator,
-        server,
-        cert,
-        _dir: dir,
-    })
+    p.front(cmd)
 }
 
 fn haproxy_in_front() -> Result<Fronted> {
-    let (dir, cert, server, port, run_dir) = prepare("haproxy", true)?;
-    let conf = run_dir.join("haproxy.cfg");
+    let p = prepare("haproxy", true)?;
+    let conf = p.run_dir.join("haproxy.cfg");
     fs::write(
         &conf,
         render(
             &tuning("haproxy.cfg"),
             &[
-                ("LISTEN", format!("127.0.0.1:{port}")),
-                ("UPSTREAM", server.addr().to_string()),
-                ("CERT_PEM", cert.combined.display().to_string()),
-                ("RUN_DIR", run_dir.display().to_string()),
+                ("LISTEN", format!("127.0.0.1:{}", p.port)),
+                ("UPSTREAM", p.server.addr().to_string()),
+                ("CERT_PEM", p.cert.combined.display().to_string()),
+                ("RUN_DIR", p.run_dir.display().to_string()),
             ],
         )?,
     )?;
     let mut cmd = Command::new(program("haproxy"));
     cmd.arg("-db").arg("-f").arg(&conf);
-    let terminator = Terminator::start("haproxy", cmd, &run_dir, port)?;
-    Ok(Fronted {
-        terminator,
-        server,
-        cert,
-        _dir: dir,
-    })
+    p.front(cmd)
 }
 
 fn caddy_in_front() -> Result<Fronted> {
-    let (dir, cert, server, port, run_dir) = prepare("caddy", false)?;
-    let conf = run_dir.join("Caddyfile");
+    let p = prepare("caddy", false)?;
+    let conf = p.run_dir.join("Caddyfile");
     fs::write(
         &conf,
         render(
             &tuning("Caddyfile"),
             &[
                 ("HOST", "127.0.0.1".to_owned()),
-                ("PORT", port.to_string()),
-                ("UPSTREAM", server.addr().to_string()),
-                ("CERT", cert.cert.display().to_string()),
-                ("KEY", cert.key.display().to_string()),
-                ("RUN_DIR", run_dir.display().to_string()),
+                ("PORT", p.port.to_string()),
+                ("UPSTREAM", p.server.addr().to_string()),
+                ("CERT", p.cert.cert.display().to_string()),
+                ("KEY", p.cert.key.display().to_string()),
+                ("RUN_DIR", p.run_dir.display().to_string()),
             ],
         )?,
     )?;
@@ -365,16 +379,10 @@ fn caddy_in_front() -> Result<Fronted> {
     cmd.args(["run", "--adapter", "caddyfile", "--config"])
         .arg(&conf)
         // Caddy keeps its own files under HOME / XDG dirs: keep them in the run dir.
-        .env("HOME", &run_dir)
-        .env("XDG_DATA_HOME", &run_dir)
-        .env("XDG_CONFIG_HOME", &run_dir);
-    let terminator = Terminator::start("caddy", cmd, &run_dir, port)?;
-    Ok(Fronted {
-        terminator,
-        server,
-        cert,
-        _dir: dir,
-    })
+        .env("HOME", &p.run_dir)
+        .env("XDG_DATA_HOME", &p.run_dir)
+        .env("XDG_CONFIG_HOME", &p.run_dir);
+    p.front(cmd)
 }
 
 #[test]

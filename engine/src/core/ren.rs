@@ -426,7 +426,6 @@ impl ShardCore {
         counters.ren_buffered.set(self.ren.logs.buffered() as u64);
     }
 
-    /// Closes every stream (shutdown).
     /// The token of stream `id` expired: it is closed (`auth`), its client must come
     /// back with a new one.
     pub(super) fn ren_token_expired(&mut self, id: ConnId) {
@@ -435,6 +434,7 @@ impl ShardCore {
         }
     }
 
+    /// Closes every stream (shutdown).
     pub(super) fn ren_close_all(&mut self) {
         for stream in self.ren.streams.iter() {
             stream.close(CloseCode::GOING_AWAY, "server shutting down");

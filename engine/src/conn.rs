@@ -9,13 +9,13 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use hashbrown::HashMap;
 use ringcast_protocol::event::PresenceSpelling;
 use ringcast_protocol::ws::close_frame;
 use ringcast_protocol::{ChannelName, CloseCode};
 
 use crate::keys::{ConnId, RequestId};
 use crate::outbound::{ConnState, Outbound, Pushed};
+use crate::subs::SubSet;
 use crate::tenant::Tenant;
 use crate::token::Grant;
 
@@ -35,7 +35,7 @@ pub struct Conn {
     /// The tenant it belongs to.
     pub tenant: Arc<Tenant>,
     /// Its subscriptions. Touched only by the shard's handlers, never across an `.await`.
-    pub subs: RefCell<HashMap<ChannelName, Sub>>,
+    pub subs: RefCell<SubSet>,
     /// The channels it joined presence in, with the userId it joined as (few per
     /// connection, bounded by the tenant's `max_presence_channels_per_connection`; empty
     /// costs no allocation). The members themselves live at each channel's owner.
@@ -77,7 +77,7 @@ impl Conn {
             id,
             presence_spelling: tenant.presence_spelling,
             tenant,
-            subs: RefCell::new(HashMap::new()),
+            subs: RefCell::new(SubSet::default()),
             presence: RefCell::new(Vec::new()),
             presence_seen: Cell::new(false),
             grant: None,

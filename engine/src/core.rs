@@ -313,7 +313,7 @@ impl ShardCore {
         if let Some(timer) = self.conn_timers.remove(&conn.id) {
             self.conn_expiry.cancel(timer);
         }
-        let subs = std::mem::take(&mut *conn.subs.borrow_mut());
+        let subs = conn.subs.borrow_mut().take_all();
         for (channel, sub) in subs {
             self.cancel_sub_timer(Some(sub));
             let key = ChannelKey::new(conn.tenant.id.clone(), channel);
@@ -1344,7 +1344,7 @@ impl ShardCore {
     ) {
         let conn = self.conns.get(&conn_id).cloned();
         let waiting =
-            conn.filter(|c| c.subs.borrow().get(&key.channel) == Some(&Sub::Pending(request)));
+            conn.filter(|c| c.subs.borrow().get(&key.channel) == Some(Sub::Pending(request)));
         let activate = waiting.clone().filter(|_| ok);
         let mut watch = self.local.finish_subscribe(key, activate);
         if let Some(conn) = &waiting {
@@ -1584,7 +1584,7 @@ impl ShardCore {
         let Some(conn) = self.conns.get(&expiry.conn).cloned() else {
             return;
         };
-        let state = conn.subs.borrow().get(&expiry.channel).copied();
+        let state = conn.subs.borrow().get(&expiry.channel);
         let active = match state {
             Some(Sub::Active(request)) if request == expiry.request => true,
             Some(Sub::Pending(request)) if request == expiry.request => false,

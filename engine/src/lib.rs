@@ -50,6 +50,7 @@ pub mod server;
 pub mod session;
 pub mod shard;
 pub mod shared;
+pub mod subs;
 pub mod tenant;
 pub mod token;
 pub mod topic_table;

@@ -25,7 +25,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::rc::Rc;
 use std::task::{Poll, Waker};
 use std::time::Duration;
@@ -345,58 +345,67 @@ pub struct WriteMeter {
 /// The writer task: one `writev` per turn with everything queued, until closed. `owner`
 /// is whatever holds the queue (a WebSocket connection, an SSE stream); `meter` counts
 /// bytes written and frames per `writev` on the writer's shard.
-pub async fn run_writer<C, W>(owner: Rc<C>, mut writer: W, meter: WriteMeter)
+///
+/// A function returning an `async move` block rather than an `async fn`, so its
+/// arguments are kept once in the task, not twice (see `session::run_session`).
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps its arguments twice"
+)]
+pub fn run_writer<C, W>(owner: Rc<C>, mut writer: W, meter: WriteMeter) -> impl Future<Output = ()>
 where
     C: AsRef<Outbound>,
     W: AsyncWriteRent,
 {
-    let out: &Outbound = (*owner).as_ref();
-    let mut batch = FrameBatch::default();
-    loop {
-        out.until_writable().await;
-        if out.trim_requested.replace(false) {
-            batch.trim();
-        }
-        let state = {
-            let mut queue = out.queue.borrow_mut();
-            batch.fill_from(&mut queue.frames);
-            queue.state
-        };
-        if batch.is_empty() {
-            if state != ConnState::Open {
-                break;
+    async move {
+        let out: &Outbound = (*owner).as_ref();
+        let mut batch = FrameBatch::default();
+        loop {
+            out.until_writable().await;
+            if out.trim_requested.replace(false) {
+                batch.trim();
             }
-            continue;
+            let state = {
+                let mut queue = out.queue.borrow_mut();
+                batch.fill_from(&mut queue.frames);
+                queue.state
+            };
+            if batch.is_empty() {
+                if state != ConnState::Open {
+                    break;
+                }
+                continue;
+            }
+            meter
+                .counters
+                .write_batch_frames
+                .observe(batch.frames() as u64);
+            let written = if state == ConnState::Open {
+                // Boxed: the write's state (the in-flight op, the select) lives on the heap
+                // only while writing, so an idle connection's task stays small.
+                Box::pin(write_batch(out, &mut writer, &mut batch, &meter)).await
+            } else {
+                // Closing: the last frames get a deadline (boxed: a rare path kept out of
+                // every idle connection's task).
+                let flush = monoio::time::timeout(
+                    CLOSE_FLUSH_TIMEOUT,
+                    write_batch(out, &mut writer, &mut batch, &meter),
+                );
+                Box::pin(flush).await.unwrap_or(false)
+            };
+            if !written {
+                out.mark_closed();
+                return;
+            }
+            out.buffers.set(Buffers::Busy);
         }
-        meter
-            .counters
-            .write_batch_frames
-            .observe(batch.frames() as u64);
-        let written = if state == ConnState::Open {
-            // Boxed: the write's state (the in-flight op, the select) lives on the heap
-            // only while writing, so an idle connection's task stays small.
-            Box::pin(write_batch(out, &mut writer, &mut batch, &meter)).await
-        } else {
-            // Closing: the last frames get a deadline (boxed: a rare path kept out of
-            // every idle connection's task).
-            let flush = monoio::time::timeout(
+        if matches!(out.state(), ConnState::Closing(_)) {
+            let _ = Box::pin(monoio::time::timeout(
                 CLOSE_FLUSH_TIMEOUT,
-                write_batch(out, &mut writer, &mut batch, &meter),
-            );
-            Box::pin(flush).await.unwrap_or(false)
-        };
-        if !written {
-            out.mark_closed();
-            return;
+                writer.shutdown(),
+            ))
+            .await;
         }
-        out.buffers.set(Buffers::Busy);
-    }
-    if matches!(out.state(), ConnState::Closing(_)) {
-        let _ = Box::pin(monoio::time::timeout(
-            CLOSE_FLUSH_TIMEOUT,
-            writer.shutdown(),
-        ))
-        .await;
     }
 }
 

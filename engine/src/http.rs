@@ -22,7 +22,7 @@
 //! status, with its time from the complete request to the answer written; a connection
 //! that ends here (not upgraded) is counted with its [`CloseReason`].
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -69,17 +69,16 @@ const LINGER: Duration = Duration::from_secs(1);
 /// After an error answer, how many bytes the server reads and drops, at most.
 const LINGER_BYTES: usize = 64 * 1024;
 
-/// Serves one accepted connection. `slot` is `None` when the server is full: the request
-/// head is read and answered with 503.
+/// Serves one accepted connection from `peer` (the address `accept` gave). `slot` is
+/// `None` when the server is full: the request head is read and answered with 503.
 pub async fn serve_connection(
     shard: Rc<Shard>,
     mut stream: TcpStream,
+    peer: SocketAddr,
     slot: Option<ConnectionSlot>,
 ) {
     let mut buf: Vec<u8> = Vec::with_capacity(1024);
-    let peer = stream
-        .peer_addr()
-        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| canonical(a.ip()));
+    let peer = canonical(peer.ip());
     // The client the close is logged with: the peer until a request names another.
     let mut client = peer;
     let served = serve_requests(&shard, &mut stream, &mut buf, &mut client, slot.is_some()).await;

@@ -230,6 +230,9 @@ fn bind_listeners(
         socket.set_reuse_address(true)?;
         socket.set_reuse_port(true)?;
         socket.set_nonblocking(true)?;
+        // Accepted sockets inherit TCP_NODELAY from the listener on Linux: no
+        // `setsockopt` per connection.
+        socket.set_tcp_nodelay(true)?;
         socket.bind(&bound.into())?;
         socket.listen(4096)?;
         // With port 0 the first bind picks the port; the other shards join it.
@@ -349,10 +352,9 @@ async fn accept_loop(shard: Rc<Shard>, listener: monoio::net::TcpListener) {
         };
         match accepted {
             None => break,
-            Some(Ok((stream, _))) => {
-                let _ = stream.set_nodelay(true);
+            Some(Ok((stream, peer))) => {
                 let slot = ConnectionSlot::acquire(&shard.shared, shard.id);
-                monoio::spawn(serve_connection(shard.clone(), stream, slot));
+                monoio::spawn(serve_connection(shard.clone(), stream, peer, slot));
             }
             Some(Err(e)) => {
                 // Typically EMFILE: back off instead of spinning.
@@ -375,4 +377,31 @@ async fn yield_now() {
         Poll::Pending
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepted_sockets_inherit_nodelay_from_the_listener() {
+        let (listeners, addr) = bind_listeners("127.0.0.1:0".parse().unwrap(), 2).unwrap();
+        assert_eq!(listeners.len(), 2);
+        let _client = std::net::TcpStream::connect(addr).unwrap();
+        // The kernel spreads connections over the SO_REUSEPORT group: poll both, bounded.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let accepted = loop {
+            if let Some(Ok((stream, _))) = listeners.iter().map(|l| l.accept()).find(Result::is_ok)
+            {
+                break stream;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no connection accepted"
+            );
+            std::thread::yield_now();
+        };
+        let nodelay = socket2::SockRef::from(&accepted).tcp_nodelay().unwrap();
+        assert!(nodelay, "the server sets TCP_NODELAY only on its listeners");
+    }
 }

@@ -228,3 +228,59 @@ fn housekeeping_runs_on_the_injected_clock() {
         cluster.clock.now().plus(1_000)
     );
 }
+
+/// One connection on more channels than its subscription set scans (it then hashes):
+/// every channel delivers, a repeated subscribe replaces rather than duplicates, an
+/// unsubscribe stops exactly that channel, and closing the connection leaves no
+/// subscriber behind on any shard.
+#[test]
+fn a_connection_on_forty_channels_across_two_shards() {
+    let mut cluster = Cluster::new(2);
+    let (reader, publisher) = (cluster.connect(0), cluster.connect(1));
+    let channels: Vec<String> = (0..40).map(|i| format!("many:{i}")).collect();
+    for channel in &channels {
+        let subscribe = format!(r#"{{"action":"subscribe","channel":"{channel}"}}"#);
+        cluster.send(0, &reader, &subscribe);
+    }
+    cluster.send(0, &reader, r#"{"action":"subscribe","channel":"many:7"}"#);
+    cluster.pump();
+    let subscribed = take(&reader);
+    assert_eq!(subscribed.len(), 41, "{subscribed:?}");
+    assert!(subscribed.iter().all(|e| e["event"] == "subscribed"));
+    assert_eq!(
+        reader.subs.borrow().len(),
+        40,
+        "the repeat replaced its entry"
+    );
+
+    cluster.send(0, &reader, r#"{"action":"unsubscribe","channel":"many:3"}"#);
+    cluster.pump();
+    assert_eq!(take(&reader)[0]["event"], "unsubscribed");
+    for channel in &channels {
+        let publish = format!(r#"{{"action":"publish","channel":"{channel}","data":1}}"#);
+        cluster.send(1, &publisher, &publish);
+    }
+    cluster.pump();
+    let mut got: Vec<String> = take(&reader)
+        .iter()
+        .map(|e| e["channel"].as_str().unwrap().to_string())
+        .collect();
+    got.sort();
+    let mut want: Vec<String> = channels
+        .iter()
+        .filter(|c| *c != "many:3")
+        .cloned()
+        .collect();
+    want.sort();
+    assert_eq!(got, want, "each followed channel once, many:3 not at all");
+
+    let text = cluster.shared.render_metrics(false);
+    assert!(text.contains("\nringcast_subscriptions 39\n"), "{text}");
+    cluster.shards[0].unregister_conn(&reader, None);
+    cluster.pump();
+    let text = cluster.shared.render_metrics(false);
+    assert!(
+        text.contains("\nringcast_subscriptions 0\n"),
+        "every entry left: {text}"
+    );
+}

@@ -237,11 +237,35 @@ pub(crate) struct State {
 }
 
 fn state_crc(epoch: u64, s: &[u8]) -> u32 {
-    let mut c = crc32fast::Hasher::new();
-    c.update(&epoch.to_le_bytes());
-    c.update(&s[..STATE_CRC_AT]);
-    c.update(&s[STATE_CRC_AT + 4..STATE_LEN]);
-    c.finalize()
+    crc_of(&[
+        &epoch.to_le_bytes(),
+        &s[..STATE_CRC_AT],
+        &s[STATE_CRC_AT + 4..STATE_LEN],
+    ])
+}
+
+/// Inputs up to this many bytes are gathered before their checksum is taken.
+const GATHER_UP_TO: usize = 256;
+
+/// CRC-32 of `parts`, in order (the same value as feeding them to one hasher). Short
+/// inputs are first copied into one stack buffer: crc32fast pays a fixed cost per call,
+/// which for a 50–150-byte state or record is a third of the checksum's time.
+fn crc_of(parts: &[&[u8]]) -> u32 {
+    let total: usize = parts.iter().map(|p| p.len()).sum();
+    if total > GATHER_UP_TO {
+        let mut c = crc32fast::Hasher::new();
+        for part in parts {
+            c.update(part);
+        }
+        return c.finalize();
+    }
+    let mut gathered = [0u8; GATHER_UP_TO];
+    let mut at = 0;
+    for part in parts {
+        gathered[at..at + part.len()].copy_from_slice(part);
+        at += part.len();
+    }
+    crc32fast::hash(&gathered[..at])
 }
 
 /// Byte range of the state slot that `generation` selects, within the slot.
@@ -308,11 +332,7 @@ pub(crate) fn record_len(uid_len: usize, payload_len: usize) -> u64 {
 }
 
 fn entry_crc(epoch: u64, head: &[u8], body: &[u8]) -> u32 {
-    let mut c = crc32fast::Hasher::new();
-    c.update(&epoch.to_le_bytes());
-    c.update(&head[4..]);
-    c.update(body);
-    c.finalize()
+    crc_of(&[&epoch.to_le_bytes(), &head[4..], body])
 }
 
 /// What a record holds, as `append` receives it.

@@ -126,3 +126,30 @@ fn slot_and_segment_headers_round_trip_and_reject_damage() {
     file[17] ^= 1;
     assert!(read_segment_header(&file).is_err());
 }
+
+#[test]
+fn gathered_checksums_equal_one_hasher_fed_every_part() {
+    let bytes: Vec<u8> = (0..700u32).map(|i| (i * 31 % 251) as u8).collect();
+    for total in [
+        0,
+        1,
+        52,
+        113,
+        GATHER_UP_TO - 1,
+        GATHER_UP_TO,
+        GATHER_UP_TO + 1,
+        700,
+    ] {
+        for cut in [0, total / 3, total] {
+            let (a, rest) = bytes[..total].split_at(cut.min(total));
+            let (b, c) = rest.split_at(rest.len() / 2);
+            let mut one = crc32fast::Hasher::new();
+            one.update(&bytes[..total]);
+            assert_eq!(
+                crc_of(&[a, b, c]),
+                one.finalize(),
+                "total {total}, cut {cut}"
+            );
+        }
+    }
+}

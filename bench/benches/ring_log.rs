@@ -83,6 +83,22 @@ fn reopen(c: &mut Criterion) {
             log
         });
     });
+    // A small channel's file, the format-1 counterpart of one of
+    // `shard_store/reopen_rings`' 10,000 rings.
+    let small = dir.path().join("small.rlog");
+    {
+        let (mut log, _) = RingLog::open(&small, KEY, &cfg).expect("open");
+        for i in 0..10 {
+            log.append(i, None, &[b'z'; 64]).expect("append");
+        }
+    }
+    c.bench_function("ring_log/reopen_10", |b| {
+        b.iter(|| {
+            let (log, _) = RingLog::open(&small, KEY, &cfg).expect("reopen");
+            assert_eq!(log.len(), 10);
+            log
+        });
+    });
 }
 
 fn store_config() -> StoreConfig {
@@ -188,6 +204,35 @@ fn store_reopen(c: &mut Criterion) {
     });
 }
 
+/// Opens a store holding 10,000 rings of 10 records each (64 B): what a shard with many
+/// small channels does at start-up. Format 1 would open 10,000 files for the same
+/// channels (`ring_log/reopen_1000` is one of them).
+fn store_reopen_many(c: &mut Criterion) {
+    const RINGS: u64 = 10_000;
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let (mut s, _) = ShardStore::open(dir.path(), store_config()).expect("open");
+        for i in 0..RINGS {
+            let key = format!("bench/u:{i}");
+            let r = s.create(key.as_bytes(), Epoch(i + 1), 100).expect("create");
+            for n in 0..10 {
+                s.append(r, n, None, &[b'z'; 64], 0..64).expect("append");
+            }
+        }
+    }
+    let mut group = c.benchmark_group("shard_store/reopen_rings");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(RINGS));
+    group.bench_function("10000_of_10", |b| {
+        b.iter(|| {
+            let (s, report) = ShardStore::open(dir.path(), store_config()).expect("reopen");
+            assert_eq!(report.rings_kept, RINGS as usize);
+            s
+        });
+    });
+    group.finish();
+}
+
 criterion_group!(
     benches,
     append,
@@ -196,6 +241,7 @@ criterion_group!(
     store_append,
     store_create,
     store_replay,
-    store_reopen
+    store_reopen,
+    store_reopen_many
 );
 criterion_main!(benches);

@@ -35,12 +35,15 @@ use crate::deadline::{DeadlineQueue, TimerKey};
 use crate::history::HistoryStore;
 use crate::idempotency::{IdempotencyTable, Remembered};
 use crate::keys::{ChannelKey, ConnId, RequestId, ShardId};
-use crate::mesh::{Answer, Mesh, PublishReq, Question, ReplyTo, ShardMsg, SubscribeReq};
+use crate::mesh::{
+    Answer, HttpPublish, Mesh, PublishReq, Question, ReplyTo, ShardMsg, SubscribeReq,
+};
 use crate::metrics::{CloseReason, ShardCounters, Transport};
 use crate::outbound::Pushed;
 use crate::outgoing::Outgoing;
 use crate::owner::{ChannelLimitReached, OwnedChannels, ShardSet};
 use crate::presence::{Announce, PresenceEvent, PresenceHolder, PresenceTable};
+use crate::ren::MessageOrigin;
 use crate::requests::{answer_channel, AnswerReceiver, PendingRequests, RequestFailed, Waiter};
 use crate::shared::Shared;
 use crate::tenant::Tenant;
@@ -630,7 +633,7 @@ impl ShardCore {
             key: key.clone(),
             data: Bytes::copy_from_slice(publish.data),
             user_id,
-            idempotency_key: None,
+            http: None,
             reply: Some(ReplyTo {
                 shard: self.id,
                 request,
@@ -864,26 +867,34 @@ impl ShardCore {
         user_id: Option<Box<str>>,
         timeout_ms: u64,
     ) -> AnswerReceiver {
-        self.publish_for_task_once(key, data, user_id, None, timeout_ms)
+        self.publish_for_task_once(key, data, user_id, None, None, timeout_ms)
     }
 
     /// [`ShardCore::publish_for_task`] with an idempotency key: a publish whose key the
     /// owner remembers on this channel is answered with the first one's seq and ts.
+    /// `src` is the client the publish came from (its REN event's `src`).
     pub fn publish_for_task_once(
         &mut self,
         key: ChannelKey,
         data: Bytes,
         user_id: Option<Box<str>>,
         idempotency_key: Option<Box<str>>,
+        src: Option<Box<str>>,
         timeout_ms: u64,
     ) -> AnswerReceiver {
         let owner = key.owner(self.shards);
+        let http = (idempotency_key.is_some() || src.is_some()).then(|| {
+            Box::new(HttpPublish {
+                idempotency_key,
+                src,
+            })
+        });
         self.request_for_task(owner, timeout_ms, |reply| {
             ShardMsg::Publish(PublishReq {
                 key,
                 data,
                 user_id,
-                idempotency_key,
+                http,
                 reply: Some(reply),
             })
         })
@@ -994,7 +1005,8 @@ impl ShardCore {
 
     fn owner_publish(&mut self, mut req: PublishReq) {
         let now = self.now().0;
-        if let Some(idempotency_key) = &req.idempotency_key {
+        let idempotency_key = req.http.as_ref().and_then(|h| h.idempotency_key.as_ref());
+        if let Some(idempotency_key) = idempotency_key {
             if let Some(first) = self.idempotency.get(&req.key, idempotency_key, now) {
                 let answer = Answer::Published {
                     seq: first.seq,
@@ -1074,7 +1086,11 @@ impl ShardCore {
             };
             self.send_to(shard, deliver);
         }
-        self.mirror_to_ren(&req.key, &frame, ren_data, req.user_id.as_deref(), seq, now);
+        let origin = MessageOrigin {
+            uid: req.user_id.as_deref(),
+            src: req.http.as_ref().and_then(|h| h.src.as_deref()),
+        };
+        self.mirror_to_ren(&req.key, &frame, ren_data, origin, seq, now);
         let counters = self.shared.metrics.shard(self.id);
         counters.messages_published.inc();
         counters.history_appends.inc();
@@ -1086,7 +1102,7 @@ impl ShardCore {
         if seq == 1 {
             counters.history_rings.set(self.owned.ring_count() as u64);
         }
-        if let Some(idempotency_key) = req.idempotency_key.take() {
+        if let Some(idempotency_key) = req.http.as_mut().and_then(|h| h.idempotency_key.take()) {
             let first = Remembered { seq, ts: now };
             self.idempotency
                 .remember(&req.key, idempotency_key, first, now);

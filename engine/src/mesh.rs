@@ -251,12 +251,22 @@ pub struct PublishReq {
     pub data: Bytes,
     /// The `userId` to show on the message.
     pub user_id: Option<Box<str>>,
-    /// An HTTP publish's idempotency key: a retry with the same key (on the same
-    /// channel, within the TTL) is answered with the first publish's seq and ts and
-    /// publishes nothing.
-    pub idempotency_key: Option<Box<str>>,
+    /// What only HTTP publishes carry (boxed: a WebSocket publish stays small, and so
+    /// does every inbox slot).
+    pub http: Option<Box<HttpPublish>>,
     /// Where the owner sends `Answer::Published` or `Answer::Failed`; `None`: nobody waits.
     pub reply: Option<ReplyTo>,
+}
+
+/// The parts of a publish only the HTTP API gives.
+#[derive(Debug, Default)]
+pub struct HttpPublish {
+    /// Its idempotency key: a retry with the same key (on the same channel, within the
+    /// TTL) is answered with the first publish's seq and ts and publishes nothing.
+    pub idempotency_key: Option<Box<str>>,
+    /// The client it came from, as its `X-Ren-Client` names it: the `src` of its REN
+    /// event, so that client can skip its own writes.
+    pub src: Option<Box<str>>,
 }
 
 /// A subscribe on its way to the owner shard.

@@ -195,18 +195,20 @@ impl Shard {
         self.api_parser.borrow_mut().presence(action, body)
     }
 
-    /// [`Shard::publish`] with an idempotency key (see `idempotency.rs`).
+    /// [`Shard::publish`] with an idempotency key (see `idempotency.rs`) and the client
+    /// it came from (`src`, shown on its REN event).
     pub async fn publish_once(
         &self,
         key: ChannelKey,
         data: Bytes,
         user_id: Option<Box<str>>,
         idempotency_key: Option<Box<str>>,
+        src: Option<Box<str>>,
         timeout_ms: u64,
     ) -> Outcome {
         let answer =
             self.core()
-                .publish_for_task_once(key, data, user_id, idempotency_key, timeout_ms);
+                .publish_for_task_once(key, data, user_id, idempotency_key, src, timeout_ms);
         self.rearm_timer();
         answer.await
     }

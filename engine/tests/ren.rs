@@ -148,10 +148,13 @@ fn publishes_presence_and_app_events_reach_every_stream_whose_filter_takes_them(
     // A WebSocket publish on a channel owned by shard 1, from a connection on shard 0.
     let channel = cluster.channel_owned_by(1, "room:");
     publish(&mut cluster, 0, &channel, r#"{"text":"hi","n":1.50}"#);
-    // An HTTP publish on a channel owned by shard 0, asked from shard 1.
+    // An HTTP publish on a channel owned by shard 0, asked from shard 1, from the browser
+    // session `tab-7` (its `X-Ren-Client`).
     let other = cluster.channel_owned_by(0, "http:");
     let data = Bytes::from_static(b"[1,2]");
-    let mut rx = cluster.shards[1].publish_for_task(support::key(&other), data, None, 1_000);
+    let src = Some(Box::from("tab-7"));
+    let key = support::key(&other);
+    let mut rx = cluster.shards[1].publish_for_task_once(key, data, None, None, src, 1_000);
     cluster.pump();
     assert!(matches!(
         poll_answer(&mut rx),
@@ -213,7 +216,16 @@ fn publishes_presence_and_app_events_reach_every_stream_whose_filter_takes_them(
     assert_eq!(message["uid"], "alice");
     assert_eq!(message["v"], "1");
     assert_eq!(message["data"]["text"], "hi");
+    assert!(
+        message.get("src").is_none(),
+        "a WebSocket publish names no src"
+    );
     assert_eq!(seen[1].data()["data"], serde_json::json!([1, 2]));
+    assert_eq!(
+        seen[1].data()["src"],
+        "tab-7",
+        "the publisher's X-Ren-Client"
+    );
     let presence = seen[2].data();
     assert_eq!(
         (

@@ -190,15 +190,24 @@ impl PendingChunk {
 
     /// The event for a message published on a channel:
     /// `{"t":"realtime.message","r":"realtime","v":"<seq>","ch":…,"data":…,"uid"?,"ts"}`.
-    pub fn realtime(channel: &str, data: &[u8], uid: Option<&str>, seq: u64, ts: u64) -> Self {
+    pub fn realtime(
+        channel: &str,
+        data: &[u8],
+        uid: Option<&str>,
+        src: Option<&str>,
+        seq: u64,
+        ts: u64,
+    ) -> Self {
+        let extra = uid.map_or(0, str::len) + src.map_or(0, str::len);
         let mut chunk = PendingChunk::start(
             "realtime.message",
             REALTIME_DOMAIN,
-            channel.len() + data.len() + uid.map_or(0, str::len) + 32,
+            channel.len() + data.len() + extra + 40,
         );
         let mut v = Vec::with_capacity(20);
         write_u64(&mut v, seq);
         chunk.str_field("v", std::str::from_utf8(&v).unwrap_or("0"));
+        chunk.opt_str_field("src", src);
         chunk.str_field("ch", channel);
         chunk.raw_field("data", data);
         chunk.opt_str_field("uid", uid);

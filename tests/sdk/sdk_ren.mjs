@@ -1,8 +1,8 @@
 // Runs the official SDK's RenClient (@maravilla-labs/platform) against a running ringcast
 // server: two clients with different subscriptions receive filtered REN events (app events
-// pushed with the SDK's renFetch, which adds X-Ren-Client, and a mirrored channel
-// publish), and each drops its own writes by comparing `src` with getClientId(), as the
-// seed shows.
+// pushed with the SDK's renFetch, which adds X-Ren-Client, and mirrored channel
+// publishes, one of them through renFetch), and each drops its own writes by comparing
+// `src` with getClientId(), as the seed shows.
 //
 // Usage: node tests/sdk/sdk_ren.mjs http://127.0.0.1:PORT
 // Exit 0 on success; non-zero with a message on stderr otherwise.
@@ -119,6 +119,18 @@ async function main() {
   if (mirrored.r !== 'realtime' || mirrored.uid !== 'alice' || mirrored.data?.n !== 7) {
     fail(`mirrored message: ${JSON.stringify(mirrored)}`);
   }
+  if ('src' in mirrored) fail(`a publish without X-Ren-Client named a src: ${JSON.stringify(mirrored)}`);
+  // The same publish through renFetch as tab-b: mirrored with src tab-b, so a sees it
+  // as someone else's write and b drops its own.
+  const res2 = await renFetch(`${base}/api/realtime/publish`, {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json' },
+    body: JSON.stringify({ channel, data: { n: 8 } }),
+  }, 'tab-b');
+  if (res2.status !== 200) fail(`renFetch publish answered ${res2.status}`);
+  const fromBPublish = await waitFor(a, (e) => e.t === 'realtime.message' && e.data?.n === 8, 'n:8 on a');
+  if (fromBPublish.src !== 'tab-b') fail(`mirrored renFetch publish: ${JSON.stringify(fromBPublish)}`);
+  await waitFor(b, (e) => e.t === 'realtime.message' && e.data?.n === 8, 'n:8 on b', 5000, 'raw');
 
   if (!a.raw.some((e) => e.k === 'todo:1' && e.src === 'tab-a')) fail('a was not sent its own write');
   if (a.others.some((e) => e.k === 'todo:1')) fail('a did not drop its own write');

@@ -51,6 +51,7 @@ pub async fn publish(
         }
         (body, header) => body.or(header),
     };
+    let src = super::ren::ren_client(head)?;
     let key = ChannelKey::new(tenant.id.clone(), parsed.channel);
     let outcome = shard
         .publish_once(
@@ -58,6 +59,7 @@ pub async fn publish(
             Bytes::copy_from_slice(parsed.data),
             parsed.user_id.map(String::into_boxed_str),
             idempotency_key.map(String::into_boxed_str),
+            src.map(String::into_boxed_str),
             super::request_timeout_ms(shard),
         )
         .await;

@@ -162,6 +162,18 @@ pub fn cors_origin(tenant: &Tenant, head: &RequestHead) -> Result<Option<String>
     Ok(Some(origin.to_owned()))
 }
 
+/// The request's `X-Ren-Client` (the browser session a mutation comes from, as the SDK's
+/// `renFetch` sends it), trimmed; `None` when absent or empty.
+pub fn ren_client(head: &RequestHead) -> Result<Option<String>, Refusal> {
+    let Some(value) = head.header("x-ren-client") else {
+        return Ok(None);
+    };
+    let value = std::str::from_utf8(value)
+        .map_err(|_| Refusal::new(ApiError::BadRequest, "X-Ren-Client is not UTF-8"))?
+        .trim();
+    Ok((!value.is_empty()).then(|| value.to_owned()))
+}
+
 /// `POST /api/ren/events`: one event or an array, for `tenant` (already authorized).
 pub async fn ingest(
     shard: &Shard,
@@ -169,16 +181,7 @@ pub async fn ingest(
     body: &[u8],
     tenant: &Tenant,
 ) -> Result<Vec<u8>, Refusal> {
-    let header_src = match head.header("x-ren-client") {
-        None => None,
-        Some(v) => Some(
-            std::str::from_utf8(v)
-                .map_err(|_| Refusal::new(ApiError::BadRequest, "X-Ren-Client is not UTF-8"))?
-                .trim()
-                .to_owned(),
-        ),
-    }
-    .filter(|s| !s.is_empty());
+    let header_src = ren_client(head)?;
     let now = shard.now().0;
     let limit = tenant.limits.max_message_bytes;
     let events = shard.parse_ren_events(body, now, header_src.as_deref(), limit)?;
@@ -191,5 +194,29 @@ pub async fn ingest(
     match outcome {
         Ok(Answer::RenAccepted { accepted: n }) => Ok(accepted(n)),
         other => Err(super::failed(other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ringcast_protocol::http::parse_request_head;
+
+    use super::*;
+
+    fn head(extra: &[u8]) -> RequestHead {
+        let mut raw = b"POST /api/realtime/publish HTTP/1.1\r\nHost: x\r\n".to_vec();
+        raw.extend_from_slice(extra);
+        raw.extend_from_slice(b"\r\n");
+        parse_request_head(&raw).unwrap().expect("a whole head")
+    }
+
+    #[test]
+    fn the_ren_client_header_is_trimmed_and_checked() {
+        let client = ren_client(&head(b"X-Ren-Client:  tab-1 \r\n")).unwrap();
+        assert_eq!(client.as_deref(), Some("tab-1"));
+        assert_eq!(ren_client(&head(b"")).unwrap(), None);
+        assert_eq!(ren_client(&head(b"X-Ren-Client:   \r\n")).unwrap(), None);
+        let refused = ren_client(&head(b"X-Ren-Client: \xff\xfe\r\n")).unwrap_err();
+        assert_eq!(refused.error, ApiError::BadRequest);
     }
 }

@@ -20,7 +20,7 @@ use crate::presence::Announce;
 use crate::ren::buffer::RenBuffer;
 use crate::ren::owner::RenLogs;
 use crate::ren::stream::{LocalStreams, RenStream, StreamState};
-use crate::ren::{Mirrored, RenEntry, RenLimits, RenMsg, Replay, Resume, PING_MS};
+use crate::ren::{MessageOrigin, Mirrored, RenEntry, RenLimits, RenMsg, Replay, Resume, PING_MS};
 use crate::requests::AnswerReceiver;
 use crate::tenant::Tenant;
 use crate::token::Grant;
@@ -164,7 +164,7 @@ impl ShardCore {
         key: &ChannelKey,
         frame: &Bytes,
         data_span: Range<u32>,
-        uid: Option<&str>,
+        origin: MessageOrigin<'_>,
         seq: u64,
         ts: u64,
     ) {
@@ -174,7 +174,8 @@ impl ShardCore {
         let what = Mirrored::Message {
             channel: key.channel.clone(),
             data: frame.slice(data_span.start as usize..data_span.end as usize),
-            uid: uid.map(Box::from),
+            uid: origin.uid.map(Box::from),
+            src: origin.src.map(Box::from),
             seq,
             ts,
         };
@@ -217,13 +218,15 @@ impl ShardCore {
                         channel,
                         data,
                         uid,
+                        src,
                         seq,
                         ts,
-                    } => (
-                        self.ren.realtime.clone(),
-                        PendingChunk::realtime(channel.as_str(), &data, uid.as_deref(), seq, ts),
-                        channel,
-                    ),
+                    } => {
+                        let (uid, src) = (uid.as_deref(), src.as_deref());
+                        let chunk =
+                            PendingChunk::realtime(channel.as_str(), &data, uid, src, seq, ts);
+                        (self.ren.realtime.clone(), chunk, channel)
+                    }
                     Mirrored::Presence {
                         channel,
                         kind,

@@ -106,6 +106,8 @@ pub enum Mirrored {
         data: Bytes,
         /// The message's `userId`.
         uid: Option<Box<str>>,
+        /// The client it came from (`src`; an HTTP publish's `X-Ren-Client`).
+        src: Option<Box<str>>,
         /// Its seq (`v`).
         seq: u64,
         /// Its `ts`.
@@ -124,6 +126,15 @@ pub enum Mirrored {
         /// When.
         ts: u64,
     },
+}
+
+/// Who a published message is from, as its REN event names it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MessageOrigin<'a> {
+    /// Its `userId` (`uid`).
+    pub uid: Option<&'a str>,
+    /// The client it came from (`src`).
+    pub src: Option<&'a str>,
 }
 
 /// What a stream's shard gets back for its subscribe: what to send before live events.

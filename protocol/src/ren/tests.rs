@@ -54,8 +54,8 @@ fn filters() {
 
 #[test]
 fn realtime_and_presence_chunks() {
-    let chunk = PendingChunk::realtime("chat:lobby", b"{\"a\":\n[1,\r\n2]}", Some("alice"), 43, 7)
-        .finish(1287);
+    let data = b"{\"a\":\n[1,\r\n2]}";
+    let chunk = PendingChunk::realtime("chat:lobby", data, Some("alice"), None, 43, 7).finish(1287);
     let (id, event, data) = fields(&chunk);
     assert_eq!((id, event.as_str()), (1287, "realtime.message"));
     assert_eq!(
@@ -64,6 +64,10 @@ fn realtime_and_presence_chunks() {
             "data":{"a":[1,2]},"uid":"alice","ts":7})
     );
     assert!(chunk.starts_with(b"id: 1287\nevent: realtime.message\ndata: {"));
+    let from_tab = PendingChunk::realtime("c", b"1", None, Some("tab-\"9\""), 1, 2).finish(3);
+    let (_, _, data) = fields(&from_tab);
+    assert_eq!(data["src"], "tab-\"9\"", "src escaped as a JSON string");
+    assert!(data.get("uid").is_none());
 
     let join = PendingChunk::presence(PresenceKind::Join, "c", "bob", None, 9).finish(u64::MAX);
     let (id, event, data) = fields(&join);

@@ -168,12 +168,7 @@ async fn serve_requests(
             Ok(Ok(head)) => head,
         };
         let route_label = HttpRoute::of(&head.path);
-        let forwarded: Vec<&[u8]> = head
-            .headers
-            .iter()
-            .filter(|(name, _)| name == "x-forwarded-for")
-            .map(|(_, value)| value.as_slice())
-            .collect();
+        let forwarded: Vec<&[u8]> = head.headers.all_named("x-forwarded-for").collect();
         *client = shard.shared.trusted.load().client(relayed, &forwarded);
         let client = *client;
         if !has_slot {

@@ -173,7 +173,7 @@ impl FrameParser {
         let reference = checked_reference(root, &raw)?;
         let fields = Fields { root, reference };
         let action = fields.required_str("action")?;
-        match action.as_str() {
+        match action {
             "subscribe" => Ok(ClientFrame::Subscribe(Subscribe {
                 channel: fields.channel()?,
                 token: fields.optional_str("token")?,
@@ -211,7 +211,7 @@ impl FrameParser {
                     token: fields.optional_str("token")?,
                     channel,
                 };
-                Ok(if action.as_str() == "presence:join" {
+                Ok(if action == "presence:join" {
                     ClientFrame::PresenceJoin(join)
                 } else {
                     ClientFrame::PresenceUpdate(join)
@@ -231,7 +231,7 @@ struct Fields<'t, 'i, 'a> {
     reference: Option<&'a [u8]>,
 }
 
-impl<'a> Fields<'_, '_, 'a> {
+impl<'i, 'a> Fields<'_, 'i, 'a> {
     fn fail(&self, message: &str, channel: Option<&ChannelName>) -> ParseFailure<'a> {
         bad_request(
             message.to_owned(),
@@ -240,11 +240,12 @@ impl<'a> Fields<'_, '_, 'a> {
         )
     }
 
-    fn required_str(&self, key: &str) -> Result<String, ParseFailure<'a>> {
+    /// The string field `key`, borrowed from the parsed frame (no copy: the action and
+    /// the channel name of every frame are read this way).
+    fn required_str(&self, key: &str) -> Result<&'i str, ParseFailure<'a>> {
         match self.root.get(key) {
             Some(v) => v
-                .as_str()
-                .map(str::to_owned)
+                .into_string()
                 .ok_or_else(|| self.fail(&format!("`{key}` must be a string"), None)),
             None => Err(self.fail(&format!("missing `{key}`"), None)),
         }
@@ -263,10 +264,10 @@ impl<'a> Fields<'_, '_, 'a> {
 
     fn channel(&self) -> Result<ChannelName, ParseFailure<'a>> {
         let name = self.required_str("channel")?;
-        ChannelName::new(&name).map_err(|e| ParseFailure {
+        ChannelName::new(name).map_err(|e| ParseFailure {
             code: ErrorCode::InvalidChannel,
             message: e.to_string(),
-            channel: Some(truncate(&name).to_owned()),
+            channel: Some(truncate(name).to_owned()),
             reference: self.reference,
         })
     }

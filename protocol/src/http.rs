@@ -21,7 +21,7 @@ pub struct RequestHead {
     /// The raw query string, without `?`.
     pub query: String,
     /// Headers, names lower-cased.
-    pub headers: Vec<(String, Vec<u8>)>,
+    pub headers: Headers,
     /// Bytes of the head, including the blank line.
     pub head_len: usize,
 }
@@ -60,13 +60,68 @@ pub fn parse_request_head(buf: &[u8]) -> Result<Option<RequestHead>, HttpError> 
         method: request.method.unwrap_or("").to_owned(),
         path: path.to_owned(),
         query: query.to_owned(),
-        headers: request
-            .headers
-            .iter()
-            .map(|h| (h.name.to_ascii_lowercase(), h.value.to_vec()))
-            .collect(),
+        headers: Headers::from_parsed(request.headers),
         head_len,
     }))
+}
+
+/// A request's headers in one buffer: names lower-cased, each entry the ends of its name
+/// and value in it. Two allocations for the whole head, not two per header (a browser's
+/// WebSocket upgrade sends ten or more).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Headers {
+    bytes: Vec<u8>,
+    /// Per header: where its name starts, where its name ends and its value starts, and
+    /// where its value ends.
+    entries: Vec<[u32; 3]>,
+}
+
+impl Headers {
+    fn from_parsed(parsed: &[httparse::Header<'_>]) -> Headers {
+        let len = parsed.iter().map(|h| h.name.len() + h.value.len()).sum();
+        let mut headers = Headers {
+            bytes: Vec::with_capacity(len),
+            entries: Vec::with_capacity(parsed.len()),
+        };
+        for h in parsed {
+            // Within MAX_HEAD_BYTES, so the offsets fit in u32.
+            let start = headers.bytes.len() as u32;
+            headers
+                .bytes
+                .extend(h.name.bytes().map(|b| b.to_ascii_lowercase()));
+            let name_end = headers.bytes.len() as u32;
+            headers.bytes.extend_from_slice(h.value);
+            headers
+                .entries
+                .push([start, name_end, headers.bytes.len() as u32]);
+        }
+        headers
+    }
+
+    /// Every header as (lower-case name, value), in the order sent.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
+        self.entries.iter().map(|&[start, name_end, end]| {
+            let name = &self.bytes[start as usize..name_end as usize];
+            // Names are HTTP tokens (httparse checked them): ASCII.
+            let name = std::str::from_utf8(name).unwrap_or("");
+            (name, &self.bytes[name_end as usize..end as usize])
+        })
+    }
+
+    /// The values of every header named `name` (lower case), in the order sent.
+    pub fn all_named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.iter().filter(move |(n, _)| *n == name).map(|(_, v)| v)
+    }
+
+    /// How many headers there are.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
 }
 
 impl RequestHead {
@@ -74,8 +129,8 @@ impl RequestHead {
     pub fn header(&self, name: &str) -> Option<&[u8]> {
         self.headers
             .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_slice())
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v)
     }
 
     /// The first query parameter named `name`, percent-decoded.
@@ -352,6 +407,34 @@ mod tests {
         .unwrap()
         .unwrap();
         assert!(matches!(no_key.websocket_upgrade(), Upgrade::Malformed(_)));
+    }
+
+    #[test]
+    fn headers_keep_order_case_folded_names_and_raw_values() {
+        let raw = b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 10.0.0.1\r\nx-forwarded-FOR: 10.0.0.2\r\nX-Bin: \xff\xfe\r\nEmpty:\r\n\r\n";
+        let head = parse_request_head(raw).unwrap().unwrap();
+        assert_eq!(head.headers.len(), 5);
+        let names: Vec<&str> = head.headers.iter().map(|(n, _)| n).collect();
+        assert_eq!(
+            names,
+            [
+                "host",
+                "x-forwarded-for",
+                "x-forwarded-for",
+                "x-bin",
+                "empty"
+            ]
+        );
+        let forwarded: Vec<&[u8]> = head.headers.all_named("x-forwarded-for").collect();
+        assert_eq!(forwarded, [&b"10.0.0.1"[..], b"10.0.0.2"]);
+        assert_eq!(head.header("x-bin"), Some(&b"\xff\xfe"[..]));
+        assert_eq!(head.header("empty"), Some(&b""[..]));
+        assert_eq!(
+            head.header("X-Bin"),
+            None,
+            "names are looked up in lower case"
+        );
+        assert_eq!(head.header("missing"), None);
     }
 
     fn head_with_path(path: &str) -> RequestHead {

@@ -65,40 +65,28 @@ fn replay(c: &mut Criterion) {
     group.finish();
 }
 
-/// Opens an existing 1,000-record log: map, verify every record, build the index.
+/// Opens an existing log of 1,000 records, and one of 10 (a small channel's file, the
+/// format-1 counterpart of one of `shard_store/reopen_rings`' 10,000 rings): map,
+/// verify every record, build the index.
 fn reopen(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("reopen.rlog");
     let cfg = config(SyncPolicy::Never);
-    {
-        let (mut log, _) = RingLog::open(&path, KEY, &cfg).expect("open");
-        for i in 0..1_000 {
-            log.append(i, None, &[b'z'; 64]).expect("append");
+    for records in [1_000u64, 10] {
+        let path = dir.path().join(format!("reopen-{records}.rlog"));
+        {
+            let (mut log, _) = RingLog::open(&path, KEY, &cfg).expect("open");
+            for i in 0..records {
+                log.append(i, None, &[b'z'; 64]).expect("append");
+            }
         }
-    }
-    c.bench_function("ring_log/reopen_1000", |b| {
-        b.iter(|| {
-            let (log, _) = RingLog::open(&path, KEY, &cfg).expect("reopen");
-            assert_eq!(log.len(), 1_000);
-            log
+        c.bench_function(&format!("ring_log/reopen_{records}"), |b| {
+            b.iter(|| {
+                let (log, _) = RingLog::open(&path, KEY, &cfg).expect("reopen");
+                assert_eq!(log.len() as u64, records);
+                log
+            });
         });
-    });
-    // A small channel's file, the format-1 counterpart of one of
-    // `shard_store/reopen_rings`' 10,000 rings.
-    let small = dir.path().join("small.rlog");
-    {
-        let (mut log, _) = RingLog::open(&small, KEY, &cfg).expect("open");
-        for i in 0..10 {
-            log.append(i, None, &[b'z'; 64]).expect("append");
-        }
     }
-    c.bench_function("ring_log/reopen_10", |b| {
-        b.iter(|| {
-            let (log, _) = RingLog::open(&small, KEY, &cfg).expect("reopen");
-            assert_eq!(log.len(), 10);
-            log
-        });
-    });
 }
 
 fn store_config() -> StoreConfig {

@@ -867,28 +867,22 @@ impl ShardCore {
         user_id: Option<Box<str>>,
         timeout_ms: u64,
     ) -> AnswerReceiver {
-        self.publish_for_task_once(key, data, user_id, None, None, timeout_ms)
+        self.publish_for_task_once(key, data, user_id, HttpPublish::default(), timeout_ms)
     }
 
-    /// [`ShardCore::publish_for_task`] with an idempotency key: a publish whose key the
-    /// owner remembers on this channel is answered with the first one's seq and ts.
-    /// `src` is the client the publish came from (its REN event's `src`).
+    /// [`ShardCore::publish_for_task`] with what only HTTP publishes carry: an
+    /// idempotency key (a publish whose key the owner remembers on this channel is
+    /// answered with the first one's seq and ts) and the client it came from (`src`).
     pub fn publish_for_task_once(
         &mut self,
         key: ChannelKey,
         data: Bytes,
         user_id: Option<Box<str>>,
-        idempotency_key: Option<Box<str>>,
-        src: Option<Box<str>>,
+        http: HttpPublish,
         timeout_ms: u64,
     ) -> AnswerReceiver {
         let owner = key.owner(self.shards);
-        let http = (idempotency_key.is_some() || src.is_some()).then(|| {
-            Box::new(HttpPublish {
-                idempotency_key,
-                src,
-            })
-        });
+        let http = (!http.is_empty()).then(|| Box::new(http));
         self.request_for_task(owner, timeout_ms, |reply| {
             ShardMsg::Publish(PublishReq {
                 key,

@@ -269,6 +269,13 @@ pub struct HttpPublish {
     pub src: Option<Box<str>>,
 }
 
+impl HttpPublish {
+    /// Whether it carries nothing (then the publish carries no box at all).
+    pub fn is_empty(&self) -> bool {
+        self.idempotency_key.is_none() && self.src.is_none()
+    }
+}
+
 /// A subscribe on its way to the owner shard.
 #[derive(Debug)]
 pub struct SubscribeReq {

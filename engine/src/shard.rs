@@ -25,7 +25,7 @@ use crate::conn::Conn;
 use crate::core::ShardCore;
 use crate::history::HistoryStore;
 use crate::keys::{ChannelKey, ShardId};
-use crate::mesh::{Mesh, Question, ShardMsg};
+use crate::mesh::{HttpPublish, Mesh, Question, ShardMsg};
 use crate::requests::Outcome;
 use crate::shared::Shared;
 use crate::tenant::Tenant;
@@ -202,13 +202,12 @@ impl Shard {
         key: ChannelKey,
         data: Bytes,
         user_id: Option<Box<str>>,
-        idempotency_key: Option<Box<str>>,
-        src: Option<Box<str>>,
+        http: HttpPublish,
         timeout_ms: u64,
     ) -> Outcome {
-        let answer =
-            self.core()
-                .publish_for_task_once(key, data, user_id, idempotency_key, src, timeout_ms);
+        let answer = self
+            .core()
+            .publish_for_task_once(key, data, user_id, http, timeout_ms);
         self.rearm_timer();
         answer.await
     }

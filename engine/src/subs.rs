@@ -1,10 +1,10 @@
 //! A connection's subscriptions: channel → [`Sub`], kept compact because most connections
 //! follow a handful of channels and idle connections are the common case.
 //!
-//! Up to [`SCAN_UP_TO`] entries live in a plain vector found by a scan (two entries cost
-//! 64 bytes, where a hash map's smallest table costs 152). A connection that follows
-//! more moves to a hash map, so a connection with thousands of channels stays O(1) per
-//! lookup.
+//! Up to [`SCAN_UP_TO`] entries live in a plain vector found by a scan (up to four
+//! entries cost one 128-byte block, where a hash map's smallest table costs 152). A
+//! connection that follows more moves to a hash map, so a connection with thousands of
+//! channels stays O(1) per lookup.
 
 use hashbrown::HashMap;
 use ringcast_protocol::ChannelName;

@@ -9,7 +9,7 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 use ringcast_engine::keys::{tenant_owner, ShardId};
-use ringcast_engine::mesh::Answer;
+use ringcast_engine::mesh::{Answer, HttpPublish};
 use ringcast_engine::outbound::ConnState;
 use ringcast_engine::ren::stream::RenStream;
 use ringcast_engine::ren::Resume;
@@ -152,9 +152,12 @@ fn publishes_presence_and_app_events_reach_every_stream_whose_filter_takes_them(
     // session `tab-7` (its `X-Ren-Client`).
     let other = cluster.channel_owned_by(0, "http:");
     let data = Bytes::from_static(b"[1,2]");
-    let src = Some(Box::from("tab-7"));
+    let http = HttpPublish {
+        src: Some(Box::from("tab-7")),
+        ..HttpPublish::default()
+    };
     let key = support::key(&other);
-    let mut rx = cluster.shards[1].publish_for_task_once(key, data, None, None, src, 1_000);
+    let mut rx = cluster.shards[1].publish_for_task_once(key, data, None, http, 1_000);
     cluster.pump();
     assert!(matches!(
         poll_answer(&mut rx),

@@ -10,7 +10,7 @@ use ringcast_protocol::http::RequestHead;
 use ringcast_protocol::ApiError;
 
 use crate::keys::ChannelKey;
-use crate::mesh::Answer;
+use crate::mesh::{Answer, HttpPublish};
 use crate::shard::Shard;
 use crate::tenant::Tenant;
 
@@ -51,15 +51,17 @@ pub async fn publish(
         }
         (body, header) => body.or(header),
     };
-    let src = super::ren::ren_client(head)?;
+    let http = HttpPublish {
+        idempotency_key: idempotency_key.map(String::into_boxed_str),
+        src: super::ren::ren_client(head)?.map(String::into_boxed_str),
+    };
     let key = ChannelKey::new(tenant.id.clone(), parsed.channel);
     let outcome = shard
         .publish_once(
             key,
             Bytes::copy_from_slice(parsed.data),
             parsed.user_id.map(String::into_boxed_str),
-            idempotency_key.map(String::into_boxed_str),
-            src.map(String::into_boxed_str),
+            http,
             super::request_timeout_ms(shard),
         )
         .await;

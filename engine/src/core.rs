@@ -45,6 +45,7 @@ use crate::owner::{ChannelLimitReached, OwnedChannels, ShardSet};
 use crate::presence::{Announce, PresenceEvent, PresenceHolder, PresenceTable};
 use crate::ren::MessageOrigin;
 use crate::requests::{answer_channel, AnswerReceiver, PendingRequests, RequestFailed, Waiter};
+use crate::run::DeliveryRun;
 use crate::shared::Shared;
 use crate::tenant::Tenant;
 use crate::token::{self, Grant, Permission};
@@ -124,6 +125,11 @@ pub struct ShardCore {
     tenant_labels: bool,
     /// Rate limit of the abnormal-close log lines.
     close_log: CloseLog,
+    /// Messages of one channel waiting to be fanned out together (only during a batch).
+    run: DeliveryRun,
+    /// Inside a batch (`begin_batch` … `end_batch`): consecutive messages of one channel
+    /// form a run.
+    batching: bool,
 }
 
 impl ShardCore {
@@ -180,6 +186,8 @@ impl ShardCore {
             ren,
             tenant_labels,
             close_log: CloseLog::default(),
+            run: DeliveryRun::default(),
+            batching: false,
         }
     }
 
@@ -536,6 +544,7 @@ impl ShardCore {
             .insert(sub.channel.clone(), Sub::Pending(request));
         self.cancel_sub_timer(previous);
         let key = ChannelKey::new(conn.tenant.id.clone(), sub.channel);
+        self.end_run();
         self.local.begin_subscribe(&key);
         let msg = ShardMsg::Subscribe(SubscribeReq {
             key: key.clone(),
@@ -585,6 +594,7 @@ impl ShardCore {
     }
 
     fn leave_local(&mut self, key: &ChannelKey, conn: ConnId) {
+        self.end_run();
         let watch = self.local.remove(key, conn);
         self.report_watch(key, watch);
     }
@@ -958,7 +968,7 @@ impl ShardCore {
                 self.owned.unwatch(&key, from);
                 self.settle_channel(&key);
             }
-            ShardMsg::Deliver { key, frame } => self.deliver_local(&key, &frame),
+            ShardMsg::Deliver { key, frame } => self.deliver(key, frame),
             ShardMsg::Subscribed {
                 key,
                 conn,
@@ -1356,6 +1366,7 @@ impl ShardCore {
         let waiting =
             conn.filter(|c| c.subs.borrow().get(&key.channel) == Some(Sub::Pending(request)));
         let activate = waiting.clone().filter(|_| ok);
+        self.end_run();
         let mut watch = self.local.finish_subscribe(key, activate);
         if let Some(conn) = &waiting {
             if ok {
@@ -1470,6 +1481,7 @@ impl ShardCore {
     /// Queues a presence change to every local subscriber of `key`, in the spelling each
     /// asked for (each spelling encoded once, shared by all).
     fn deliver_presence(&mut self, key: &ChannelKey, event: &PresenceEvent) {
+        self.end_run();
         let Some(channel) = self.local.get(key) else {
             return;
         };
@@ -1494,15 +1506,49 @@ impl ShardCore {
         }
     }
 
-    /// Queues `frame` to every local subscriber of `key` (the same bytes for all).
-    fn deliver_local(&mut self, key: &ChannelKey, frame: &Bytes) {
+    // ----- batches and delivery runs (see `run.rs`) -----
+
+    /// Starts a batch: until `end_batch`, consecutive messages of one channel are fanned
+    /// out together.
+    pub fn begin_batch(&mut self) {
+        self.batching = true;
+    }
+
+    /// Ends the batch: the run waiting, if any, goes to its subscribers now.
+    pub fn end_batch(&mut self) {
+        self.batching = false;
+        self.end_run();
+    }
+
+    /// A message of `key` for this shard's subscribers: joins the run in a batch, goes
+    /// out at once otherwise.
+    fn deliver(&mut self, key: ChannelKey, frame: Bytes) {
+        if !self.batching {
+            return self.deliver_local(&key, &frame, 1);
+        }
+        if !self.run.extends(&key, &frame) {
+            self.end_run();
+        }
+        self.run.push(key, frame);
+    }
+
+    /// Fans out the run waiting, if any.
+    fn end_run(&mut self) {
+        if let Some(joined) = self.run.take() {
+            self.deliver_local(&joined.key, &joined.frame, joined.messages);
+        }
+    }
+
+    /// Queues `frame` (`messages` message frames) to every local subscriber of `key`
+    /// (the same bytes for all).
+    fn deliver_local(&mut self, key: &ChannelKey, frame: &Bytes, messages: u64) {
         let Some(channel) = self.local.get(key) else {
             return;
         };
         let (mut delivered, mut overflowed) = (0u64, 0u64);
         for conn in channel.subscribers() {
             match conn.push(frame.clone()) {
-                Pushed::Queued => delivered += 1,
+                Pushed::Queued => delivered += messages,
                 Pushed::Overflowed => overflowed += 1,
                 Pushed::Dropped => {}
             }
@@ -1520,8 +1566,12 @@ impl ShardCore {
         }
     }
 
-    /// Queues one frame for one connection.
-    pub fn push(&self, conn: &Conn, frame: Bytes) {
+    /// Queues one frame for one connection, after the run waiting if `conn` follows its
+    /// channel (so the connection sees everything in the order it happened).
+    pub fn push(&mut self, conn: &Conn, frame: Bytes) {
+        if self.run.concerns(conn) {
+            self.end_run();
+        }
         if conn.push(frame) == Pushed::Overflowed {
             self.counters().slow_consumer_closes.inc();
         }

@@ -46,6 +46,7 @@ pub mod presence;
 pub mod reload;
 pub mod ren;
 pub mod requests;
+pub mod run;
 pub mod server;
 pub mod session;
 pub mod shard;

@@ -112,27 +112,35 @@ fn run_session(
         let mut decoder = WsDecoder::new(max_message);
         'serve: loop {
             let mut offset = 0;
+            // The messages of one read are one batch: a burst of publishes to a channel
+            // reaches its subscribers as one run (`run.rs`).
+            shard.begin_batch();
             loop {
                 match decoder.decode(&mut buf[offset..]) {
                     Ok(Some(Decoded { consumed, message })) => {
                         if matches!(message, Message::Text(_)) && shard.mesh.under_pressure() {
                             // Backpressure: an inbox somewhere is full; stop reading until the
                             // spills drain, so memory between shards stays bounded.
+                            shard.end_batch();
                             Box::pin(shard.until_no_pressure()).await;
+                            shard.begin_batch();
                         }
                         handle_message(&shard, &conn, &message, &buf[offset..]);
                         offset += consumed;
                         if conn.state() != ConnState::Open {
+                            shard.end_batch();
                             break 'serve;
                         }
                     }
                     Ok(None) => break,
                     Err(e) => {
+                        shard.end_batch();
                         conn.close(e.close_code(), &e.to_string());
                         break 'serve;
                     }
                 }
             }
+            shard.end_batch();
             buf.drain(..offset);
             if buf.is_empty() && buf.capacity() > KEEP_READ_BUF {
                 buf = Vec::new();
@@ -182,6 +190,8 @@ fn handle_message(shard: &Shard, conn: &Rc<Conn>, message: &Message, buf: &[u8])
                 Some(code) if code.0 >= 1000 => *code,
                 _ => CloseCode::NORMAL,
             };
+            // What the batch has for this connection goes first.
+            shard.end_batch();
             conn.outbound().close_by_client(answer);
         }
     }

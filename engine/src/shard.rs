@@ -139,6 +139,17 @@ impl Shard {
         self.rearm_timer();
     }
 
+    /// Starts a batch: consecutive messages of one channel go out together, when
+    /// [`Shard::end_batch`] is called or sooner (`run.rs`). No `.await` in between.
+    pub fn begin_batch(&self) {
+        self.core().begin_batch();
+    }
+
+    /// Ends the batch: what it held for subscribers is queued now.
+    pub fn end_batch(&self) {
+        self.core().end_batch();
+    }
+
     /// Answers a binary message.
     pub fn on_binary(&self, conn: &Rc<Conn>) {
         self.core().on_binary(conn);
@@ -153,7 +164,7 @@ impl Shard {
 
     /// Queues one frame for one connection.
     pub fn push(&self, conn: &Conn, frame: Bytes) {
-        self.core.borrow().push(conn, frame);
+        self.core().push(conn, frame);
     }
 
     /// Asks `key`'s owner `question`, waiting at most `timeout_ms`.
@@ -296,9 +307,11 @@ impl Shard {
     fn handle_batch_untimed(&self, batch: &mut Vec<ShardMsg>) {
         {
             let mut core = self.core();
+            core.begin_batch();
             for msg in batch.drain(..) {
                 core.handle(msg);
             }
+            core.end_batch();
             core.retry_spills();
         }
         self.mesh.drained(self.id);

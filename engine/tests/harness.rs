@@ -284,3 +284,70 @@ fn a_connection_on_forty_channels_across_two_shards() {
         "every entry left: {text}"
     );
 }
+
+/// A burst of publishes in one read reaches each subscriber as one buffer (a delivery
+/// run), on the publisher's shard and on another, in seq order. A connection that
+/// publishes to a channel it follows gets each message before its ack, and one that
+/// subscribes in the middle of a burst sees exactly what came after its `subscribed`.
+#[test]
+fn a_burst_in_one_read_is_one_buffer_per_subscriber_in_order() {
+    let mut cluster = Cluster::new(2);
+    let channel = cluster.channel_owned_by(0, "burst:");
+    let (near, far, publisher, late) = (
+        cluster.connect(0),
+        cluster.connect(1),
+        cluster.connect(0),
+        cluster.connect(0),
+    );
+    let subscribe = format!(r#"{{"action":"subscribe","channel":"{channel}"}}"#);
+    cluster.send(0, &near, &subscribe);
+    cluster.send(1, &far, &subscribe);
+    cluster.pump();
+    for conn in [&near, &far] {
+        assert_eq!(take(conn)[0]["event"], "subscribed");
+    }
+    let publish = |n: u32| {
+        format!(r#"{{"action":"publish","channel":"{channel}","data":{{"n":{n}}},"ref":{n}}}"#)
+    };
+    let burst: Vec<String> = (1..=8).map(publish).collect();
+    cluster.send_burst(0, &publisher, &burst);
+    cluster.pump();
+    for conn in [&near, &far] {
+        let buffers = support::take_buffers(conn);
+        assert_eq!(buffers.len(), 1, "one run: {buffers:?}");
+        assert_eq!(seqs(&buffers[0]), (1..=8).collect::<Vec<_>>());
+    }
+    let acks: Vec<u64> = take(&publisher)
+        .iter()
+        .map(|e| e["ref"].as_u64().unwrap())
+        .collect();
+    assert_eq!(acks, (1..=8).collect::<Vec<_>>());
+
+    // Publishes, its own subscribe, more publishes: all in one read.
+    let mut mixed: Vec<String> = (9..=11).map(publish).collect();
+    mixed.push(subscribe.clone());
+    mixed.extend((12..=13).map(publish));
+    cluster.send_burst(0, &late, &mixed);
+    cluster.pump();
+    let events: Vec<String> = take(&late)
+        .iter()
+        .map(|e| format!("{} {}", e["event"].as_str().unwrap(), e["seq"]))
+        .collect();
+    let want = [
+        "ack 9",
+        "ack 10",
+        "ack 11",
+        "subscribed 11",
+        "realtime.message 12",
+        "ack 12",
+        "realtime.message 13",
+        "ack 13",
+    ];
+    assert_eq!(events, want);
+    for conn in [&near, &far] {
+        assert_eq!(seqs(&take(conn)), (9..=13).collect::<Vec<_>>());
+    }
+    let text = cluster.shared.render_metrics(false);
+    // 13 messages to each of near and far, 2 to late.
+    assert!(text.contains("\nringcast_deliveries_total 28\n"), "{text}");
+}

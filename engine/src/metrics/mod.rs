@@ -385,7 +385,7 @@ impl Collector for Collect {
         histogram(
             &mut encoder,
             "write_batch_frames",
-            "Frames sent per writev by a connection's writer (coalescing)",
+            "Buffers sent per writev by a connection's writer (coalescing; a delivery run of one channel's messages is one buffer)",
             histogram::WRITE_BATCH,
             shards.iter().map(|c| &c.write_batch_frames),
         )?;

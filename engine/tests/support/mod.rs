@@ -113,6 +113,17 @@ impl Cluster {
         self.shards[shard].on_text(conn, json.as_bytes());
     }
 
+    /// `conn` (on `shard`) sends these text frames in one read, handled as one batch as
+    /// the session handles a read.
+    pub fn send_burst(&mut self, shard: usize, conn: &Rc<Conn>, frames: &[String]) {
+        let core = &mut self.shards[shard];
+        core.begin_batch();
+        for json in frames {
+            core.on_text(conn, json.as_bytes());
+        }
+        core.end_batch();
+    }
+
     /// Lets `shard` handle up to `max` messages from its inbox. Returns how many.
     pub fn step(&mut self, shard: usize, max: usize) -> usize {
         let mut batch = Vec::new();
@@ -120,10 +131,13 @@ impl Cluster {
             .inbox(ShardId(shard as u16))
             .try_recv_batch(&mut batch, max);
         let n = batch.len();
+        // One batch, as `Shard::handle_batch` does.
         let core = &mut self.shards[shard];
+        core.begin_batch();
         for msg in batch {
             core.handle(msg);
         }
+        core.end_batch();
         core.retry_spills();
         self.mesh.drained(ShardId(shard as u16));
         n
@@ -168,13 +182,37 @@ pub fn key(name: &str) -> ChannelKey {
     )
 }
 
-/// Every event queued for `conn` since the last call, decoded.
+/// Every event queued for `conn` since the last call, decoded (a queued buffer may hold
+/// several frames: a delivery run).
 pub fn take(conn: &Conn) -> Vec<Value> {
+    take_buffers(conn).iter().flatten().cloned().collect()
+}
+
+/// The buffers queued for `conn` since the last call, each as the events it holds.
+pub fn take_buffers(conn: &Conn) -> Vec<Vec<Value>> {
     conn.outbound()
         .take_queued()
         .iter()
-        .map(|frame| decode_server_frame(frame))
+        .map(|buffer| {
+            let mut events = Vec::new();
+            let mut at = 0;
+            while at < buffer.len() {
+                let len = server_frame_len(&buffer[at..]);
+                events.push(decode_server_frame(&buffer[at..at + len]));
+                at += len;
+            }
+            events
+        })
         .collect()
+}
+
+/// The length of the server→client frame at the start of `bytes`.
+fn server_frame_len(bytes: &[u8]) -> usize {
+    match bytes[1] & 0x7f {
+        126 => 4 + u16::from_be_bytes([bytes[2], bytes[3]]) as usize,
+        127 => 10 + u64::from_be_bytes(bytes[2..10].try_into().unwrap()) as usize,
+        n => 2 + n as usize,
+    }
 }
 
 /// A server→client WebSocket frame: text frames as their JSON, close frames as

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use ringcast_tests::{json, strip_json_whitespace, Client, Server, TIMEOUT};
+use ringcast_tests::{json, masked_frame, strip_json_whitespace, Client, Server, TIMEOUT};
 use serde_json::Value;
 
 fn assert_ts(ev: &Value) {
@@ -337,6 +337,42 @@ fn many_clients_many_channels_exactly_once_in_order() -> Result<()> {
                 "subscriber {n}: extra message after the expected ones: {ev}"
             );
         }
+    }
+    Ok(())
+}
+
+/// A burst of publishes in one write (its messages reach subscribers as delivery runs,
+/// several joined into one buffer): subscribers on both shards get every message once,
+/// in seq order, with its own data; the publisher gets every ack in order.
+#[test]
+fn a_burst_written_at_once_arrives_whole_and_in_order_on_both_shards() -> Result<()> {
+    const BURST: u64 = 200;
+    let server = Server::start(&[])?;
+    let mut near = Client::connect_on_shard(&server, 0)?;
+    let mut far = Client::connect_on_shard(&server, 1)?;
+    let mut publisher = Client::connect_on_shard(&server, 0)?;
+    near.subscribe("burst:e2e")?;
+    far.subscribe("burst:e2e")?;
+    let mut bytes = Vec::new();
+    for n in 1..=BURST {
+        let text =
+            format!(r#"{{"action":"publish","channel":"burst:e2e","data":{{"n":{n}}},"ref":{n}}}"#);
+        bytes.extend(masked_frame(true, 0x1, text.as_bytes()));
+    }
+    publisher.send_frame_raw(&bytes)?;
+    for (name, conn) in [("near", &mut near), ("far", &mut far)] {
+        for n in 1..=BURST {
+            let ev = conn.expect_event("realtime.message")?;
+            assert_eq!(ev["seq"], n, "{name}: {ev}");
+            assert_eq!(ev["data"]["n"], n, "{name}: {ev}");
+        }
+    }
+    for n in 1..=BURST {
+        let ack = publisher.expect_event("ack")?;
+        assert_eq!(
+            (ack["ref"].as_u64(), ack["seq"].as_u64()),
+            (Some(n), Some(n))
+        );
     }
     Ok(())
 }

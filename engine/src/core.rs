@@ -569,6 +569,9 @@ impl ShardCore {
     }
 
     fn unsubscribe(&mut self, conn: &Rc<Conn>, channel: ChannelName) {
+        // The run goes first: once the channel leaves `subs`, `push` no longer sees that
+        // the run concerns this connection.
+        self.end_run();
         let Some(sub) = conn.subs.borrow_mut().remove(&channel) else {
             let message = "not subscribed to this channel";
             let name = Some(channel.as_str());
@@ -1650,6 +1653,7 @@ impl ShardCore {
             Some(Sub::Pending(request)) if request == expiry.request => false,
             _ => return,
         };
+        self.end_run();
         conn.subs.borrow_mut().remove(&expiry.channel);
         let name = Some(expiry.channel.as_str());
         let message = "the token for this channel expired; subscribe again with a fresh one";

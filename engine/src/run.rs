@@ -10,8 +10,13 @@
 //! Ending a run early is always correct (it is what the shard did before runs). The
 //! shard ends the run before anything that could otherwise be reordered with it: a
 //! frame for a connection subscribed to the run's channel, a change to the channel's
-//! local subscribers, a presence event, the end of the batch. Outside a batch there is
-//! never a run: every entry point ends with the run fanned out.
+//! local subscribers or to a connection's subscriptions, a presence event, the end of
+//! the batch. Outside a batch there is never a run: every entry point ends with the run
+//! fanned out.
+//!
+//! `ringcast_deliveries_total` counts a run's messages for each subscriber that queued
+//! it; a subscriber whose queue overflows on the run (closed with 4008) counts none of
+//! them, where it used to count the messages queued before the one that overflowed.
 
 use bytes::{Bytes, BytesMut};
 

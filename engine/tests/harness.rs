@@ -351,3 +351,26 @@ fn a_burst_in_one_read_is_one_buffer_per_subscriber_in_order() {
     // 13 messages to each of near and far, 2 to late.
     assert!(text.contains("\nringcast_deliveries_total 28\n"), "{text}");
 }
+
+/// A publish without `ref` (no ack to end the run) and then an unsubscribe, in one read:
+/// the subscriber gets its message before `unsubscribed`, and nothing after it.
+#[test]
+fn an_unsubscribe_after_a_publish_in_one_read_comes_after_its_message() {
+    let mut cluster = Cluster::new(1);
+    let conn = cluster.connect(0);
+    cluster.send(0, &conn, r#"{"action":"subscribe","channel":"u"}"#);
+    cluster.pump();
+    assert_eq!(take(&conn)[0]["event"], "subscribed");
+    let burst = [
+        r#"{"action":"publish","channel":"u","data":1}"#.to_owned(),
+        r#"{"action":"unsubscribe","channel":"u"}"#.to_owned(),
+        r#"{"action":"publish","channel":"u","data":2}"#.to_owned(),
+    ];
+    cluster.send_burst(0, &conn, &burst);
+    cluster.pump();
+    let names: Vec<String> = take(&conn)
+        .iter()
+        .map(|e| format!("{} {}", e["event"].as_str().unwrap(), e["seq"]))
+        .collect();
+    assert_eq!(names, ["realtime.message 1", "unsubscribed null"]);
+}

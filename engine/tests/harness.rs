@@ -329,10 +329,7 @@ fn a_burst_in_one_read_is_one_buffer_per_subscriber_in_order() {
     mixed.extend((12..=13).map(publish));
     cluster.send_burst(0, &late, &mixed);
     cluster.pump();
-    let events: Vec<String> = take(&late)
-        .iter()
-        .map(|e| format!("{} {}", e["event"].as_str().unwrap(), e["seq"]))
-        .collect();
+    let events = event_seqs(&take(&late));
     let want = [
         "ack 9",
         "ack 10",
@@ -368,9 +365,14 @@ fn an_unsubscribe_after_a_publish_in_one_read_comes_after_its_message() {
     ];
     cluster.send_burst(0, &conn, &burst);
     cluster.pump();
-    let names: Vec<String> = take(&conn)
+    let events = event_seqs(&take(&conn));
+    assert_eq!(events, ["realtime.message 1", "unsubscribed null"]);
+}
+
+/// Each event as "<event> <seq>" (`null` where it has no seq).
+fn event_seqs(events: &[serde_json::Value]) -> Vec<String> {
+    events
         .iter()
         .map(|e| format!("{} {}", e["event"].as_str().unwrap(), e["seq"]))
-        .collect();
-    assert_eq!(names, ["realtime.message 1", "unsubscribed null"]);
+        .collect()
 }

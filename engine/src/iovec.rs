@@ -60,6 +60,24 @@ impl FrameBatch {
         self.rebuild();
     }
 
+    /// Takes the batch's only frame out (`None` unless it holds exactly one), for a plain
+    /// send without an iovec array.
+    pub fn take_single(&mut self) -> Option<Bytes> {
+        if self.frames.len() != 1 {
+            return None;
+        }
+        let frame = self.frames.pop();
+        self.iovecs.clear();
+        frame
+    }
+
+    /// Puts back what is left of a frame taken with [`FrameBatch::take_single`].
+    pub fn put_back(&mut self, frame: Bytes) {
+        debug_assert!(self.frames.is_empty(), "only into an emptied batch");
+        self.frames.push(frame);
+        self.rebuild();
+    }
+
     /// Gives back the batch's memory if everything was written (the idle sweep asks for
     /// this, so idle connections hold none and busy ones keep it from batch to batch).
     pub fn trim(&mut self) {
@@ -110,6 +128,30 @@ unsafe impl monoio::buf::IoVecBuf for FrameBatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_single_frame_comes_out_and_its_rest_goes_back() {
+        let mut queue: VecDeque<Bytes> = [Bytes::from_static(b"abcdef")].into();
+        let mut batch = FrameBatch::default();
+        batch.fill_from(&mut queue);
+        let mut frame = batch.take_single().expect("one frame");
+        assert!(batch.is_empty());
+        assert!(batch.iovecs.is_empty());
+        frame.advance(4);
+        batch.put_back(frame);
+        assert_eq!(batch.len(), 2);
+        assert_eq!(batch.iovecs.len(), 1);
+        assert_eq!(batch.iovecs[0].iov_len, 2);
+
+        let mut two: VecDeque<Bytes> = [&b"a"[..], b"b"]
+            .into_iter()
+            .map(Bytes::from_static)
+            .collect();
+        let mut batch = FrameBatch::default();
+        batch.fill_from(&mut two);
+        assert!(batch.take_single().is_none(), "two frames stay a writev");
+        assert_eq!(batch.frames(), 2);
+    }
 
     #[test]
     fn advance_through_partial_writes() {

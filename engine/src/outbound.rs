@@ -30,7 +30,7 @@ use std::rc::Rc;
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use monoio::io::AsyncWriteRent;
 use ringcast_protocol::CloseCode;
 
@@ -417,20 +417,43 @@ async fn write_batch<W: AsyncWriteRent>(
     meter: &WriteMeter,
 ) -> bool {
     while !batch.is_empty() {
-        let write = writer.writev(std::mem::take(batch));
-        let result = monoio::select! {
-            result = write => Some(result),
-            _ = out.until_closed() => None,
+        let result = if let Some(frame) = batch.take_single() {
+            // One buffer (a frame, or a delivery run): a plain send, no iovec array for
+            // the kernel to copy in.
+            let write = writer.write(frame);
+            let result = monoio::select! {
+                result = write => Some(result),
+                _ = out.until_closed() => None,
+            };
+            let Some((result, mut frame)) = result else {
+                return false;
+            };
+            if let Ok(written) = result {
+                frame.advance(written.min(frame.len()));
+                if !frame.is_empty() {
+                    batch.put_back(frame);
+                }
+            }
+            result.map(|written| (written, false))
+        } else {
+            let write = writer.writev(std::mem::take(batch));
+            let result = monoio::select! {
+                result = write => Some(result),
+                _ = out.until_closed() => None,
+            };
+            let Some((result, returned)) = result else {
+                return false;
+            };
+            *batch = returned;
+            result.map(|written| (written, true))
         };
-        let Some((result, returned)) = result else {
-            return false;
-        };
-        *batch = returned;
         match result {
-            Ok(0) | Err(_) => return false,
-            Ok(written) => {
+            Ok((0, _)) | Err(_) => return false,
+            Ok((written, vectored)) => {
                 meter.counters.bytes_out(meter.transport, written as u64);
-                batch.advance(written);
+                if vectored {
+                    batch.advance(written);
+                }
                 let mut queue = out.queue.borrow_mut();
                 queue.bytes = queue.bytes.saturating_sub(written);
             }

@@ -1,6 +1,6 @@
 //! A connection's outbound side, whatever its transport: the bounded queue of encoded
 //! frames, the slow-consumer policy, byte accounting, and the writer task that sends
-//! everything queued in one `writev`.
+//! everything queued in one `writev` (one plain `send` when that is a single buffer).
 //!
 //! Transport-agnostic: it moves opaque `Bytes`. WebSocket connections queue WebSocket
 //! frames and say goodbye with a close frame; an SSE stream queues `text/event-stream`

@@ -417,49 +417,60 @@ async fn write_batch<W: AsyncWriteRent>(
     meter: &WriteMeter,
 ) -> bool {
     while !batch.is_empty() {
-        let result = if let Some(frame) = batch.take_single() {
-            // One buffer (a frame, or a delivery run): a plain send, no iovec array for
-            // the kernel to copy in.
-            let write = writer.write(frame);
-            let result = monoio::select! {
-                result = write => Some(result),
-                _ = out.until_closed() => None,
-            };
-            let Some((result, mut frame)) = result else {
-                return false;
-            };
-            if let Ok(written) = result {
-                frame.advance(written.min(frame.len()));
-                if !frame.is_empty() {
-                    batch.put_back(frame);
-                }
-            }
-            result.map(|written| (written, false))
-        } else {
-            let write = writer.writev(std::mem::take(batch));
-            let result = monoio::select! {
-                result = write => Some(result),
-                _ = out.until_closed() => None,
-            };
-            let Some((result, returned)) = result else {
-                return false;
-            };
-            *batch = returned;
-            result.map(|written| (written, true))
+        let written = match batch.take_single() {
+            Some(frame) => send_one(out, writer, batch, frame).await,
+            None => send_vectored(out, writer, batch).await,
         };
-        match result {
-            Ok((0, _)) | Err(_) => return false,
-            Ok((written, vectored)) => {
+        match written {
+            None | Some(Ok(0) | Err(_)) => return false,
+            Some(Ok(written)) => {
                 meter.counters.bytes_out(meter.transport, written as u64);
-                if vectored {
-                    batch.advance(written);
-                }
                 let mut queue = out.queue.borrow_mut();
                 queue.bytes = queue.bytes.saturating_sub(written);
             }
         }
     }
     true
+}
+
+/// One buffer (a frame, or a delivery run) as a plain send: no iovec array for the
+/// kernel to copy in. What is left of it after a short write goes back into `batch`.
+/// `None`: the connection went away meanwhile.
+async fn send_one<W: AsyncWriteRent>(
+    out: &Outbound,
+    writer: &mut W,
+    batch: &mut FrameBatch,
+    frame: Bytes,
+) -> Option<std::io::Result<usize>> {
+    let (result, mut frame) = monoio::select! {
+        result = writer.write(frame) => Some(result),
+        _ = out.until_closed() => None,
+    }?;
+    if let Ok(written) = result {
+        frame.advance(written.min(frame.len()));
+        if !frame.is_empty() {
+            batch.put_back(frame);
+        }
+    }
+    Some(result)
+}
+
+/// Several buffers in one `writev`; `batch` is advanced past what was written.
+/// `None`: the connection went away meanwhile.
+async fn send_vectored<W: AsyncWriteRent>(
+    out: &Outbound,
+    writer: &mut W,
+    batch: &mut FrameBatch,
+) -> Option<std::io::Result<usize>> {
+    let (result, returned) = monoio::select! {
+        result = writer.writev(std::mem::take(batch)) => Some(result),
+        _ = out.until_closed() => None,
+    }?;
+    *batch = returned;
+    if let Ok(written) = result {
+        batch.advance(written);
+    }
+    Some(result)
 }
 
 #[cfg(test)]

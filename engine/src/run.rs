@@ -47,7 +47,8 @@ pub struct Joined {
 
 impl DeliveryRun {
     /// Whether frames are waiting.
-    pub fn is_pending(&self) -> bool {
+    #[cfg(test)]
+    fn is_pending(&self) -> bool {
         self.key.is_some()
     }
 

@@ -208,10 +208,20 @@ pub fn take_buffers(conn: &Conn) -> Vec<Vec<Value>> {
 
 /// The length of the server→client frame at the start of `bytes`.
 fn server_frame_len(bytes: &[u8]) -> usize {
+    let (header, payload) = server_frame_header(bytes);
+    header + payload
+}
+
+/// The header length and payload length of the (unmasked) server→client frame at the
+/// start of `bytes`.
+fn server_frame_header(bytes: &[u8]) -> (usize, usize) {
     match bytes[1] & 0x7f {
-        126 => 4 + u16::from_be_bytes([bytes[2], bytes[3]]) as usize,
-        127 => 10 + u64::from_be_bytes(bytes[2..10].try_into().unwrap()) as usize,
-        n => 2 + n as usize,
+        126 => (4, u16::from_be_bytes([bytes[2], bytes[3]]) as usize),
+        127 => (
+            10,
+            u64::from_be_bytes(bytes[2..10].try_into().unwrap()) as usize,
+        ),
+        n => (2, n as usize),
     }
 }
 
@@ -219,14 +229,7 @@ fn server_frame_len(bytes: &[u8]) -> usize {
 /// `{"close": code}`.
 pub fn decode_server_frame(frame: &[u8]) -> Value {
     let opcode = frame[0] & 0x0f;
-    let (len, at) = match frame[1] & 0x7f {
-        126 => (u16::from_be_bytes([frame[2], frame[3]]) as usize, 4),
-        127 => (
-            u64::from_be_bytes(frame[2..10].try_into().unwrap()) as usize,
-            10,
-        ),
-        n => (n as usize, 2),
-    };
+    let (at, len) = server_frame_header(frame);
     let payload = &frame[at..at + len];
     match opcode {
         0x1 => serde_json::from_slice(payload).expect("server frames are JSON"),

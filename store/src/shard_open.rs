@@ -108,6 +108,7 @@ impl ShardStore {
             let hw = slot_format::read_high_water(map.bytes())
                 .unwrap_or(header.slot_count)
                 .min(header.slot_count);
+            map.no_read_ahead_from(header.slot_at(hw));
             let seg = store.add_segment(path, header, map, hw);
             let ci = usize::from(log2 - MIN_CLASS_LOG2);
             let bytes = store.segments[seg as usize].map.bytes();

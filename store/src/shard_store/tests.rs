@@ -714,3 +714,40 @@ fn a_hundred_thousand_small_rings_use_few_mappings_and_under_a_kilobyte_of_disk_
     assert_eq!(report.rings_kept, RINGS);
     assert_eq!(s.len(s.lookup(b"tenant-0/channel-0").unwrap()), 1);
 }
+
+#[test]
+fn reopened_segments_read_ahead_only_where_slots_were_used() {
+    use crate::mmap::tests::reads_ahead;
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (mut s, _) = open(dir.path(), small_cfg());
+        for i in 0..20 {
+            let r = s.create(format!("t/{i}").as_bytes(), Epoch(1), 10).unwrap();
+            put(&mut s, r, 11, b"{x}");
+        }
+        let seg = &s.segments[0];
+        let base = seg.map.bytes().as_ptr() as usize;
+        assert!(!reads_ahead(base), "a new segment never reads ahead");
+    }
+    let (s, report) = open(dir.path(), small_cfg());
+    assert_eq!(report.rings_kept, 20);
+    let seg = s
+        .segments
+        .iter()
+        .find(|seg| seg.header.class_log2 == MIN_CLASS_LOG2 && seg.header.number == 0)
+        .unwrap();
+    let base = seg.map.bytes().as_ptr() as usize;
+    let unused = seg.header.slot_at(20);
+    assert!(reads_ahead(base), "the header page reads ahead");
+    // Slots 0..20 end on page 3, which holds slot 20 too and so loses read-ahead.
+    let unused_page = unused / 4096 * 4096;
+    assert!(unused_page > seg.header.slot_at(0));
+    assert!(
+        reads_ahead(base + seg.header.slot_at(0)),
+        "used slots read ahead"
+    );
+    assert!(reads_ahead(base + unused_page - 1));
+    assert!(!reads_ahead(base + unused_page));
+    assert!(!reads_ahead(base + unused));
+    assert!(!reads_ahead(base + seg.map.len() - 1));
+}

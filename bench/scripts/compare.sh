@@ -12,6 +12,8 @@
 #          --write-each (W1: the load generator writes each publish with its own
 #          `write`, a TCP segment each, instead of a burst's K in one)
 #          --w1-publishers P (W1: P publisher connections, a burst in flight on each)
+#          --latency-trace (W2/W6: each case also writes its deliveries' latency traces,
+#          <server>-<workload>-r<round>.<phase>.tsv; read them with latency-gaps.py)
 #
 # Every server runs pinned to CPU 0 and the load generator to CPU 1 (taskset), with the
 # same workload and payloads; each server is started fresh for every case and always
@@ -39,6 +41,7 @@ SHARDS=1
 LOADGEN_EXTRA=""
 REPEAT=1
 BASELINE=""
+TRACE=0
 
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -53,8 +56,9 @@ while [ $# -gt 0 ]; do
     --repeat) REPEAT=$2; shift ;;
     --baseline) BASELINE=$(realpath "$2"); SERVERS="$SERVERS baseline"; shift ;;
     --write-each) LOADGEN_EXTRA="$LOADGEN_EXTRA --write-each" ;;
+    --latency-trace) TRACE=1 ;;
     --w1-publishers) LOADGEN_EXTRA="$LOADGEN_EXTRA --publishers $2 --window $2"; shift ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -211,7 +215,11 @@ run_all() {
     for name in $SERVERS; do
       # The floor has no channels (every publish goes to every subscriber): no W2/W6.
       case "$wl" in w2|w6) [ "$name" = floor ] && continue ;; esac
-      run_case "$name" "$wl" "$@"
+      if [ "$TRACE" = 1 ] && { [ "$wl" = w2 ] || [ "$wl" = w6 ]; }; then
+        run_case "$name" "$wl" "$@" --latency-trace "$OUT/$name-$wl-r$r"
+      else
+        run_case "$name" "$wl" "$@"
+      fi
     done
   done
 }

@@ -134,6 +134,9 @@ pub struct Stats {
     pub reads: u64,
     /// Messages whose every expected delivery arrived.
     pub completed: u64,
+    /// Per delivery, when [`Pool::trace_latency`] is on: (arrival µs since the load
+    /// generator started, latency µs), in arrival order.
+    pub latency_trace: Vec<(u64, u64)>,
 }
 
 impl Stats {
@@ -151,6 +154,7 @@ impl Stats {
             frames_in: 0,
             reads: 0,
             completed: 0,
+            latency_trace: Vec::new(),
         }
     }
 }
@@ -186,6 +190,8 @@ pub struct Pool {
     /// Flush each publish as it is queued (one `write` per publish) instead of once
     /// per turn.
     pub write_each: bool,
+    /// Keep every delivery's arrival time and latency in [`Stats::latency_trace`].
+    pub trace_latency: bool,
     rng: u64,
     next_cid: u64,
     /// Connections in Connecting..Subscribing.
@@ -221,6 +227,7 @@ impl Pool {
             text_out: Vec::new(),
             dirty: Vec::new(),
             write_each: false,
+            trace_latency: false,
             rng: 0x9e37_79b9_7f4a_7c15,
             next_cid: 0,
             in_progress: 0,
@@ -669,6 +676,9 @@ impl Pool {
             self.stats.deliveries += 1;
             let lat = now.saturating_sub(stamp.lg_ns) / 1000;
             self.stats.latency_us.saturating_record(lat.max(1));
+            if self.trace_latency {
+                self.stats.latency_trace.push((now / 1000, lat));
+            }
             if let Some(p) = self.tracker.pending.get_mut(stamp.id as usize) {
                 if p.remaining > 0 {
                     p.remaining -= 1;

@@ -43,6 +43,18 @@ fn kib_field(text: &str, name: &str) -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// Now on `CLOCK_MONOTONIC`, in microseconds: the clock `perf record -k CLOCK_MONOTONIC`
+/// stamps samples with, so a latency trace lines up with a server profile.
+pub fn monotonic_us() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec for the duration of the call.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000
+}
+
 /// Raises RLIMIT_NOFILE to its hard limit; returns the soft limit now in force.
 pub fn raise_nofile() -> u64 {
     let mut lim = libc::rlimit {

@@ -7,7 +7,10 @@
 //!   that INTENDED time, so a late loop turn never hides latency (no coordinated
 //!   omission).
 
+use std::io::Write;
 use std::time::{Duration, Instant};
+
+use anyhow::Context;
 
 use crate::client::{ConnIx, Pool, Protocol};
 use crate::payload;
@@ -51,6 +54,9 @@ pub struct Config {
     pub stopped_pct: f64,
     /// Reconnects per second in W4's churn phase.
     pub churn_per_s: f64,
+    /// W2/W6: write each open-loop phase's deliveries (arrival, latency) to
+    /// `<prefix>.<phase>.tsv` (`--latency-trace`).
+    pub latency_trace: Option<String>,
     /// `ren-fanout` against Nchan (one message per POST) instead of Ringcast (K events
     /// per POST).
     pub nchan: bool,
@@ -368,12 +374,63 @@ fn phase_report(pool: &Pool, r: &mut Report, tag: &str, o: &OpenLoop) {
     r.hist(&format!("{tag}_latency"), &pool.stats.latency_us);
 }
 
+/// Where a phase's latency trace starts: the pool's clock and `CLOCK_MONOTONIC`, read
+/// together just after the phase's stats were reset.
+#[derive(Debug, Clone, Copy)]
+struct TraceStart {
+    pool_us: u64,
+    monotonic_us: u64,
+}
+
+impl TraceStart {
+    fn now(pool: &Pool) -> TraceStart {
+        TraceStart {
+            pool_us: pool.now_ns() / 1000,
+            monotonic_us: procfs::monotonic_us(),
+        }
+    }
+}
+
+/// Writes one phase's deliveries to `<prefix>.<tag>.tsv` when `--latency-trace` is on:
+/// a `#` header with the phase start on `CLOCK_MONOTONIC` (to line up with
+/// `perf record -k CLOCK_MONOTONIC`), then `arrival_us<TAB>latency_us` per delivery,
+/// arrival counted from the phase start. `bench/scripts/latency-gaps.py` reads it.
+fn write_latency_trace(
+    cfg: &Config,
+    pool: &Pool,
+    tag: &str,
+    start: TraceStart,
+) -> anyhow::Result<()> {
+    let Some(prefix) = &cfg.latency_trace else {
+        return Ok(());
+    };
+    let path = format!("{prefix}.{tag}.tsv");
+    let file = std::fs::File::create(&path).with_context(|| format!("creating {path}"))?;
+    let mut out = std::io::BufWriter::new(file);
+    let trace = &pool.stats.latency_trace;
+    writeln!(
+        out,
+        "# loadgen latency trace: server {}, workload {}, phase {tag}, {} deliveries",
+        cfg.label,
+        cfg.workload,
+        trace.len()
+    )?;
+    writeln!(out, "# phase_start_monotonic_us {}", start.monotonic_us)?;
+    writeln!(out, "# arrival_us\tlatency_us")?;
+    for &(arrival, latency) in trace {
+        writeln!(out, "{}\t{latency}", arrival.saturating_sub(start.pool_us))?;
+    }
+    out.flush().with_context(|| format!("writing {path}"))?;
+    Ok(())
+}
+
 /// W2 (`stalled = false`): end-to-end latency at 50 % and 80 % of the probed maximum.
 /// W6 (`stalled = true`): the same traffic before and after 1 % of readers stop reading;
 /// server RSS sampled throughout.
 fn personal_and_group(cfg: &Config, stalled: bool, r: &mut Report) -> anyhow::Result<()> {
     let start = Instant::now();
     let mut pool = Pool::new(&cfg.url, cfg.protocol, start)?;
+    pool.trace_latency = cfg.latency_trace.is_some();
     let (subs, pubs, channels) = personal_group_setup(cfg, &mut pool, r)?;
     let mut tr = Traffic::new(pubs, channels, cfg);
     let probed = match cfg.rate {
@@ -388,11 +445,13 @@ fn personal_and_group(cfg: &Config, stalled: bool, r: &mut Report) -> anyhow::Re
     if !stalled {
         for (tag, frac) in [("at50", 0.5), ("at80", 0.8)] {
             pool.reset_stats();
+            let trace_start = TraceStart::now(&pool);
             let cpu0 = cpu(cfg);
             let rate = probed * frac;
             r.num(&format!("{tag}_rate"), rate);
             let o = open_loop(&mut pool, &mut tr, rate, cfg.duration_s, drain)?;
             phase_report(&pool, r, tag, &o);
+            write_latency_trace(cfg, &pool, tag, trace_start)?;
             if let (Some(a), Some(b)) = (cpu0, cpu(cfg)) {
                 r.num(
                     &format!("{tag}_cpu_s_per_m_deliveries"),
@@ -409,8 +468,10 @@ fn personal_and_group(cfg: &Config, stalled: bool, r: &mut Report) -> anyhow::Re
     let rate = probed * 0.5;
     r.num("rate", rate);
     pool.reset_stats();
+    let trace_start = TraceStart::now(&pool);
     let o = open_loop(&mut pool, &mut tr, rate, cfg.duration_s, drain)?;
     phase_report(&pool, r, "before", &o);
+    write_latency_trace(cfg, &pool, "before", trace_start)?;
     let rss_before = rss(cfg).unwrap_or(0);
     r.int("before_server_rss_bytes", rss_before);
 
@@ -421,6 +482,7 @@ fn personal_and_group(cfg: &Config, stalled: bool, r: &mut Report) -> anyhow::Re
     }
     r.int("stopped_readers", stopped.len() as u64);
     pool.reset_stats();
+    let trace_start = TraceStart::now(&pool);
     let mut rss_max = rss_before;
     let mut agg = OpenLoop {
         secs: 0.0,
@@ -440,6 +502,7 @@ fn personal_and_group(cfg: &Config, stalled: bool, r: &mut Report) -> anyhow::Re
         pool.turn(Some(Duration::from_millis(5)))?;
     }
     phase_report(&pool, r, "stalled", &agg);
+    write_latency_trace(cfg, &pool, "stalled", trace_start)?;
     r.int("stalled_server_rss_max_bytes", rss_max);
     r.int("stalled_server_rss_end_bytes", rss(cfg).unwrap_or(0));
     r.int("closed_by_server", pool.stats.closed_by_server);

@@ -76,6 +76,11 @@ struct Args {
     /// own POST, answers 2xx.
     #[arg(long)]
     nchan: bool,
+    /// w2/w6: write each open-loop phase's deliveries to `PREFIX.<phase>.tsv`
+    /// (arrival and latency in µs, the phase start on CLOCK_MONOTONIC), for
+    /// `bench/scripts/latency-gaps.py`.
+    #[arg(long, value_name = "PREFIX")]
+    latency_trace: Option<String>,
     /// Print one JSON line instead of text.
     #[arg(long)]
     json: bool,
@@ -123,6 +128,7 @@ fn main() {
         stopped_pct: a.stopped_pct,
         churn_per_s: a.churn_per_s,
         nchan: a.nchan,
+        latency_trace: a.latency_trace,
     };
     match workload::run(&cfg) {
         Ok(r) if a.json => println!("{}", r.to_json()),

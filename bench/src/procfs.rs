@@ -43,6 +43,17 @@ fn kib_field(text: &str, name: &str) -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// CPU time the hypervisor gave to others while this box's CPUs wanted it (`steal` of
+/// the `cpu` line of `/proc/stat`, all CPUs), in milliseconds. A phase with much of it
+/// saw stalls that are neither the server's nor the load generator's.
+pub fn steal_ms() -> Option<f64> {
+    let stat = fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    // cpu user nice system idle iowait irq softirq steal …
+    let steal: u64 = line.split_whitespace().nth(8)?.parse().ok()?;
+    Some(steal as f64 * 1000.0 / clock_ticks())
+}
+
 /// Now on `CLOCK_MONOTONIC`, in microseconds: the clock `perf record -k CLOCK_MONOTONIC`
 /// stamps samples with, so a latency trace lines up with a server profile.
 pub fn monotonic_us() -> u64 {
@@ -87,6 +98,7 @@ mod tests {
         assert!(cpu_seconds(me).unwrap() >= 0.0);
         assert!(rss_bytes(me).unwrap() > 100 * 1024);
         assert!(slab_bytes().unwrap() > 0);
+        assert!(steal_ms().unwrap() >= 0.0);
         assert_eq!(
             kib_field("Foo:   12 kB\nSlab:  3 kB\n", "Slab:"),
             Some(3072)

@@ -447,10 +447,14 @@ fn personal_and_group(cfg: &Config, stalled: bool, r: &mut Report) -> anyhow::Re
             pool.reset_stats();
             let trace_start = TraceStart::now(&pool);
             let cpu0 = cpu(cfg);
+            let steal0 = procfs::steal_ms();
             let rate = probed * frac;
             r.num(&format!("{tag}_rate"), rate);
             let o = open_loop(&mut pool, &mut tr, rate, cfg.duration_s, drain)?;
             phase_report(&pool, r, tag, &o);
+            if let (Some(a), Some(b)) = (steal0, procfs::steal_ms()) {
+                r.num(&format!("{tag}_box_steal_ms"), b - a);
+            }
             write_latency_trace(cfg, &pool, tag, trace_start)?;
             if let (Some(a), Some(b)) = (cpu0, cpu(cfg)) {
                 r.num(

@@ -598,10 +598,16 @@ fn idle(cfg: &Config, r: &mut Report) -> anyhow::Result<()> {
     let specs: Vec<Vec<String>> = (0..n)
         .map(|i| vec![format!("u{i}"), "bench".into()])
         .collect();
+    let cpu0 = cpu(cfg);
     let (_ixs, secs, errors) =
         pool.connect_all(specs, cfg.max_inflight, Duration::from_secs(180))?;
     anyhow::ensure!(errors == 0, "{errors} of {n} connections failed");
     connect_report(&pool, r, secs, n);
+    if let (Some(a), Some(b)) = (cpu0, cpu(cfg)) {
+        // What set-up costs the server, whatever the rate: less noisy than connects/s
+        // on a box where both ends share the kernel's loopback work.
+        r.num("connect_cpu_us_per_conn", (b - a) / n as f64 * 1e6);
+    }
     settle(&mut pool, Duration::from_secs(3))?;
     if let (Some(a), Some(b)) = (rss0, rss(cfg)) {
         r.int("server_rss_bytes", b);

@@ -43,6 +43,7 @@ pub mod outgoing;
 pub mod owner;
 pub mod per_ip;
 pub mod presence;
+mod read_now;
 pub mod reload;
 pub mod ren;
 pub mod requests;

@@ -430,7 +430,6 @@ fn write_latency_trace(
 fn personal_and_group(cfg: &Config, stalled: bool, r: &mut Report) -> anyhow::Result<()> {
     let start = Instant::now();
     let mut pool = Pool::new(&cfg.url, cfg.protocol, start)?;
-    pool.trace_latency = cfg.latency_trace.is_some();
     let (subs, pubs, channels) = personal_group_setup(cfg, &mut pool, r)?;
     let mut tr = Traffic::new(pubs, channels, cfg);
     let probed = match cfg.rate {
@@ -442,6 +441,8 @@ fn personal_and_group(cfg: &Config, stalled: bool, r: &mut Report) -> anyhow::Re
         }
     };
     let drain = Duration::from_secs(2);
+    // Only the open-loop phases are traced (not the set-up or the probe).
+    pool.trace_latency = cfg.latency_trace.is_some();
     if !stalled {
         for (tag, frac) in [("at50", 0.5), ("at80", 0.8)] {
             pool.reset_stats();
@@ -455,13 +456,13 @@ fn personal_and_group(cfg: &Config, stalled: bool, r: &mut Report) -> anyhow::Re
             if let (Some(a), Some(b)) = (steal0, procfs::steal_ms()) {
                 r.num(&format!("{tag}_box_steal_ms"), b - a);
             }
-            write_latency_trace(cfg, &pool, tag, trace_start)?;
             if let (Some(a), Some(b)) = (cpu0, cpu(cfg)) {
                 r.num(
                     &format!("{tag}_cpu_s_per_m_deliveries"),
                     (b - a) / o.in_window.max(1) as f64 * 1e6,
                 );
             }
+            write_latency_trace(cfg, &pool, tag, trace_start)?;
         }
         if let Some(m) = rss(cfg) {
             r.int("server_rss_bytes", m);

@@ -108,7 +108,16 @@ impl ShardStore {
             let hw = slot_format::read_high_water(map.bytes())
                 .unwrap_or(header.slot_count)
                 .min(header.slot_count);
-            map.no_read_ahead_from(header.slot_at(hw));
+            // Slots of a page or more are holes past their first bytes until their ring's
+            // data reaches them, used or not: no read-ahead anywhere in such a segment
+            // (the scan below touches one page per slot and gains nothing from it).
+            // Smaller slots fill their pages, so only the never-used tail is holes.
+            let holes_from = if header.class_size() >= slot_format::SEG_HEADER_LEN {
+                0
+            } else {
+                header.slot_at(hw)
+            };
+            map.no_read_ahead_from(holes_from);
             let seg = store.add_segment(path, header, map, hw);
             let ci = usize::from(log2 - MIN_CLASS_LOG2);
             let bytes = store.segments[seg as usize].map.bytes();

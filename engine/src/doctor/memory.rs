@@ -5,14 +5,16 @@ use super::{parse_number, sysctl_commands, Finding, Host, Needs, Outcome};
 
 /// The kernel's default `vm.max_map_count`.
 pub const DEFAULT_MAX_MAP_COUNT: u64 = 65_530;
-/// Bytes of one history segment file (`store`), each one mapping.
+/// Bytes of one history segment file (`store`), each one mapping (two areas once its
+/// used part and its never-used tail are advised apart at start-up).
 pub const SEGMENT_BYTES: u64 = 64 << 20;
 
-/// Mappings a server with `needs` may hold: two per history segment (the segment and
-/// the allocator's own), plus room; at least the kernel default.
+/// Mappings a server with `needs` may hold: three per history segment (its used part
+/// and its tail, which differ in read-ahead, and the allocator's own), plus room; at
+/// least the kernel default.
 pub fn mappings_needed(needs: &Needs) -> u64 {
     let segments = needs.history_bytes.map_or(0, |b| b.div_ceil(SEGMENT_BYTES));
-    DEFAULT_MAX_MAP_COUNT.max(2 * segments + 16_384)
+    DEFAULT_MAX_MAP_COUNT.max(3 * segments + 16_384)
 }
 
 /// The `max_map_count` check.
@@ -96,7 +98,7 @@ mod tests {
             Outcome::Ok(_)
         ));
         needs.history_bytes = Some(16 << 40); // 16 TiB: 262,144 segments
-        assert_eq!(mappings_needed(&needs), 2 * 262_144 + 16_384);
+        assert_eq!(mappings_needed(&needs), 3 * 262_144 + 16_384);
         assert!(matches!(
             check_max_map_count(&FakeHost::tuned(), &needs),
             Outcome::Finding(_)

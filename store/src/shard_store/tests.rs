@@ -725,21 +725,28 @@ fn reopened_segments_read_ahead_only_where_slots_were_used() {
             let r = s.create(format!("t/{i}").as_bytes(), Epoch(1), 10).unwrap();
             put(&mut s, r, 11, b"{x}");
         }
+        // One ring grows through the classes to the top one (8 KiB, page-sized slots).
+        let big = s.create(b"t/big", Epoch(1), 10).unwrap();
+        for i in 0..40 {
+            put(&mut s, big, 12 + i, &[b'z'; 180]);
+        }
         let seg = &s.segments[0];
         let base = seg.map.bytes().as_ptr() as usize;
         assert!(!reads_ahead(base), "a new segment never reads ahead");
     }
     let (s, report) = open(dir.path(), small_cfg());
-    assert_eq!(report.rings_kept, 20);
+    assert_eq!(report.rings_kept, 21);
     let seg = s
         .segments
         .iter()
         .find(|seg| seg.header.class_log2 == MIN_CLASS_LOG2 && seg.header.number == 0)
         .unwrap();
     let base = seg.map.bytes().as_ptr() as usize;
-    let unused = seg.header.slot_at(20);
+    let hw = slot_format::read_high_water(seg.map.bytes()).unwrap();
+    assert_eq!(hw, 21, "20 small rings and the big one's first slot");
+    let unused = seg.header.slot_at(hw);
     assert!(reads_ahead(base), "the header page reads ahead");
-    // Slots 0..20 end on page 3, which holds slot 20 too and so loses read-ahead.
+    // Slots 0..21 end on page 3, which holds slot 21 too and so loses read-ahead.
     let unused_page = unused / 4096 * 4096;
     assert!(unused_page > seg.header.slot_at(0));
     assert!(
@@ -750,4 +757,18 @@ fn reopened_segments_read_ahead_only_where_slots_were_used() {
     assert!(!reads_ahead(base + unused_page));
     assert!(!reads_ahead(base + unused));
     assert!(!reads_ahead(base + seg.map.len() - 1));
+    // Slots of a page or more are holes past their first bytes even when used: their
+    // segments read ahead nowhere.
+    let large: Vec<_> = s
+        .segments
+        .iter()
+        .filter(|seg| seg.header.class_size() >= 4096)
+        .filter(|seg| slot_format::read_high_water(seg.map.bytes()).unwrap() > 0)
+        .collect();
+    assert!(!large.is_empty(), "the big ring used a page-sized class");
+    for seg in large {
+        let base = seg.map.bytes().as_ptr() as usize;
+        assert!(!reads_ahead(base));
+        assert!(!reads_ahead(base + seg.header.slot_at(0)));
+    }
 }

@@ -1,8 +1,9 @@
 //! A batch of shared frames handed to `writev` without copying.
 //!
-//! This is the engine's only unsafe code: monoio's `IoVecBuf` is an unsafe trait because
-//! the kernel reads the iovec array (and the memory it points to) while the write is in
-//! flight. The batch owns both the `Bytes` (keeping the frames alive) and the iovecs.
+//! One of the engine's two unsafe modules (with `read_now`): monoio's `IoVecBuf` is an
+//! unsafe trait because the kernel reads the iovec array (and the memory it points to)
+//! while the write is in flight. The batch owns both the `Bytes` (keeping the frames
+//! alive) and the iovecs.
 #![allow(unsafe_code)]
 
 use std::collections::VecDeque;

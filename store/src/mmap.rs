@@ -14,6 +14,8 @@ use std::sync::Arc;
 
 use memmap2::{MmapMut, MmapRaw};
 
+use crate::slot_format;
+
 /// A read-write shared mapping of one log file.
 #[derive(Debug)]
 pub(crate) struct Mapping {
@@ -186,6 +188,16 @@ impl SegmentMap {
 }
 
 impl FlushHandle {
+    /// Normal read-ahead (and, since Linux 6.3, reclaim's use of accessed bits) for the
+    /// mapping's first `until` bytes, rounded down to a page: the part of a small-slot
+    /// segment whose pages every used slot has written. Advisory, as
+    /// [`SegmentMap::no_read_ahead_from`].
+    pub(crate) fn read_ahead_until(&self, until: usize) {
+        let page = slot_format::SEG_HEADER_LEN;
+        let until = until.min(self.raw.len()) / page * page;
+        let _ = self.raw.advise_range(memmap2::Advice::Normal, 0, until);
+    }
+
     /// msync `[offset, offset + len)` (memmap2 widens it to page boundaries).
     pub(crate) fn flush_range(&self, offset: usize, len: usize) -> io::Result<()> {
         self.raw.flush_range(offset, len)

@@ -947,6 +947,7 @@ impl ShardStore {
                 let seg = &mut self.segments[loc.seg as usize];
                 slot_format::write_high_water(seg.map.bytes_mut(), hw);
                 self.touched(loc.seg, slot_format::HIGH_WATER_RANGE);
+                self.read_ahead_behind(loc.seg, hw);
                 break loc;
             }
             if self.classes[ci].preparing == 0 {
@@ -1079,6 +1080,32 @@ impl ShardStore {
         let c = &mut self.classes[ci];
         c.next_number = c.next_number.max(header.number + 1);
         seg
+    }
+
+    /// Once a small-slot segment's high-water mark has moved on by a sixteenth of the
+    /// segment, asks the background thread to give the pages behind it normal read-ahead
+    /// back. A segment is mapped without read-ahead because its unused pages are holes
+    /// (`SegmentMap::no_read_ahead_from`); below the high-water mark of a class under a
+    /// page every page holds a written slot header, so the advice has nothing left to
+    /// guard there and would only keep reclaim blind to which pages are hot. Segments of
+    /// page-sized slots keep it: their used slots are holes past the first page.
+    fn read_ahead_behind(&self, seg: u32, hw: u32) {
+        let s = &self.segments[seg as usize];
+        let h = s.header;
+        if h.class_size() >= slot_format::SEG_HEADER_LEN || hw == 0 {
+            return;
+        }
+        let page = slot_format::SEG_HEADER_LEN;
+        let chunk = (h.file_len() as usize / 16 / page * page).max(page);
+        let (before, after) = (h.slot_at(hw - 1) / chunk, h.slot_at(hw) / chunk);
+        if after > before {
+            let until = after * chunk;
+            // Advisory: a lost job only leaves these pages without read-ahead.
+            let _ = self.space.send(Job::ReadAhead {
+                map: s.map.flush_handle(),
+                until,
+            });
+        }
     }
 
     /// Creates a segment on the calling thread (only `open` does this).

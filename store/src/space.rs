@@ -4,7 +4,7 @@
 //! `std::thread` that takes [`Job`]s over a channel and answers with [`Done`]s, which the
 //! store picks up with a non-blocking `try_recv` on its next call. The thread never reads
 //! or writes a segment's bytes after handing the mapping over: it only holds
-//! [`FlushHandle`]s, which can msync and nothing else.
+//! [`FlushHandle`]s, which can msync and advise read-ahead, nothing else.
 
 use std::io;
 use std::path::PathBuf;
@@ -25,6 +25,9 @@ pub(crate) enum Job {
     },
     /// msync these `(mapping, offset, len)` ranges.
     Sync(Vec<(FlushHandle, usize, usize)>),
+    /// Give the mapping's first `until` bytes normal read-ahead back (their pages are no
+    /// longer holes; see `ShardStore::read_ahead_behind`). Advisory: nothing answers.
+    ReadAhead { map: FlushHandle, until: usize },
 }
 
 /// What the background thread reports back.
@@ -118,6 +121,10 @@ fn run(job: Job) -> Option<Done> {
                 }
             }
             first_error.map(|_: io::Error| Done::SyncFailed)
+        }
+        Job::ReadAhead { map, until } => {
+            map.read_ahead_until(until);
+            None
         }
     }
 }

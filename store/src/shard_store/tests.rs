@@ -731,8 +731,8 @@ fn reopened_segments_read_ahead_only_where_slots_were_used() {
             put(&mut s, big, 12 + i, &[b'z'; 180]);
         }
         let seg = &s.segments[0];
-        let base = seg.map.bytes().as_ptr() as usize;
-        assert!(!reads_ahead(base), "a new segment never reads ahead");
+        let end = seg.map.bytes().as_ptr() as usize + seg.map.len() - 1;
+        assert!(!reads_ahead(end), "a new segment's holes never read ahead");
     }
     let (s, report) = open(dir.path(), small_cfg());
     assert_eq!(report.rings_kept, 21);
@@ -771,4 +771,37 @@ fn reopened_segments_read_ahead_only_where_slots_were_used() {
         assert!(!reads_ahead(base));
         assert!(!reads_ahead(base + seg.header.slot_at(0)));
     }
+}
+
+#[test]
+fn a_small_slot_segment_gets_read_ahead_back_behind_its_high_water_mark() {
+    use crate::mmap::tests::reads_ahead;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open(dir.path(), small_cfg());
+    // 512 B slots, 64 KiB segments: the advice moves in steps of one page, so after 20
+    // rings (slots 0..20, pages 1..3) pages 0..3 are behind the mark, page 3 is not.
+    for i in 0..20 {
+        let r = s.create(format!("t/{i}").as_bytes(), Epoch(1), 10).unwrap();
+        put(&mut s, r, 11, b"{x}");
+    }
+    let seg = &s.segments[0];
+    assert_eq!(seg.header.class_log2, MIN_CLASS_LOG2);
+    let base = seg.map.bytes().as_ptr() as usize;
+    // The background thread applies the advice; wait for it, bounded.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !reads_ahead(base + 3 * 4096 - 1) {
+        assert!(std::time::Instant::now() < deadline, "advice never applied");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    assert!(reads_ahead(base), "the header page");
+    assert!(
+        reads_ahead(base + seg.header.slot_at(0)),
+        "full pages of used slots"
+    );
+    assert!(
+        !reads_ahead(base + 3 * 4096),
+        "the page holding the high-water slot"
+    );
+    assert!(!reads_ahead(base + seg.header.slot_at(20)));
+    assert!(!reads_ahead(base + seg.map.len() - 1), "the unused tail");
 }

@@ -715,16 +715,21 @@ fn a_hundred_thousand_small_rings_use_few_mappings_and_under_a_kilobyte_of_disk_
     assert_eq!(s.len(s.lookup(b"tenant-0/channel-0").unwrap()), 1);
 }
 
+/// Creates rings `t/0`..`t/{n-1}` with one small record each (512 B slots).
+fn put_small_rings(s: &mut ShardStore, n: usize) {
+    for i in 0..n {
+        let r = s.create(format!("t/{i}").as_bytes(), Epoch(1), 10).unwrap();
+        put(s, r, 11, b"{x}");
+    }
+}
+
 #[test]
 fn reopened_segments_read_ahead_only_where_slots_were_used() {
     use crate::mmap::tests::reads_ahead;
     let dir = tempfile::tempdir().unwrap();
     {
         let (mut s, _) = open(dir.path(), small_cfg());
-        for i in 0..20 {
-            let r = s.create(format!("t/{i}").as_bytes(), Epoch(1), 10).unwrap();
-            put(&mut s, r, 11, b"{x}");
-        }
+        put_small_rings(&mut s, 20);
         // One ring grows through the classes to the top one (8 KiB, page-sized slots).
         let big = s.create(b"t/big", Epoch(1), 10).unwrap();
         for i in 0..40 {
@@ -780,10 +785,7 @@ fn a_small_slot_segment_gets_read_ahead_back_behind_its_high_water_mark() {
     let (mut s, _) = open(dir.path(), small_cfg());
     // 512 B slots, 64 KiB segments: the advice moves in steps of one page, so after 20
     // rings (slots 0..20, pages 1..3) pages 0..3 are behind the mark, page 3 is not.
-    for i in 0..20 {
-        let r = s.create(format!("t/{i}").as_bytes(), Epoch(1), 10).unwrap();
-        put(&mut s, r, 11, b"{x}");
-    }
+    put_small_rings(&mut s, 20);
     let seg = &s.segments[0];
     assert_eq!(seg.header.class_log2, MIN_CLASS_LOG2);
     let base = seg.map.bytes().as_ptr() as usize;

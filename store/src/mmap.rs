@@ -143,12 +143,13 @@ impl SegmentMap {
 
     /// Turns read-ahead off for the mapping from `offset` (rounded down to a page) to its
     /// end: the part of a segment that is holes of its sparse file (slots not used yet,
-    /// or all of a segment of page-sized slots). The first touch of one is a page-cache miss, and with read-ahead on the
-    /// kernel zero-fills the device's whole read-ahead window into the page cache inside
-    /// that fault, on the shard thread (with `read_ahead_kb = 8192`, ~17 ms every 8 MiB
-    /// of new slots: the W2 p99, bench README). With it off each fault fills one page.
-    /// The price (since Linux 6.3): reclaim ignores accessed bits in this range; see
-    /// `docs/store-format.md`, "What the advice costs".
+    /// or all of a segment of page-sized slots). The first touch of a hole is a
+    /// page-cache miss, and with read-ahead on the kernel zero-fills the device's whole
+    /// read-ahead window into the page cache inside that fault, on the shard thread
+    /// (with `read_ahead_kb = 8192`, ~17 ms every 8 MiB of new slots: the W2 p99, bench
+    /// README). With it off each fault fills one page. The price (since Linux 6.3):
+    /// reclaim ignores accessed bits in this range; see `docs/store-format.md`, "What
+    /// the advice costs".
     ///
     /// Advisory: if the kernel refuses (it cannot for a valid range of a live mapping),
     /// the store works as before, only with those stalls.

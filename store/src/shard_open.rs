@@ -108,11 +108,10 @@ impl ShardStore {
             let hw = slot_format::read_high_water(map.bytes())
                 .unwrap_or(header.slot_count)
                 .min(header.slot_count);
-            // Slots of a page or more are holes past their first bytes until their ring's
-            // data reaches them, used or not: no read-ahead anywhere in such a segment
-            // (the scan below touches one page per slot and gains nothing from it).
-            // Smaller slots fill their pages, so only the never-used tail is holes.
-            let holes_from = if header.class_size() >= slot_format::SEG_HEADER_LEN {
+            // Page-sized slots are holes past their first page, used or not: no read-ahead
+            // anywhere in such a segment (the scan below touches one page per slot and
+            // gains nothing from it). Otherwise only the never-used tail is holes.
+            let holes_from = if header.page_sized_slots() {
                 0
             } else {
                 header.slot_at(hw)

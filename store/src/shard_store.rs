@@ -1092,7 +1092,7 @@ impl ShardStore {
     fn read_ahead_behind(&self, seg: u32, hw: u32) {
         let s = &self.segments[seg as usize];
         let h = s.header;
-        if h.class_size() >= slot_format::SEG_HEADER_LEN || hw == 0 {
+        if h.page_sized_slots() || hw == 0 {
             return;
         }
         let page = slot_format::SEG_HEADER_LEN;

@@ -66,6 +66,13 @@ impl SegmentHeader {
     pub(crate) fn slot_at(&self, i: u32) -> usize {
         SEG_HEADER_LEN + i as usize * self.class_size()
     }
+
+    /// Whether a slot spans a page or more (the header is one page). Such a slot is holes
+    /// of the sparse file past its first page until its ring's data reaches them, used or
+    /// not; smaller slots put a written header on every page below the high-water slot.
+    pub(crate) fn page_sized_slots(&self) -> bool {
+        self.class_size() >= SEG_HEADER_LEN
+    }
 }
 
 /// Writes the segment header (high-water mark 0) into the first page.

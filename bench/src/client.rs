@@ -120,6 +120,9 @@ pub struct Stats {
     pub completion_us: Histogram<u64>,
     /// TCP connect start to `101` parsed.
     pub handshake_us: Histogram<u64>,
+    /// TCP connect start to Ready (`connected` and every subscribe answered): what a
+    /// client waits for in all, wherever the server queues it.
+    pub ready_us: Histogram<u64>,
     /// Connections Ready now.
     pub ready: u64,
     /// Connections that reached Ready since the last reset (never decremented).
@@ -147,6 +150,7 @@ impl Stats {
             latency_us: h(),
             completion_us: h(),
             handshake_us: h(),
+            ready_us: h(),
             ready: 0,
             opened: 0,
             connect_errors: 0,
@@ -663,6 +667,8 @@ impl Pool {
         if let Some(c) = self.conns[ix].as_mut() {
             if c.phase != Phase::Ready {
                 c.phase = Phase::Ready;
+                let took = self.start.elapsed().as_nanos() as u64 - c.started_ns;
+                self.stats.ready_us.saturating_record((took / 1000).max(1));
                 self.in_progress -= 1;
                 self.stats.ready += 1;
                 self.stats.opened += 1;

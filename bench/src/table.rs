@@ -106,6 +106,7 @@ const SECTIONS: &[Section] = &[
             ),
             col("connects/s", "connects_per_s", Fmt::Rate),
             col("handshake p99 ms", "handshake_p99_us", Fmt::Ms),
+            col("ready p99 ms", "ready_p99_us", Fmt::Ms),
             col("server CPU µs/connect", "connect_cpu_us_per_conn", Fmt::F2),
         ],
         ratios: &["rss_per_conn_bytes"],

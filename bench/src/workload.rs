@@ -242,6 +242,7 @@ fn connect_report(pool: &Pool, r: &mut Report, secs: f64, n: usize) {
     r.num("connect_s", secs);
     r.num("connects_per_s", n as f64 / secs.max(1e-9));
     r.hist("handshake", &pool.stats.handshake_us);
+    r.hist("ready", &pool.stats.ready_us);
 }
 
 fn server_report(cfg: &Config, r: &mut Report, cpu0: Option<f64>, deliveries: u64) {

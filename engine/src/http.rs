@@ -128,9 +128,9 @@ async fn serve_requests(
     // names. Each request may still name another through X-Forwarded-For.
     let mut relayed = peer;
     // A new connection's first bytes have usually arrived by now: take them without an
-    // io_uring round trip (`read_now`). Only here: on a kept-alive connection the next
+    // io_uring round trip (`nowait::read_now`). Only here: on a kept-alive connection the next
     // request seldom waits in the socket, and the extra system call would be wasted.
-    match crate::read_now::read_now(stream, buf, 1024) {
+    match crate::nowait::read_now(stream, buf, 1024) {
         Ok(0) => return Served::Close(CloseReason::Client),
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}

@@ -1,6 +1,6 @@
 //! A batch of shared frames handed to `writev` without copying.
 //!
-//! One of the engine's two unsafe modules (with `read_now`): monoio's `IoVecBuf` is an
+//! One of the engine's two unsafe modules (with `nowait`): monoio's `IoVecBuf` is an
 //! unsafe trait because the kernel reads the iovec array (and the memory it points to)
 //! while the write is in flight. The batch owns both the `Bytes` (keeping the frames
 //! alive) and the iovecs.

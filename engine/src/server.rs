@@ -344,6 +344,14 @@ async fn run_inbox(shard: &Rc<Shard>, mesh: &Mesh, grace: Duration) {
     shard.sync_history();
 }
 
+/// At most this many connections are taken from the backlog without waiting after each
+/// io_uring accept: enough to empty a connect storm's queue in a few turns, few enough
+/// that established connections still get every turn.
+const ACCEPT_BATCH: usize = 64;
+
+/// Accepts connections until shutdown. Each io_uring accept is followed by up to
+/// `ACCEPT_BATCH` more taken from the backlog without an io_uring round trip each
+/// (`nowait::accept_now`), as an epoll server empties its listener's queue.
 async fn accept_loop(shard: Rc<Shard>, listener: monoio::net::TcpListener) {
     loop {
         let accepted = monoio::select! {
@@ -353,8 +361,8 @@ async fn accept_loop(shard: Rc<Shard>, listener: monoio::net::TcpListener) {
         match accepted {
             None => break,
             Some(Ok((stream, peer))) => {
-                let slot = ConnectionSlot::acquire(&shard.shared, shard.id);
-                monoio::spawn(serve_connection(shard.clone(), stream, peer, slot));
+                spawn_connection(&shard, stream, peer);
+                take_backlog(&shard, &listener);
             }
             Some(Err(e)) => {
                 // Typically EMFILE: back off instead of spinning.
@@ -363,6 +371,23 @@ async fn accept_loop(shard: Rc<Shard>, listener: monoio::net::TcpListener) {
             }
         }
     }
+}
+
+/// Takes up to `ACCEPT_BATCH - 1` more connections from the backlog without waiting. Any
+/// error (the backlog is empty, or EMFILE) ends the batch; the next io_uring accept
+/// reports a lasting one.
+fn take_backlog(shard: &Rc<Shard>, listener: &monoio::net::TcpListener) {
+    for _ in 1..ACCEPT_BATCH {
+        match crate::nowait::accept_now(listener) {
+            Ok((stream, peer)) => spawn_connection(shard, stream, peer),
+            Err(_) => break,
+        }
+    }
+}
+
+fn spawn_connection(shard: &Rc<Shard>, stream: monoio::net::TcpStream, peer: SocketAddr) {
+    let slot = ConnectionSlot::acquire(&shard.shared, shard.id);
+    monoio::spawn(serve_connection(shard.clone(), stream, peer, slot));
 }
 
 /// Gives other tasks on this thread one turn.

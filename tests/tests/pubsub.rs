@@ -376,3 +376,66 @@ fn a_burst_written_at_once_arrives_whole_and_in_order_on_both_shards() -> Result
     }
     Ok(())
 }
+
+/// A storm of connects: connections that wait in the listeners' backlogs together are
+/// each served (a shard takes its backlog without an io_uring accept per connection), and
+/// each holds its admission slot exactly until it closes.
+#[test]
+fn connections_queued_together_are_all_served_and_counted() -> Result<()> {
+    const N: usize = 300;
+    let server = Server::start(&["--shards", "2"])?;
+    let accepted_before = server
+        .metric("ringcast_connections_accepted_total")?
+        .context("ringcast_connections_accepted_total")?;
+    // Every TCP connect first: the kernel queues them before any handshake is sent.
+    let streams = (0..N)
+        .map(|_| std::net::TcpStream::connect(server.addr()))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let mut clients = Vec::with_capacity(N);
+    let mut per_shard = BTreeMap::new();
+    for (i, stream) in streams.into_iter().enumerate() {
+        let (mut c, shard) = Client::handshake(stream, server.addr(), &format!("cid=storm{i}"))
+            .map_err(|e| anyhow::anyhow!("connection {i}: {e}"))?;
+        assert_eq!(c.expect_connected()?, format!("storm{i}"));
+        *per_shard.entry(shard).or_insert(0) += 1;
+        clients.push(c);
+    }
+    assert_eq!(per_shard.values().sum::<usize>(), N, "{per_shard:?}");
+    // Each scrape is a connection of its own: this one counts as accepted too.
+    let metrics = server.metrics()?;
+    let accepted = ringcast_tests::metric_value(&metrics, "ringcast_connections_accepted_total");
+    assert_eq!(accepted, Some(accepted_before + N as f64 + 1.0));
+    let open_ws = ringcast_tests::series_value(&metrics, "ringcast_connections{transport=\"ws\"}");
+    assert_eq!(open_ws, Some(N as f64));
+
+    // Every connection still works: one publish reaches all of them.
+    for c in &mut clients {
+        c.subscribe("storm")?;
+    }
+    clients[0].send_json(&json!({"action": "publish", "channel": "storm", "data": 1, "ref": 1}))?;
+    for (i, c) in clients.iter_mut().enumerate() {
+        let ev = c.expect_event("realtime.message")?;
+        assert_eq!(ev["data"], 1, "connection {i}: {ev}");
+    }
+
+    for c in clients {
+        c.close_quietly();
+    }
+    // The gauge counts the slots back down as the shards see the closes (bounded wait).
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        let open = ringcast_tests::series_value(
+            &server.metrics()?,
+            "ringcast_connections{transport=\"ws\"}",
+        );
+        if open == Some(0.0) {
+            break;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "ringcast_connections still {open:?} after every client closed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}

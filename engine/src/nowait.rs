@@ -1,0 +1,163 @@
+//! System calls that do not wait: what is already there when a storm of connects arrives.
+//!
+//! - `accept_now`: the connections already waiting in a listener's backlog. After one
+//!   io_uring accept completes, the shard takes the rest of the queue with plain
+//!   `accept4` calls (the listener is non-blocking), as an epoll server does, instead of
+//!   one io_uring accept and its completion per connection per turn. A connection then
+//!   waits in the shard, where its `101` is next, rather than in the kernel's backlog.
+//! - `read_now`: a client's request head is usually in the socket before the shard
+//!   accepts it. Reading it with one non-blocking `recv` right away saves the connection
+//!   an io_uring read, its completion and a task wake-up before the `101`. If nothing has
+//!   arrived yet, the caller reads through io_uring as usual.
+
+#![allow(unsafe_code)]
+
+use std::io;
+use std::mem::MaybeUninit;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+/// Borrows the descriptor of `owner` for as long as `owner` is borrowed.
+fn borrow_fd(owner: &impl AsRawFd) -> BorrowedFd<'_> {
+    // SAFETY: the descriptor belongs to `owner`, which is borrowed for the lifetime of
+    // the returned `BorrowedFd`, so it stays open (and is not reused for another file)
+    // while the `BorrowedFd` lives.
+    unsafe { BorrowedFd::borrow_raw(owner.as_raw_fd()) }
+}
+
+/// Takes one connection from `listener`'s backlog without waiting: `ErrorKind::WouldBlock`
+/// means the backlog is empty. `listener` must be non-blocking (every shard's is), or
+/// this waits for a connection.
+pub(crate) fn accept_now(
+    listener: &impl AsRawFd,
+) -> io::Result<(monoio::net::TcpStream, SocketAddr)> {
+    let fd = borrow_fd(listener);
+    // `accept4` with `SOCK_CLOEXEC`, as monoio's io_uring accept makes it.
+    let (socket, peer) = socket2::SockRef::from(&fd).accept()?;
+    let peer = peer
+        .as_socket()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "not an IP peer"))?;
+    let stream = monoio::net::TcpStream::from_std(std::net::TcpStream::from(socket))?;
+    Ok((stream, peer))
+}
+
+/// Appends what `stream` has already received to `buf` (into its spare capacity, at
+/// least `min_spare` bytes of it), without waiting: `Ok(0)` is end of stream, and
+/// `ErrorKind::WouldBlock` means nothing has arrived yet.
+pub(crate) fn read_now(
+    stream: &impl AsRawFd,
+    buf: &mut Vec<u8>,
+    min_spare: usize,
+) -> io::Result<usize> {
+    buf.reserve(min_spare);
+    let fd = borrow_fd(stream);
+    let spare: &mut [MaybeUninit<u8>] = buf.spare_capacity_mut();
+    let n = socket2::SockRef::from(&fd).recv_with_flags(spare, libc::MSG_DONTWAIT)?;
+    let len = buf.len() + n;
+    // SAFETY: `recv` initialized the first `n` bytes of the spare capacity (it never
+    // reports more than it wrote, and `n <= spare.len()`), so `len` bytes are initialized.
+    unsafe { buf.set_len(len) };
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use monoio::io::AsyncReadRent;
+
+    use super::*;
+
+    #[test]
+    fn accepts_what_waits_in_the_backlog_and_says_would_block_when_it_is_empty() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let mut runtime = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let err = accept_now(&listener).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+
+            let clients: Vec<_> = (0..3)
+                .map(|_| std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap())
+                .collect();
+            // Loopback queues a connection before `connect` returns; still, wait for it
+            // rather than assume it (bounded).
+            let mut accepted = Vec::new();
+            for _ in 0..1000 {
+                match accept_now(&listener) {
+                    Ok((stream, peer)) => accepted.push((stream, peer)),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        if accepted.len() == clients.len() {
+                            break;
+                        }
+                        std::thread::sleep(std::time::Duration::from_millis(1))
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            let mut peers: Vec<_> = accepted.iter().map(|(_, peer)| *peer).collect();
+            let mut expected: Vec<_> = clients.iter().map(|c| c.local_addr().unwrap()).collect();
+            peers.sort();
+            expected.sort();
+            assert_eq!(peers, expected);
+
+            // The accepted socket is a working monoio stream.
+            let (mut stream, _) = accepted.remove(0);
+            let client = clients
+                .iter()
+                .find(|c| c.local_addr().unwrap() == stream.peer_addr().unwrap())
+                .unwrap();
+            (&*client).write_all(b"hi").unwrap();
+            let (n, buf) = stream.read(vec![0u8; 8]).await;
+            assert_eq!(&buf[..n.unwrap()], b"hi");
+        });
+    }
+
+    #[test]
+    fn reads_what_arrived_says_would_block_when_nothing_did_and_zero_at_eof() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let mut buf = b"GET".to_vec();
+        let err = read_now(&server, &mut buf, 64).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+        assert_eq!(buf, b"GET");
+
+        client.write_all(b" / HTTP/1.1\r\n").unwrap();
+        // Loopback delivers within the write; still, wait for readability rather than
+        // assume it (bounded).
+        let mut n = 0;
+        for _ in 0..1000 {
+            match read_now(&server, &mut buf, 64) {
+                Ok(k) => {
+                    n = k;
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(std::time::Duration::from_millis(1))
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(n, 13);
+        assert_eq!(buf, b"GET / HTTP/1.1\r\n");
+
+        drop(client);
+        let mut eof = None;
+        for _ in 0..1000 {
+            match read_now(&server, &mut buf, 64) {
+                Ok(k) => {
+                    eof = Some(k);
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(std::time::Duration::from_millis(1))
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(eof, Some(0));
+    }
+}

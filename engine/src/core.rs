@@ -1523,6 +1523,14 @@ impl ShardCore {
         self.end_run();
     }
 
+    /// How many local subscribers the run waiting would reach: 0 without a run.
+    pub fn run_reach(&self) -> usize {
+        self.run
+            .key()
+            .and_then(|key| self.local.get(key))
+            .map_or(0, |channel| channel.subscribers().len())
+    }
+
     /// A message of `key` for this shard's subscribers: joins the run in a batch, goes
     /// out at once otherwise.
     fn deliver(&mut self, key: ChannelKey, frame: Bytes) {

@@ -8,7 +8,8 @@
 //! - `read_now`: a client's request head is usually in the socket before the shard
 //!   accepts it. Reading it with one non-blocking `recv` right away saves the connection
 //!   an io_uring read, its completion and a task wake-up before the `101`. If nothing has
-//!   arrived yet, the caller reads through io_uring as usual.
+//!   arrived yet, the caller reads through io_uring as usual. A session uses it too, to
+//!   take the rest of a publisher's burst before fanning out its start (`session.rs`).
 
 #![allow(unsafe_code)]
 
@@ -16,6 +17,9 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, BorrowedFd};
+
+use monoio::io::OwnedReadHalf;
+use monoio::net::TcpStream;
 
 /// Borrows the descriptor of `owner` for as long as `owner` is borrowed.
 fn borrow_fd(owner: &impl AsRawFd) -> BorrowedFd<'_> {
@@ -25,19 +29,27 @@ fn borrow_fd(owner: &impl AsRawFd) -> BorrowedFd<'_> {
     unsafe { BorrowedFd::borrow_raw(owner.as_raw_fd()) }
 }
 
+/// The stream under a WebSocket session's read half, for `read_now`.
+pub(crate) fn stream_of(reader: &OwnedReadHalf<TcpStream>) -> &TcpStream {
+    // SAFETY: the halves share the stream through an `UnsafeCell`, and monoio only makes
+    // a `&mut` to it inside an I/O call of one half, which ends before that call returns
+    // (an operation in flight holds a clone of the descriptor, not a reference). The
+    // halves live on this thread, so while the caller runs no such call is under way and
+    // no `&mut` exists; the shared reference is tied to the borrow of `reader`.
+    unsafe { &*reader.0.get() }
+}
+
 /// Takes one connection from `listener`'s backlog without waiting: `ErrorKind::WouldBlock`
 /// means the backlog is empty. `listener` must be non-blocking (every shard's is), or
 /// this waits for a connection.
-pub(crate) fn accept_now(
-    listener: &impl AsRawFd,
-) -> io::Result<(monoio::net::TcpStream, SocketAddr)> {
+pub(crate) fn accept_now(listener: &impl AsRawFd) -> io::Result<(TcpStream, SocketAddr)> {
     let fd = borrow_fd(listener);
     // `accept4` with `SOCK_CLOEXEC`, as monoio's io_uring accept makes it.
     let (socket, peer) = socket2::SockRef::from(&fd).accept()?;
     let peer = peer
         .as_socket()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "not an IP peer"))?;
-    let stream = monoio::net::TcpStream::from_std(std::net::TcpStream::from(socket))?;
+    let stream = TcpStream::from_std(std::net::TcpStream::from(socket))?;
     Ok((stream, peer))
 }
 

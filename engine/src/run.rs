@@ -52,6 +52,11 @@ impl DeliveryRun {
         self.key.is_some()
     }
 
+    /// The run's channel, `None` when nothing is waiting.
+    pub fn key(&self) -> Option<&ChannelKey> {
+        self.key.as_ref()
+    }
+
     /// Whether `key` can extend the run: it is the run's channel and there is room.
     pub fn extends(&self, key: &ChannelKey, frame: &Bytes) -> bool {
         self.key.as_ref() == Some(key) && self.bytes + frame.len() <= MAX_RUN_BYTES

@@ -32,6 +32,11 @@ use crate::token::Grant;
 const READ_BUF: usize = 256;
 /// A drained buffer larger than this is given back.
 const KEEP_READ_BUF: usize = 16 * 1024;
+/// A batch whose waiting run would reach at least this many local subscribers first
+/// takes what else the client has sent meanwhile (see `run_session`).
+const TOP_UP_REACH: usize = 64;
+/// At most this many such top-ups per read.
+const TOP_UPS: usize = 4;
 /// How long a closing connection waits for the client's side to finish.
 const LINGER: Duration = Duration::from_secs(2);
 
@@ -112,6 +117,7 @@ fn run_session(
         let mut decoder = WsDecoder::new(max_message);
         'serve: loop {
             let mut offset = 0;
+            let mut top_ups = 0;
             // The messages of one read are one batch: a burst of publishes to a channel
             // reaches its subscribers as one run (`run.rs`).
             shard.begin_batch();
@@ -130,6 +136,23 @@ fn run_session(
                         if conn.state() != ConnState::Open {
                             shard.end_batch();
                             break 'serve;
+                        }
+                    }
+                    // A publisher that writes each message of a burst on its own is
+                    // usually still writing when its first message is read. When the run
+                    // waiting goes to many subscribers, take what has arrived since
+                    // (one non-blocking `recv`) so it joins the run: each subscriber then
+                    // gets the burst in one send, not its first message alone and the
+                    // rest in a second pass.
+                    Ok(None) if top_ups < TOP_UPS && shard.run_reach() >= TOP_UP_REACH => {
+                        top_ups += 1;
+                        buf.drain(..offset);
+                        offset = 0;
+                        let stream = crate::nowait::stream_of(&reader);
+                        match crate::nowait::read_now(stream, &mut buf, READ_BUF) {
+                            Ok(n) if n > 0 => {}
+                            // End of stream or an error: the next read reports it.
+                            _ => break,
                         }
                     }
                     Ok(None) => break,

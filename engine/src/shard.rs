@@ -145,6 +145,11 @@ impl Shard {
         self.core().begin_batch();
     }
 
+    /// How many local subscribers the batch's waiting run would reach (0 without one).
+    pub fn run_reach(&self) -> usize {
+        self.core().run_reach()
+    }
+
     /// Ends the batch: what it held for subscribers is queued now.
     pub fn end_batch(&self) {
         self.core().end_batch();

@@ -1,6 +1,7 @@
 //! A delivery run: consecutive messages of one channel, fanned out as one buffer.
 //!
-//! While a shard handles one batch (a session's read buffer, an inbox batch), the
+//! While a shard handles one batch (a session's read buffer and what it took without
+//! waiting while the read was handled, see `session.rs`; an inbox batch), the
 //! messages of one channel that arrive back to back (a publisher's burst) are not
 //! queued to every subscriber one by one: the run keeps their encoded frames, and when
 //! the run ends they are joined into one buffer that every local subscriber gets. Each

@@ -5,6 +5,12 @@
 //! back a publisher while the mesh is under pressure, lingering after a close) are boxed, and the read buffer starts at
 //! 256 bytes, doubles while a message does not fit or a read fills it (so a publisher's
 //! burst is handled whole), and shrinks back once drained if it grew past 16 KB.
+//!
+//! A publisher that writes each message of a burst on its own is usually still writing
+//! when the first one is read. When the batch's delivery run would reach many local
+//! subscribers, the session tops the batch up with what has arrived since (a
+//! non-blocking `recv`, `TOP_UPS` times at most), so the burst goes to each subscriber
+//! in one send instead of its first message alone and the rest in a second pass.
 
 use std::future::Future;
 use std::rc::Rc;

@@ -340,19 +340,25 @@ impl Inbox {
         self.waker.wake();
     }
 
-    /// Waits until a message is queued or the shard is woken, then moves up to `max`
-    /// into `out` (possibly none, after a bare wake).
-    pub async fn recv_batch(&self, out: &mut Vec<ShardMsg>, max: usize) {
+    /// Waits until a message is queued, the shard is woken or `stop` is set, then moves up
+    /// to `max` into `out` (possibly none, after a bare wake or a stop).
+    ///
+    /// `stop` is read after the waker is registered: a flag set (then a wake) by another
+    /// thread before the shard first waits is seen here instead of lost with the wake that
+    /// found no waker.
+    async fn recv_batch_until(&self, out: &mut Vec<ShardMsg>, max: usize, stop: &AtomicBool) {
+        let stopped = || stop.load(Ordering::SeqCst);
         let mut woken = false;
         poll_fn(|cx| {
             self.drain_into(out, max);
-            if !out.is_empty() || woken {
+            if !out.is_empty() || woken || stopped() {
                 return Poll::Ready(());
             }
             self.waker.register(cx.waker());
-            // A push between the drain and the registration would otherwise be missed.
+            // A push or a stop between the drain and the registration would otherwise be
+            // missed.
             self.drain_into(out, max);
-            if out.is_empty() {
+            if out.is_empty() && !stopped() {
                 woken = true;
                 Poll::Pending
             } else {
@@ -360,6 +366,14 @@ impl Inbox {
             }
         })
         .await
+    }
+
+    /// Waits until a message is queued or the shard is woken, then moves up to `max` into
+    /// `out` (possibly none, after a bare wake). For the shutdown grace period, when the
+    /// stop flag is already set.
+    pub async fn recv_batch(&self, out: &mut Vec<ShardMsg>, max: usize) {
+        self.recv_batch_until(out, max, &AtomicBool::new(false))
+            .await
     }
 
     /// Moves up to `max` queued messages into `out` without waiting.
@@ -431,6 +445,19 @@ impl Mesh {
     /// The inbox of `shard`.
     pub fn inbox(&self, shard: ShardId) -> &Inbox {
         &self.inboxes[shard.index()]
+    }
+
+    /// Waits until `shard`'s inbox holds a message, the shard is woken or shutdown is
+    /// requested, then moves up to `max` messages into `out` (possibly none).
+    pub async fn recv_batch_or_shutdown(
+        &self,
+        shard: ShardId,
+        out: &mut Vec<ShardMsg>,
+        max: usize,
+    ) {
+        self.inbox(shard)
+            .recv_batch_until(out, max, &self.shutting_down)
+            .await
     }
 
     /// Sends `msg` to `shard`, handing it back when that inbox is full.
@@ -512,6 +539,27 @@ mod tests {
         let mut batch = Vec::new();
         mesh.inbox(ShardId(1)).try_recv_batch(&mut batch, 10);
         assert_eq!(batch.len(), 2);
+    }
+
+    #[test]
+    fn a_shutdown_requested_before_the_shard_first_waits_ends_the_wait() {
+        // The signal thread may set the flag and wake before the shard's loop has ever
+        // registered a waker: that wake finds nobody, so the wait must read the flag.
+        let mesh = Mesh::new(1);
+        mesh.shutdown_all();
+        let mut runtime = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        let ended = runtime.block_on(async {
+            let mut batch = Vec::new();
+            monoio::time::timeout(
+                std::time::Duration::from_secs(5),
+                mesh.recv_batch_or_shutdown(ShardId(0), &mut batch, 8),
+            )
+            .await
+        });
+        assert!(ended.is_ok(), "the wait missed a shutdown requested before it");
     }
 
     #[test]

@@ -317,10 +317,10 @@ fn build_runtime() -> std::io::Result<ShardRuntime> {
 /// Handles inbox messages until shutdown, then until connections have closed (or the
 /// grace period ends).
 async fn run_inbox(shard: &Rc<Shard>, mesh: &Mesh, grace: Duration) {
-    let inbox = mesh.inbox(shard.id);
     let mut batch = Vec::with_capacity(INBOX_BATCH);
     loop {
-        inbox.recv_batch(&mut batch, INBOX_BATCH).await;
+        mesh.recv_batch_or_shutdown(shard.id, &mut batch, INBOX_BATCH)
+            .await;
         if mesh.is_shutting_down() {
             shard.begin_shutdown();
         }
@@ -336,7 +336,7 @@ async fn run_inbox(shard: &Rc<Shard>, mesh: &Mesh, grace: Duration) {
     while shard.connection_count() > 0 && monoio::time::Instant::now() < deadline {
         let _ = monoio::time::timeout(
             Duration::from_millis(20),
-            inbox.recv_batch(&mut batch, INBOX_BATCH),
+            mesh.inbox(shard.id).recv_batch(&mut batch, INBOX_BATCH),
         )
         .await;
         shard.handle_batch(&mut batch);

@@ -559,7 +559,10 @@ mod tests {
             )
             .await
         });
-        assert!(ended.is_ok(), "the wait missed a shutdown requested before it");
+        assert!(
+            ended.is_ok(),
+            "the wait missed a shutdown requested before it"
+        );
     }
 
     #[test]

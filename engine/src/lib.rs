@@ -30,6 +30,7 @@ pub mod datadir;
 pub mod deadline;
 pub mod demo;
 pub mod doctor;
+pub mod fd_table;
 pub mod history;
 pub mod http;
 pub mod idempotency;

@@ -23,6 +23,7 @@ use crate::admission::ConnectionSlot;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::datadir;
+use crate::fd_table;
 use crate::history::{self, HistoryStore};
 use crate::http::serve_connection;
 use crate::keys::ShardId;
@@ -37,6 +38,12 @@ pub fn run(config: Config, source: ConfigSource) -> anyhow::Result<()> {
     let shards = config.shards;
     // Held until `run` returns; the kernel releases it if the process dies.
     let _lock = datadir::lock(&config.data_dir)?;
+    // Before any thread starts: no `accept4` later waits for the table to grow.
+    let wanted = config.max_connections.saturating_add(fd_table::RESERVE);
+    match fd_table::reserve(wanted) {
+        Ok(slots) => tracing::debug!(slots, "descriptor table reserved"),
+        Err(e) => tracing::warn!(error = %e, wanted, "could not reserve the descriptor table"),
+    }
     let (listeners, addr) = bind_listeners(config.listen, shards)
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let mesh = Mesh::with_capacity(shards, config.inbox_capacity);

@@ -108,6 +108,8 @@ const SECTIONS: &[Section] = &[
             col("handshake p99 ms", "handshake_p99_us", Fmt::Ms),
             col("ready p99 ms", "ready_p99_us", Fmt::Ms),
             col("server CPU µs/connect", "connect_cpu_us_per_conn", Fmt::F2),
+            col("server busy", "connect_server_busy", Fmt::F2),
+            col("loadgen busy", "connect_loadgen_busy", Fmt::F2),
         ],
         ratios: &["rss_per_conn_bytes"],
     },

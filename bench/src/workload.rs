@@ -601,6 +601,7 @@ fn idle(cfg: &Config, r: &mut Report) -> anyhow::Result<()> {
         .map(|i| vec![format!("u{i}"), "bench".into()])
         .collect();
     let cpu0 = cpu(cfg);
+    let own0 = procfs::cpu_seconds(std::process::id());
     let (_ixs, secs, errors) =
         pool.connect_all(specs, cfg.max_inflight, Duration::from_secs(180))?;
     anyhow::ensure!(errors == 0, "{errors} of {n} connections failed");
@@ -609,6 +610,11 @@ fn idle(cfg: &Config, r: &mut Report) -> anyhow::Result<()> {
         // What set-up costs the server, whatever the rate: less noisy than connects/s
         // on a box where both ends share the kernel's loopback work.
         r.num("connect_cpu_us_per_conn", (b - a) / n as f64 * 1e6);
+        r.num("connect_server_busy", (b - a) / secs.max(1e-9));
+    }
+    if let (Some(a), Some(b)) = (own0, procfs::cpu_seconds(std::process::id())) {
+        // Near 1.0 the load generator, not the server, sets the connect rate.
+        r.num("connect_loadgen_busy", (b - a) / secs.max(1e-9));
     }
     settle(&mut pool, Duration::from_secs(3))?;
     if let (Some(a), Some(b)) = (rss0, rss(cfg)) {

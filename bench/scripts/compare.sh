@@ -12,6 +12,9 @@
 #          --write-each (W1: the load generator writes each publish with its own
 #          `write`, a TCP segment each, instead of a burst's K in one)
 #          --w1-publishers P (W1: P publisher connections, a burst in flight on each)
+#          --w5-connections "1000 10000" (W5: connections per case)
+#          --w5-inflight N (W5: handshakes in flight, default 512; the outside measurement
+#          of connection set-up used 5,000 connections with 128 in flight)
 #          --latency-trace (W2/W6: each case also writes its deliveries' latency traces,
 #          <server>-<workload>-r<round>.<phase>.tsv; read them with latency-gaps.py)
 #
@@ -31,6 +34,7 @@ SUBS="100 1000 10000"
 BURSTS="1 16"
 PAYLOADS="64"
 W5_SUBS="1000 10000"
+W5_EXTRA=""
 W3_SUBS="100"
 W3_RATE=10000
 W2_SUBS=10000
@@ -57,8 +61,10 @@ while [ $# -gt 0 ]; do
     --baseline) BASELINE=$(realpath "$2"); SERVERS="$SERVERS baseline"; shift ;;
     --write-each) LOADGEN_EXTRA="$LOADGEN_EXTRA --write-each" ;;
     --latency-trace) TRACE=1 ;;
+    --w5-connections) W5_SUBS=$2; shift ;;
+    --w5-inflight) W5_EXTRA="--max-inflight $2"; shift ;;
     --w1-publishers) LOADGEN_EXTRA="$LOADGEN_EXTRA --publishers $2 --window $2"; shift ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -231,7 +237,7 @@ for wl in $WORKLOADS; do
     w3) for n in $W3_SUBS; do for p in $PAYLOADS; do
           run_all w3 "$n" "$p" 1 --rate "$W3_RATE"
         done; done ;;
-    w5) for n in $W5_SUBS; do run_all w5 "$n" 64 1; done ;;
+    w5) for n in $W5_SUBS; do run_all w5 "$n" 64 1 $W5_EXTRA; done ;;
     w2|w6) run_all "$wl" "$W2_SUBS" 64 1 ;;
     w4) run_all w4 19000 64 1 --max-inflight 1024 ;;
     *) echo "unknown workload $wl" >&2 ;;

@@ -4,9 +4,10 @@
 
 use super::{parse_number, sysctl_commands, Finding, Host, Needs, Outcome};
 
-/// Descriptors beyond the connections: listeners, io_uring and event fds, history
-/// segment files, log and lock files, with room to spare.
-pub const HEADROOM: u64 = 4096;
+/// Descriptors beyond the connections: the server's own (`fd_table::RESERVE`: listeners,
+/// io_uring and event fds, history segment files, log and lock files), four times over
+/// for room to spare.
+pub const HEADROOM: u64 = 4 * crate::fd_table::RESERVE as u64;
 
 /// A soft and hard limit from `/proc/self/limits` (`None`: unlimited).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -70,6 +70,8 @@ const SECTIONS: &[Section] = &[
         case_keys: &["subscribers", "payload"],
         cols: &[
             col("max msgs/s", "max_msgs_per_s", Fmt::Rate),
+            col("max: server busy", "max_server_busy", Fmt::F2),
+            col("max: loadgen busy", "max_loadgen_busy", Fmt::F2),
             col("50%: p50 ms", "at50_latency_p50_us", Fmt::Ms),
             col("50%: p99 ms", "at50_latency_p99_us", Fmt::Ms),
             col("50%: p99.9 ms", "at50_latency_p999_us", Fmt::Ms),

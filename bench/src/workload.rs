@@ -436,8 +436,22 @@ fn personal_and_group(cfg: &Config, stalled: bool, r: &mut Report) -> anyhow::Re
     let probed = match cfg.rate {
         Some(rate) if stalled => rate / 0.5,
         _ => {
+            let (cpu0, own0, t0) = (
+                cpu(cfg),
+                procfs::cpu_seconds(std::process::id()),
+                Instant::now(),
+            );
             let m = probe_max_rate(&mut pool, &mut tr, cfg.duration_s.min(5.0))?;
             r.num("max_msgs_per_s", m);
+            let secs = t0.elapsed().as_secs_f64().max(1e-9);
+            // Near 1.0 that side sets the maximum; both well below it: latency does
+            // (the probe keeps a fixed number of publishes in flight).
+            if let (Some(a), Some(b)) = (cpu0, cpu(cfg)) {
+                r.num("max_server_busy", (b - a) / secs);
+            }
+            if let (Some(a), Some(b)) = (own0, procfs::cpu_seconds(std::process::id())) {
+                r.num("max_loadgen_busy", (b - a) / secs);
+            }
             m
         }
     };

@@ -1,15 +1,18 @@
 //! The floor: the least work a WebSocket fan-out server can do on this box.
 //!
 //! One thread, one `mio` poll. A client text frame containing `"action":"subscribe"`
-//! makes the connection a subscriber (answered with a fixed `{"event":"subscribed"}`);
-//! a frame containing `"action":"publish"` is framed ONCE as a server frame whose body is
-//! the client's unmasked text (no JSON parsing), and those bytes are appended to every
-//! subscriber's queue. After each poll turn every connection with queued bytes is
-//! flushed with one `write` of everything queued — the coalescing uWS gets by corking.
-//! No channels, no history, no limits: Ringcast is measured as a fraction of this.
+//! makes the connection a subscriber of the frame's `"channel":"…"` (answered with a
+//! fixed `{"event":"subscribed"}`); a frame containing `"action":"publish"` is framed
+//! ONCE as a server frame whose body is the client's unmasked text (no JSON parsing), and
+//! those bytes are appended to the queue of every subscriber of its channel. The channel
+//! is found by a byte search, not a parse: the routing any pub/sub server must do, and
+//! nothing more. After each poll turn every connection with queued bytes is flushed with
+//! one `write` of everything queued — the coalescing uWS gets by corking. No history, no
+//! limits: Ringcast is measured as a fraction of this.
 //!
 //! `floor --listen 127.0.0.1:0` prints `floor listening on 127.0.0.1:PORT` on stdout.
 
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
@@ -35,7 +38,8 @@ const PONG: &[u8] = b"{\"event\":\"pong\"}";
 struct Conn {
     stream: TcpStream,
     open: bool,
-    subscriber: bool,
+    /// The channels it subscribed to (to leave them when it goes).
+    channels: Vec<Vec<u8>>,
     queued: bool,
     /// Registered for WRITABLE: only while a write was partial, so the ACK of every frame
     /// does not wake the loop.
@@ -48,7 +52,8 @@ struct Conn {
 struct Floor {
     conns: Vec<Option<Conn>>,
     free: Vec<usize>,
-    subscribers: Vec<usize>,
+    /// Channel name → its subscribers.
+    subscribers: HashMap<Vec<u8>, Vec<usize>>,
     dirty: Vec<usize>,
     frame: Vec<u8>,
 }
@@ -116,7 +121,7 @@ impl Floor {
             self.conns[ix] = Some(Conn {
                 stream,
                 open: false,
-                subscriber: false,
+                channels: Vec::new(),
                 queued: false,
                 want_write: false,
                 rbuf: Vec::new(),
@@ -137,8 +142,10 @@ impl Floor {
     fn drop_conn(&mut self, ix: usize, poll: &Poll) {
         if let Some(mut c) = self.conns[ix].take() {
             let _ = poll.registry().deregister(&mut c.stream);
-            if c.subscriber {
-                self.subscribers.retain(|&s| s != ix);
+            for channel in &c.channels {
+                if let Some(subs) = self.subscribers.get_mut(channel) {
+                    subs.retain(|&s| s != ix);
+                }
             }
             self.dirty.retain(|&d| d != ix);
             self.free.push(ix);
@@ -223,7 +230,10 @@ impl Floor {
             // Frame once; the same bytes go to every subscriber.
             self.frame.clear();
             ws::encode_server_frame(ws::OP_TEXT, body, &mut self.frame);
-            for &s in &self.subscribers {
+            let Some(subs) = channel_of(body).and_then(|ch| self.subscribers.get(ch)) else {
+                return;
+            };
+            for &s in subs {
                 if let Some(c) = self.conns[s].as_mut() {
                     c.wbuf.extend_from_slice(&self.frame);
                     if !c.queued {
@@ -233,10 +243,14 @@ impl Floor {
                 }
             }
         } else if contains(body, b"\"action\":\"subscribe\"") {
+            let channel = channel_of(body).unwrap_or_default();
             if let Some(c) = self.conns[ix].as_mut() {
-                if !c.subscriber {
-                    c.subscriber = true;
-                    self.subscribers.push(ix);
+                if !c.channels.iter().any(|ch| ch == channel) {
+                    c.channels.push(channel.to_vec());
+                    self.subscribers
+                        .entry(channel.to_vec())
+                        .or_default()
+                        .push(ix);
                 }
             }
             self.reply(ix, ws::OP_TEXT, SUBSCRIBED);
@@ -326,5 +340,35 @@ fn handshake(buf: &[u8]) -> Result<Option<(usize, Vec<u8>)>, ()> {
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
+    find(hay, needle).is_some()
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// The value of the frame's first `"channel":"…"` (no escapes: the load generator's
+/// channel names are plain).
+fn channel_of(body: &[u8]) -> Option<&[u8]> {
+    const KEY: &[u8] = b"\"channel\":\"";
+    let start = find(body, KEY)? + KEY.len();
+    let len = body[start..].iter().position(|&b| b == b'"')?;
+    Some(&body[start..start + len])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::channel_of;
+
+    #[test]
+    fn finds_the_channel_of_a_frame() {
+        let publish = br#"{"action":"publish","channel":"g17","data":{"x":1}}"#;
+        assert_eq!(channel_of(publish), Some(&b"g17"[..]));
+        assert_eq!(
+            channel_of(br#"{"action":"subscribe","channel":""}"#),
+            Some(&b""[..])
+        );
+        assert_eq!(channel_of(br#"{"action":"ping"}"#), None);
+        assert_eq!(channel_of(br#"{"channel":"unterminated"#), None);
+    }
 }

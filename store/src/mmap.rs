@@ -199,6 +199,24 @@ impl FlushHandle {
         let _ = self.raw.advise_range(memmap2::Advice::Normal, 0, until);
     }
 
+    /// Faults `[offset, offset + len)` (widened to pages) in for writing
+    /// (`MADV_POPULATE_WRITE`, Linux 5.14+): page-cache pages for the file's holes,
+    /// present and writable in the page tables, so the shard's first write to them takes
+    /// no fault. The bytes stay what they were (zeros, for a hole); the pages become
+    /// dirty, so the file holds them on disk from the next writeback. Advisory, as
+    /// [`SegmentMap::no_read_ahead_from`]: an older kernel refuses it and the shard
+    /// faults the pages in itself, as before.
+    pub(crate) fn populate_for_write(&self, offset: usize, len: usize) {
+        let page = slot_format::SEG_HEADER_LEN;
+        let start = offset.min(self.raw.len()) / page * page;
+        let end = (offset + len).min(self.raw.len());
+        if end > start {
+            let _ = self
+                .raw
+                .advise_range(memmap2::Advice::PopulateWrite, start, end - start);
+        }
+    }
+
     /// msync `[offset, offset + len)` (memmap2 widens it to page boundaries).
     pub(crate) fn flush_range(&self, offset: usize, len: usize) -> io::Result<()> {
         self.raw.flush_range(offset, len)

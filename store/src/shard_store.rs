@@ -27,6 +27,10 @@ use crate::{Epoch, Record, Seq, StoreError, SyncPolicy};
 const INITIAL_DATA: u64 = 128;
 /// How many eviction candidates one scan of the rings collects (oldest first).
 const EVICT_BATCH: usize = 1024;
+/// How far ahead of a segment's high-water mark its pages are faulted in (at least one
+/// slot; [`ShardStore::populate_ahead`]). Those pages are dirtied with zeros, so this is
+/// also about the most disk a segment holds past its used slots.
+const POPULATE_AHEAD_BYTES: usize = 256 * 1024;
 
 /// Bounds, durability and sizing of one [`ShardStore`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -103,6 +107,9 @@ pub(crate) struct Segment {
     pub path: PathBuf,
     /// File byte range written since the last flush.
     pub dirty: Option<(usize, usize)>,
+    /// Fresh slots below this one have had their pages asked for ahead of need
+    /// ([`ShardStore::populate_ahead`]).
+    pub populated_to: u32,
 }
 
 /// Free space of one size class.
@@ -948,6 +955,7 @@ impl ShardStore {
                 slot_format::write_high_water(seg.map.bytes_mut(), hw);
                 self.touched(loc.seg, slot_format::HIGH_WATER_RANGE);
                 self.read_ahead_behind(loc.seg, hw);
+                self.populate_ahead(loc.seg, hw);
                 break loc;
             }
             if self.classes[ci].preparing == 0 {
@@ -1070,12 +1078,14 @@ impl ShardStore {
             header,
             path,
             dirty: None,
+            populated_to: high_water,
         });
         let ci = usize::from(header.class_log2 - MIN_CLASS_LOG2);
         if high_water < header.slot_count {
             self.classes[ci]
                 .fresh
                 .push((seg, high_water, header.slot_count));
+            self.populate_ahead(seg, high_water);
         }
         let c = &mut self.classes[ci];
         c.next_number = c.next_number.max(header.number + 1);
@@ -1106,6 +1116,33 @@ impl ShardStore {
                 until,
             });
         }
+    }
+
+    /// Keeps the pages of the next fresh slots of `seg` (from `hw`, its high-water mark)
+    /// in memory ahead of need: when fewer than half of [`POPULATE_AHEAD_BYTES`] worth of
+    /// slots (at least one slot) past `hw` have been asked for, the background thread is
+    /// asked to fault the next window in (`MADV_POPULATE_WRITE`). Otherwise the first
+    /// write to each new page of a new or grown ring takes a page fault on the shard
+    /// thread: a page-cache miss on a hole of the sparse file, ~10–15 µs each (bench
+    /// README, "Fresh slots faulted in ahead"). Advisory: a lost or refused job only
+    /// leaves those faults to the shard.
+    pub(crate) fn populate_ahead(&mut self, seg: u32, hw: u32) {
+        let s = &self.segments[seg as usize];
+        let h = s.header;
+        let ahead = (POPULATE_AHEAD_BYTES / h.class_size()).max(1) as u32;
+        if s.populated_to >= h.slot_count || s.populated_to > hw + ahead / 2 {
+            return;
+        }
+        let from = s.populated_to.max(hw);
+        let to = (hw + ahead).min(h.slot_count);
+        if to <= from {
+            return;
+        }
+        let (at, len) = (h.slot_at(from), h.slot_at(to) - h.slot_at(from));
+        let map = s.map.flush_handle();
+        self.segments[seg as usize].populated_to = to;
+        // Advisory: a lost job only leaves these pages to be faulted in on first write.
+        let _ = self.space.send(Job::Populate { map, at, len });
     }
 
     /// Creates a segment on the calling thread (only `open` does this).

@@ -4,7 +4,8 @@
 //! `std::thread` that takes [`Job`]s over a channel and answers with [`Done`]s, which the
 //! store picks up with a non-blocking `try_recv` on its next call. The thread never reads
 //! or writes a segment's bytes after handing the mapping over: it only holds
-//! [`FlushHandle`]s, which can msync and advise read-ahead, nothing else.
+//! [`FlushHandle`]s, which can msync, advise read-ahead and fault pages in ahead of
+//! need (which leaves their bytes as they are), nothing else.
 
 use std::io;
 use std::path::PathBuf;
@@ -28,6 +29,13 @@ pub(crate) enum Job {
     /// Give the mapping's first `until` bytes normal read-ahead back (their pages are no
     /// longer holes; see `ShardStore::read_ahead_behind`). Advisory: nothing answers.
     ReadAhead { map: FlushHandle, until: usize },
+    /// Fault `[at, at + len)` (fresh slots) in for writing, ahead of the shard's first
+    /// write (see `ShardStore::populate_ahead`). Advisory: nothing answers.
+    Populate {
+        map: FlushHandle,
+        at: usize,
+        len: usize,
+    },
 }
 
 /// What the background thread reports back.
@@ -124,6 +132,10 @@ fn run(job: Job) -> Option<Done> {
         }
         Job::ReadAhead { map, until } => {
             map.read_ahead_until(until);
+            None
+        }
+        Job::Populate { map, at, len } => {
+            map.populate_for_write(at, len);
             None
         }
     }

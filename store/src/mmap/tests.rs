@@ -59,3 +59,39 @@ fn no_read_ahead_from_covers_the_tail_from_its_page_and_leaves_the_head() {
     map.no_read_ahead_from(map.len());
     assert!(reads_ahead(base));
 }
+
+/// Whether the page holding `addr` is present in this process's page tables (bit 63 of
+/// its `/proc/self/pagemap` entry): a write to it takes no fault.
+pub(crate) fn page_present(addr: usize) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut pagemap = std::fs::File::open("/proc/self/pagemap").unwrap();
+    pagemap
+        .seek(SeekFrom::Start((addr / PAGE * 8) as u64))
+        .unwrap();
+    let mut entry = [0u8; 8];
+    pagemap.read_exact(&mut entry).unwrap();
+    u64::from_le_bytes(entry) >> 63 == 1
+}
+
+#[test]
+fn populate_for_write_faults_in_whole_pages_and_keeps_the_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut map = SegmentMap::create(&dir.path().join("s.seg"), 64 * PAGE as u64).unwrap();
+    map.bytes_mut()[12 * PAGE] = 7;
+    let base = map.bytes().as_ptr() as usize;
+    assert!(!page_present(base + 20 * PAGE), "a hole is not in memory");
+    // From inside page 10 to inside page 14: pages 10..=14.
+    map.flush_handle()
+        .populate_for_write(10 * PAGE + 100, 4 * PAGE);
+    for page in 10..=14 {
+        assert!(page_present(base + page * PAGE), "page {page}");
+    }
+    assert!(!page_present(base + 9 * PAGE));
+    assert!(!page_present(base + 15 * PAGE));
+    assert!(map.bytes()[10 * PAGE..15 * PAGE]
+        .iter()
+        .enumerate()
+        .all(|(i, &b)| b == if i == 2 * PAGE { 7 } else { 0 }));
+    // Past the end: clamped, nothing to do.
+    map.flush_handle().populate_for_write(64 * PAGE, PAGE);
+}

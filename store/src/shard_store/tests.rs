@@ -807,3 +807,61 @@ fn a_small_slot_segment_gets_read_ahead_back_behind_its_high_water_mark() {
     assert!(!reads_ahead(base + seg.header.slot_at(20)));
     assert!(!reads_ahead(base + seg.map.len() - 1), "the unused tail");
 }
+
+/// Waits until the background thread has done every job queued so far: it takes jobs in
+/// order, so once a segment asked for now is ready, everything before it is done.
+fn background_caught_up(s: &mut ShardStore) {
+    s.request_segment(MIN_CLASS_LOG2);
+    let done = s.space.recv().expect("background thread");
+    s.install(done);
+}
+
+#[test]
+fn fresh_slots_are_faulted_in_ahead_of_their_first_write() {
+    use crate::mmap::tests::page_present;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StoreConfig {
+        max_bytes_per_ring: 32 * 1024,
+        segment_bytes: 1024 * 1024,
+        ..small_cfg()
+    };
+    let (mut s, _) = open(dir.path(), cfg);
+    put_small_rings(&mut s, 3);
+    // One ring grows to a class of slots larger than a page.
+    let big = s.create(b"t/big", Epoch(1), 1000).unwrap();
+    for i in 0..60 {
+        put(&mut s, big, 12 + i, &[b'z'; 180]);
+    }
+    background_caught_up(&mut s);
+    // In each segment in use: the fresh slots of at least half a window past the
+    // high-water mark are in memory; those a window past it are still holes.
+    let used: Vec<_> = s
+        .segments
+        .iter()
+        .filter(|seg| slot_format::read_high_water(seg.map.bytes()).unwrap() > 0)
+        .collect();
+    assert!(used.iter().any(|seg| seg.header.class_size() > 4096));
+    assert!(used.iter().any(|seg| seg.header.class_size() < 4096));
+    for seg in used {
+        let h = seg.header;
+        let hw = slot_format::read_high_water(seg.map.bytes()).unwrap();
+        let base = seg.map.bytes().as_ptr() as usize;
+        let ahead = (256 * 1024 / h.class_size()).max(1) as u32;
+        let size = h.class_size();
+        let sure = (hw + ahead / 2).min(h.slot_count - 1);
+        for slot in hw..=sure {
+            assert!(page_present(base + h.slot_at(slot)), "{size} B slot {slot}");
+            assert!(
+                page_present(base + h.slot_at(slot) + size - 1),
+                "{size} B slot {slot}, last byte"
+            );
+        }
+        if hw + ahead < h.slot_count {
+            assert!(
+                !page_present(base + h.slot_at(hw + ahead)),
+                "{size} B slot {}: past the window",
+                hw + ahead
+            );
+        }
+    }
+}

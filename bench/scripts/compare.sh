@@ -15,6 +15,8 @@
 #          --w5-connections "1000 10000" (W5: connections per case)
 #          --w5-inflight N (W5: handshakes in flight, default 512; the outside measurement
 #          of connection set-up used 5,000 connections with 128 in flight)
+#          --w2-max R (W2: take R msgs/s as every server's maximum instead of probing it,
+#          so the 50 % and 80 % phases run at the same rates for all of them)
 #          --latency-trace (W2/W6: each case also writes its deliveries' latency traces,
 #          <server>-<workload>-r<round>.<phase>.tsv; read them with latency-gaps.py)
 #
@@ -35,6 +37,7 @@ BURSTS="1 16"
 PAYLOADS="64"
 W5_SUBS="1000 10000"
 W5_EXTRA=""
+W2_EXTRA=""
 W3_SUBS="100"
 W3_RATE=10000
 W2_SUBS=10000
@@ -63,8 +66,9 @@ while [ $# -gt 0 ]; do
     --latency-trace) TRACE=1 ;;
     --w5-connections) W5_SUBS=$2; shift ;;
     --w5-inflight) W5_EXTRA="--max-inflight $2"; shift ;;
+    --w2-max) W2_EXTRA="--rate $2"; shift ;;
     --w1-publishers) LOADGEN_EXTRA="$LOADGEN_EXTRA --publishers $2 --window $2"; shift ;;
-    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -239,7 +243,8 @@ for wl in $WORKLOADS; do
           run_all w3 "$n" "$p" 1 --rate "$W3_RATE"
         done; done ;;
     w5) for n in $W5_SUBS; do run_all w5 "$n" 64 1 $W5_EXTRA; done ;;
-    w2|w6) run_all "$wl" "$W2_SUBS" 64 1 ;;
+    w2) run_all w2 "$W2_SUBS" 64 1 $W2_EXTRA ;;
+    w6) run_all w6 "$W2_SUBS" 64 1 ;;
     w4) run_all w4 19000 64 1 --max-inflight 1024 ;;
     *) echo "unknown workload $wl" >&2 ;;
   esac

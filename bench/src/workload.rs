@@ -435,7 +435,12 @@ fn personal_and_group(cfg: &Config, stalled: bool, r: &mut Report) -> anyhow::Re
     let mut tr = Traffic::new(pubs, channels, cfg);
     let probed = match cfg.rate {
         Some(rate) if stalled => rate / 0.5,
-        _ => {
+        // W2 with `--rate`: that is the maximum, for every server alike.
+        Some(rate) => {
+            r.num("max_msgs_per_s", rate);
+            rate
+        }
+        None => {
             let (cpu0, own0, t0) = (
                 cpu(cfg),
                 procfs::cpu_seconds(std::process::id()),

@@ -39,7 +39,8 @@ struct Args {
     #[arg(long, default_value_t = 1)]
     burst: usize,
     /// Open-loop publishes per second. w1 without it runs closed loop (saturation);
-    /// w3 defaults to 10000; w6 defaults to half the probed maximum.
+    /// w3 defaults to 10000; w6 defaults to half the probed maximum; w2 with it takes it
+    /// as the maximum (no probe) and runs its phases at 50 % and 80 % of it.
     #[arg(long)]
     rate: Option<f64>,
     /// Measured seconds per phase.

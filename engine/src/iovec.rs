@@ -88,6 +88,11 @@ impl FrameBatch {
         }
     }
 
+    /// The iovecs of what is still to write (one per frame or part of a frame).
+    pub fn iovecs(&self) -> &[libc::iovec] {
+        &self.iovecs
+    }
+
     /// Frames (or parts of frames) still to write.
     pub fn frames(&self) -> usize {
         self.frames.len()

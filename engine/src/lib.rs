@@ -49,6 +49,7 @@ pub mod reload;
 pub mod ren;
 pub mod requests;
 pub mod run;
+pub mod send_ring;
 pub mod server;
 pub mod session;
 pub mod shard;

@@ -22,13 +22,17 @@
 //! A busy connection keeps its queue's and batch's memory from one write to the next; the
 //! shard's once-a-second sweep ([`Outbound::sweep_idle`]) gives that memory back once a
 //! connection has written nothing for a whole tick, so idle connections hold none.
+//!
+//! Who sends: a WebSocket connection on a shard with a [`SendRing`] has a [`Sink`]
+//! attached ([`Outbound::attach`]) and no writer task; a push then only puts it on the
+//! ring's dirty list, and the shard's flush pass sends (`send_ring.rs`). Everything else
+//! (SSE streams, the legacy driver) has a writer task ([`run_writer`]).
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
 use std::rc::Rc;
 use std::task::{Poll, Waker};
-use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use monoio::io::AsyncWriteRent;
@@ -36,9 +40,10 @@ use ringcast_protocol::CloseCode;
 
 use crate::iovec::FrameBatch;
 use crate::metrics::{CloseReason, ShardMetrics, Transport};
+use crate::send_ring::{Sink, CLOSE_FLUSH_TIMEOUT};
 
-/// How long a closing connection may take to flush its last frames.
-const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+#[cfg(doc)]
+use crate::send_ring::SendRing;
 
 /// The last frame a transport sends when it closes with a code (a WebSocket close frame;
 /// nothing for SSE).
@@ -98,6 +103,8 @@ pub struct Outbound {
     /// Why it stopped being open, and the code it closed with if the server sent one
     /// (`None` while open).
     closed_by: Cell<Option<(CloseReason, Option<CloseCode>)>>,
+    /// The socket, when the shard's send ring sends (`None`: a writer task does).
+    sink: RefCell<Option<Sink>>,
 }
 
 impl std::fmt::Debug for Outbound {
@@ -127,7 +134,42 @@ impl Outbound {
             buffers: Cell::new(Buffers::Released),
             trim_requested: Cell::new(false),
             closed_by: Cell::new(None),
+            sink: RefCell::new(None),
         }
+    }
+
+    /// From now on the shard's send ring sends through `sink` (no writer task).
+    pub fn attach(&self, sink: Sink) {
+        let mut slot = self.sink.borrow_mut();
+        let sink = slot.insert(sink);
+        if !self.queue.borrow().frames.is_empty() {
+            sink.wake();
+        }
+    }
+
+    /// Runs `f` on the attached sink (`None`: no sink).
+    pub(crate) fn with_sink<R>(&self, f: impl FnOnce(&mut Sink) -> R) -> Option<R> {
+        self.sink.borrow_mut().as_mut().map(f)
+    }
+
+    /// For the send ring: moves what is queued into `batch` (after giving its memory
+    /// back if the idle sweep asked) and says where the connection stands.
+    pub(crate) fn fill_batch(&self, batch: &mut FrameBatch) -> ConnState {
+        if self.trim_requested.replace(false) {
+            batch.trim();
+        }
+        let mut queue = self.queue.borrow_mut();
+        batch.fill_from(&mut queue.frames);
+        queue.state
+    }
+
+    /// For the send ring: `written` bytes went out. True if more is queued, or the
+    /// connection is closing (its socket is shut down once everything is out).
+    pub(crate) fn written(&self, written: usize) -> bool {
+        self.buffers.set(Buffers::Busy);
+        let mut queue = self.queue.borrow_mut();
+        queue.bytes = queue.bytes.saturating_sub(written);
+        !queue.frames.is_empty() || matches!(queue.state, ConnState::Closing(_))
     }
 
     /// Why the connection stopped being open: the reason of the server's close code, or
@@ -171,14 +213,16 @@ impl Outbound {
                 queue.frames.push_back(last);
             }
             drop(queue);
-            self.wake_both();
+            self.now_closing();
             return Pushed::Overflowed;
         }
         queue.bytes += frame.len();
         let was_empty = queue.frames.is_empty();
         queue.frames.push_back(frame);
         drop(queue);
-        if was_empty {
+        if let Some(sink) = self.sink.borrow_mut().as_mut() {
+            sink.wake();
+        } else if was_empty {
             wake(&self.writer_waker);
         }
         Pushed::Queued
@@ -223,6 +267,16 @@ impl Outbound {
             queue.frames.push_back(last);
         }
         drop(queue);
+        self.now_closing();
+    }
+
+    /// The connection just left `Open` for `Closing`: whoever sends flushes the farewell
+    /// (within [`CLOSE_FLUSH_TIMEOUT`]) and shuts the socket down; the reader stops.
+    fn now_closing(&self) {
+        if let Some(sink) = self.sink.borrow_mut().as_mut() {
+            sink.wake();
+            sink.arm_close_deadline();
+        }
         self.wake_both();
     }
 
@@ -235,6 +289,9 @@ impl Outbound {
         queue.frames.clear();
         queue.bytes = 0;
         drop(queue);
+        if let Some(sink) = self.sink.borrow_mut().as_mut() {
+            sink.abort();
+        }
         self.wake_both();
     }
 
@@ -252,7 +309,10 @@ impl Outbound {
                     queue.frames = VecDeque::new();
                 }
                 drop(queue);
-                self.trim_requested.set(true);
+                let trimmed = self.with_sink(Sink::trim);
+                if trimmed != Some(true) {
+                    self.trim_requested.set(true);
+                }
                 wake(&self.writer_waker);
             }
         }

@@ -29,6 +29,7 @@ use crate::http::serve_connection;
 use crate::keys::ShardId;
 use crate::mesh::Mesh;
 use crate::reload::{self, ConfigSource};
+use crate::send_ring::SendRing;
 use crate::shard::{Shard, INBOX_BATCH};
 use crate::shared::Shared;
 
@@ -279,13 +280,10 @@ fn shard_thread(
             }
         };
         let grace = Duration::from_millis(shared.config.load().shutdown_grace_ms);
-        let shard = Rc::new(Shard::new(
-            id,
-            mesh.clone(),
-            shared,
-            history,
-            Clock::system(),
-        ));
+        let shard = Rc::new(
+            Shard::new(id, mesh.clone(), shared, history, Clock::system())
+                .with_send_ring(send_ring()),
+        );
         monoio::spawn(accept_loop(shard.clone(), listener));
         let timer = shard.clone();
         monoio::spawn(async move { timer.run_timer().await });
@@ -293,6 +291,27 @@ fn shard_thread(
         let _ = events.send(ShardEvent::Ready);
         run_inbox(&shard, &mesh, grace).await;
     });
+}
+
+/// The shard's send ring, with its tasks started (`None` on the legacy driver, where
+/// the kernel refuses one, or with `RINGCAST_SEND_RING=0`: every connection then has a
+/// writer task).
+fn send_ring() -> Option<Rc<SendRing>> {
+    if monoio::utils::is_legacy()
+        || std::env::var_os("RINGCAST_SEND_RING").is_some_and(|v| v == "0")
+    {
+        return None;
+    }
+    match SendRing::new() {
+        Ok(ring) => {
+            ring.spawn_tasks();
+            Some(ring)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "no send ring: connections get writer tasks");
+            None
+        }
+    }
 }
 
 /// A shard's runtime: io_uring, or the legacy driver where io_uring is missing; both with

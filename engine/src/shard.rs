@@ -27,6 +27,7 @@ use crate::history::HistoryStore;
 use crate::keys::{ChannelKey, ShardId};
 use crate::mesh::{HttpPublish, Mesh, Question, ShardMsg};
 use crate::requests::Outcome;
+use crate::send_ring::SendRing;
 use crate::shared::Shared;
 use crate::tenant::Tenant;
 use crate::token::Grant;
@@ -54,6 +55,8 @@ pub struct Shard {
     armed: Cell<Millis>,
     /// Parses HTTP API bodies (its buffers are reused; borrowed only while parsing).
     api_parser: RefCell<ApiParser>,
+    /// The shard's own io_uring ring for WebSocket sends (`None`: writer tasks send).
+    pub send_ring: Option<Rc<SendRing>>,
 }
 
 impl Shard {
@@ -77,7 +80,14 @@ impl Shard {
             timer_waker: RefCell::new(None),
             armed: Cell::new(Millis(0)),
             api_parser: RefCell::new(ApiParser::new()),
+            send_ring: None,
         }
+    }
+
+    /// Sends WebSocket frames through `ring` from now on (its tasks must be running).
+    pub fn with_send_ring(mut self, ring: Option<Rc<SendRing>>) -> Shard {
+        self.send_ring = ring;
+        self
     }
 
     /// The core, for one entry point's synchronous work.

@@ -1,8 +1,10 @@
 //! A WebSocket connection as its shard sees it: who it is (tenant, subscriptions) and its
 //! [`Outbound`] queue, whose goodbye is a WebSocket close frame.
 //!
-//! The connection is served by two tasks on its shard: the session (`session.rs`: reads
-//! frames, hands them to the shard) and the writer ([`crate::outbound::run_writer`]).
+//! The connection is served on its shard by the session task (`session.rs`: reads
+//! frames, hands them to the shard) and, for what it is sent, by the shard's send ring
+//! (`send_ring.rs`), or by a writer task of its own ([`crate::outbound::run_writer`])
+//! where the shard has no ring.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;

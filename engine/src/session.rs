@@ -66,8 +66,9 @@ pub struct SessionSetup {
     pub response: Vec<u8>,
 }
 
-/// Starts serving one upgraded connection: registers it, spawns its writer and its
-/// session task, and queues `connected`. `slot` is released when the session ends.
+/// Starts serving one upgraded connection: registers it, attaches it to the shard's send
+/// ring (or spawns its writer task where there is none), spawns its session task, and
+/// queues `connected`. `slot` is released when the session ends.
 ///
 /// The set-up runs here, outside the session task, so the task keeps only what it needs
 /// while the connection lives (an async fn's arguments stay in its task to the end).

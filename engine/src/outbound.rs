@@ -23,10 +23,11 @@
 //! shard's once-a-second sweep ([`Outbound::sweep_idle`]) gives that memory back once a
 //! connection has written nothing for a whole tick, so idle connections hold none.
 //!
-//! Who sends: a WebSocket connection on a shard with a [`SendRing`] has a [`Sink`]
-//! attached ([`Outbound::attach`]) and no writer task; a push then only puts it on the
-//! ring's dirty list, and the shard's flush pass sends (`send_ring.rs`). Everything else
-//! (SSE streams, the legacy driver) has a writer task ([`run_writer`]).
+//! Who sends: on a shard with a [`SendRing`], a connection (WebSocket or SSE) has a
+//! [`Sink`] attached ([`Outbound::attach`]) and no writer task; a push then only puts it
+//! on the ring's dirty list, and the shard's flush pass sends (`send_ring.rs`). Without
+//! a ring (the legacy driver, `RINGCAST_SEND_RING=0`) each has a writer task
+//! ([`run_writer`]).
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;

@@ -1,4 +1,5 @@
-//! One flush pass per shard turn: the shard's own io_uring ring for WebSocket sends.
+//! One flush pass per shard turn: the shard's own io_uring ring for what WebSocket
+//! connections and SSE streams are sent.
 //!
 //! Without it, every connection has a writer task: a delivery wakes it, it polls, makes
 //! a monoio write op (touching the connection's task, its descriptor's shared state and
@@ -22,7 +23,8 @@
 //! connection's last frames get [`CLOSE_FLUSH_TIMEOUT`], then the socket is shut down for
 //! writing; a connection that went away is shut down both ways if a send is still in
 //! flight, so that send ends. Where the ring cannot be made (the legacy driver, or an old
-//! kernel), connections keep their writer tasks; SSE streams always do.
+//! kernel), or with `RINGCAST_SEND_RING=0`, connections and streams keep their writer
+//! tasks.
 //!
 //! One of the engine's unsafe modules: the kernel reads a send's buffers after the
 //! submission returns. Every in-flight send's connection is held in the ring's slot
@@ -52,7 +54,7 @@ const SQ_ENTRIES: u32 = 4096;
 /// Completion queue entries (the kernel keeps any overflow and hands it over later).
 const CQ_ENTRIES: u32 = 32768;
 
-/// Whatever holds an [`Outbound`] (a WebSocket connection).
+/// Whatever holds an [`Outbound`] (a WebSocket connection, an SSE stream).
 pub type Owner = dyn AsRef<Outbound>;
 
 /// A connection's side of the ring: its socket and its send in flight.

@@ -28,23 +28,24 @@
 //!
 //! One of the engine's unsafe modules: the kernel reads a send's buffers after the
 //! submission returns. Every in-flight send's connection is held in the ring's slot
-//! table until its completion, and with it the [`FrameBatch`] whose iovecs and frames
+//! table until its completion, and with it the `FrameBatch` whose iovecs and frames
 //! the submission points at; the batch is not touched while the send is in flight.
 #![allow(unsafe_code)]
 
 use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
-use std::os::fd::{FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::rc::{Rc, Weak};
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use io_uring::{opcode, types, IoUring};
-use monoio::io::OwnedWriteHalf;
+use monoio::io::{OwnedReadHalf, OwnedWriteHalf};
 use monoio::net::TcpStream;
 
 use crate::iovec::FrameBatch;
-use crate::outbound::{ConnState, Outbound, WriteMeter};
+use crate::outbound::{run_writer, ConnState, Outbound, WriteMeter};
+use crate::server::yield_now;
 
 /// How long a closing connection may take to flush its last frames.
 pub const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
@@ -168,6 +169,29 @@ fn shutdown(fd: RawFd, how: libc::c_int) {
     // SAFETY: `fd` is the socket of a sink, which holds its write half, so the
     // descriptor is open and still this socket. shutdown(2) touches no memory.
     let _ = unsafe { libc::shutdown(fd, how) };
+}
+
+/// Starts sending what `owner` is queued on `writer`'s socket: through `ring` when the
+/// shard has one, else with a writer task of its own. `reader` is the other half of the
+/// same socket (its descriptor is read from it).
+pub fn start_sending<C: AsRef<Outbound> + 'static>(
+    ring: Option<&Rc<SendRing>>,
+    owner: &Rc<C>,
+    reader: &OwnedReadHalf<TcpStream>,
+    writer: OwnedWriteHalf<TcpStream>,
+    meter: WriteMeter,
+) {
+    match ring {
+        Some(ring) => {
+            let fd = crate::nowait::stream_of(reader).as_raw_fd();
+            let weak: Weak<C> = Rc::downgrade(owner);
+            let sink = Sink::new(ring.clone(), weak, writer, fd, meter);
+            (**owner).as_ref().attach(sink);
+        }
+        None => {
+            monoio::spawn(run_writer(owner.clone(), writer, meter));
+        }
+    }
 }
 
 /// A shard's send ring. Lives in an `Rc` on the shard's thread.
@@ -462,19 +486,6 @@ async fn run_flusher(ring: Rc<SendRing>) {
     }
 }
 
-async fn yield_now() {
-    let mut yielded = false;
-    poll_fn(|cx| {
-        if yielded {
-            return Poll::Ready(());
-        }
-        yielded = true;
-        cx.waker().wake_by_ref();
-        Poll::Pending
-    })
-    .await
-}
-
 /// The reaper task: reads the eventfd through the shard's runtime and reaps the sends
 /// that completed after their submission. Should a read ever fail, it reaps every
 /// millisecond instead, so no completion is left behind.
@@ -586,6 +597,17 @@ mod tests {
         got
     }
 
+    /// Waits (2 s at most) for the ring's last send to come back: its completion arrives
+    /// through the eventfd at a time the test cannot await directly.
+    async fn no_send_in_flight(ring: &SendRing) {
+        for _ in 0..2000 {
+            if ring.in_flight() == 0 {
+                return;
+            }
+            monoio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
     #[test]
     fn frames_arrive_whole_and_in_order_through_late_completions_then_the_close() {
         runtime().block_on(async {
@@ -630,11 +652,7 @@ mod tests {
             assert_eq!(ring.in_flight(), 1);
             conn.out.mark_closed();
             // The shutdown ends the send; its completion comes back through the eventfd.
-            let mut waited = 0;
-            while ring.in_flight() > 0 && waited < 2000 {
-                monoio::time::sleep(Duration::from_millis(1)).await;
-                waited += 1;
-            }
+            no_send_in_flight(&ring).await;
             assert_eq!(
                 ring.in_flight(),
                 0,
@@ -665,11 +683,7 @@ mod tests {
                 ConnState::Closed,
                 "given up at the deadline"
             );
-            let mut waited = 0;
-            while ring.in_flight() > 0 && waited < 2000 {
-                monoio::time::sleep(Duration::from_millis(1)).await;
-                waited += 1;
-            }
+            no_send_in_flight(&ring).await;
             assert_eq!(ring.in_flight(), 0);
         });
     }

@@ -417,7 +417,7 @@ fn spawn_connection(shard: &Rc<Shard>, stream: monoio::net::TcpStream, peer: Soc
 }
 
 /// Gives other tasks on this thread one turn.
-async fn yield_now() {
+pub(crate) async fn yield_now() {
     let mut yielded = false;
     poll_fn(|cx| {
         if yielded {

@@ -13,8 +13,7 @@
 //! in one send instead of its first message alone and the rest in a second pass.
 
 use std::future::Future;
-use std::os::fd::AsRawFd;
-use std::rc::{Rc, Weak};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,9 +27,9 @@ use ringcast_protocol::CloseCode;
 use crate::admission::ConnectionSlot;
 use crate::conn::Conn;
 use crate::metrics::Transport;
-use crate::outbound::{run_writer, ConnState, WriteMeter};
+use crate::outbound::{ConnState, WriteMeter};
 use crate::per_ip::IpSlot;
-use crate::send_ring::Sink;
+use crate::send_ring::start_sending;
 use crate::shard::Shard;
 use crate::tenant::Tenant;
 use crate::token::Grant;
@@ -94,17 +93,7 @@ pub fn start_session(
         counters: shard.shared.metrics.shard_handle(shard.id),
         transport: Transport::Ws,
     };
-    match &shard.send_ring {
-        Some(ring) => {
-            let fd = crate::nowait::stream_of(&reader).as_raw_fd();
-            let owner: Weak<Conn> = Rc::downgrade(&conn);
-            let sink = Sink::new(ring.clone(), owner, writer, fd, meter);
-            conn.outbound().attach(sink);
-        }
-        None => {
-            monoio::spawn(run_writer(conn.clone(), writer, meter));
-        }
-    }
+    start_sending(shard.send_ring.as_ref(), &conn, &reader, writer, meter);
     // The HTTP phase's buffer is sized for request heads; start small unless it holds
     // frames the client sent right behind its handshake.
     let buf = if leftover.is_empty() {

@@ -1,12 +1,11 @@
 //! How one SSE stream is served, after `http.rs` read its request: what it is sent goes
-//! out through the shard's send ring (`send_ring.rs`), or the shared [`run_writer`] task
+//! out through the shard's send ring (`send_ring.rs`), or the shared [`crate::outbound::run_writer`] task
 //! where the shard has none (one `writev` per turn with everything queued either way),
 //! and a reader task only watches for the client going away (SSE clients send nothing
 //! after the request).
 //! The stream holds its `max_connections` slot until the reader ends.
 
-use std::os::fd::AsRawFd;
-use std::rc::{Rc, Weak};
+use std::rc::Rc;
 
 use monoio::io::{AsyncReadRent, OwnedReadHalf, Splitable};
 use monoio::net::TcpStream;
@@ -14,10 +13,10 @@ use monoio::net::TcpStream;
 use crate::admission::ConnectionSlot;
 use crate::api::ren::RenOpen;
 use crate::metrics::Transport;
-use crate::outbound::{run_writer, ConnState, WriteMeter};
+use crate::outbound::{ConnState, WriteMeter};
 use crate::per_ip::IpSlot;
 use crate::ren::stream::RenStream;
-use crate::send_ring::Sink;
+use crate::send_ring::start_sending;
 use crate::shard::Shard;
 
 /// How long a stream being closed by the server may take to flush and shut down.
@@ -38,17 +37,7 @@ pub fn start_stream(
         counters: shard.shared.metrics.shard_handle(shard.id),
         transport: Transport::Sse,
     };
-    match &shard.send_ring {
-        Some(ring) => {
-            let fd = crate::nowait::stream_of(&reader).as_raw_fd();
-            let owner: Weak<RenStream> = Rc::downgrade(&stream);
-            let sink = Sink::new(ring.clone(), owner, writer, fd, meter);
-            stream.outbound().attach(sink);
-        }
-        None => {
-            monoio::spawn(run_writer(stream.clone(), writer, meter));
-        }
-    }
+    start_sending(shard.send_ring.as_ref(), &stream, &reader, writer, meter);
     monoio::spawn(run_reader(shard, stream, reader, slot));
 }
 

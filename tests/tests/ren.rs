@@ -1,7 +1,8 @@
 //! REN (SPEC §7) against the real binary, over raw TCP: `GET /api/maravilla/ren` streams
 //! (filters, mirrors of WebSocket and HTTP publishes and presence joins, app events from
 //! `POST /api/ren/events`), resume with `Last-Event-ID`, truncation, a stalled reader,
-//! refusals with JSON bodies, anonymous/token/CORS rules, connection limits, `:ping`.
+//! refusals with JSON bodies, anonymous/token/CORS rules, connection limits, `:ping`,
+//! the SSE series of `/metrics`.
 
 use std::time::{Duration, Instant};
 
@@ -501,5 +502,36 @@ fn a_ping_comment_within_15_seconds_real_time() -> Result<()> {
         stream.next_item(Duration::from_secs(17))?,
         SseItem::Comment("ping".into())
     );
+    Ok(())
+}
+
+/// Reads `series` from `/metrics` until it is `want` (gauges settle after the event
+/// that moves them).
+fn await_series(server: &Server, series: &str, want: impl Fn(f64) -> bool) -> Result<f64> {
+    poll_until(TIMEOUT, Duration::from_millis(20), || {
+        let text = server.metrics()?;
+        Ok(ringcast_tests::series_value(&text, series).filter(|v| want(*v)))
+    })
+}
+
+#[test]
+fn streams_are_counted_in_metrics_while_open_and_when_they_close() -> Result<()> {
+    const OPEN: &str = "ringcast_connections{transport=\"sse\"}";
+    const BYTES: &str = "ringcast_bytes_out_total{transport=\"sse\"}";
+    const CLOSED: &str = "ringcast_connections_closed_total{transport=\"sse\",reason=\"client\"}";
+    let server = Server::start(&[])?;
+    let before = server.metrics()?;
+    assert_eq!(ringcast_tests::series_value(&before, OPEN), Some(0.0));
+    assert_eq!(ringcast_tests::series_value(&before, BYTES), Some(0.0));
+    let mut stream = open(&server, &format!("{STREAM}?s=*"))?;
+    await_series(&server, OPEN, |v| v == 1.0)?;
+    // The response head and `:ok` at least.
+    let opened = await_series(&server, BYTES, |v| v > 0.0)?;
+    ingest(&server, r#"{"t":"app.note","r":"app","data":{"n":1}}"#)?;
+    assert_eq!(next(&mut stream)?.event, "app.note");
+    await_series(&server, BYTES, |v| v > opened)?;
+    drop(stream);
+    await_series(&server, OPEN, |v| v == 0.0)?;
+    await_series(&server, CLOSED, |v| v == 1.0)?;
     Ok(())
 }

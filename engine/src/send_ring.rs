@@ -16,8 +16,9 @@
 //! inline, which the flush pass has reaped already, and once for each later batch); a
 //! reaper task reads it through the shard's monoio runtime and reaps. The `_ASYNC`
 //! registration would not do: it signals only for completions from io-wq workers, and
-//! a send that waited for socket space completes through task work instead. A connection has at most one send in flight,
-//! so its bytes stay in order; what is queued meanwhile goes in the next one.
+//! a send that waited for socket space completes through task work instead. A
+//! connection has at most one send in flight, so its bytes stay in order; what is
+//! queued meanwhile goes in the next one.
 //!
 //! The closing rules are the writer task's (`outbound::run_writer`): a closing
 //! connection's last frames get [`CLOSE_FLUSH_TIMEOUT`], then the socket is shut down for

@@ -202,6 +202,8 @@ pub struct SendRing {
     dirty: RefCell<Vec<Rc<Owner>>>,
     /// In-flight sends, by `user_data`; each keeps its connection (and its batch) alive.
     slots: RefCell<Slots>,
+    /// `reap`'s buffer of `(user_data, result)`, kept from one reap to the next.
+    completions: RefCell<Vec<(u64, i32)>>,
     flush_scheduled: Cell<bool>,
     flusher: Cell<Option<Waker>>,
     /// Signalled by the kernel whenever it posts completions; the reaper task takes it.
@@ -255,7 +257,7 @@ impl SendRing {
             .setup_cqsize(CQ_ENTRIES)
             .build(SQ_ENTRIES)?;
         // SAFETY: eventfd(2) touches no memory; the descriptor it returns is owned by the
-        // ring from here on and closed in `Drop`.
+        // `File` made next (which the reaper task keeps and closes).
         let eventfd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
         if eventfd < 0 {
             return Err(std::io::Error::last_os_error());
@@ -268,6 +270,7 @@ impl SendRing {
             ring: RefCell::new(ring),
             dirty: RefCell::new(Vec::new()),
             slots: RefCell::new(Slots::default()),
+            completions: RefCell::new(Vec::new()),
             flush_scheduled: Cell::new(false),
             flusher: Cell::new(None),
             eventfd: Cell::new(Some(eventfd)),
@@ -297,14 +300,13 @@ impl SendRing {
     /// The flush pass: a send for every dirty connection, one submission for all, then
     /// the completions that came back inline.
     fn flush(&self) {
-        let dirty = std::mem::take(&mut *self.dirty.borrow_mut());
+        // Taken out while the sends start, then put back empty (unless something was
+        // marked dirty meanwhile), so its memory serves the next turn.
+        let mut dirty = std::mem::take(&mut *self.dirty.borrow_mut());
         let mut pushed = 0;
-        for owner in &dirty {
-            pushed += usize::from(self.start(owner));
+        for owner in dirty.drain(..) {
+            pushed += usize::from(self.start(&owner));
         }
-        // Keep the list's memory for the next turn.
-        let mut dirty = dirty;
-        dirty.clear();
         let mut list = self.dirty.borrow_mut();
         if list.is_empty() {
             *list = dirty;
@@ -402,17 +404,18 @@ impl SendRing {
     /// again at once.
     fn reap(&self) {
         let mut pushed = 0;
+        let mut done = std::mem::take(&mut *self.completions.borrow_mut());
         loop {
-            let done: Vec<(u64, i32)> = {
-                let mut ring = self.ring.borrow_mut();
-                ring.completion()
-                    .map(|cqe| (cqe.user_data(), cqe.result()))
-                    .collect()
-            };
+            done.extend(
+                self.ring
+                    .borrow_mut()
+                    .completion()
+                    .map(|cqe| (cqe.user_data(), cqe.result())),
+            );
             if done.is_empty() {
                 break;
             }
-            for (slot, result) in done {
+            for (slot, result) in done.drain(..) {
                 let Some(owner) = self.slots.borrow_mut().remove(slot as usize) else {
                     continue;
                 };
@@ -426,6 +429,7 @@ impl SendRing {
             self.submit();
             pushed = 0;
         }
+        *self.completions.borrow_mut() = done;
     }
 
     /// One send's completion; true if the connection has more to send now (the rest of

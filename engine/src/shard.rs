@@ -55,7 +55,8 @@ pub struct Shard {
     armed: Cell<Millis>,
     /// Parses HTTP API bodies (its buffers are reused; borrowed only while parsing).
     api_parser: RefCell<ApiParser>,
-    /// The shard's own io_uring ring for WebSocket sends (`None`: writer tasks send).
+    /// The shard's own io_uring ring for what connections and SSE streams are sent
+    /// (`None`: writer tasks send).
     pub send_ring: Option<Rc<SendRing>>,
 }
 
@@ -84,7 +85,8 @@ impl Shard {
         }
     }
 
-    /// Sends WebSocket frames through `ring` from now on (its tasks must be running).
+    /// Sends what connections and SSE streams are sent through `ring` from now on (its
+    /// tasks must be running).
     pub fn with_send_ring(mut self, ring: Option<Rc<SendRing>>) -> Shard {
         self.send_ring = ring;
         self

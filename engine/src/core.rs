@@ -1055,44 +1055,36 @@ impl ShardCore {
                 return;
             }
         }
-        self.owned.open_as_counted(&req.key, &tenant, now);
-        let seq = self.owned.next_seq(&req.key);
-        let (frame, data_span) = event::message_with_span(
-            req.key.channel.as_str(),
-            &req.data,
-            req.user_id.as_deref(),
-            seq,
-            now,
-        );
-        let ren_data = data_span.clone();
-        if let Err(e) = self
-            .owned
-            .append(&req.key, now, req.user_id.as_deref(), &frame, data_span)
-        {
-            // Not published: give back its place in the rate window and its count.
-            if rate.is_some() {
-                tenant.usage.refund_publish(now);
+        let channel = req.key.channel.as_str();
+        let user_id = req.user_id.as_deref();
+        let published = self.owned.publish(&req.key, &tenant, now, user_id, |seq| {
+            event::message_with_span(channel, &req.data, user_id, seq, now)
+        });
+        let (seq, frame, ren_data) = match published {
+            Ok(published) => {
+                let counters = self.shared.metrics.shard(self.id);
+                for shard in published.channel.watchers.iter() {
+                    let deliver = ShardMsg::Deliver {
+                        key: req.key.clone(),
+                        frame: published.frame.clone(),
+                    };
+                    self.out.send(shard, deliver, counters);
+                }
+                (published.seq, published.frame, published.data)
             }
-            if !was_counted {
-                self.settle_channel(&req.key);
+            Err(e) => {
+                // Not published: give back its place in the rate window and its count.
+                if rate.is_some() {
+                    tenant.usage.refund_publish(now);
+                }
+                if !was_counted {
+                    self.settle_channel(&req.key);
+                }
+                let message = format!("history append failed: {e}");
+                self.publish_failed(&req, message);
+                return;
             }
-            let message = format!("history append failed: {e}");
-            self.publish_failed(&req, message);
-            return;
-        }
-        let watchers = self
-            .owned
-            .get(&req.key)
-            .expect("opened above")
-            .watchers
-            .clone();
-        for shard in watchers.iter() {
-            let deliver = ShardMsg::Deliver {
-                key: req.key.clone(),
-                frame: frame.clone(),
-            };
-            self.send_to(shard, deliver);
-        }
+        };
         let origin = MessageOrigin {
             uid: req.user_id.as_deref(),
             src: req.http.as_ref().and_then(|h| h.src.as_deref()),

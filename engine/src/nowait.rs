@@ -10,6 +10,8 @@
 //!   an io_uring read, its completion and a task wake-up before the `101`. If nothing has
 //!   arrived yet, the caller reads through io_uring as usual. A session uses it too, to
 //!   take the rest of a publisher's burst before fanning out its start (`session.rs`).
+//! - `defer_accept`: the listeners ask the kernel to hand a connection over only once its
+//!   client has sent something, so `read_now` finds the head there almost always.
 
 #![allow(unsafe_code)]
 
@@ -70,6 +72,61 @@ pub(crate) fn read_now(
     // reports more than it wrote, and `n <= spare.len()`), so `len` bytes are initialized.
     unsafe { buf.set_len(len) };
     Ok(n)
+}
+
+/// How long the kernel holds a new connection back from `accept` while its client has
+/// sent nothing (`TCP_DEFER_ACCEPT`, as nginx's `listen … deferred`). Every protocol
+/// Ringcast speaks (HTTP, WebSocket, SSE, the PROXY header) has the client speak first,
+/// so a connection normally reaches the shard with its request head already in the
+/// socket: `read_now` takes it at once, and the shard never arms an io_uring read and
+/// waits for a wake-up between the accept and the head. A client that stays silent is
+/// accepted when this runs out (at the kernel's next SYN-ACK retransmission after it),
+/// and the handshake deadline applies from then.
+const DEFER_ACCEPT_SECS: libc::c_int = 1;
+
+/// Sets [`DEFER_ACCEPT_SECS`] on a listening socket.
+pub(crate) fn defer_accept(socket: &socket2::Socket) -> io::Result<()> {
+    let secs = DEFER_ACCEPT_SECS;
+    // SAFETY: setsockopt(2) reads `size_of::<c_int>()` bytes from `&secs`, which lives
+    // across the call, and writes nothing; the descriptor is `socket`'s, open while it
+    // is borrowed.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            (&secs as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// The listener's `TCP_DEFER_ACCEPT` in seconds, as the kernel reports it (for tests).
+#[cfg(test)]
+pub(crate) fn deferred_accept_secs(listener: &std::net::TcpListener) -> io::Result<i32> {
+    let mut secs: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt(2) writes at most `len` bytes into `secs` and the new length
+    // into `len`, both live across the call; the descriptor is `listener`'s.
+    let rc = unsafe {
+        libc::getsockopt(
+            listener.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            (&mut secs as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 {
+        Ok(secs)
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@
 use std::ops::Range;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use hashbrown::HashMap;
 use ringcast_protocol::{ChannelName, TenantId};
 use ringcast_store::StoreStats;
@@ -66,6 +67,19 @@ impl ShardSet {
                 .map(move |b| ShardId((i * 64 + b) as u16))
         })
     }
+}
+
+/// A message [`OwnedChannels::publish`] appended.
+#[derive(Debug)]
+pub struct Published<'a> {
+    /// Its channel, for the watchers.
+    pub channel: &'a OwnedChannel,
+    /// The seq it got.
+    pub seq: u64,
+    /// Its `realtime.message` frame, as every subscriber gets it.
+    pub frame: Bytes,
+    /// The span of its `data` in `frame`.
+    pub data: Range<u32>,
 }
 
 /// One owned channel.
@@ -190,12 +204,6 @@ impl OwnedChannels {
         (self.store.last_seq(history), history.epoch())
     }
 
-    /// The seq the next message to `key` (opened by [`OwnedChannels::open`]) gets.
-    pub fn next_seq(&self, key: &ChannelKey) -> u64 {
-        let channel = self.channels.get(key).expect("channel opened before");
-        self.store.last_seq(&channel.history) + 1
-    }
-
     /// A page of `key`'s history, opening it like [`OwnedChannels::peek`] (a channel
     /// never published to gives an empty page and creates no log).
     pub fn history_page(
@@ -221,25 +229,50 @@ impl OwnedChannels {
             .map(|(key, _)| &key.channel)
     }
 
-    /// Appends an encoded message (`data`: the span of its `data` in `frame`) to `key`'s
-    /// history (opened by [`OwnedChannels::open`]).
-    pub fn append(
+    /// A publish to `key` in one table lookup: opens the channel like
+    /// [`OwnedChannels::open_as_counted`], has `encode` build the message for the seq it
+    /// gets next (returning the frame and the span of its `data`), and appends that to
+    /// the channel's history. Returns the channel (its watchers get the frame next), the
+    /// seq, the frame and the span. Nothing is appended if the append fails.
+    pub fn publish(
         &mut self,
         key: &ChannelKey,
-        ts_ms: u64,
+        tenant: &Tenant,
+        now_ms: u64,
         user_id: Option<&str>,
-        frame: &[u8],
-        data: Range<u32>,
-    ) -> Result<u64, HistoryError> {
+        encode: impl FnOnce(u64) -> (Bytes, Range<u32>),
+    ) -> Result<Published<'_>, HistoryError> {
+        let store = &mut self.store;
         let channel = self
             .channels
-            .get_mut(key)
-            .expect("channel opened before append");
-        let seq = self
-            .store
-            .append(key, &mut channel.history, ts_ms, user_id, frame, data)?;
-        channel.last_publish_ms = ts_ms;
-        Ok(seq)
+            .entry_ref(key)
+            .or_insert_with(|| OwnedChannel {
+                history: store.open_channel(key, tenant),
+                watchers: ShardSet::default(),
+                last_active_ms: now_ms,
+                last_publish_ms: 0,
+                counted: None,
+            });
+        channel.last_active_ms = now_ms;
+        if channel.counted.is_none() {
+            channel.counted = Some(tenant.usage.clone());
+        }
+        let (frame, data) = encode(store.last_seq(&channel.history) + 1);
+        let seq = store.append(
+            key,
+            &mut channel.history,
+            now_ms,
+            user_id,
+            &frame,
+            data.clone(),
+        )?;
+        channel.last_publish_ms = now_ms;
+        Ok(Published {
+            channel,
+            seq,
+            frame,
+            data,
+        })
     }
 
     /// What a subscriber to `key` (opened) gets, see [`HistoryStore::subscribe_answer`].
@@ -344,9 +377,42 @@ mod tests {
     }
 
     fn append(table: &mut OwnedChannels, key: &ChannelKey, now: u64) -> u64 {
-        let seq = table.next_seq(key);
-        let (frame, span) = ringcast_protocol::event::message_with_span("c", b"1", None, seq, now);
-        table.append(key, now, None, &frame, span).unwrap()
+        let tenant = dev_tenant();
+        let encode = |seq| ringcast_protocol::event::message_with_span("c", b"1", None, seq, now);
+        table.publish(key, &tenant, now, None, encode).unwrap().seq
+    }
+
+    #[test]
+    fn a_publish_gets_the_next_seq_in_its_frame_and_its_history() {
+        let data = tempfile::tempdir().unwrap();
+        let tenant = dev_tenant();
+        let store = crate::history::open_all(data.path(), &HistoryConfig::default(), 1)
+            .unwrap()
+            .pop()
+            .unwrap();
+        let mut table = OwnedChannels::new(store);
+        let key = key("c");
+        for expected in 1..=3u64 {
+            let encode = |seq| ringcast_protocol::event::message_with_span("c", b"7", None, seq, 9);
+            let published = table.publish(&key, &tenant, 9, Some("u"), encode).unwrap();
+            assert_eq!(published.seq, expected);
+            // The WebSocket frame: a header, then the JSON text.
+            let frame = String::from_utf8_lossy(&published.frame);
+            assert!(frame.contains(&format!("\"seq\":{expected}")), "{frame}");
+            assert_eq!(
+                &published.frame[published.data.start as usize..published.data.end as usize],
+                b"7"
+            );
+            assert!(
+                published.channel.is_counted(),
+                "a publish makes its channel count"
+            );
+        }
+        assert_eq!(
+            table.peek(&key, &tenant).0,
+            3,
+            "three messages in its history"
+        );
     }
 
     #[test]

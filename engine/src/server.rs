@@ -241,6 +241,8 @@ fn bind_listeners(
         // Accepted sockets inherit TCP_NODELAY from the listener on Linux: no
         // `setsockopt` per connection.
         socket.set_tcp_nodelay(true)?;
+        // A connection reaches `accept` with its request head (`nowait.rs`).
+        crate::nowait::defer_accept(&socket)?;
         socket.bind(&bound.into())?;
         socket.listen(4096)?;
         // With port 0 the first bind picks the port; the other shards join it.
@@ -438,7 +440,9 @@ mod tests {
     fn accepted_sockets_inherit_nodelay_from_the_listener() {
         let (listeners, addr) = bind_listeners("127.0.0.1:0".parse().unwrap(), 2).unwrap();
         assert_eq!(listeners.len(), 2);
-        let _client = std::net::TcpStream::connect(addr).unwrap();
+        let mut client = std::net::TcpStream::connect(addr).unwrap();
+        // Accept is deferred until the client has spoken.
+        std::io::Write::write_all(&mut client, b"GET / HTTP/1.1\r\n").unwrap();
         // The kernel spreads connections over the SO_REUSEPORT group: poll both, bounded.
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         let accepted = loop {
@@ -454,5 +458,14 @@ mod tests {
         };
         let nodelay = socket2::SockRef::from(&accepted).tcp_nodelay().unwrap();
         assert!(nodelay, "the server sets TCP_NODELAY only on its listeners");
+    }
+
+    #[test]
+    fn listeners_defer_accept_until_the_client_speaks() {
+        let (listeners, _) = bind_listeners("127.0.0.1:0".parse().unwrap(), 2).unwrap();
+        for listener in &listeners {
+            let secs = crate::nowait::deferred_accept_secs(listener).unwrap();
+            assert!(secs >= 1, "TCP_DEFER_ACCEPT is {secs} s");
+        }
     }
 }

@@ -111,6 +111,26 @@ impl OwnedChannel {
     }
 }
 
+/// `key`'s entry in `channels`, created with its history from `store` on first use,
+/// marked active at `now_ms`.
+fn open_in<'a>(
+    channels: &'a mut HashMap<ChannelKey, OwnedChannel>,
+    store: &mut HistoryStore,
+    key: &ChannelKey,
+    tenant: &Tenant,
+    now_ms: u64,
+) -> &'a mut OwnedChannel {
+    let channel = channels.entry_ref(key).or_insert_with(|| OwnedChannel {
+        history: store.open_channel(key, tenant),
+        watchers: ShardSet::default(),
+        last_active_ms: now_ms,
+        last_publish_ms: 0,
+        counted: None,
+    });
+    channel.last_active_ms = now_ms;
+    channel
+}
+
 /// Every channel this shard owns that is open now, and the shard's history store.
 #[derive(Debug)]
 pub struct OwnedChannels {
@@ -130,19 +150,7 @@ impl OwnedChannels {
     /// The channel, opening its history on first use (no disk work: a channel's ring is
     /// found in memory or created by its first append).
     pub fn open(&mut self, key: &ChannelKey, tenant: &Tenant, now_ms: u64) -> &mut OwnedChannel {
-        let store = &mut self.store;
-        let channel = self
-            .channels
-            .entry_ref(key)
-            .or_insert_with(|| OwnedChannel {
-                history: store.open_channel(key, tenant),
-                watchers: ShardSet::default(),
-                last_active_ms: now_ms,
-                last_publish_ms: 0,
-                counted: None,
-            });
-        channel.last_active_ms = now_ms;
-        channel
+        open_in(&mut self.channels, &mut self.store, key, tenant, now_ms)
     }
 
     /// Like [`OwnedChannels::open`], for an action that makes the channel active
@@ -243,17 +251,7 @@ impl OwnedChannels {
         encode: impl FnOnce(u64) -> (Bytes, Range<u32>),
     ) -> Result<Published<'_>, HistoryError> {
         let store = &mut self.store;
-        let channel = self
-            .channels
-            .entry_ref(key)
-            .or_insert_with(|| OwnedChannel {
-                history: store.open_channel(key, tenant),
-                watchers: ShardSet::default(),
-                last_active_ms: now_ms,
-                last_publish_ms: 0,
-                counted: None,
-            });
-        channel.last_active_ms = now_ms;
+        let channel = open_in(&mut self.channels, store, key, tenant, now_ms);
         if channel.counted.is_none() {
             channel.counted = Some(tenant.usage.clone());
         }

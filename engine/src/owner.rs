@@ -105,6 +105,13 @@ impl OwnedChannel {
         }
     }
 
+    /// Counts against `tenant` from now on (the caller has counted it in its usage).
+    fn count(&mut self, tenant: &Tenant) {
+        if self.counted.is_none() {
+            self.counted = Some(tenant.usage.clone());
+        }
+    }
+
     /// Whether it counts against its tenant's `max_channels` now.
     pub fn is_counted(&self) -> bool {
         self.counted.is_some()
@@ -184,9 +191,7 @@ impl OwnedChannels {
         now_ms: u64,
     ) -> &mut OwnedChannel {
         let channel = self.open(key, tenant, now_ms);
-        if channel.counted.is_none() {
-            channel.counted = Some(tenant.usage.clone());
-        }
+        channel.count(tenant);
         channel
     }
 
@@ -252,9 +257,7 @@ impl OwnedChannels {
     ) -> Result<Published<'_>, HistoryError> {
         let store = &mut self.store;
         let channel = open_in(&mut self.channels, store, key, tenant, now_ms);
-        if channel.counted.is_none() {
-            channel.counted = Some(tenant.usage.clone());
-        }
+        channel.count(tenant);
         let (frame, data) = encode(store.last_seq(&channel.history) + 1);
         let seq = store.append(
             key,

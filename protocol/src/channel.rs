@@ -1,14 +1,25 @@
 //! Channel names and tenant ids.
+//!
+//! A channel name is a [`SmolStr`]: up to 23 bytes are stored inline (most channel
+//! names), longer ones behind a shared `Arc`. An inline name is compared, hashed, cloned
+//! and dropped without following a pointer, which matters on the publish path: every
+//! publish looks its channel up in two tables with 10k+ entries, and a name behind a
+//! pointer is one more cache miss per lookup (and an atomic count per clone and drop).
+//! A tenant id stays an `Arc<str>`: there are few, every key of a tenant shares its
+//! `Arc` (compared by pointer first), and 16 bytes instead of 24 per key is 8 bytes per
+//! channel per table.
 
 use std::fmt;
 use std::sync::Arc;
+
+use smol_str::SmolStr;
 
 /// Longest channel name in bytes (SPEC §3).
 pub const MAX_CHANNEL_LEN: usize = 255;
 
 /// A validated channel name: 1–255 bytes of UTF-8 with no control characters.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ChannelName(Arc<str>);
+pub struct ChannelName(SmolStr);
 
 /// Why a channel name was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,7 +54,7 @@ impl ChannelName {
         if name.chars().any(char::is_control) {
             return Err(ChannelNameError::ControlCharacter);
         }
-        Ok(ChannelName(name.into()))
+        Ok(ChannelName(SmolStr::new(name)))
     }
 
     /// The name as published by clients.

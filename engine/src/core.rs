@@ -812,7 +812,13 @@ impl ShardCore {
             shard: self.id,
             request,
         };
-        self.send_to_owner(&key, ShardMsg::Ask { reply, question });
+        self.send_to_owner(
+            &key,
+            ShardMsg::Ask {
+                reply,
+                question: Box::new(question),
+            },
+        );
     }
 
     /// Tells each owner which of this shard's presence-holding connections were seen
@@ -863,7 +869,10 @@ impl ShardCore {
         question: Question,
         timeout_ms: u64,
     ) -> AnswerReceiver {
-        self.request_for_task(shard, timeout_ms, |reply| ShardMsg::Ask { reply, question })
+        self.request_for_task(shard, timeout_ms, |reply| ShardMsg::Ask {
+            reply,
+            question: Box::new(question),
+        })
     }
 
     /// Number of shards.
@@ -979,7 +988,7 @@ impl ShardCore {
                 ok,
                 frames,
             } => self.finish_subscribe(&key, conn, request, ok, frames),
-            ShardMsg::Ask { reply, question } => self.owner_answer(reply, question),
+            ShardMsg::Ask { reply, question } => self.owner_answer(reply, *question),
             ShardMsg::Answer { request, answer } => self.complete(request, Ok(answer)),
             ShardMsg::Presence { key, event } => self.deliver_presence(&key, &event),
             ShardMsg::PresenceSeen { from, conns } => {

@@ -69,8 +69,9 @@ pub enum ShardMsg {
     Ask {
         /// Where the answer goes.
         reply: ReplyTo,
-        /// What is asked.
-        question: Question,
+        /// What is asked (boxed: the largest question would make every message
+        /// in the inboxes bigger).
+        question: Box<Question>,
     },
     /// The answer to a `Publish` that asked for one, or to an `Ask`.
     Answer {

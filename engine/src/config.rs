@@ -9,6 +9,9 @@ use serde::Deserialize;
 
 use crate::tenant::{Plan, TenantConfig};
 
+/// Most shards a node runs (`shards`).
+pub const MAX_SHARDS: usize = 1024;
+
 /// The `--dev` tenant (SPEC §2).
 pub const DEV_TENANT: &str = "dev";
 /// `max_connections_per_ip` outside `--dev`.
@@ -418,9 +421,9 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        if self.shards == 0 || self.shards > 1024 {
+        if self.shards == 0 || self.shards > MAX_SHARDS {
             return Err(ConfigError::Invalid(format!(
-                "shards must be 1..=1024, got {}",
+                "shards must be 1..={MAX_SHARDS}, got {}",
                 self.shards
             )));
         }

@@ -19,6 +19,7 @@ use hashbrown::HashMap;
 use ringcast_protocol::{ChannelName, TenantId};
 use ringcast_store::StoreStats;
 
+use crate::config::MAX_SHARDS;
 use crate::history::{
     ChannelHistory, HistoryError, HistoryPage, HistoryQuery, HistoryStore, SubscribeAnswer,
 };
@@ -32,40 +33,65 @@ pub const PUBLISH_KEEPS_ACTIVE_MS: u64 = 60_000;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChannelLimitReached(pub u32);
 
-/// A small set of shard ids.
+/// A small set of shard ids: shards 0–63 in one inline word, 64 and up (to
+/// [`MAX_SHARDS`]) in words on the heap. 16 bytes, and on hosts of up to 64 shards no
+/// pointer to follow when a publish walks its channel's watchers.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ShardSet(Vec<u64>);
+pub struct ShardSet {
+    low: u64,
+    /// Shards 64 and up; `None` when none is in the set, so equal sets compare equal.
+    high: Option<Box<[u64; HIGH_WORDS]>>,
+}
+
+/// Words for the shards above 63.
+const HIGH_WORDS: usize = MAX_SHARDS / 64 - 1;
 
 impl ShardSet {
-    /// Adds `shard`.
+    /// Adds `shard` (below [`MAX_SHARDS`]).
     pub fn insert(&mut self, shard: ShardId) {
         let (word, bit) = (shard.index() / 64, shard.index() % 64);
-        if self.0.len() <= word {
-            self.0.resize(word + 1, 0);
+        match word {
+            0 => self.low |= 1 << bit,
+            _ => self.high.get_or_insert_with(Box::default)[word - 1] |= 1 << bit,
         }
-        self.0[word] |= 1 << bit;
     }
 
     /// Removes `shard`.
     pub fn remove(&mut self, shard: ShardId) {
         let (word, bit) = (shard.index() / 64, shard.index() % 64);
-        if let Some(w) = self.0.get_mut(word) {
+        if word == 0 {
+            self.low &= !(1 << bit);
+            return;
+        }
+        let Some(high) = self.high.as_mut() else {
+            return;
+        };
+        if let Some(w) = high.get_mut(word - 1) {
             *w &= !(1 << bit);
+        }
+        if high.iter().all(|&w| w == 0) {
+            self.high = None;
         }
     }
 
     /// Whether no shard is in the set.
     pub fn is_empty(&self) -> bool {
-        self.0.iter().all(|w| *w == 0)
+        self.low == 0 && self.high.is_none()
     }
 
     /// The shards in the set, ascending.
     pub fn iter(&self) -> impl Iterator<Item = ShardId> + '_ {
-        self.0.iter().enumerate().flat_map(|(i, &w)| {
-            (0..64)
-                .filter(move |b| w & (1 << b) != 0)
-                .map(move |b| ShardId((i * 64 + b) as u16))
-        })
+        let high = self.high.as_deref().map_or(&[][..], |h| &h[..]);
+        std::iter::once(self.low)
+            .chain(high.iter().copied())
+            .enumerate()
+            .flat_map(|(i, mut w)| {
+                std::iter::from_fn(move || {
+                    let bit = (w != 0).then(|| w.trailing_zeros() as usize)?;
+                    w &= w - 1;
+                    Some(ShardId((i * 64 + bit) as u16))
+                })
+            })
     }
 }
 
@@ -483,5 +509,33 @@ mod tests {
         set.remove(ShardId(0));
         set.remove(ShardId(70));
         assert!(set.is_empty());
+    }
+
+    #[test]
+    fn shard_sets_above_64_compare_by_members() {
+        let mut a = ShardSet::default();
+        for s in [1u16, 63, 64, 130, 200, 1023] {
+            a.insert(ShardId(s));
+        }
+        assert_eq!(
+            a.iter().collect::<Vec<_>>(),
+            [1u16, 63, 64, 130, 200, 1023].map(ShardId).to_vec()
+        );
+        a.remove(ShardId(200));
+        a.remove(ShardId(1023));
+        let mut b = ShardSet::default();
+        for s in [130u16, 64, 63, 1] {
+            b.insert(ShardId(s));
+        }
+        assert_eq!(a, b, "no words left over after a removal");
+        for s in [64u16, 130] {
+            a.remove(ShardId(s));
+        }
+        a.remove(ShardId(1000));
+        assert_eq!(a.iter().collect::<Vec<_>>(), vec![ShardId(1), ShardId(63)]);
+        a.remove(ShardId(1));
+        a.remove(ShardId(63));
+        assert!(a.is_empty());
+        assert_eq!(a, ShardSet::default());
     }
 }

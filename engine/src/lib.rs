@@ -10,7 +10,8 @@
 //!                                      ▼
 //!                     each shard: same Bytes to every local subscriber's queue
 //!                                      ▼
-//!                     writer task per connection: one writev with everything queued
+//!                     one flush pass per shard turn: a send/writev per dirty connection,
+//!                     all in one io_uring submission (send_ring)
 //! ```
 //!
 //! Each shard's state (`Shard`) lives on its own thread and is touched only there; the
@@ -37,6 +38,7 @@ pub mod idempotency;
 mod iovec;
 pub mod keys;
 pub mod logging;
+mod memory;
 pub mod mesh;
 pub mod metrics;
 mod nowait;

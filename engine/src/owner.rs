@@ -24,6 +24,7 @@ use crate::history::{
     ChannelHistory, HistoryError, HistoryPage, HistoryQuery, HistoryStore, SubscribeAnswer,
 };
 use crate::keys::{ChannelKey, ShardId};
+use crate::memory;
 use crate::tenant::{Tenant, TenantUsage};
 
 /// How long a publish keeps a channel counting as active.
@@ -153,6 +154,12 @@ fn open_in<'a>(
     tenant: &Tenant,
     now_ms: u64,
 ) -> &'a mut OwnedChannel {
+    let full = channels.len() == channels.capacity();
+    if full && channels.capacity() >= memory::COLLECT_FROM_CAPACITY && !channels.contains_key(key) {
+        // The insert would grow the table: grow it here, then give the old buckets back.
+        channels.reserve(1);
+        memory::give_back_freed();
+    }
     let channel = channels.entry_ref(key).or_insert_with(|| OwnedChannel {
         history: store.open_channel(key, tenant),
         watchers: ShardSet::default(),
@@ -407,6 +414,33 @@ mod tests {
         let tenant = dev_tenant();
         let encode = |seq| ringcast_protocol::event::message_with_span("c", b"1", None, seq, now);
         table.publish(key, &tenant, now, None, encode).unwrap().seq
+    }
+
+    #[test]
+    fn a_table_growing_past_the_collect_size_keeps_every_channel() {
+        let data = tempfile::tempdir().unwrap();
+        let tenant = dev_tenant();
+        let store = crate::history::open_all(data.path(), &HistoryConfig::default(), 1)
+            .unwrap()
+            .pop()
+            .unwrap();
+        let mut table = OwnedChannels::new(store);
+        let mut grew_from = Vec::new();
+        for i in 0..4 * memory::COLLECT_FROM_CAPACITY {
+            let capacity = table.channels.capacity();
+            table.open(&key(&format!("c{i}")), &tenant, 1);
+            if table.channels.capacity() != capacity {
+                grew_from.push(capacity);
+            }
+        }
+        assert!(
+            grew_from.iter().any(|&c| c >= memory::COLLECT_FROM_CAPACITY),
+            "the table grew past the collect size (grew from {grew_from:?})"
+        );
+        assert_eq!(table.len(), 4 * memory::COLLECT_FROM_CAPACITY);
+        for i in (0..4 * memory::COLLECT_FROM_CAPACITY).step_by(997) {
+            assert!(table.channels.contains_key(&key(&format!("c{i}"))), "c{i}");
+        }
     }
 
     #[test]

@@ -434,7 +434,9 @@ mod tests {
             }
         }
         assert!(
-            grew_from.iter().any(|&c| c >= memory::COLLECT_FROM_CAPACITY),
+            grew_from
+                .iter()
+                .any(|&c| c >= memory::COLLECT_FROM_CAPACITY),
             "the table grew past the collect size (grew from {grew_from:?})"
         );
         assert_eq!(table.len(), 4 * memory::COLLECT_FROM_CAPACITY);

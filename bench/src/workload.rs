@@ -60,6 +60,32 @@ pub struct Config {
     /// `ren-fanout` against Nchan (one message per POST) instead of Ringcast (K events
     /// per POST).
     pub nchan: bool,
+    /// Put before every channel name (W1/W2/W6), so several load generators at once use
+    /// channels of their own (`bench/scripts/scaling.sh`).
+    pub channel_prefix: String,
+    /// W1/W2/W6: after set-up, wait until this wall-clock time (Unix ms) before the
+    /// measured part, so several load generators measure the same seconds.
+    pub start_at_ms: Option<u64>,
+}
+
+/// Waits, still reading, until `cfg.start_at_ms` (if given); reports how late set-up
+/// made this load generator (`start_late_ms`, 0 when it was in time).
+fn wait_for_start(cfg: &Config, pool: &mut Pool, r: &mut Report) -> anyhow::Result<()> {
+    let Some(at) = cfg.start_at_ms else {
+        return Ok(());
+    };
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    };
+    r.int("start_late_ms", now_ms().saturating_sub(at));
+    // Bounded: at most the time left until `at`, in 5 ms turns.
+    while now_ms() < at {
+        let left = at - now_ms();
+        pool.turn(Some(Duration::from_millis(left.min(5))))?;
+    }
+    Ok(())
 }
 
 /// Runs the workload named in `cfg`.
@@ -267,7 +293,8 @@ fn fanout(cfg: &Config, rate: Option<f64>, r: &mut Report) -> anyhow::Result<()>
     r.str("writes", if cfg.write_each { "each" } else { "burst" });
     let n = cfg.subscribers;
     let publishers = cfg.publishers.max(1);
-    let mut specs = vec![vec!["bench".to_string()]; n];
+    let channel = format!("{}bench", cfg.channel_prefix);
+    let mut specs = vec![vec![channel.clone()]; n];
     specs.extend((0..publishers).map(|_| Vec::new()));
     let total = n + publishers;
     let (ixs, secs, errors) =
@@ -275,11 +302,8 @@ fn fanout(cfg: &Config, rate: Option<f64>, r: &mut Report) -> anyhow::Result<()>
     anyhow::ensure!(errors == 0, "{errors} of {total} connections failed");
     connect_report(&pool, r, secs, total);
     r.int("publishers", publishers as u64);
-    let mut tr = Traffic::new(
-        ixs[n..].to_vec(),
-        vec![("bench".to_string(), n as u32)],
-        cfg,
-    );
+    let mut tr = Traffic::new(ixs[n..].to_vec(), vec![(channel, n as u32)], cfg);
+    wait_for_start(cfg, &mut pool, r)?;
 
     // Warm-up, then let everything in flight land before measuring.
     match rate {
@@ -342,8 +366,9 @@ fn personal_group_setup(
     r: &mut Report,
 ) -> anyhow::Result<(Vec<ConnIx>, Vec<ConnIx>, Vec<(String, u32)>)> {
     let c = cfg.subscribers;
+    let pre = &cfg.channel_prefix;
     let mut specs: Vec<Vec<String>> = (0..c)
-        .map(|i| vec![format!("p{i}"), format!("g{}", i / 10)])
+        .map(|i| vec![format!("{pre}p{i}"), format!("{pre}g{}", i / 10)])
         .collect();
     specs.extend((0..cfg.publishers.max(1)).map(|_| Vec::new()));
     let total = specs.len();
@@ -352,8 +377,9 @@ fn personal_group_setup(
     anyhow::ensure!(errors == 0, "{errors} of {total} connections failed");
     connect_report(pool, r, secs, total);
     let (subs, pubs) = ixs.split_at(c);
-    let mut channels: Vec<(String, u32)> = (0..c).map(|i| (format!("p{i}"), 1)).collect();
-    channels.extend((0..c.div_ceil(10)).map(|g| (format!("g{g}"), (c - g * 10).min(10) as u32)));
+    let mut channels: Vec<(String, u32)> = (0..c).map(|i| (format!("{pre}p{i}"), 1)).collect();
+    channels
+        .extend((0..c.div_ceil(10)).map(|g| (format!("{pre}g{g}"), (c - g * 10).min(10) as u32)));
     Ok((subs.to_vec(), pubs.to_vec(), channels))
 }
 
@@ -433,6 +459,7 @@ fn personal_and_group(cfg: &Config, stalled: bool, r: &mut Report) -> anyhow::Re
     let mut pool = Pool::new(&cfg.url, cfg.protocol, start)?;
     let (subs, pubs, channels) = personal_group_setup(cfg, &mut pool, r)?;
     let mut tr = Traffic::new(pubs, channels, cfg);
+    wait_for_start(cfg, &mut pool, r)?;
     let probed = match cfg.rate {
         Some(rate) if stalled => rate / 0.5,
         // W2 with `--rate`: that is the maximum, for every server alike.

@@ -82,6 +82,14 @@ struct Args {
     /// `bench/scripts/latency-gaps.py`.
     #[arg(long, value_name = "PREFIX")]
     latency_trace: Option<String>,
+    /// w1/w2/w6: put this before every channel name, so several load generators at once
+    /// use channels of their own (`bench/scripts/scaling.sh`).
+    #[arg(long, default_value = "")]
+    channel_prefix: String,
+    /// w1/w2/w6: after set-up, wait until this wall-clock time (Unix milliseconds)
+    /// before the measured part, so several load generators measure the same seconds.
+    #[arg(long)]
+    start_at_ms: Option<u64>,
     /// Print one JSON line instead of text.
     #[arg(long)]
     json: bool,
@@ -130,6 +138,8 @@ fn main() {
         churn_per_s: a.churn_per_s,
         nchan: a.nchan,
         latency_trace: a.latency_trace,
+        channel_prefix: a.channel_prefix,
+        start_at_ms: a.start_at_ms,
     };
     match workload::run(&cfg) {
         Ok(r) if a.json => println!("{}", r.to_json()),

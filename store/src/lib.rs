@@ -62,6 +62,7 @@
 
 #![deny(unsafe_code)]
 
+mod chunked_vec;
 mod dir;
 mod error;
 mod format;
@@ -76,6 +77,7 @@ mod shard_store;
 mod slot_format;
 mod slot_recover;
 mod space;
+pub mod split_map;
 
 use std::fmt;
 
@@ -85,6 +87,7 @@ pub use log::{Iter, RingLog};
 pub use migrate::{migrate_v1, reshard, MigrateReport, ReshardReport};
 pub use shard_open::ShardOpenReport;
 pub use shard_store::{RingId, ShardIter, ShardStore, StoreConfig, StoreStats};
+pub use split_map::SplitMap;
 
 /// Per-channel sequence number. The first record of an epoch is 1; `Seq(0)` means
 /// "nothing yet" (as in `subscribed.seq` for a channel never published to).

@@ -10,11 +10,13 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use crate::chunked_vec::ChunkedVec;
 use crate::mmap::SegmentMap;
 use crate::shard_store::{Class, RingMeta, ShardStore, SlotLoc, StoreConfig};
 use crate::slot_format::{self, MAX_CLASS_LOG2, MIN_CLASS_LOG2};
 use crate::slot_recover;
 use crate::space::Space;
+use crate::split_map::SplitMap;
 use crate::{Epoch, StoreError, StoreStats};
 
 /// What [`ShardStore::open`] found.
@@ -70,10 +72,11 @@ impl ShardStore {
             classes: (MIN_CLASS_LOG2..=MAX_CLASS_LOG2)
                 .map(|_| Class::default())
                 .collect(),
-            rings: Vec::new(),
-            ring_generations: Vec::new(),
+            rings: ChunkedVec::new(),
+            ring_generations: ChunkedVec::new(),
             free_ids: Vec::new(),
-            index: HashMap::new(),
+            pinned_rings: 0,
+            index: SplitMap::new(),
             clock: 0,
             used_bytes: 0,
             evict_queue: Vec::new(),

@@ -9,11 +9,11 @@
 //!
 //! Opening segments, recovering slots and rebuilding the index is in `shard_open.rs`.
 
-use std::collections::HashMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use crate::chunked_vec::ChunkedVec;
 use crate::mmap::SegmentMap;
 use crate::ring::{Plan, Ring};
 use crate::slot_format::{
@@ -21,6 +21,7 @@ use crate::slot_format::{
     REC_HEADER_LEN, WRAP_LEN,
 };
 use crate::space::{self, Done, Job, Space};
+use crate::split_map::SplitMap;
 use crate::{Epoch, Record, Seq, StoreError, SyncPolicy};
 
 /// A new ring starts in the smallest class with at least this many data bytes.
@@ -161,10 +162,13 @@ pub struct ShardStore {
     pub(crate) segments: Vec<Segment>,
     /// Indexed by `class_log2 - MIN_CLASS_LOG2`.
     pub(crate) classes: Vec<Class>,
-    pub(crate) rings: Vec<Option<RingMeta>>,
-    pub(crate) ring_generations: Vec<u32>,
+    /// By ring index, in chunks: a new ring never moves the others.
+    pub(crate) rings: ChunkedVec<Option<RingMeta>>,
+    pub(crate) ring_generations: ChunkedVec<u32>,
     pub(crate) free_ids: Vec<u32>,
-    pub(crate) index: HashMap<Box<[u8]>, u32>,
+    /// Rings with `pinned` set (kept here so the counters need no scan of every ring).
+    pub(crate) pinned_rings: usize,
+    pub(crate) index: SplitMap<Box<[u8]>, u32>,
     pub(crate) clock: u64,
     pub(crate) used_bytes: u64,
     pub(crate) evict_queue: Vec<(u64, u32, u32)>,
@@ -637,13 +641,15 @@ impl ShardStore {
     /// it has open). Pinning is a flag, not a count.
     pub fn pin(&mut self, ring: RingId) {
         let idx = self.check(ring).expect("pin: stale RingId");
-        self.meta_mut(idx).pinned = true;
+        let was = std::mem::replace(&mut self.meta_mut(idx).pinned, true);
+        self.pinned_rings += usize::from(!was);
     }
 
     /// Makes a ring evictable again.
     pub fn unpin(&mut self, ring: RingId) {
         let idx = self.check(ring).expect("unpin: stale RingId");
-        self.meta_mut(idx).pinned = false;
+        let was = std::mem::replace(&mut self.meta_mut(idx).pinned, false);
+        self.pinned_rings -= usize::from(was);
     }
 
     /// Deletes a ring (idle channel): its slot is marked free with one write into the
@@ -678,7 +684,7 @@ impl ShardStore {
     pub fn stats(&self) -> StoreStats {
         StoreStats {
             rings: self.index.len(),
-            pinned: self.rings.iter().flatten().filter(|m| m.pinned).count(),
+            pinned: self.pinned_rings,
             bytes_used: self.used_bytes,
             segments: self.segments.len(),
             bytes_mapped: self.segments.iter().map(|s| s.map.len() as u64).sum(),
@@ -867,6 +873,7 @@ impl ShardStore {
     /// Forgets ring `idx` and frees its slot.
     fn remove(&mut self, idx: usize) -> Box<[u8]> {
         let m = self.rings[idx].take().expect("live ring");
+        self.pinned_rings -= usize::from(m.pinned);
         let key: Box<[u8]> = self.key_at(m.loc, m.class_log2).into();
         self.index.remove(&key);
         self.free_slot_bytes(m.loc, m.class_log2);
@@ -1200,6 +1207,13 @@ impl ShardStore {
                 return Err(format!("ring {i} not indexed under its key"));
             }
             used += 1 << m.class_log2;
+        }
+        let pinned = self.rings.iter().flatten().filter(|m| m.pinned).count();
+        if pinned != self.pinned_rings {
+            return Err(format!(
+                "{pinned} rings pinned, {} counted",
+                self.pinned_rings
+            ));
         }
         if used != self.used_bytes || seen.len() != self.index.len() {
             return Err("byte or ring accounting is off".into());

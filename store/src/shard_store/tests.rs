@@ -217,6 +217,29 @@ fn too_large_record_consumes_its_seq() {
 }
 
 #[test]
+fn pinned_rings_are_counted_through_pins_unpins_and_frees() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open(dir.path(), small_cfg());
+    let a = s.create(b"a", Epoch(1), 10).unwrap();
+    let b = s.create(b"b", Epoch(2), 10).unwrap();
+    s.pin(a);
+    s.pin(a);
+    s.pin(b);
+    assert_eq!(s.stats().pinned, 2, "pinning is a flag: twice counts once");
+    s.unpin(a);
+    s.unpin(a);
+    assert_eq!(s.stats().pinned, 1);
+    s.check_invariants().unwrap();
+    s.free(b).unwrap();
+    assert_eq!(
+        s.stats().pinned,
+        0,
+        "a freed pinned ring is no longer counted"
+    );
+    s.check_invariants().unwrap();
+}
+
+#[test]
 fn freed_slots_are_reused_and_idle_rings_skip_pinned_ones() {
     let dir = tempfile::tempdir().unwrap();
     let (mut s, _) = open(dir.path(), small_cfg());

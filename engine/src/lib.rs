@@ -38,7 +38,6 @@ pub mod idempotency;
 mod iovec;
 pub mod keys;
 pub mod logging;
-mod memory;
 pub mod mesh;
 pub mod metrics;
 mod nowait;

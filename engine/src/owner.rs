@@ -15,16 +15,14 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use hashbrown::HashMap;
 use ringcast_protocol::{ChannelName, TenantId};
-use ringcast_store::StoreStats;
+use ringcast_store::{SplitMap, StoreStats};
 
 use crate::config::MAX_SHARDS;
 use crate::history::{
     ChannelHistory, HistoryError, HistoryPage, HistoryQuery, HistoryStore, SubscribeAnswer,
 };
 use crate::keys::{ChannelKey, ShardId};
-use crate::memory;
 use crate::tenant::{Tenant, TenantUsage};
 
 /// How long a publish keeps a channel counting as active.
@@ -148,19 +146,13 @@ impl OwnedChannel {
 /// `key`'s entry in `channels`, created with its history from `store` on first use,
 /// marked active at `now_ms`.
 fn open_in<'a>(
-    channels: &'a mut HashMap<ChannelKey, OwnedChannel>,
+    channels: &'a mut SplitMap<ChannelKey, OwnedChannel>,
     store: &mut HistoryStore,
     key: &ChannelKey,
     tenant: &Tenant,
     now_ms: u64,
 ) -> &'a mut OwnedChannel {
-    let full = channels.len() == channels.capacity();
-    if full && channels.capacity() >= memory::COLLECT_FROM_CAPACITY && !channels.contains_key(key) {
-        // The insert would grow the table: grow it here, then give the old buckets back.
-        channels.reserve(1);
-        memory::give_back_freed();
-    }
-    let channel = channels.entry_ref(key).or_insert_with(|| OwnedChannel {
+    let channel = channels.get_or_insert_with(key, || OwnedChannel {
         history: store.open_channel(key, tenant),
         watchers: ShardSet::default(),
         last_active_ms: now_ms,
@@ -174,7 +166,8 @@ fn open_in<'a>(
 /// Every channel this shard owns that is open now, and the shard's history store.
 #[derive(Debug)]
 pub struct OwnedChannels {
-    channels: HashMap<ChannelKey, OwnedChannel>,
+    /// Split, so that no insert regrows the whole table (a million channels on a shard).
+    channels: SplitMap<ChannelKey, OwnedChannel>,
     store: HistoryStore,
 }
 
@@ -182,7 +175,7 @@ impl OwnedChannels {
     /// An empty table writing history through `store`.
     pub fn new(store: HistoryStore) -> OwnedChannels {
         OwnedChannels {
-            channels: HashMap::new(),
+            channels: SplitMap::new(),
             store,
         }
     }
@@ -414,35 +407,6 @@ mod tests {
         let tenant = dev_tenant();
         let encode = |seq| ringcast_protocol::event::message_with_span("c", b"1", None, seq, now);
         table.publish(key, &tenant, now, None, encode).unwrap().seq
-    }
-
-    #[test]
-    fn a_table_growing_past_the_collect_size_keeps_every_channel() {
-        let data = tempfile::tempdir().unwrap();
-        let tenant = dev_tenant();
-        let store = crate::history::open_all(data.path(), &HistoryConfig::default(), 1)
-            .unwrap()
-            .pop()
-            .unwrap();
-        let mut table = OwnedChannels::new(store);
-        let mut grew_from = Vec::new();
-        for i in 0..4 * memory::COLLECT_FROM_CAPACITY {
-            let capacity = table.channels.capacity();
-            table.open(&key(&format!("c{i}")), &tenant, 1);
-            if table.channels.capacity() != capacity {
-                grew_from.push(capacity);
-            }
-        }
-        assert!(
-            grew_from
-                .iter()
-                .any(|&c| c >= memory::COLLECT_FROM_CAPACITY),
-            "the table grew past the collect size (grew from {grew_from:?})"
-        );
-        assert_eq!(table.len(), 4 * memory::COLLECT_FROM_CAPACITY);
-        for i in (0..4 * memory::COLLECT_FROM_CAPACITY).step_by(997) {
-            assert!(table.channels.contains_key(&key(&format!("c{i}"))), "c{i}");
-        }
     }
 
     #[test]

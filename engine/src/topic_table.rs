@@ -9,6 +9,7 @@
 use std::rc::Rc;
 
 use hashbrown::HashMap;
+use ringcast_store::SplitMap;
 
 use crate::conn::Conn;
 use crate::keys::{ChannelKey, ConnId, ShardId};
@@ -89,7 +90,8 @@ pub enum Watch {
 /// Channel → local subscribers.
 #[derive(Debug, Default)]
 pub struct LocalTopics {
-    channels: HashMap<ChannelKey, LocalChannel>,
+    /// Split, so that no subscribe regrows the whole table.
+    channels: SplitMap<ChannelKey, LocalChannel>,
     /// Subscribers over every channel (the `ringcast_subscriptions` gauge).
     subscriptions: usize,
     /// `(this shard, shard count)` when subscriptions are also counted per tenant.
@@ -120,7 +122,9 @@ impl LocalTopics {
 
     /// Records a subscribe sent to the owner.
     pub fn begin_subscribe(&mut self, key: &ChannelKey) {
-        self.channels.entry_ref(key).or_default().pending += 1;
+        self.channels
+            .get_or_insert_with(key, LocalChannel::default)
+            .pending += 1;
     }
 
     /// Records the owner's answer; `conn` is added unless it is `None` (gone meanwhile).

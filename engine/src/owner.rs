@@ -16,7 +16,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use ringcast_protocol::{ChannelName, TenantId};
-use ringcast_store::{SplitMap, StoreStats};
+use ringcast_store::split_map::{self, SplitMap};
+use ringcast_store::StoreStats;
 
 use crate::config::MAX_SHARDS;
 use crate::history::{
@@ -27,6 +28,12 @@ use crate::tenant::{Tenant, TenantUsage};
 
 /// How long a publish keeps a channel counting as active.
 pub const PUBLISH_KEEPS_ACTIVE_MS: u64 = 60_000;
+
+/// Open channels [`OwnedChannels::housekeeping`] looks at per tick (about a millisecond
+/// of work): a shard with more goes round its table in several ticks, so its channels
+/// stop counting and close up to `open channels / SWEEP_PER_TICK` seconds late, instead
+/// of every tick stalling the shard for the whole table (7 ms at 500k channels).
+pub const SWEEP_PER_TICK: usize = 1 << 16;
 
 /// The tenant is at its `max_channels`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,6 +175,8 @@ fn open_in<'a>(
 pub struct OwnedChannels {
     /// Split, so that no insert regrows the whole table (a million channels on a shard).
     channels: SplitMap<ChannelKey, OwnedChannel>,
+    /// The part [`OwnedChannels::housekeeping`] looks at next.
+    sweep_next: usize,
     store: HistoryStore,
 }
 
@@ -176,6 +185,7 @@ impl OwnedChannels {
     pub fn new(store: HistoryStore) -> OwnedChannels {
         OwnedChannels {
             channels: SplitMap::new(),
+            sweep_next: 0,
             store,
         }
     }
@@ -335,7 +345,9 @@ impl OwnedChannels {
     /// [`OwnedChannels::settle`]; `keep` says which have presence members), closes
     /// channels nobody watches that were idle since `idle_before_ms` and that `keep`
     /// does not hold open (their rings become evictable), then the store's periodic work
-    /// (see [`HistoryStore::housekeeping`]). Returns the rings freed.
+    /// (see [`HistoryStore::housekeeping`]). Looks at up to [`SWEEP_PER_TICK`] channels
+    /// (whole parts of the table), going on next time where it stopped. Returns the
+    /// rings freed.
     pub fn housekeeping(
         &mut self,
         now_ms: u64,
@@ -345,18 +357,29 @@ impl OwnedChannels {
     ) -> usize {
         let store = &mut self.store;
         let published_before = now_ms.saturating_sub(PUBLISH_KEEPS_ACTIVE_MS);
-        self.channels.retain(|key, c| {
-            let held = !c.watchers.is_empty() || keep(key);
-            if !held && c.last_publish_ms <= published_before {
-                c.uncount();
+        // Up to SWEEP_PER_TICK channels a tick, whole parts at a time, going on where the
+        // last tick stopped: every tick is a full pass until the table is that big.
+        let mut visited = 0;
+        for _ in 0..split_map::PARTS {
+            if visited >= SWEEP_PER_TICK {
+                break;
             }
-            let close = !held && c.last_active_ms < idle_before_ms;
-            if close {
-                c.uncount();
-                store.close(&c.history);
-            }
-            !close
-        });
+            let part = self.sweep_next;
+            self.sweep_next = (part + 1) % split_map::PARTS;
+            visited += self.channels.part_len(part);
+            self.channels.retain_part(part, |key, c| {
+                let held = !c.watchers.is_empty() || keep(key);
+                if !held && c.last_publish_ms <= published_before {
+                    c.uncount();
+                }
+                let close = !held && c.last_active_ms < idle_before_ms;
+                if close {
+                    c.uncount();
+                    store.close(&c.history);
+                }
+                !close
+            });
+        }
         self.store.housekeeping(now_ms, sweep_idle)
     }
 
@@ -407,6 +430,36 @@ mod tests {
         let tenant = dev_tenant();
         let encode = |seq| ringcast_protocol::event::message_with_span("c", b"1", None, seq, now);
         table.publish(key, &tenant, now, None, encode).unwrap().seq
+    }
+
+    #[test]
+    fn a_table_over_the_sweep_size_is_closed_over_several_ticks() {
+        let data = tempfile::tempdir().unwrap();
+        let tenant = dev_tenant();
+        let store = crate::history::open_all(data.path(), &HistoryConfig::default(), 1)
+            .unwrap()
+            .pop()
+            .unwrap();
+        let mut table = OwnedChannels::new(store);
+        let n = 3 * SWEEP_PER_TICK;
+        for i in 0..n {
+            table.open(&key(&format!("c{i}")), &tenant, 1);
+        }
+        let mut ticks = 0;
+        let mut left = vec![n];
+        while !table.is_empty() && ticks < 16 {
+            table.housekeeping(100, 10, false, |_| false);
+            ticks += 1;
+            left.push(table.len());
+        }
+        assert!(table.is_empty(), "every idle channel closed: {left:?}");
+        assert!(
+            (3..=5).contains(&ticks),
+            "closed over a few ticks, a bounded number per tick: {left:?}"
+        );
+        for w in left.windows(2) {
+            assert!(w[0] - w[1] <= SWEEP_PER_TICK + n / 16, "{left:?}");
+        }
     }
 
     #[test]

@@ -56,8 +56,6 @@ use crate::usage::PublishRefused;
 const IDLE_CHANNEL_MS: u64 = 60_000;
 /// Housekeeping (idle buffers, idle channels, interval flushes) runs this often.
 pub const HOUSEKEEPING_MS: u64 = 1_000;
-/// Idle history logs are looked for every this many housekeeping ticks.
-const IDLE_RING_TICKS: u64 = 600;
 
 const NEEDS_TOKEN: &str =
     "`private-` channels need a token with this channel (the action's `token`, or the connection's)";
@@ -103,7 +101,6 @@ pub struct ShardCore {
     requests: PendingRequests,
     out: Outgoing,
     next_housekeeping: Millis,
-    housekeeping_ticks: u64,
     /// Presence members of the channels this shard owns.
     presence: PresenceTable,
     /// This shard's connections holding presence that sent a frame since the last tick.
@@ -175,7 +172,6 @@ impl ShardCore {
             requests: PendingRequests::default(),
             out: Outgoing::new(id, mesh),
             next_housekeeping: now.plus(HOUSEKEEPING_MS),
-            housekeeping_ticks: 0,
             presence: PresenceTable::default(),
             presence_seen: Vec::new(),
             sub_expiry: DeadlineQueue::default(),
@@ -1626,9 +1622,8 @@ impl ShardCore {
             }
         }
         if now >= self.next_housekeeping {
-            self.housekeeping_ticks += 1;
-            let sweep = self.housekeeping_ticks % IDLE_RING_TICKS == 1;
-            self.housekeeping(now, sweep);
+            // Every tick also sweeps the next slice of the idle history rings.
+            self.housekeeping(now, true);
             self.next_housekeeping = now.plus(HOUSEKEEPING_MS);
         }
         self.run_local();

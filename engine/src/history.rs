@@ -31,6 +31,10 @@ pub type HistoryError = StoreError;
 
 /// Size of one segment file of a shard's store (sparse: disk is used as rings fill).
 const SEGMENT_BYTES: u64 = 64 << 20;
+/// Ring indices one idle sweep looks at (a slice of a big store, all of a small one):
+/// each housekeeping tick sweeps the next slice, so a full pass over 500k rings takes
+/// about a minute and no tick scans (or frees) them all at once.
+pub const IDLE_SWEEP_RINGS: usize = 8192;
 
 /// The history folder of a data directory: v2 shard stores in `shard-<k>/`, and v1
 /// `*.rlog` files directly inside until they are migrated.
@@ -96,6 +100,8 @@ pub struct HistoryStore {
     store: ShardStore,
     config: HistoryConfig,
     last_flush_ms: u64,
+    /// The ring index the idle sweep looks at next.
+    idle_sweep_next: usize,
 }
 
 impl HistoryStore {
@@ -122,6 +128,7 @@ impl HistoryStore {
             store,
             config: config.clone(),
             last_flush_ms: 0,
+            idle_sweep_next: 0,
         })
     }
 
@@ -249,7 +256,12 @@ impl HistoryStore {
             return 0;
         }
         let ttl_ms = self.config.idle_ttl_secs.saturating_mul(1000);
-        let idle = self.store.idle_rings(now_ms.saturating_sub(ttl_ms));
+        let (idle, next) = self.store.idle_rings_from(
+            self.idle_sweep_next,
+            IDLE_SWEEP_RINGS,
+            now_ms.saturating_sub(ttl_ms),
+        );
+        self.idle_sweep_next = next;
         for &ring in &idle {
             let _ = self.store.free(ring);
         }

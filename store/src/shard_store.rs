@@ -661,6 +661,31 @@ impl ShardStore {
         Ok(())
     }
 
+    /// [`ShardStore::idle_rings`] over `count` ring indices from `start` (wrapping at the
+    /// end), for a sweep spread over many calls. Returns the idle rings found and where
+    /// the next call should start.
+    pub fn idle_rings_from(
+        &self,
+        start: usize,
+        count: usize,
+        older_than_ms: u64,
+    ) -> (Vec<RingId>, usize) {
+        let len = self.rings.len();
+        if len == 0 {
+            return (Vec::new(), 0);
+        }
+        let start = start % len;
+        let mut idle = Vec::new();
+        for i in (start..start + count.min(len)).map(|i| i % len) {
+            if let Some(m) = &self.rings[i] {
+                if !m.pinned && m.last_append_ms < older_than_ms {
+                    idle.push(self.id_of(i as u32));
+                }
+            }
+        }
+        (idle, (start + count.min(len)) % len)
+    }
+
     /// Unpinned rings whose newest append is older than `older_than_ms` (rings never
     /// appended to count as 0), from the in-memory state only: no directory scan.
     pub fn idle_rings(&self, older_than_ms: u64) -> Vec<RingId> {

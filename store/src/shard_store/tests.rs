@@ -217,6 +217,36 @@ fn too_large_record_consumes_its_seq() {
 }
 
 #[test]
+fn an_idle_sweep_in_slices_finds_what_one_pass_finds() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open(dir.path(), small_cfg());
+    let ids: Vec<RingId> = (0..10)
+        .map(|i| s.create(format!("r{i}").as_bytes(), Epoch(1), 10).unwrap())
+        .collect();
+    for (i, &r) in ids.iter().enumerate() {
+        put(&mut s, r, 100 * i as u64, b"x");
+    }
+    s.pin(ids[1]);
+    let mut all = s.idle_rings(450);
+    all.sort_by_key(|r| r.index);
+    let (mut sliced, mut at) = (Vec::new(), 7);
+    for _ in 0..4 {
+        let (found, next) = s.idle_rings_from(at, 3, 450);
+        sliced.extend(found);
+        at = next;
+    }
+    sliced.sort_by_key(|r| r.index);
+    sliced.dedup();
+    assert_eq!(sliced, all, "four slices of 3 cover the 10 rings");
+    assert_eq!(all.len(), 4, "r0, r2, r3, r4 (r1 is pinned)");
+    assert_eq!(
+        s.idle_rings_from(0, 100, 450).1,
+        0,
+        "a long slice wraps to the start"
+    );
+}
+
+#[test]
 fn pinned_rings_are_counted_through_pins_unpins_and_frees() {
     let dir = tempfile::tempdir().unwrap();
     let (mut s, _) = open(dir.path(), small_cfg());

@@ -27,6 +27,7 @@ use hashbrown::HashMap;
 use ringcast_protocol::client::{PresenceJoin, Publish, Subscribe};
 use ringcast_protocol::event::PresenceSpelling;
 use ringcast_protocol::{event, ChannelName, ClientFrame, CloseCode, ErrorCode, FrameParser};
+use ringcast_store::SplitMap;
 
 use crate::clock::{Clock, Millis};
 use crate::close_log::{CloseLog, Closed};
@@ -56,6 +57,9 @@ use crate::usage::PublishRefused;
 const IDLE_CHANNEL_MS: u64 = 60_000;
 /// Housekeeping (idle buffers, idle channels, interval flushes) runs this often.
 pub const HOUSEKEEPING_MS: u64 = 1_000;
+/// Connections whose idle buffers one housekeeping tick sweeps: every connection each
+/// tick up to this many on the shard, beyond it a few seconds per round.
+const CONN_SWEEP_PER_TICK: usize = 16_384;
 
 const NEEDS_TOKEN: &str =
     "`private-` channels need a token with this channel (the action's `token`, or the connection's)";
@@ -91,7 +95,10 @@ pub struct ShardCore {
     shards: usize,
     shared: Arc<Shared>,
     clock: Clock,
-    conns: HashMap<ConnId, Rc<Conn>>,
+    /// Split, so the housekeeping sweep can take a few parts a tick.
+    conns: SplitMap<ConnId, Rc<Conn>>,
+    /// The part of `conns` the idle-buffer sweep looks at next.
+    conn_sweep_next: usize,
     local: LocalTopics,
     owned: OwnedChannels,
     /// Idempotency keys of HTTP publishes on the channels this shard owns.
@@ -163,7 +170,8 @@ impl ShardCore {
             shards: mesh.shards(),
             shared,
             clock,
-            conns: HashMap::new(),
+            conns: SplitMap::new(),
+            conn_sweep_next: 0,
             local,
             owned: OwnedChannels::new(history),
             idempotency,
@@ -1701,9 +1709,7 @@ impl ShardCore {
         }
         self.flush_presence_seen();
         self.ren_housekeeping(now);
-        for conn in self.conns.values() {
-            conn.outbound().sweep_idle();
-        }
+        self.sweep_idle_buffers();
         let idle_before = now.0.saturating_sub(IDLE_CHANNEL_MS);
         self.idempotency.expire(now.0);
         let presence = &self.presence;
@@ -1724,6 +1730,16 @@ impl ShardCore {
         counters
             .history_segments_prepared
             .set(stats.segments_prepared);
+    }
+
+    /// Up to [`CONN_SWEEP_PER_TICK`] connections (whole parts of the table) give back
+    /// the buffers they did not use since their last sweep; the next tick goes on where
+    /// this one stopped.
+    fn sweep_idle_buffers(&mut self) {
+        self.conns
+            .for_each_in_turn(&mut self.conn_sweep_next, CONN_SWEEP_PER_TICK, |_, conn| {
+                conn.outbound().sweep_idle();
+            });
     }
 
     /// Moves spilled messages on while other inboxes have room.

@@ -16,8 +16,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use ringcast_protocol::{ChannelName, TenantId};
-use ringcast_store::split_map::{self, SplitMap};
-use ringcast_store::StoreStats;
+use ringcast_store::{SplitMap, StoreStats};
 
 use crate::config::MAX_SHARDS;
 use crate::history::{
@@ -359,15 +358,8 @@ impl OwnedChannels {
         let published_before = now_ms.saturating_sub(PUBLISH_KEEPS_ACTIVE_MS);
         // Up to SWEEP_PER_TICK channels a tick, whole parts at a time, going on where the
         // last tick stopped: every tick is a full pass until the table is that big.
-        let mut visited = 0;
-        for _ in 0..split_map::PARTS {
-            if visited >= SWEEP_PER_TICK {
-                break;
-            }
-            let part = self.sweep_next;
-            self.sweep_next = (part + 1) % split_map::PARTS;
-            visited += self.channels.part_len(part);
-            self.channels.retain_part(part, |key, c| {
+        self.channels
+            .retain_in_turn(&mut self.sweep_next, SWEEP_PER_TICK, |key, c| {
                 let held = !c.watchers.is_empty() || keep(key);
                 if !held && c.last_publish_ms <= published_before {
                     c.uncount();
@@ -379,7 +371,6 @@ impl OwnedChannels {
                 }
                 !close
             });
-        }
         self.store.housekeeping(now_ms, sweep_idle)
     }
 

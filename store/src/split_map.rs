@@ -141,25 +141,64 @@ impl<K: Hash + Eq, V> SplitMap<K, V> {
         self.len = self.parts.iter().map(HashTable::len).sum();
     }
 
-    /// Entries in part `part` (below [`PARTS`]).
-    pub fn part_len(&self, part: usize) -> usize {
-        self.parts[part].len()
-    }
-
-    /// [`SplitMap::retain`] over one part only (below [`PARTS`]): for sweeps that visit
-    /// a large map a few parts at a time.
-    pub fn retain_part(&mut self, part: usize, mut keep: impl FnMut(&K, &mut V) -> bool) {
-        let p = &mut self.parts[part];
-        let before = p.len();
-        p.retain(|(k, v)| keep(k, v));
-        self.len -= before - p.len();
-    }
-
     /// Every entry, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
         self.parts
             .iter()
             .flat_map(|p| p.iter().map(|(k, v)| (k, v)))
+    }
+
+    /// Visits whole parts from `*next` on, until at least `budget` entries were seen or
+    /// every part was, leaving `*next` at the part to start from next time: a sweep of a
+    /// big map spread over many calls (each call about `budget` entries; a map of up to
+    /// `budget` entries is visited whole every call). Returns how many entries it saw.
+    pub fn for_each_in_turn(
+        &self,
+        next: &mut usize,
+        budget: usize,
+        mut f: impl FnMut(&K, &V),
+    ) -> usize {
+        let mut seen = 0;
+        for _ in 0..PARTS {
+            if seen >= budget {
+                break;
+            }
+            let part = *next % PARTS;
+            *next = (part + 1) % PARTS;
+            for (k, v) in self.parts[part].iter() {
+                f(k, v);
+            }
+            seen += self.parts[part].len();
+        }
+        seen
+    }
+
+    /// [`SplitMap::for_each_in_turn`], keeping the entries for which `keep` is true.
+    pub fn retain_in_turn(
+        &mut self,
+        next: &mut usize,
+        budget: usize,
+        mut keep: impl FnMut(&K, &mut V) -> bool,
+    ) -> usize {
+        let mut seen = 0;
+        for _ in 0..PARTS {
+            if seen >= budget {
+                break;
+            }
+            let part = *next % PARTS;
+            *next = (part + 1) % PARTS;
+            let p = &mut self.parts[part];
+            let before = p.len();
+            seen += before;
+            p.retain(|(k, v)| keep(k, v));
+            self.len -= before - p.len();
+        }
+        seen
+    }
+
+    /// Every value, in no particular order.
+    pub fn values(&self) -> impl Iterator<Item = &V> {
+        self.iter().map(|(_, v)| v)
     }
 
     /// Every key, in no particular order.
@@ -201,9 +240,18 @@ mod tests {
                         model.retain(|_, x| *x % 3 != 0);
                     }
                     _ => {
-                        // One part at a time: the same entries go.
-                        for part in 0..PARTS {
-                            split.retain_part(part, |_, x| *x % 5 != 0);
+                        // A few parts at a time: after a whole turn, the same entries go.
+                        // Bounded: each call moves on at least one part, PARTS calls
+                        // at most for a whole turn.
+                        let mut next = usize::from(k) % PARTS;
+                        let mut moved = 0;
+                        while moved < PARTS {
+                            let from = next;
+                            split.retain_in_turn(&mut next, 5, |_, x| *x % 5 != 0);
+                            moved += match (next + PARTS - from) % PARTS {
+                                0 => PARTS,
+                                n => n,
+                            };
                         }
                         model.retain(|_, x| *x % 5 != 0);
                     }
@@ -213,12 +261,64 @@ mod tests {
             for (k, v) in &model {
                 prop_assert_eq!(split.get(&k[..]), Some(v));
             }
+            let mut next = 0;
+            let mut seen = 0;
+            prop_assert_eq!(split.for_each_in_turn(&mut next, usize::MAX, |_, _| seen += 1), split.len());
+            prop_assert_eq!((seen, next), (split.len(), 0), "an unbounded turn sees everything once");
             let mut keys: Vec<_> = split.keys().cloned().collect();
             keys.sort();
             let mut want: Vec<_> = model.keys().cloned().collect();
             want.sort();
             prop_assert_eq!(keys, want);
         }
+    }
+
+    #[test]
+    fn turns_visit_about_their_budget_and_go_round_every_entry_evenly() {
+        let mut map: SplitMap<u64, u64> = SplitMap::new();
+        for i in 0..64_000u64 {
+            map.insert(i, 0);
+        }
+        let mut visits = std::collections::HashMap::new();
+        let mut next = 0;
+        for _ in 0..50 {
+            let seen = map.for_each_in_turn(&mut next, 10_000, |k, _| {
+                *visits.entry(*k).or_insert(0u32) += 1;
+            });
+            assert!(
+                (10_000..10_000 + 64_000 / 16).contains(&seen),
+                "about the budget, in whole parts: {seen}"
+            );
+        }
+        let (min, max) = (visits.values().min(), visits.values().max());
+        assert_eq!(visits.len(), 64_000, "every entry was reached");
+        assert!(
+            max.unwrap() - min.unwrap() <= 1,
+            "round the parts in turn: {min:?}..{max:?}"
+        );
+
+        let mut small: SplitMap<u64, u64> = SplitMap::new();
+        for i in 0..100u64 {
+            small.insert(i, i);
+        }
+        let mut next = 7;
+        assert_eq!(
+            small.for_each_in_turn(&mut next, 10_000, |_, _| {}),
+            100,
+            "a map under the budget is visited whole"
+        );
+        assert_eq!(next, 7, "and the turn ends where it began");
+
+        let before = map.len();
+        let seen = map.retain_in_turn(&mut next, 10_000, |k, _| k % 2 == 0);
+        let removed = before - map.len();
+        assert!(
+            removed > 0 && removed < seen,
+            "only the parts visited lost (odd) entries: {removed} of {seen} seen"
+        );
+        map.retain_in_turn(&mut next, usize::MAX, |k, _| k % 2 == 0);
+        assert_eq!(map.len(), 32_000, "a whole turn leaves the even keys");
+        assert!(map.keys().all(|k| k % 2 == 0));
     }
 
     #[test]

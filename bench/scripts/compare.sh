@@ -132,16 +132,8 @@ fi
 # --- one server at a time ------------------------------------------------------------
 SRV_PID=""
 DATA_DIR=""
-stop_server() {
-  if [ -n "$SRV_PID" ] && kill -0 "$SRV_PID" 2> /dev/null; then
-    kill "$SRV_PID" 2> /dev/null
-    for _ in $(seq 50); do kill -0 "$SRV_PID" 2> /dev/null || break; sleep 0.1; done
-    kill -9 "$SRV_PID" 2> /dev/null
-    wait "$SRV_PID" 2> /dev/null
-  fi
-  SRV_PID=""
-  if [ -n "$DATA_DIR" ]; then rm -rf "$DATA_DIR"; DATA_DIR=""; fi
-}
+# shellcheck source=lib/server.sh
+. "$ROOT/bench/scripts/lib/server.sh"
 trap stop_server EXIT
 trap 'stop_server; exit 130' INT TERM
 
@@ -176,13 +168,8 @@ start_server() {
     *) SRV_ERR="unknown server"; return 1 ;;
   esac
   SRV_PID=$!
-  local port=""
-  for _ in $(seq 100); do
-    port=$(grep -oE 'listening on 127\.0\.0\.1:[0-9]+' "$log" 2> /dev/null | head -1 | grep -oE '[0-9]+$')
-    [ -n "$port" ] && break
-    kill -0 "$SRV_PID" 2> /dev/null || break
-    sleep 0.1
-  done
+  local port
+  port=$(listen_port "$log")
   if [ -z "$port" ]; then
     SRV_ERR="did not start: $(tail -c 200 "$log" | tr '\n"' ' \047')"
     stop_server

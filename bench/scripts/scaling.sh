@@ -73,17 +73,8 @@ JSONL="$OUT/results.jsonl"
 
 SRV_PID=""
 DATA_DIR=""
-stop_server() {
-  if [ -n "$SRV_PID" ]; then
-    kill "$SRV_PID" 2> /dev/null
-    # Bounded: 50 × 0.1 s, then SIGKILL.
-    for _ in $(seq 50); do kill -0 "$SRV_PID" 2> /dev/null || break; sleep 0.1; done
-    kill -9 "$SRV_PID" 2> /dev/null
-    wait "$SRV_PID" 2> /dev/null
-  fi
-  SRV_PID=""
-  if [ -n "$DATA_DIR" ]; then rm -rf "$DATA_DIR"; DATA_DIR=""; fi
-}
+# shellcheck source=lib/server.sh
+. "$ROOT/bench/scripts/lib/server.sh"
 trap stop_server EXIT
 trap 'stop_server; exit 130' INT TERM
 
@@ -106,14 +97,8 @@ start_server() {
       ;;
   esac
   SRV_PID=$!
-  local port=""
-  # Bounded: 100 × 0.1 s.
-  for _ in $(seq 100); do
-    port=$(grep -oE 'listening on 127\.0\.0\.1:[0-9]+' "$log" 2> /dev/null | head -1 | grep -oE '[0-9]+$')
-    [ -n "$port" ] && break
-    kill -0 "$SRV_PID" 2> /dev/null || break
-    sleep 0.1
-  done
+  local port
+  port=$(listen_port "$log")
   if [ -z "$port" ]; then
     echo "$name did not start: $(tail -c 300 "$log")" >&2
     stop_server

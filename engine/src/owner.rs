@@ -423,15 +423,20 @@ mod tests {
         table.publish(key, &tenant, now, None, encode).unwrap().seq
     }
 
-    #[test]
-    fn a_table_over_the_sweep_size_is_closed_over_several_ticks() {
+    /// An empty table over a store in a fresh directory (kept alive by the guard).
+    fn fresh_table(config: &HistoryConfig) -> (tempfile::TempDir, OwnedChannels) {
         let data = tempfile::tempdir().unwrap();
-        let tenant = dev_tenant();
-        let store = crate::history::open_all(data.path(), &HistoryConfig::default(), 1)
+        let store = crate::history::open_all(data.path(), config, 1)
             .unwrap()
             .pop()
             .unwrap();
-        let mut table = OwnedChannels::new(store);
+        (data, OwnedChannels::new(store))
+    }
+
+    #[test]
+    fn a_table_over_the_sweep_size_is_closed_over_several_ticks() {
+        let tenant = dev_tenant();
+        let (_data, mut table) = fresh_table(&HistoryConfig::default());
         let n = 3 * SWEEP_PER_TICK;
         for i in 0..n {
             table.open(&key(&format!("c{i}")), &tenant, 1);
@@ -455,13 +460,8 @@ mod tests {
 
     #[test]
     fn a_publish_gets_the_next_seq_in_its_frame_and_its_history() {
-        let data = tempfile::tempdir().unwrap();
         let tenant = dev_tenant();
-        let store = crate::history::open_all(data.path(), &HistoryConfig::default(), 1)
-            .unwrap()
-            .pop()
-            .unwrap();
-        let mut table = OwnedChannels::new(store);
+        let (_data, mut table) = fresh_table(&HistoryConfig::default());
         let key = key("c");
         for expected in 1..=3u64 {
             let encode = |seq| ringcast_protocol::event::message_with_span("c", b"7", None, seq, 9);
@@ -488,17 +488,12 @@ mod tests {
 
     #[test]
     fn an_idle_ring_is_freed_only_once_its_channel_is_closed() {
-        let data = tempfile::tempdir().unwrap();
         let config = HistoryConfig {
             idle_ttl_secs: 0,
             ..HistoryConfig::default()
         };
         let tenant = dev_tenant();
-        let store = crate::history::open_all(data.path(), &config, 1)
-            .unwrap()
-            .pop()
-            .unwrap();
-        let mut table = OwnedChannels::new(store);
+        let (_data, mut table) = fresh_table(&config);
         let key = key("c");
         table.open(&key, &tenant, 1);
         assert_eq!(append(&mut table, &key, 1), 1);
@@ -519,14 +514,8 @@ mod tests {
 
     #[test]
     fn a_closed_channel_keeps_its_history_until_the_ttl() {
-        let data = tempfile::tempdir().unwrap();
         let tenant = dev_tenant();
-        let mut table = OwnedChannels::new(
-            crate::history::open_all(data.path(), &HistoryConfig::default(), 1)
-                .unwrap()
-                .pop()
-                .unwrap(),
-        );
+        let (_data, mut table) = fresh_table(&HistoryConfig::default());
         let key = key("c");
         table.open(&key, &tenant, 1);
         append(&mut table, &key, 1);

@@ -158,19 +158,11 @@ impl<K: Hash + Eq, V> SplitMap<K, V> {
         budget: usize,
         mut f: impl FnMut(&K, &V),
     ) -> usize {
-        let mut seen = 0;
-        for _ in 0..PARTS {
-            if seen >= budget {
-                break;
-            }
-            let part = *next % PARTS;
-            *next = (part + 1) % PARTS;
-            for (k, v) in self.parts[part].iter() {
-                f(k, v);
-            }
-            seen += self.parts[part].len();
-        }
-        seen
+        in_turn(next, budget, |part| {
+            let p = &self.parts[part];
+            p.iter().for_each(|(k, v)| f(k, v));
+            p.len()
+        })
     }
 
     /// [`SplitMap::for_each_in_turn`], keeping the entries for which `keep` is true.
@@ -180,20 +172,14 @@ impl<K: Hash + Eq, V> SplitMap<K, V> {
         budget: usize,
         mut keep: impl FnMut(&K, &mut V) -> bool,
     ) -> usize {
-        let mut seen = 0;
-        for _ in 0..PARTS {
-            if seen >= budget {
-                break;
-            }
-            let part = *next % PARTS;
-            *next = (part + 1) % PARTS;
-            let p = &mut self.parts[part];
+        let (parts, len) = (&mut self.parts, &mut self.len);
+        in_turn(next, budget, |part| {
+            let p = &mut parts[part];
             let before = p.len();
-            seen += before;
             p.retain(|(k, v)| keep(k, v));
-            self.len -= before - p.len();
-        }
-        seen
+            *len -= before - p.len();
+            before
+        })
     }
 
     /// Every value, in no particular order.
@@ -211,6 +197,21 @@ impl<K: Hash + Eq, V> SplitMap<K, V> {
     pub fn part_capacities(&self) -> impl Iterator<Item = usize> + '_ {
         self.parts.iter().map(HashTable::capacity)
     }
+}
+
+/// The turn of [`SplitMap::for_each_in_turn`]: `visit` each part from `*next` on (it
+/// returns the entries it saw there) until `budget` entries or every part.
+fn in_turn(next: &mut usize, budget: usize, mut visit: impl FnMut(usize) -> usize) -> usize {
+    let mut seen = 0;
+    for _ in 0..PARTS {
+        if seen >= budget {
+            break;
+        }
+        let part = *next % PARTS;
+        *next = (part + 1) % PARTS;
+        seen += visit(part);
+    }
+    seen
 }
 
 #[cfg(test)]

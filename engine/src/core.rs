@@ -1630,8 +1630,7 @@ impl ShardCore {
             }
         }
         if now >= self.next_housekeeping {
-            // Every tick also sweeps the next slice of the idle history rings.
-            self.housekeeping(now, true);
+            self.housekeeping(now);
             self.next_housekeeping = now.plus(HOUSEKEEPING_MS);
         }
         self.run_local();
@@ -1702,7 +1701,7 @@ impl ShardCore {
     /// Periodic work: presence heartbeats to owners, idle connections' write buffers,
     /// idle channel eviction (never of a channel with presence members), interval
     /// flushes, idle log removal.
-    fn housekeeping(&mut self, now: Millis, sweep_idle_rings: bool) {
+    fn housekeeping(&mut self, now: Millis) {
         self.apply_reload();
         for (reason, suppressed) in self.close_log.flush(now) {
             log_suppressed(self.id, reason, suppressed);
@@ -1715,9 +1714,8 @@ impl ShardCore {
         let presence = &self.presence;
         let freed = self
             .owned
-            .housekeeping(now.0, idle_before, sweep_idle_rings, |key| {
-                presence.has_members(key)
-            });
+            // Every tick also sweeps the next slice of the idle history rings.
+            .housekeeping(now.0, idle_before, true, |key| presence.has_members(key));
         if freed > 0 {
             tracing::info!(shard = %self.id, freed, "freed idle channels' history rings");
         }

@@ -133,14 +133,6 @@ impl<K: Hash + Eq, V> SplitMap<K, V> {
         Some(v)
     }
 
-    /// Keeps the entries for which `keep` is true.
-    pub fn retain(&mut self, mut keep: impl FnMut(&K, &mut V) -> bool) {
-        for part in self.parts.iter_mut() {
-            part.retain(|(k, v)| keep(k, v));
-        }
-        self.len = self.parts.iter().map(HashTable::len).sum();
-    }
-
     /// Every entry, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
         self.parts
@@ -192,9 +184,9 @@ impl<K: Hash + Eq, V> SplitMap<K, V> {
         self.iter().map(|(k, _)| k)
     }
 
-    /// The most entries any one part holds without growing (the largest single growth
-    /// ahead is of the part that reaches it first).
-    pub fn part_capacities(&self) -> impl Iterator<Item = usize> + '_ {
+    /// The most entries each part holds without growing.
+    #[cfg(test)]
+    fn part_capacities(&self) -> impl Iterator<Item = usize> + '_ {
         self.parts.iter().map(HashTable::capacity)
     }
 }
@@ -237,7 +229,7 @@ mod tests {
                         prop_assert_eq!(got, *model.entry(key).or_insert(v));
                     }
                     3 => {
-                        split.retain(|_, x| *x % 3 != 0);
+                        split.retain_in_turn(&mut 0, usize::MAX, |_, x| *x % 3 != 0);
                         model.retain(|_, x| *x % 3 != 0);
                     }
                     _ => {

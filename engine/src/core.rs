@@ -57,8 +57,8 @@ use crate::usage::PublishRefused;
 const IDLE_CHANNEL_MS: u64 = 60_000;
 /// Housekeeping (idle buffers, idle channels, interval flushes) runs this often.
 pub const HOUSEKEEPING_MS: u64 = 1_000;
-/// Connections whose idle buffers one housekeeping tick sweeps: every connection each
-/// tick up to this many on the shard, beyond it a few seconds per round.
+/// Connections (and, apart, REN streams) whose idle buffers one housekeeping tick sweeps:
+/// every one each tick up to this many on the shard, beyond it a few seconds per round.
 const CONN_SWEEP_PER_TICK: usize = 16_384;
 
 const NEEDS_TOKEN: &str =

@@ -413,14 +413,18 @@ impl ShardCore {
         if ping {
             self.ren.next_ping = now.plus(PING_MS);
         }
+        self.ren
+            .streams
+            .sweep_idle_in_turn(super::CONN_SWEEP_PER_TICK);
         let mut overflowed = 0;
-        for stream in self.ren.streams.iter() {
-            stream.outbound().sweep_idle();
-            if ping
-                && stream.stream_state() == StreamState::Active
-                && stream.push(Bytes::from_static(PING)) == Pushed::Overflowed
-            {
-                overflowed += 1;
+        if ping {
+            // Every active stream gets its keep-alive: one pass per PING_MS.
+            for stream in self.ren.streams.iter() {
+                if stream.stream_state() == StreamState::Active
+                    && stream.push(Bytes::from_static(PING)) == Pushed::Overflowed
+                {
+                    overflowed += 1;
+                }
             }
         }
         let counters = self.shared.metrics.shard(self.id);

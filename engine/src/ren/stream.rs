@@ -11,6 +11,7 @@ use bytes::Bytes;
 use hashbrown::HashMap;
 use ringcast_protocol::ren::RenFilter;
 use ringcast_protocol::{CloseCode, TenantId};
+use ringcast_store::SplitMap;
 
 use crate::keys::{ConnId, RequestId};
 use crate::outbound::{ConnState, Outbound, Pushed};
@@ -183,7 +184,10 @@ pub struct Delivered {
 /// Every stream of one shard.
 #[derive(Debug, Default)]
 pub struct LocalStreams {
-    streams: HashMap<ConnId, Rc<RenStream>>,
+    /// Split in parts, so the idle-buffer sweep takes a bounded share each tick.
+    streams: SplitMap<ConnId, Rc<RenStream>>,
+    /// The part [`LocalStreams::sweep_idle_in_turn`] goes on from.
+    sweep_next: usize,
     tenants: HashMap<TenantId, TenantStreams>,
 }
 
@@ -295,6 +299,17 @@ impl LocalStreams {
         self.streams.values()
     }
 
+    /// About `budget` streams (whole parts of the table) give back the buffers they did
+    /// not use since their last sweep; the next call goes on where this one stopped (a
+    /// shard with up to `budget` streams sweeps them all every call). Returns how many
+    /// it visited.
+    pub fn sweep_idle_in_turn(&mut self, budget: usize) -> usize {
+        self.streams
+            .for_each_in_turn(&mut self.sweep_next, budget, |_, stream| {
+                stream.outbound().sweep_idle();
+            })
+    }
+
     /// Number of streams (pending and active).
     pub fn len(&self) -> usize {
         self.streams.len()
@@ -377,5 +392,41 @@ mod tests {
             "the last one"
         );
         assert_eq!(table.deliver(&tenant.id, &[entry("kv")], 0).queued, 0);
+    }
+
+    #[test]
+    fn the_idle_sweep_takes_a_bounded_share_and_reaches_every_stream() {
+        let tenant = TenantTable::new(&[TenantConfig::new("t", Plan::Free)], Some("t"))
+            .resolve(None)
+            .unwrap();
+        let mut table = LocalStreams::default();
+        let open = |table: &mut LocalStreams, i: u64| {
+            table.open(Rc::new(RenStream::new(
+                ConnId(i),
+                tenant.clone(),
+                RenFilter::All,
+                "c",
+                Vec::new(),
+                RequestId(i),
+                1000,
+            )));
+        };
+        for i in 0..100 {
+            open(&mut table, i);
+        }
+        assert_eq!(table.sweep_idle_in_turn(1000), 100, "a small table: all");
+        for i in 100..6000 {
+            open(&mut table, i);
+        }
+        let mut seen = 0;
+        for call in 0..6 {
+            let visited = table.sweep_idle_in_turn(1000);
+            assert!(visited < 2000, "call {call}: {visited} of 6000");
+            seen += visited;
+        }
+        assert!(
+            (6000..8000).contains(&seen),
+            "six calls cover the table: {seen}"
+        );
     }
 }

@@ -137,48 +137,6 @@ DATA_DIR=""
 trap stop_server EXIT
 trap 'stop_server; exit 130' INT TERM
 
-# start_server NAME LOG: sets SRV_PID SRV_URL SRV_PROTO, or SRV_ERR.
-start_server() {
-  local name=$1 log=$2
-  SRV_ERR=""
-  if [ -n "${BROKEN[$name]:-}" ]; then SRV_ERR=${BROKEN[$name]}; return 1; fi
-  local path="/_rt/ws" proto=ringcast
-  case "$name" in
-    ringcast|baseline)
-      local bin="$ROOT/target/release/ringcast"
-      [ "$name" = baseline ] && bin=$BASELINE
-      DATA_DIR=$(mktemp -d)
-      $PIN_SERVER "$bin" serve --dev --listen 127.0.0.1:0 \
-        --shards "$SHARDS" --data-dir "$DATA_DIR" > "$log" 2>&1 &
-      ;;
-    floor)
-      path="/"; proto=floor
-      $PIN_SERVER "$ROOT/target/release/floor" --listen 127.0.0.1:0 > "$log" 2>&1 &
-      ;;
-    node-ws)
-      $PIN_SERVER node "$ROOT/bench/peers/node-ws/server.mjs" 0 > "$log" 2>&1 &
-      ;;
-    socketio)
-      path="/"; proto=socketio
-      $PIN_SERVER node "$ROOT/bench/peers/socketio/server.mjs" 0 > "$log" 2>&1 &
-      ;;
-    bun)
-      $PIN_SERVER "$ROOT/bench/peers/bun/node_modules/.bin/bun" "$ROOT/bench/peers/bun/server.mjs" 0 > "$log" 2>&1 &
-      ;;
-    *) SRV_ERR="unknown server"; return 1 ;;
-  esac
-  SRV_PID=$!
-  local port
-  port=$(listen_port "$log")
-  if [ -z "$port" ]; then
-    SRV_ERR="did not start: $(tail -c 200 "$log" | tr '\n"' ' \047')"
-    stop_server
-    return 1
-  fi
-  SRV_URL="ws://127.0.0.1:$port$path"
-  SRV_PROTO=$proto
-}
-
 # case NAME WORKLOAD SUBS PAYLOAD BURST [extra loadgen args...]
 run_case() {
   local name=$1 wl=$2 n=$3 payload=$4 burst=$5; shift 5

@@ -78,8 +78,8 @@ DATA_DIR=""
 trap stop_server EXIT
 trap 'stop_server; exit 130' INT TERM
 
-# start_server NAME SHARDS LOG: sets SRV_PID and SRV_URL SRV_PROTO, or returns 1.
-start_server() {
+# start_pinned_server NAME SHARDS LOG: sets SRV_PID and SRV_URL SRV_PROTO, or returns 1.
+start_pinned_server() {
   local name=$1 shards=$2 log=$3 path="/_rt/ws"
   SRV_PROTO=ringcast
   case "$name" in
@@ -113,7 +113,7 @@ run_case() {
   [ -z "$n" ] && { [ "$wl" = w1 ] && n=1000 || n=5000; }
   local log="$OUT/$name-s$shards-$wl.log"
   printf '%-9s shards=%-3s %s  %s load generators × %s connections ... ' "$name" "$shards" "$wl" "$LOADGENS" "$n"
-  start_server "$name" "$shards" "$log" || { echo FAILED; return; }
+  start_pinned_server "$name" "$shards" "$log" || { echo FAILED; return; }
   # Set-up time: about 2 s per 10k connections of every load generator, at least 3 s.
   local setup_ms=$((3000 + LOADGENS * n / 5))
   local start_at=$(( $(date +%s%3N) + setup_ms ))

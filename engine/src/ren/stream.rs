@@ -331,6 +331,12 @@ mod tests {
     use super::*;
     use crate::tenant::{Plan, TenantConfig, TenantTable};
 
+    fn free_tenant() -> Arc<Tenant> {
+        TenantTable::new(&[TenantConfig::new("t", Plan::Free)], Some("t"))
+            .resolve(None)
+            .unwrap()
+    }
+
     fn entry(domain: &str) -> RenEntry {
         RenEntry {
             id: 1,
@@ -342,9 +348,7 @@ mod tests {
 
     #[test]
     fn classes_keep_their_streams_through_swaps_and_report_the_last_close() {
-        let tenant = TenantTable::new(&[TenantConfig::new("t", Plan::Free)], Some("t"))
-            .resolve(None)
-            .unwrap();
+        let tenant = free_tenant();
         let mut table = LocalStreams::default();
         let streams: Vec<Rc<RenStream>> = (0..4)
             .map(|i| {
@@ -396,9 +400,7 @@ mod tests {
 
     #[test]
     fn the_idle_sweep_takes_a_bounded_share_and_reaches_every_stream() {
-        let tenant = TenantTable::new(&[TenantConfig::new("t", Plan::Free)], Some("t"))
-            .resolve(None)
-            .unwrap();
+        let tenant = free_tenant();
         let mut table = LocalStreams::default();
         let open = |table: &mut LocalStreams, i: u64| {
             table.open(Rc::new(RenStream::new(

@@ -61,7 +61,7 @@ while [ $# -gt 0 ]; do
     --duration-s) DURATION=$2; shift ;;
     --shards) SHARDS=$2; shift ;;
     --repeat) REPEAT=$2; shift ;;
-    --baseline) BASELINE=$(realpath "$2"); SERVERS="$SERVERS baseline"; shift ;;
+    --baseline) BASELINE=$(realpath "$2"); shift ;;
     --write-each) LOADGEN_EXTRA="$LOADGEN_EXTRA --write-each" ;;
     --latency-trace) TRACE=1 ;;
     --w5-connections) W5_SUBS=$2; shift ;;
@@ -73,6 +73,11 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
+# Listed or not, in whatever order the options came, a baseline runs once per round.
+case " $SERVERS " in
+  *" baseline "*) ;;
+  *) if [ -n "$BASELINE" ]; then SERVERS="$SERVERS baseline"; fi ;;
+esac
 if [ "$QUICK" = 1 ]; then
   SUBS="1000"; W5_SUBS="1000"; W3_SUBS="100"; W2_SUBS=2000; DURATION=1; WARMUP=0.2
 fi

@@ -354,11 +354,19 @@ impl ShardStore {
             Plan::Store { evict, at, wrap_at } => (evict, at, wrap_at),
         };
         if evict > 0 {
+            let ring = &self.rings[idx].as_ref().expect("live ring").ring;
+            // Bytes the old state calls free: a kill before the final publish leaves an
+            // adoptable record there, and open evicts the excess as this append would.
+            let into_free =
+                ring.is_free(at, len) && wrap_at.is_none_or(|w| ring.is_free(w, WRAP_LEN as u64));
             self.meta_mut(idx).ring.evict(evict);
-            self.publish(idx);
-            if self.cfg.sync == SyncPolicy::EveryAppend {
-                // The new head must be durable before evicted records are overwritten.
-                self.sync_state(idx)?;
+            if !into_free {
+                // The new head must be published (with `EveryAppend`: durable) before
+                // evicted records are overwritten.
+                self.publish(idx);
+                if self.cfg.sync == SyncPolicy::EveryAppend {
+                    self.sync_state(idx)?;
+                }
             }
         }
         let m = self.rings[idx].as_ref().expect("live ring");

@@ -456,6 +456,7 @@ enum CrashOp {
     AppendSmall,
     AppendGrowing,
     AppendWrappingInTopClass,
+    AppendEvictingByCount,
     Create,
     Free,
 }
@@ -475,12 +476,16 @@ fn crash_at_every_step(op: CrashOp) {
     }
     let a = s.create(b"a", Epoch(2), 1_000).unwrap();
     let b = s.create(b"b", Epoch(3), 1_000).unwrap();
+    // Full by its record bound, with bytes to spare: its next append evicts by count.
+    let n = s.create(b"n", Epoch(5), 2).unwrap();
     for i in 0..2 {
         put(&mut s, a, i, &[2; 100]);
         put(&mut s, b, i, &[3; 30]);
+        put(&mut s, n, i, &[6; 40]);
     }
     let target: &[u8] = match op {
         CrashOp::AppendWrappingInTopClass => b"warm",
+        CrashOp::AppendEvictingByCount => b"n",
         _ => b"a",
     };
     s.poll_space();
@@ -497,6 +502,11 @@ fn crash_at_every_step(op: CrashOp) {
         }
         CrashOp::AppendWrappingInTopClass => {
             put(&mut s, warm, 9, &[5; 100]);
+        }
+        CrashOp::AppendEvictingByCount => {
+            put(&mut s, n, 9, &[7; 40]);
+            // The record, then one state: the eviction rides on the append's publish.
+            assert_eq!(s.journal.as_ref().unwrap().len(), 2);
         }
         CrashOp::Create => {
             s.create(b"c", Epoch(4), 10).unwrap();
@@ -624,6 +634,7 @@ fn check_crash_image(
 fn a_kill_at_any_step_of_an_append_loses_at_most_the_record_in_flight() {
     crash_at_every_step(CrashOp::AppendSmall);
     crash_at_every_step(CrashOp::AppendWrappingInTopClass);
+    crash_at_every_step(CrashOp::AppendEvictingByCount);
 }
 
 #[test]

@@ -1728,6 +1728,7 @@ impl ShardCore {
         counters
             .history_segments_prepared
             .set(stats.segments_prepared);
+        counters.history_growths.set(stats.growths);
     }
 
     /// Up to [`CONN_SWEEP_PER_TICK`] connections (whole parts of the table) give back

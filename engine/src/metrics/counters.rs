@@ -120,6 +120,8 @@ pub struct ShardCounters {
     pub history_space_waits: Count,
     /// Segment files the store's background thread made ahead of need (copied).
     pub history_segments_prepared: Count,
+    /// Rings moved to a bigger slot as they filled (copied from the store).
+    pub history_growths: Count,
     /// Messages appended to history.
     pub history_appends: Count,
     /// Bytes of those messages (their encoded frames).
@@ -180,6 +182,7 @@ impl Default for ShardCounters {
             history_evictions: Count::default(),
             history_space_waits: Count::default(),
             history_segments_prepared: Count::default(),
+            history_growths: Count::default(),
             history_appends: Count::default(),
             history_appended_bytes: Count::default(),
             history_replays: Count::default(),

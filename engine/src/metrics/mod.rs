@@ -217,6 +217,11 @@ const COUNTERS: &[(&str, &str, Reader)] = &[
         "History segment files made by the store's background thread",
         |c| c.history_segments_prepared.get(),
     ),
+    (
+        "history_growths",
+        "History rings moved to a bigger slot as they filled",
+        |c| c.history_growths.get(),
+    ),
     ("history_appends", "Messages appended to history", |c| {
         c.history_appends.get()
     }),

@@ -32,10 +32,6 @@ const EVICT_BATCH: usize = 1024;
 /// slot; [`ShardStore::populate_ahead`]). Those pages are dirtied with zeros, so this is
 /// also about the most disk a segment holds past its used slots.
 const POPULATE_AHEAD_BYTES: usize = 256 * 1024;
-/// A ring whose oldest kept record is at most this much older than the append that makes
-/// it grow is filling fast: it grows two classes (×4) instead of one, so a hot new
-/// channel makes half the moves (copies and fresh pages) on its way to its top class.
-const HOT_FILL_MS: u64 = 10_000;
 
 /// Bounds, durability and sizing of one [`ShardStore`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -316,7 +312,7 @@ impl ShardStore {
         let plan = self.plan_or_grow(idx, len);
         if plan.is_none() {
             // Moved or not (byte bound), the placement is computed afresh below.
-            self.grow(idx, len, ts_ms)?;
+            self.grow(idx, len)?;
         }
         let rec = NewRecord {
             seq: 0,
@@ -419,11 +415,9 @@ impl ShardStore {
         }
     }
 
-    /// Moves ring `idx` into a slot big enough for its kept records plus `len` bytes: the
-    /// next class up, or two up when the ring is filling fast (its oldest kept record at
-    /// most [`HOT_FILL_MS`] older than `ts_ms`, the append's). Returns false (ring stays)
-    /// if the byte bound leaves no room.
-    fn grow(&mut self, idx: usize, len: u64, ts_ms: u64) -> Result<bool, StoreError> {
+    /// Moves ring `idx` into a slot big enough for its kept records plus `len` bytes.
+    /// Returns false (ring stays) if the byte bound leaves no room.
+    fn grow(&mut self, idx: usize, len: u64) -> Result<bool, StoreError> {
         let m = self.rings[idx].as_ref().expect("live ring");
         let key_len = m.data_off as usize - slot_format::SLOT_HEADER_LEN;
         let old_log2 = m.class_log2;
@@ -438,14 +432,9 @@ impl ShardStore {
             bytes += slot_format::record_len_at(old_data, m.ring.offset(i));
         }
         let need = bytes + len;
-        let hot = keep_from < count
-            && ts_ms.saturating_sub(slot_format::record_ts_at(
-                old_data,
-                m.ring.offset(keep_from),
-            )) <= HOT_FILL_MS;
         let log2 = self
             .class_for(key_len, need)
-            .max(old_log2 + 1 + u8::from(hot))
+            .max(old_log2 + 1)
             .min(self.top_class(key_len));
         let data_len = self.data_len(log2, key_len);
         if log2 <= old_log2 || data_len < len {
@@ -1041,8 +1030,8 @@ impl ShardStore {
     /// Keeps space ahead of need, so that no create or growth waits for the background
     /// thread: class `log2` keeps at least one segment's worth of slots free or being
     /// prepared (a storm of growths into one class can use a whole segment faster than
-    /// one is made), and the two classes above it, where this class's rings grow to, have
-    /// space from the moment this one is in use (up to the top class of the plan's bound).
+    /// one is made), and the next class up, where this class's rings grow to, has space
+    /// from the moment this one is in use (up to the top class of the plan's bound).
     /// A storm of more growths into one class than a segment holds, faster than the
     /// background thread makes one, still waits (with 64 MiB segments: 2,048 rings
     /// growing into the 32 KiB class at once).
@@ -1053,14 +1042,10 @@ impl ShardStore {
         if class.free_count() + class.preparing as usize * slots < slots {
             self.request_segment(log2);
         }
-        let top = self.top_class(0);
-        for up in 1..=2 {
-            if log2 + up > top {
-                break;
-            }
-            let next = &self.classes[ci + usize::from(up)];
+        if log2 < self.top_class(0) {
+            let next = &self.classes[ci + 1];
             if next.preparing == 0 && next.free_count() == 0 {
-                self.request_segment(log2 + up);
+                self.request_segment(log2 + 1);
             }
         }
     }

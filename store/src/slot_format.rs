@@ -457,10 +457,5 @@ pub(crate) fn record_len_at(data: &[u8], at: u64) -> u64 {
     record_len(uid_len, payload_len)
 }
 
-/// Timestamp (ms) of a record this process wrote or verified.
-pub(crate) fn record_ts_at(data: &[u8], at: u64) -> u64 {
-    crate::format::u64_at(data, at as usize + 24)
-}
-
 #[cfg(test)]
 mod tests;

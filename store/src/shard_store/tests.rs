@@ -85,9 +85,8 @@ fn a_ring_grows_through_classes_and_keeps_every_record_until_its_byte_bound() {
     let r = s.create(b"grow", Epoch(5), 1_000).unwrap();
     let other = s.create(b"other", Epoch(6), 1_000).unwrap();
     put(&mut s, other, 1, b"neighbour");
-    // One record per 10 s and a bit: never filling fast, so one class at a time.
     for i in 1..=60u64 {
-        put(&mut s, r, i * (HOT_FILL_MS + 1), &[i as u8; 100]);
+        put(&mut s, r, i, &[i as u8; 100]);
         s.check_invariants().unwrap();
     }
     // 60 records of 144 bytes do not fit in 8 KiB: the ring wrapped in its top class.
@@ -100,8 +99,7 @@ fn a_ring_grows_through_classes_and_keeps_every_record_until_its_byte_bound() {
     assert_eq!(kept.last().unwrap().0, 60);
     assert!(kept.windows(2).all(|w| w[1].0 == w[0].0 + 1));
     assert!(kept.iter().all(|(seq, p)| p == &vec![*seq as u8; 100]));
-    // 512 B, 1, 2, 4, 8 and 16 KiB.
-    assert_eq!(s.stats().growths, 5, "{:?}", s.stats());
+    assert!(s.stats().growths >= 4, "{:?}", s.stats());
     assert_eq!(payloads(&s, other, 0), [(1, b"neighbour".to_vec())]);
     drop(s);
     let (s, report) = open(dir.path(), small_cfg());
@@ -110,41 +108,6 @@ fn a_ring_grows_through_classes_and_keeps_every_record_until_its_byte_bound() {
     let r = s.lookup(b"grow").unwrap();
     assert_eq!(payloads(&s, r, 0), kept);
     s.check_invariants().unwrap();
-}
-
-/// The classes ring `r` sits in while `n` records of 100 bytes are appended, `gap_ms`
-/// apart, with what it keeps after a reopen.
-fn classes_visited(gap_ms: u64, n: u64) -> (Vec<u8>, Vec<(u64, Vec<u8>)>) {
-    let dir = tempfile::tempdir().unwrap();
-    let (mut s, _) = open(dir.path(), small_cfg());
-    let r = s.create(b"ring", Epoch(3), 1_000).unwrap();
-    let class = |s: &ShardStore| s.rings[r.index as usize].as_ref().unwrap().class_log2;
-    let mut visited = vec![class(&s)];
-    for i in 1..=n {
-        put(&mut s, r, 1_000_000 + i * gap_ms, &[i as u8; 100]);
-        s.check_invariants().unwrap();
-        if *visited.last().unwrap() != class(&s) {
-            visited.push(class(&s));
-        }
-    }
-    let kept = payloads(&s, r, 0);
-    assert_eq!(kept.last().unwrap().0, n);
-    drop(s);
-    let (s, _) = open(dir.path(), small_cfg());
-    assert_eq!(payloads(&s, s.lookup(b"ring").unwrap(), 0), kept);
-    (visited, kept)
-}
-
-#[test]
-fn a_ring_filling_fast_grows_two_classes_at_a_time() {
-    // A record a millisecond: each slot fills well within HOT_FILL_MS.
-    let (hot, hot_kept) = classes_visited(1, 60);
-    assert_eq!(hot, [9, 11, 13, 14]);
-    // A record every HOT_FILL_MS and a bit: every slot took longer than that to fill.
-    let (slow, slow_kept) = classes_visited(HOT_FILL_MS + 1, 60);
-    assert_eq!(slow, [9, 10, 11, 12, 13, 14]);
-    // Where the ring went does not change what it keeps.
-    assert_eq!(hot_kept.len(), slow_kept.len());
 }
 
 /// Waits (10 s at most) until the background thread has made every segment asked for.
@@ -188,8 +151,7 @@ fn growth_storms_find_space_made_ahead_and_never_wait() {
             put(&mut s, r, round, &[round as u8; 100]);
         }
         // Space ahead of need: every class a ring sits in keeps a segment's worth of
-        // slots free or being made, and the two classes above it (up to the top) have
-        // some.
+        // slots free or being made, and the class above it (up to the top) has some.
         let top = s.top_class(0);
         let mut in_use: Vec<u8> = s.rings.iter().flatten().map(|m| m.class_log2).collect();
         in_use.sort_unstable();
@@ -204,20 +166,19 @@ fn growth_storms_find_space_made_ahead_and_never_wait() {
                 class.free_count(),
                 class.preparing
             );
-            for up in 1..=2u8.min(top - c) {
-                let next = &s.classes[ci + usize::from(up)];
+            if c < top {
+                let next = &s.classes[ci + 1];
                 assert!(
                     next.free_count() > 0 || next.preparing > 0,
                     "round {round}: class {}",
-                    c + up
+                    c + 1
                 );
             }
         }
     }
     s.check_invariants().unwrap();
     let stats = s.stats();
-    // A record a millisecond is filling fast: 512 B, 2, 8 and 32 KiB.
-    assert_eq!(stats.growths, 40 * 3, "{stats:?}");
+    assert!(stats.growths >= 40 * 4, "{stats:?}");
     assert_eq!(stats.space_waits, 0, "{stats:?}");
 }
 
@@ -796,9 +757,7 @@ fn a_hundred_thousand_small_rings_use_few_mappings_and_under_a_kilobyte_of_disk_
     let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
     let dir_str = dir.path().to_str().unwrap();
     let mappings = maps.lines().filter(|l| l.contains(dir_str)).count();
-    // Two segments of the smallest class (one made ahead, one split in two by its
-    // read-ahead advice) and one of each of the two classes above it (where rings grow).
-    assert!(mappings <= 5, "{mappings} mappings");
+    assert!(mappings <= 4, "{mappings} mappings");
     s.sync_all().unwrap();
     let disk: u64 = std::fs::read_dir(dir.path())
         .unwrap()

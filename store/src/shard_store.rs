@@ -351,10 +351,15 @@ impl ShardStore {
         };
         if evict > 0 {
             let ring = &self.rings[idx].as_ref().expect("live ring").ring;
-            // Bytes the old state calls free: a kill before the final publish leaves an
-            // adoptable record there, and open evicts the excess as this append would.
-            let into_free =
-                ring.is_free(at, len) && wrap_at.is_none_or(|w| ring.is_free(w, WRAP_LEN as u64));
+            // Some records stay and the new bytes land where the old state calls free:
+            // at its tail, or at 0 behind a wrap (marked or implicit) there, which is
+            // where open looks for an unpublished record. A kill before the final publish
+            // then leaves an adoptable record, and open evicts the excess as this append
+            // would. An append that evicts every record may place its record anywhere,
+            // so it publishes the empty ring first.
+            let into_free = evict < ring.len()
+                && ring.is_free(at, len)
+                && wrap_at.is_none_or(|w| ring.is_free(w, WRAP_LEN as u64));
             self.meta_mut(idx).ring.evict(evict);
             if !into_free {
                 // The new head must be published (with `EveryAppend`: durable) before

@@ -418,6 +418,7 @@ enum CrashOp {
     AppendGrowing,
     AppendWrappingInTopClass,
     AppendEvictingByCount,
+    AppendEvictingAll,
     Create,
     Free,
 }
@@ -439,14 +440,22 @@ fn crash_at_every_step(op: CrashOp) {
     let b = s.create(b"b", Epoch(3), 1_000).unwrap();
     // Full by its record bound, with bytes to spare: its next append evicts by count.
     let n = s.create(b"n", Epoch(5), 2).unwrap();
+    // One record left past offset 0 by a plan change: its next append evicts it and
+    // starts again at 0.
+    let e = s.create(b"e", Epoch(6), 3).unwrap();
     for i in 0..2 {
         put(&mut s, a, i, &[2; 100]);
         put(&mut s, b, i, &[3; 30]);
         put(&mut s, n, i, &[6; 40]);
     }
+    for i in 0..3 {
+        put(&mut s, e, i, &[8; 40]);
+    }
+    s.set_max_records(e, 1).unwrap();
     let target: &[u8] = match op {
         CrashOp::AppendWrappingInTopClass => b"warm",
         CrashOp::AppendEvictingByCount => b"n",
+        CrashOp::AppendEvictingAll => b"e",
         _ => b"a",
     };
     s.poll_space();
@@ -468,6 +477,11 @@ fn crash_at_every_step(op: CrashOp) {
             put(&mut s, n, 9, &[7; 40]);
             // The record, then one state: the eviction rides on the append's publish.
             assert_eq!(s.journal.as_ref().unwrap().len(), 2);
+        }
+        CrashOp::AppendEvictingAll => {
+            put(&mut s, e, 9, &[9; 40]);
+            // The empty ring is published before the record goes to offset 0.
+            assert_eq!(s.journal.as_ref().unwrap().len(), 3);
         }
         CrashOp::Create => {
             s.create(b"c", Epoch(4), 10).unwrap();
@@ -525,6 +539,15 @@ fn crash_at_every_step(op: CrashOp) {
             let got = snapshot(&s);
             check_crash_image(op, &before_snap, &after_snap, &got, target)
                 .unwrap_or_else(|e| panic!("{op:?} step {step} torn {torn}: {e}"));
+            let appends = !matches!(op, CrashOp::Create | CrashOp::Free);
+            if appends && step + 1 >= journal.len() {
+                // Everything but (at most part of) the final state write landed: the
+                // record is whole, so open keeps it and evicts as the append did.
+                assert!(
+                    got == after_snap,
+                    "{op:?} step {step} torn {torn}: the whole record was not kept"
+                );
+            }
             images += 1;
         }
     }
@@ -596,6 +619,7 @@ fn a_kill_at_any_step_of_an_append_loses_at_most_the_record_in_flight() {
     crash_at_every_step(CrashOp::AppendSmall);
     crash_at_every_step(CrashOp::AppendWrappingInTopClass);
     crash_at_every_step(CrashOp::AppendEvictingByCount);
+    crash_at_every_step(CrashOp::AppendEvictingAll);
 }
 
 #[test]

@@ -75,7 +75,8 @@ while [ $# -gt 0 ]; do
 done
 # Listed or not, in whatever order the options came, a baseline runs once per round.
 case " $SERVERS " in
-  *" baseline "*) ;;
+  *" baseline "*)
+    if [ -z "$BASELINE" ]; then echo "server baseline needs --baseline BIN" >&2; exit 2; fi ;;
   *) if [ -n "$BASELINE" ]; then SERVERS="$SERVERS baseline"; fi ;;
 esac
 if [ "$QUICK" = 1 ]; then

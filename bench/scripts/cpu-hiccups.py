@@ -43,6 +43,9 @@ def main():
     ap.add_argument("--min-ms", type=float, default=2.0, help="shortest gap reported")
     args = ap.parse_args()
     cpus = [int(c) for c in args.cpus.split(",")]
+    allowed = os.sched_getaffinity(0)
+    if not set(cpus) <= allowed:
+        ap.error(f"--cpus {args.cpus}: this process may run on CPUs {sorted(allowed)} only")
     out = multiprocessing.Queue()
     procs = [
         multiprocessing.Process(target=probe, args=(c, args.seconds, args.min_ms / 1000, out))
@@ -59,10 +62,11 @@ def main():
         for at, ms in gaps:
             print(f"  at {at:7.3f} s: {ms:6.2f} ms")
         # Gaps within 100 ms of each other count as one event.
-        events = []
+        events, prev = [], None
         for at, _ in gaps:
-            if not events or at - events[-1] > 0.1:
+            if prev is None or at - prev > 0.1:
                 events.append(at)
+            prev = at
         if len(events) >= 3:
             period = statistics.median(b - a for a, b in zip(events, events[1:]))
             print(f"  {len(events)} events; median time between them: {period:.3f} s")

@@ -13,27 +13,44 @@
 # Each round starts each binary fresh (`serve --dev --shards 1`, pinned to CPU 0, a new
 # data directory), runs the load generator on CPU 1, then reads `/metrics`
 # (`ringcast_history_appends_total`, `ringcast_history_growths_total`: a binary without
-# that metric shows `na`) and the threads' CPU ticks from /proc from the first publish on
-# (the connections' set-up is left out). One line per binary and round on stdout.
+# that metric shows `na`; the growth count is copied on the shard's 1 s housekeeping
+# tick, so the script waits 1.2 s before reading) and the threads' CPU ticks from /proc
+# from the first publish on (the connections' set-up is left out). One line per binary
+# and round on stdout. A server left running by a failure is stopped on exit.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 A="" B="" RATE=40000 ROUNDS=3 SUBS=10000
 while [ $# -gt 0 ]; do
   case "$1" in
-    --a) A=$(realpath "$2"); shift ;;
-    --b) B=$(realpath "$2"); shift ;;
+    --a) A=$(realpath -m "$2"); shift ;;
+    --b) B=$(realpath -m "$2"); shift ;;
     --rate) RATE=$2; shift ;;
     --rounds) ROUNDS=$2; shift ;;
     --subscribers) SUBS=$2; shift ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
   shift
 done
 [ -x "$A" ] && [ -x "$B" ] || { echo "--a BIN and --b BIN are needed" >&2; exit 2; }
 LOADGEN="$ROOT/target/release/loadgen"
-[ -x "$LOADGEN" ] || cargo build --release -p ringcast-bench --bin loadgen
+[ -x "$LOADGEN" ] || (cd "$ROOT" && cargo build --release -p ringcast-bench --bin loadgen)
+# 10,000 connections on each side of loopback.
+ulimit -n "$(ulimit -Hn)" 2> /dev/null || true
+
+SRV_PID="" DATA_DIR="" LOG=""
+stop() {
+  if [ -n "$SRV_PID" ] && kill -0 "$SRV_PID" 2> /dev/null; then
+    kill "$SRV_PID" 2> /dev/null || true
+    for _ in $(seq 50); do kill -0 "$SRV_PID" 2> /dev/null || break; sleep 0.1; done
+    kill -9 "$SRV_PID" 2> /dev/null || true
+    wait "$SRV_PID" 2> /dev/null || true
+  fi
+  SRV_PID=""
+  rm -rf "$DATA_DIR" "$LOG"
+}
+trap stop EXIT
 
 # "<thread name> <utime+stime ticks>" for every thread of process $1.
 thread_ticks() {
@@ -51,17 +68,19 @@ ms_between() {
 
 one_round() {
   local label=$1 bin=$2 round=$3
-  local dir log pid port=""
-  dir=$(mktemp -d)
-  log=$(mktemp)
-  taskset -c 0 "$bin" serve --dev --listen 127.0.0.1:0 --shards 1 --data-dir "$dir" > "$log" 2>&1 &
-  pid=$!
+  local pid port=""
+  DATA_DIR=$(mktemp -d)
+  LOG=$(mktemp)
+  taskset -c 0 "$bin" serve --dev --listen 127.0.0.1:0 --shards 1 --data-dir "$DATA_DIR" \
+    > "$LOG" 2>&1 &
+  SRV_PID=$!
+  pid=$SRV_PID
   for _ in $(seq 100); do
-    port=$(grep -oE 'listening on 127\.0\.0\.1:[0-9]+' "$log" | head -1 | grep -oE '[0-9]+$' || true)
+    port=$(grep -oE 'listening on 127\.0\.0\.1:[0-9]+' "$LOG" | head -1 | grep -oE '[0-9]+$' || true)
     [ -n "$port" ] && break
     sleep 0.1
   done
-  [ -n "$port" ] || { echo "$label: server did not start" >&2; cat "$log" >&2; exit 1; }
+  [ -n "$port" ] || { echo "$label: server did not start" >&2; cat "$LOG" >&2; exit 1; }
   local before after metrics appends growths lg start_at
   # The connections are set up first (~1 s here); the publishes start at start_at, and
   # the CPU is counted from then on.
@@ -74,7 +93,8 @@ one_round() {
   before=$(thread_ticks "$pid")
   wait "$lg"
   after=$(thread_ticks "$pid")
-  metrics=$(curl -s "http://127.0.0.1:$port/metrics")
+  sleep 1.2
+  metrics=$(curl -s --max-time 10 "http://127.0.0.1:$port/metrics")
   appends=$(echo "$metrics" | awk '/^ringcast_history_appends_total/ {s += $2} END {print s + 0}')
   growths=$(echo "$metrics" | awk '/^ringcast_history_growths_total/ {s += $2; n++} END {print n ? s : "na"}')
   python3 - "$label" "$round" "$appends" "$growths" \
@@ -87,9 +107,7 @@ print(f"{label} r{rnd}: {a} appends, moves per 1,000 appends {moves}, "
       f"shard CPU ms per 1,000 msgs {float(shard) / a * 1000:.2f}, "
       f"store thread {float(store) / a * 1000:.3f}")
 PY
-  kill "$pid"
-  wait "$pid" 2> /dev/null || true
-  rm -rf "$dir" "$log"
+  stop
 }
 
 for round in $(seq "$ROUNDS"); do

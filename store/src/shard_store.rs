@@ -878,8 +878,11 @@ impl ShardStore {
         match self.cfg.sync {
             SyncPolicy::Never => Ok(()),
             SyncPolicy::EveryAppend => {
-                // Record bytes first, state second: the published state never points at
-                // a record that is not on disk.
+                // Record bytes first, state second. The state is already in the mapping,
+                // so the kernel may write its page back before the record's: a power
+                // loss in between leaves a published record that is torn, which open
+                // drops (its append had not returned). Once this returns, both are on
+                // disk.
                 let m = self.rings[idx].as_ref().expect("live ring");
                 let seg = &self.segments[m.loc.seg as usize];
                 let base = seg.header.slot_at(m.loc.slot) + m.data_off as usize;

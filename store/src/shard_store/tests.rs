@@ -419,6 +419,8 @@ enum CrashOp {
     AppendWrappingInTopClass,
     AppendEvictingByCount,
     AppendEvictingAll,
+    AppendEvictingByCountWrapping,
+    AppendEvictingByCountMarkedWrap,
     Create,
     Free,
 }
@@ -452,10 +454,30 @@ fn crash_at_every_step(op: CrashOp) {
         put(&mut s, e, i, &[8; 40]);
     }
     s.set_max_records(e, 1).unwrap();
+    // Full by count, tail near the slot's end (376 data bytes): the next 88-byte record
+    // goes to 0, with no room for a wrap marker at tail 352 (`iw`), and behind one at
+    // tail 296 (`mw`: records of 88, 88 and 120 bytes).
+    let iw = s.create(b"iw", Epoch(7), 2).unwrap();
+    for i in 0..4 {
+        put(&mut s, iw, i, &[10; 40]);
+    }
+    let mw = s.create(b"mw", Epoch(8), 2).unwrap();
+    for (i, len) in [40, 40, 72].into_iter().enumerate() {
+        put(&mut s, mw, i as u64, &vec![11; len]);
+    }
+    let ring_of =
+        |s: &ShardStore, r: RingId| s.rings[r.index as usize].as_ref().unwrap().ring.clone();
+    assert_eq!(
+        (ring_of(&s, iw).data_len(), ring_of(&s, iw).tail()),
+        (376, 352)
+    );
+    assert_eq!(ring_of(&s, mw).tail(), 296);
     let target: &[u8] = match op {
         CrashOp::AppendWrappingInTopClass => b"warm",
         CrashOp::AppendEvictingByCount => b"n",
         CrashOp::AppendEvictingAll => b"e",
+        CrashOp::AppendEvictingByCountWrapping => b"iw",
+        CrashOp::AppendEvictingByCountMarkedWrap => b"mw",
         _ => b"a",
     };
     s.poll_space();
@@ -481,6 +503,18 @@ fn crash_at_every_step(op: CrashOp) {
         CrashOp::AppendEvictingAll => {
             put(&mut s, e, 9, &[9; 40]);
             // The empty ring is published before the record goes to offset 0.
+            assert_eq!(s.journal.as_ref().unwrap().len(), 3);
+        }
+        CrashOp::AppendEvictingByCountWrapping => {
+            put(&mut s, iw, 9, &[12; 40]);
+            // Record at 0, then the one state.
+            assert_eq!(ring_of(&s, iw).offset(1), 0);
+            assert_eq!(s.journal.as_ref().unwrap().len(), 2);
+        }
+        CrashOp::AppendEvictingByCountMarkedWrap => {
+            put(&mut s, mw, 9, &[13; 40]);
+            // Wrap marker at 296, record at 0, then the one state.
+            assert_eq!(ring_of(&s, mw).offset(1), 0);
             assert_eq!(s.journal.as_ref().unwrap().len(), 3);
         }
         CrashOp::Create => {
@@ -620,6 +654,8 @@ fn a_kill_at_any_step_of_an_append_loses_at_most_the_record_in_flight() {
     crash_at_every_step(CrashOp::AppendWrappingInTopClass);
     crash_at_every_step(CrashOp::AppendEvictingByCount);
     crash_at_every_step(CrashOp::AppendEvictingAll);
+    crash_at_every_step(CrashOp::AppendEvictingByCountWrapping);
+    crash_at_every_step(CrashOp::AppendEvictingByCountMarkedWrap);
 }
 
 #[test]

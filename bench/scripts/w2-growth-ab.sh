@@ -17,7 +17,8 @@
 # tick, so the script waits 1.2 s before reading) and the threads' CPU ticks from /proc
 # from the first publish on (the connections' set-up is left out). One line per binary
 # and round on stdout. A server left running by a failure is stopped on exit.
-set -euo pipefail
+# No -e: lib/server.sh's stop_server waits for a server killed by a signal (status 143).
+set -uo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 A="" B="" RATE=40000 ROUNDS=3 SUBS=10000
@@ -35,22 +36,17 @@ while [ $# -gt 0 ]; do
 done
 [ -x "$A" ] && [ -x "$B" ] || { echo "--a BIN and --b BIN are needed" >&2; exit 2; }
 LOADGEN="$ROOT/target/release/loadgen"
-[ -x "$LOADGEN" ] || (cd "$ROOT" && cargo build --release -p ringcast-bench --bin loadgen)
+[ -x "$LOADGEN" ] || (cd "$ROOT" && cargo build --release -p ringcast-bench --bin loadgen) || exit 1
 # 10,000 connections on each side of loopback.
 ulimit -n "$(ulimit -Hn)" 2> /dev/null || true
 
-SRV_PID="" DATA_DIR="" LOG=""
-stop() {
-  if [ -n "$SRV_PID" ] && kill -0 "$SRV_PID" 2> /dev/null; then
-    kill "$SRV_PID" 2> /dev/null || true
-    for _ in $(seq 50); do kill -0 "$SRV_PID" 2> /dev/null || break; sleep 0.1; done
-    kill -9 "$SRV_PID" 2> /dev/null || true
-    wait "$SRV_PID" 2> /dev/null || true
-  fi
-  SRV_PID=""
-  rm -rf "$DATA_DIR" "$LOG"
-}
-trap stop EXIT
+# Each binary runs as lib/server.sh's server "baseline" (BASELINE = that binary).
+SRV_PID="" DATA_DIR="" BASELINE="" PIN_SERVER="taskset -c 0" SHARDS=1
+declare -A BROKEN
+# shellcheck source=lib/server.sh
+. "$ROOT/bench/scripts/lib/server.sh"
+LOG=$(mktemp)
+trap 'stop_server || true; rm -f "$LOG"' EXIT
 
 # "<thread name> <utime+stime ticks>" for every thread of process $1.
 thread_ticks() {
@@ -68,24 +64,15 @@ ms_between() {
 
 one_round() {
   local label=$1 bin=$2 round=$3
-  local pid port=""
-  DATA_DIR=$(mktemp -d)
-  LOG=$(mktemp)
-  taskset -c 0 "$bin" serve --dev --listen 127.0.0.1:0 --shards 1 --data-dir "$DATA_DIR" \
-    > "$LOG" 2>&1 &
-  SRV_PID=$!
-  pid=$SRV_PID
-  for _ in $(seq 100); do
-    port=$(grep -oE 'listening on 127\.0\.0\.1:[0-9]+' "$LOG" | head -1 | grep -oE '[0-9]+$' || true)
-    [ -n "$port" ] && break
-    sleep 0.1
-  done
-  [ -n "$port" ] || { echo "$label: server did not start" >&2; cat "$LOG" >&2; exit 1; }
+  BASELINE=$bin
+  start_server baseline "$LOG" || { echo "$label: $SRV_ERR" >&2; exit 1; }
+  local pid=$SRV_PID http=${SRV_URL%/_rt/ws}
+  http=${http/ws:/http:}
   local before after metrics appends growths lg start_at
   # The connections are set up first (~1 s here); the publishes start at start_at, and
   # the CPU is counted from then on.
   start_at=$(( $(date +%s%3N) + 6000 ))
-  taskset -c 1 "$LOADGEN" --url "ws://127.0.0.1:$port/_rt/ws" --protocol ringcast \
+  taskset -c 1 "$LOADGEN" --url "$SRV_URL" --protocol "$SRV_PROTO" \
     --workload w2 --subscribers "$SUBS" --payload 64 --burst 1 --rate "$RATE" \
     --duration-s 4 --warmup-s 0.5 --start-at-ms "$start_at" --json > /dev/null 2>&1 &
   lg=$!
@@ -94,7 +81,7 @@ one_round() {
   wait "$lg"
   after=$(thread_ticks "$pid")
   sleep 1.2
-  metrics=$(curl -s --max-time 10 "http://127.0.0.1:$port/metrics")
+  metrics=$(curl -s --max-time 10 "$http/metrics")
   appends=$(echo "$metrics" | awk '/^ringcast_history_appends_total/ {s += $2} END {print s + 0}')
   growths=$(echo "$metrics" | awk '/^ringcast_history_growths_total/ {s += $2; n++} END {print n ? s : "na"}')
   python3 - "$label" "$round" "$appends" "$growths" \
@@ -107,7 +94,7 @@ print(f"{label} r{rnd}: {a} appends, moves per 1,000 appends {moves}, "
       f"shard CPU ms per 1,000 msgs {float(shard) / a * 1000:.2f}, "
       f"store thread {float(store) / a * 1000:.3f}")
 PY
-  stop
+  stop_server
 }
 
 for round in $(seq "$ROUNDS"); do

@@ -1,5 +1,5 @@
-# Sourced by compare.sh, scaling.sh and w2-profile.sh: starting (compare.sh,
-# w2-profile.sh) and stopping the server under test and waiting for its port. Uses the
+# Sourced by compare.sh, scaling.sh, w2-profile.sh and w2-growth-ab.sh: starting (compare.sh,
+# w2-profile.sh, w2-growth-ab.sh) and stopping the server under test and waiting for its port. Uses the
 # globals SRV_PID (the server's pid) and DATA_DIR (a Ringcast data directory to remove,
 # or empty); start_server also reads ROOT, PIN_SERVER (e.g. "taskset -c 0"), SHARDS,
 # BASELINE (the binary for server "baseline"), BASELINE_ARGS (more `serve` flags for it,

@@ -9,7 +9,9 @@
 
 use std::io;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crate::mmap::{FlushHandle, SegmentMap};
@@ -38,6 +40,14 @@ pub(crate) enum Job {
     },
 }
 
+impl Job {
+    /// Read-ahead and populate jobs only save the shard page faults later; nothing
+    /// waits for them and nothing is lost without them.
+    fn is_advisory(&self) -> bool {
+        matches!(self, Job::ReadAhead { .. } | Job::Populate { .. })
+    }
+}
+
 /// What the background thread reports back.
 #[derive(Debug)]
 pub(crate) enum Done {
@@ -54,22 +64,30 @@ pub(crate) enum Done {
     SyncFailed,
 }
 
-/// Handle on the background thread; dropping it finishes queued jobs and joins.
+/// Handle on the background thread; dropping it finishes the queued jobs that matter
+/// (creates, syncs), skips the advisory ones (nobody will write those pages now), and
+/// joins.
 #[derive(Debug)]
 pub(crate) struct Space {
     jobs: Option<Sender<Job>>,
     done: Receiver<Done>,
     thread: Option<JoinHandle<()>>,
+    closing: Arc<AtomicBool>,
 }
 
 impl Space {
     pub(crate) fn start() -> io::Result<Space> {
         let (jobs, job_rx) = mpsc::channel::<Job>();
         let (done_tx, done) = mpsc::channel::<Done>();
+        let closing = Arc::new(AtomicBool::new(false));
+        let closed = closing.clone();
         let thread = std::thread::Builder::new()
             .name("ringcast-store-space".into())
             .spawn(move || {
                 for job in job_rx {
+                    if closed.load(Ordering::Relaxed) && job.is_advisory() {
+                        continue;
+                    }
                     let answer = run(job);
                     if let Some(a) = answer {
                         if done_tx.send(a).is_err() {
@@ -82,6 +100,7 @@ impl Space {
             jobs: Some(jobs),
             done,
             thread: Some(thread),
+            closing,
         })
     }
 
@@ -104,6 +123,7 @@ impl Space {
 
 impl Drop for Space {
     fn drop(&mut self) {
+        self.closing.store(true, Ordering::Relaxed);
         drop(self.jobs.take());
         if let Some(t) = self.thread.take() {
             let _ = t.join();

@@ -178,6 +178,8 @@ impl SegmentMap {
 
     /// msync `[offset, offset + len)` now, on the calling thread.
     pub(crate) fn flush_range(&self, offset: usize, len: usize) -> io::Result<()> {
+        #[cfg(test)]
+        sync_journal::record(self, offset, len);
         self.raw.flush_range(offset, len)
     }
 
@@ -225,3 +227,41 @@ impl FlushHandle {
 
 #[cfg(test)]
 pub(crate) mod tests;
+
+/// Tests only: the pages each msync on this thread wrote, as they were then, so a test
+/// can build the disk image a power loss right now would leave (each page as last
+/// msynced, nothing written back by the kernel on its own).
+#[cfg(test)]
+pub(crate) mod sync_journal {
+    use std::cell::RefCell;
+
+    use super::SegmentMap;
+
+    /// (mapping's base address, page-aligned offset, the pages' bytes).
+    pub(crate) type Synced = Vec<(usize, usize, Vec<u8>)>;
+
+    thread_local! {
+        static JOURNAL: RefCell<Option<Synced>> = const { RefCell::new(None) };
+    }
+
+    /// Starts recording this thread's msyncs.
+    pub(crate) fn start() {
+        JOURNAL.with(|j| *j.borrow_mut() = Some(Vec::new()));
+    }
+
+    /// Stops recording and returns what was recorded.
+    pub(crate) fn take() -> Synced {
+        JOURNAL.with(|j| j.borrow_mut().take().unwrap_or_default())
+    }
+
+    pub(super) fn record(map: &SegmentMap, offset: usize, len: usize) {
+        JOURNAL.with(|j| {
+            if let Some(j) = j.borrow_mut().as_mut() {
+                let bytes = map.bytes();
+                let from = offset & !(4096 - 1);
+                let to = (offset + len).next_multiple_of(4096).min(bytes.len());
+                j.push((bytes.as_ptr() as usize, from, bytes[from..to].to_vec()));
+            }
+        });
+    }
+}

@@ -267,7 +267,11 @@ impl ShardStore {
         self.index.insert(key.into(), index);
         self.used_bytes += 1 << log2;
         if self.cfg.sync == SyncPolicy::EveryAppend {
-            self.sync_slot(loc, log2)?;
+            if let Err(e) = self.sync_slot(loc, log2) {
+                // Not created after all: the caller's next create of the key may retry.
+                self.remove(index as usize);
+                return Err(e);
+            }
         }
         Ok(self.id_of(index))
     }
@@ -310,9 +314,16 @@ impl ShardStore {
         }
         let len = slot_format::record_len(uid_len, payload.len());
         let plan = self.plan_or_grow(idx, len);
-        if plan.is_none() {
-            // Moved or not (byte bound), the placement is computed afresh below.
-            self.grow(idx, len)?;
+        if plan.is_none() && !self.grow(idx, len)? {
+            // Not moved: the node's byte bound left no room. The ring evicts its own
+            // oldest records instead, unless the record fits only a bigger slot: then
+            // the append is refused (its seq not consumed) rather than the ring emptied.
+            let m = self.rings[idx].as_ref().expect("live ring");
+            let key_len = m.data_off as usize - slot_format::SLOT_HEADER_LEN;
+            let fits_top = len <= self.data_len(self.top_class(key_len), key_len);
+            if fits_top && m.ring.plan(len, m.max_records) == Plan::TooLarge {
+                return Err(StoreError::Full);
+            }
         }
         let rec = NewRecord {
             seq: 0,
@@ -498,7 +509,15 @@ impl ShardStore {
         }
         self.write_new_slot(&moved, &key, Some(pos));
         if self.cfg.sync == SyncPolicy::EveryAppend {
-            self.sync_slot(loc, log2)?;
+            if let Err(e) = self.sync_slot(loc, log2) {
+                // The ring stays in its old slot: the new copy must not outrank it at
+                // the next open (it has the higher move count).
+                self.free_slot_bytes(loc, log2);
+                self.classes[usize::from(log2 - MIN_CLASS_LOG2)]
+                    .free
+                    .push(loc);
+                return Err(e);
+            }
         }
         // Only now is the old copy redundant.
         self.free_slot_bytes(old_loc, old_log2);
@@ -918,6 +937,15 @@ impl ShardStore {
         let key: Box<[u8]> = self.key_at(m.loc, m.class_log2).into();
         self.index.remove(&key);
         self.free_slot_bytes(m.loc, m.class_log2);
+        if self.cfg.sync == SyncPolicy::EveryAppend {
+            // Durable before the key can be created again elsewhere: a freed copy still
+            // on disk would outrank the new epoch's ring at open (higher last_seq).
+            let seg = &self.segments[m.loc.seg as usize];
+            let at = seg.header.slot_at(m.loc.slot);
+            if seg.map.flush_range(at, slot_format::FREE_LEN).is_err() {
+                self.stats.background_errors += 1;
+            }
+        }
         self.classes[usize::from(m.class_log2 - MIN_CLASS_LOG2)]
             .free
             .push(m.loc);
@@ -1002,6 +1030,15 @@ impl ShardStore {
                 let seg = &mut self.segments[loc.seg as usize];
                 slot_format::write_high_water(seg.map.bytes_mut(), hw);
                 self.touched(loc.seg, slot_format::HIGH_WATER_RANGE);
+                if self.cfg.sync == SyncPolicy::EveryAppend {
+                    // Open looks only below the high-water mark on disk: the slot's
+                    // own msync would not make it findable after a power loss.
+                    let seg = &self.segments[loc.seg as usize];
+                    let r = slot_format::HIGH_WATER_RANGE;
+                    seg.map
+                        .flush_range(r.start, r.end - r.start)
+                        .map_err(StoreError::io("msync", &seg.path))?;
+                }
                 self.read_ahead_behind(loc.seg, hw);
                 self.populate_ahead(loc.seg, hw);
                 break loc;
@@ -1017,6 +1054,9 @@ impl ShardStore {
                 });
             }
             self.stats.space_waits += 1;
+            // Only a failure answering this wait fails this allocation; an earlier one
+            // (picked up by `poll_space`) was counted in `background_errors`.
+            self.space_error = None;
             match self.space.recv() {
                 Some(done) => self.install(done),
                 None => {

@@ -989,3 +989,152 @@ fn fresh_slots_are_faulted_in_ahead_of_their_first_write() {
         }
     }
 }
+
+/// Power-loss images (found in review): every page of the data directory as it was last
+/// msynced, nothing written back by the kernel on its own.
+mod power_loss {
+    use super::*;
+    use crate::mmap::sync_journal;
+
+    type Files = std::collections::BTreeMap<PathBuf, Vec<u8>>;
+
+    /// `before` (taken after a `sync_all`, so on disk) with the pages of every msync in
+    /// `synced` laid over it, written to a fresh directory.
+    fn image(s: &ShardStore, before: &Files, synced: &sync_journal::Synced) -> tempfile::TempDir {
+        let mut files = before.clone();
+        for (base, at, bytes) in synced {
+            let seg = s
+                .segments
+                .iter()
+                .find(|g| g.map.bytes().as_ptr() as usize == *base)
+                .expect("an msync of a known segment");
+            let name = PathBuf::from(seg.path.file_name().unwrap());
+            let file = files
+                .get_mut(&name)
+                .expect("segment made before the snapshot");
+            file[*at..*at + bytes.len()].copy_from_slice(bytes);
+        }
+        let img = tempfile::tempdir().unwrap();
+        for (name, bytes) in &files {
+            std::fs::write(img.path().join(name), bytes).unwrap();
+        }
+        img
+    }
+
+    fn every_append() -> StoreConfig {
+        StoreConfig {
+            sync: SyncPolicy::EveryAppend,
+            ..small_cfg()
+        }
+    }
+
+    /// Opens `dir` and syncs it, then records the msyncs of what `work` does.
+    fn after_power_loss(work: impl FnOnce(&mut ShardStore)) -> (ShardStore, ShardStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _) = open(dir.path(), every_append());
+        settle(&mut s);
+        s.sync_all().unwrap();
+        let before = read_files(dir.path());
+        sync_journal::start();
+        work(&mut s);
+        let synced = sync_journal::take();
+        let img = image(&s, &before, &synced);
+        let (reopened, _) = open(img.path(), every_append());
+        // `img` may go: the reopened store keeps its files mapped.
+        (s, reopened)
+    }
+
+    /// A ring created in a never-used slot lies past the segment's high-water mark on
+    /// disk until page 0 is msynced too; open looks only below it.
+    #[test]
+    fn every_append_keeps_a_new_rings_records() {
+        let (s, after) = after_power_loss(|s| {
+            let r = s.create(b"k", Epoch(9), 100).unwrap();
+            for i in 0..3 {
+                put(s, r, i, b"acked");
+            }
+        });
+        let r = after.lookup(b"k").expect("ring kept");
+        assert_eq!(payloads(&after, r, 0).len(), 3);
+        std::mem::forget(s);
+    }
+
+    /// A growth into a never-used slot, then a neighbour's append that msyncs the page
+    /// of the ring's freed old slot: the ring must still be found, with every record.
+    #[test]
+    fn every_append_keeps_a_grown_rings_records() {
+        let (s, after) = after_power_loss(|s| {
+            let k = s.create(b"k", Epoch(9), 100).unwrap();
+            let n = s.create(b"n", Epoch(10), 100).unwrap();
+            for i in 0..3 {
+                put(s, k, i, &[1; 60]);
+            }
+            let g0 = s.stats().growths;
+            put(s, k, 9, &[2; 200]);
+            assert_eq!(s.stats().growths, g0 + 1);
+            put(s, n, 10, b"neighbour");
+        });
+        let k = after.lookup(b"k").expect("ring kept");
+        assert_eq!(payloads(&after, k, 0).len(), 4);
+        assert!(after.lookup(b"n").is_some());
+        std::mem::forget(s);
+    }
+
+    /// A freed ring's key created again with a new epoch in another slot: the freed
+    /// copy (higher last_seq) must not come back in its place.
+    #[test]
+    fn every_append_keeps_a_recreated_key_on_its_new_epoch() {
+        let (s, after) = after_power_loss(|s| {
+            let ids: Vec<RingId> = (0..9u8)
+                .map(|i| s.create(&[b'r', i], Epoch(100 + u64::from(i)), 3).unwrap())
+                .collect();
+            for i in 0..20 {
+                put(s, ids[0], i, b"old epoch");
+            }
+            let a = s.rings[ids[0].index as usize].as_ref().unwrap().loc;
+            let old_page = s.segments[a.seg as usize].header.slot_at(a.slot) / 4096;
+            s.free(ids[0]).unwrap();
+            s.free(ids[8]).unwrap();
+            let k = s.create(&[b'r', 0], Epoch(555), 3).unwrap();
+            let b = s.rings[k.index as usize].as_ref().unwrap().loc;
+            assert_ne!(
+                old_page,
+                s.segments[b.seg as usize].header.slot_at(b.slot) / 4096
+            );
+            for i in 0..3 {
+                put(s, k, 100 + i, b"new epoch, acked");
+            }
+        });
+        let r = after.lookup(&[b'r', 0]).expect("ring kept");
+        assert_eq!(after.epoch(r), Epoch(555));
+        assert_eq!(payloads(&after, r, 0).len(), 3);
+        std::mem::forget(s);
+    }
+}
+
+/// Under a full byte bound (every ring pinned), a record that fits only a bigger slot
+/// is refused with `Full`, its seq not consumed, and the ring keeps its records (found
+/// in review: it used to empty the ring and report the seq as appended).
+#[test]
+fn a_record_needing_growth_under_a_full_bound_is_refused_and_the_ring_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StoreConfig {
+        max_total_bytes: Some(2 * 512),
+        ..small_cfg()
+    };
+    let (mut s, _) = open(dir.path(), cfg);
+    let p = s.create(b"p", Epoch(1), 10).unwrap();
+    let r = s.create(b"r", Epoch(2), 10).unwrap();
+    s.pin(p);
+    s.pin(r);
+    put(&mut s, r, 1, b"one");
+    put(&mut s, r, 2, b"two");
+    assert!(matches!(
+        s.append(r, 3, None, &[7; 400], 0..400),
+        Err(StoreError::Full)
+    ));
+    assert_eq!(s.len(r), 2);
+    assert_eq!(s.last_seq(r), Seq(2));
+    assert_eq!(put(&mut s, r, 4, b"three"), Seq(3));
+    s.check_invariants().unwrap();
+}

@@ -34,8 +34,8 @@ use ringcast_protocol::api::Refusal;
 use ringcast_protocol::body::{BodyDecoder, BodyError, BodyPoll};
 use ringcast_protocol::event::PresenceSpelling;
 use ringcast_protocol::http::{
-    api_error_response, ok_json, ok_response, parse_request_head, switching_protocols, HttpError,
-    RequestHead, Upgrade, CONTINUE,
+    api_error_response, ok_json, ok_response, parse_request_head, switching_protocols, with_header,
+    HttpError, RequestHead, Upgrade, CONTINUE,
 };
 use ringcast_protocol::proxy::{self, ProxyParse};
 use ringcast_protocol::ApiError;
@@ -136,8 +136,11 @@ async fn serve_requests(
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
         Err(_) => return Served::Close(CloseReason::Client),
     }
+    // The first request's head and body, and a PROXY header before them, share one
+    // deadline from the accept.
+    let mut first_deadline = Some(Instant::now() + timeout);
     if proxy_protocol {
-        let deadline = Instant::now() + timeout;
+        let deadline = first_deadline.expect("set above");
         match monoio::time::timeout_at(deadline, read_proxy_header(stream, buf)).await {
             Err(_) => {
                 return timed_out(shard, stream, timeout, "PROXY header", HttpRoute::Unparsed).await
@@ -167,7 +170,9 @@ async fn serve_requests(
         }
     }
     loop {
-        let deadline = Instant::now() + timeout;
+        let deadline = first_deadline
+            .take()
+            .unwrap_or_else(|| Instant::now() + timeout);
         let unparsed = HttpRoute::Unparsed;
         let head = match monoio::time::timeout_at(deadline, read_head(stream, buf)).await {
             Err(_) => return timed_out(shard, stream, timeout, "request head", unparsed).await,
@@ -465,7 +470,7 @@ fn route(shard: &Rc<Shard>, head: &RequestHead, client: IpAddr) -> Route {
     let respond = |out: Vec<u8>| Route::Respond(out, keep_alive);
     let error = |error: ApiError, message: &str| {
         shard.shared.metrics.shard(shard.id).error(error.code());
-        Route::Respond(api_error_response(error, message, keep_alive), keep_alive)
+        Route::Respond(refusal_response(error, message, keep_alive), keep_alive)
     };
     let path = head.path.as_str();
     let is_get = head.method == "GET";
@@ -503,10 +508,21 @@ fn route(shard: &Rc<Shard>, head: &RequestHead, client: IpAddr) -> Route {
     }
 }
 
+/// The JSON error answer of a route outside the HTTP API, with the header its status
+/// requires: `Allow` on a 405 (every such route takes GET), `Upgrade` on a 426.
+fn refusal_response(error: ApiError, message: &str, keep_alive: bool) -> Vec<u8> {
+    let response = api_error_response(error, message, keep_alive);
+    match error {
+        ApiError::MethodNotAllowed => with_header(response, "Allow", "GET"),
+        ApiError::UpgradeRequired => with_header(response, "Upgrade", "websocket"),
+        _ => response,
+    }
+}
+
 fn websocket(shard: &Rc<Shard>, head: &RequestHead, client: IpAddr, keep_alive: bool) -> Route {
     let error = |error: ApiError, message: &str| {
         shard.shared.metrics.shard(shard.id).error(error.code());
-        Route::Respond(api_error_response(error, message, keep_alive), keep_alive)
+        Route::Respond(refusal_response(error, message, keep_alive), keep_alive)
     };
     let accept = match head.websocket_upgrade() {
         Upgrade::Valid { accept } => accept,

@@ -35,6 +35,8 @@ pub struct Refusal {
     pub message: String,
     /// Seconds after which the caller may retry (`Retry-After`), for `rate_limited`.
     pub retry_after_secs: Option<u64>,
+    /// The method the route takes (`Allow`), for `method_not_allowed`.
+    pub allow: Option<&'static str>,
 }
 
 impl Refusal {
@@ -44,7 +46,14 @@ impl Refusal {
             error,
             message: message.into(),
             retry_after_secs: None,
+            allow: None,
         }
+    }
+
+    /// The same refusal, naming the method the route takes.
+    pub fn allowing(mut self, method: &'static str) -> Refusal {
+        self.allow = Some(method);
+        self
     }
 
     /// The same refusal, telling the caller to retry after `secs`.

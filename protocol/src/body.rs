@@ -43,6 +43,9 @@ pub enum BodyError {
     /// `Transfer-Encoding` whose last coding is not `chunked`.
     #[error("invalid Transfer-Encoding: chunked must be the last coding")]
     InvalidTransferEncoding,
+    /// `Transfer-Encoding` in an HTTP/1.0 request: faulty framing (RFC 9112 §6.1).
+    #[error("Transfer-Encoding in an HTTP/1.0 request")]
+    TransferEncodingInHttp10,
     /// A coding before `chunked` (`gzip, chunked`): not supported.
     #[error("unsupported Transfer-Encoding")]
     UnsupportedTransferEncoding,
@@ -67,6 +70,7 @@ impl RequestHead {
         let mut lengths = self.headers_named("content-length").peekable();
         let mut codings = self.headers_named("transfer-encoding").peekable();
         match (lengths.peek().is_some(), codings.peek().is_some()) {
+            (_, true) if self.minor_version == 0 => Err(BodyError::TransferEncodingInHttp10),
             (true, true) => Err(BodyError::ConflictingFraming),
             (false, false) => Ok(BodyFraming::Empty),
             (true, false) => {

@@ -217,6 +217,7 @@ impl From<BodyError> for ApiError {
     fn from(e: BodyError) -> ApiError {
         match e {
             BodyError::ConflictingFraming
+            | BodyError::TransferEncodingInHttp10
             | BodyError::InvalidContentLength
             | BodyError::InvalidTransferEncoding
             | BodyError::InvalidChunkSize

@@ -24,6 +24,9 @@ pub struct RequestHead {
     pub headers: Headers,
     /// Bytes of the head, including the blank line.
     pub head_len: usize,
+    /// `x` of `HTTP/1.x`: 0 for HTTP/1.0 (no keep-alive unless asked, no chunked
+    /// bodies), 1 for HTTP/1.1.
+    pub minor_version: u8,
 }
 
 /// Why a request head was refused.
@@ -54,15 +57,33 @@ pub fn parse_request_head(buf: &[u8]) -> Result<Option<RequestHead>, HttpError> 
     if head_len > MAX_HEAD_BYTES {
         return Err(HttpError::TooLarge);
     }
-    let target = request.path.unwrap_or("/");
+    let target = origin_form(request.path.unwrap_or("/"));
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let path = if path.is_empty() { "/" } else { path };
     Ok(Some(RequestHead {
         method: request.method.unwrap_or("").to_owned(),
         path: path.to_owned(),
         query: query.to_owned(),
         headers: Headers::from_parsed(request.headers),
         head_len,
+        minor_version: request.version.unwrap_or(1),
     }))
+}
+
+/// The path and query of a request target: an absolute-form target
+/// (`http://host/healthz?x`, which servers must accept, RFC 9112 §3.2.2) loses its scheme
+/// and authority; any other target is returned as it is.
+fn origin_form(target: &str) -> &str {
+    let lower = |n: usize| target.get(..n).map(str::to_ascii_lowercase);
+    let rest = if lower(7).as_deref() == Some("http://") {
+        &target[7..]
+    } else if lower(8).as_deref() == Some("https://") {
+        &target[8..]
+    } else {
+        return target;
+    };
+    // `http://host?x` gives `?x`, whose empty path the caller reads as `/`.
+    rest.find(['/', '?']).map_or("/", |at| &rest[at..])
 }
 
 /// A request's headers in one buffer: names lower-cased, each entry the ends of its name
@@ -140,11 +161,16 @@ impl RequestHead {
             .map(|(_, v)| v.into_owned())
     }
 
-    /// Whether the client asked to keep the connection open after the response.
+    /// Whether the connection stays open after the response: HTTP/1.1 unless any
+    /// `Connection` header says `close`; HTTP/1.0 only if one says `keep-alive` (and none
+    /// `close`).
     pub fn keep_alive(&self) -> bool {
-        !self
-            .header("connection")
-            .is_some_and(|v| header_has_token(v, "close"))
+        let says = |token: &str| {
+            self.headers
+                .all_named("connection")
+                .any(|v| header_has_token(v, token))
+        };
+        !says("close") && (self.minor_version >= 1 || says("keep-alive"))
     }
 
     /// Whether the client waits for `100 Continue` before sending its body.
@@ -378,6 +404,59 @@ mod tests {
             Upgrade::Valid {
                 accept: "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".into()
             }
+        );
+    }
+
+    fn head_of(raw: &str) -> RequestHead {
+        parse_request_head(raw.as_bytes()).unwrap().unwrap()
+    }
+
+    #[test]
+    fn keep_alive_follows_the_version_and_every_connection_header() {
+        let keep = |raw: &str| head_of(raw).keep_alive();
+        assert!(keep("GET / HTTP/1.1\r\n\r\n"));
+        assert!(!keep("GET / HTTP/1.1\r\nConnection: close\r\n\r\n"));
+        assert!(
+            !keep("GET / HTTP/1.1\r\nConnection: keep-alive\r\nConnection: close\r\n\r\n"),
+            "a second Connection header counts"
+        );
+        assert!(
+            !keep("GET / HTTP/1.0\r\n\r\n"),
+            "HTTP/1.0 closes by default"
+        );
+        assert!(keep("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n"));
+        assert!(!keep(
+            "GET / HTTP/1.0\r\nConnection: keep-alive\r\nConnection: close\r\n\r\n"
+        ));
+        assert_eq!(head_of("GET / HTTP/1.0\r\n\r\n").minor_version, 0);
+    }
+
+    #[test]
+    fn an_absolute_form_target_is_read_as_its_path_and_query() {
+        let target = |raw: &str| {
+            let h = head_of(raw);
+            (h.path, h.query)
+        };
+        assert_eq!(
+            target("GET http://x:8080/healthz?a=1 HTTP/1.1\r\n\r\n"),
+            ("/healthz".into(), "a=1".into())
+        );
+        assert_eq!(
+            target("GET HTTPS://x/api/realtime/channels HTTP/1.1\r\n\r\n"),
+            ("/api/realtime/channels".into(), String::new())
+        );
+        assert_eq!(
+            target("GET http://x HTTP/1.1\r\n\r\n"),
+            ("/".into(), String::new())
+        );
+        assert_eq!(
+            target("GET http://x?a=1 HTTP/1.1\r\n\r\n"),
+            ("/".into(), "a=1".into())
+        );
+        assert_eq!(
+            target("GET /http://x HTTP/1.1\r\n\r\n"),
+            ("/http://x".into(), String::new()),
+            "an origin-form path is left alone"
         );
     }
 

@@ -1,7 +1,7 @@
 //! Bad frames, protocol violations and HTTP errors: SPEC §3 error codes, the wire
 //! contract's close codes and HTTP error table.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
@@ -232,12 +232,56 @@ fn http_unknown_path_is_404() -> Result<()> {
 #[test]
 fn http_ws_without_upgrade_is_426_and_wrong_method_405() -> Result<()> {
     let server = Server::start(&[])?;
-    http_get(server.addr(), "/_rt/ws")?.assert_error(426, "upgrade_required");
+    let plain = http_get(server.addr(), "/_rt/ws")?;
+    plain.assert_error(426, "upgrade_required");
+    assert_eq!(plain.header("upgrade"), Some("websocket"));
     let addr = server.addr();
     let post = format!(
         "POST /_rt/ws HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     );
-    http_request(addr, post.as_bytes())?.assert_error(405, "method_not_allowed");
+    let refused = http_request(addr, post.as_bytes())?;
+    refused.assert_error(405, "method_not_allowed");
+    assert_eq!(refused.header("allow"), Some("GET"));
+    Ok(())
+}
+
+/// HTTP/1.0: the connection closes after the response unless the client asked for
+/// keep-alive, and a chunked body is refused as faulty framing (found in review: a 1.0
+/// client reading to end of stream waited for the request deadline, then got a 408).
+#[test]
+fn http_1_0_closes_after_its_response_and_refuses_chunked_bodies() -> Result<()> {
+    let server = Server::start(&[])?;
+    let addr = server.addr();
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.write_all(b"GET /healthz HTTP/1.0\r\n\r\n")?;
+    let started = Instant::now();
+    let mut all = Vec::new();
+    stream.read_to_end(&mut all)?;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "closed after the response, not at a deadline"
+    );
+    let text = String::from_utf8_lossy(&all);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("Connection: close"), "{text}");
+    assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "one response: {text}");
+
+    let kept = b"GET /healthz HTTP/1.0\r\nConnection: keep-alive\r\n\r\n";
+    let mut stream = TcpStream::connect(addr)?;
+    stream.write_all(kept)?;
+    let first = read_http_response(&mut stream, Duration::from_secs(5))?;
+    assert_eq!(first.status, 200);
+    assert_eq!(first.header("connection"), Some("keep-alive"));
+    stream.write_all(kept)?;
+    assert_eq!(
+        read_http_response(&mut stream, Duration::from_secs(5))?.status,
+        200
+    );
+
+    let chunked =
+        b"POST /api/realtime/publish HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+    http_request(addr, chunked)?.assert_error(400, "bad_request");
     Ok(())
 }
 

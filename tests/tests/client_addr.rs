@@ -147,6 +147,32 @@ fn proxy_protocol_names_the_client_and_is_refused_from_untrusted_peers() -> Resu
     Ok(())
 }
 
+/// A PROXY header and the first request share one deadline from the accept: a client
+/// dripping both cannot stretch it to twice `handshake_timeout_ms` (found in review).
+#[test]
+fn a_dripped_proxy_header_and_request_share_one_deadline() -> Result<()> {
+    let toml = "proxy_protocol = true\ntrusted_proxies = [\"127.0.0.1\"]\n\
+                default_tenant = \"acme\"\n[[tenants]]\nid = \"acme\"\nplan = \"pro\"\n";
+    let (server, _) = Server::start_with_config(toml, &["--handshake-timeout-ms", "1000"])?;
+    let mut stream = TcpStream::connect(server.addr())?;
+    let started = Instant::now();
+    let header = proxy_v1("198.51.100.9");
+    let (a, b) = header.split_at(10);
+    // Paced writes: the client under test is slow on purpose.
+    stream.write_all(a)?;
+    std::thread::sleep(Duration::from_millis(600));
+    stream.write_all(b)?;
+    let request = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    stream.write_all(&request[..8])?;
+    std::thread::sleep(Duration::from_millis(700));
+    // Past the deadline (1 s from the accept): the server may have closed already.
+    let _ = stream.write_all(&request[8..]);
+    let resp = read_http_response(&mut stream, WAIT)?;
+    resp.assert_error(408, "timeout");
+    assert!(started.elapsed() < Duration::from_millis(1000 + 1500));
+    Ok(())
+}
+
 #[test]
 fn close_log_lines_name_the_client_address_a_trusted_proxy_gave() -> Result<()> {
     let server = start(

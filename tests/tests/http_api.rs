@@ -414,9 +414,10 @@ fn every_error_status_has_a_json_body() -> Result<()> {
         ),
     )?
     .assert_error(404, "unknown_tenant");
-    // 405
-    call(&server, request("GET", "/api/realtime/publish", auth, ""))?
-        .assert_error(405, "method_not_allowed");
+    // 405, naming the route's method
+    let wrong = call(&server, request("GET", "/api/realtime/publish", auth, ""))?;
+    wrong.assert_error(405, "method_not_allowed");
+    assert_eq!(wrong.header("allow"), Some("POST"));
     call(
         &server,
         request("DELETE", "/api/realtime/history/c", auth, ""),

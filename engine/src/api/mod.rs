@@ -54,11 +54,14 @@ pub fn respond_refusal(shard: &Shard, refusal: &Refusal, keep_alive: bool) -> Ve
         .metrics
         .shard(shard.id)
         .error(refusal.error.code());
-    let response = api_error_response(refusal.error, &refusal.message, keep_alive);
-    match refusal.retry_after_secs {
-        Some(secs) => with_header(response, "Retry-After", &secs.to_string()),
-        None => response,
+    let mut response = api_error_response(refusal.error, &refusal.message, keep_alive);
+    if let Some(secs) = refusal.retry_after_secs {
+        response = with_header(response, "Retry-After", &secs.to_string());
     }
+    if let Some(method) = refusal.allow {
+        response = with_header(response, "Allow", method);
+    }
+    response
 }
 
 /// A route of the API, chosen by path.
@@ -115,7 +118,8 @@ async fn answer(shard: &Rc<Shard>, head: &RequestHead, body: &[u8]) -> Result<Ve
         return Err(Refusal::new(
             ApiError::MethodNotAllowed,
             format!("use {method} on this route"),
-        ));
+        )
+        .allowing(method));
     }
     let tenant = auth::authorize(&shard.shared, head)?;
     match route {

@@ -322,3 +322,23 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn transfer_encoding_in_an_http_1_0_request_is_faulty_framing() {
+    let head = |extra: &str| {
+        let text = format!("POST /api/realtime/publish HTTP/1.0\r\nHost: x\r\n{extra}\r\n");
+        parse_request_head(text.as_bytes()).unwrap().unwrap()
+    };
+    assert_eq!(
+        head("Transfer-Encoding: chunked\r\n").body_framing(),
+        Err(BodyError::TransferEncodingInHttp10)
+    );
+    assert_eq!(
+        head("Transfer-Encoding: chunked\r\nContent-Length: 3\r\n").body_framing(),
+        Err(BodyError::TransferEncodingInHttp10)
+    );
+    assert_eq!(
+        head("Content-Length: 3\r\n").body_framing(),
+        Ok(BodyFraming::Length(3))
+    );
+}

@@ -86,6 +86,10 @@ impl ShardStore {
             pending: 0,
             last_sync: Instant::now(),
             space_error: None,
+            sync_sent: 0,
+            sync_done: 0,
+            sync_failed: false,
+            retiring: Vec::new(),
             #[cfg(test)]
             journal: None,
         };

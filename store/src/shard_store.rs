@@ -101,6 +101,20 @@ pub(crate) struct SlotLoc {
     pub slot: u32,
 }
 
+/// A slot a ring moved out of under `IntervalMs`, kept intact until the background
+/// msync that covers the ring's new slot has completed: the kernel may write the old
+/// segment's pages back before the new one's, and a power loss in between would find
+/// neither copy. Open keeps the copy with the higher move count.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Retiring {
+    pub loc: SlotLoc,
+    pub log2: u8,
+    /// Index of the ring that moved (its slot is released early if it is removed).
+    pub ring: u32,
+    /// The `Sync` job whose completion makes the new slot durable.
+    pub after_sync: u64,
+}
+
 #[derive(Debug)]
 pub(crate) struct Segment {
     pub map: SegmentMap,
@@ -178,6 +192,12 @@ pub struct ShardStore {
     pub(crate) pending: u32,
     pub(crate) last_sync: Instant,
     pub(crate) space_error: Option<StoreError>,
+    /// Serial of the last `Sync` job sent, and of the last one answered as done.
+    pub(crate) sync_sent: u64,
+    pub(crate) sync_done: u64,
+    /// A background msync failed: no retiring slot is released until `sync_all`.
+    pub(crate) sync_failed: bool,
+    pub(crate) retiring: Vec<Retiring>,
     #[cfg(test)]
     pub(crate) journal: Option<Vec<(PathBuf, usize, Vec<u8>)>>,
 }
@@ -519,11 +539,18 @@ impl ShardStore {
                 return Err(e);
             }
         }
-        // Only now is the old copy redundant.
-        self.free_slot_bytes(old_loc, old_log2);
-        self.classes[usize::from(old_log2 - MIN_CLASS_LOG2)]
-            .free
-            .push(old_loc);
+        // Only now is the old copy redundant: in memory, and (but with `IntervalMs`, on
+        // disk) as far as this policy promises.
+        if matches!(self.cfg.sync, SyncPolicy::IntervalMs(_)) {
+            self.retiring.push(Retiring {
+                loc: old_loc,
+                log2: old_log2,
+                ring: idx as u32,
+                after_sync: self.sync_sent + 1,
+            });
+        } else {
+            self.release_slot(old_loc, old_log2);
+        }
         let mut moved = moved;
         moved.generation = moved.generation.wrapping_add(1);
         self.rings[idx] = Some(moved);
@@ -761,7 +788,13 @@ impl ShardStore {
             }
         }
         self.last_sync = Instant::now();
-        if !ranges.is_empty() && !self.space.send(Job::Sync(ranges)) {
+        if ranges.is_empty() {
+            return;
+        }
+        let serial = self.sync_sent + 1;
+        if self.space.send(Job::Sync { ranges, serial }) {
+            self.sync_sent = serial;
+        } else {
             self.stats.background_errors += 1;
         }
     }
@@ -774,6 +807,9 @@ impl ShardStore {
                 .flush_range(0, s.map.len())
                 .map_err(StoreError::io("msync", &s.path))?;
         }
+        // Every ring's slot is on disk: the slots rings moved out of can go.
+        self.sync_failed = false;
+        self.release_retired(true);
         Ok(())
     }
 
@@ -923,6 +959,33 @@ impl ShardStore {
         }
     }
 
+    /// Frees a slot no ring uses any more and puts it on its class's free list.
+    fn release_slot(&mut self, loc: SlotLoc, log2: u8) {
+        self.free_slot_bytes(loc, log2);
+        self.classes[usize::from(log2 - MIN_CLASS_LOG2)]
+            .free
+            .push(loc);
+    }
+
+    /// Releases the retiring slots whose ring's new slot is on disk now (every one
+    /// with `all`: after a `sync_all`, or at drop once the last sync is answered).
+    pub(crate) fn release_retired(&mut self, all: bool) {
+        if self.sync_failed && !all {
+            return;
+        }
+        let done = self.sync_done;
+        let mut i = 0;
+        while i < self.retiring.len() {
+            let r = self.retiring[i];
+            if all || r.after_sync <= done {
+                self.retiring.swap_remove(i);
+                self.release_slot(r.loc, r.log2);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
     fn free_slot_bytes(&mut self, loc: SlotLoc, log2: u8) {
         let seg = &mut self.segments[loc.seg as usize];
         let at = seg.header.slot_at(loc.slot);
@@ -937,6 +1000,18 @@ impl ShardStore {
         let key: Box<[u8]> = self.key_at(m.loc, m.class_log2).into();
         self.index.remove(&key);
         self.free_slot_bytes(m.loc, m.class_log2);
+        // Slots this ring moved out of go too: left intact, an older copy would bring
+        // the freed ring back at the next open.
+        let mut i = 0;
+        while i < self.retiring.len() {
+            let r = self.retiring[i];
+            if r.ring == idx as u32 {
+                self.retiring.swap_remove(i);
+                self.release_slot(r.loc, r.log2);
+            } else {
+                i += 1;
+            }
+        }
         if self.cfg.sync == SyncPolicy::EveryAppend {
             // Durable before the key can be created again elsewhere: a freed copy still
             // on disk would outrank the new epoch's ring at open (higher last_seq).
@@ -1148,7 +1223,14 @@ impl ShardStore {
                 self.classes[ci].preparing -= 1;
                 self.space_error = Some(StoreError::io("create segment", path)(error));
             }
-            Done::SyncFailed => self.stats.background_errors += 1,
+            Done::Synced { serial, ok: true } => {
+                self.sync_done = self.sync_done.max(serial);
+                self.release_retired(false);
+            }
+            Done::Synced { ok: false, .. } => {
+                self.stats.background_errors += 1;
+                self.sync_failed = true;
+            }
         }
     }
 
@@ -1281,6 +1363,9 @@ impl ShardStore {
                 return Err(format!("ring {i}'s data region leaves its slot"));
             }
             verify_meta(self.data_of(m), m).map_err(|e| format!("ring {i}: {e}"))?;
+            if self.retiring.iter().any(|r| r.loc == m.loc) {
+                return Err(format!("ring {i}'s slot is also retiring"));
+            }
             if m.ring.len() > m.max_records as usize {
                 return Err(format!("ring {i} over max_records"));
             }
@@ -1308,6 +1393,19 @@ impl Drop for ShardStore {
         if self.cfg.sync != SyncPolicy::Never {
             // Queued before the background thread is joined (Space's drop).
             self.flush();
+        }
+        if !self.retiring.is_empty() {
+            // Wait for the last sync's answer, then let the moved-out slots go, so the
+            // next open finds one copy of each ring (it would keep the right one anyway).
+            while self.sync_done < self.sync_sent && !self.sync_failed {
+                match self.space.recv() {
+                    Some(done) => self.install(done),
+                    None => break,
+                }
+            }
+            if self.sync_done >= self.sync_sent && !self.sync_failed {
+                self.release_retired(true);
+            }
         }
     }
 }

@@ -26,8 +26,12 @@ pub(crate) enum Job {
         path: PathBuf,
         header: SegmentHeader,
     },
-    /// msync these `(mapping, offset, len)` ranges.
-    Sync(Vec<(FlushHandle, usize, usize)>),
+    /// msync these `(mapping, offset, len)` ranges; answered with `Synced` and the
+    /// job's serial.
+    Sync {
+        ranges: Vec<(FlushHandle, usize, usize)>,
+        serial: u64,
+    },
     /// Give the mapping's first `until` bytes normal read-ahead back (their pages are no
     /// longer holes; see `ShardStore::read_ahead_behind`). Advisory: nothing answers.
     ReadAhead { map: FlushHandle, until: usize },
@@ -61,7 +65,9 @@ pub(crate) enum Done {
         path: PathBuf,
         error: io::Error,
     },
-    SyncFailed,
+    /// The `Sync` job with this serial is done: every range reached the disk (`ok`), or
+    /// some msync failed.
+    Synced { serial: u64, ok: bool },
 }
 
 /// Handle on the background thread; dropping it finishes the queued jobs that matter
@@ -141,14 +147,12 @@ fn run(job: Job) -> Option<Done> {
                 error,
             },
         }),
-        Job::Sync(ranges) => {
-            let mut first_error = None;
+        Job::Sync { ranges, serial } => {
+            let mut ok = true;
             for (h, at, len) in ranges {
-                if let Err(e) = h.flush_range(at, len) {
-                    first_error.get_or_insert(e);
-                }
+                ok &= h.flush_range(at, len).is_ok();
             }
-            first_error.map(|_: io::Error| Done::SyncFailed)
+            Some(Done::Synced { serial, ok })
         }
         Job::ReadAhead { map, until } => {
             map.read_ahead_until(until);

@@ -1138,3 +1138,108 @@ fn a_record_needing_growth_under_a_full_bound_is_refused_and_the_ring_kept() {
     assert_eq!(put(&mut s, r, 4, b"three"), Seq(3));
     s.check_invariants().unwrap();
 }
+
+/// `IntervalMs`: a ring that grew keeps its old slot intact until the background msync
+/// covering its new slot has completed (found in review: the old slot's release could
+/// reach the disk before the new slot, and a power loss then lost the whole ring).
+mod interval_growth {
+    use super::*;
+
+    fn interval() -> StoreConfig {
+        StoreConfig {
+            sync: SyncPolicy::IntervalMs(1_000_000),
+            ..small_cfg()
+        }
+    }
+
+    fn class_file(files: &std::collections::BTreeMap<PathBuf, Vec<u8>>, log2: u8) -> PathBuf {
+        files
+            .keys()
+            .find(|p| p.to_str().unwrap().starts_with(&format!("c{log2:02}-")))
+            .expect("a segment of the class")
+            .clone()
+    }
+
+    /// A store with ring `k` of three synced records that has just grown into the 1 KiB
+    /// class, and the files as they were before the growth.
+    fn grown() -> (
+        tempfile::TempDir,
+        ShardStore,
+        std::collections::BTreeMap<PathBuf, Vec<u8>>,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _) = open(dir.path(), interval());
+        let k = s.create(b"k", Epoch(9), 100).unwrap();
+        for i in 0..3 {
+            put(&mut s, k, i, &[1; 60]);
+        }
+        settle(&mut s);
+        s.sync_all().unwrap();
+        let before = read_files(dir.path());
+        put(&mut s, k, 9, &[2; 200]);
+        assert_eq!(s.stats().growths, 1);
+        (dir, s, before)
+    }
+
+    #[test]
+    fn a_power_loss_before_the_next_msync_finds_the_ring_in_its_old_slot() {
+        let (dir, s, before) = grown();
+        assert_eq!(s.retiring.len(), 1);
+        // The old slot's segment written back by the kernel, the new one not.
+        let mut files = read_files(dir.path());
+        let new_class = class_file(&files, 10);
+        files.insert(new_class.clone(), before[&new_class].clone());
+        let img = tempfile::tempdir().unwrap();
+        for (name, bytes) in &files {
+            std::fs::write(img.path().join(name), bytes).unwrap();
+        }
+        let (after, _) = open(img.path(), interval());
+        let k = after.lookup(b"k").expect("ring kept in its old slot");
+        assert_eq!(payloads(&after, k, 0).len(), 3, "every synced record");
+        after.check_invariants().unwrap();
+        std::mem::forget(s);
+    }
+
+    #[test]
+    fn the_old_slot_is_released_once_the_msync_is_answered() {
+        let (_dir, mut s, _) = grown();
+        let old = s.retiring[0];
+        s.flush();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !s.retiring.is_empty() {
+            assert!(std::time::Instant::now() < deadline, "sync never answered");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            s.poll_space();
+        }
+        let class = &s.classes[usize::from(old.log2 - MIN_CLASS_LOG2)];
+        assert!(class.free.contains(&old.loc), "on the free list");
+        s.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn freeing_the_ring_releases_its_old_slot_too() {
+        let (dir, mut s, _) = grown();
+        s.free(s.lookup(b"k").unwrap()).unwrap();
+        assert!(s.retiring.is_empty());
+        // A kill -9 now: the files as they are in the page cache.
+        let files = read_files(dir.path());
+        let img = tempfile::tempdir().unwrap();
+        for (name, bytes) in &files {
+            std::fs::write(img.path().join(name), bytes).unwrap();
+        }
+        let (after, report) = open(img.path(), interval());
+        assert!(after.lookup(b"k").is_none(), "the freed ring stays freed");
+        assert_eq!(report.rings_kept, 0);
+        std::mem::forget(s);
+    }
+
+    #[test]
+    fn a_clean_close_leaves_one_copy() {
+        let (dir, s, _) = grown();
+        drop(s);
+        let (after, report) = open(dir.path(), interval());
+        assert_eq!(report.stale_copies_freed, 0);
+        let k = after.lookup(b"k").unwrap();
+        assert_eq!(payloads(&after, k, 0).len(), 4);
+    }
+}

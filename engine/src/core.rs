@@ -1729,6 +1729,9 @@ impl ShardCore {
             .history_segments_prepared
             .set(stats.segments_prepared);
         counters.history_growths.set(stats.growths);
+        counters
+            .history_records_not_kept
+            .set(stats.records_not_kept);
     }
 
     /// Up to [`CONN_SWEEP_PER_TICK`] connections (whole parts of the table) give back

@@ -14,7 +14,7 @@ use crate::chunked_vec::ChunkedVec;
 use crate::mmap::SegmentMap;
 use crate::shard_store::{Class, RingMeta, ShardStore, SlotLoc, StoreConfig};
 use crate::slot_format::{self, MAX_CLASS_LOG2, MIN_CLASS_LOG2};
-use crate::slot_recover;
+use crate::slot_recover::{self, Recovered};
 use crate::space::Space;
 use crate::split_map::SplitMap;
 use crate::{Epoch, StoreError, StoreStats};
@@ -87,9 +87,10 @@ impl ShardStore {
             last_sync: Instant::now(),
             space_error: None,
             sync_sent: 0,
+            sync_answered: 0,
             sync_done: 0,
-            sync_failed: false,
             retiring: Vec::new(),
+            freed_unsynced: Vec::new(),
             #[cfg(test)]
             journal: None,
         };
@@ -150,28 +151,24 @@ impl ShardStore {
         report.segments = store.segments.len();
         for (key, mut cands) in candidates {
             cands.sort_by_key(|c| std::cmp::Reverse((c.moves, c.last_seq)));
-            let mut kept = false;
-            let mut last_reason = String::new();
-            for c in cands {
-                if kept {
-                    store.free_at_open(c.loc, c.log2);
-                    report.stale_copies_freed += 1;
-                    continue;
-                }
-                match store.recover_slot(&key, &c) {
-                    Ok(torn) => {
-                        kept = true;
-                        report.rings_kept += 1;
-                        report.torn_tail_dropped += u64::from(torn);
+            match store.choose_copy(&key, &cands) {
+                Ok((best, rec)) => {
+                    report.rings_kept += 1;
+                    report.torn_tail_dropped += u64::from(rec.torn);
+                    store.adopt(&key, &cands[best], rec);
+                    for (i, c) in cands.iter().enumerate() {
+                        if i != best {
+                            store.free_at_open(c.loc, c.log2);
+                            report.stale_copies_freed += 1;
+                        }
                     }
-                    Err(why) => {
-                        last_reason = why.to_owned();
+                }
+                Err(why) => {
+                    for c in &cands {
                         store.free_at_open(c.loc, c.log2);
                     }
+                    report.rings_reset.push((key, why.to_owned()));
                 }
-            }
-            if !kept {
-                report.rings_reset.push((key, last_reason));
             }
         }
         let small = store.class_for(0, 0);
@@ -184,8 +181,59 @@ impl ShardStore {
         Ok((store, report))
     }
 
-    /// Rebuilds one ring from its slot; returns the torn records dropped.
-    fn recover_slot(&mut self, key: &[u8], c: &Candidate) -> Result<u32, &'static str> {
+    /// Which copy of a key's ring to keep (`cands` ranked by move count, then last
+    /// seq): the first that recovers, unless it lost records its state published and a
+    /// lower copy of the same epoch keeps a later record. That is a ring whose move to a
+    /// bigger slot reached the disk only in part (the new slot's state page but not all
+    /// of its data) while its old slot, kept intact until then (`IntervalMs`), still
+    /// holds every record. Seqs any copy of the epoch published stay consumed.
+    fn choose_copy(
+        &self,
+        key: &[u8],
+        cands: &[Candidate],
+    ) -> Result<(usize, Recovered), &'static str> {
+        let mut best: Option<(usize, Recovered)> = None;
+        let mut last_reason = "no copy recovered";
+        for (i, c) in cands.iter().enumerate() {
+            let rec = match self.recover_copy(key, c) {
+                Ok(rec) => rec,
+                Err(why) => {
+                    last_reason = why;
+                    continue;
+                }
+            };
+            match &best {
+                None => {
+                    let whole = rec.torn == 0;
+                    best = Some((i, rec));
+                    if whole {
+                        break;
+                    }
+                }
+                Some((b, kept)) => {
+                    let newest = |r: &Recovered| r.ring.newest_kept_seq().unwrap_or(0);
+                    if c.epoch == cands[*b].epoch && newest(&rec) > newest(kept) {
+                        best = Some((i, rec));
+                    }
+                }
+            }
+        }
+        let (i, mut rec) = best.ok_or(last_reason)?;
+        let published = cands
+            .iter()
+            .filter(|c| c.epoch == cands[i].epoch)
+            .map(|c| c.last_seq)
+            .max()
+            .unwrap_or(0);
+        if published > rec.ring.last_seq() {
+            rec.ring.raise_last_seq(published);
+            rec.dirty = true;
+        }
+        Ok((i, rec))
+    }
+
+    /// Rebuilds one copy's ring from its slot, without keeping it.
+    fn recover_copy(&self, key: &[u8], c: &Candidate) -> Result<Recovered, &'static str> {
         let seg = &self.segments[c.loc.seg as usize];
         let at = seg.header.slot_at(c.loc.slot);
         let slot = &seg.map.bytes()[at..at + (1 << c.log2)];
@@ -193,7 +241,12 @@ impl ShardStore {
         let st = slot_format::read_state(slot, c.epoch).ok_or("no valid state slot")?;
         let data_off = slot_format::data_offset(key.len());
         let data = &slot[data_off..data_off + h.data_len as usize];
-        let rec = slot_recover::recover(data, c.epoch, &st)?;
+        slot_recover::recover(data, c.epoch, &st)
+    }
+
+    /// Keeps the ring recovered from copy `c`.
+    fn adopt(&mut self, key: &[u8], c: &Candidate, rec: Recovered) {
+        let data_off = slot_format::data_offset(key.len());
         let meta = RingMeta {
             ring: rec.ring,
             loc: c.loc,
@@ -216,7 +269,6 @@ impl ShardStore {
         if rec.dirty {
             self.publish(idx);
         }
-        Ok(rec.torn)
     }
 
     fn free_at_open(&mut self, loc: SlotLoc, log2: u8) {

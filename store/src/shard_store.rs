@@ -93,6 +93,10 @@ pub struct StoreStats {
     pub segments_prepared: u64,
     /// Background msyncs or segment creations that failed.
     pub background_errors: u64,
+    /// Records appended (their seqs consumed) but not kept: larger than the ring's
+    /// biggest slot, or than its current slot when the node bound left no room to
+    /// grow. Each empties its ring, so resuming readers see the gap.
+    pub records_not_kept: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -191,13 +195,18 @@ pub struct ShardStore {
     pub(crate) space: Space,
     pub(crate) pending: u32,
     pub(crate) last_sync: Instant,
-    pub(crate) space_error: Option<StoreError>,
-    /// Serial of the last `Sync` job sent, and of the last one answered as done.
+    /// The last segment creation that failed, with its class.
+    pub(crate) space_error: Option<(u8, StoreError)>,
+    /// Serial of the last `Sync` job sent, of the last one answered, and of the last
+    /// one answered as done.
     pub(crate) sync_sent: u64,
+    pub(crate) sync_answered: u64,
     pub(crate) sync_done: u64,
-    /// A background msync failed: no retiring slot is released until `sync_all`.
-    pub(crate) sync_failed: bool,
     pub(crate) retiring: Vec<Retiring>,
+    /// `EveryAppend`: freed slot headers not yet msynced, by segment and offset. They
+    /// are before the next `create`, so a key never comes back in a new slot while an
+    /// old copy of it could still be read from the disk.
+    pub(crate) freed_unsynced: Vec<(u32, usize)>,
     #[cfg(test)]
     pub(crate) journal: Option<Vec<(PathBuf, usize, Vec<u8>)>>,
 }
@@ -249,6 +258,7 @@ impl ShardStore {
         if self.index.contains_key(key) {
             return Err(StoreError::KeyExists);
         }
+        self.sync_freed()?;
         self.poll_space();
         let log2 = self.class_for(key.len(), INITIAL_DATA);
         if !self.make_room(1 << log2, None) {
@@ -334,16 +344,11 @@ impl ShardStore {
         }
         let len = slot_format::record_len(uid_len, payload.len());
         let plan = self.plan_or_grow(idx, len);
-        if plan.is_none() && !self.grow(idx, len)? {
-            // Not moved: the node's byte bound left no room. The ring evicts its own
-            // oldest records instead, unless the record fits only a bigger slot: then
-            // the append is refused (its seq not consumed) rather than the ring emptied.
-            let m = self.rings[idx].as_ref().expect("live ring");
-            let key_len = m.data_off as usize - slot_format::SLOT_HEADER_LEN;
-            let fits_top = len <= self.data_len(self.top_class(key_len), key_len);
-            if fits_top && m.ring.plan(len, m.max_records) == Plan::TooLarge {
-                return Err(StoreError::Full);
-            }
+        if plan.is_none() {
+            // Moved or not (the node's byte bound may leave no room), the placement is
+            // computed afresh below: not moved, the ring evicts its own oldest records,
+            // or, for a record larger than its slot, keeps nothing (`records_not_kept`).
+            self.grow(idx, len)?;
         }
         let rec = NewRecord {
             seq: 0,
@@ -374,6 +379,7 @@ impl ShardStore {
         let (evict, at, wrap_at) = match plan {
             Plan::TooLarge => {
                 m.ring.skip_seq();
+                self.stats.records_not_kept += 1;
                 self.publish(idx);
                 self.sync_after_append(idx, None)?;
                 return Ok(Seq(seq));
@@ -802,13 +808,13 @@ impl ShardStore {
     /// msyncs every segment now, on the calling thread (shutdown, migration, tests).
     pub fn sync_all(&mut self) -> Result<(), StoreError> {
         for s in &mut self.segments {
-            s.dirty = None;
             s.map
                 .flush_range(0, s.map.len())
                 .map_err(StoreError::io("msync", &s.path))?;
+            s.dirty = None;
         }
+        self.freed_unsynced.clear();
         // Every ring's slot is on disk: the slots rings moved out of can go.
-        self.sync_failed = false;
         self.release_retired(true);
         Ok(())
     }
@@ -970,9 +976,6 @@ impl ShardStore {
     /// Releases the retiring slots whose ring's new slot is on disk now (every one
     /// with `all`: after a `sync_all`, or at drop once the last sync is answered).
     pub(crate) fn release_retired(&mut self, all: bool) {
-        if self.sync_failed && !all {
-            return;
-        }
         let done = self.sync_done;
         let mut i = 0;
         while i < self.retiring.len() {
@@ -984,6 +987,49 @@ impl ShardStore {
                 i += 1;
             }
         }
+    }
+
+    /// The `Sync` job `failed` did not reach the disk: the retiring slots waiting on it
+    /// wait for the next one, which is made to cover their rings' new slots again.
+    fn retry_retiring(&mut self, failed: u64) {
+        let next = self.sync_sent + 1;
+        for i in 0..self.retiring.len() {
+            let r = self.retiring[i];
+            if r.after_sync > failed {
+                continue;
+            }
+            self.retiring[i].after_sync = next;
+            if let Some(m) = self.rings[r.ring as usize].as_ref() {
+                let (loc, log2) = (m.loc, m.class_log2);
+                let at = self.segments[loc.seg as usize].header.slot_at(loc.slot);
+                self.touched(loc.seg, at..at + (1 << log2));
+            }
+        }
+    }
+
+    /// `EveryAppend`: msyncs the freed slot headers not yet on disk, one range per
+    /// segment.
+    fn sync_freed(&mut self) -> Result<(), StoreError> {
+        if self.freed_unsynced.is_empty() {
+            return Ok(());
+        }
+        self.freed_unsynced.sort_unstable();
+        let mut i = 0;
+        while i < self.freed_unsynced.len() {
+            let seg = self.freed_unsynced[i].0;
+            let from = self.freed_unsynced[i].1;
+            let mut to = from;
+            while i < self.freed_unsynced.len() && self.freed_unsynced[i].0 == seg {
+                to = self.freed_unsynced[i].1;
+                i += 1;
+            }
+            let s = &self.segments[seg as usize];
+            s.map
+                .flush_range(from, to - from + slot_format::FREE_LEN)
+                .map_err(StoreError::io("msync", &s.path))?;
+        }
+        self.freed_unsynced.clear();
+        Ok(())
     }
 
     fn free_slot_bytes(&mut self, loc: SlotLoc, log2: u8) {
@@ -1013,13 +1059,10 @@ impl ShardStore {
             }
         }
         if self.cfg.sync == SyncPolicy::EveryAppend {
-            // Durable before the key can be created again elsewhere: a freed copy still
-            // on disk would outrank the new epoch's ring at open (higher last_seq).
-            let seg = &self.segments[m.loc.seg as usize];
-            let at = seg.header.slot_at(m.loc.slot);
-            if seg.map.flush_range(at, slot_format::FREE_LEN).is_err() {
-                self.stats.background_errors += 1;
-            }
+            // Durable before the next create (`sync_freed`): a freed copy still on disk
+            // would outrank a new epoch's ring of the key at open (higher last_seq).
+            let at = self.segments[m.loc.seg as usize].header.slot_at(m.loc.slot);
+            self.freed_unsynced.push((m.loc.seg, at));
         }
         self.classes[usize::from(m.class_log2 - MIN_CLASS_LOG2)]
             .free
@@ -1088,6 +1131,7 @@ impl ShardStore {
     /// ready, and asks it for the next segment when the class runs low.
     fn alloc_slot(&mut self, log2: u8) -> Result<SlotLoc, StoreError> {
         let ci = usize::from(log2 - MIN_CLASS_LOG2);
+        let mut waited = false;
         let loc = loop {
             if let Some(loc) = self.classes[ci].free.pop() {
                 break loc;
@@ -1110,9 +1154,12 @@ impl ShardStore {
                     // own msync would not make it findable after a power loss.
                     let seg = &self.segments[loc.seg as usize];
                     let r = slot_format::HIGH_WATER_RANGE;
-                    seg.map
-                        .flush_range(r.start, r.end - r.start)
-                        .map_err(StoreError::io("msync", &seg.path))?;
+                    if let Err(e) = seg.map.flush_range(r.start, r.end - r.start) {
+                        let e = StoreError::io("msync", &seg.path)(e);
+                        // Unused, below the mark: free for the next allocation.
+                        self.classes[ci].free.push(loc);
+                        return Err(e);
+                    }
                 }
                 self.read_ahead_behind(loc.seg, hw);
                 self.populate_ahead(loc.seg, hw);
@@ -1128,9 +1175,12 @@ impl ShardStore {
                     source: std::io::Error::other("background thread is gone"),
                 });
             }
-            self.stats.space_waits += 1;
-            // Only a failure answering this wait fails this allocation; an earlier one
-            // (picked up by `poll_space`) was counted in `background_errors`.
+            if !waited {
+                self.stats.space_waits += 1;
+                waited = true;
+            }
+            // Only a failure to make this class's segment, answering this wait, fails
+            // this allocation; others were counted in `background_errors`.
             self.space_error = None;
             match self.space.recv() {
                 Some(done) => self.install(done),
@@ -1142,7 +1192,7 @@ impl ShardStore {
                     })
                 }
             }
-            if let Some(e) = self.space_error.take() {
+            if let Some((_, e)) = self.space_error.take().filter(|(c, _)| *c == log2) {
                 return Err(e);
             }
         };
@@ -1221,15 +1271,18 @@ impl ShardStore {
                 self.stats.background_errors += 1;
                 let ci = usize::from(header.class_log2 - MIN_CLASS_LOG2);
                 self.classes[ci].preparing -= 1;
-                self.space_error = Some(StoreError::io("create segment", path)(error));
+                let error = StoreError::io("create segment", path)(error);
+                self.space_error = Some((header.class_log2, error));
             }
             Done::Synced { serial, ok: true } => {
+                self.sync_answered = self.sync_answered.max(serial);
                 self.sync_done = self.sync_done.max(serial);
                 self.release_retired(false);
             }
-            Done::Synced { ok: false, .. } => {
+            Done::Synced { serial, ok: false } => {
+                self.sync_answered = self.sync_answered.max(serial);
                 self.stats.background_errors += 1;
-                self.sync_failed = true;
+                self.retry_retiring(serial);
             }
         }
     }
@@ -1395,17 +1448,17 @@ impl Drop for ShardStore {
             self.flush();
         }
         if !self.retiring.is_empty() {
-            // Wait for the last sync's answer, then let the moved-out slots go, so the
-            // next open finds one copy of each ring (it would keep the right one anyway).
-            while self.sync_done < self.sync_sent && !self.sync_failed {
+            // Wait for the last sync's answer, then let the moved-out slots whose new
+            // slot is on disk go, so the next open finds one copy of each ring (it
+            // would keep the right one anyway). Advisory jobs still queued are skipped.
+            self.space.skip_advisory();
+            while self.sync_answered < self.sync_sent {
                 match self.space.recv() {
                     Some(done) => self.install(done),
                     None => break,
                 }
             }
-            if self.sync_done >= self.sync_sent && !self.sync_failed {
-                self.release_retired(true);
-            }
+            self.release_retired(false);
         }
     }
 }

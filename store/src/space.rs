@@ -115,6 +115,11 @@ impl Space {
         self.jobs.as_ref().is_some_and(|j| j.send(job).is_ok())
     }
 
+    /// From now on the thread skips advisory jobs (the store is closing).
+    pub(crate) fn skip_advisory(&self) {
+        self.closing.store(true, Ordering::Relaxed);
+    }
+
     /// The next answer, if one is ready.
     pub(crate) fn try_recv(&self) -> Option<Done> {
         // Empty or disconnected: nothing to pick up either way.
@@ -129,7 +134,7 @@ impl Space {
 
 impl Drop for Space {
     fn drop(&mut self) {
-        self.closing.store(true, Ordering::Relaxed);
+        self.skip_advisory();
         drop(self.jobs.take());
         if let Some(t) = self.thread.take() {
             let _ = t.join();

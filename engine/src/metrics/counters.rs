@@ -122,6 +122,9 @@ pub struct ShardCounters {
     pub history_segments_prepared: Count,
     /// Rings moved to a bigger slot as they filled (copied from the store).
     pub history_growths: Count,
+    /// Messages appended but not kept in history: too large for their ring's slot
+    /// (copied from the store).
+    pub history_records_not_kept: Count,
     /// Messages appended to history.
     pub history_appends: Count,
     /// Bytes of those messages (their encoded frames).
@@ -183,6 +186,7 @@ impl Default for ShardCounters {
             history_space_waits: Count::default(),
             history_segments_prepared: Count::default(),
             history_growths: Count::default(),
+            history_records_not_kept: Count::default(),
             history_appends: Count::default(),
             history_appended_bytes: Count::default(),
             history_replays: Count::default(),

@@ -222,6 +222,11 @@ const COUNTERS: &[(&str, &str, Reader)] = &[
         "History rings moved to a bigger slot as they filled",
         |c| c.history_growths.get(),
     ),
+    (
+        "history_records_not_kept",
+        "Messages delivered but not kept in history (larger than their ring's slot could be made); each empties its ring",
+        |c| c.history_records_not_kept.get(),
+    ),
     ("history_appends", "Messages appended to history", |c| {
         c.history_appends.get()
     }),

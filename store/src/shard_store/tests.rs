@@ -1113,10 +1113,11 @@ mod power_loss {
 }
 
 /// Under a full byte bound (every ring pinned), a record that fits only a bigger slot
-/// is refused with `Full`, its seq not consumed, and the ring keeps its records (found
-/// in review: it used to empty the ring and report the seq as appended).
+/// than the ring's is appended without being kept: its seq is consumed and the ring
+/// emptied, so resuming readers see the gap, and `records_not_kept` counts it. The
+/// publish itself is not refused (live subscribers still get it).
 #[test]
-fn a_record_needing_growth_under_a_full_bound_is_refused_and_the_ring_kept() {
+fn a_record_needing_growth_under_a_full_bound_is_not_kept_and_counted() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = StoreConfig {
         max_total_bytes: Some(2 * 512),
@@ -1129,13 +1130,12 @@ fn a_record_needing_growth_under_a_full_bound_is_refused_and_the_ring_kept() {
     s.pin(r);
     put(&mut s, r, 1, b"one");
     put(&mut s, r, 2, b"two");
-    assert!(matches!(
-        s.append(r, 3, None, &[7; 400], 0..400),
-        Err(StoreError::Full)
-    ));
-    assert_eq!(s.len(r), 2);
-    assert_eq!(s.last_seq(r), Seq(2));
-    assert_eq!(put(&mut s, r, 4, b"three"), Seq(3));
+    assert_eq!(s.append(r, 3, None, &[7; 400], 0..400).unwrap(), Seq(3));
+    assert_eq!(s.len(r), 0);
+    assert_eq!(s.last_seq(r), Seq(3));
+    assert_eq!(s.stats().records_not_kept, 1);
+    assert_eq!(put(&mut s, r, 4, b"four"), Seq(4));
+    assert_eq!(payloads(&s, r, 0), [(4, b"four".to_vec())]);
     s.check_invariants().unwrap();
 }
 
@@ -1200,6 +1200,70 @@ mod interval_growth {
         std::mem::forget(s);
     }
 
+    /// A move into a multi-page slot that reached the disk in part: page 0 and the new
+    /// slot's first page (its header and state), none of its other data pages. The new
+    /// copy recovers with most records torn; open keeps the old, whole copy instead, with
+    /// every seq the new state published still consumed (found in review).
+    #[test]
+    fn a_move_that_reached_the_disk_in_part_keeps_the_whole_old_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = StoreConfig {
+            max_bytes_per_ring: 64 * 1024,
+            segment_bytes: 256 * 1024,
+            ..interval()
+        };
+        let (mut s, _) = open(dir.path(), cfg);
+        let k = s.create(b"k", Epoch(9), 1000).unwrap();
+        let mut ts = 0;
+        while s.rings[k.index as usize].as_ref().unwrap().class_log2 < 14 {
+            put(&mut s, k, ts, &[1; 1000]);
+            ts += 1;
+        }
+        settle(&mut s);
+        s.sync_all().unwrap();
+        let synced = payloads(&s, k, 0);
+        let before = read_files(dir.path());
+        let g = s.stats().growths;
+        while s.stats().growths == g {
+            put(&mut s, k, ts, &[2; 1000]);
+            ts += 1;
+        }
+        assert_eq!(s.retiring.len(), 1);
+        let last_seq = s.last_seq(k);
+        let m = s.rings[k.index as usize].as_ref().unwrap();
+        let seg = &s.segments[m.loc.seg as usize];
+        let at = seg.header.slot_at(m.loc.slot);
+        assert!(1 << m.class_log2 > 4096, "a multi-page slot");
+        let name = PathBuf::from(seg.path.file_name().unwrap());
+        let mut files = read_files(dir.path());
+        let current = files[&name].clone();
+        let mut file = before
+            .get(&name)
+            .cloned()
+            .unwrap_or_else(|| vec![0; current.len()]);
+        file[..4096].copy_from_slice(&current[..4096]);
+        file[at..at + 4096].copy_from_slice(&current[at..at + 4096]);
+        files.insert(name, file);
+        let img = tempfile::tempdir().unwrap();
+        for (name, bytes) in &files {
+            std::fs::write(img.path().join(name), bytes).unwrap();
+        }
+        let (after, report) = open(img.path(), cfg);
+        let r = after.lookup(b"k").expect("ring kept");
+        // The old slot's segment is as the kernel wrote it back: every record up to the
+        // growth, the synced ones among them.
+        let kept = payloads(&after, r, 0);
+        assert!(kept.len() >= synced.len(), "{} records kept", kept.len());
+        assert!(
+            kept[..synced.len()] == synced[..],
+            "every synced record, from the old copy"
+        );
+        assert_eq!(after.last_seq(r), last_seq, "published seqs stay consumed");
+        assert_eq!(report.stale_copies_freed, 1);
+        after.check_invariants().unwrap();
+        std::mem::forget(s);
+    }
+
     #[test]
     fn the_old_slot_is_released_once_the_msync_is_answered() {
         let (_dir, mut s, _) = grown();
@@ -1213,6 +1277,35 @@ mod interval_growth {
         }
         let class = &s.classes[usize::from(old.log2 - MIN_CLASS_LOG2)];
         assert!(class.free.contains(&old.loc), "on the free list");
+        s.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn a_failed_msync_has_the_next_one_cover_the_new_slot_again() {
+        let (_dir, mut s, _) = grown();
+        let old = s.retiring[0];
+        s.flush();
+        let failed = s.sync_sent;
+        // As if that job's msync had failed: the new slot is dirty again, and the old
+        // one waits for the next job.
+        s.install(Done::Synced {
+            serial: failed,
+            ok: false,
+        });
+        assert_eq!(s.retiring.len(), 1);
+        assert_eq!(s.retiring[0].after_sync, failed + 1);
+        let m = s.rings[old.ring as usize].as_ref().unwrap();
+        assert!(
+            s.segments[m.loc.seg as usize].dirty.is_some(),
+            "new slot dirty again"
+        );
+        s.flush();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !s.retiring.is_empty() {
+            assert!(std::time::Instant::now() < deadline, "retry never answered");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            s.poll_space();
+        }
         s.check_invariants().unwrap();
     }
 

@@ -550,6 +550,13 @@ impl ShardCore {
         let key = ChannelKey::new(conn.tenant.id.clone(), sub.channel);
         self.end_run();
         self.local.begin_subscribe(&key);
+        if sub.last_event_id.is_some() && matches!(previous, Some(Sub::Active(_))) {
+            // A resume while subscribed: live delivery stops until the owner's answer,
+            // whose replay covers everything after `lastEventId` up to its seq, so no
+            // message in flight meanwhile arrives twice (found in review). The pending
+            // count keeps the channel watched.
+            let _ = self.local.remove(&key, conn.id);
+        }
         let msg = ShardMsg::Subscribe(SubscribeReq {
             key: key.clone(),
             from: self.id,
@@ -1659,11 +1666,10 @@ impl ShardCore {
             return;
         };
         let state = conn.subs.borrow().get(&expiry.channel);
-        let active = match state {
-            Some(Sub::Active(request)) if request == expiry.request => true,
-            Some(Sub::Pending(request)) if request == expiry.request => false,
+        match state {
+            Some(Sub::Active(request) | Sub::Pending(request)) if request == expiry.request => {}
             _ => return,
-        };
+        }
         self.end_run();
         conn.subs.borrow_mut().remove(&expiry.channel);
         let name = Some(expiry.channel.as_str());
@@ -1671,11 +1677,12 @@ impl ShardCore {
         self.send_error(&conn, name, None, ErrorCode::Unauthorized, message);
         let unsubscribed = event::unsubscribed(expiry.channel.as_str(), self.now().0);
         self.push(&conn, unsubscribed);
-        if active {
-            let key = ChannelKey::new(conn.tenant.id.clone(), expiry.channel);
-            self.leave_local(&key, conn.id);
-        }
-        // A pending one is settled when the owner's answer finds it gone.
+        // Pending or not, the connection leaves the local subscribers: a re-subscribe
+        // still pending leaves it listed from the subscription before (found in
+        // review). A pending one's in-flight count keeps the channel watched until the
+        // owner's answer, which then finds the subscription gone.
+        let key = ChannelKey::new(conn.tenant.id.clone(), expiry.channel);
+        self.leave_local(&key, conn.id);
     }
 
     /// After a configuration reload: connections of removed tenants are closed.

@@ -596,3 +596,49 @@ fn a_zero_rate_refuses_every_publish_and_a_failed_append_gives_its_place_back() 
     );
     assert_eq!(seqs(&events), Vec::<u64>::new(), "(not subscribed)");
 }
+
+/// A re-subscribe whose token expires before the owner answers: the connection stops
+/// getting the channel's messages, is not listed any more, and the owner may close the
+/// channel (found in review: it stayed listed from the subscription before, got every
+/// later message of the private channel after `unsubscribed`, and kept the channel
+/// open and counted for good).
+#[test]
+fn a_pending_resubscribe_whose_token_expires_ends_the_subscription() {
+    let mut cluster = cluster(None, None);
+    let channel = cluster.channel_owned_by(1, "private-room");
+    let conn = cluster.connect(0);
+    let perms = [Permission::Subscribe, Permission::Publish];
+    let long = mint(&cluster, &channel, "u", &perms, 3600);
+    let short = mint(&cluster, &channel, "u", &[Permission::Subscribe], 5);
+    let subscribe = |token: &str| {
+        format!(r#"{{"action":"subscribe","channel":"{channel}","token":"{token}"}}"#)
+    };
+    let first = send(&mut cluster, 0, &conn, &subscribe(&long));
+    assert_eq!(first[0]["event"], "subscribed");
+    // Sent, but not answered yet when its token expires.
+    cluster.send(0, &conn, &subscribe(&short));
+    cluster.clock.advance((5 + SKEW_SECS) * 1000);
+    cluster.shards[0].on_tick();
+    let expired = take(&conn);
+    let names: Vec<&str> = expired.iter().filter_map(|e| e["event"].as_str()).collect();
+    assert_eq!(names, ["error", "unsubscribed"], "{expired:?}");
+    cluster.pump();
+    let publisher = cluster.connect(1);
+    let publish =
+        format!(r#"{{"action":"publish","channel":"{channel}","data":1,"token":"{long}"}}"#);
+    send(&mut cluster, 1, &publisher, &publish);
+    let after = take(&conn);
+    assert!(
+        seqs(&after).is_empty(),
+        "delivered after `unsubscribed`: {after:?}"
+    );
+    let text = cluster.shared.render_metrics(false);
+    assert!(
+        text.lines().any(|l| l == "ringcast_subscriptions 0"),
+        "not listed: {}",
+        text.lines()
+            .filter(|l| l.starts_with("ringcast_subscriptions"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+}

@@ -30,6 +30,17 @@ pub enum Sub {
     Active(RequestId),
 }
 
+/// A channel a connection joined presence in, as its shard records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresenceHold {
+    pub channel: ChannelName,
+    /// The userId it joined as.
+    pub user: Rc<str>,
+    /// The latest join sent for it: only that join's refusal forgets the hold (an
+    /// earlier join refused after a later one was accepted must not).
+    pub join: RequestId,
+}
+
 /// A WebSocket connection.
 pub struct Conn {
     /// Shard-local id.
@@ -41,7 +52,7 @@ pub struct Conn {
     /// The channels it joined presence in, with the userId it joined as (few per
     /// connection, bounded by the tenant's `max_presence_channels_per_connection`; empty
     /// costs no allocation). The members themselves live at each channel's owner.
-    pub presence: RefCell<Vec<(ChannelName, Rc<str>)>>,
+    pub presence: RefCell<Vec<PresenceHold>>,
     /// Whether it sent a frame since its shard last told the owners it was seen.
     pub presence_seen: Cell<bool>,
     /// How presence events are spelled for it.
@@ -109,8 +120,8 @@ impl Conn {
         let presence = self.presence.borrow();
         presence
             .iter()
-            .find(|(c, _)| c == channel)
-            .map(|(_, user)| user.clone())
+            .find(|h| h.channel == *channel)
+            .map(|h| h.user.clone())
     }
 
     /// The outbound queue.

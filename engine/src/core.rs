@@ -31,7 +31,7 @@ use ringcast_store::SplitMap;
 
 use crate::clock::{Clock, Millis};
 use crate::close_log::{CloseLog, Closed};
-use crate::conn::{Conn, Sub};
+use crate::conn::{Conn, PresenceHold, Sub};
 use crate::deadline::{DeadlineQueue, TimerKey};
 use crate::history::HistoryStore;
 use crate::idempotency::{IdempotencyTable, Remembered};
@@ -340,8 +340,10 @@ impl ShardCore {
         if !presence.is_empty() {
             let seen = conn.presence_seen.replace(false);
             let mut owners = ShardSet::default();
-            for (channel, _) in presence {
-                owners.insert(ChannelKey::new(conn.tenant.id.clone(), channel).owner(self.shards));
+            for hold in presence {
+                owners.insert(
+                    ChannelKey::new(conn.tenant.id.clone(), hold.channel).owner(self.shards),
+                );
             }
             for owner in owners.iter() {
                 let msg = ShardMsg::PresenceConnClosed {
@@ -694,8 +696,15 @@ impl ShardCore {
             }
         }
         let user: Rc<str> = Rc::from(join.user_id.as_str());
+        // The request the join goes out as, recorded on the connection's hold.
+        let join_request = self.next_request();
         match conn.presence_user(&channel) {
-            Some(previous) if previous == user => {}
+            Some(previous) if previous == user => {
+                let mut presence = conn.presence.borrow_mut();
+                if let Some(hold) = presence.iter_mut().find(|h| h.channel == channel) {
+                    hold.join = join_request;
+                }
+            }
             Some(previous) => {
                 // One member per connection and channel: joining as another user
                 // leaves as the previous one first.
@@ -710,8 +719,9 @@ impl ShardCore {
                     },
                 );
                 let mut presence = conn.presence.borrow_mut();
-                if let Some(entry) = presence.iter_mut().find(|(c, _)| *c == channel) {
-                    entry.1 = user.clone();
+                if let Some(hold) = presence.iter_mut().find(|h| h.channel == channel) {
+                    hold.user = user.clone();
+                    hold.join = join_request;
                 }
             }
             None => {
@@ -725,9 +735,11 @@ impl ShardCore {
                 }
                 // Recorded before the owner answers, so a close right after still tells
                 // the owner; a refused join forgets it again.
-                conn.presence
-                    .borrow_mut()
-                    .push((channel.clone(), user.clone()));
+                conn.presence.borrow_mut().push(PresenceHold {
+                    channel: channel.clone(),
+                    user: user.clone(),
+                    join: join_request,
+                });
             }
         }
         let question = Question::PresenceJoin {
@@ -736,7 +748,7 @@ impl ShardCore {
             metadata: join.metadata.map(Bytes::copy_from_slice),
             holder: self.holder(conn),
         };
-        self.ask_for_conn(conn, channel, Some(user), question);
+        self.ask_as(join_request, conn, channel, Some(user), question);
     }
 
     fn presence_update(&mut self, conn: &Rc<Conn>, mut update: PresenceJoin<'_>) {
@@ -776,8 +788,8 @@ impl ShardCore {
             let mut presence = conn.presence.borrow_mut();
             presence
                 .iter()
-                .position(|(c, _)| *c == channel)
-                .map(|at| presence.swap_remove(at).1)
+                .position(|h| h.channel == channel)
+                .map(|at| presence.swap_remove(at).user)
         };
         let Some(user) = user else {
             let message = "not present in this channel";
@@ -809,8 +821,20 @@ impl ShardCore {
         join_as: Option<Rc<str>>,
         question: Question,
     ) {
-        let key = ChannelKey::new(conn.tenant.id.clone(), channel.clone());
         let request = self.next_request();
+        self.ask_as(request, conn, channel, join_as, question);
+    }
+
+    /// [`ShardCore::ask_for_conn`] with the request id chosen by the caller.
+    fn ask_as(
+        &mut self,
+        request: RequestId,
+        conn: &Conn,
+        channel: ChannelName,
+        join_as: Option<Rc<str>>,
+        question: Question,
+    ) {
+        let key = ChannelKey::new(conn.tenant.id.clone(), channel.clone());
         let timeout = self.shared.config.load().request_timeout_ms;
         let waiter = Waiter::PresenceConn {
             conn: conn.id,
@@ -844,8 +868,8 @@ impl ShardCore {
                 continue;
             };
             conn.presence_seen.set(false);
-            for (channel, _) in conn.presence.borrow().iter() {
-                let owner = ChannelKey::new(conn.tenant.id.clone(), channel.clone());
+            for hold in conn.presence.borrow().iter() {
+                let owner = ChannelKey::new(conn.tenant.id.clone(), hold.channel.clone());
                 let list = &mut by_owner[owner.owner(self.shards).index()];
                 if list.last() != Some(&id) {
                     list.push(id);
@@ -1414,10 +1438,15 @@ impl ShardCore {
             self.counters().answers_unclaimed.inc();
             return;
         };
-        self.resolve(waiter, outcome);
+        self.resolve(request, waiter, outcome);
     }
 
-    fn resolve(&mut self, waiter: Waiter, outcome: Result<Answer, RequestFailed>) {
+    fn resolve(
+        &mut self,
+        request: RequestId,
+        waiter: Waiter,
+        outcome: Result<Answer, RequestFailed>,
+    ) {
         match waiter {
             Waiter::Task(tx) => {
                 if !tx.send(outcome) {
@@ -1475,10 +1504,11 @@ impl ShardCore {
                     ),
                     Ok(Answer::Failed { code, message }) => {
                         // The owner refused: the connection holds nothing there.
+                        // Unless a later join for it is in flight (its answer decides).
                         if let Some(user) = join_as {
-                            conn.presence
-                                .borrow_mut()
-                                .retain(|(c, u)| !(*c == channel && *u == user));
+                            conn.presence.borrow_mut().retain(|h| {
+                                !(h.channel == channel && h.user == user && h.join == request)
+                            });
                         }
                         (code, message)
                     }
@@ -1620,9 +1650,9 @@ impl ShardCore {
     /// when this should be called next.
     pub fn on_tick(&mut self) -> Millis {
         let now = self.now();
-        while let Some((_, waiter)) = self.requests.pop_expired(now) {
+        while let Some((request, waiter)) = self.requests.pop_expired(now) {
             self.counters().requests_timed_out.inc();
-            self.resolve(waiter, Err(RequestFailed::Timeout));
+            self.resolve(request, waiter, Err(RequestFailed::Timeout));
         }
         self.expire_presence(now);
         while let Some((_, expiry)) = self.sub_expiry.pop_expired(now) {

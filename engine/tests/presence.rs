@@ -574,3 +574,52 @@ fn http_and_websocket_holders_of_one_member() {
         Answer::PresenceLeft { was_present: false }
     );
 }
+
+/// A join refused while a later join of the same channel and user is in flight, the
+/// later one accepted: the connection keeps its hold, so its updates, pings and close
+/// still reach the owner (found in review: the first refusal dropped the hold, and the
+/// member expired with a `presence:leave` while its connection was still pinging).
+#[test]
+fn a_refusal_answered_after_a_later_accepted_join_keeps_the_hold() {
+    let mut cluster = Cluster::with(2, |config| {
+        config.tenants[0].max_presence_members = Some(1);
+    });
+    let channel = cluster.channel_owned_by(1, "pres:");
+    let (a, b, watcher) = (cluster.connect(0), cluster.connect(0), cluster.connect(1));
+    subscribe(&mut cluster, 1, &watcher, &channel);
+    join(&mut cluster, 0, &a, &channel, "x");
+    take(&watcher);
+    // Sent in one turn: b's first join finds the channel full, a leaves, b's second
+    // join gets in.
+    let join_y = format!(r#"{{"action":"presence:join","channel":"{channel}","userId":"y"}}"#);
+    cluster.send(0, &b, &join_y);
+    let leave_x = format!(r#"{{"action":"presence:leave","channel":"{channel}"}}"#);
+    cluster.send(0, &a, &leave_x);
+    cluster.send(0, &b, &join_y);
+    cluster.pump();
+    let to_b = take(&b);
+    assert_eq!(to_b.len(), 1, "one refusal: {to_b:?}");
+    assert_eq!(to_b[0]["data"]["code"], "presence_limit");
+    assert_eq!(
+        presence_events(&take(&watcher)),
+        [pair("presence:leave", "x"), pair("presence:join", "y")]
+    );
+    let name = ringcast_protocol::ChannelName::new(&channel).unwrap();
+    assert_eq!(b.presence_user(&name).as_deref(), Some("y"));
+    // b's update is accepted, and its pings keep y present past the TTL.
+    let update = format!(
+        r#"{{"action":"presence:update","channel":"{channel}","userId":"y","metadata":1}}"#
+    );
+    cluster.send(0, &b, &update);
+    cluster.pump();
+    assert!(take(&b).iter().all(|e| e["event"] != "error"));
+    for _ in 0..40 {
+        cluster.send(0, &b, r#"{"action":"ping"}"#);
+        run_for(&mut cluster, 1_000);
+    }
+    let events = presence_events(&take(&watcher));
+    assert!(
+        !events.iter().any(|(event, _)| event.ends_with("leave")),
+        "{events:?}"
+    );
+}

@@ -215,8 +215,10 @@ impl HistoryStore {
             return answer;
         };
         let Some(ring) = history.ring else {
-            // Nothing was ever published in this history: nothing after 0 can be missing.
-            answer.recovered = after == 0;
+            // Nothing was ever published in this history: nothing after 0 can be missing
+            // from it. A position in another epoch may have missed messages of that one
+            // (freed with its ring since), so it must refetch.
+            answer.recovered = after == 0 && epoch.is_none_or(|e| e == answer.epoch);
             return answer;
         };
         if epoch.is_some_and(|e| e != answer.epoch) || after > seq {

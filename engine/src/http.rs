@@ -34,8 +34,8 @@ use ringcast_protocol::api::Refusal;
 use ringcast_protocol::body::{BodyDecoder, BodyError, BodyPoll};
 use ringcast_protocol::event::PresenceSpelling;
 use ringcast_protocol::http::{
-    api_error_response, ok_json, ok_response, parse_request_head, switching_protocols, with_header,
-    HttpError, RequestHead, Upgrade, CONTINUE,
+    api_error_response, ok_json, ok_response, parse_request_head, switching_protocols,
+    with_connection_option, with_header, HttpError, RequestHead, Upgrade, CONTINUE,
 };
 use ringcast_protocol::proxy::{self, ProxyParse};
 use ringcast_protocol::ApiError;
@@ -514,7 +514,10 @@ fn refusal_response(error: ApiError, message: &str, keep_alive: bool) -> Vec<u8>
     let response = api_error_response(error, message, keep_alive);
     match error {
         ApiError::MethodNotAllowed => with_header(response, "Allow", "GET"),
-        ApiError::UpgradeRequired => with_header(response, "Upgrade", "websocket"),
+        ApiError::UpgradeRequired => {
+            let response = with_header(response, "Upgrade", "websocket");
+            with_connection_option(response, "upgrade")
+        }
         _ => response,
     }
 }

@@ -173,10 +173,13 @@ impl RequestHead {
         !says("close") && (self.minor_version >= 1 || says("keep-alive"))
     }
 
-    /// Whether the client waits for `100 Continue` before sending its body.
+    /// Whether the client waits for `100 Continue` before sending its body (never an
+    /// HTTP/1.0 client, which cannot take a 1xx answer).
     pub fn expects_continue(&self) -> bool {
-        self.header("expect")
-            .is_some_and(|v| v.trim_ascii().eq_ignore_ascii_case(b"100-continue"))
+        self.minor_version >= 1
+            && self
+                .header("expect")
+                .is_some_and(|v| v.trim_ascii().eq_ignore_ascii_case(b"100-continue"))
     }
 
     /// The path split at `/` into percent-decoded segments: `/api/realtime/history/
@@ -193,9 +196,11 @@ impl RequestHead {
 
     /// What the request says about a WebSocket upgrade.
     pub fn websocket_upgrade(&self) -> Upgrade {
-        let wants_upgrade = self
-            .header("upgrade")
-            .is_some_and(|v| header_has_token(v, "websocket"));
+        // An `Upgrade` header in an HTTP/1.0 request is ignored (RFC 9110 §7.8).
+        let wants_upgrade = self.minor_version >= 1
+            && self
+                .header("upgrade")
+                .is_some_and(|v| header_has_token(v, "websocket"));
         if !wants_upgrade {
             return Upgrade::NotRequested;
         }
@@ -329,6 +334,19 @@ pub fn with_header(mut response: Vec<u8>, name: &str, value: &str) -> Vec<u8> {
     response
 }
 
+/// `response` (complete, from this module) whose `Connection` header also names
+/// `option` (`upgrade` with the `Upgrade` header of a 426, RFC 9110 §7.8).
+pub fn with_connection_option(response: Vec<u8>, option: &str) -> Vec<u8> {
+    const NAME: &[u8] = b"\r\nConnection: ";
+    let Some(at) = response.windows(NAME.len()).position(|w| w == NAME) else {
+        return with_header(response, "Connection", option);
+    };
+    let at = at + NAME.len();
+    let mut out = response;
+    out.splice(at..at, format!("{option}, ").into_bytes());
+    out
+}
+
 /// A complete response with a JSON body.
 pub fn json_response(status: u16, body: &[u8], keep_alive: bool) -> Vec<u8> {
     response(status, "application/json", body, keep_alive)
@@ -429,6 +447,28 @@ mod tests {
             "GET / HTTP/1.0\r\nConnection: keep-alive\r\nConnection: close\r\n\r\n"
         ));
         assert_eq!(head_of("GET / HTTP/1.0\r\n\r\n").minor_version, 0);
+    }
+
+    #[test]
+    fn an_http_1_0_request_neither_upgrades_nor_expects_100_continue() {
+        let upgrade = std::str::from_utf8(UPGRADE)
+            .unwrap()
+            .replace("HTTP/1.1", "HTTP/1.0");
+        assert_eq!(head_of(&upgrade).websocket_upgrade(), Upgrade::NotRequested);
+        let expect = "POST / HTTP/1.1\r\nExpect: 100-continue\r\n\r\n";
+        assert!(head_of(expect).expects_continue());
+        assert!(!head_of(&expect.replace("HTTP/1.1", "HTTP/1.0")).expects_continue());
+    }
+
+    #[test]
+    fn a_connection_option_joins_the_connection_header() {
+        let out = with_connection_option(ok_json(b"{}", true), "upgrade");
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains("\r\nConnection: upgrade, keep-alive\r\n"),
+            "{text}"
+        );
+        assert_eq!(text.matches("Connection:").count(), 1);
     }
 
     #[test]

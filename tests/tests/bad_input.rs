@@ -235,6 +235,7 @@ fn http_ws_without_upgrade_is_426_and_wrong_method_405() -> Result<()> {
     let plain = http_get(server.addr(), "/_rt/ws")?;
     plain.assert_error(426, "upgrade_required");
     assert_eq!(plain.header("upgrade"), Some("websocket"));
+    assert_eq!(plain.header("connection"), Some("upgrade, close"));
     let addr = server.addr();
     let post = format!(
         "POST /_rt/ws HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"

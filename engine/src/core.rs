@@ -552,13 +552,6 @@ impl ShardCore {
         let key = ChannelKey::new(conn.tenant.id.clone(), sub.channel);
         self.end_run();
         self.local.begin_subscribe(&key);
-        if sub.last_event_id.is_some() && matches!(previous, Some(Sub::Active(_))) {
-            // A resume while subscribed: live delivery stops until the owner's answer,
-            // whose replay covers everything after `lastEventId` up to its seq, so no
-            // message in flight meanwhile arrives twice (found in review). The pending
-            // count keeps the channel watched.
-            let _ = self.local.remove(&key, conn.id);
-        }
         let msg = ShardMsg::Subscribe(SubscribeReq {
             key: key.clone(),
             from: self.id,

@@ -623,3 +623,25 @@ fn a_refusal_answered_after_a_later_accepted_join_keeps_the_hold() {
         "{events:?}"
     );
 }
+
+/// A resume (`lastEventId`) while subscribed keeps presence events flowing to the
+/// connection while the owner answers (found in review of a change that paused live
+/// delivery for the resume, and with it these).
+#[test]
+fn a_presence_join_during_a_resume_reaches_the_resuming_subscriber() {
+    let mut cluster = Cluster::new(2);
+    let channel = cluster.channel_owned_by(1, "pres:");
+    let (sub, member) = (cluster.connect(0), cluster.connect(1));
+    subscribe(&mut cluster, 0, &sub, &channel);
+    let resume = format!(r#"{{"action":"subscribe","channel":"{channel}","lastEventId":0}}"#);
+    cluster.send(0, &sub, &resume);
+    let frame = format!(r#"{{"action":"presence:join","channel":"{channel}","userId":"m"}}"#);
+    cluster.send(1, &member, &frame);
+    cluster.pump();
+    let events = take(&sub);
+    assert_eq!(
+        presence_events(&events),
+        [pair("presence:join", "m")],
+        "{events:?}"
+    );
+}

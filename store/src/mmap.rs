@@ -176,6 +176,21 @@ impl SegmentMap {
         unsafe { std::slice::from_raw_parts_mut(self.raw.as_mut_ptr(), self.raw.len()) }
     }
 
+    /// Writes every page of `range` back unchanged (one byte per page), so the kernel
+    /// counts them dirty again: after a failed writeback it may have marked them clean,
+    /// and an msync would then write nothing.
+    pub(crate) fn redirty(&mut self, range: std::ops::Range<usize>) {
+        let bytes = self.bytes_mut();
+        let end = range.end.min(bytes.len());
+        for at in (range.start..end).step_by(4096) {
+            let b = &mut bytes[at];
+            // SAFETY: `b` is a valid, aligned, exclusive reference into the mapping
+            // (`bytes_mut` takes `&mut self`); the volatile read and write keep the
+            // compiler from dropping a store of the value that is already there.
+            unsafe { std::ptr::write_volatile(b, std::ptr::read_volatile(b)) };
+        }
+    }
+
     /// msync `[offset, offset + len)` now, on the calling thread.
     pub(crate) fn flush_range(&self, offset: usize, len: usize) -> io::Result<()> {
         #[cfg(test)]

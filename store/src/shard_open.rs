@@ -194,6 +194,9 @@ impl ShardStore {
     ) -> Result<(usize, Recovered), &'static str> {
         let mut best: Option<(usize, Recovered)> = None;
         let mut last_reason = "no copy recovered";
+        // Per candidate: whether its state recovered (only those count for the seqs
+        // published).
+        let mut recovered = vec![false; cands.len()];
         for (i, c) in cands.iter().enumerate() {
             let rec = match self.recover_copy(key, c) {
                 Ok(rec) => rec,
@@ -202,6 +205,7 @@ impl ShardStore {
                     continue;
                 }
             };
+            recovered[i] = true;
             match &best {
                 None => {
                     let whole = rec.torn == 0;
@@ -219,10 +223,13 @@ impl ShardStore {
             }
         }
         let (i, mut rec) = best.ok_or(last_reason)?;
+        // (Copies after a whole one are not tried: an older copy's last seq is not past
+        // a newer one's, since appends follow the ring to its new slot.)
         let published = cands
             .iter()
-            .filter(|c| c.epoch == cands[i].epoch)
-            .map(|c| c.last_seq)
+            .enumerate()
+            .filter(|&(j, c)| recovered[j] && c.epoch == cands[i].epoch)
+            .map(|(_, c)| c.last_seq)
             .max()
             .unwrap_or(0);
         if published > rec.ring.last_seq() {
@@ -272,10 +279,7 @@ impl ShardStore {
     }
 
     fn free_at_open(&mut self, loc: SlotLoc, log2: u8) {
-        let seg = &mut self.segments[loc.seg as usize];
-        let at = seg.header.slot_at(loc.slot);
-        slot_format::free_slot(&mut seg.map.bytes_mut()[at..at + (1 << log2)]);
-        self.touched(loc.seg, at..at + slot_format::FREE_LEN);
+        self.free_slot_bytes(loc, log2);
         self.classes[usize::from(log2 - MIN_CLASS_LOG2)]
             .free
             .push(loc);

@@ -537,8 +537,12 @@ impl ShardStore {
         if self.cfg.sync == SyncPolicy::EveryAppend {
             if let Err(e) = self.sync_slot(loc, log2) {
                 // The ring stays in its old slot: the new copy must not outrank it at
-                // the next open (it has the higher move count).
+                // the next open (it has the higher move count), and it may be on disk
+                // already, so its release is msynced now (best effort).
                 self.free_slot_bytes(loc, log2);
+                if self.sync_freed().is_err() {
+                    self.stats.background_errors += 1;
+                }
                 self.classes[usize::from(log2 - MIN_CLASS_LOG2)]
                     .free
                     .push(loc);
@@ -1001,7 +1005,11 @@ impl ShardStore {
             self.retiring[i].after_sync = next;
             if let Some(m) = self.rings[r.ring as usize].as_ref() {
                 let (loc, log2) = (m.loc, m.class_log2);
-                let at = self.segments[loc.seg as usize].header.slot_at(loc.slot);
+                let seg = &mut self.segments[loc.seg as usize];
+                let at = seg.header.slot_at(loc.slot);
+                // After a failed writeback the kernel may count these pages clean: dirty
+                // them again, so the next msync writes them.
+                seg.map.redirty(at..at + (1 << log2));
                 self.touched(loc.seg, at..at + (1 << log2));
             }
         }
@@ -1032,11 +1040,16 @@ impl ShardStore {
         Ok(())
     }
 
-    fn free_slot_bytes(&mut self, loc: SlotLoc, log2: u8) {
+    pub(crate) fn free_slot_bytes(&mut self, loc: SlotLoc, log2: u8) {
         let seg = &mut self.segments[loc.seg as usize];
         let at = seg.header.slot_at(loc.slot);
         slot_format::free_slot(&mut seg.map.bytes_mut()[at..at + (1 << log2)]);
         self.touched(loc.seg, at..at + slot_format::FREE_LEN);
+        if self.cfg.sync == SyncPolicy::EveryAppend {
+            // Durable before the next create (`sync_freed`): a freed copy still on disk
+            // would outrank a new epoch's ring of the key at open (higher last_seq).
+            self.freed_unsynced.push((loc.seg, at));
+        }
     }
 
     /// Forgets ring `idx` and frees its slot.
@@ -1057,12 +1070,6 @@ impl ShardStore {
             } else {
                 i += 1;
             }
-        }
-        if self.cfg.sync == SyncPolicy::EveryAppend {
-            // Durable before the next create (`sync_freed`): a freed copy still on disk
-            // would outrank a new epoch's ring of the key at open (higher last_seq).
-            let at = self.segments[m.loc.seg as usize].header.slot_at(m.loc.slot);
-            self.freed_unsynced.push((m.loc.seg, at));
         }
         self.classes[usize::from(m.class_log2 - MIN_CLASS_LOG2)]
             .free
@@ -1156,8 +1163,13 @@ impl ShardStore {
                     let r = slot_format::HIGH_WATER_RANGE;
                     if let Err(e) = seg.map.flush_range(r.start, r.end - r.start) {
                         let e = StoreError::io("msync", &seg.path)(e);
-                        // Unused, below the mark: free for the next allocation.
-                        self.classes[ci].free.push(loc);
+                        // Fresh again: the next allocation of it raises and msyncs the
+                        // mark anew (a free slot would be taken without that).
+                        let end = loc.slot + 1;
+                        match self.classes[ci].fresh.first_mut() {
+                            Some(f) if f.0 == loc.seg && f.1 == end => f.1 = loc.slot,
+                            _ => self.classes[ci].fresh.insert(0, (loc.seg, loc.slot, end)),
+                        }
                         return Err(e);
                     }
                 }

@@ -1080,6 +1080,39 @@ mod power_loss {
         std::mem::forget(s);
     }
 
+    /// The same when the ring had grown before it was freed: the slot it moved out of
+    /// (released in the mapping at the move) must not bring the old epoch back either
+    /// (found in review).
+    #[test]
+    fn every_append_keeps_a_grown_then_recreated_key_on_its_new_epoch() {
+        let (s, after) = after_power_loss(|s| {
+            let k = s.create(b"k", Epoch(9), 100).unwrap();
+            let fill: Vec<RingId> = (0..9u8)
+                .map(|i| s.create(&[b'f', i], Epoch(200 + u64::from(i)), 3).unwrap())
+                .collect();
+            for i in 0..3 {
+                put(s, k, i, &[1; 60]);
+            }
+            let a = s.rings[k.index as usize].as_ref().unwrap().loc;
+            let old_page = s.segments[a.seg as usize].header.slot_at(a.slot) / 4096;
+            let g0 = s.stats().growths;
+            put(s, k, 9, &[2; 200]);
+            assert_eq!(s.stats().growths, g0 + 1);
+            s.free(k).unwrap();
+            s.free(fill[8]).unwrap();
+            let k2 = s.create(b"k", Epoch(555), 100).unwrap();
+            let b = s.rings[k2.index as usize].as_ref().unwrap().loc;
+            assert_ne!(b, a);
+            let new_page = s.segments[b.seg as usize].header.slot_at(b.slot) / 4096;
+            assert_ne!(old_page, new_page);
+            put(s, k2, 100, b"new epoch, acked");
+        });
+        let r = after.lookup(b"k").expect("ring kept");
+        assert_eq!(after.epoch(r), Epoch(555), "the old epoch came back");
+        assert_eq!(payloads(&after, r, 0).len(), 1);
+        std::mem::forget(s);
+    }
+
     /// A freed ring's key created again with a new epoch in another slot: the freed
     /// copy (higher last_seq) must not come back in its place.
     #[test]

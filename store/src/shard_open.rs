@@ -17,6 +17,7 @@ use crate::slot_format::{self, MAX_CLASS_LOG2, MIN_CLASS_LOG2};
 use crate::slot_recover::{self, Recovered};
 use crate::space::Space;
 use crate::split_map::SplitMap;
+use crate::SyncPolicy;
 use crate::{Epoch, StoreError, StoreStats};
 
 /// What [`ShardStore::open`] found.
@@ -223,13 +224,15 @@ impl ShardStore {
             }
         }
         let (i, mut rec) = best.ok_or(last_reason)?;
-        // (Copies after a whole one are not tried: an older copy's last seq is not past
-        // a newer one's, since appends follow the ring to its new slot.)
+        // Copies not tried count too (an older copy can be ahead: a growth whose msync
+        // failed left a newer copy behind, and appends went on in the old slot), as far
+        // as their verified state's last seq is sane.
         let published = cands
             .iter()
             .enumerate()
-            .filter(|&(j, c)| recovered[j] && c.epoch == cands[i].epoch)
+            .filter(|&(j, c)| c.epoch == cands[i].epoch && (recovered[j] || j > i))
             .map(|(_, c)| c.last_seq)
+            .filter(|&seq| seq < u64::MAX / 2)
             .max()
             .unwrap_or(0);
         if published > rec.ring.last_seq() {
@@ -275,6 +278,12 @@ impl ShardStore {
         self.clock = self.clock.max(rec.last_append_ms);
         if rec.dirty {
             self.publish(idx);
+            if self.cfg.sync == SyncPolicy::EveryAppend {
+                // A raised last seq must stay consumed after a power loss too.
+                if self.sync_state(idx).is_err() {
+                    self.stats.background_errors += 1;
+                }
+            }
         }
     }
 

@@ -919,7 +919,7 @@ impl ShardStore {
         self.touched(loc.seg, at + r.start..at + r.end);
     }
 
-    fn sync_state(&self, idx: usize) -> Result<(), StoreError> {
+    pub(crate) fn sync_state(&self, idx: usize) -> Result<(), StoreError> {
         let m = self.rings[idx].as_ref().expect("live ring");
         let seg = &self.segments[m.loc.seg as usize];
         let at = seg.header.slot_at(m.loc.slot);
@@ -1005,12 +1005,23 @@ impl ShardStore {
             self.retiring[i].after_sync = next;
             if let Some(m) = self.rings[r.ring as usize].as_ref() {
                 let (loc, log2) = (m.loc, m.class_log2);
+                // The pages the ring uses: its header and state, and its data up to its
+                // tail (a wrapped ring's whole data region). Never-used pages hold
+                // nothing to write and are left alone.
+                let used = if m.ring.len() == 0 {
+                    0
+                } else if m.ring.tail() > m.ring.head() {
+                    m.ring.tail()
+                } else {
+                    m.ring.data_len()
+                };
+                let len = (m.data_off as usize + used as usize).min(1 << log2);
                 let seg = &mut self.segments[loc.seg as usize];
                 let at = seg.header.slot_at(loc.slot);
                 // After a failed writeback the kernel may count these pages clean: dirty
                 // them again, so the next msync writes them.
-                seg.map.redirty(at..at + (1 << log2));
-                self.touched(loc.seg, at..at + (1 << log2));
+                seg.map.redirty(at..at + len);
+                self.touched(loc.seg, at..at + len);
             }
         }
     }
@@ -1024,6 +1035,7 @@ impl ShardStore {
         self.freed_unsynced.sort_unstable();
         let mut i = 0;
         while i < self.freed_unsynced.len() {
+            let start = i;
             let seg = self.freed_unsynced[i].0;
             let from = self.freed_unsynced[i].1;
             let mut to = from;
@@ -1031,7 +1043,12 @@ impl ShardStore {
                 to = self.freed_unsynced[i].1;
                 i += 1;
             }
-            let s = &self.segments[seg as usize];
+            let s = &mut self.segments[seg as usize];
+            // Written back unchanged first: after a failed msync the kernel may count
+            // these pages clean, and a retry would then write nothing.
+            for &(_, at) in self.freed_unsynced[start..i].iter() {
+                s.map.redirty(at..at + slot_format::FREE_LEN);
+            }
             s.map
                 .flush_range(from, to - from + slot_format::FREE_LEN)
                 .map_err(StoreError::io("msync", &s.path))?;

@@ -1369,3 +1369,58 @@ mod interval_growth {
         assert_eq!(payloads(&after, k, 0).len(), 4);
     }
 }
+
+/// A growth whose msync failed can leave a newer copy (more moves) on disk while the
+/// ring goes on in its old slot: open keeps the newer copy, but the seqs the older one
+/// published stay consumed, so none is handed out twice in the epoch (found in review).
+#[test]
+fn seqs_an_older_copy_published_stay_consumed() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StoreConfig {
+        sync: SyncPolicy::EveryAppend,
+        ..small_cfg()
+    };
+    {
+        let (mut s, _) = open(dir.path(), cfg);
+        settle(&mut s);
+        let k = s.create(b"k", Epoch(9), 100).unwrap();
+        for i in 0..3 {
+            put(&mut s, k, i, b"x");
+        }
+        let idx = k.index as usize;
+        // What grow writes and msyncs into the new slot, as if its msync reported a
+        // failure and the release's msync failed too (the header stays on disk).
+        let m = s.rings[idx].as_ref().unwrap();
+        let log2 = m.class_log2 + 1;
+        let data_len = s.data_len(log2, 1);
+        let moved = RingMeta {
+            ring: Ring::empty_at(data_len, 3),
+            loc: SlotLoc { seg: 0, slot: 0 },
+            epoch: m.epoch,
+            last_append_ms: m.last_append_ms,
+            touch: m.touch,
+            generation: m.generation,
+            moves: 1,
+            max_records: m.max_records,
+            data_off: m.data_off,
+            class_log2: log2,
+            pinned: false,
+        };
+        let loc = s.alloc_slot(log2).unwrap();
+        let moved = RingMeta { loc, ..moved };
+        s.write_new_slot(&moved, b"k", None);
+        s.sync_slot(loc, log2).unwrap();
+        // The ring stays in its old slot and takes two more appends (acked).
+        assert_eq!(put(&mut s, k, 10, b"y"), Seq(4));
+        assert_eq!(put(&mut s, k, 11, b"z"), Seq(5));
+        s.sync_all().unwrap();
+    }
+    let (s, report) = open(dir.path(), cfg);
+    let r = s.lookup(b"k").unwrap();
+    assert!(report.rings_kept == 1, "{report:?}");
+    assert_eq!(
+        s.last_seq(r),
+        Seq(5),
+        "seqs 4 and 5 were published and acked"
+    );
+}

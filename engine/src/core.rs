@@ -1723,6 +1723,9 @@ impl ShardCore {
                 closed += 1;
             }
         }
+        // SSE streams too (found in review: they stayed open, kept their slots and,
+        // once the tenant came back, got its events whatever its new settings said).
+        closed += self.ren_close_removed_tenants();
         if closed > 0 {
             tracing::info!(shard = %self.id, closed, "closed connections of removed tenants");
         }

@@ -6,9 +6,13 @@ mod support;
 use std::rc::Rc;
 
 use ringcast_engine::conn::Conn;
+use ringcast_engine::outbound::ConnState;
 use ringcast_engine::reload::{self, ConfigSource};
+use ringcast_engine::ren::Resume;
 use ringcast_engine::tenant::{Tenant, TokenKeyConfig};
 use ringcast_engine::token::{self, MintRequest, Permission, SKEW_SECS};
+use ringcast_protocol::ren::RenFilter;
+use ringcast_protocol::CloseCode;
 use serde_json::Value;
 use support::{seqs, take, Cluster};
 
@@ -343,7 +347,7 @@ fn a_reload_closes_a_removed_tenants_connections_and_raises_a_plan() {
     let write = |text: &str| std::fs::write(&path, text).unwrap();
     let head = format!("data_dir = \"{}\"\nshards = 2\n", data.display());
     write(&format!(
-        "{head}default_tenant = \"a\"\n[[tenants]]\nid = \"a\"\nplan = \"free\"\n[[tenants]]\nid = \"b\"\nplan = \"free\"\n"
+        "{head}default_tenant = \"a\"\n[[tenants]]\nid = \"a\"\nplan = \"free\"\n[[tenants]]\nid = \"b\"\nplan = \"free\"\nallow_anonymous_ren = true\n"
     ));
     let source = ConfigSource {
         path: Some(path.clone()),
@@ -353,9 +357,19 @@ fn a_reload_closes_a_removed_tenants_connections_and_raises_a_plan() {
     let tenant = |cluster: &Cluster, id: &str| cluster.shared.tenants.load().get(id).unwrap();
     let (tenant_a, tenant_b) = (tenant(&cluster, "a"), tenant(&cluster, "b"));
     let a = cluster.shards[0].register_conn(tenant_a, "a");
-    let b = cluster.shards[0].register_conn(tenant_b, "b");
+    let b = cluster.shards[0].register_conn(tenant_b.clone(), "b");
     take(&a);
     take(&b);
+    // b's REN stream, open and answered.
+    let stream = cluster.shards[0].ren_open(
+        tenant_b,
+        RenFilter::All,
+        "cid",
+        Resume::Fresh,
+        b"HEAD".to_vec(),
+    );
+    cluster.pump();
+    assert_eq!(stream.state(), ConnState::Open);
     let big = format!(
         r#"{{"action":"publish","channel":"x","data":"{}","ref":1}}"#,
         "y".repeat(100_000)
@@ -376,6 +390,11 @@ fn a_reload_closes_a_removed_tenants_connections_and_raises_a_plan() {
     cluster.advance(1_000);
     cluster.pump();
     assert_eq!(take(&b).last().unwrap()["close"], 4510);
+    // Its SSE stream too (found in review: it stayed open).
+    assert_eq!(
+        stream.state(),
+        ConnState::Closing(CloseCode::TENANT_REMOVED)
+    );
     answers_ping(&mut cluster, &a);
 }
 

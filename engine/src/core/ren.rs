@@ -441,6 +441,20 @@ impl ShardCore {
         }
     }
 
+    /// Closes the streams whose tenant a reload removed, as their WebSocket connections
+    /// are (4510). Returns how many.
+    pub(super) fn ren_close_removed_tenants(&mut self) -> u64 {
+        let tenants = self.shared.tenants.load();
+        let mut closed = 0;
+        for stream in self.ren.streams.iter() {
+            if tenants.get(stream.tenant.id.as_str()).is_none() {
+                stream.close(CloseCode::TENANT_REMOVED, "tenant removed");
+                closed += 1;
+            }
+        }
+        closed
+    }
+
     /// Closes every stream (shutdown).
     pub(super) fn ren_close_all(&mut self) {
         for stream in self.ren.streams.iter() {

@@ -139,6 +139,11 @@ impl Outbound {
         }
     }
 
+    /// The bound on queued-plus-in-flight bytes.
+    pub fn limit(&self) -> usize {
+        self.queue.borrow().limit
+    }
+
     /// From now on the shard's send ring sends through `sink` (no writer task).
     pub fn attach(&self, sink: Sink) {
         let mut slot = self.sink.borrow_mut();

@@ -645,3 +645,36 @@ fn a_stream_admitted_by_a_token_is_closed_when_the_token_expires() {
     assert_eq!(anonymous.state(), ConnState::Open, "no token, no expiry");
     assert_eq!(cluster.shards[1].token_deadlines(), 0);
 }
+
+/// A resume whose replay would not fit the stream's outbound buffer: the stream gets
+/// its head and `ren.meta` (truncated, `id:` the replay's last id) instead of being
+/// closed before its head went out, which had the client resume the same way for ever
+/// (found in review; reachable with `outbound_buffer_bytes` below `[ren] buffer_bytes`).
+#[test]
+fn a_replay_larger_than_the_outbound_buffer_is_sent_as_truncated() {
+    let mut cluster = Cluster::with(2, |config| config.outbound_buffer_bytes = 4096);
+    let live = open_live(&mut cluster, 0, "*");
+    let mut sent = Vec::new();
+    for _ in 0..20 {
+        let data = format!(r#"{{"t":"kv.put","data":"{}"}}"#, "x".repeat(400));
+        ingest(&mut cluster, 1, &data);
+        // Read as it comes, so the live stream's own 4 KiB buffer never fills.
+        sent.extend(events(&live));
+    }
+    assert_eq!(sent.len(), 20);
+    let (first, last) = (sent[0].id(), sent[19].id());
+    let resumed = open(&mut cluster, 1, "*", Resume::After(first));
+    assert_eq!(resumed.state(), ConnState::Open);
+    let got = chunks(&resumed);
+    assert_eq!(got[..2], [Chunk::Head, Chunk::Opened]);
+    assert_eq!(got.len(), 3, "{got:?}");
+    let Chunk::Event { id, event, data } = &got[2] else {
+        panic!("{got:?}")
+    };
+    assert_eq!((*id, event.as_str()), (last, "ren.meta"));
+    assert_eq!(data["data"]["truncated"], true);
+    assert_eq!(data["data"]["lastEventId"], first.to_string());
+    // Live afterwards.
+    ingest(&mut cluster, 0, r#"{"t":"kv.put","data":"after"}"#);
+    assert_eq!(events(&resumed).len(), 1);
+}

@@ -374,16 +374,33 @@ impl ShardCore {
         let now = self.now().0;
         let mut queued = 0u64;
         let mut overflowed = false;
+        let ids = replay.events.first().zip(replay.events.last());
+        let ids = ids.map(|(first, last)| (first.id, last.id));
+        let mut events: Vec<Bytes> = replay
+            .events
+            .into_iter()
+            .filter(|e| stream.filter.matches(&e.domain) && e.visible_to(&stream, now))
+            .map(|e| e.chunk)
+            .collect();
+        let mut meta = replay.meta;
+        let total = head.len()
+            + OPENED.len()
+            + meta.as_ref().map_or(0, Bytes::len)
+            + events.iter().map(Bytes::len).sum::<usize>();
+        if let Some((first, last)) = ids.filter(|_| total > stream.outbound().limit()) {
+            // The replay would not fit the stream's buffer: queued, it would close the
+            // stream before its head went out, and the client would resume the same way
+            // for ever (found in review). It is told it missed events instead, from the
+            // id before the replay's first (ids are contiguous), and resumes after the
+            // replay's last.
+            events.clear();
+            let asked = (first - 1).to_string();
+            meta = Some(PendingChunk::truncated(&asked, now).finish(last));
+        }
         let chunks = [Bytes::from(head), Bytes::from_static(OPENED)]
             .into_iter()
-            .chain(replay.meta)
-            .chain(
-                replay
-                    .events
-                    .into_iter()
-                    .filter(|e| stream.filter.matches(&e.domain) && e.visible_to(&stream, now))
-                    .map(|e| e.chunk),
-            );
+            .chain(meta)
+            .chain(events);
         for chunk in chunks {
             match stream.push(chunk) {
                 Pushed::Queued => queued += 1,

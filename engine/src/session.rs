@@ -216,11 +216,11 @@ fn handle_message(shard: &Shard, conn: &Rc<Conn>, message: &Message, buf: &[u8])
         Message::Binary(_) => shard.on_binary(conn),
         Message::Ping(payload) => shard.on_ws_ping(conn, pong_frame(payload.bytes(buf))),
         Message::Pong | Message::Fragment => {}
-        Message::Close(code) => {
-            let answer = match code {
-                Some(code) if code.0 >= 1000 => *code,
-                _ => CloseCode::NORMAL,
-            };
+        Message::Close(_) => {
+            // The answer to a client's close is 1000 whatever its code (the server
+            // sends only the codes it documents; found in review: it echoed the
+            // client's, reserved ones included).
+            let answer = CloseCode::NORMAL;
             // What the batch has for this connection goes first.
             shard.end_batch();
             conn.outbound().close_by_client(answer);

@@ -49,6 +49,24 @@ impl Permission {
     }
 }
 
+/// A NumericDate claim (RFC 7519 §2): seconds since the epoch, which JWT libraries may
+/// write with a fraction (PyJWT's `time.time() + 3600`); read whole, rounded down.
+/// Negative, non-finite or non-numeric values are refused.
+fn numeric_date<'de, D>(deserializer: D) -> Result<Option<u64>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let Some(value) = Option::<f64>::deserialize(deserializer)? else {
+        return Ok(None);
+    };
+    if !value.is_finite() || value < 0.0 || value >= u64::MAX as f64 {
+        return Err(serde::de::Error::custom(
+            "a NumericDate must be a non-negative number",
+        ));
+    }
+    Ok(Some(value.floor() as u64))
+}
+
 /// The claims Ringcast reads and writes.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
@@ -65,13 +83,25 @@ pub struct Claims {
     #[serde(default)]
     pub permissions: Vec<String>,
     /// Expiry, epoch seconds.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "numeric_date"
+    )]
     pub exp: Option<u64>,
     /// Not before, epoch seconds.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "numeric_date"
+    )]
     pub nbf: Option<u64>,
     /// Issued at, epoch seconds.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "numeric_date"
+    )]
     pub iat: Option<u64>,
     /// The tenant it was issued for.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -59,7 +59,8 @@ pub(crate) struct RawMembers<'a> {
 }
 
 /// Scans a validated JSON object and returns the raw bytes of its `data`, `metadata`
-/// and `ref` members (the last occurrence wins, as in simd-json). Keys written with
+/// and `ref` members (the first occurrence wins, as in simd-json's tape, whose values
+/// the parser checks: found in review, the last one used to win here). Keys written with
 /// escape sequences are not recognised; the caller treats that as a missing member.
 pub(crate) fn raw_members(input: &[u8]) -> Option<RawMembers<'_>> {
     let mut members = RawMembers::default();
@@ -82,9 +83,9 @@ pub(crate) fn raw_members(input: &[u8]) -> Option<RawMembers<'_>> {
         let value_end = skip_value(input, value_start)?;
         let value = &input[value_start..value_end];
         match key {
-            b"data" => members.data = Some(value),
-            b"metadata" => members.metadata = Some(value),
-            b"ref" => members.reference = Some(value),
+            b"data" => _ = members.data.get_or_insert(value),
+            b"metadata" => _ = members.metadata.get_or_insert(value),
+            b"ref" => _ = members.reference.get_or_insert(value),
             _ => {}
         }
         i = skip_ws(input, value_end);

@@ -179,10 +179,15 @@ impl WsDecoder {
         if is_control && (len > 125 || !header.is_final) {
             return Err(WsError::Protocol("control frame too long or fragmented"));
         }
-        let so_far = self
-            .fragments
-            .as_ref()
-            .map_or(0, |(_, acc)| acc.len() as u64);
+        if len >> 63 != 0 {
+            // RFC 6455 §5.2: the most significant bit of a 64-bit length must be 0.
+            return Err(WsError::Protocol("frame length with its top bit set"));
+        }
+        // A control frame between fragments is not part of the message.
+        let so_far = match &self.fragments {
+            Some((_, acc)) if !is_control => acc.len() as u64,
+            _ => 0,
+        };
         if len.saturating_add(so_far) > self.max_message as u64 {
             return Err(WsError::TooBig);
         }
@@ -211,8 +216,14 @@ fn close_code(payload: &[u8]) -> Result<Option<CloseCode>, WsError> {
         [] => Ok(None),
         [_] => Err(WsError::Protocol("close payload of one byte")),
         [hi, lo, reason @ ..] => {
+            let code = u16::from_be_bytes([*hi, *lo]);
+            // RFC 6455 §7.4: codes a close frame may carry (1004–1006 and 1015 are
+            // reserved, 1016–2999 unassigned, 5000 and up undefined).
+            if !matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999) {
+                return Err(WsError::Protocol("invalid close code"));
+            }
             std::str::from_utf8(reason).map_err(|_| WsError::InvalidUtf8)?;
-            Ok(Some(CloseCode(u16::from_be_bytes([*hi, *lo]))))
+            Ok(Some(CloseCode(code)))
         }
     }
 }

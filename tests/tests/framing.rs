@@ -56,6 +56,13 @@ fn client_close_is_answered_with_1000() -> Result<()> {
         reason: "bye".into(),
     })))?;
     assert_eq!(c.expect_close(TIMEOUT)?, 1000);
+    // Whatever valid code the client closes with (it used to be echoed).
+    let mut c = Client::open(&server, "")?;
+    c.send_message(Message::Close(Some(CloseFrame {
+        code: CloseCode::Library(3000),
+        reason: "app".into(),
+    })))?;
+    assert_eq!(c.expect_close(TIMEOUT)?, 1000);
     Ok(())
 }
 

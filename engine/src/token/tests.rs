@@ -181,3 +181,31 @@ fn minted_tokens_verify_with_the_newest_key() {
     );
     assert!(mint(&tenant("bare", &[]), &request, NOW_MS).is_err());
 }
+
+/// NumericDates with a fraction (PyJWT writes `time.time() + 3600` as it is) are read
+/// rounded down; negative ones are refused (found in review: any fraction was refused).
+#[test]
+fn numeric_dates_with_a_fraction_are_read_and_negative_ones_refused() {
+    let acme = tenant("acme", &[("k1", SECRET_A)]);
+    let now = NOW_MS / 1000;
+    let claims = |exp: &str| {
+        serde_json::json!({
+            "sub": "alice",
+            "channel": "private-room",
+            "permissions": ["subscribe"],
+            "exp": serde_json::from_str::<serde_json::Value>(exp).unwrap(),
+            "iat": (now as f64) + 0.25,
+        })
+    };
+    let sign_json = |claims: &serde_json::Value| {
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some("k1".into());
+        let key = EncodingKey::from_secret(SECRET_A.as_bytes()).unwrap();
+        jsonwebtoken::encode(&header, claims, &key).unwrap()
+    };
+    let token = sign_json(&claims(&format!("{}.75", now + 60)));
+    let grant = verify(&token, &acme, NOW_MS).unwrap();
+    assert_eq!(grant.expires_ms, (now + 60 + SKEW_SECS) * 1000);
+    let token = sign_json(&claims("-5"));
+    assert!(refused(&token, &acme).contains("invalid token"));
+}

@@ -29,6 +29,19 @@ fn publish_keeps_raw_data_and_ref() {
     assert_eq!(p.reference, Some(&br#""r-1""#[..]));
 }
 
+/// A key given twice: the first occurrence is the one checked and the one kept (found
+/// in review: `ref` was checked on the first and echoed from the last, so any JSON
+/// value could come back as `ref`).
+#[test]
+fn a_duplicated_key_keeps_its_first_value() {
+    let text = r#"{"action":"publish","channel":"c","data":1,"ref":1,"ref":{"x":[1,2]},"data":2}"#;
+    let ClientFrame::Publish(p) = parse(text).unwrap() else {
+        panic!("not a publish")
+    };
+    assert_eq!(p.reference, Some(&b"1"[..]));
+    assert_eq!(p.data, b"1");
+}
+
 #[test]
 fn publish_with_null_user_id_as_the_sdk_sends_it() {
     // The SDK sends `userId: undefined`, which JSON.stringify drops; null is accepted too.

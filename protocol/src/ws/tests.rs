@@ -153,6 +153,40 @@ fn close_frames() {
     assert_eq!(&out[..4], &[0x88, 15, 0x0f, 0xa8]);
 }
 
+/// Found in review: the close codes a frame may carry are checked (RFC 6455 §7.4), a
+/// ping between fragments does not count toward the message's size, and a 64-bit
+/// length with its top bit set is a protocol error.
+#[test]
+fn close_codes_fragment_sizes_and_huge_lengths() {
+    for code in [0u16, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, 65535] {
+        let mut payload = code.to_be_bytes().to_vec();
+        payload.push(b'x');
+        let err = decode_all(&mut WsDecoder::new(1024), client_frame(0x88, &payload));
+        let err = err.expect_err("refused");
+        assert_eq!(err.close_code(), CloseCode::PROTOCOL_ERROR, "code {code}");
+    }
+    for code in [1000u16, 1001, 1003, 1007, 1014, 3000, 4999] {
+        let payload = code.to_be_bytes();
+        let messages = decode_all(&mut WsDecoder::new(1024), client_frame(0x88, &payload));
+        assert_eq!(
+            messages.unwrap()[0].0,
+            Message::Close(Some(CloseCode(code)))
+        );
+    }
+    // 95 + 2 bytes of message with a 10-byte ping between, under a limit of 100.
+    let mut buf = client_frame(0x01, &[b'a'; 95]);
+    buf.extend(client_frame(0x89, &[b'p'; 10]));
+    buf.extend(client_frame(0x80, b"bc"));
+    let messages = decode_all(&mut WsDecoder::new(100), buf).unwrap();
+    assert_eq!(messages.last().unwrap().1.len(), 97);
+    // A 64-bit length with its top bit set.
+    let mut huge = vec![0x82, 0x80 | 127];
+    huge.extend_from_slice(&(1u64 << 63).to_be_bytes());
+    huge.extend_from_slice(&[0x12, 0x34, 0x56, 0x78]);
+    let err = decode_all(&mut WsDecoder::new(1024), huge).unwrap_err();
+    assert_eq!(err.close_code(), CloseCode::PROTOCOL_ERROR);
+}
+
 proptest! {
     #[test]
     fn never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {

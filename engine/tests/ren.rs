@@ -674,6 +674,13 @@ fn a_replay_larger_than_the_outbound_buffer_is_sent_as_truncated() {
     assert_eq!((*id, event.as_str()), (last, "ren.meta"));
     assert_eq!(data["data"]["truncated"], true);
     assert_eq!(data["data"]["lastEventId"], first.to_string());
+    let metrics = cluster.shared.render_metrics(false);
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "ringcast_ren_truncated_total 1"),
+        "counted"
+    );
     // Live afterwards.
     ingest(&mut cluster, 0, r#"{"t":"kv.put","data":"after"}"#);
     assert_eq!(events(&resumed).len(), 1);

@@ -60,10 +60,13 @@ pub(crate) struct RawMembers<'a> {
 
 /// Scans a validated JSON object and returns the raw bytes of its `data`, `metadata`
 /// and `ref` members (the first occurrence wins, as in simd-json's tape, whose values
-/// the parser checks: found in review, the last one used to win here). Keys written with
+/// the parser checks: found in review, the last one used to win here). A member whose
+/// first key is written with escapes comes back `None` (the caller refuses it). Keys written with
 /// escape sequences are not recognised; the caller treats that as a missing member.
 pub(crate) fn raw_members(input: &[u8]) -> Option<RawMembers<'_>> {
     let mut members = RawMembers::default();
+    // Which of the three keys were seen already (bits 1, 2, 4).
+    let mut taken = 0u8;
     let mut i = skip_ws(input, 0);
     if input.get(i) != Some(&b'{') {
         return None;
@@ -82,11 +85,26 @@ pub(crate) fn raw_members(input: &[u8]) -> Option<RawMembers<'_>> {
         let value_start = skip_ws(input, i + 1);
         let value_end = skip_value(input, value_start)?;
         let value = &input[value_start..value_end];
-        match key {
-            b"data" => _ = members.data.get_or_insert(value),
-            b"metadata" => _ = members.metadata.get_or_insert(value),
-            b"ref" => _ = members.reference.get_or_insert(value),
-            _ => {}
+        // The first occurrence of a key wins. One written with escapes is not
+        // recognised, but still takes the key's place: a later plain duplicate must not
+        // stand in for it (the parser checked the first one; found in review).
+        let escaped = key.contains(&b'\\');
+        for (name, slot, bit) in [
+            (&b"data"[..], &mut members.data, 1u8),
+            (&b"metadata"[..], &mut members.metadata, 2),
+            (&b"ref"[..], &mut members.reference, 4),
+        ] {
+            let named = if escaped {
+                unescaped_is(key, name)
+            } else {
+                key == name
+            };
+            if named && slot.is_none() && taken & bit == 0 {
+                taken |= bit;
+                if !escaped {
+                    *slot = Some(value);
+                }
+            }
         }
         i = skip_ws(input, value_end);
         match input.get(i) {
@@ -129,6 +147,43 @@ fn skip_ws(input: &[u8], mut i: usize) -> usize {
 }
 
 /// `input[start]` is `"`; returns the index just past the closing quote.
+/// Whether the raw JSON string content `key` (escapes not decoded) spells `name`, an
+/// ASCII word.
+fn unescaped_is(key: &[u8], name: &[u8]) -> bool {
+    let mut i = 0;
+    let mut n = 0;
+    while i < key.len() {
+        let c = if key[i] == b'\\' {
+            let c = match key.get(i + 1) {
+                Some(b'u') => key
+                    .get(i + 2..i + 6)
+                    .and_then(|hex| std::str::from_utf8(hex).ok())
+                    .and_then(|hex| u32::from_str_radix(hex, 16).ok()),
+                Some(b'b') => Some(8),
+                Some(b'f') => Some(12),
+                Some(b'n') => Some(10),
+                Some(b'r') => Some(13),
+                Some(b't') => Some(9),
+                Some(&e) => Some(u32::from(e)),
+                None => None,
+            };
+            i += if key.get(i + 1) == Some(&b'u') { 6 } else { 2 };
+            match c {
+                Some(c) => c,
+                None => return false,
+            }
+        } else {
+            i += 1;
+            u32::from(key[i - 1])
+        };
+        if name.get(n).map(|&b| u32::from(b)) != Some(c) {
+            return false;
+        }
+        n += 1;
+    }
+    n == name.len()
+}
+
 fn skip_string(input: &[u8], start: usize) -> Option<usize> {
     if input.get(start) != Some(&b'"') {
         return None;

@@ -387,7 +387,9 @@ impl ShardCore {
             + OPENED.len()
             + meta.as_ref().map_or(0, Bytes::len)
             + events.iter().map(Bytes::len).sum::<usize>();
-        if let Some((first, last)) = ids.filter(|_| total > stream.outbound().limit()) {
+        // Half the stream's buffer at most, so live events of the same turn still fit.
+        let room = stream.outbound().limit() / 2;
+        if let Some((first, last)) = ids.filter(|_| total > room) {
             // The replay would not fit the stream's buffer: queued, it would close the
             // stream before its head went out, and the client would resume the same way
             // for ever (found in review). It is told it missed events instead, from the
@@ -396,6 +398,7 @@ impl ShardCore {
             events.clear();
             let asked = (first - 1).to_string();
             meta = Some(PendingChunk::truncated(&asked, now).finish(last));
+            self.counters().ren_truncated.inc();
         }
         let chunks = [Bytes::from(head), Bytes::from_static(OPENED)]
             .into_iter()

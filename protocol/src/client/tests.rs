@@ -40,6 +40,17 @@ fn a_duplicated_key_keeps_its_first_value() {
     };
     assert_eq!(p.reference, Some(&b"1"[..]));
     assert_eq!(p.data, b"1");
+    // An escaped first `ref` is refused, not replaced by a plain one after it.
+    let text = r#"{"action":"publish","channel":"c","data":1,"r\u0065f":1,"ref":{"x":[1,2]}}"#;
+    let err = parse(text).unwrap_err();
+    assert_eq!(err.code, ErrorCode::BadRequest);
+    assert_eq!(err.reference, None, "nothing echoed");
+    // A key that only looks like one after a wrong decoding stays another key.
+    let text = r#"{"action":"publish","channel":"c","data":1,"\ref":1,"ref":"r"}"#;
+    let ClientFrame::Publish(p) = parse(text).unwrap() else {
+        panic!("not a publish")
+    };
+    assert_eq!(p.reference, Some(&br#""r""#[..]));
 }
 
 #[test]

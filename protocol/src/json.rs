@@ -65,7 +65,7 @@ pub(crate) struct RawMembers<'a> {
 /// escape sequences are not recognised; the caller treats that as a missing member.
 pub(crate) fn raw_members(input: &[u8]) -> Option<RawMembers<'_>> {
     let mut members = RawMembers::default();
-    // Which of the three keys were seen already (bits 1, 2, 4).
+    // Which of the three keys were seen already (bit 0 `data`, 1 `metadata`, 2 `ref`).
     let mut taken = 0u8;
     let mut i = skip_ws(input, 0);
     if input.get(i) != Some(&b'{') {
@@ -89,21 +89,24 @@ pub(crate) fn raw_members(input: &[u8]) -> Option<RawMembers<'_>> {
         // recognised, but still takes the key's place: a later plain duplicate must not
         // stand in for it (the parser checked the first one; found in review).
         let escaped = key.contains(&b'\\');
-        for (name, slot, bit) in [
-            (&b"data"[..], &mut members.data, 1u8),
-            (&b"metadata"[..], &mut members.metadata, 2),
-            (&b"ref"[..], &mut members.reference, 4),
-        ] {
-            let named = if escaped {
-                unescaped_is(key, name)
-            } else {
-                key == name
-            };
-            if named && slot.is_none() && taken & bit == 0 {
-                taken |= bit;
-                if !escaped {
-                    *slot = Some(value);
-                }
+        let member = match key {
+            b"data" => Some(0),
+            b"metadata" => Some(1),
+            b"ref" => Some(2),
+            _ if escaped => [&b"data"[..], b"metadata", b"ref"]
+                .iter()
+                .position(|name| unescaped_is(key, name)),
+            _ => None,
+        };
+        if let Some(m) = member.filter(|m| taken & (1 << m) == 0) {
+            taken |= 1 << m;
+            if !escaped {
+                let slot = match m {
+                    0 => &mut members.data,
+                    1 => &mut members.metadata,
+                    _ => &mut members.reference,
+                };
+                *slot = Some(value);
             }
         }
         i = skip_ws(input, value_end);

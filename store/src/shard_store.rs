@@ -204,8 +204,8 @@ pub struct ShardStore {
     pub(crate) sync_done: u64,
     pub(crate) retiring: Vec<Retiring>,
     /// `EveryAppend`: freed slot headers not yet msynced, by segment and offset. They
-    /// are before the next `create`, so a key never comes back in a new slot while an
-    /// old copy of it could still be read from the disk.
+    /// are msynced before the next `create`, so a key never comes back in a new slot
+    /// while an old copy of it could still be read from the disk.
     pub(crate) freed_unsynced: Vec<(u32, usize)>,
     #[cfg(test)]
     pub(crate) journal: Option<Vec<(PathBuf, usize, Vec<u8>)>>,
@@ -539,13 +539,10 @@ impl ShardStore {
                 // The ring stays in its old slot: the new copy must not outrank it at
                 // the next open (it has the higher move count), and it may be on disk
                 // already, so its release is msynced now (best effort).
-                self.free_slot_bytes(loc, log2);
+                self.release_slot(loc, log2);
                 if self.sync_freed().is_err() {
                     self.stats.background_errors += 1;
                 }
-                self.classes[usize::from(log2 - MIN_CLASS_LOG2)]
-                    .free
-                    .push(loc);
                 return Err(e);
             }
         }
@@ -981,10 +978,15 @@ impl ShardStore {
     /// with `all`: after a `sync_all`, or at drop once the last sync is answered).
     pub(crate) fn release_retired(&mut self, all: bool) {
         let done = self.sync_done;
+        self.release_retiring(|r| all || r.after_sync <= done);
+    }
+
+    /// Releases the retiring slots `which` picks.
+    fn release_retiring(&mut self, which: impl Fn(&Retiring) -> bool) {
         let mut i = 0;
         while i < self.retiring.len() {
             let r = self.retiring[i];
-            if all || r.after_sync <= done {
+            if which(&r) {
                 self.retiring.swap_remove(i);
                 self.release_slot(r.loc, r.log2);
             } else {
@@ -1075,22 +1077,10 @@ impl ShardStore {
         self.pinned_rings -= usize::from(m.pinned);
         let key: Box<[u8]> = self.key_at(m.loc, m.class_log2).into();
         self.index.remove(&key);
-        self.free_slot_bytes(m.loc, m.class_log2);
+        self.release_slot(m.loc, m.class_log2);
         // Slots this ring moved out of go too: left intact, an older copy would bring
         // the freed ring back at the next open.
-        let mut i = 0;
-        while i < self.retiring.len() {
-            let r = self.retiring[i];
-            if r.ring == idx as u32 {
-                self.retiring.swap_remove(i);
-                self.release_slot(r.loc, r.log2);
-            } else {
-                i += 1;
-            }
-        }
-        self.classes[usize::from(m.class_log2 - MIN_CLASS_LOG2)]
-            .free
-            .push(m.loc);
+        self.release_retiring(|r| r.ring == idx as u32);
         self.used_bytes -= 1 << m.class_log2;
         self.ring_generations[idx] = self.ring_generations[idx].wrapping_add(1);
         self.free_ids.push(idx as u32);

@@ -374,8 +374,7 @@ impl ShardCore {
         let now = self.now().0;
         let mut queued = 0u64;
         let mut overflowed = false;
-        let ids = replay.events.first().zip(replay.events.last());
-        let ids = ids.map(|(first, last)| (first.id, last.id));
+        let ids = (replay.events.first().zip(replay.events.last())).map(|(f, l)| (f.id, l.id));
         let mut events: Vec<Bytes> = replay
             .events
             .into_iter()

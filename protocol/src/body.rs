@@ -155,7 +155,11 @@ enum State {
         size: u64,
         digits: u32,
     },
-    /// After the digits: whitespace and extensions up to CR.
+    /// After the digits: whitespace, then `;` or CR.
+    SizeSpace {
+        size: u64,
+    },
+    /// After a `;`: extensions up to CR.
     SizeExtension {
         size: u64,
     },
@@ -244,7 +248,10 @@ impl BodyDecoder {
     fn step(&mut self, byte: u8) -> State {
         use BodyError::*;
         match self.state {
-            State::Size { .. } | State::SizeExtension { .. } | State::SizeLf { .. } => {
+            State::Size { .. }
+            | State::SizeSpace { .. }
+            | State::SizeExtension { .. }
+            | State::SizeLf { .. } => {
                 self.line_bytes += 1;
                 if self.line_bytes > MAX_CHUNK_LINE_BYTES {
                     return State::Failed(MalformedChunk);
@@ -270,11 +277,20 @@ impl BodyDecoder {
                 }
             }
             (State::Size { digits: 0, .. }, _) => State::Failed(InvalidChunkSize),
-            (State::Size { size, .. }, b';' | b' ' | b'\t') => State::SizeExtension { size },
-            (State::Size { size, .. } | State::SizeExtension { size }, b'\r') => {
-                State::SizeLf { size }
+            (State::Size { size, .. } | State::SizeSpace { size }, b' ' | b'\t') => {
+                State::SizeSpace { size }
             }
-            (State::Size { .. }, _) => State::Failed(InvalidChunkSize),
+            (State::Size { size, .. } | State::SizeSpace { size }, b';') => {
+                State::SizeExtension { size }
+            }
+            (
+                State::Size { size, .. }
+                | State::SizeSpace { size }
+                | State::SizeExtension { size },
+                b'\r',
+            ) => State::SizeLf { size },
+            // `5 6` is not a size of 5 with an extension "6": a proxy may read it as 0x56.
+            (State::Size { .. } | State::SizeSpace { .. }, _) => State::Failed(InvalidChunkSize),
             (State::SizeExtension { .. }, b) if b != b'\t' && (b < 0x20 || b == 0x7f) => {
                 State::Failed(MalformedChunk)
             }

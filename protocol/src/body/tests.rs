@@ -165,12 +165,13 @@ fn declared_length_over_max_is_refused_before_any_byte() {
 
 #[test]
 fn chunked_body_with_extensions_and_trailers() {
-    let mut input = b"5;ext=1\r\nhello\r\n6 ; a=\"b\"\r\n world\r\n0\r\nX-T: 1\r\n\r\n".to_vec();
+    let mut input =
+        b"5;ext=1\r\nhello\r\n6 ; a=\"b\"\r\n world\r\n1 \r\n!\r\n0\r\nX-T: 1\r\n\r\n".to_vec();
     let body_end = input.len();
     input.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
     let (consumed, body, poll) = decode(BodyFraming::Chunked, &input);
     assert_eq!(poll, BodyPoll::Complete);
-    assert_eq!(body, b"hello world");
+    assert_eq!(body, b"hello world!");
     assert_eq!(consumed, body_end, "the next request is left alone");
 }
 
@@ -199,6 +200,11 @@ fn malformed_chunked_bodies() {
         (b"5\r\nhello\r\n0\r\nX: 1\n", BodyError::MalformedChunk),
         (b"5\r\nhello\r\n0\r\n\rX", BodyError::MalformedChunk),
         (b"5\r\nhello\r\n0\r\n\n", BodyError::MalformedChunk),
+        // Only whitespace and then `;` may follow the digits (RFC 9112 §7.1.1): a proxy
+        // could read `5 6` as 0x56, so it is refused, not read as 5.
+        (b"5 6\r\nhello\r\n0\r\n\r\n", BodyError::InvalidChunkSize),
+        (b"5\t x\r\nhello\r\n0\r\n\r\n", BodyError::InvalidChunkSize),
+        (b"5 =\r\nhello\r\n0\r\n\r\n", BodyError::InvalidChunkSize),
     ] {
         let (_, _, poll) = decode(BodyFraming::Chunked, input);
         assert_eq!(

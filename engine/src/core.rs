@@ -1718,7 +1718,7 @@ impl ShardCore {
         let tenants = self.shared.tenants.load();
         let mut closed = 0u64;
         for conn in self.conns.values() {
-            if tenants.get(conn.tenant.id.as_str()).is_none() {
+            if !tenants.still_has(&conn.tenant) {
                 conn.close(CloseCode::TENANT_REMOVED, "tenant removed");
                 closed += 1;
             }

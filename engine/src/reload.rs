@@ -7,7 +7,8 @@
 //! directory, history, inbox capacity, idempotency table, `[metrics]`, log format and
 //! level) keep their running values, with
 //! a log line naming each one that changed. A removed tenant's connections are closed
-//! with 4510 by their shards at the next housekeeping tick (at most one second).
+//! with 4510 by their shards at the next housekeeping tick (at most one second), also when
+//! a later reload has added the tenant back by then (`TenantTable::still_has`).
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;

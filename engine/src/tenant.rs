@@ -5,6 +5,7 @@
 //! neither forgets nor resets a limit.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use ringcast_protocol::event::PresenceSpelling;
@@ -245,6 +246,21 @@ pub struct Tenant {
     pub usage: Arc<TenantUsage>,
     /// Its per-shard counters (`[metrics] tenant_labels`), carried across reloads.
     pub metrics: Arc<TenantMetrics>,
+    /// Which coming of the tenant this is: carried across reloads that keep it, new when
+    /// a reload adds it (also when it comes back after a removal). What was admitted
+    /// under an earlier one is closed, however quickly the tenant came back.
+    incarnation: Incarnation,
+}
+
+/// One tenant's coming into the configuration (see [`Tenant::incarnation`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Incarnation(u64);
+
+impl Incarnation {
+    fn next() -> Incarnation {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        Incarnation(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
 }
 
 impl std::fmt::Debug for TenantConfig {
@@ -352,6 +368,9 @@ impl TenantTable {
                             .get(&c.id)
                             .map(|t| t.metrics.clone())
                             .unwrap_or_default(),
+                        incarnation: previous
+                            .get(&c.id)
+                            .map_or_else(Incarnation::next, |t| t.incarnation),
                     }),
                 )
             })
@@ -386,6 +405,14 @@ impl TenantTable {
     /// Looks a tenant up by id.
     pub fn get(&self, id: &str) -> Option<Arc<Tenant>> {
         self.tenants.get(id).cloned()
+    }
+
+    /// Whether `tenant` (as a connection admitted under it holds it) is still configured:
+    /// its id is here and it has not been removed and added back since.
+    pub fn still_has(&self, tenant: &Tenant) -> bool {
+        self.tenants
+            .get(tenant.id.as_str())
+            .is_some_and(|t| t.incarnation == tenant.incarnation)
     }
 }
 

@@ -399,6 +399,62 @@ fn a_reload_closes_a_removed_tenants_connections_and_raises_a_plan() {
 }
 
 #[test]
+fn a_tenant_removed_and_added_back_before_the_next_tick_still_closes_its_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ringcast.toml");
+    let data = dir.path().join("data");
+    let write = |text: &str| std::fs::write(&path, text).unwrap();
+    let head = format!("data_dir = \"{}\"\nshards = 2\n", data.display());
+    let both = format!(
+        "{head}[[tenants]]\nid = \"a\"\nplan = \"free\"\n[[tenants]]\nid = \"b\"\nplan = \"free\"\nallow_anonymous_ren = true\n"
+    );
+    write(&both);
+    let source = ConfigSource {
+        path: Some(path.clone()),
+        flags: Default::default(),
+    };
+    let mut cluster = Cluster::with(2, |config| *config = source.load().unwrap());
+    let tenant = |cluster: &Cluster, id: &str| cluster.shared.tenants.load().get(id).unwrap();
+    let (tenant_a, tenant_b) = (tenant(&cluster, "a"), tenant(&cluster, "b"));
+    let a = cluster.shards[0].register_conn(tenant_a, "a");
+    let b = cluster.shards[0].register_conn(tenant_b.clone(), "b");
+    let stream = cluster.shards[0].ren_open(
+        tenant_b,
+        RenFilter::All,
+        "cid",
+        Resume::Fresh,
+        b"HEAD".to_vec(),
+    );
+    cluster.pump();
+    take(&a);
+    take(&b);
+
+    // b goes, and comes back (say with new keys) before any shard's next tick: what was
+    // admitted under the removed b must still go (found in review: both were kept).
+    write(&format!("{head}[[tenants]]\nid = \"a\"\nplan = \"free\"\n"));
+    reload::reload(&cluster.shared, &source).unwrap();
+    write(&both);
+    reload::reload(&cluster.shared, &source).unwrap();
+    cluster.advance(1_000);
+    cluster.pump();
+    assert_eq!(take(&b).last().unwrap()["close"], 4510);
+    assert_eq!(
+        stream.state(),
+        ConnState::Closing(CloseCode::TENANT_REMOVED)
+    );
+    answers_ping(&mut cluster, &a);
+    // A b connection made now is the new b's, and stays.
+    let new_b = tenant(&cluster, "b");
+    let again = cluster.shards[0].register_conn(new_b, "b");
+    take(&again);
+    write(&format!("{both}# touched\n"));
+    reload::reload(&cluster.shared, &source).unwrap();
+    cluster.advance(1_000);
+    cluster.pump();
+    answers_ping(&mut cluster, &again);
+}
+
+#[test]
 fn presence_join_on_a_private_channel_needs_subscribe_and_joins_as_the_tokens_user() {
     let mut cluster = cluster(None, None);
     let conn = cluster.connect(0);

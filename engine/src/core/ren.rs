@@ -466,7 +466,7 @@ impl ShardCore {
         let tenants = self.shared.tenants.load();
         let mut closed = 0;
         for stream in self.ren.streams.iter() {
-            if tenants.get(stream.tenant.id.as_str()).is_none() {
+            if !tenants.still_has(&stream.tenant) {
                 stream.close(CloseCode::TENANT_REMOVED, "tenant removed");
                 closed += 1;
             }

@@ -1509,11 +1509,52 @@ impl ShardCore {
                         tracing::error!(?other, "unexpected answer to a presence action");
                         (ErrorCode::Overloaded, "unexpected answer".to_owned())
                     }
-                    Err(failed) => (ErrorCode::Overloaded, failed.to_string()),
+                    Err(failed) => {
+                        if let Some(user) = join_as {
+                            self.undo_join(&conn, channel.clone(), user, request);
+                        }
+                        (ErrorCode::Overloaded, failed.to_string())
+                    }
                 };
                 self.send_error(&conn, Some(channel.as_str()), None, code, &message);
             }
+            Waiter::Quiet => {}
         }
+    }
+
+    /// A join that got no answer (timed out, or its owner's inbox was full) is an error
+    /// to the client, so the connection is not left present: unless a later join of the
+    /// channel is in flight (its answer decides), the hold is forgotten and a leave
+    /// follows the join to the owner (found in review: the hold stayed, and with it a
+    /// member the client was told had not joined, for as long as it pinged). The leave's
+    /// answer is dropped; if it is lost too, the member expires, no longer seen.
+    fn undo_join(&mut self, conn: &Conn, channel: ChannelName, user: Rc<str>, join: RequestId) {
+        let held = {
+            let mut presence = conn.presence.borrow_mut();
+            let at = presence
+                .iter()
+                .position(|h| h.channel == channel && h.user == user && h.join == join);
+            at.map(|at| presence.swap_remove(at)).is_some()
+        };
+        if !held {
+            return;
+        }
+        let key = ChannelKey::new(conn.tenant.id.clone(), channel);
+        let question = Question::PresenceLeave {
+            key: key.clone(),
+            user_id: user.to_string(),
+            holder: self.holder(conn),
+        };
+        let request = self.next_request();
+        let timeout = self.shared.config.load().request_timeout_ms;
+        let deadline = self.now().plus(timeout);
+        self.requests.insert(request, Waiter::Quiet, deadline);
+        let reply = ReplyTo {
+            shard: self.id,
+            request,
+        };
+        let question = Box::new(question);
+        self.send_to_owner(&key, ShardMsg::Ask { reply, question });
     }
 
     /// Queues a presence change to every local subscriber of `key`, in the spelling each

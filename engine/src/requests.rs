@@ -62,6 +62,9 @@ pub enum Waiter {
     },
     /// An async task on this shard.
     Task(AnswerSender),
+    /// A request the shard sent on its own behalf (the leave that undoes a presence join
+    /// that timed out): its answer, whatever it is, is dropped.
+    Quiet,
 }
 
 /// This shard's requests in flight.

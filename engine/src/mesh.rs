@@ -299,6 +299,10 @@ pub struct SubscribeReq {
 pub struct Inbox {
     queue: ArrayQueue<ShardMsg>,
     waker: AtomicWaker,
+    /// Set by a bare [`Inbox::wake`], cleared when a wait ends: `AtomicWaker` drops a wake
+    /// that finds no waker registered (the shard is busy, between waits), and a bare wake
+    /// leaves nothing queued for the next wait to find.
+    notified: AtomicBool,
     /// Shards (bit per shard) whose messages to this inbox spilled: woken when it drains.
     waiting_for_room: Vec<AtomicU64>,
 }
@@ -308,6 +312,7 @@ impl Inbox {
         Inbox {
             queue: ArrayQueue::new(capacity.max(1)),
             waker: AtomicWaker::new(),
+            notified: AtomicBool::new(false),
             waiting_for_room: (0..shards.div_ceil(64))
                 .map(|_| AtomicU64::new(0))
                 .collect(),
@@ -336,37 +341,46 @@ impl Inbox {
         self.queue.capacity()
     }
 
-    /// Wakes the shard that owns this inbox (its loop then looks at every source of work).
+    /// Wakes the shard that owns this inbox (its loop then looks at every source of work):
+    /// its wait now, or its next one when it is not waiting.
     pub fn wake(&self) {
+        self.notified.store(true, Ordering::SeqCst);
         self.waker.wake();
     }
 
     /// Waits until a message is queued, the shard is woken or `stop` is set, then moves up
     /// to `max` into `out` (possibly none, after a bare wake or a stop).
     ///
-    /// `stop` is read after the waker is registered: a flag set (then a wake) by another
-    /// thread before the shard first waits is seen here instead of lost with the wake that
-    /// found no waker.
+    /// `stop` and the bare-wake flag are read after the waker is registered: a flag set
+    /// (then a wake) by another thread while the shard was not waiting is seen here
+    /// instead of lost with the wake that found no waker.
     async fn recv_batch_until(&self, out: &mut Vec<ShardMsg>, max: usize, stop: &AtomicBool) {
         let stopped = || stop.load(Ordering::SeqCst);
         let mut woken = false;
         poll_fn(|cx| {
             self.drain_into(out, max);
-            if !out.is_empty() || woken || stopped() {
+            if !out.is_empty() || woken || stopped() || self.take_notified() {
+                // The turn this wait ends is the one a bare wake asked for.
+                self.notified.store(false, Ordering::SeqCst);
                 return Poll::Ready(());
             }
             self.waker.register(cx.waker());
-            // A push or a stop between the drain and the registration would otherwise be
-            // missed.
+            // A push, a stop or a bare wake between the drain and the registration would
+            // otherwise be missed.
             self.drain_into(out, max);
-            if out.is_empty() && !stopped() {
+            if out.is_empty() && !stopped() && !self.take_notified() {
                 woken = true;
                 Poll::Pending
             } else {
+                self.notified.store(false, Ordering::SeqCst);
                 Poll::Ready(())
             }
         })
         .await
+    }
+
+    fn take_notified(&self) -> bool {
+        self.notified.load(Ordering::SeqCst) && self.notified.swap(false, Ordering::SeqCst)
     }
 
     /// Waits until a message is queued or the shard is woken, then moves up to `max` into
@@ -564,6 +578,34 @@ mod tests {
             ended.is_ok(),
             "the wait missed a shutdown requested before it"
         );
+    }
+
+    /// A bare wake (room made, spills ended) that lands while the shard is busy, with no
+    /// waker registered, must still end the shard's next wait: nothing is queued for it
+    /// to find, and if that wake were lost, the spill it should retry would wait for some
+    /// unrelated message, and every held-back publisher with it (found in review).
+    #[test]
+    fn a_bare_wake_while_the_shard_is_busy_ends_its_next_wait() {
+        let mesh = Mesh::new(2);
+        // Whether a wait of `shard` ends at its first poll (any later poll ends it too:
+        // it was woken).
+        let ends_at_once = |shard: u16| {
+            let mut batch = Vec::new();
+            let wait = mesh.recv_batch_or_shutdown(ShardId(shard), &mut batch, 8);
+            let mut wait = std::pin::pin!(wait);
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            std::future::Future::poll(wait.as_mut(), &mut cx).is_ready()
+        };
+        assert!(!ends_at_once(1), "nothing to do: the wait waits");
+        // Shard 1 spilled to shard 0; shard 0 drains while shard 1 is between waits.
+        mesh.wait_for_room(ShardId(0), ShardId(1));
+        mesh.drained(ShardId(0));
+        assert!(ends_at_once(1), "the room-made wake was lost");
+        assert!(!ends_at_once(1), "one wake ends one wait");
+        // The last spill ends while shard 0 is between waits.
+        mesh.spill_started();
+        mesh.spill_ended();
+        assert!(ends_at_once(0), "the spill-ended wake was lost");
     }
 
     #[test]

@@ -137,6 +137,12 @@ fn run_session(
                             // spills drain, so memory between shards stays bounded.
                             shard.end_batch();
                             Box::pin(shard.until_no_pressure()).await;
+                            if conn.state() != ConnState::Open {
+                                // Closed while held back (shutdown, tenant removed): the
+                                // frame is not acted on, as after any close (found in
+                                // review: a publish went out, its ack was dropped).
+                                break 'serve;
+                            }
                             shard.begin_batch();
                         }
                         handle_message(&shard, &conn, &message, &buf[offset..]);

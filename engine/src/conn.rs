@@ -167,7 +167,8 @@ mod tests {
             .resolve(None)
             .unwrap();
         let conn = Conn::new(ConnId(1), tenant, 100);
-        conn.push(Bytes::from(vec![0u8; 101]));
+        conn.push(Bytes::from_static(b"x"));
+        conn.push(Bytes::from(vec![0u8; 100]));
         let queued = conn.outbound().take_queued();
         assert_eq!(queued.len(), 1);
         assert_eq!(queued[0][0], 0x88, "a close frame");

@@ -33,7 +33,7 @@ use crate::clock::{Clock, Millis};
 use crate::close_log::{CloseLog, Closed};
 use crate::conn::{Conn, PresenceHold, Sub};
 use crate::deadline::{DeadlineQueue, TimerKey};
-use crate::history::HistoryStore;
+use crate::history::{HistoryStore, SubscribeAnswer};
 use crate::idempotency::{IdempotencyTable, Remembered};
 use crate::keys::{ChannelKey, ConnId, RequestId, ShardId};
 use crate::mesh::{
@@ -559,6 +559,7 @@ impl ShardCore {
             request,
             last_event_id: sub.last_event_id,
             epoch: sub.epoch,
+            max_replay_bytes: conn.outbound().limit() / 2,
         });
         self.send_to_owner(&key, msg);
     }
@@ -1013,9 +1014,8 @@ impl ShardCore {
                 key,
                 conn,
                 request,
-                ok,
-                frames,
-            } => self.finish_subscribe(&key, conn, request, ok, frames),
+                outcome,
+            } => self.finish_subscribe(&key, conn, request, outcome),
             ShardMsg::Ask { reply, question } => self.owner_answer(reply, *question),
             ShardMsg::Answer { request, answer } => self.complete(request, Ok(answer)),
             ShardMsg::Presence { key, event } => self.deliver_presence(&key, &event),
@@ -1171,46 +1171,34 @@ impl ShardCore {
                 "tenant no longer exists".to_owned(),
             )),
         };
-        let (ok, frames) = match opened {
+        let outcome = match opened {
             Ok(()) => {
-                let answer =
-                    self.owned
-                        .subscribe_answer(&req.key, req.last_event_id, req.epoch.as_deref());
+                let answer = self.owned.subscribe_answer(
+                    &req.key,
+                    req.last_event_id,
+                    req.epoch.as_deref(),
+                    req.max_replay_bytes,
+                );
                 if req.last_event_id.is_some() {
                     let counters = self.counters();
                     counters.history_replays.inc();
-                    counters
-                        .history_replayed_messages
-                        .add(answer.replay.len() as u64);
                     if !answer.recovered {
                         counters.history_truncations.inc();
                     }
                 }
-                let mut frames = answer.replay;
-                frames.push(event::subscribed(
-                    req.key.channel.as_str(),
-                    answer.seq,
-                    &answer.epoch,
-                    answer.recovered,
-                    now,
-                ));
-                (true, frames)
+                Ok(answer)
             }
             Err((code, message)) => {
                 let channel = Some(req.key.channel.as_str());
                 self.counters().error_event(code);
-                (
-                    false,
-                    vec![event::error(channel, None, code, &message, now)],
-                )
+                Err(event::error(channel, None, code, &message, now))
             }
         };
         let msg = ShardMsg::Subscribed {
             key: req.key,
             conn: req.conn,
             request: req.request,
-            ok,
-            frames,
+            outcome,
         };
         self.send_to(req.from, msg);
     }
@@ -1391,9 +1379,9 @@ impl ShardCore {
         key: &ChannelKey,
         conn_id: ConnId,
         request: RequestId,
-        ok: bool,
-        frames: Vec<Bytes>,
+        outcome: Result<SubscribeAnswer, Bytes>,
     ) {
+        let ok = outcome.is_ok();
         let conn = self.conns.get(&conn_id).cloned();
         let waiting =
             conn.filter(|c| c.subs.borrow().get(&key.channel) == Some(Sub::Pending(request)));
@@ -1418,11 +1406,39 @@ impl ShardCore {
                     watch = self.local.remove(key, conn.id);
                 }
             }
-            for frame in frames {
-                self.push(conn, frame);
+            match outcome {
+                Ok(answer) => self.push_subscribed(conn, key, answer),
+                Err(error) => {
+                    self.push(conn, error);
+                }
             }
         }
         self.report_watch(key, watch);
+    }
+
+    /// Queues a subscribe's replay and its `subscribed` event. The replay takes at most
+    /// half the connection's free room, its newest messages first: one too big for the
+    /// buffer used to close the connection with 4008, on every reconnect again, so the
+    /// client never caught up (found in review). A cut replay says `recovered: false`.
+    fn push_subscribed(&mut self, conn: &Rc<Conn>, key: &ChannelKey, mut answer: SubscribeAnswer) {
+        let recovered = answer.recovered;
+        if answer.truncate_to(conn.outbound().room() / 2) && recovered {
+            self.counters().history_truncations.inc();
+        }
+        self.counters()
+            .history_replayed_messages
+            .add(answer.replay.len() as u64);
+        for frame in answer.replay {
+            self.push(conn, frame);
+        }
+        let subscribed = event::subscribed(
+            key.channel.as_str(),
+            answer.seq,
+            &answer.epoch,
+            answer.recovered,
+            self.now().0,
+        );
+        self.push(conn, subscribed);
     }
 
     /// An answer came back for `request`.

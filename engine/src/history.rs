@@ -196,13 +196,15 @@ impl HistoryStore {
         history.ring.map_or(0, |ring| self.store.last_seq(ring).0)
     }
 
-    /// What a subscriber gets: replayed frames after `last_event_id`, the latest seq,
-    /// the epoch, and whether the catch-up is complete.
+    /// What a subscriber gets: replayed frames after `last_event_id` (the newest that
+    /// fit in `max_replay_bytes`), the latest seq, the epoch, and whether the catch-up is
+    /// complete.
     pub fn subscribe_answer(
         &self,
         history: &ChannelHistory,
         last_event_id: Option<u64>,
         epoch: Option<&str>,
+        max_replay_bytes: usize,
     ) -> SubscribeAnswer {
         let seq = self.last_seq(history);
         let mut answer = SubscribeAnswer {
@@ -227,11 +229,18 @@ impl HistoryStore {
             return answer;
         }
         answer.recovered = self.store.replay_complete(ring, Seq(after));
-        answer.replay = self
-            .store
-            .iter_after(ring, Seq(after))
-            .map(|r| Bytes::copy_from_slice(r.payload))
-            .collect();
+        // Newest first, so a replay too big for the subscriber's buffer keeps its newest
+        // messages (contiguous with what comes live) and copies no more than it keeps.
+        let mut bytes = 0;
+        for record in self.store.iter_after(ring, Seq(after)).rev() {
+            bytes += record.payload.len();
+            if bytes > max_replay_bytes {
+                answer.recovered = false;
+                break;
+            }
+            answer.replay.push(Bytes::copy_from_slice(record.payload));
+        }
+        answer.replay.reverse();
         answer
     }
 
@@ -303,10 +312,10 @@ impl ChannelHistory {
     }
 }
 
-/// Frames produced by a subscribe at the owner.
+/// What a subscribe gets from the owner.
 #[derive(Debug)]
 pub struct SubscribeAnswer {
-    /// Replayed messages, oldest first.
+    /// Replayed messages, oldest first: the newest that fit the replay's byte bound.
     pub replay: Vec<Bytes>,
     /// Latest seq.
     pub seq: u64,
@@ -314,6 +323,30 @@ pub struct SubscribeAnswer {
     pub epoch: String,
     /// Whether every message after `lastEventId` was replayed.
     pub recovered: bool,
+}
+
+impl SubscribeAnswer {
+    /// Keeps the newest messages of the replay that fit in `max_bytes`; if that drops
+    /// any, the answer is no longer `recovered`. Returns whether it dropped some.
+    pub fn truncate_to(&mut self, max_bytes: usize) -> bool {
+        let mut kept_bytes = 0;
+        let kept = self
+            .replay
+            .iter()
+            .rev()
+            .take_while(|frame| {
+                kept_bytes += frame.len();
+                kept_bytes <= max_bytes
+            })
+            .count();
+        let dropped = self.replay.len() - kept;
+        if dropped == 0 {
+            return false;
+        }
+        self.replay.drain(..dropped);
+        self.recovered = false;
+        true
+    }
 }
 
 // ----- history pages (the HTTP API's `GET /api/realtime/history/{channel}`) -----

@@ -23,7 +23,7 @@ use bytes::Bytes;
 use crossbeam_queue::ArrayQueue;
 use ringcast_protocol::{ChannelName, ErrorCode, TenantId};
 
-use crate::history::{HistoryPage, HistoryQuery};
+use crate::history::{HistoryPage, HistoryQuery, SubscribeAnswer};
 use crate::keys::{ChannelKey, ConnId, RequestId, ShardId};
 use crate::presence::{PresenceEvent, PresenceHolder, PresenceMember};
 use crate::ren::RenMsg;
@@ -52,7 +52,9 @@ pub enum ShardMsg {
         /// The encoded frame, shared by every subscriber.
         frame: Bytes,
     },
-    /// From the owner: the answer to a `Subscribe` (replay frames, then `subscribed`).
+    /// From the owner: the answer to a `Subscribe`. The subscriber's shard encodes the
+    /// `subscribed` event: it may replay fewer messages than the owner sent (the
+    /// connection's free room decides), and then says `recovered: false`.
     Subscribed {
         /// The channel.
         key: ChannelKey,
@@ -60,10 +62,8 @@ pub enum ShardMsg {
         conn: ConnId,
         /// Which subscribe request this answers.
         request: RequestId,
-        /// Whether the subscription took effect (false: `frames` holds an error event).
-        ok: bool,
-        /// Replayed messages followed by the `subscribed` event, or the error event.
-        frames: Vec<Bytes>,
+        /// The replay and the channel's position, or the refusal's error event.
+        outcome: Result<SubscribeAnswer, Bytes>,
     },
     /// To the owner: a typed question; the owner answers with [`ShardMsg::Answer`].
     Ask {
@@ -292,6 +292,9 @@ pub struct SubscribeReq {
     pub last_event_id: Option<u64>,
     /// The epoch the client saw `last_event_id` in.
     pub epoch: Option<String>,
+    /// At most this many bytes of replay: half the connection's outbound buffer (its
+    /// shard may keep fewer, see [`ShardMsg::Subscribed`]).
+    pub max_replay_bytes: usize,
 }
 
 /// One shard's inbox.

@@ -144,6 +144,12 @@ impl Outbound {
         self.queue.borrow().limit
     }
 
+    /// Bytes that may still be queued before the bound is reached.
+    pub fn room(&self) -> usize {
+        let queue = self.queue.borrow();
+        queue.limit.saturating_sub(queue.bytes)
+    }
+
     /// From now on the shard's send ring sends through `sink` (no writer task).
     pub fn attach(&self, sink: Sink) {
         let mut slot = self.sink.borrow_mut();
@@ -209,7 +215,10 @@ impl Outbound {
         if queue.state != ConnState::Open {
             return Pushed::Dropped;
         }
-        if queue.bytes + frame.len() > queue.limit {
+        // One frame bigger than the whole bound still goes to a connection with nothing
+        // queued or in flight (found in review: otherwise a message the tenant may send
+        // cut every subscriber, and again on each resume that replayed it).
+        if queue.bytes + frame.len() > queue.limit && queue.bytes > 0 {
             // Memory stays bounded: what is queued goes; the client catches up from history.
             queue.frames.clear();
             queue.bytes = 0;
@@ -562,7 +571,8 @@ mod tests {
     #[test]
     fn a_transport_without_farewell_just_closes() {
         let out = Outbound::new(10, |_, _| None);
-        out.push(Bytes::from_static(b"0123456789x"));
+        out.push(Bytes::from_static(b"x"));
+        out.push(Bytes::from_static(b"0123456789"));
         assert_eq!(out.state(), ConnState::Closing(CloseCode::SLOW_CONSUMER));
         assert!(out.take_queued().is_empty());
     }
@@ -595,7 +605,8 @@ mod tests {
     #[test]
     fn the_first_reason_to_leave_open_is_kept() {
         let out = Outbound::new(100, ws_like);
-        out.push(Bytes::from(vec![0u8; 101]));
+        out.push(Bytes::from_static(b"x"));
+        out.push(Bytes::from(vec![0u8; 100]));
         out.close(CloseCode::GOING_AWAY, "shutdown");
         out.mark_closed();
         assert_eq!(out.close_reason(), CloseReason::SlowConsumer);

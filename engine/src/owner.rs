@@ -317,10 +317,11 @@ impl OwnedChannels {
         key: &ChannelKey,
         last_event_id: Option<u64>,
         epoch: Option<&str>,
+        max_replay_bytes: usize,
     ) -> SubscribeAnswer {
         let channel = self.channels.get(key).expect("channel opened before");
         self.store
-            .subscribe_answer(&channel.history, last_event_id, epoch)
+            .subscribe_answer(&channel.history, last_event_id, epoch, max_replay_bytes)
     }
 
     /// The open channel `key`.

@@ -442,3 +442,108 @@ fn a_resume_from_another_epoch_of_an_empty_channel_is_not_recovered() {
     cluster.pump();
     assert_eq!(take(&sub)[0]["recovered"], false, "another epoch");
 }
+
+/// A resume whose replay would not fit the connection's outbound buffer gets the newest
+/// messages that fit in half its free room and `recovered: false`, not a 4008 close: it
+/// would be closed again on every reconnect and never catch up (found in review). Several
+/// channels resumed in one read share the room: none closes the connection.
+#[test]
+fn a_resume_larger_than_the_outbound_buffer_is_truncated_not_closed() {
+    const LIMIT: usize = 16 * 1024;
+    let mut cluster = Cluster::with(2, |config| config.outbound_buffer_bytes = LIMIT);
+    let channels: Vec<String> = (0..3)
+        .map(|i| cluster.channel_owned_by(i % 2, &format!("big{i}:")))
+        .collect();
+    let publisher = cluster.connect(0);
+    let data = "x".repeat(1_000);
+    for channel in &channels {
+        for _ in 0..30 {
+            let publish =
+                format!(r#"{{"action":"publish","channel":"{channel}","data":"{data}"}}"#);
+            cluster.send(0, &publisher, &publish);
+        }
+    }
+    cluster.pump();
+    take(&publisher);
+
+    let resumer = cluster.connect(0);
+    let frames: Vec<String> = channels
+        .iter()
+        .map(|c| format!(r#"{{"action":"subscribe","channel":"{c}","lastEventId":0}}"#))
+        .collect();
+    cluster.send_burst(0, &resumer, &frames);
+    cluster.pump();
+    let events = take(&resumer);
+    assert!(
+        events.iter().all(|e| e.get("close").is_none()),
+        "closed: {events:?}"
+    );
+    assert_eq!(resumer.state(), ringcast_engine::outbound::ConnState::Open);
+    let mut room = LIMIT;
+    for channel in &channels {
+        let of_channel: Vec<&serde_json::Value> =
+            events.iter().filter(|e| e["channel"] == *channel).collect();
+        let subscribed = of_channel.last().unwrap();
+        assert_eq!(subscribed["event"], "subscribed", "{of_channel:?}");
+        assert_eq!(subscribed["seq"], 30);
+        assert_eq!(subscribed["recovered"], false);
+        let replayed: Vec<u64> = of_channel
+            .iter()
+            .filter(|e| e["event"] == "realtime.message")
+            .map(|e| e["seq"].as_u64().unwrap())
+            .collect();
+        // The newest ones, contiguous up to the last seq, in half the room left.
+        assert!(!replayed.is_empty(), "{channel}: nothing replayed");
+        let first = replayed[0];
+        assert_eq!(replayed, (first..=30).collect::<Vec<_>>());
+        assert!(
+            replayed.len() * 1_000 <= room / 2,
+            "{channel}: {replayed:?}"
+        );
+        room -= replayed.len() * 1_050;
+    }
+
+    // A resume that fits is whole and recovered.
+    let small = cluster.connect(0);
+    let frame = format!(
+        r#"{{"action":"subscribe","channel":"{}","lastEventId":27}}"#,
+        channels[0]
+    );
+    cluster.send(0, &small, &frame);
+    cluster.pump();
+    let events = take(&small);
+    assert_eq!(seqs(&events), vec![28, 29, 30]);
+    assert_eq!(events.last().unwrap()["recovered"], true);
+}
+
+/// A message bigger than the whole outbound buffer still reaches a subscriber with
+/// nothing queued (found in review: every subscriber was cut with 4008, and again on
+/// each resume while the message stayed in history). Memory stays bounded: a subscriber
+/// with anything queued is still closed.
+#[test]
+fn a_message_larger_than_the_buffer_reaches_an_idle_subscriber() {
+    const LIMIT: usize = 16 * 1024;
+    let mut cluster = Cluster::with(2, |config| config.outbound_buffer_bytes = LIMIT);
+    let channel = cluster.channel_owned_by(1, "huge:");
+    let (idle, busy, publisher) = (cluster.connect(0), cluster.connect(0), cluster.connect(0));
+    let subscribe = format!(r#"{{"action":"subscribe","channel":"{channel}"}}"#);
+    cluster.send(0, &idle, &subscribe);
+    cluster.send(0, &busy, &subscribe);
+    cluster.pump();
+    take(&idle);
+    take(&busy);
+    let data = "y".repeat(20_000);
+    let publish = format!(r#"{{"action":"publish","channel":"{channel}","data":"{data}"}}"#);
+    cluster.send(0, &publisher, &publish);
+    cluster.pump();
+    let events = take(&idle);
+    assert_eq!(seqs(&events), vec![1], "{:?}", events.first());
+    assert_eq!(idle.state(), ringcast_engine::outbound::ConnState::Open);
+    take(&busy);
+    // `busy` has a pong queued, not yet written, when the next one comes.
+    cluster.send(0, &busy, r#"{"action":"ping"}"#);
+    cluster.send(0, &publisher, &publish);
+    cluster.pump();
+    assert_eq!(seqs(&take(&idle)), vec![2]);
+    assert_eq!(take(&busy).last().unwrap()["close"], 4008);
+}

@@ -898,7 +898,8 @@ impl ShardCore {
         question: Question,
         timeout_ms: u64,
     ) -> AnswerReceiver {
-        self.request_for_task(shard, timeout_ms, |reply| ShardMsg::Ask {
+        let fans_out = question.fans_out();
+        self.request_for_task(shard, timeout_ms, fans_out, |reply| ShardMsg::Ask {
             reply,
             question: Box::new(question),
         })
@@ -934,7 +935,7 @@ impl ShardCore {
     ) -> AnswerReceiver {
         let owner = key.owner(self.shards);
         let http = (!http.is_empty()).then(|| Box::new(http));
-        self.request_for_task(owner, timeout_ms, |reply| {
+        self.request_for_task(owner, timeout_ms, true, |reply| {
             ShardMsg::Publish(PublishReq {
                 key,
                 data,
@@ -946,15 +947,24 @@ impl ShardCore {
     }
 
     /// Sends the request `make` builds to `owner`, with a task waiting for the answer.
-    /// A full inbox refuses it at once (`Overloaded`): tasks are never spilled.
+    /// A full inbox refuses it at once (`Overloaded`): tasks are never spilled. One that
+    /// `fans_out` (a publish, a presence change, REN events) is refused too while any shard
+    /// spills, as WebSocket publishers are held back then (found in review: HTTP
+    /// publishes went on fanning out into a spill that had no bound).
     fn request_for_task(
         &mut self,
         owner: ShardId,
         timeout_ms: u64,
+        fans_out: bool,
         make: impl FnOnce(ReplyTo) -> ShardMsg,
     ) -> AnswerReceiver {
         let request = self.next_request();
         let (tx, rx) = answer_channel();
+        if fans_out && self.out.under_pressure() {
+            self.counters().publisher_holdbacks.inc();
+            tx.send(Err(RequestFailed::Overloaded));
+            return rx;
+        }
         let reply = ReplyTo {
             shard: self.id,
             request,

@@ -297,6 +297,19 @@ pub struct SubscribeReq {
     pub max_replay_bytes: usize,
 }
 
+impl Question {
+    /// Whether answering it may send every watching shard a message (so it waits out
+    /// backpressure as a publish does).
+    pub fn fans_out(&self) -> bool {
+        matches!(
+            self,
+            Question::PresenceJoin { .. }
+                | Question::PresenceUpdate { .. }
+                | Question::PresenceLeave { .. }
+        )
+    }
+}
+
 /// One shard's inbox.
 #[derive(Debug)]
 pub struct Inbox {

@@ -39,6 +39,11 @@ impl Outgoing {
         }
     }
 
+    /// Whether some shard holds spilled messages: publishers everywhere wait.
+    pub fn under_pressure(&self) -> bool {
+        self.mesh.under_pressure()
+    }
+
     /// Sends `msg` to `to`; never drops it. A full inbox spills it (in order).
     pub fn send(&mut self, to: ShardId, msg: ShardMsg, counters: &ShardCounters) {
         if to == self.me {

@@ -152,7 +152,8 @@ pub(crate) fn failed(outcome: Outcome) -> Refusal {
             tracing::error!(?other, "unexpected answer to an HTTP API request");
             Refusal::new(ApiError::Internal, "unexpected answer from the owner shard")
         }
-        Err(e) => Refusal::new(ApiError::Overloaded, e.to_string()),
+        // No answer (backpressure, a full inbox, the deadline): worth a retry soon.
+        Err(e) => Refusal::new(ApiError::Overloaded, e.to_string()).retry_after(1),
     }
 }
 

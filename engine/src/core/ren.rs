@@ -129,7 +129,7 @@ impl ShardCore {
         timeout_ms: u64,
     ) -> AnswerReceiver {
         let owner = tenant_owner(&tenant, self.shards);
-        self.request_for_task(owner, timeout_ms, |reply| {
+        self.request_for_task(owner, timeout_ms, true, |reply| {
             ShardMsg::Ren(RenMsg::Ingest {
                 tenant,
                 events,

@@ -102,7 +102,8 @@ pub struct ShardCounters {
     pub slow_consumer_closes: Count,
     /// Messages that found another shard's inbox full and waited in this shard's spill.
     pub inbox_spills: Count,
-    /// Times a publisher stopped reading because a shard was spilling.
+    /// Times a publisher stopped reading, or an HTTP publish, presence change or REN
+    /// ingest was refused (503), because a shard was spilling.
     pub publisher_holdbacks: Count,
     /// Answers that arrived for a request nobody waits for any more (asker gone, or
     /// deadline passed).

@@ -189,7 +189,7 @@ const COUNTERS: &[(&str, &str, Reader)] = &[
     ),
     (
         "publisher_holdbacks",
-        "Times a publisher stopped reading while a shard was spilling",
+        "Times a publisher stopped reading, or an HTTP publish was refused, while a shard was spilling",
         |c| c.publisher_holdbacks.get(),
     ),
     (

@@ -123,7 +123,10 @@ impl RenConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HistoryConfig {
-    /// Byte bound of each channel's ring (the message bound comes from the plan).
+    /// Byte bound of each channel's ring (the message bound comes from the plan). It is
+    /// also the largest message history keeps: a publish larger than that (as kept:
+    /// envelope and `userId` included) is refused with `message_too_large`. The default,
+    /// 1 MiB + 64 KiB, keeps a message of the enterprise plan's 1 MiB `data`.
     pub max_bytes_per_channel: u64,
     /// `never` (page cache; survives a process crash), `every_append` (msync per
     /// message; survives power loss), or `interval` with `flush_interval_ms`.
@@ -141,7 +144,7 @@ pub struct HistoryConfig {
 impl Default for HistoryConfig {
     fn default() -> Self {
         HistoryConfig {
-            max_bytes_per_channel: 1 << 20,
+            max_bytes_per_channel: (1 << 20) + (64 << 10),
             flush: FlushPolicy::Never,
             flush_interval_ms: 1000,
             idle_ttl_secs: 7 * 24 * 3600,

@@ -33,7 +33,7 @@ use crate::clock::{Clock, Millis};
 use crate::close_log::{CloseLog, Closed};
 use crate::conn::{Conn, PresenceHold, Sub};
 use crate::deadline::{DeadlineQueue, TimerKey};
-use crate::history::{HistoryStore, SubscribeAnswer};
+use crate::history::{HistoryError, HistoryStore, SubscribeAnswer};
 use crate::idempotency::{IdempotencyTable, Remembered};
 use crate::keys::{ChannelKey, ConnId, RequestId, ShardId};
 use crate::mesh::{
@@ -1127,8 +1127,30 @@ impl ShardCore {
                 if !was_counted {
                     self.settle_channel(&req.key);
                 }
-                let message = format!("history append failed: {e}");
-                self.publish_failed(&req, message);
+                // What the client sent cannot be kept: its error, not the server's.
+                let refused = match &e {
+                    HistoryError::RecordTooLarge { len, max } => Some((
+                        ErrorCode::MessageTooLarge,
+                        format!(
+                            "the message is {len} bytes as kept; this server's history keeps at most {max} per message ([history] max_bytes_per_channel)"
+                        ),
+                    )),
+                    HistoryError::UidTooLong { len, max } => Some((
+                        ErrorCode::BadRequest,
+                        format!("userId is {len} bytes; at most {max}"),
+                    )),
+                    _ => None,
+                };
+                match refused {
+                    Some((code, message)) => {
+                        let failed = Answer::Failed { code, message };
+                        self.answer(req.reply, failed);
+                    }
+                    None => {
+                        let message = format!("history append failed: {e}");
+                        self.publish_failed(&req, message);
+                    }
+                }
                 return;
             }
         };

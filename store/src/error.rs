@@ -37,6 +37,15 @@ pub enum StoreError {
         /// Largest accepted.
         max: usize,
     },
+    /// A record larger than any slot of its ring holds (`max_bytes_per_ring`): refused,
+    /// nothing changed (no seq consumed).
+    #[error("a record of {len} bytes is larger than a ring keeps ({max} bytes)")]
+    RecordTooLarge {
+        /// The record's length as stored (header, uid, payload, padding).
+        len: u64,
+        /// The largest record the ring's biggest slot holds.
+        max: u64,
+    },
     /// A kept record no longer matches its checksum (found by [`crate::RingLog::verify`]).
     #[error("record seq {seq} at data offset {offset} is damaged: {reason}")]
     Damaged {

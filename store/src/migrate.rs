@@ -188,8 +188,15 @@ fn put(s: &mut ShardStore, o: &Owned) -> Result<(), StoreError> {
     }
     let r = s.create_at(&o.key, o.epoch, o.max_records.max(1), o.first_seq - 1)?;
     s.pin(r);
-    for (ts, uid, payload, data) in &o.records {
-        s.append(r, *ts, uid.as_deref(), payload, data.clone())?;
+    for (seq, (ts, uid, payload, data)) in (o.first_seq..).zip(&o.records) {
+        match s.append(r, *ts, uid.as_deref(), payload, data.clone()) {
+            // Kept before under a larger `max_bytes_per_ring`: its seq stays consumed and
+            // the run breaks there, so a resume from before it is told of the gap.
+            Err(StoreError::RecordTooLarge { .. }) => s.raise_last_seq(r, crate::Seq(seq))?,
+            other => {
+                other?;
+            }
+        }
     }
     s.raise_last_seq(r, crate::Seq(o.last_seq))?;
     s.unpin(r);

@@ -343,6 +343,13 @@ impl ShardStore {
             self.poll_space();
         }
         let len = slot_format::record_len(uid_len, payload.len());
+        let max = self.max_record_len(idx);
+        if len > max {
+            // Never keepable: refused before it takes a seq, so the ring keeps what it
+            // has (found in review: consuming the seq emptied the ring of an acked
+            // publish's neighbours, and the publish itself was not kept).
+            return Err(StoreError::RecordTooLarge { len, max });
+        }
         let plan = self.plan_or_grow(idx, len);
         if plan.is_none() {
             // Moved or not (the node's byte bound may leave no room), the placement is
@@ -868,6 +875,13 @@ impl ShardStore {
     pub(crate) fn data_len(&self, log2: u8, key_len: usize) -> u64 {
         let room = (1u64 << log2).saturating_sub(slot_format::data_offset(key_len) as u64);
         room.min(self.max_data) / slot_format::ALIGN * slot_format::ALIGN
+    }
+
+    /// The longest record ring `idx` can keep: its top class's data region.
+    fn max_record_len(&self, idx: usize) -> u64 {
+        let m = self.rings[idx].as_ref().expect("live ring");
+        let key_len = m.data_off as usize - slot_format::SLOT_HEADER_LEN;
+        self.data_len(self.top_class(key_len), key_len)
     }
 
     /// The class whose data region holds `max_bytes_per_ring` for this key length.

@@ -202,17 +202,23 @@ fn max_records_bounds_and_plan_changes() {
     assert_eq!((s.max_records(r), s.len(r), s.last_seq(r)), (1, 1, Seq(7)));
 }
 
+/// A record larger than the ring's biggest slot is refused and changes nothing (it used
+/// to consume its seq and empty the ring).
 #[test]
-fn too_large_record_consumes_its_seq() {
+fn a_record_too_large_for_any_slot_is_refused_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let (mut s, _) = open(dir.path(), small_cfg());
     let r = s.create(b"k", Epoch(9), 100).unwrap();
     put(&mut s, r, 1, b"small");
-    assert_eq!(put(&mut s, r, 2, &[0; 9000]), Seq(2));
-    assert_eq!((s.len(r), s.last_seq(r)), (0, Seq(2)));
-    assert!(!s.replay_complete(r, Seq(0)));
-    assert!(s.replay_complete(r, Seq(2)));
-    assert_eq!(put(&mut s, r, 3, b"next"), Seq(3));
+    let refused = s.append(r, 2, None, &[0; 9000], 0..9000);
+    assert!(
+        matches!(refused, Err(StoreError::RecordTooLarge { .. })),
+        "{refused:?}"
+    );
+    assert_eq!((s.len(r), s.last_seq(r)), (1, Seq(1)));
+    assert!(s.replay_complete(r, Seq(0)));
+    assert_eq!(s.stats().records_not_kept, 0);
+    assert_eq!(put(&mut s, r, 3, b"next"), Seq(2));
     s.check_invariants().unwrap();
 }
 

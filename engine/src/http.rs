@@ -181,6 +181,8 @@ async fn serve_requests(
             }
             Ok(Ok(head)) => head,
         };
+        // From its head to its answer, shutdown waits for this request.
+        let _in_progress = shard.request_in_progress();
         let route_label = HttpRoute::of(&head.path);
         let forwarded: Vec<&[u8]> = head.headers.all_named("x-forwarded-for").collect();
         *client = shard.shared.trusted.load().client(relayed, &forwarded);

@@ -451,6 +451,9 @@ pub struct Mesh {
     shutting_down: AtomicBool,
     /// Shards holding spilled messages; publishers everywhere wait while it is not zero.
     spilling: AtomicUsize,
+    /// During shutdown: shards that still serve someone (all of them until each has
+    /// looked). Every shard answers its inbox until it is zero.
+    busy: AtomicUsize,
 }
 
 impl Mesh {
@@ -465,6 +468,7 @@ impl Mesh {
             inboxes: (0..shards).map(|_| Inbox::new(capacity, shards)).collect(),
             shutting_down: AtomicBool::new(false),
             spilling: AtomicUsize::new(0),
+            busy: AtomicUsize::new(shards),
         })
     }
 
@@ -526,6 +530,21 @@ impl Mesh {
     /// Whether some shard holds spilled messages (publishers wait).
     pub fn under_pressure(&self) -> bool {
         self.spilling.load(Ordering::Relaxed) != 0
+    }
+
+    /// During shutdown: a shard that was counted busy has nothing left to serve, or the
+    /// other way round.
+    pub fn note_busy(&self, busy: bool) {
+        if busy {
+            self.busy.fetch_add(1, Ordering::SeqCst);
+        } else {
+            self.busy.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// During shutdown: whether some shard still serves someone.
+    pub fn any_shard_busy(&self) -> bool {
+        self.busy.load(Ordering::SeqCst) != 0
     }
 
     /// Asks every shard to shut down.

@@ -360,8 +360,21 @@ async fn run_inbox(shard: &Rc<Shard>, mesh: &Mesh, grace: Duration) {
         // batch queued in one writev each.
         yield_now().await;
     }
+    // Every shard answers its inbox until none serves anyone (connections, SSE streams,
+    // HTTP requests in progress) or the grace period ends: one with nothing of its own
+    // may own channels another shard's requests wait on, and an HTTP request it was
+    // reading is answered (found in review: such a shard exited at once).
     let deadline = monoio::time::Instant::now() + grace;
-    while shard.connection_count() > 0 && monoio::time::Instant::now() < deadline {
+    let mut counted_busy = true;
+    loop {
+        let busy = shard.has_work();
+        if busy != counted_busy {
+            mesh.note_busy(busy);
+            counted_busy = busy;
+        }
+        if !mesh.any_shard_busy() || monoio::time::Instant::now() >= deadline {
+            break;
+        }
         let _ = monoio::time::timeout(
             Duration::from_millis(20),
             mesh.inbox(shard.id).recv_batch(&mut batch, INBOX_BATCH),

@@ -58,6 +58,19 @@ pub struct Shard {
     /// The shard's own io_uring ring for what connections and SSE streams are sent
     /// (`None`: writer tasks send).
     pub send_ring: Option<Rc<SendRing>>,
+    /// HTTP requests between their head and their answer (shutdown waits for them).
+    requests_in_progress: Cell<usize>,
+}
+
+/// An HTTP request in progress on its shard, until dropped (see
+/// [`Shard::request_in_progress`]).
+#[derive(Debug)]
+pub struct RequestInProgress<'a>(&'a Cell<usize>);
+
+impl Drop for RequestInProgress<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
 }
 
 impl Shard {
@@ -82,6 +95,7 @@ impl Shard {
             armed: Cell::new(Millis(0)),
             api_parser: RefCell::new(ApiParser::new()),
             send_ring: None,
+            requests_in_progress: Cell::new(0),
         }
     }
 
@@ -143,6 +157,23 @@ impl Shard {
     /// Number of WebSocket connections on this shard.
     pub fn connection_count(&self) -> usize {
         self.core.borrow().connection_count()
+    }
+
+    /// Counts an HTTP request as in progress until the guard drops: from its head until
+    /// its answer is written.
+    pub fn request_in_progress(&self) -> RequestInProgress<'_> {
+        self.requests_in_progress
+            .set(self.requests_in_progress.get() + 1);
+        RequestInProgress(&self.requests_in_progress)
+    }
+
+    /// Whether this shard still serves someone: WebSocket connections, SSE streams, or
+    /// HTTP requests in progress.
+    pub fn has_work(&self) -> bool {
+        let core = self.core.borrow();
+        core.connection_count() > 0
+            || core.ren_stream_count() > 0
+            || self.requests_in_progress.get() > 0
     }
 
     /// Acts on one text message from `conn`.

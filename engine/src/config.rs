@@ -14,6 +14,11 @@ pub const MAX_SHARDS: usize = 1024;
 
 /// The `--dev` tenant (SPEC §2).
 pub const DEV_TENANT: &str = "dev";
+
+/// The tenant the SDK's `getPlatform()` names in `X-Tenant-Id` when given none (and no
+/// `MARAVILLA_TENANT`): with `--dev` it is taken as [`DEV_TENANT`] unless configured,
+/// so an app on the SDK's defaults reaches the channels its `RealtimeClient` uses.
+pub const SDK_DEFAULT_TENANT: &str = "dev-tenant-001";
 /// `max_connections_per_ip` outside `--dev`.
 pub const DEFAULT_MAX_CONNECTIONS_PER_IP: u32 = 10_000;
 /// `handshakes_per_sec_per_ip` outside `--dev`.

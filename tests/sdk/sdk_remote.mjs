@@ -34,7 +34,9 @@ function check(cond, what, got) {
 }
 
 async function main() {
-  const platform = getPlatform({ devServerUrl: baseUrl, tenant: 'dev' });
+  // No tenant: the SDK then sends `X-Tenant-Id: dev-tenant-001`, which `--dev` takes as
+  // its `dev` tenant, the one `RealtimeClient` (no tenant) lands in.
+  const platform = getPlatform({ devServerUrl: baseUrl });
   const channel = `sdk:remote-${process.pid}`;
 
   const subscriber = new RealtimeClient({ wsEndpoint, autoReconnect: false, clientId: 'sdk-remote-sub' });

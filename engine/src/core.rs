@@ -1805,6 +1805,10 @@ impl ShardCore {
         }
         self.reloads_seen = reloads;
         let tenants = self.shared.tenants.load();
+        self.presence.follow_ttls(|tenant| {
+            let tenant = tenants.get(tenant.as_str())?;
+            Some(tenant.limits.presence.ttl_secs.saturating_mul(1000))
+        });
         let mut closed = 0u64;
         for conn in self.conns.values() {
             if !tenants.still_has(&conn.tenant) {

@@ -156,6 +156,19 @@ impl HistoryStore {
         }
     }
 
+    /// Brings `history`'s bound on kept messages to the tenant's current one (a reload may
+    /// have changed it); a lowered bound drops the oldest messages now.
+    pub fn follow_limits(&mut self, history: &mut ChannelHistory, tenant: &Tenant) {
+        let max_records = tenant.limits.history_messages.max(1);
+        if history.max_records == max_records {
+            return;
+        }
+        history.max_records = max_records;
+        if let Some(ring) = history.ring {
+            let _ = self.store.set_max_records(ring, max_records);
+        }
+    }
+
     /// The channel was closed: its ring may be evicted or expire again.
     pub fn close(&mut self, history: &ChannelHistory) {
         if let Some(ring) = history.ring {

@@ -166,6 +166,9 @@ fn open_in<'a>(
         counted: None,
     });
     channel.last_active_ms = now_ms;
+    // A reload may have changed the tenant's `history_messages` since the channel opened
+    // (found in review: a channel never closed kept its old bound for good).
+    store.follow_limits(&mut channel.history, tenant);
     channel
 }
 

@@ -131,7 +131,7 @@ struct Member {
 #[derive(Debug)]
 struct PresenceChannel {
     members: HashMap<Rc<str>, Member>,
-    /// The tenant's TTL as of the last join.
+    /// The tenant's TTL as of the last join or reload.
     ttl_ms: u64,
 }
 
@@ -203,7 +203,7 @@ impl PresenceTable {
             return Err(PresenceRefused::TooManyMembers { limit: 0 });
         }
         let user: Rc<str> = Rc::from(user);
-        let deadline = now.plus(ttl_ms + EXPIRY_GRACE_MS);
+        let deadline = now.plus(ttl_ms).plus(EXPIRY_GRACE_MS);
         let timer = deadlines.insert(deadline, (key.clone(), user.clone()));
         let mut member = Member {
             metadata: metadata.clone(),
@@ -287,7 +287,7 @@ impl PresenceTable {
             }
             let http_live = member
                 .http
-                .is_some_and(|at| at.plus(ttl_ms + EXPIRY_GRACE_MS) > now);
+                .is_some_and(|at| at.plus(ttl_ms).plus(EXPIRY_GRACE_MS) > now);
             if !member.conns.is_empty() || http_live {
                 return (true, None);
             }
@@ -341,6 +341,30 @@ impl PresenceTable {
         }
     }
 
+    /// After a reload: each channel's TTL becomes its tenant's current one (`ttl_of`;
+    /// `None` for a tenant gone, left as it is), and the members of a channel whose TTL
+    /// changed are re-armed from when they were last seen (found in review: members kept
+    /// expiring under the old TTL until someone joined the channel again).
+    pub fn follow_ttls(&mut self, ttl_of: impl Fn(&TenantId) -> Option<u64>) {
+        let Self {
+            channels,
+            deadlines,
+            ..
+        } = self;
+        for (key, channel) in channels.iter_mut() {
+            let Some(ttl_ms) = ttl_of(&key.tenant).filter(|t| *t != channel.ttl_ms) else {
+                continue;
+            };
+            channel.ttl_ms = ttl_ms;
+            for (user, member) in channel.members.iter_mut() {
+                let due = member.last_seen.plus(ttl_ms).plus(EXPIRY_GRACE_MS);
+                if !deadlines.reset(member.timer, due) {
+                    member.timer = deadlines.insert(due, (key.clone(), user.clone()));
+                }
+            }
+        }
+    }
+
     /// Removes one member whose TTL passed by `now`, earliest first, and returns its
     /// channel and the leave to announce; members seen since they were armed are
     /// re-armed on the way.
@@ -354,7 +378,7 @@ impl PresenceTable {
             let Some(member) = channel.members.get_mut(&user) else {
                 continue;
             };
-            let due = member.last_seen.plus(ttl_ms + EXPIRY_GRACE_MS);
+            let due = member.last_seen.plus(ttl_ms).plus(EXPIRY_GRACE_MS);
             if due > now {
                 member.timer = self.deadlines.insert(due, (key, user));
                 continue;
@@ -614,6 +638,25 @@ mod tests {
             .unwrap();
         assert_eq!(changed.announce.unwrap().kind, PresenceKind::Update);
         assert_eq!(t.members(&k)[0].metadata, Some(m2));
+    }
+
+    /// A TTL as large as the config takes (meaning "never") saturates: in debug builds
+    /// `ttl + grace` overflowed and panicked the shard; in release it wrapped, and members
+    /// expired a second after joining (found in review).
+    #[test]
+    fn a_huge_ttl_never_expires_and_does_not_overflow() {
+        let mut t = PresenceTable::default();
+        let k = key("c");
+        let forever = PresenceLimits {
+            ttl_secs: u64::MAX,
+            ..limits()
+        };
+        t.join(&k, "a", None, PresenceHolder::Http, &forever, Millis(10))
+            .unwrap();
+        assert!(expired(&mut t, 1 << 50).is_empty());
+        assert_eq!(t.leave(&k, "a", conn(0, 1), Millis(1 << 50)), (true, None));
+        t.follow_ttls(|_| Some(u64::MAX - 5));
+        assert!(expired(&mut t, 1 << 60).is_empty());
     }
 
     #[test]

@@ -3,9 +3,9 @@
 //! timeouts and size limits of new connections. Connections stay open.
 //!
 //! A file that does not parse or validate is refused whole (a log line; the running
-//! configuration stays). Settings fixed at start-up (listen address, shards, data
-//! directory, history, inbox capacity, idempotency table, `[metrics]`, log format and
-//! level) keep their running values, with
+//! configuration stays). Settings fixed at start-up (listen address, PROXY protocol,
+//! shards, data directory, history, inbox capacity, idempotency table, `[metrics]`, log
+//! format and level, the demo page, the shutdown grace) keep their running values, with
 //! a log line naming each one that changed. A removed tenant's connections are closed
 //! with 4510 by their shards at the next housekeeping tick (at most one second), also when
 //! a later reload has added the tenant back by then (`TenantTable::still_has`).
@@ -70,7 +70,8 @@ pub fn reload(shared: &Shared, source: &ConfigSource) -> Result<Reloaded, Config
         log_format,
         log_level,
         demo,
-        demo_bundle
+        demo_bundle,
+        shutdown_grace_ms
     );
     let previous = shared.tenants.load();
     let tenants = TenantTable::rebuild(&next.tenants, next.default_tenant.as_deref(), &previous);
@@ -155,12 +156,14 @@ mod tests {
 
         let next = source(
             &dir,
-            "shards = 4\n[[tenants]]\nid = \"a\"\nplan = \"pro\"\n[[tenants]]\nid = \"c\"\nplan = \"free\"\n",
+            "shards = 4\nshutdown_grace_ms = 1\n[[tenants]]\nid = \"a\"\nplan = \"pro\"\n[[tenants]]\nid = \"c\"\nplan = \"free\"\n",
         );
         let done = reload(&shared, &next).unwrap();
         assert_eq!(done.added, vec!["c".to_owned()]);
         assert_eq!(done.removed, vec!["b".to_owned()]);
-        assert_eq!(done.need_restart, vec!["shards"]);
+        // The shutdown grace is read once by each shard at start (found in review: a
+        // reload took a new value silently and shutdown used the old one).
+        assert_eq!(done.need_restart, vec!["shards", "shutdown_grace_ms"]);
         assert_eq!(
             shared.config.load().shards,
             1,

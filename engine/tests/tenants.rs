@@ -717,3 +717,86 @@ fn a_pending_resubscribe_whose_token_expires_ends_the_subscription() {
             .join("; ")
     );
 }
+
+/// Writes `tenant_lines` as the dev tenant's settings and a reload source for them.
+fn reload_source(dir: &tempfile::TempDir, tenant_lines: &str) -> ConfigSource {
+    let path = dir.path().join("ringcast.toml");
+    let data = dir.path().join("data");
+    let text = format!(
+        "data_dir = \"{}\"\nshards = 2\ndefault_tenant = \"dev\"\n[[tenants]]\nid = \"dev\"\nplan = \"pro\"\n{tenant_lines}",
+        data.display()
+    );
+    std::fs::write(&path, text).unwrap();
+    ConfigSource {
+        path: Some(path),
+        flags: Default::default(),
+    }
+}
+
+/// A reload's `history_messages` reaches channels that stay open (found in review: a
+/// channel that always had a subscriber kept its old retention for good).
+#[test]
+fn a_reloaded_history_bound_applies_to_open_channels() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = reload_source(&dir, "history_messages = 2\n");
+    let mut cluster = Cluster::with(2, |config| *config = source.load().unwrap());
+    let (watcher, conn) = (cluster.connect(0), cluster.connect(0));
+    subscribe(&mut cluster, &watcher, "kept", None);
+    for _ in 0..3 {
+        publish(&mut cluster, &conn, "kept", None);
+    }
+    let source = reload_source(&dir, "history_messages = 10\n");
+    reload::reload(&cluster.shared, &source).unwrap();
+    for _ in 0..5 {
+        publish(&mut cluster, &conn, "kept", None);
+    }
+    let frame = r#"{"action":"subscribe","channel":"kept","lastEventId":0}"#;
+    let events = send(&mut cluster, 0, &conn, frame);
+    assert_eq!(seqs(&events), (2..=8).collect::<Vec<_>>());
+}
+
+/// A reload's `presence_ttl_secs` reaches members already present, raised or lowered
+/// (found in review: members kept expiring under the old TTL until someone joined).
+#[test]
+fn a_reloaded_presence_ttl_applies_to_members_already_present() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = reload_source(&dir, "presence_ttl_secs = 5\n");
+    let mut cluster = Cluster::with(2, |config| *config = source.load().unwrap());
+    let watcher = cluster.connect(0);
+    subscribe(&mut cluster, &watcher, "room", None);
+    let (alice, bob) = (cluster.connect(0), cluster.connect(1));
+    for (shard, conn, user) in [(0, &alice, "alice"), (1, &bob, "bob")] {
+        let join = format!(r#"{{"action":"presence:join","channel":"room","userId":"{user}"}}"#);
+        send(&mut cluster, shard, conn, &join);
+    }
+    take(&watcher);
+    // Their connections go; the members stay for the TTL.
+    cluster.shards[0].unregister_conn(&alice, None);
+    cluster.shards[1].unregister_conn(&bob, None);
+    cluster.pump();
+    let source = reload_source(&dir, "presence_ttl_secs = 600\n");
+    reload::reload(&cluster.shared, &source).unwrap();
+    let leaves = |cluster: &mut Cluster, secs: u64| {
+        let mut left = Vec::new();
+        for _ in 0..secs {
+            cluster.advance(1_000);
+            cluster.pump();
+            for e in take(&watcher) {
+                if e["event"] == "presence:leave" {
+                    left.push(e["userId"].as_str().unwrap().to_owned());
+                }
+            }
+        }
+        left
+    };
+    assert_eq!(
+        leaves(&mut cluster, 10),
+        Vec::<String>::new(),
+        "raised to 600 s"
+    );
+    let source = reload_source(&dir, "presence_ttl_secs = 2\n");
+    reload::reload(&cluster.shared, &source).unwrap();
+    let mut left = leaves(&mut cluster, 4);
+    left.sort();
+    assert_eq!(left, vec!["alice", "bob"], "lowered to 2 s");
+}

@@ -289,13 +289,17 @@ pub enum ConfigError {
         /// The cause.
         source: std::io::Error,
     },
-    /// The file is not valid TOML for this schema.
-    #[error("invalid config {path}: {source}")]
+    /// The file is not valid TOML for this schema. Shown without the offending line's
+    /// text and with quoted values elided: they may be secrets, and this message goes to
+    /// logs (found in review: `api_keys = "sk_live_…"` was logged whole).
+    #[error("invalid config {path}, line {line}: {message}")]
     Parse {
         /// The file.
         path: PathBuf,
-        /// The cause.
-        source: Box<toml::de::Error>,
+        /// The line the error is on (1 when unknown).
+        line: usize,
+        /// What is wrong, quoted values elided.
+        message: String,
     },
     /// A value is out of range.
     #[error("invalid setting: {0}")]
@@ -303,23 +307,48 @@ pub enum ConfigError {
 }
 
 impl ConfigError {
-    /// The error without the text of the offending line (which may hold a secret), for
-    /// logs.
+    /// The error as logs may show it: the same as its `Display`, which never holds a
+    /// value from the file.
     pub fn redacted(&self) -> String {
-        match self {
-            ConfigError::Parse { path, source } => {
-                let at = source
-                    .span()
-                    .map_or(String::new(), |span| format!(" at byte {}", span.start));
-                format!(
-                    "invalid config {}{at}: {}",
-                    path.display(),
-                    source.message()
-                )
-            }
-            other => other.to_string(),
+        self.to_string()
+    }
+
+    fn parse(path: &Path, text: &str, error: &toml::de::Error) -> ConfigError {
+        let line = error.span().map_or(1, |span| {
+            let end = span.start.min(text.len());
+            text.as_bytes()[..end]
+                .iter()
+                .filter(|b| **b == b'\n')
+                .count()
+                + 1
+        });
+        ConfigError::Parse {
+            path: path.to_owned(),
+            line,
+            message: elide_quoted(error.message()),
         }
     }
+}
+
+/// `message` with every `"…"` (serde's way of quoting a value it did not want) replaced
+/// by `"…"`.
+fn elide_quoted(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut parts = message.split('"');
+    if let Some(first) = parts.next() {
+        out.push_str(first);
+    }
+    let mut inside = false;
+    for part in parts {
+        inside = !inside;
+        if inside {
+            out.push_str("\"…");
+        } else {
+            out.push('"');
+            out.push_str(part);
+        }
+    }
+    out
 }
 
 impl Config {
@@ -344,10 +373,7 @@ impl Config {
                     path: path.to_owned(),
                     source,
                 })?;
-                toml::from_str(&text).map_err(|source| ConfigError::Parse {
-                    path: path.to_owned(),
-                    source: Box::new(source),
-                })?
+                toml::from_str(&text).map_err(|e| ConfigError::parse(path, &text, &e))?
             }
             None => FileConfig::default(),
         };
@@ -614,6 +640,32 @@ mod tests {
             config.default_tenant, None,
             "nothing open that the config does not open"
         );
+    }
+
+    /// A file that does not parse names its line, never a value from it: the message
+    /// goes to logs, and the value may be a key or secret (found in review).
+    #[test]
+    fn a_parse_error_shows_no_value_of_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ringcast.toml");
+        for (text, line) in [
+            (
+                "shards = 1\n[[tenants]]\nid = \"a\"\napi_keys = \"sk_live_SECRET0123456789\"\n",
+                4,
+            ),
+            (
+                "[[tenants]]\nid = \"a\"\ntoken_keys = { kid = \"k\", secret = \"TOPSECRET0123456789abcdef0123456789\" }\n",
+                3,
+            ),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let error = Config::load(Some(&path), &Overrides::default()).unwrap_err();
+            for shown in [error.to_string(), error.redacted()] {
+                assert!(!shown.contains("SECRET"), "{shown}");
+                assert!(shown.contains(&format!("line {line}")), "{shown}");
+            }
+        }
+        assert_eq!(elide_quoted(r#"a "x" b "y" c"#), r#"a "…" b "…" c"#);
     }
 
     #[test]

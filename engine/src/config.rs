@@ -45,6 +45,12 @@ pub struct Config {
     pub handshake_timeout_ms: u64,
     /// Time allowed for connections to close on shutdown.
     pub shutdown_grace_ms: u64,
+    /// A WebSocket connection that sent nothing (no frame, ping or pong) for half this
+    /// long gets a WebSocket ping; for this long, it is closed (1001, counted as
+    /// `timeout`): a peer that vanished without a FIN (NAT state dropped, a laptop lid
+    /// closed) would otherwise hold its slot, subscriptions and descriptor for good.
+    /// 0: never. The SDK pings every 25 s, and browsers answer pings by themselves.
+    pub idle_timeout_secs: u64,
     /// After SIGTERM, how long the server keeps serving with `/readyz` answering 503
     /// (so a load balancer stops sending new connections) before it closes connections
     /// with 1001. 0: close at once.
@@ -227,6 +233,7 @@ pub struct FileConfig {
     outbound_buffer_bytes: Option<usize>,
     handshake_timeout_ms: Option<u64>,
     shutdown_grace_ms: Option<u64>,
+    idle_timeout_secs: Option<u64>,
     drain_ms: Option<u64>,
     log_format: Option<LogFormat>,
     log_level: Option<String>,
@@ -418,6 +425,7 @@ impl Config {
                 .or(file.handshake_timeout_ms)
                 .unwrap_or(10_000),
             shutdown_grace_ms: file.shutdown_grace_ms.unwrap_or(5_000),
+            idle_timeout_secs: file.idle_timeout_secs.unwrap_or(90),
             drain_ms: flags.drain_ms.or(file.drain_ms).unwrap_or(0),
             log_format: flags.log_format.or(file.log_format).unwrap_or_default(),
             log_level: file.log_level.unwrap_or_else(|| "info".to_owned()),

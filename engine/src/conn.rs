@@ -12,9 +12,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use ringcast_protocol::event::PresenceSpelling;
-use ringcast_protocol::ws::close_frame;
+use ringcast_protocol::ws::{close_frame, ping_frame};
 use ringcast_protocol::{ChannelName, CloseCode};
 
+use crate::clock::Millis;
 use crate::keys::{ConnId, RequestId};
 use crate::outbound::{ConnState, Outbound, Pushed};
 use crate::subs::SubSet;
@@ -41,6 +42,19 @@ pub struct PresenceHold {
     pub join: RequestId,
 }
 
+/// What the idle sweep did with a connection (see [`Conn::check_idle`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Idle {
+    /// It sent something since the last look (or is already closing): nothing to do.
+    Heard,
+    /// Quiet, already pinged or not yet due.
+    Quiet,
+    /// Quiet for half the timeout: pinged.
+    Pinged,
+    /// Quiet for the whole timeout: closed.
+    Closed,
+}
+
 /// A WebSocket connection.
 pub struct Conn {
     /// Shard-local id.
@@ -55,6 +69,13 @@ pub struct Conn {
     pub presence: RefCell<Vec<PresenceHold>>,
     /// Whether it sent a frame since its shard last told the owners it was seen.
     pub presence_seen: Cell<bool>,
+    /// Whether it sent anything (any frame, pongs included) since the idle sweep last
+    /// looked; set by its session, cleared by the sweep.
+    pub heard: Cell<bool>,
+    /// When the idle sweep last found it had sent something (or it was registered).
+    last_heard: Cell<Millis>,
+    /// Whether the idle sweep pinged it since then.
+    pinged: Cell<bool>,
     /// How presence events are spelled for it.
     pub presence_spelling: PresenceSpelling,
     /// What its connection token (`/_rt/ws?token=`) verified: its user, and any
@@ -93,9 +114,42 @@ impl Conn {
             subs: RefCell::new(SubSet::default()),
             presence: RefCell::new(Vec::new()),
             presence_seen: Cell::new(false),
+            heard: Cell::new(false),
+            last_heard: Cell::new(Millis(0)),
+            pinged: Cell::new(false),
             grant: None,
             out: Outbound::new(limit, websocket_farewell),
         }
+    }
+
+    /// Starts its idle clock: it counts as heard from at `now` (its registration).
+    pub fn start_idle_clock(&self, now: Millis) {
+        self.last_heard.set(now);
+    }
+
+    /// The idle sweep's look at it at `now`: heard since the last look, its clock
+    /// restarts; quiet for half of `timeout_ms`, it is pinged once (a live peer answers
+    /// with a pong, browsers by themselves); quiet for `timeout_ms`, it is closed with
+    /// 1001. Returns whether this look pinged or closed it.
+    pub fn check_idle(&self, now: Millis, timeout_ms: u64) -> Idle {
+        if self.heard.replace(false) {
+            self.last_heard.set(now);
+            self.pinged.set(false);
+            return Idle::Heard;
+        }
+        if self.state() != ConnState::Open {
+            return Idle::Heard;
+        }
+        let quiet = now.since(self.last_heard.get());
+        if quiet >= timeout_ms {
+            self.out.close_idle("idle timeout: nothing received");
+            return Idle::Closed;
+        }
+        if quiet >= timeout_ms / 2 && !self.pinged.replace(true) {
+            self.out.push(ping_frame());
+            return Idle::Pinged;
+        }
+        Idle::Quiet
     }
 
     /// The same connection with presence events spelled `spelling`.

@@ -31,7 +31,7 @@ use ringcast_store::SplitMap;
 
 use crate::clock::{Clock, Millis};
 use crate::close_log::{CloseLog, Closed};
-use crate::conn::{Conn, PresenceHold, Sub};
+use crate::conn::{Conn, Idle, PresenceHold, Sub};
 use crate::deadline::{DeadlineQueue, TimerKey};
 use crate::history::{HistoryError, HistoryStore, SubscribeAnswer};
 use crate::idempotency::{IdempotencyTable, Remembered};
@@ -292,6 +292,7 @@ impl ShardCore {
         if let Some(spelling) = spelling {
             conn = conn.with_presence_spelling(spelling);
         }
+        conn.start_idle_clock(self.now());
         let conn = Rc::new(conn);
         self.conns.insert(conn.id, conn.clone());
         self.counters().ws_connections.add(1);
@@ -445,7 +446,7 @@ impl ShardCore {
         }
     }
 
-    /// A WebSocket ping (control frame) from `conn`: counts as seen for presence.
+    /// A WebSocket ping or pong (control frame) from `conn`: counts as seen for presence.
     pub fn on_ws_ping(&mut self, conn: &Rc<Conn>) {
         self.mark_presence_seen(conn);
     }
@@ -460,6 +461,8 @@ impl ShardCore {
 
     /// Answers a binary message.
     pub fn on_binary(&mut self, conn: &Rc<Conn>) {
+        // Refused, but a frame: SPEC §4 counts any frame as seen (found in review).
+        self.mark_presence_seen(conn);
         self.send_error(
             conn,
             None,
@@ -1824,7 +1827,8 @@ impl ShardCore {
         }
     }
 
-    /// Periodic work: presence heartbeats to owners, idle connections' write buffers,
+    /// Periodic work: presence heartbeats to owners, idle connections' write buffers and
+    /// quiet connections' pings and closes,
     /// idle channel eviction (never of a channel with presence members), interval
     /// flushes, idle log removal.
     fn housekeeping(&mut self, now: Millis) {
@@ -1834,7 +1838,7 @@ impl ShardCore {
         }
         self.flush_presence_seen();
         self.ren_housekeeping(now);
-        self.sweep_idle_buffers();
+        self.sweep_connections(now);
         let idle_before = now.0.saturating_sub(IDLE_CHANNEL_MS);
         self.idempotency.expire(now.0);
         let presence = &self.presence;
@@ -1863,11 +1867,28 @@ impl ShardCore {
     /// Up to [`CONN_SWEEP_PER_TICK`] connections (whole parts of the table) give back
     /// the buffers they did not use since their last sweep; the next tick goes on where
     /// this one stopped.
-    fn sweep_idle_buffers(&mut self) {
+    /// Part of the connection table (in turn, [`CONN_SWEEP_PER_TICK`] a tick): idle
+    /// connections give their write buffers back, and quiet ones are pinged, then
+    /// closed (`idle_timeout_secs`; found in review: a peer gone without a FIN stayed
+    /// for good).
+    fn sweep_connections(&mut self, now: Millis) {
+        let timeout_ms = self
+            .shared
+            .config
+            .load()
+            .idle_timeout_secs
+            .saturating_mul(1000);
+        let mut closed = 0u64;
         self.conns
             .for_each_in_turn(&mut self.conn_sweep_next, CONN_SWEEP_PER_TICK, |_, conn| {
                 conn.outbound().sweep_idle();
+                if timeout_ms > 0 && conn.check_idle(now, timeout_ms) == Idle::Closed {
+                    closed += 1;
+                }
             });
+        if closed > 0 {
+            tracing::debug!(shard = %self.id, closed, "closed idle connections");
+        }
     }
 
     /// Moves spilled messages on while other inboxes have room.

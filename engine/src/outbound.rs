@@ -265,6 +265,11 @@ impl Outbound {
         self.close_for(code, reason, CloseReason::of(code));
     }
 
+    /// Closes a peer that has gone quiet for too long with 1001, counted as a timeout.
+    pub fn close_idle(&self, reason: &str) {
+        self.close_for(CloseCode::GOING_AWAY, reason, CloseReason::Timeout);
+    }
+
     /// Answers the client's own close (a close frame) with `code`: counted as the
     /// client's close, whatever the code.
     pub fn close_by_client(&self, code: CloseCode) {

@@ -217,11 +217,14 @@ fn run_session(
 }
 
 fn handle_message(shard: &Shard, conn: &Rc<Conn>, message: &Message, buf: &[u8]) {
+    // Anything at all shows the peer is there (the idle sweep's pings ask for a pong).
+    conn.heard.set(true);
     match message {
         Message::Text(payload) => shard.on_text(conn, payload.bytes(buf)),
         Message::Binary(_) => shard.on_binary(conn),
         Message::Ping(payload) => shard.on_ws_ping(conn, pong_frame(payload.bytes(buf))),
-        Message::Pong | Message::Fragment => {}
+        Message::Pong => shard.on_ws_pong(conn),
+        Message::Fragment => {}
         Message::Close(_) => {
             // The answer to a client's close is 1000 whatever its code (the server
             // sends only the codes it documents; found in review: it echoed the

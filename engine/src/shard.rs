@@ -203,6 +203,12 @@ impl Shard {
         self.core().on_binary(conn);
     }
 
+    /// A WebSocket pong (answering the idle sweep's ping, or unsolicited as a
+    /// keep-alive): counts as seen for presence.
+    pub fn on_ws_pong(&self, conn: &Rc<Conn>) {
+        self.core().on_ws_ping(conn);
+    }
+
     /// Answers a WebSocket ping with `pong` (which counts as seen for presence).
     pub fn on_ws_ping(&self, conn: &Rc<Conn>, pong: Bytes) {
         let mut core = self.core();

@@ -590,3 +590,45 @@ fn task_publishes_are_refused_while_a_shard_spills() {
         Some(Ok(Answer::Published { .. }))
     ));
 }
+
+/// A connection that sends nothing is pinged at half `idle_timeout_secs` and closed with
+/// 1001 (counted as `timeout`) at the timeout; one that its session heard from (any
+/// frame, a pong included) restarts its clock (found in review: a peer gone without a
+/// FIN held its slot and subscriptions for good).
+#[test]
+fn a_quiet_connection_is_pinged_then_closed_and_a_live_one_stays() {
+    let mut cluster = Cluster::with(1, |config| config.idle_timeout_secs = 10);
+    let (gone, live) = (cluster.connect(0), cluster.connect(0));
+    let subscribe = r#"{"action":"subscribe","channel":"quiet"}"#;
+    cluster.send(0, &gone, subscribe);
+    cluster.pump();
+    take(&gone);
+    take(&live);
+    let mut pinged_at = None;
+    let mut closed_at = None;
+    for second in 1..=12u64 {
+        // The live peer answers whatever it gets, as its session would mark it.
+        if !take(&live).is_empty() || second % 4 == 0 {
+            live.heard.set(true);
+        }
+        cluster.advance(1_000);
+        cluster.pump();
+        for event in take(&gone) {
+            if event.get("ping").is_some() {
+                assert_eq!(pinged_at, None, "pinged once");
+                pinged_at = Some(second);
+            }
+            if let Some(code) = event.get("close") {
+                assert_eq!(code, 1001);
+                closed_at = Some(second);
+            }
+        }
+    }
+    assert_eq!(pinged_at, Some(5), "at half the timeout");
+    assert_eq!(closed_at, Some(10), "at the timeout");
+    assert_eq!(live.state(), ringcast_engine::outbound::ConnState::Open);
+    assert_eq!(
+        gone.outbound().close_reason(),
+        ringcast_engine::metrics::CloseReason::Timeout
+    );
+}

@@ -282,6 +282,11 @@ pub fn close_frame(code: CloseCode, reason: &str) -> Bytes {
     control_frame(0x8, &payload)
 }
 
+/// A ping with no payload (the server's check that an idle peer is still there).
+pub fn ping_frame() -> Bytes {
+    Bytes::from_static(&[0x89, 0x00])
+}
+
 /// A pong answering a ping with `payload`.
 pub fn pong_frame(payload: &[u8]) -> Bytes {
     control_frame(0xA, payload)

@@ -1195,8 +1195,8 @@ impl ShardCore {
         let tenant = self.shared.tenants.load().get(req.key.tenant.as_str());
         let opened = match &tenant {
             Some(tenant) => match self.owned.open_counted(&req.key, tenant, now) {
-                Ok(channel) => {
-                    channel.watchers.insert(req.from);
+                Ok(_) => {
+                    self.owned.watch(&req.key, req.from);
                     Ok(())
                 }
                 Err(limit) => Err((ErrorCode::ChannelLimit, channel_limit_message(limit))),

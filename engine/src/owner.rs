@@ -15,6 +15,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use hashbrown::{HashMap, HashSet};
 use ringcast_protocol::{ChannelName, TenantId};
 use ringcast_store::{SplitMap, StoreStats};
 
@@ -180,6 +181,11 @@ pub struct OwnedChannels {
     /// The part [`OwnedChannels::housekeeping`] looks at next.
     sweep_next: usize,
     store: HistoryStore,
+    /// The open channels some shard watches, by tenant, so listing one tenant's looks at
+    /// no other tenant's (found in review: `GET /api/realtime/channels` scanned every
+    /// open channel of the shard, and any tenant could repeat it). A channel closes only
+    /// once unwatched, so [`OwnedChannels::watch`] and [`OwnedChannels::unwatch`] keep it.
+    watched: HashMap<TenantId, HashSet<ChannelName>>,
 }
 
 impl OwnedChannels {
@@ -189,6 +195,7 @@ impl OwnedChannels {
             channels: SplitMap::new(),
             sweep_next: 0,
             store,
+            watched: HashMap::new(),
         }
     }
 
@@ -274,10 +281,20 @@ impl OwnedChannels {
         &'a self,
         tenant: &'a TenantId,
     ) -> impl Iterator<Item = &'a ChannelName> + 'a {
-        self.channels
-            .iter()
-            .filter(move |(key, channel)| &key.tenant == tenant && !channel.watchers.is_empty())
-            .map(|(key, _)| &key.channel)
+        self.watched.get(tenant).into_iter().flatten()
+    }
+
+    /// Shard `from` has subscribers on `key` (open).
+    pub fn watch(&mut self, key: &ChannelKey, from: ShardId) {
+        if let Some(channel) = self.channels.get_mut(key) {
+            if channel.watchers.is_empty() {
+                self.watched
+                    .entry_ref(&key.tenant)
+                    .or_default()
+                    .insert(key.channel.clone());
+            }
+            channel.watchers.insert(from);
+        }
     }
 
     /// A publish to `key` in one table lookup: opens the channel like
@@ -339,8 +356,17 @@ impl OwnedChannels {
 
     /// Shard `from` no longer has subscribers on `key`.
     pub fn unwatch(&mut self, key: &ChannelKey, from: ShardId) {
-        if let Some(channel) = self.channels.get_mut(key) {
-            channel.watchers.remove(from);
+        let Some(channel) = self.channels.get_mut(key) else {
+            return;
+        };
+        channel.watchers.remove(from);
+        if channel.watchers.is_empty() {
+            if let Some(set) = self.watched.get_mut(&key.tenant) {
+                set.remove(&key.channel);
+                if set.is_empty() {
+                    self.watched.remove(&key.tenant);
+                }
+            }
         }
     }
 

@@ -632,3 +632,57 @@ fn a_quiet_connection_is_pinged_then_closed_and_a_live_one_stays() {
         ringcast_engine::metrics::CloseReason::Timeout
     );
 }
+
+/// Each shard lists a tenant's watched channels from its own index (not a scan of every
+/// tenant's open channels): subscribes and unsubscribes on any shard keep it exact, and
+/// another tenant's channels never show.
+#[test]
+fn active_channels_follow_subscribes_and_unsubscribes_per_tenant() {
+    let mut cluster = Cluster::with(2, |config| {
+        config
+            .tenants
+            .push(ringcast_engine::tenant::TenantConfig::new(
+                "other",
+                ringcast_engine::tenant::Plan::Pro,
+            ));
+    });
+    let list = |cluster: &mut Cluster, tenant: &str| -> Vec<String> {
+        let mut all = Vec::new();
+        for shard in 0..2u16 {
+            let question = Question::ActiveChannels {
+                tenant: ringcast_protocol::TenantId::new(tenant),
+            };
+            let mut rx =
+                cluster.shards[0].ask_shard(ringcast_engine::keys::ShardId(shard), question, 1_000);
+            cluster.pump();
+            match poll_answer(&mut rx) {
+                Some(Ok(Answer::ActiveChannels(names))) => {
+                    all.extend(names.into_iter().map(|n| n.as_str().to_owned()))
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        all.sort();
+        all
+    };
+    let (a, b) = (cluster.connect(0), cluster.connect(1));
+    let other_tenant = cluster.shared.tenants.load().get("other").unwrap();
+    let c = cluster.shards[0].register_conn(other_tenant, "c");
+    for (shard, conn, channel) in [(0, &a, "x"), (1, &b, "x"), (1, &b, "y"), (0, &c, "z")] {
+        let frame = format!(r#"{{"action":"subscribe","channel":"{channel}"}}"#);
+        cluster.send(shard, conn, &frame);
+    }
+    cluster.pump();
+    assert_eq!(list(&mut cluster, "dev"), vec!["x", "y"]);
+    assert_eq!(list(&mut cluster, "other"), vec!["z"]);
+    cluster.send(0, &a, r#"{"action":"unsubscribe","channel":"x"}"#);
+    cluster.pump();
+    assert_eq!(list(&mut cluster, "dev"), vec!["x", "y"], "b still has x");
+    cluster.send(1, &b, r#"{"action":"unsubscribe","channel":"x"}"#);
+    cluster.pump();
+    assert_eq!(list(&mut cluster, "dev"), vec!["y"]);
+    cluster.shards[1].unregister_conn(&b, None);
+    cluster.pump();
+    assert_eq!(list(&mut cluster, "dev"), Vec::<String>::new());
+    assert_eq!(list(&mut cluster, "other"), vec!["z"]);
+}

@@ -205,8 +205,9 @@ async fn serve_requests(
         };
         let started = std::time::Instant::now();
         if crate::api::ren::is_stream_request(&head) {
-            let opened = crate::api::ren::open(shard, &head)
-                .and_then(|open| Ok((open, admit_ip(shard, client)?)));
+            // The address's budget first, as for WebSocket handshakes.
+            let opened = admit_ip(shard, client)
+                .and_then(|ip_slot| Ok((crate::api::ren::open(shard, &head)?, ip_slot)));
             match opened {
                 Ok((open, ip_slot)) => {
                     count_request(shard, route_label, 200, started);
@@ -542,6 +543,17 @@ fn websocket(shard: &Rc<Shard>, head: &RequestHead, client: IpAddr, keep_alive: 
     if shard.is_shutting_down() {
         return error(ApiError::Overloaded, "server shutting down");
     }
+    // Before the tenant, origin and token checks: a refused handshake uses up the
+    // address's budget too (found in review: only handshakes that would succeed
+    // counted, so one address could have tokens checked without bound). The slot is
+    // given back when the handshake is refused.
+    let ip_slot = match admit_ip(shard, client) {
+        Ok(slot) => slot,
+        Err(refusal) => {
+            let out = crate::api::respond_refusal(shard, &refusal, keep_alive);
+            return Route::Respond(out, keep_alive);
+        }
+    };
     let tenant_id = head.query_param("tenant");
     let Some(tenant) = shard.shared.tenants.load().resolve(tenant_id.as_deref()) else {
         return error(ApiError::UnknownTenant, "no such tenant");
@@ -578,13 +590,6 @@ fn websocket(shard: &Rc<Shard>, head: &RequestHead, client: IpAddr, keep_alive: 
         .query_param("presence_events")
         .as_deref()
         .and_then(PresenceSpelling::parse);
-    let ip_slot = match admit_ip(shard, client) {
-        Ok(slot) => slot,
-        Err(refusal) => {
-            let out = crate::api::respond_refusal(shard, &refusal, keep_alive);
-            return Route::Respond(out, keep_alive);
-        }
-    };
     let shard_header = shard.id.to_string();
     let response = switching_protocols(&accept, &[("x-ringcast-shard", &shard_header)]);
     Route::Upgrade {

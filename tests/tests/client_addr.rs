@@ -96,6 +96,27 @@ fn handshakes_per_second_are_bounded_per_address() -> Result<()> {
     Ok(())
 }
 
+/// A refused handshake (an unknown tenant here; a bad token or origin alike) uses up
+/// the address's handshake budget too: only handshakes that would succeed used to count,
+/// so one address could make the server check tokens without bound (found in review).
+#[test]
+fn refused_handshakes_count_against_the_per_address_rate() -> Result<()> {
+    let server = start("max_connections_per_ip = 0\nhandshakes_per_sec_per_ip = 1")?;
+    let ghost = |server: &Server| -> Result<HttpResponse> {
+        let request =
+            String::from_utf8(upgrade(""))?.replacen("/_rt/ws", "/_rt/ws?tenant=ghost", 1);
+        ringcast_tests::http_request(server.addr(), request.as_bytes())
+    };
+    let started = Instant::now();
+    let first = ghost(&server)?;
+    let second = ghost(&server)?;
+    first.assert_error(404, "unknown_tenant");
+    if started.elapsed() < Duration::from_millis(900) {
+        second.assert_error(429, "rate_limited");
+    }
+    Ok(())
+}
+
 #[test]
 fn x_forwarded_for_is_believed_from_trusted_proxies_only() -> Result<()> {
     let trusting = start(

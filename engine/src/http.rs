@@ -70,7 +70,9 @@ const LINGER: Duration = Duration::from_secs(1);
 const LINGER_BYTES: usize = 64 * 1024;
 
 /// Serves one accepted connection from `peer` (the address `accept` gave). `slot` is
-/// `None` when the server is full: the request head is read and answered with 503.
+/// `None` when the server is full: the request head is read and answered with 503, or,
+/// for `GET /healthz`, `/readyz` and `/metrics`, with their usual answer; either way the
+/// connection then closes.
 pub async fn serve_connection(
     shard: Rc<Shard>,
     mut stream: TcpStream,
@@ -188,6 +190,18 @@ async fn serve_requests(
         *client = shard.shared.trusted.load().client(relayed, &forwarded);
         let client = *client;
         if !has_slot {
+            // Probes are answered without a slot (then the connection closes): a full
+            // server is alive, and a liveness probe that got 503 would restart it.
+            if let Some(out) = probe_without_slot(shard, &head) {
+                let started = std::time::Instant::now();
+                let status = status_of(&out);
+                let written = write_within(shard, stream, out, timeout).await;
+                count_request(shard, route_label, status, started);
+                if written {
+                    linger(stream).await;
+                }
+                return Served::Close(CloseReason::Client);
+            }
             let message = "max_connections reached; retry later";
             let error = ApiError::Overloaded;
             refuse(shard, stream, error, message, timeout, route_label).await;
@@ -477,24 +491,16 @@ fn route(shard: &Rc<Shard>, head: &RequestHead, client: IpAddr) -> Route {
     };
     let path = head.path.as_str();
     let is_get = head.method == "GET";
+    if is_get {
+        if let Some(out) = probe_response(shard, path, keep_alive) {
+            return respond(out);
+        }
+    }
     match path {
         "/_rt/ws" if !is_get => error(ApiError::MethodNotAllowed, "use GET to open a WebSocket"),
         "/_rt/ws" => websocket(shard, head, client, keep_alive),
         "/healthz" | "/readyz" | "/metrics" if !is_get => {
             error(ApiError::MethodNotAllowed, "use GET")
-        }
-        "/healthz" => respond(ok_json(br#"{"status":"ok"}"#, keep_alive)),
-        "/readyz" => match shard.shared.readiness(shard.mesh.is_shutting_down()) {
-            Ok(()) => respond(ok_json(br#"{"status":"ready"}"#, keep_alive)),
-            Err(why) => error(ApiError::NotReady, why.message()),
-        },
-        "/metrics" => {
-            let text = shard.shared.render_metrics(shard.mesh.is_shutting_down());
-            respond(ok_response(
-                "text/plain; version=0.0.4; charset=utf-8",
-                text.as_bytes(),
-                keep_alive,
-            ))
         }
         _ => match &shard.shared.demo {
             Some(demo) if DemoSite::handles(path) => {
@@ -509,6 +515,41 @@ fn route(shard: &Rc<Shard>, head: &RequestHead, client: IpAddr) -> Route {
             _ => error(ApiError::NotFound, "no such route"),
         },
     }
+}
+
+/// The answer to `GET /healthz`, `/readyz` or `/metrics`; `None` for any other path.
+fn probe_response(shard: &Shard, path: &str, keep_alive: bool) -> Option<Vec<u8>> {
+    let out = match path {
+        "/healthz" => ok_json(br#"{"status":"ok"}"#, keep_alive),
+        "/readyz" => match shard.shared.readiness(shard.mesh.is_shutting_down()) {
+            Ok(()) => ok_json(br#"{"status":"ready"}"#, keep_alive),
+            Err(why) => {
+                let error = ApiError::NotReady;
+                shard.shared.metrics.shard(shard.id).error(error.code());
+                refusal_response(error, why.message(), keep_alive)
+            }
+        },
+        "/metrics" => {
+            let text = shard.shared.render_metrics(shard.mesh.is_shutting_down());
+            ok_response(
+                "text/plain; version=0.0.4; charset=utf-8",
+                text.as_bytes(),
+                keep_alive,
+            )
+        }
+        _ => return None,
+    };
+    Some(out)
+}
+
+/// The answer to a probe that arrived while `max_connections` is reached (`GET
+/// /healthz`, `/readyz`, `/metrics`), always with `Connection: close`; `None` for any
+/// other request, which is refused with 503.
+fn probe_without_slot(shard: &Shard, head: &RequestHead) -> Option<Vec<u8>> {
+    if head.method != "GET" {
+        return None;
+    }
+    probe_response(shard, head.path.as_str(), false)
 }
 
 /// The JSON error answer of a route outside the HTTP API, with the header its status

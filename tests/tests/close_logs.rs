@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use ringcast_tests::{
-    frame_header, http_get, json, poll_until, unmasked_frame, Client, Server, TIMEOUT,
+    frame_header, http_request, json, poll_until, unmasked_frame, upgrade_request, Client, Server,
+    TIMEOUT,
 };
 use serde_json::Value;
 
@@ -42,7 +43,9 @@ fn protocol_errors_and_limits_leave_one_line_each_and_a_normal_close_none() -> R
     let held: Vec<Client> = (0..3)
         .map(|_| Client::open(&server, ""))
         .collect::<Result<_>>()?;
-    assert_eq!(http_get(server.addr(), "/healthz")?.status, 503);
+    // (A WebSocket upgrade: probes such as /healthz are answered even when full.)
+    let refused = http_request(server.addr(), &upgrade_request(server.addr(), "/_rt/ws"))?;
+    refused.assert_error(503, "overloaded");
     server.await_log_line(&["connection closed", "reason=limit", "transport=http"])?;
 
     // A normal close by the client: counted, not logged.

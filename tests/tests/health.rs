@@ -1,11 +1,15 @@
 //! `/healthz` and `/readyz`: ready once every shard runs; 503 while draining after
 //! SIGTERM (`drain_ms`), while everything else is still served; 503 while the data
-//! directory cannot be written; a second signal ends the drain at once.
+//! directory cannot be written; a second signal ends the drain at once. The probes are
+//! answered even when `max_connections` is reached (the connection closes after the
+//! answer), so a liveness probe never kills a full server.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use ringcast_tests::{http_get, metric_value, poll_until, Client, Server, TIMEOUT};
+use ringcast_tests::{
+    http_get, metric_value, poll_until, Client, ConnectError, HttpConn, Server, TIMEOUT,
+};
 
 fn readyz(server: &Server) -> Result<(u16, String)> {
     let resp = http_get(server.addr(), "/readyz")?;
@@ -91,5 +95,43 @@ fn readyz_is_503_while_the_data_directory_cannot_be_written() -> Result<()> {
     await_readyz(&server, 200)?;
     let log = server.stderr_text();
     assert!(log.contains("data directory not writable"), "{log}");
+    Ok(())
+}
+
+#[test]
+fn probes_are_answered_when_max_connections_is_reached() -> Result<()> {
+    let server = Server::start(&["--max-connections", "1"])?;
+    let mut holder = Client::open(&server, "")?;
+    let upgrade_refused = |when: &str| -> Result<()> {
+        let stream = std::net::TcpStream::connect(server.addr())?;
+        match Client::handshake(stream, server.addr(), "") {
+            Err(ConnectError::Http(resp)) => resp.assert_error(503, "overloaded"),
+            Err(e) => panic!("a new WebSocket {when}: expected HTTP 503, got {e}"),
+            Ok(_) => panic!("a new WebSocket {when} was admitted with --max-connections 1"),
+        }
+        Ok(())
+    };
+    upgrade_refused("before the probes")?;
+    for (path, body) in [
+        ("/healthz", r#"{"status":"ok"}"#),
+        ("/readyz", r#"{"status":"ready"}"#),
+        ("/metrics", "ringcast_connections"),
+    ] {
+        // A keep-alive request: the server answers it, then closes (no slot to keep).
+        let mut conn = HttpConn::open(&server)?;
+        conn.send(format!("GET {path} HTTP/1.1\r\nHost: probe\r\n\r\n"))?;
+        let resp = conn.response()?;
+        assert_eq!(resp.status, 200, "{path} while full: {}", resp.body_text());
+        assert!(
+            resp.body_text().contains(body),
+            "{path}: {}",
+            resp.body_text()
+        );
+        assert_eq!(resp.header("connection"), Some("close"), "{path}");
+        conn.expect_eof()?;
+    }
+    // Probes took no slot: the WebSocket is served, and upgrades are still refused.
+    holder.ping_pong()?;
+    upgrade_refused("after the probes")?;
     Ok(())
 }

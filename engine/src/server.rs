@@ -1,4 +1,5 @@
-//! Start-up and shutdown: bind one `SO_REUSEPORT` listener per shard, start one pinned
+//! Start-up and shutdown: bind one `SO_REUSEPORT` listener per shard (after checking that
+//! nothing else holds the address, so two servers never share a port), start one pinned
 //! thread per shard, each running a monoio runtime (io_uring, or the legacy driver with a
 //! log line where io_uring is missing), print the listening line, and on SIGTERM/SIGINT
 //! drain (`/readyz` answers 503 for `drain_ms` while everything else is served), then
@@ -223,10 +224,14 @@ impl Drop for ExitNotice {
     }
 }
 
+/// Binds one `SO_REUSEPORT` listener per shard on `addr` (port 0: a free port, the
+/// same for all). Fails with `AddrInUse` when anything already holds `addr`, another
+/// ringcast's listeners included (see [`probe_unused`]).
 fn bind_listeners(
     addr: SocketAddr,
     shards: usize,
 ) -> std::io::Result<(Vec<std::net::TcpListener>, SocketAddr)> {
+    probe_unused(addr)?;
     let mut bound = addr;
     let mut listeners = Vec::with_capacity(shards);
     for _ in 0..shards {
@@ -250,6 +255,29 @@ fn bind_listeners(
         listeners.push(socket.into());
     }
     Ok((listeners, bound))
+}
+
+/// Fails with `AddrInUse` when a socket already holds `addr`. The shards' listeners set
+/// `SO_REUSEPORT`, so binding them would succeed next to another process of the same
+/// user that did too (a second ringcast with another data directory), and the kernel
+/// would split new connections between the two. A socket without `SO_REUSEPORT` cannot
+/// share the port, so binding one first tells; `SO_REUSEADDR` keeps connections of an
+/// earlier run in TIME_WAIT from counting. The probe is closed before the group binds.
+/// Port 0 needs no probe: the kernel picks a free port.
+fn probe_unused(addr: SocketAddr) -> std::io::Result<()> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    probe.set_reuse_address(true)?;
+    match probe.bind(&addr.into()) {
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            "the address is already in use by another process (two ringcast servers on \
+             one port would split its clients)",
+        )),
+        bound => bound,
+    }
 }
 
 fn shard_thread(
@@ -449,28 +477,65 @@ pub(crate) async fn yield_now() {
 mod tests {
     use super::*;
 
-    #[test]
-    fn accepted_sockets_inherit_nodelay_from_the_listener() {
-        let (listeners, addr) = bind_listeners("127.0.0.1:0".parse().unwrap(), 2).unwrap();
-        assert_eq!(listeners.len(), 2);
+    /// Connects to `addr`, speaks (accept is deferred until the client has), and returns
+    /// the client and the server's side of the connection.
+    fn connect_and_accept(
+        listeners: &[std::net::TcpListener],
+        addr: SocketAddr,
+    ) -> (std::net::TcpStream, std::net::TcpStream) {
         let mut client = std::net::TcpStream::connect(addr).unwrap();
-        // Accept is deferred until the client has spoken.
         std::io::Write::write_all(&mut client, b"GET / HTTP/1.1\r\n").unwrap();
-        // The kernel spreads connections over the SO_REUSEPORT group: poll both, bounded.
+        // The kernel spreads connections over the SO_REUSEPORT group: poll all, bounded.
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        let accepted = loop {
+        loop {
             if let Some(Ok((stream, _))) = listeners.iter().map(|l| l.accept()).find(Result::is_ok)
             {
-                break stream;
+                return (client, stream);
             }
             assert!(
                 std::time::Instant::now() < deadline,
                 "no connection accepted"
             );
             std::thread::yield_now();
-        };
+        }
+    }
+
+    #[test]
+    fn accepted_sockets_inherit_nodelay_from_the_listener() {
+        let (listeners, addr) = bind_listeners("127.0.0.1:0".parse().unwrap(), 2).unwrap();
+        assert_eq!(listeners.len(), 2);
+        let (_client, accepted) = connect_and_accept(&listeners, addr);
         let nodelay = socket2::SockRef::from(&accepted).tcp_nodelay().unwrap();
         assert!(nodelay, "the server sets TCP_NODELAY only on its listeners");
+    }
+
+    #[test]
+    fn a_port_another_group_listens_on_is_refused() {
+        let (_first, addr) = bind_listeners("127.0.0.1:0".parse().unwrap(), 2).unwrap();
+        let refused = bind_listeners(addr, 2).expect_err("a second group on a port in use");
+        assert_eq!(refused.kind(), std::io::ErrorKind::AddrInUse, "{refused}");
+        assert!(refused.to_string().contains("in use"), "{refused}");
+    }
+
+    #[test]
+    fn connections_in_time_wait_do_not_stop_a_restart_on_the_port() {
+        let (listeners, addr) = bind_listeners("127.0.0.1:0".parse().unwrap(), 2).unwrap();
+        let (mut client, mut accepted) = connect_and_accept(&listeners, addr);
+        // Read what the client sent (closing over unread bytes would reset), then close
+        // first, so the server's side of the connection stays in TIME_WAIT.
+        accepted.set_nonblocking(false).unwrap();
+        let mut request = [0u8; 16];
+        std::io::Read::read_exact(&mut accepted, &mut request).unwrap();
+        drop(accepted);
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let read = std::io::Read::read(&mut client, &mut [0u8; 16]).unwrap();
+        assert_eq!(read, 0, "the server's FIN");
+        drop(client);
+        drop(listeners);
+        let (again, bound) = bind_listeners(addr, 2).expect("a restart on the same port");
+        assert_eq!((again.len(), bound), (2, addr));
     }
 
     #[test]

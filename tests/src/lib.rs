@@ -106,6 +106,34 @@ fn build_ringcast() -> Result<PathBuf> {
         .join("ringcast"))
 }
 
+/// Runs `ringcast ARGS` (stdout and stderr captured) and waits up to `timeout` for it to
+/// exit; past that it is killed and this fails. For commands expected to end on their
+/// own (a server that refuses to start, `check-config`, `doctor`).
+pub fn run_to_exit(args: &[&str], timeout: Duration) -> Result<std::process::Output> {
+    let child = Command::new(ringcast_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("spawning ringcast {args:?}"))?;
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(output) => Ok(output?),
+        Err(_) => {
+            let pid = libc::pid_t::try_from(pid)?;
+            // SAFETY: kill(2) has no memory-safety preconditions; `pid` is our own child,
+            // not reaped yet (the waiting thread has not returned).
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            bail!("ringcast {args:?} did not exit within {timeout:?}")
+        }
+    }
+}
+
 /// A running `ringcast serve` process. Dropping it kills the process (SIGKILL) and waits.
 #[derive(Debug)]
 pub struct Server {

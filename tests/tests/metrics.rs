@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use ringcast_tests::sse::{SseItem, SseStream};
 use ringcast_tests::{
     config_file, http_get, json, poll_until, series_value, Client, Server, TIMEOUT,
 };
@@ -211,5 +212,27 @@ fn tenant_families_are_absent_unless_asked_for() -> Result<()> {
         !text.contains("ringcast_tokens_accepted"),
         "the old name is gone"
     );
+    Ok(())
+}
+
+#[test]
+fn tenant_connections_count_sse_streams() -> Result<()> {
+    const SSE: &str = "ringcast_tenant_connections{tenant=\"dev\",transport=\"sse\"}";
+    const WS: &str = "ringcast_tenant_connections{tenant=\"dev\",transport=\"ws\"}";
+    let (_config_dir, config) = config_file("[metrics]\ntenant_labels = true\n")?;
+    let server = Server::start(&["--config", &config.display().to_string()])?;
+    assert_eq!(value(&scrape(&server)?, SSE), 0.0);
+    let mut stream = match SseStream::open(&server, "/api/maravilla/ren?s=*", &[])? {
+        Ok(stream) => stream,
+        Err(resp) => anyhow::bail!("stream refused: {} {}", resp.status, resp.body_text()),
+    };
+    // Counted when the stream starts, before its first bytes go out.
+    assert_eq!(stream.next_item(TIMEOUT)?, SseItem::Comment("ok".into()));
+    let text = scrape(&server)?;
+    assert_eq!(value(&text, SSE), 1.0);
+    assert_eq!(value(&text, WS), 0.0);
+    assert_eq!(value(&text, "ringcast_connections{transport=\"sse\"}"), 1.0);
+    drop(stream);
+    await_value(&server, SSE, 0.0)?;
     Ok(())
 }

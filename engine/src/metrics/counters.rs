@@ -8,7 +8,7 @@
 //! |---|---|
 //! | `connections`, `connections_accepted` | the accept loop (`admission.rs`) |
 //! | `ws_connections`, closes of WebSocket sessions | `ShardCore::register_*` / `unregister_conn` |
-//! | `sse_connections`, closes of SSE streams | the SSE stream code (`ren/serve.rs`): +1 when a stream starts, −1 and [`ShardCounters::closed`] when it ends |
+//! | `sse_connections`, closes of SSE streams | the SSE stream code (`ren/serve.rs`): +1 when a stream starts, −1 and [`ShardCounters::closed`] when it ends (with tenant labels, the tenant's `sse_connections` too) |
 //! | closes of plain HTTP connections, `http_*` | `http.rs` |
 //! | `bytes_out`, `write_batch_frames` | the shard's flush pass (`send_ring.rs`), or the writer task of each connection where there is no send ring (`outbound.rs`) |
 //! | `loop_turn` | the inbox loop (`server.rs`) |

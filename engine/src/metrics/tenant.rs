@@ -21,7 +21,8 @@ pub const OTHER_TENANTS: &str = "_other";
 pub struct TenantShardCounters {
     /// The tenant's WebSocket sessions on this shard.
     pub ws_connections: Level,
-    /// The tenant's SSE streams on this shard (bumped by the SSE code).
+    /// The tenant's SSE streams on this shard (moved by the SSE code, `ren/serve.rs`, with
+    /// the shard's own `sse_connections`).
     pub sse_connections: Level,
     /// Subscriptions of the tenant's connections on this shard.
     pub subscriptions: Level,

@@ -31,8 +31,7 @@ pub fn start_stream(
 ) {
     let stream = shard.ren_open(open);
     let (reader, writer) = socket.into_split();
-    let counters = shard.shared.metrics.shard(shard.id);
-    counters.sse_connections.add(1);
+    count_stream(&shard, &stream, 1);
     let meter = WriteMeter {
         counters: shard.shared.metrics.shard_handle(shard.id),
         transport: Transport::Sse,
@@ -74,7 +73,19 @@ async fn run_reader(
     let reason = stream.outbound().close_reason();
     stream.mark_closed();
     shard.ren_close(&stream);
-    shard.shared.metrics.shard(shard.id).sse_connections.add(-1);
+    count_stream(&shard, &stream, -1);
     shard.connection_closed(Transport::Sse, reason, slot.1.addr());
     drop(slot);
+}
+
+/// Moves the open-stream gauges by `delta`: the shard's, and with `[metrics]
+/// tenant_labels` its tenant's (`ringcast_tenant_connections{transport="sse"}`). The
+/// same `Arc<Tenant>` is counted down as was counted up, whatever a reload did meanwhile.
+fn count_stream(shard: &Shard, stream: &RenStream, delta: i64) {
+    let metrics = &shard.shared.metrics;
+    metrics.shard(shard.id).sse_connections.add(delta);
+    if metrics.tenant_labels() {
+        let tenant = stream.tenant.metrics.shard(shard.id, shard.mesh.shards());
+        tenant.sse_connections.add(delta);
+    }
 }

@@ -19,6 +19,7 @@
 //! [`shard::Shared`]. See `ARCHITECTURE.md` for the ownership map and invariants.
 #![deny(unsafe_code)]
 
+pub mod accept_log;
 pub mod admission;
 pub mod api;
 pub mod client_addr;

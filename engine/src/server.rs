@@ -20,6 +20,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::accept_log::{AcceptLog, Logged};
 use crate::admission::ConnectionSlot;
 use crate::clock::Clock;
 use crate::config::Config;
@@ -46,6 +47,7 @@ pub fn run(config: Config, source: ConfigSource) -> anyhow::Result<()> {
         Ok(slots) => tracing::debug!(slots, "descriptor table reserved"),
         Err(e) => tracing::warn!(error = %e, wanted, "could not reserve the descriptor table"),
     }
+    warn_if_few_descriptors(config.max_connections);
     let (listeners, addr) = bind_listeners(config.listen, shards)
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let mesh = Mesh::with_capacity(shards, config.inbox_capacity);
@@ -150,6 +152,39 @@ pub fn run(config: Config, source: ConfigSource) -> anyhow::Result<()> {
     anyhow::ensure!(clean, "a shard thread panicked");
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Warns when the soft `RLIMIT_NOFILE` cannot hold `max_connections` plus the server's
+/// own descriptors: past it every accept fails (EMFILE) long before `max_connections`,
+/// and the server does not raise its own limit.
+fn warn_if_few_descriptors(max_connections: usize) {
+    let Ok(soft) = fd_table::soft_limit() else {
+        return;
+    };
+    let Some(needed) = descriptors_short(soft, max_connections) else {
+        return;
+    };
+    tracing::warn!(
+        soft_limit = soft,
+        max_connections,
+        needed,
+        "the soft open-file limit is below max_connections + {}: accepts past it fail \
+         (EMFILE); raise it (`ulimit -n {needed}` in the shell that starts ringcast, \
+         LimitNOFILE= in its systemd unit) or lower max_connections; `ringcast doctor` \
+         checks it",
+        crate::doctor::limits::HEADROOM,
+    );
+}
+
+/// The descriptors a server with `max_connections` should be allowed (the doctor's
+/// `nofile` check asks the same), when the soft limit `soft` is below that.
+fn descriptors_short(soft: usize, max_connections: usize) -> Option<u64> {
+    let needed = crate::doctor::limits::descriptors_needed(&crate::doctor::Needs {
+        max_connections,
+        shards: 1,
+        history_bytes: None,
+    });
+    ((soft as u64) < needed).then_some(needed)
 }
 
 /// How often the main thread probes the data directory.
@@ -422,6 +457,7 @@ const ACCEPT_BATCH: usize = 64;
 /// `ACCEPT_BATCH` more taken from the backlog without an io_uring round trip each
 /// (`nowait::accept_now`), as an epoll server empties its listener's queue.
 async fn accept_loop(shard: Rc<Shard>, listener: monoio::net::TcpListener) {
+    let mut log = AcceptLog::default();
     loop {
         let accepted = monoio::select! {
             accepted = listener.accept() => Some(accepted),
@@ -430,15 +466,35 @@ async fn accept_loop(shard: Rc<Shard>, listener: monoio::net::TcpListener) {
         match accepted {
             None => break,
             Some(Ok((stream, peer))) => {
+                if let Logged::Recovered { suppressed } = log.accepted() {
+                    tracing::info!(shard = %shard.id, suppressed, "accepting again");
+                }
                 spawn_connection(&shard, stream, peer);
                 take_backlog(&shard, &listener);
             }
             Some(Err(e)) => {
-                // Typically EMFILE: back off instead of spinning.
-                tracing::warn!(shard = %shard.id, error = %e, "accept failed");
+                // Typically EMFILE: back off instead of spinning, and log at most once a
+                // second (the connection stays in the backlog, so every retry fails).
+                if let Logged::Failure { suppressed } = log.failed(shard.now()) {
+                    warn_accept_failed(&shard, &e, suppressed);
+                }
                 monoio::time::sleep(Duration::from_millis(10)).await;
             }
         }
+    }
+}
+
+/// The "accept failed" line; `suppressed` failures were left out since the one before.
+fn warn_accept_failed(shard: &Shard, e: &std::io::Error, suppressed: u64) {
+    if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
+        tracing::warn!(
+            shard = %shard.id,
+            error = %e,
+            suppressed,
+            "accept failed: out of file descriptors; raise the open-file limit (`ringcast doctor`)"
+        );
+    } else {
+        tracing::warn!(shard = %shard.id, error = %e, suppressed, "accept failed");
     }
 }
 
@@ -536,6 +592,16 @@ mod tests {
         drop(listeners);
         let (again, bound) = bind_listeners(addr, 2).expect("a restart on the same port");
         assert_eq!((again.len(), bound), (2, addr));
+    }
+
+    #[test]
+    fn a_soft_limit_below_max_connections_plus_headroom_is_short() {
+        let headroom = crate::doctor::limits::HEADROOM;
+        assert_eq!(descriptors_short(256, 1000), Some(1000 + headroom));
+        assert_eq!(descriptors_short(1 << 20, 100_000), None);
+        let exact = usize::try_from(1000 + headroom).unwrap();
+        assert_eq!(descriptors_short(exact, 1000), None);
+        assert_eq!(descriptors_short(exact - 1, 1000), Some(1000 + headroom));
     }
 
     #[test]

@@ -144,6 +144,8 @@ pub struct Server {
     data_dir: tempfile::TempDir,
     log_dir: tempfile::TempDir,
     starts: u32,
+    /// The soft `RLIMIT_NOFILE` the process starts with (`None`: the test's own).
+    open_file_limit: Option<u64>,
 }
 
 /// Flags `Server::start` passes unless the caller passes its own value for them.
@@ -153,6 +155,16 @@ impl Server {
     /// `ringcast serve --dev --listen 127.0.0.1:0 --shards 2 --data-dir <tempdir>` plus
     /// `extra` (a flag in `extra` replaces the default of the same name).
     pub fn start(extra: &[&str]) -> Result<Server> {
+        Server::start_dev(extra, None)
+    }
+
+    /// [`Server::start`] with the soft open-file limit (`ulimit -S -n`) set to `limit` for
+    /// the server process.
+    pub fn start_with_open_file_limit(limit: u64, extra: &[&str]) -> Result<Server> {
+        Server::start_dev(extra, Some(limit))
+    }
+
+    fn start_dev(extra: &[&str], open_file_limit: Option<u64>) -> Result<Server> {
         let data_dir = tempfile::Builder::new()
             .prefix("ringcast-data-")
             .tempdir()?;
@@ -166,7 +178,7 @@ impl Server {
         args.push("--data-dir".into());
         args.push(data_dir.path().display().to_string());
         args.extend(extra.iter().map(|s| s.to_string()));
-        Server::start_raw(args, data_dir)
+        Server::launch(args, data_dir, open_file_limit)
     }
 
     /// `ringcast serve --listen 127.0.0.1:0 --shards 2 --config FILE --data-dir DIR`
@@ -201,6 +213,14 @@ impl Server {
     /// Runs `ringcast ARGS` exactly as given (no defaults added); `data_dir` is kept alive
     /// with the server and reused by restarts.
     pub fn start_raw(args: Vec<String>, data_dir: tempfile::TempDir) -> Result<Server> {
+        Server::launch(args, data_dir, None)
+    }
+
+    fn launch(
+        args: Vec<String>,
+        data_dir: tempfile::TempDir,
+        open_file_limit: Option<u64>,
+    ) -> Result<Server> {
         let log_dir = tempfile::Builder::new().prefix("ringcast-log-").tempdir()?;
         let mut server = Server {
             child: None,
@@ -210,6 +230,7 @@ impl Server {
             data_dir,
             log_dir,
             starts: 0,
+            open_file_limit,
         };
         server.spawn()?;
         Ok(server)
@@ -228,7 +249,18 @@ impl Server {
         );
         self.starts += 1;
         let stderr = std::fs::File::create(self.stderr_path())?;
-        let mut child = Command::new(ringcast_bin())
+        let mut command = match self.open_file_limit {
+            None => Command::new(ringcast_bin()),
+            // The shell sets the limit and becomes the server (`exec`: same pid).
+            Some(limit) => {
+                let mut sh = Command::new("sh");
+                sh.arg("-c")
+                    .arg(format!("ulimit -S -n {limit} && exec \"$0\" \"$@\""))
+                    .arg(ringcast_bin());
+                sh
+            }
+        };
+        let mut child = command
             .args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -63,6 +63,11 @@ enum Served {
     Upgrade(SessionSetup),
 }
 
+/// `/metrics`'s content type: `prometheus-client` writes OpenMetrics text (a closing `#
+/// EOF`, counter families named without `_total`), which a Prometheus that believed it
+/// 0.0.4 text would parse with the wrong rules.
+const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
 /// After an error answer, how long the server keeps reading (and dropping) what the client
 /// still sends, at most.
 const LINGER: Duration = Duration::from_secs(1);
@@ -531,11 +536,7 @@ fn probe_response(shard: &Shard, path: &str, keep_alive: bool) -> Option<Vec<u8>
         },
         "/metrics" => {
             let text = shard.shared.render_metrics(shard.mesh.is_shutting_down());
-            ok_response(
-                "text/plain; version=0.0.4; charset=utf-8",
-                text.as_bytes(),
-                keep_alive,
-            )
+            ok_response(METRICS_CONTENT_TYPE, text.as_bytes(), keep_alive)
         }
         _ => return None,
     };

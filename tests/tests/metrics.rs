@@ -203,6 +203,27 @@ fn counters_move_by_the_exact_amounts_of_traffic() -> Result<()> {
 }
 
 #[test]
+fn the_body_is_openmetrics_and_says_so() -> Result<()> {
+    let server = Server::start(&[])?;
+    let resp = http_get(server.addr(), "/metrics")?;
+    assert_eq!(resp.status, 200);
+    assert_eq!(
+        resp.header("content-type"),
+        Some("application/openmetrics-text; version=1.0.0; charset=utf-8")
+    );
+    // What makes it OpenMetrics rather than Prometheus text 0.0.4: the closing `# EOF`,
+    // and a counter's family named without the `_total` of its samples.
+    let text = resp.body_text();
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    assert!(
+        text.contains("# TYPE ringcast_connections_accepted counter\n")
+            && text.contains("\nringcast_connections_accepted_total "),
+        "{text}"
+    );
+    Ok(())
+}
+
+#[test]
 fn tenant_families_are_absent_unless_asked_for() -> Result<()> {
     let server = Server::start(&[])?;
     let text = scrape(&server)?;

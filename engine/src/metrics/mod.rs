@@ -1,4 +1,4 @@
-//! Metrics: counted per shard, summed at scrape, rendered as Prometheus text by
+//! Metrics: counted per shard, summed at scrape, rendered as OpenMetrics text by
 //! `prometheus-client` (a [`Collector`] reads every shard's counters when `/metrics` is
 //! asked).
 //!
@@ -133,7 +133,7 @@ impl Metrics {
         self.settings.tenant_labels
     }
 
-    /// Prometheus text exposition.
+    /// OpenMetrics text exposition (it ends with `# EOF`).
     pub fn render(&self, scrape: Scrape) -> String {
         let tenants = scrape
             .tenants

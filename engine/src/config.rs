@@ -589,6 +589,13 @@ fn validate_tenant(t: &TenantConfig) -> Result<(), ConfigError> {
     if t.id.is_empty() || t.id.len() > 64 || t.id.chars().any(|c| c.is_control()) {
         return bad("id must be 1 to 64 characters without control characters".into());
     }
+    if t.id == crate::metrics::tenant::OTHER_TENANTS {
+        return bad(format!(
+            "the id `{}` is reserved: it is the metrics label that sums the tenants past \
+             max_tenant_labels",
+            crate::metrics::tenant::OTHER_TENANTS
+        ));
+    }
     if t.api_keys.iter().any(|k| k.len() < 16) {
         return bad("every api_keys entry must be at least 16 characters".into());
     }
@@ -705,6 +712,26 @@ mod tests {
             toml::from_str("[[tenants]]\nid = \"a\"\nplan = \"free\"\npresence_ttl_secs = 0\n")
                 .unwrap();
         assert!(Config::merge(zero_ttl, &Overrides::default()).is_err());
+    }
+
+    #[test]
+    fn the_metrics_overflow_label_is_not_a_tenant_id() {
+        let file: FileConfig = toml::from_str(&format!(
+            "[[tenants]]\nid = \"{}\"\nplan = \"free\"\n",
+            crate::metrics::tenant::OTHER_TENANTS
+        ))
+        .unwrap();
+        let refused = Config::merge(file, &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            refused.contains("`_other`") && refused.contains("reserved"),
+            "{refused}"
+        );
+        // A name that merely starts the same way is fine.
+        let file: FileConfig =
+            toml::from_str("[[tenants]]\nid = \"_others\"\nplan = \"free\"\n").unwrap();
+        assert!(Config::merge(file, &Overrides::default()).is_ok());
     }
 
     #[test]

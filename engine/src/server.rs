@@ -179,11 +179,7 @@ fn warn_if_few_descriptors(max_connections: usize) {
 /// The descriptors a server with `max_connections` should be allowed (the doctor's
 /// `nofile` check asks the same), when the soft limit `soft` is below that.
 fn descriptors_short(soft: usize, max_connections: usize) -> Option<u64> {
-    let needed = crate::doctor::limits::descriptors_needed(&crate::doctor::Needs {
-        max_connections,
-        shards: 1,
-        history_bytes: None,
-    });
+    let needed = crate::doctor::limits::descriptors_for(max_connections);
     ((soft as u64) < needed).then_some(needed)
 }
 

@@ -38,6 +38,7 @@ mod tests {
             max_connections: 1,
             shards,
             history_bytes: None,
+            listen_port: 3001,
         };
         assert!(matches!(check_cpus(&host, &needs(4)), Outcome::Ok(_)));
         assert!(matches!(check_cpus(&host, &needs(2)), Outcome::Ok(_)));

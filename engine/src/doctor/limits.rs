@@ -36,7 +36,13 @@ pub fn parse_limit(limits: &str, name: &str) -> Option<Limit> {
 
 /// Descriptors a server with `needs` may hold.
 pub fn descriptors_needed(needs: &Needs) -> u64 {
-    needs.max_connections as u64 + HEADROOM
+    descriptors_for(needs.max_connections)
+}
+
+/// Descriptors a server with `max_connections` may hold (the server's own start-up
+/// warning asks the same).
+pub fn descriptors_for(max_connections: usize) -> u64 {
+    max_connections as u64 + HEADROOM
 }
 
 /// The `nofile` check.
@@ -108,6 +114,7 @@ mod tests {
             max_connections,
             shards: 2,
             history_bytes: None,
+            listen_port: 3001,
         }
     }
 

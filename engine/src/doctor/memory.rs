@@ -91,6 +91,7 @@ mod tests {
             max_connections: 1,
             shards: 1,
             history_bytes: None,
+            listen_port: 3001,
         };
         assert_eq!(mappings_needed(&needs), DEFAULT_MAX_MAP_COUNT);
         assert!(matches!(

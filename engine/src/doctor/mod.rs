@@ -75,6 +75,8 @@ pub struct Needs {
     pub shards: usize,
     /// `[history] max_total_bytes`, if bounded.
     pub history_bytes: Option<u64>,
+    /// The port of `listen` (0: the kernel picks one).
+    pub listen_port: u16,
 }
 
 impl Needs {
@@ -84,6 +86,7 @@ impl Needs {
             max_connections: config.max_connections,
             shards: config.shards,
             history_bytes: config.history.max_total_bytes,
+            listen_port: config.listen.port(),
         }
     }
 }
@@ -271,6 +274,7 @@ mod tests {
             max_connections: 100_000,
             shards: 4,
             history_bytes: None,
+            listen_port: 3001,
         };
         let report = run(&host, &needs);
         let names: Vec<&str> = report.checks.iter().map(|c| c.name).collect();
@@ -290,6 +294,7 @@ mod tests {
             max_connections: 100_000,
             shards: 8,
             history_bytes: None,
+            listen_port: 3001,
         };
         let report = run(&host, &needs);
         assert!(report.has_findings());

@@ -2,7 +2,8 @@
 //! shard's listener asks for), the SYN backlog (`net.ipv4.tcp_max_syn_backlog`, half-open
 //! connections during a reconnect storm), and the ephemeral port range (how many
 //! connections a proxy or load generator on the same host can open to one Ringcast
-//! address).
+//! address; widening it past the listen port comes with reserving that port,
+//! `net.ipv4.ip_local_reserved_ports`).
 
 use super::{parse_number, sysctl_commands, Finding, Host, Needs, Outcome};
 
@@ -70,12 +71,26 @@ pub fn check_port_range(host: &dyn Host, needs: &Needs) -> Outcome {
     if ports >= need {
         return Outcome::Ok(format!("{low}–{high}: {ports} ephemeral ports"));
     }
+    let mut commands = sysctl_commands("net.ipv4.ip_local_port_range", "1024 65535");
+    let mut change = "a TLS terminator or proxy on this host takes one ephemeral port per connection it opens to Ringcast; widen the range (harmless when no proxy is local)".to_owned();
+    // The wider range covers the server's own port: reserved, no outgoing connection
+    // takes it as its local port, which would stop a restarted server from listening.
+    if needs.listen_port != 0 {
+        let port = needs.listen_port;
+        change.push_str(&format!(
+            ", and reserve the listen port {port} so that no outgoing connection takes it (a restart could not listen on it then)"
+        ));
+        commands.extend(sysctl_commands(
+            "net.ipv4.ip_local_reserved_ports",
+            &port.to_string(),
+        ));
+    }
     Outcome::Finding(Finding {
         problem: format!(
             "{low}–{high} is {ports} ephemeral ports < {need} (max_connections, at most {MAX_USEFUL_PORTS})"
         ),
-        change: "a TLS terminator or proxy on this host takes one ephemeral port per connection it opens to Ringcast; widen the range (harmless when no proxy is local)".into(),
-        commands: sysctl_commands("net.ipv4.ip_local_port_range", "1024 65535"),
+        change,
+        commands,
     })
 }
 
@@ -88,6 +103,7 @@ mod tests {
         max_connections: 100_000,
         shards: 2,
         history_bytes: None,
+        listen_port: 3001,
     };
 
     #[test]
@@ -116,6 +132,32 @@ mod tests {
         ] {
             assert!(matches!(outcome, Outcome::Ok(_)), "{outcome:?}");
         }
+    }
+
+    #[test]
+    fn widening_the_port_range_reserves_the_listen_port() {
+        let Outcome::Finding(finding) = check_port_range(&FakeHost::untuned(), &NEEDS) else {
+            panic!("the default range is a finding");
+        };
+        let reserve = "sudo sysctl -w net.ipv4.ip_local_reserved_ports=\"3001\"";
+        assert!(
+            finding.commands.iter().any(|c| c == reserve),
+            "{:?}",
+            finding.commands
+        );
+        assert!(
+            finding
+                .commands
+                .iter()
+                .any(|c| c.contains("'net.ipv4.ip_local_reserved_ports = 3001'")),
+            "persisted too: {:?}",
+            finding.commands
+        );
+        assert!(
+            finding.change.contains("listen port 3001"),
+            "says why: {}",
+            finding.change
+        );
     }
 
     #[test]

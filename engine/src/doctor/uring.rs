@@ -93,6 +93,7 @@ mod tests {
         max_connections: 1000,
         shards: 64,
         history_bytes: None,
+        listen_port: 3001,
     };
 
     #[test]

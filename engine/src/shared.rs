@@ -42,7 +42,7 @@ pub struct Shared {
     /// Set on SIGTERM (before connections are closed): `/readyz` answers 503.
     pub draining: AtomicBool,
     /// Whether the data directory took the last write probe (refreshed once a second
-    /// by the main thread, `datadir::DataDirLock::probe`; never by a request).
+    /// by the main thread, `datadir::probe_writable`; never by a request).
     pub data_dir_writable: AtomicBool,
     shards: usize,
     /// The demo page's files, when `demo` is on (loaded at start-up, never reloaded).

@@ -100,6 +100,36 @@ pub struct Scrape {
 pub struct Metrics {
     shards: Arc<Shards>,
     settings: MetricsConfig,
+    other: Arc<OtherFloor>,
+}
+
+/// Keeps the `_other` tenant counters from going down when a reload changes which
+/// tenants they sum (a tenant removed, or one moving to its own label): what each showed
+/// last, and what has been added since to hold it (found in review: a drop read as a
+/// counter reset gave `increase()` a false spike).
+#[derive(Debug, Default)]
+struct OtherFloor(std::sync::Mutex<Vec<(&'static str, u64, u64)>>);
+
+impl OtherFloor {
+    /// `computed` for `family` as shown: never below what was shown before.
+    fn monotonic(&self, family: &'static str, computed: u64) -> u64 {
+        let mut floors = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let at = match floors.iter().position(|(name, ..)| *name == family) {
+            Some(at) => at,
+            None => {
+                floors.push((family, 0, 0));
+                floors.len() - 1
+            }
+        };
+        let (_, last, offset) = &mut floors[at];
+        let mut shown = computed.saturating_add(*offset);
+        if shown < *last {
+            *offset += *last - shown;
+            shown = *last;
+        }
+        *last = shown;
+        shown
+    }
 }
 
 impl Metrics {
@@ -112,6 +142,7 @@ impl Metrics {
         Metrics {
             shards,
             settings: settings.clone(),
+            other: Arc::default(),
         }
     }
 
@@ -144,6 +175,7 @@ impl Metrics {
             shards: self.shards.clone(),
             scrape,
             tenants: tenants.map(|t| (t, self.settings.max_tenant_labels)),
+            other: self.other.clone(),
         }));
         let mut out = String::new();
         // Writing into a String cannot fail.
@@ -158,6 +190,7 @@ struct Collect {
     scrape: Scrape,
     /// The tenant table and how many tenants get their own label.
     tenants: Option<(Arc<TenantTable>, usize)>,
+    other: Arc<OtherFloor>,
 }
 
 type Reader = fn(&ShardCounters) -> u64;
@@ -439,7 +472,7 @@ impl Collector for Collect {
             i64::from(self.scrape.draining),
         )?;
         if let Some((tenants, max)) = &self.tenants {
-            encode_tenants(&mut encoder, tenants, *max)?;
+            encode_tenants(&mut encoder, tenants, *max, &self.other)?;
         }
         Ok(())
     }
@@ -537,6 +570,7 @@ fn encode_tenants(
     encoder: &mut DescriptorEncoder<'_>,
     tenants: &TenantTable,
     max: usize,
+    other: &OtherFloor,
 ) -> Result<(), std::fmt::Error> {
     let mut sorted: Vec<&Arc<Tenant>> = tenants.iter().collect();
     sorted.sort_unstable_by(|a, b| a.id.as_str().cmp(b.id.as_str()));
@@ -600,7 +634,11 @@ fn encode_tenants(
             if is_gauge {
                 ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
             } else {
-                ConstCounter::new(value.max(0) as u64).encode(family.encode_family(&labels)?)?;
+                let mut value = value.max(0) as u64;
+                if *id == tenant::OTHER_TENANTS {
+                    value = other.monotonic(name, value);
+                }
+                ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
             }
         }
     }

@@ -188,6 +188,56 @@ fn tenant_families_are_bounded_by_max_tenant_labels() {
     assert!(!text.contains("tenant=\"c\""), "{text}");
 }
 
+/// `_other` sums whichever tenants sit past `max_tenant_labels`; a reload that changes
+/// who they are must not make its counters go down (Prometheus reads a drop as a reset,
+/// and `increase()` then shows a false spike; found in review). Gauges may go down.
+#[test]
+fn the_other_tenants_counters_never_go_down() {
+    let metrics = metrics(true, 1);
+    let build = |ids: &[&str], previous: Option<&TenantTable>| {
+        let configs: Vec<TenantConfig> = ids
+            .iter()
+            .map(|id| TenantConfig::new(id, Plan::Free))
+            .collect();
+        Arc::new(match previous {
+            Some(previous) => TenantTable::rebuild(&configs, None, previous),
+            None => TenantTable::new(&configs, None),
+        })
+    };
+    let published = |metrics: &Metrics, table: &Arc<TenantTable>| {
+        let text = metrics.render(Scrape {
+            tenants: Some(table.clone()),
+            ready: true,
+            draining: false,
+        });
+        sample(
+            &text,
+            "ringcast_tenant_messages_published_total{tenant=\"_other\"}",
+        )
+    };
+    let first = build(&["a", "b", "c"], None);
+    for (id, n) in [("b", 3), ("c", 5)] {
+        let tenant = first.get(id).unwrap();
+        tenant
+            .metrics
+            .shard(ShardId(0), 2)
+            .messages_published
+            .add(n);
+    }
+    assert_eq!(published(&metrics, &first), Some(8.0));
+    // c goes: `_other` is b alone now, 3 by its own count.
+    let second = build(&["a", "b"], Some(&first));
+    assert_eq!(published(&metrics, &second), Some(8.0), "held, not 3");
+    second
+        .get("b")
+        .unwrap()
+        .metrics
+        .shard(ShardId(1), 2)
+        .messages_published
+        .add(2);
+    assert_eq!(published(&metrics, &second), Some(10.0), "and counting on");
+}
+
 #[test]
 fn every_error_event_code_has_its_own_label() {
     for code in ErrorCode::ALL {

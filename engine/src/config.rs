@@ -518,6 +518,16 @@ impl Config {
         }
         for t in &self.tenants {
             validate_tenant(t)?;
+            // An override past the server's own bound could never apply: a message
+            // between the two would close the WebSocket with 1009 (HTTP: 413, then close)
+            // instead of getting `message_too_large` (found in review).
+            if let Some(max) = t.max_message_bytes.filter(|m| *m > self.max_message_bytes) {
+                return Err(ConfigError::Invalid(format!(
+                    "tenant `{}`: max_message_bytes = {max} is above the server's \
+                     max_message_bytes ({}), which bounds every message",
+                    t.id, self.max_message_bytes
+                )));
+            }
         }
         crate::client_addr::TrustedProxies::parse(&self.trusted_proxies)
             .map_err(ConfigError::Invalid)?;
@@ -712,6 +722,15 @@ mod tests {
             toml::from_str("[[tenants]]\nid = \"a\"\nplan = \"free\"\npresence_ttl_secs = 0\n")
                 .unwrap();
         assert!(Config::merge(zero_ttl, &Overrides::default()).is_err());
+        let over: FileConfig = toml::from_str(
+            "max_message_bytes = 4096\n[[tenants]]\nid = \"a\"\nplan = \"free\"\nmax_message_bytes = 4097\n",
+        )
+        .unwrap();
+        let refused = Config::merge(over, &Overrides::default()).unwrap_err();
+        assert!(
+            refused.to_string().contains("above the server's"),
+            "{refused}"
+        );
     }
 
     #[test]

@@ -343,14 +343,17 @@ impl ShardStore {
             self.poll_space();
         }
         let len = slot_format::record_len(uid_len, payload.len());
-        let max = self.max_record_len(idx);
-        if len > max {
-            // Never keepable: refused before it takes a seq, so the ring keeps what it
-            // has (found in review: consuming the seq emptied the ring of an acked
-            // publish's neighbours, and the publish itself was not kept).
-            return Err(StoreError::RecordTooLarge { len, max });
-        }
         let plan = self.plan_or_grow(idx, len);
+        if matches!(plan, None | Some(Plan::TooLarge)) {
+            // Off the common path (the record fits the slot as it is): one that no slot
+            // of this ring could hold is refused before it takes a seq, so the ring
+            // keeps what it has (found in review: consuming the seq emptied the ring of
+            // an acked publish's neighbours, and the publish itself was not kept).
+            let max = self.max_record_len(idx);
+            if len > max {
+                return Err(StoreError::RecordTooLarge { len, max });
+            }
+        }
         if plan.is_none() {
             // Moved or not (the node's byte bound may leave no room), the placement is
             // computed afresh below: not moved, the ring evicts its own oldest records,

@@ -424,18 +424,24 @@ impl ShardCore {
     }
 
     fn on_client_frame(&mut self, conn: &Rc<Conn>, text: &[u8]) {
-        let parsed = self.parser.parse(text);
-        match parsed {
-            Ok(ClientFrame::Subscribe(sub)) => self.subscribe(conn, sub),
-            Ok(ClientFrame::Unsubscribe { channel }) => self.unsubscribe(conn, channel),
+        let parsed = self.parser.parse_frame(text);
+        // Any error answering the frame echoes its `ref` (SPEC §3).
+        let reference = parsed.as_ref().ok().and_then(|p| p.reference);
+        match parsed.map(|p| p.frame) {
+            Ok(ClientFrame::Subscribe(sub)) => self.subscribe(conn, sub, reference),
+            Ok(ClientFrame::Unsubscribe { channel }) => self.unsubscribe(conn, channel, reference),
             Ok(ClientFrame::Publish(publish)) => self.publish(conn, publish),
             Ok(ClientFrame::Ping) => {
                 let pong = event::pong(self.now().0);
                 self.push(conn, pong);
             }
-            Ok(ClientFrame::PresenceJoin(join)) => self.presence_join(conn, join),
-            Ok(ClientFrame::PresenceUpdate(update)) => self.presence_update(conn, update),
-            Ok(ClientFrame::PresenceLeave { channel }) => self.presence_leave(conn, channel),
+            Ok(ClientFrame::PresenceJoin(join)) => self.presence_join(conn, join, reference),
+            Ok(ClientFrame::PresenceUpdate(update)) => {
+                self.presence_update(conn, update, reference)
+            }
+            Ok(ClientFrame::PresenceLeave { channel }) => {
+                self.presence_leave(conn, channel, reference)
+            }
             Err(failure) => self.send_error(
                 conn,
                 failure.channel.as_deref(),
@@ -527,13 +533,13 @@ impl ShardCore {
         })
     }
 
-    fn subscribe(&mut self, conn: &Rc<Conn>, sub: Subscribe) {
+    fn subscribe(&mut self, conn: &Rc<Conn>, sub: Subscribe, reference: Option<&[u8]>) {
         let permission = Permission::Subscribe;
         let access = match self.access(conn, &sub.channel, sub.token.as_deref(), permission) {
             Ok(access) => access,
             Err(refused) => {
                 let channel = Some(sub.channel.as_str());
-                self.send_error(conn, channel, None, refused.code, &refused.message);
+                self.send_error(conn, channel, reference, refused.code, &refused.message);
                 return;
             }
         };
@@ -561,8 +567,9 @@ impl ShardCore {
             conn: conn.id,
             request,
             last_event_id: sub.last_event_id,
-            epoch: sub.epoch,
+            epoch: sub.epoch.map(String::into_boxed_str),
             max_replay_bytes: conn.outbound().limit() / 2,
+            reference: reference.map(Box::from),
         });
         self.send_to_owner(&key, msg);
     }
@@ -578,14 +585,14 @@ impl ShardCore {
         }
     }
 
-    fn unsubscribe(&mut self, conn: &Rc<Conn>, channel: ChannelName) {
+    fn unsubscribe(&mut self, conn: &Rc<Conn>, channel: ChannelName, reference: Option<&[u8]>) {
         // The run goes first: once the channel leaves `subs`, `push` no longer sees that
         // the run concerns this connection.
         self.end_run();
         let Some(sub) = conn.subs.borrow_mut().remove(&channel) else {
             let message = "not subscribed to this channel";
             let name = Some(channel.as_str());
-            self.send_error(conn, name, None, ErrorCode::NotSubscribed, message);
+            self.send_error(conn, name, reference, ErrorCode::NotSubscribed, message);
             return;
         };
         self.cancel_sub_timer(Some(sub));
@@ -667,14 +674,19 @@ impl ShardCore {
 
     // ----- presence (client side: the member lives at the channel's owner) -----
 
-    fn presence_join(&mut self, conn: &Rc<Conn>, mut join: PresenceJoin<'_>) {
+    fn presence_join(
+        &mut self,
+        conn: &Rc<Conn>,
+        mut join: PresenceJoin<'_>,
+        reference: Option<&[u8]>,
+    ) {
         let channel = join.channel.clone();
         let name = Some(channel.as_str());
         let token = join.token.as_deref();
         let access = match self.access(conn, &channel, token, Permission::Subscribe) {
             Ok(access) => access,
             Err(refused) => {
-                self.send_error(conn, name, None, refused.code, &refused.message);
+                self.send_error(conn, name, reference, refused.code, &refused.message);
                 return;
             }
         };
@@ -688,7 +700,7 @@ impl ShardCore {
                     "presence metadata is {size} bytes; the tenant's limit is {}",
                     limits.max_metadata_bytes
                 );
-                self.send_error(conn, name, None, ErrorCode::PresenceLimit, &message);
+                self.send_error(conn, name, reference, ErrorCode::PresenceLimit, &message);
                 return;
             }
         }
@@ -709,6 +721,7 @@ impl ShardCore {
                     conn,
                     channel.clone(),
                     None,
+                    None,
                     Question::PresenceLeave {
                         key: ChannelKey::new(conn.tenant.id.clone(), channel.clone()),
                         user_id: previous.to_string(),
@@ -727,7 +740,7 @@ impl ShardCore {
                     let message = format!(
                         "this connection is present in {limit} channels, the tenant's limit"
                     );
-                    self.send_error(conn, name, None, ErrorCode::PresenceLimit, &message);
+                    self.send_error(conn, name, reference, ErrorCode::PresenceLimit, &message);
                     return;
                 }
                 // Recorded before the owner answers, so a close right after still tells
@@ -745,10 +758,15 @@ impl ShardCore {
             metadata: join.metadata.map(Bytes::copy_from_slice),
             holder: self.holder(conn),
         };
-        self.ask_as(join_request, conn, channel, Some(user), question);
+        self.ask_as(join_request, conn, channel, Some(user), reference, question);
     }
 
-    fn presence_update(&mut self, conn: &Rc<Conn>, mut update: PresenceJoin<'_>) {
+    fn presence_update(
+        &mut self,
+        conn: &Rc<Conn>,
+        mut update: PresenceJoin<'_>,
+        reference: Option<&[u8]>,
+    ) {
         let channel = update.channel.clone();
         let name = Some(channel.as_str());
         // A member joined with a verified userId is updated as that user, whatever
@@ -762,14 +780,14 @@ impl ShardCore {
             .is_some_and(|user| *user == *update.user_id);
         if !joined {
             let message = "join presence in this channel as this userId before updating";
-            self.send_error(conn, name, None, ErrorCode::BadRequest, message);
+            self.send_error(conn, name, reference, ErrorCode::BadRequest, message);
             return;
         }
         let limit = self.live_tenant(conn).limits.presence.max_metadata_bytes;
         if let Some(size) = update.metadata.map(<[u8]>::len).filter(|s| *s > limit) {
             let message =
                 format!("presence metadata is {size} bytes; the tenant's limit is {limit}");
-            self.send_error(conn, name, None, ErrorCode::PresenceLimit, &message);
+            self.send_error(conn, name, reference, ErrorCode::PresenceLimit, &message);
             return;
         }
         let question = Question::PresenceUpdate {
@@ -777,10 +795,10 @@ impl ShardCore {
             user_id: update.user_id,
             metadata: update.metadata.map(Bytes::copy_from_slice),
         };
-        self.ask_for_conn(conn, channel, None, question);
+        self.ask_for_conn(conn, channel, None, reference, question);
     }
 
-    fn presence_leave(&mut self, conn: &Rc<Conn>, channel: ChannelName) {
+    fn presence_leave(&mut self, conn: &Rc<Conn>, channel: ChannelName, reference: Option<&[u8]>) {
         let user = {
             let mut presence = conn.presence.borrow_mut();
             presence
@@ -791,7 +809,7 @@ impl ShardCore {
         let Some(user) = user else {
             let message = "not present in this channel";
             let name = Some(channel.as_str());
-            self.send_error(conn, name, None, ErrorCode::BadRequest, message);
+            self.send_error(conn, name, reference, ErrorCode::BadRequest, message);
             return;
         };
         let question = Question::PresenceLeave {
@@ -799,7 +817,7 @@ impl ShardCore {
             user_id: user.to_string(),
             holder: self.holder(conn),
         };
-        self.ask_for_conn(conn, channel, None, question);
+        self.ask_for_conn(conn, channel, None, reference, question);
     }
 
     fn holder(&self, conn: &Conn) -> PresenceHolder {
@@ -816,10 +834,11 @@ impl ShardCore {
         conn: &Conn,
         channel: ChannelName,
         join_as: Option<Rc<str>>,
+        reference: Option<&[u8]>,
         question: Question,
     ) {
         let request = self.next_request();
-        self.ask_as(request, conn, channel, join_as, question);
+        self.ask_as(request, conn, channel, join_as, reference, question);
     }
 
     /// [`ShardCore::ask_for_conn`] with the request id chosen by the caller.
@@ -829,6 +848,7 @@ impl ShardCore {
         conn: &Conn,
         channel: ChannelName,
         join_as: Option<Rc<str>>,
+        reference: Option<&[u8]>,
         question: Question,
     ) {
         let key = ChannelKey::new(conn.tenant.id.clone(), channel.clone());
@@ -837,6 +857,7 @@ impl ShardCore {
             conn: conn.id,
             channel,
             join_as,
+            reference: reference.map(Bytes::copy_from_slice),
         };
         self.requests
             .insert(request, waiter, self.now().plus(timeout));
@@ -1226,7 +1247,13 @@ impl ShardCore {
             Err((code, message)) => {
                 let channel = Some(req.key.channel.as_str());
                 self.counters().error_event(code);
-                Err(event::error(channel, None, code, &message, now))
+                Err(event::error(
+                    channel,
+                    req.reference.as_deref(),
+                    code,
+                    &message,
+                    now,
+                ))
             }
         };
         let msg = ShardMsg::Subscribed {
@@ -1534,6 +1561,7 @@ impl ShardCore {
                 conn,
                 channel,
                 join_as,
+                reference,
             } => {
                 let Some(conn) = self.conns.get(&conn).cloned() else {
                     self.counters().answers_unclaimed.inc();
@@ -1567,7 +1595,8 @@ impl ShardCore {
                         (ErrorCode::Overloaded, failed.to_string())
                     }
                 };
-                self.send_error(&conn, Some(channel.as_str()), None, code, &message);
+                let (name, reference) = (Some(channel.as_str()), reference.as_deref());
+                self.send_error(&conn, name, reference, code, &message);
             }
             Waiter::Quiet => {}
         }

@@ -291,10 +291,12 @@ pub struct SubscribeReq {
     /// Replay after this seq.
     pub last_event_id: Option<u64>,
     /// The epoch the client saw `last_event_id` in.
-    pub epoch: Option<String>,
+    pub epoch: Option<Box<str>>,
     /// At most this many bytes of replay: half the connection's outbound buffer (its
     /// shard may keep fewer, see [`ShardMsg::Subscribed`]).
     pub max_replay_bytes: usize,
+    /// The frame's raw `ref`, echoed by an error event the owner answers with.
+    pub reference: Option<Box<[u8]>>,
 }
 
 impl Question {

@@ -59,6 +59,8 @@ pub enum Waiter {
         /// For a join: the userId it joined as, forgotten from the connection's record
         /// when the owner refuses the join.
         join_as: Option<Rc<str>>,
+        /// The frame's raw `ref`, echoed by the error event.
+        reference: Option<Bytes>,
     },
     /// An async task on this shard.
     Task(AnswerSender),

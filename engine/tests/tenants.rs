@@ -800,3 +800,59 @@ fn a_reloaded_presence_ttl_applies_to_members_already_present() {
     left.sort();
     assert_eq!(left, vec!["alice", "bob"], "lowered to 2 s");
 }
+
+/// Every error answering a frame that carried `ref` carries it too (SPEC §3), also for
+/// subscribe, unsubscribe and presence frames, and also when the owner refuses (found in
+/// review: only publish errors and parse failures echoed it).
+#[test]
+fn errors_echo_the_ref_of_every_kind_of_frame() {
+    let mut cluster = cluster(Some(1), None);
+    let conn = cluster.connect(0);
+    let first_ref = |events: &[Value]| -> Value {
+        let error = events
+            .iter()
+            .find(|e| e["event"] == "error")
+            .expect("an error");
+        error["ref"].clone()
+    };
+    let cases = [
+        (
+            r#"{"action":"subscribe","channel":"private-x","ref":"r1"}"#,
+            "unauthorized",
+        ),
+        (
+            r#"{"action":"unsubscribe","channel":"nope","ref":"r2"}"#,
+            "not_subscribed",
+        ),
+        (
+            r#"{"action":"presence:leave","channel":"nope","ref":"r3"}"#,
+            "bad_request",
+        ),
+        (
+            r#"{"action":"presence:update","channel":"nope","userId":"u","metadata":1,"ref":"r4"}"#,
+            "bad_request",
+        ),
+    ];
+    for (frame, code) in cases {
+        let events = send(&mut cluster, 0, &conn, frame);
+        assert_eq!(error_code(&events), Some(code), "{frame}: {events:?}");
+        let expected: Value = serde_json::from_str(frame).unwrap();
+        assert_eq!(first_ref(&events), expected["ref"], "{frame}");
+    }
+    // Refused by the owner (max_channels = 1): one channel counted, the second refused.
+    let ok = send(
+        &mut cluster,
+        0,
+        &conn,
+        r#"{"action":"subscribe","channel":"one"}"#,
+    );
+    assert_eq!(error_code(&ok), None);
+    let frame = r#"{"action":"subscribe","channel":"two","ref":7}"#;
+    let events = send(&mut cluster, 0, &conn, frame);
+    assert_eq!(error_code(&events), Some("channel_limit"), "{events:?}");
+    assert_eq!(first_ref(&events), 7);
+    let frame = r#"{"action":"presence:join","channel":"three","userId":"u","ref":8}"#;
+    let events = send(&mut cluster, 0, &conn, frame);
+    assert_eq!(error_code(&events), Some("channel_limit"), "{events:?}");
+    assert_eq!(first_ref(&events), 8);
+}

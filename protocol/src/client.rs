@@ -77,6 +77,15 @@ pub struct PresenceJoin<'a> {
     pub token: Option<String>,
 }
 
+/// A parsed frame and its raw `ref`, if it carried one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parsed<'a> {
+    /// The frame.
+    pub frame: ClientFrame<'a>,
+    /// The raw JSON of `ref` (a string or a number), for any error answering the frame.
+    pub reference: Option<&'a [u8]>,
+}
+
 /// Why a frame was refused, with what the error event should echo.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParseFailure<'a> {
@@ -157,6 +166,13 @@ impl FrameParser {
 
     /// Parses one text message (already known to be valid UTF-8).
     pub fn parse<'a>(&mut self, text: &'a [u8]) -> Result<ClientFrame<'a>, ParseFailure<'a>> {
+        self.parse_frame(text).map(|parsed| parsed.frame)
+    }
+
+    /// Like [`FrameParser::parse`], with the frame's raw `ref` (a string or a number):
+    /// SPEC §3 has every `error` answering a frame that carried one echo it, whatever
+    /// the action (found in review: a refused subscribe or presence action dropped it).
+    pub fn parse_frame<'a>(&mut self, text: &'a [u8]) -> Result<Parsed<'a>, ParseFailure<'a>> {
         let tape = self
             .tape
             .parse(text)
@@ -173,7 +189,7 @@ impl FrameParser {
         let reference = checked_reference(root, &raw)?;
         let fields = Fields { root, reference };
         let action = fields.required_str("action")?;
-        match action {
+        let frame = match action {
             "subscribe" => Ok(ClientFrame::Subscribe(Subscribe {
                 channel: fields.channel()?,
                 token: fields.optional_str("token")?,
@@ -222,7 +238,11 @@ impl FrameParser {
             }),
             "ping" => Ok(ClientFrame::Ping),
             other => Err(fields.fail(&format!("unknown action `{}`", truncate(other)), None)),
-        }
+        };
+        Ok(Parsed {
+            frame: frame?,
+            reference,
+        })
     }
 }
 

@@ -880,11 +880,19 @@ impl ShardStore {
         room.min(self.max_data) / slot_format::ALIGN * slot_format::ALIGN
     }
 
-    /// The longest record ring `idx` can keep: its top class's data region.
+    /// The longest record ring `idx` can keep: its top class's data region, or the
+    /// region it has when it is in that class already (a ring never moves within a
+    /// class, so one given a smaller region under an earlier `max_bytes_per_ring` keeps
+    /// it; found in review).
     fn max_record_len(&self, idx: usize) -> u64 {
         let m = self.rings[idx].as_ref().expect("live ring");
         let key_len = m.data_off as usize - slot_format::SLOT_HEADER_LEN;
-        self.data_len(self.top_class(key_len), key_len)
+        let top = self.top_class(key_len);
+        if m.class_log2 >= top {
+            m.ring.data_len()
+        } else {
+            self.data_len(top, key_len)
+        }
     }
 
     /// The class whose data region holds `max_bytes_per_ring` for this key length.

@@ -202,6 +202,45 @@ fn max_records_bounds_and_plan_changes() {
     assert_eq!((s.max_records(r), s.len(r), s.last_seq(r)), (1, 1, Seq(7)));
 }
 
+/// A ring already in its top class keeps the data region it was given: after a raised
+/// `max_bytes_per_ring` that maps to the same class, a record larger than that region but
+/// within the new bound is refused and changes nothing (found in review: it was taken,
+/// emptied the ring and was not kept).
+#[test]
+fn a_ring_in_its_top_class_refuses_what_its_own_region_cannot_hold() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StoreConfig {
+        max_bytes_per_ring: 5 * 1024,
+        ..small_cfg()
+    };
+    let r = {
+        let (mut s, _) = open(dir.path(), cfg);
+        let r = s.create(b"k", Epoch(3), 100).unwrap();
+        for ts in 0..30 {
+            put(&mut s, r, ts, &[1; 300]);
+        }
+        r
+    };
+    let _ = r;
+    let raised = StoreConfig {
+        max_bytes_per_ring: 7 * 1024,
+        ..small_cfg()
+    };
+    let (mut s, _) = open(dir.path(), raised);
+    let r = s.lookup(b"k").unwrap();
+    let before = payloads(&s, r, 0);
+    let last = s.last_seq(r);
+    let refused = s.append(r, 99, None, &[2; 6000], 0..6000);
+    assert!(
+        matches!(refused, Err(StoreError::RecordTooLarge { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(payloads(&s, r, 0), before);
+    assert_eq!(s.last_seq(r), last);
+    assert_eq!(s.stats().records_not_kept, 0);
+    s.check_invariants().unwrap();
+}
+
 /// A record larger than the ring's biggest slot is refused and changes nothing (it used
 /// to consume its seq and empty the ring).
 #[test]

@@ -40,6 +40,9 @@ pub struct PresenceHold {
     /// The latest join sent for it: only that join's refusal forgets the hold (an
     /// earlier join refused after a later one was accepted must not).
     pub join: RequestId,
+    /// Whether the owner accepted a join of this user: a later join that gets no
+    /// answer then leaves the member alone (it was present before).
+    pub confirmed: bool,
 }
 
 /// What the idle sweep did with a connection (see [`Conn::check_idle`]).

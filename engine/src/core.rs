@@ -732,6 +732,7 @@ impl ShardCore {
                 if let Some(hold) = presence.iter_mut().find(|h| h.channel == channel) {
                     hold.user = user.clone();
                     hold.join = join_request;
+                    hold.confirmed = false;
                 }
             }
             None => {
@@ -749,6 +750,7 @@ impl ShardCore {
                     channel: channel.clone(),
                     user: user.clone(),
                     join: join_request,
+                    confirmed: false,
                 });
             }
         }
@@ -1568,7 +1570,19 @@ impl ShardCore {
                     return;
                 };
                 let (code, message) = match outcome {
-                    Ok(Answer::PresenceJoined { .. } | Answer::PresenceLeft { .. }) => return,
+                    Ok(Answer::PresenceJoined { .. }) => {
+                        if let Some(user) = join_as {
+                            let mut presence = conn.presence.borrow_mut();
+                            let hold = presence
+                                .iter_mut()
+                                .find(|h| h.channel == channel && h.user == user);
+                            if let Some(hold) = hold {
+                                hold.confirmed = true;
+                            }
+                        }
+                        return;
+                    }
+                    Ok(Answer::PresenceLeft { .. }) => return,
                     Ok(Answer::PresenceUpdated { updated: true }) => return,
                     Ok(Answer::PresenceUpdated { updated: false }) => (
                         ErrorCode::BadRequest,
@@ -1604,16 +1618,17 @@ impl ShardCore {
 
     /// A join that got no answer (timed out, or its owner's inbox was full) is an error
     /// to the client, so the connection is not left present: unless a later join of the
-    /// channel is in flight (its answer decides), the hold is forgotten and a leave
+    /// channel is in flight (its answer decides) or an earlier join of the user was
+    /// accepted (it stays present, as before the join), the hold is forgotten and a leave
     /// follows the join to the owner (found in review: the hold stayed, and with it a
     /// member the client was told had not joined, for as long as it pinged). The leave's
     /// answer is dropped; if it is lost too, the member expires, no longer seen.
     fn undo_join(&mut self, conn: &Conn, channel: ChannelName, user: Rc<str>, join: RequestId) {
         let held = {
             let mut presence = conn.presence.borrow_mut();
-            let at = presence
-                .iter()
-                .position(|h| h.channel == channel && h.user == user && h.join == join);
+            let at = presence.iter().position(|h| {
+                h.channel == channel && h.user == user && h.join == join && !h.confirmed
+            });
             at.map(|at| presence.swap_remove(at)).is_some()
         };
         if !held {

@@ -686,3 +686,37 @@ fn a_join_that_times_out_leaves_no_member_behind() {
     assert!(take(&alice).is_empty());
     assert_eq!(members(&mut cluster, 0, &channel).len(), 1);
 }
+
+/// A re-join that times out does not undo a membership an earlier join made (found in
+/// review of the fix above: the leave sent after it removed a member who was present).
+#[test]
+fn a_rejoin_that_times_out_keeps_the_member() {
+    let mut cluster = Cluster::with(2, |config| config.request_timeout_ms = 500);
+    let channel = cluster.channel_owned_by(1, "rejoin:");
+    let watcher = cluster.connect(0);
+    subscribe(&mut cluster, 0, &watcher, &channel);
+    let alice = cluster.connect(0);
+    join(&mut cluster, 0, &alice, &channel, "alice");
+    assert!(take(&alice).is_empty());
+    take(&watcher);
+    // Again, with new metadata; the owner is late this time.
+    let frame = format!(
+        r#"{{"action":"presence:join","channel":"{channel}","userId":"alice","metadata":{{"v":2}}}}"#
+    );
+    cluster.send(0, &alice, &frame);
+    cluster.advance(500);
+    assert_eq!(take(&alice)[0]["data"]["code"], "overloaded");
+    cluster.pump();
+    assert_eq!(members(&mut cluster, 0, &channel).len(), 1);
+    let left: Vec<_> = presence_events(&take(&watcher))
+        .into_iter()
+        .filter(|(e, _)| e == "presence:leave")
+        .collect();
+    assert_eq!(left, vec![], "alice stays");
+    let update = format!(
+        r#"{{"action":"presence:update","channel":"{channel}","userId":"alice","metadata":{{"v":3}}}}"#
+    );
+    cluster.send(0, &alice, &update);
+    cluster.pump();
+    assert!(take(&alice).is_empty(), "still joined");
+}

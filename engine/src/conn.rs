@@ -56,6 +56,8 @@ pub enum Idle {
     Pinged,
     /// Quiet for the whole timeout: closed.
     Closed,
+    /// The ping found its queue full: closed as a slow consumer (4008).
+    Overflowed,
 }
 
 /// A WebSocket connection.
@@ -132,8 +134,9 @@ impl Conn {
 
     /// The idle sweep's look at it at `now`: heard since the last look, its clock
     /// restarts; quiet for half of `timeout_ms`, it is pinged once (a live peer answers
-    /// with a pong, browsers by themselves); quiet for `timeout_ms`, it is closed with
-    /// 1001. Returns whether this look pinged or closed it.
+    /// with a pong, browsers by themselves); quiet for `timeout_ms` and pinged at an
+    /// earlier look, it is closed with 1001 (never without a ping first, however long the
+    /// sweep took to come round; found in review). Returns what this look did.
     pub fn check_idle(&self, now: Millis, timeout_ms: u64) -> Idle {
         if self.heard.replace(false) {
             self.last_heard.set(now);
@@ -144,13 +147,15 @@ impl Conn {
             return Idle::Heard;
         }
         let quiet = now.since(self.last_heard.get());
-        if quiet >= timeout_ms {
+        if quiet >= timeout_ms / 2 && !self.pinged.replace(true) {
+            return match self.out.push(ping_frame()) {
+                Pushed::Overflowed => Idle::Overflowed,
+                _ => Idle::Pinged,
+            };
+        }
+        if quiet >= timeout_ms && self.pinged.get() {
             self.out.close_idle("idle timeout: nothing received");
             return Idle::Closed;
-        }
-        if quiet >= timeout_ms / 2 && !self.pinged.replace(true) {
-            self.out.push(ping_frame());
-            return Idle::Pinged;
         }
         Idle::Quiet
     }

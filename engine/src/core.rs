@@ -1922,14 +1922,19 @@ impl ShardCore {
             .load()
             .idle_timeout_secs
             .saturating_mul(1000);
-        let mut closed = 0u64;
+        let (mut closed, mut overflowed) = (0u64, 0u64);
         self.conns
             .for_each_in_turn(&mut self.conn_sweep_next, CONN_SWEEP_PER_TICK, |_, conn| {
                 conn.outbound().sweep_idle();
-                if timeout_ms > 0 && conn.check_idle(now, timeout_ms) == Idle::Closed {
-                    closed += 1;
+                if timeout_ms > 0 {
+                    match conn.check_idle(now, timeout_ms) {
+                        Idle::Closed => closed += 1,
+                        Idle::Overflowed => overflowed += 1,
+                        Idle::Heard | Idle::Quiet | Idle::Pinged => {}
+                    }
                 }
             });
+        self.counters().slow_consumer_closes.add(overflowed);
         if closed > 0 {
             tracing::debug!(shard = %self.id, closed, "closed idle connections");
         }

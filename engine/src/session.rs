@@ -195,6 +195,11 @@ fn run_session(
                 break;
             };
             buf = returned;
+            if matches!(result, Ok(n) if n > 0) {
+                // Bytes of a frame not yet whole (a large message arriving slowly) show
+                // the peer is there too.
+                conn.heard.set(true);
+            }
             match result {
                 Ok(0) | Err(_) => {
                     conn.mark_closed();

@@ -686,3 +686,27 @@ fn active_channels_follow_subscribes_and_unsubscribes_per_tenant() {
     assert_eq!(list(&mut cluster, "dev"), Vec::<String>::new());
     assert_eq!(list(&mut cluster, "other"), vec!["z"]);
 }
+
+/// However late the sweep comes round (a shard with many connections, a short timeout),
+/// a quiet connection is pinged before it is closed, so a live one can answer.
+#[test]
+fn a_connection_is_never_closed_for_quiet_without_a_ping_first() {
+    let mut cluster = Cluster::with(1, |config| config.idle_timeout_secs = 2);
+    let conn = cluster.connect(0);
+    take(&conn);
+    cluster.advance(5_000); // one tick, long past the timeout
+    let events = take(&conn);
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert!(events[0].get("ping").is_some(), "{events:?}");
+    assert_eq!(conn.state(), ringcast_engine::outbound::ConnState::Open);
+    // It answers (its session marks it heard): it stays.
+    conn.heard.set(true);
+    cluster.advance(1_000);
+    assert!(take(&conn).is_empty());
+    assert_eq!(conn.state(), ringcast_engine::outbound::ConnState::Open);
+    // It falls silent: pinged again, then closed.
+    cluster.advance(5_000);
+    assert!(take(&conn)[0].get("ping").is_some());
+    cluster.advance(1_000);
+    assert_eq!(take(&conn).last().unwrap()["close"], 1001);
+}

@@ -1,6 +1,7 @@
 // Quiet connections through TLS terminators (started by tests/tests/tls_proxies.rs with
 // the configs in tuning/tls/): for each terminator, a WebSocket that subscribes and then
-// sends nothing (no pings: `ws` sends none unless asked, and ringcast sends none) and an
+// sends nothing (no pings: `ws` sends none unless asked, and the test's ringcast has its
+// idle pings off, `idle_timeout_secs = 0`) and an
 // SSE stream (which hears only ringcast's `:ping` comments) stay quiet for QUIET_MS,
 // longer than nginx's 60 s default proxy_read_timeout; then one HTTP publish through the
 // same terminator must reach both. A terminator whose idle timeout were below QUIET_MS

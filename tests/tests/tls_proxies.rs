@@ -211,13 +211,15 @@ fn logs(run_dir: &Path) -> String {
 }
 
 /// Ringcast as a proxy's upstream: `--dev`, the proxy (127.0.0.1) trusted, one
-/// connection per client address, a PROXY header expected when `proxy_protocol`.
+/// connection per client address, a PROXY header expected when `proxy_protocol`, and
+/// no idle pings (`idle_timeout_secs = 0`): the quiet test proves the terminators' own
+/// idle timeouts, which the server's pings at 45 s would otherwise hide.
 fn ringcast_behind_proxy(dir: &Path, proxy_protocol: bool) -> Result<Server> {
     let config = dir.join("ringcast.toml");
     fs::write(
         &config,
         format!(
-            "trusted_proxies = [\"127.0.0.1\"]\nproxy_protocol = {proxy_protocol}\nmax_connections_per_ip = 1\n"
+            "trusted_proxies = [\"127.0.0.1\"]\nproxy_protocol = {proxy_protocol}\nmax_connections_per_ip = 1\nidle_timeout_secs = 0\n"
         ),
     )?;
     Server::start(&["--config", &config.display().to_string()])

@@ -115,8 +115,15 @@ impl Publisher {
                     "POST /api/realtime/publish HTTP/1.1\r\nHost: b\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
                     body.len()
                 );
-                stream.write_all(req.as_bytes())?;
-                read_response(stream, buf)
+                // A 503 is backpressure (a shard spilling): the same publish again, soon.
+                for _ in 0..BACKPRESSURE_RETRIES {
+                    stream.write_all(req.as_bytes())?;
+                    match read_response(stream, buf)? {
+                        Answered::Ok => return Ok(()),
+                        Answered::Overloaded => std::thread::sleep(Duration::from_millis(1)),
+                    }
+                }
+                bail!("publish refused with 503 {BACKPRESSURE_RETRIES} times in a row")
             }
             Publisher::Ws(ws) => {
                 let frame = format!(
@@ -138,8 +145,19 @@ impl Publisher {
     }
 }
 
-/// Reads one complete `200` response with a Content-Length body.
-fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<()> {
+/// How many times a publish refused with 503 (backpressure) is sent again.
+const BACKPRESSURE_RETRIES: usize = 10_000;
+
+/// How a publish was answered.
+enum Answered {
+    /// 200.
+    Ok,
+    /// 503: refused while a shard spills; send it again.
+    Overloaded,
+}
+
+/// Reads one complete response with a Content-Length body: `200`, or `503`.
+fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Answered> {
     buf.clear();
     let mut chunk = [0u8; 4096];
     loop {
@@ -158,14 +176,14 @@ fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<()> {
                 .and_then(|h| std::str::from_utf8(h.value).ok()?.parse::<usize>().ok())
                 .context("no Content-Length")?;
             if buf.len() >= head + len {
-                if resp.code != Some(200) {
-                    bail!(
-                        "publish answered {:?}: {}",
-                        resp.code,
+                return match resp.code {
+                    Some(200) => Ok(Answered::Ok),
+                    Some(503) => Ok(Answered::Overloaded),
+                    code => bail!(
+                        "publish answered {code:?}: {}",
                         String::from_utf8_lossy(&buf[head..])
-                    );
-                }
-                return Ok(());
+                    ),
+                };
             }
         }
     }

@@ -388,6 +388,8 @@ impl Publisher {
                     .context("answer without Content-Length")?;
                 if self.buf.len() >= end + 4 + length {
                     if !head.starts_with("HTTP/1.1 2") {
+                        // A 503 here is the server's backpressure (a shard spilling): the
+                        // offered rate is more than its streams drain; lower it.
                         bail!(
                             "ingest refused: {head} {}",
                             String::from_utf8_lossy(&self.buf[end + 4..end + 4 + length])

@@ -78,7 +78,12 @@ fn streams_get_mirrors_and_app_events_their_filter_takes() -> Result<()> {
         &format!("{STREAM}?s=realtime,presence,kv&cid=tab-1"),
     )?;
     let mut db_only = open(&server, &format!("{STREAM}?s=db"))?;
-    let mut all = open(&server, &format!("{STREAM}?s=*"))?;
+    // The SDK's default tenant id is `--dev`'s tenant, as on the HTTP API.
+    let mut all = open_with(
+        &server,
+        &format!("{STREAM}?s=*"),
+        &[("X-Tenant-Id", "dev-tenant-001")],
+    )?;
     assert_eq!(
         wanted.header("content-type"),
         Some("text/event-stream"),

@@ -19,7 +19,23 @@ use subtle::ConstantTimeEq;
 
 use crate::config::{DEV_TENANT, SDK_DEFAULT_TENANT};
 use crate::shared::Shared;
-use crate::tenant::Tenant;
+use crate::tenant::{Tenant, TenantTable};
+
+/// With `--dev`, the SDK's default tenant id is the dev tenant unless configured (found
+/// in review: with the SDK's defaults every HTTP call of a `--dev` app got 404, which the
+/// SDK ignores, so nothing it published arrived anywhere).
+pub(crate) fn dev_alias<'a>(
+    dev: bool,
+    tenants: &TenantTable,
+    named: Option<&'a str>,
+) -> Option<&'a str> {
+    match named {
+        Some(SDK_DEFAULT_TENANT) if dev && tenants.get(SDK_DEFAULT_TENANT).is_none() => {
+            Some(DEV_TENANT)
+        }
+        named => named,
+    }
+}
 
 /// The tenant `head` acts for, once its key is checked.
 pub fn authorize(shared: &Shared, head: &RequestHead) -> Result<Arc<Tenant>, Refusal> {
@@ -33,14 +49,7 @@ pub fn authorize(shared: &Shared, head: &RequestHead) -> Result<Arc<Tenant>, Ref
         ),
     };
     let dev = shared.config.load().dev;
-    let named = match named {
-        // Found in review: with the SDK's defaults every HTTP call of a `--dev` app got
-        // 404, which the SDK ignores, so nothing it published arrived anywhere.
-        Some(SDK_DEFAULT_TENANT) if dev && tenants.get(SDK_DEFAULT_TENANT).is_none() => {
-            Some(DEV_TENANT)
-        }
-        named => named,
-    };
+    let named = dev_alias(dev, &tenants, named);
     let Some(tenant) = tenants.resolve(named.filter(|id| !id.is_empty())) else {
         let message = match named {
             Some(_) => "no such tenant",

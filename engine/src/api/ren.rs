@@ -98,11 +98,10 @@ fn stream_tenant(shard: &Shard, head: &RequestHead) -> Result<Arc<Tenant>, Refus
         None => head.query_param("tenant"),
     }
     .filter(|id| !id.is_empty());
-    shard
-        .shared
-        .tenants
-        .load()
-        .resolve(named.as_deref())
+    let tenants = shard.shared.tenants.load();
+    let dev = shard.shared.config.load().dev;
+    tenants
+        .resolve(super::auth::dev_alias(dev, &tenants, named.as_deref()))
         .ok_or_else(|| match named {
             Some(_) => Refusal::new(ApiError::UnknownTenant, "no such tenant"),
             None => Refusal::new(

@@ -337,25 +337,45 @@ impl ConfigError {
     }
 }
 
-/// `message` with every `"…"` (serde's way of quoting a value it did not want) replaced
-/// by `"…"`.
+/// `message` with every value of the file elided: each `"…"` (serde quotes a value it
+/// did not want with Rust's string escapes, so an escaped quote does not end it; found
+/// in review) and the variant of an ``unknown variant `…` `` become `…`. Key names and
+/// the variants serde expected stay: they come from the schema, not the file.
 fn elide_quoted(message: &str) -> String {
+    const VARIANT: &str = "unknown variant `";
     let mut out = String::with_capacity(message.len());
-    let mut parts = message.split('"');
-    if let Some(first) = parts.next() {
-        out.push_str(first);
-    }
-    let mut inside = false;
-    for part in parts {
-        inside = !inside;
-        if inside {
-            out.push_str("\"…");
+    let mut rest = message;
+    while let Some(at) = rest.find(['"', '`']) {
+        let (before, from) = rest.split_at(at);
+        out.push_str(before);
+        if let Some(quoted) = from.strip_prefix('"') {
+            out.push_str("\"…\"");
+            rest = after_quoted(quoted);
+        } else if out.ends_with(&VARIANT[..VARIANT.len() - 1]) {
+            out.push_str("`…`");
+            rest = from[1..].split_once('`').map_or("", |(_, after)| after);
         } else {
-            out.push('"');
-            out.push_str(part);
+            out.push('`');
+            rest = &from[1..];
         }
     }
+    out.push_str(rest);
     out
+}
+
+/// What follows the closing quote of a quoted string whose opening quote is just before
+/// `s` (a backslash escapes the character after it); empty when it never closes.
+fn after_quoted(s: &str) -> &str {
+    let mut escaped = false;
+    for (at, c) in s.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' => escaped = true,
+            '"' => return &s[at + 1..],
+            _ => {}
+        }
+    }
+    ""
 }
 
 impl Config {
@@ -682,6 +702,14 @@ mod tests {
                 "[[tenants]]\nid = \"a\"\ntoken_keys = { kid = \"k\", secret = \"TOPSECRET0123456789abcdef0123456789\" }\n",
                 3,
             ),
+            (
+                "[[tenants]]\nid = \"a\"\nplan = \"SECRET_in_a_variant\"\n",
+                3,
+            ),
+            (
+                "shards = 1\n[[tenants]]\nid = \"a\"\napi_keys = \"sk_AB\\\"CD_SECRET\"\n",
+                4,
+            ),
         ] {
             std::fs::write(&path, text).unwrap();
             let error = Config::load(Some(&path), &Overrides::default()).unwrap_err();
@@ -691,6 +719,19 @@ mod tests {
             }
         }
         assert_eq!(elide_quoted(r#"a "x" b "y" c"#), r#"a "…" b "…" c"#);
+        // An escaped quote does not end a value; a variant is a value too.
+        assert_eq!(
+            elide_quoted(r#"invalid type: string "AB\"CDSECRET", expected a sequence"#),
+            r#"invalid type: string "…", expected a sequence"#
+        );
+        assert_eq!(
+            elide_quoted("unknown variant `sk_live_SECRET`, expected one of `free`, `pro`"),
+            "unknown variant `…`, expected one of `free`, `pro`"
+        );
+        assert_eq!(
+            elide_quoted("unknown field `api_key`"),
+            "unknown field `api_key`"
+        );
     }
 
     #[test]

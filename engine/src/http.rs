@@ -252,6 +252,11 @@ async fn serve_requests(
             if !written || !head.keep_alive() {
                 return Served::Close(CloseReason::Client);
             }
+            if shard.is_shutting_down() {
+                // Answered; no next request is waited for, so shutdown is not held up by
+                // a client that keeps its connection busy.
+                return Served::Close(CloseReason::Shutdown);
+            }
             continue;
         }
         match route(shard, &head, client) {
@@ -261,6 +266,9 @@ async fn serve_requests(
                 count_request(shard, route_label, status, started);
                 if !written || !keep_alive {
                     return Served::Close(CloseReason::Client);
+                }
+                if shard.is_shutting_down() {
+                    return Served::Close(CloseReason::Shutdown);
                 }
             }
             Route::Upgrade { setup } => {

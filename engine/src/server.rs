@@ -440,6 +440,9 @@ async fn run_inbox(shard: &Rc<Shard>, mesh: &Mesh, grace: Duration) {
         )
         .await;
         shard.handle_batch(&mut batch);
+        // The timer loop has stopped: deadlines still fire (a request whose owner has
+        // exited is answered with an error, not kept waiting to the grace's end).
+        shard.on_tick();
     }
     shard.sync_history();
 }

@@ -151,3 +151,44 @@ fn reshard_under_a_smaller_ring_bound_keeps_seqs_past_a_record_it_cannot_hold() 
     assert!(s.replay_complete(r, Seq(2)));
     s.check_invariants().unwrap();
 }
+
+/// A reshard interrupted mid-copy leaves a partial copy (same epoch, fewer seqs) in the
+/// target; rerun with another shard count, both copies sit outside the new owner. The one
+/// further ahead must win, whichever is moved last (found in review: the last moved
+/// replaced the other, so a partial copy could replace the complete one, losing acked
+/// messages and handing their seqs out again in the same epoch).
+#[test]
+fn a_rerun_with_another_shard_count_keeps_the_copy_further_ahead() {
+    for (complete_in, partial_in) in [(0, 1), (1, 0)] {
+        let root = tempfile::tempdir().unwrap();
+        let key = [b'k', 9];
+        {
+            let mut stores: Vec<ShardStore> = (0..2)
+                .map(|k| {
+                    ShardStore::open(&ShardStore::shard_dir(root.path(), k), cfg())
+                        .unwrap()
+                        .0
+                })
+                .collect();
+            for (at, n) in [(complete_in, 10u8), (partial_in, 3)] {
+                let r = stores[at].create(&key, Epoch(7), 50).unwrap();
+                for i in 1..=n {
+                    stores[at]
+                        .append(r, u64::from(i), None, &[i; 40], 0..40)
+                        .unwrap();
+                }
+            }
+        }
+        reshard(root.path(), 3, cfg(), |_| 2).unwrap();
+        let (s, _) = ShardStore::open(&ShardStore::shard_dir(root.path(), 2), cfg()).unwrap();
+        let r = s.lookup(&key).unwrap();
+        assert_eq!(
+            (s.epoch(r), s.last_seq(r)),
+            (Epoch(7), Seq(10)),
+            "{complete_in}"
+        );
+        let seqs: Vec<u64> = s.iter_after(r, Seq(0)).map(|rec| rec.seq.0).collect();
+        assert_eq!(seqs, (1..=10).collect::<Vec<_>>());
+        s.check_invariants().unwrap();
+    }
+}

@@ -48,8 +48,8 @@ pub fn run(config: Config, source: ConfigSource) -> anyhow::Result<()> {
         Err(e) => tracing::warn!(error = %e, wanted, "could not reserve the descriptor table"),
     }
     warn_if_few_descriptors(config.max_connections);
-    let (listeners, addr) = bind_listeners(config.listen, shards)
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    // A port in use fails now, before a migration or reshard that may take long.
+    probe_unused(config.listen).with_context(|| format!("cannot listen on {}", config.listen))?;
     let mesh = Mesh::with_capacity(shards, config.inbox_capacity);
     let mut shared = Shared::new(config.clone(), mesh.clone());
     // Read before any shard runs: no request reads a file.
@@ -85,10 +85,20 @@ pub fn run(config: Config, source: ConfigSource) -> anyhow::Result<()> {
             }
         })?;
 
-    let (events_tx, events_rx) = mpsc::channel::<ShardEvent>();
-    let mut threads = Vec::with_capacity(shards);
+    // History first (a format-1 migration or a reshard runs here): nothing listens until
+    // it is done, so no client connects to a server that cannot answer yet (found in
+    // review), and a SIGTERM meanwhile stops the server once it is, without listening.
     let histories = history::open_all(&config.data_dir, &config.history, shards)
         .context("cannot open history")?;
+    if mesh.is_shutting_down() {
+        signal_handle.close();
+        tracing::info!("stopped before listening");
+        return Ok(());
+    }
+    let (listeners, addr) = bind_listeners(config.listen, shards)
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let (events_tx, events_rx) = mpsc::channel::<ShardEvent>();
+    let mut threads = Vec::with_capacity(shards);
     for (index, (listener, history)) in listeners.into_iter().zip(histories).enumerate() {
         let id = ShardId(index as u16);
         let core = (!cores.is_empty()).then(|| cores[index % cores.len()]);
@@ -115,6 +125,8 @@ pub fn run(config: Config, source: ConfigSource) -> anyhow::Result<()> {
                 mesh.shutdown_all();
                 anyhow::bail!("shard {id} failed to start: {e}");
             }
+            // A SIGTERM while the shards start: they stop, and so does the server.
+            Ok(ShardEvent::Exited(_)) if mesh.is_shutting_down() => break,
             Ok(ShardEvent::Exited(id)) => {
                 mesh.shutdown_all();
                 anyhow::bail!("shard {id} exited during start-up");
@@ -122,8 +134,10 @@ pub fn run(config: Config, source: ConfigSource) -> anyhow::Result<()> {
             Err(_) => anyhow::bail!("shards exited during start-up"),
         }
     }
-    println!("ringcast listening on {addr} shards={shards}");
-    tracing::info!(%addr, shards, dev = config.dev, "ringcast listening");
+    if started == shards {
+        println!("ringcast listening on {addr} shards={shards}");
+        tracing::info!(%addr, shards, dev = config.dev, "ringcast listening");
+    }
 
     // The first shard to exit (after a signal, or a crash) takes the others down.
     // Meanwhile the data directory is probed once a second for /readyz.

@@ -37,6 +37,17 @@ pub enum StoreError {
         /// Largest accepted.
         max: usize,
     },
+    /// A segment file was written by a newer format than this binary reads: refused, the
+    /// file left as it is (run the newer binary, or move the data directory aside).
+    #[error("{path}: history format version {found} is newer than this binary reads ({supported}); run the newer ringcast or move the data directory aside")]
+    NewerFormat {
+        /// The segment file.
+        path: PathBuf,
+        /// The version it says.
+        found: u32,
+        /// The version this binary writes and reads.
+        supported: u32,
+    },
     /// A record larger than any slot of its ring holds (`max_bytes_per_ring`): refused,
     /// nothing changed (no seq consumed).
     #[error("a record of {len} bytes is larger than a ring keeps ({max} bytes)")]

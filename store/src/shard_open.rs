@@ -98,7 +98,24 @@ impl ShardStore {
         let mut report = ShardOpenReport::default();
         let mut candidates: HashMap<Box<[u8]>, Vec<Candidate>> = HashMap::new();
         for (path, log2, number) in segment_files(dir)? {
-            let map = SegmentMap::open_existing(&path).map_err(StoreError::io("open", &path))?;
+            let map = match SegmentMap::open_existing(&path) {
+                Ok(map) => map,
+                // Created, then the process died before its header was written.
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                    set_aside(&path, "empty file", &mut report)?;
+                    continue;
+                }
+                Err(e) => return Err(StoreError::io("open", &path)(e)),
+            };
+            if let Some(found) = slot_format::newer_version(map.bytes()) {
+                // Not damage: a newer binary wrote it. Setting it aside would lose the
+                // history on a rollback (found in review).
+                return Err(StoreError::NewerFormat {
+                    path,
+                    found,
+                    supported: slot_format::SEG_VERSION,
+                });
+            }
             let header = match slot_format::read_segment_header(map.bytes()) {
                 Ok(h) if h.class_log2 == log2 && h.number == number => h,
                 Ok(_) => {

@@ -90,6 +90,14 @@ pub(crate) fn write_segment_header(page: &mut [u8], h: &SegmentHeader) {
     write_high_water(page, 0);
 }
 
+/// The format version a segment of a newer format than this one says it is (our magic,
+/// a greater version), if `file` is one.
+pub(crate) fn newer_version(file: &[u8]) -> Option<u32> {
+    (file.len() >= 12 && file[..8] == SEG_MAGIC)
+        .then(|| u32_at(file, 8))
+        .filter(|v| *v > SEG_VERSION)
+}
+
 /// Reads and checks a segment header against the file's length.
 pub(crate) fn read_segment_header(file: &[u8]) -> Result<SegmentHeader, &'static str> {
     if file.len() < SEG_HEADER_LEN {

@@ -494,6 +494,25 @@ impl Config {
                 "max_message_bytes must be at least 1024".into(),
             ));
         }
+        // Checked here, in the config's own words (found in review: start-up failed
+        // later naming the store's `max_bytes_per_ring`, or said "every remaining ring
+        // is pinned" for a node bound too small for one ring per shard).
+        let history = &self.history;
+        if !(4096..=1 << 30).contains(&history.max_bytes_per_channel) {
+            return Err(ConfigError::Invalid(format!(
+                "[history] max_bytes_per_channel must be between 4096 and 1073741824, got {}",
+                history.max_bytes_per_channel
+            )));
+        }
+        if let Some(total) = history.max_total_bytes {
+            let least = self.shards as u64 * 64 * 1024;
+            if total < least {
+                return Err(ConfigError::Invalid(format!(
+                    "[history] max_total_bytes must be at least 64 KiB per shard ({least} for {} shards), got {total}",
+                    self.shards
+                )));
+            }
+        }
         if self.outbound_buffer_bytes < 1024 {
             return Err(ConfigError::Invalid(
                 "outbound_buffer_bytes must be at least 1024".into(),
@@ -772,6 +791,14 @@ mod tests {
             refused.to_string().contains("above the server's"),
             "{refused}"
         );
+        for (history, named) in [
+            ("max_bytes_per_channel = 10", "max_bytes_per_channel"),
+            ("max_total_bytes = 100", "max_total_bytes"),
+        ] {
+            let file: FileConfig = toml::from_str(&format!("[history]\n{history}\n")).unwrap();
+            let refused = Config::merge(file, &Overrides::default()).unwrap_err();
+            assert!(refused.to_string().contains(named), "{refused}");
+        }
     }
 
     #[test]

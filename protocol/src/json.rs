@@ -442,7 +442,50 @@ pub fn copy_with_tape_safe_numbers(input: &[u8], out: &mut Vec<u8>) -> Result<()
         out[start..end].fill(b' ');
         out[start..start + 3].copy_from_slice(b"0.0");
     }
+    replace_lone_surrogates(out);
     Ok(())
+}
+
+/// Replaces every `\uXXXX` escape of a lone surrogate (a high one not followed by a low
+/// one, or a low one alone) in the strings of `json` (valid JSON) by `\ufffd`, the same
+/// length. RFC 8259's grammar allows them and `JSON.stringify` writes them (a string cut
+/// in the middle of an emoji), but simd-json refuses them (found in review: such a
+/// `data` was a `bad_request`); the raw spans still carry the bytes as sent.
+fn replace_lone_surrogates(json: &mut [u8]) {
+    let unit = |json: &[u8], at: usize| -> Option<u16> {
+        let hex = json.get(at..at + 6)?;
+        if &hex[..2] != b"\\u" {
+            return None;
+        }
+        u16::from_str_radix(std::str::from_utf8(&hex[2..]).ok()?, 16).ok()
+    };
+    let (mut at, mut in_string) = (0, false);
+    while at < json.len() {
+        match (in_string, json[at]) {
+            (false, b'"') => in_string = true,
+            (true, b'"') => in_string = false,
+            (true, b'\\') => {
+                match unit(json, at) {
+                    Some(0xD800..=0xDBFF)
+                        if matches!(unit(json, at + 6), Some(0xDC00..=0xDFFF)) =>
+                    {
+                        at += 12;
+                        continue;
+                    }
+                    Some(0xD800..=0xDFFF) => {
+                        json[at..at + 6].copy_from_slice(b"\\ufffd");
+                        at += 6;
+                        continue;
+                    }
+                    _ => {}
+                }
+                at += 2;
+                continue;
+            }
+            _ => {}
+        }
+        at += 1;
+    }
 }
 
 #[cfg(test)]

@@ -130,6 +130,31 @@ fn presence_frames() {
     ));
 }
 
+/// A lone surrogate escape is valid JSON (RFC 8259) and what `JSON.stringify` writes for
+/// a string cut in the middle of an emoji: it passes raw, as sent (found in review:
+/// simd-json refused it and the publish was a `bad_request`). Pairs stay pairs, and an
+/// escaped backslash before `u` is no escape.
+#[test]
+fn lone_surrogate_escapes_are_valid_json_and_pass_raw() {
+    for data in [
+        r#""a\ud83dz""#,
+        r#""\udc00""#,
+        r#""\ud83d\ude00 \ud83d""#,
+        r#"{"t":"\ud800","n":1e400}"#,
+        r#""\\ud83d""#,
+    ] {
+        let text =
+            format!(r#"{{"action":"publish","channel":"c","data":{data},"userId":"\ud83d"}}"#);
+        let frame = parse(&text).unwrap_or_else(|e| panic!("{data}: {e:?}"));
+        let ClientFrame::Publish(p) = frame else {
+            panic!("not a publish")
+        };
+        assert_eq!(p.data, data.as_bytes());
+        assert_eq!(p.user_id.as_deref(), Some("\u{fffd}"));
+    }
+    assert!(parse(r#"{"action":"publish","channel":"c","data":"\ud83"}"#).is_err());
+}
+
 #[test]
 fn numbers_beyond_64_bits_are_valid_json_and_pass_raw() {
     for data in [

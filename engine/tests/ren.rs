@@ -620,6 +620,29 @@ fn a_private_channels_events_reach_only_streams_whose_token_allows_them() {
     );
 }
 
+/// An app event naming a `private-` channel in `ch` follows the same rule as that
+/// channel's mirrored messages: only streams whose token grants it get it (found in
+/// review: ingested events reached anonymous streams whatever `ch` said).
+#[test]
+fn an_app_event_on_a_private_channel_reaches_only_streams_allowed_it() {
+    use ringcast_engine::token::Permission;
+    let mut cluster = cluster_with_token_key();
+    let vip = grant_on(&cluster, "private-vip", vec![Permission::Subscribe], 60);
+    let allowed = open_granted(&mut cluster, 0, Some(vip));
+    let anonymous = open_live(&mut cluster, 1, "*");
+    let body =
+        r#"[{"t":"kv.put","ch":"private-vip","data":1},{"t":"kv.put","ch":"lobby","data":2}]"#;
+    assert_eq!(ingest(&mut cluster, 0, body), 2);
+    let got: Vec<String> = events(&allowed)
+        .iter()
+        .map(|c| c.data()["ch"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(got, ["private-vip", "lobby"]);
+    let seen = events(&anonymous);
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].data()["ch"], "lobby");
+}
+
 #[test]
 fn a_stream_admitted_by_a_token_is_closed_when_the_token_expires() {
     use ringcast_engine::token::{Permission, SKEW_SECS};

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //!  ?s=kv,db             ──► RenFilter::parse ──► All | Domains([db, kv])   (else a 400 Refusal)
-//!  POST /api/ren/events ──► ApiParser::ren_events ──► [IngestEvent { r, chunk }]
+//!  POST /api/ren/events ──► ApiParser::ren_events ──► [IngestEvent { r, chunk, private }]
 //!                           (the whole batch, or one Refusal naming the bad entry)
 //!  channel message      ──► PendingChunk::realtime / ::presence
 //!  PendingChunk + id    ──► finish(id) ──► "id: N\nevent: T\ndata: {…}\n\n" as `Bytes`
@@ -20,6 +20,7 @@ use simd_json::prelude::*;
 use simd_json::ValueType;
 
 use crate::api::{ApiParser, Refusal};
+use crate::channel::ChannelName;
 use crate::error::ApiError;
 use crate::event::PresenceKind;
 use crate::json::{raw_elements, raw_members, write_str, write_u64};
@@ -281,6 +282,9 @@ pub struct IngestEvent {
     pub r: String,
     /// Its chunk, waiting for the id.
     pub chunk: PendingChunk,
+    /// Its `ch` when that is a `private-` channel: only streams whose token grants the
+    /// channel get it, as for the channel's mirrored messages.
+    pub private: Option<ChannelName>,
 }
 
 /// Where an entry sits in the body, for error messages: `event` or `events[2]`.
@@ -443,6 +447,10 @@ fn ren_event(
         string("ch")?,
         string("uid")?,
     );
+    let private = match ch.filter(|c| c.starts_with("private-")) {
+        None => None,
+        Some(name) => Some(ChannelName::new(name).map_err(|e| bad("ch", &e.to_string()))?),
+    };
     let src = string("src")?.or(header_src);
     let size = [k, ns, v, ch, uid, src]
         .iter()
@@ -462,6 +470,7 @@ fn ren_event(
     Ok(IngestEvent {
         r: r.to_owned(),
         chunk: chunk.end(ts),
+        private,
     })
 }
 

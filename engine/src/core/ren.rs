@@ -256,7 +256,7 @@ impl ShardCore {
                 let accepted = events.len();
                 let events = events
                     .into_iter()
-                    .map(|e| (Arc::<str>::from(e.r), e.chunk, None));
+                    .map(|e| (Arc::<str>::from(e.r), e.chunk, e.private));
                 self.ren_record(&tenant, events);
                 self.answer(Some(reply), Answer::RenAccepted { accepted });
             }

@@ -19,8 +19,9 @@
 //!                   every subscriber on every shard.
 //! ```
 //!
-//! Invariants: no function here panics on any input (the fuzz targets and property
-//! tests check it), and `data` payloads are carried as the raw bytes the publisher sent.
+//! Invariants: no function here panics on any input, and `data` payloads are carried as
+//! the raw bytes the publisher sent, valid JSON: `fuzzing::every_parser` checks both
+//! over every parser, run by the `protocol_parsers` fuzz target and a property test.
 #![forbid(unsafe_code)]
 
 pub mod api;
@@ -29,6 +30,7 @@ pub mod channel;
 pub mod client;
 pub mod error;
 pub mod event;
+pub mod fuzzing;
 pub mod http;
 mod json;
 pub mod proxy;

@@ -79,8 +79,8 @@ pub struct Conn {
     pub heard: Cell<bool>,
     /// When the idle sweep last found it had sent something (or it was registered).
     last_heard: Cell<Millis>,
-    /// Whether the idle sweep pinged it since then.
-    pinged: Cell<bool>,
+    /// When the idle sweep pinged it since then, if it did.
+    pinged_at: Cell<Option<Millis>>,
     /// How presence events are spelled for it.
     pub presence_spelling: PresenceSpelling,
     /// What its connection token (`/_rt/ws?token=`) verified: its user, and any
@@ -121,7 +121,7 @@ impl Conn {
             presence_seen: Cell::new(false),
             heard: Cell::new(false),
             last_heard: Cell::new(Millis(0)),
-            pinged: Cell::new(false),
+            pinged_at: Cell::new(None),
             grant: None,
             out: Outbound::new(limit, websocket_farewell),
         }
@@ -133,27 +133,36 @@ impl Conn {
     }
 
     /// The idle sweep's look at it at `now`: heard since the last look, its clock
-    /// restarts; quiet for half of `timeout_ms`, it is pinged once (a live peer answers
-    /// with a pong, browsers by themselves); quiet for `timeout_ms` and pinged at an
-    /// earlier look, it is closed with 1001 (never without a ping first, however long the
-    /// sweep took to come round; found in review). Returns what this look did.
-    pub fn check_idle(&self, now: Millis, timeout_ms: u64) -> Idle {
+    /// restarts; quiet for `ping_after_ms`, it is pinged once (a live peer answers with a
+    /// pong, browsers by themselves, even in a background tab whose timers are
+    /// throttled); quiet for `close_after_ms` and pinged at an earlier look, it is closed
+    /// with 1001 (never without a ping first, however long the sweep took to come round;
+    /// found in review). Returns what this look did.
+    pub fn check_idle(&self, now: Millis, ping_after_ms: u64, close_after_ms: Option<u64>) -> Idle {
         if self.heard.replace(false) {
             self.last_heard.set(now);
-            self.pinged.set(false);
+            self.pinged_at.set(None);
             return Idle::Heard;
         }
         if self.state() != ConnState::Open {
             return Idle::Heard;
         }
         let quiet = now.since(self.last_heard.get());
-        if quiet >= timeout_ms / 2 && !self.pinged.replace(true) {
+        let Some(pinged_at) = self.pinged_at.get() else {
+            if quiet < ping_after_ms {
+                return Idle::Quiet;
+            }
+            self.pinged_at.set(Some(now));
             return match self.out.push(ping_frame()) {
                 Pushed::Overflowed => Idle::Overflowed,
                 _ => Idle::Pinged,
             };
-        }
-        if quiet >= timeout_ms && self.pinged.get() {
+        };
+        // The peer has had half the timeout to answer the ping, however late the ping
+        // went out (found in review: after a late sweep, one tick was all it had).
+        let closing =
+            close_after_ms.is_some_and(|close| quiet >= close && now.since(pinged_at) >= close / 2);
+        if closing {
             self.out.close_idle("idle timeout: nothing received");
             return Idle::Closed;
         }

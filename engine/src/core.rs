@@ -1922,16 +1922,32 @@ impl ShardCore {
             .load()
             .idle_timeout_secs
             .saturating_mul(1000);
+        let close_after = (timeout_ms > 0).then_some(timeout_ms);
+        let tenants = self.shared.tenants.load();
         let (mut closed, mut overflowed) = (0u64, 0u64);
         self.conns
             .for_each_in_turn(&mut self.conn_sweep_next, CONN_SWEEP_PER_TICK, |_, conn| {
                 conn.outbound().sweep_idle();
-                if timeout_ms > 0 {
-                    match conn.check_idle(now, timeout_ms) {
-                        Idle::Closed => closed += 1,
-                        Idle::Overflowed => overflowed += 1,
-                        Idle::Heard | Idle::Quiet | Idle::Pinged => {}
-                    }
+                // A connection present in a channel is pinged within half its tenant's
+                // presence TTL: its pong counts as seen, so a member whose browser tab
+                // throttles the SDK's 25 s pings (a background tab: about once a minute)
+                // does not expire while its socket is open (found in review: it did, and
+                // never came back).
+                let presence_ping = if conn.presence.borrow().is_empty() {
+                    None
+                } else {
+                    tenants
+                        .get(conn.tenant.id.as_str())
+                        .map(|t| t.limits.presence.ttl_secs.saturating_mul(1000) / 2)
+                };
+                let idle_ping = close_after.map(|close| close / 2);
+                let Some(ping_after) = idle_ping.into_iter().chain(presence_ping).min() else {
+                    return;
+                };
+                match conn.check_idle(now, ping_after, close_after) {
+                    Idle::Closed => closed += 1,
+                    Idle::Overflowed => overflowed += 1,
+                    Idle::Heard | Idle::Quiet | Idle::Pinged => {}
                 }
             });
         self.counters().slow_consumer_closes.add(overflowed);

@@ -710,3 +710,20 @@ fn a_connection_is_never_closed_for_quiet_without_a_ping_first() {
     cluster.advance(1_000);
     assert_eq!(take(&conn).last().unwrap()["close"], 1001);
 }
+
+/// A ping sent late (the sweep came round long after the connection went quiet) still
+/// leaves the peer half the timeout to answer before the close.
+#[test]
+fn a_late_ping_still_gets_half_the_timeout_to_be_answered() {
+    let mut cluster = Cluster::with(1, |config| config.idle_timeout_secs = 10);
+    let conn = cluster.connect(0);
+    take(&conn);
+    cluster.advance(30_000); // one tick: quiet for 30 s, pinged now
+    assert!(take(&conn)[0].get("ping").is_some());
+    cluster.advance(1_000);
+    assert_eq!(conn.state(), ringcast_engine::outbound::ConnState::Open);
+    cluster.advance(3_000);
+    assert_eq!(conn.state(), ringcast_engine::outbound::ConnState::Open);
+    cluster.advance(1_000);
+    assert_eq!(take(&conn).last().unwrap()["close"], 1001);
+}

@@ -720,3 +720,40 @@ fn a_rejoin_that_times_out_keeps_the_member() {
     cluster.pump();
     assert!(take(&alice).is_empty(), "still joined");
 }
+
+/// A member whose connection sends nothing but answers the server's pings stays present:
+/// the server pings a connection holding presence within half the TTL, and the pong
+/// counts as seen (found in review: a background browser tab throttles the SDK's 25 s
+/// pings to about one a minute, and its member expired while the socket stayed open,
+/// for good). Here the idle timeout is off, as in the harness: presence alone asks.
+#[test]
+fn a_member_that_only_answers_pings_stays_present() {
+    let mut cluster = Cluster::new(2);
+    let channel = cluster.channel_owned_by(1, "tab:");
+    let watcher = cluster.connect(0);
+    subscribe(&mut cluster, 0, &watcher, &channel);
+    let tab = cluster.connect(0);
+    join(&mut cluster, 0, &tab, &channel, "alice");
+    take(&tab);
+    take(&watcher);
+    let mut pings = 0;
+    for _ in 0..120 {
+        cluster.advance(1_000);
+        cluster.pump();
+        for frame in take(&tab) {
+            if frame.get("ping").is_some() {
+                // The browser answers by itself; its session marks what it reads.
+                pings += 1;
+                tab.heard.set(true);
+                cluster.shards[0].on_ws_ping(&tab);
+            }
+        }
+    }
+    assert!(pings >= 4, "{pings} pings in 120 s");
+    let left: Vec<_> = presence_events(&take(&watcher))
+        .into_iter()
+        .filter(|(e, _)| e == "presence:leave")
+        .collect();
+    assert_eq!(left, vec![]);
+    assert_eq!(members(&mut cluster, 0, &channel).len(), 1);
+}

@@ -154,9 +154,15 @@ impl RequestHead {
             .map(|(_, v)| v)
     }
 
-    /// The first query parameter named `name`, percent-decoded.
+    /// The first query parameter named `name`, percent-decoded. A raw `?` inside the
+    /// query separates parameters as `&` does: the SDK appends `?cid=…` to an endpoint
+    /// that may carry its own query (`/_rt/ws?tenant=acme`), which made the tenant
+    /// `acme?cid=…` (found in review). No parameter of ours holds a `?` (a value that
+    /// needs one sends `%3F`).
     pub fn query_param(&self, name: &str) -> Option<String> {
-        form_urlencoded::parse(self.query.as_bytes())
+        self.query
+            .split(['&', '?'])
+            .flat_map(|pair| form_urlencoded::parse(pair.as_bytes()))
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.into_owned())
     }
@@ -406,6 +412,27 @@ mod tests {
     use super::*;
 
     const UPGRADE: &[u8] = b"GET /_rt/ws?cid=a%20b&tenant=dev HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+
+    /// What the SDK sends for an endpoint that has a query of its own: `?cid=` appended.
+    #[test]
+    fn a_second_question_mark_separates_parameters() {
+        let head = parse_request_head(
+            b"GET /_rt/ws?tenant=acme&token=a.b-c_d?cid=tab-1 HTTP/1.1\r\nHost: x\r\n\r\n",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(head.query_param("tenant").as_deref(), Some("acme"));
+        assert_eq!(head.query_param("token").as_deref(), Some("a.b-c_d"));
+        assert_eq!(head.query_param("cid").as_deref(), Some("tab-1"));
+        let head = parse_request_head(b"GET /x?q=a%3Fb HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            head.query_param("q").as_deref(),
+            Some("a?b"),
+            "an encoded one stays"
+        );
+    }
 
     #[test]
     fn parses_an_upgrade() {

@@ -28,6 +28,11 @@ fn connected_carries_given_or_generated_client_id() -> Result<()> {
     assert_eq!(ev["data"]["clientId"], "abc123", "{ev}");
     assert_ts(&ev);
 
+    // The SDK appends `?cid=` to an endpoint that has its own query: a second `?`
+    // separates parameters too.
+    let (mut sdk_like, _) = Client::connect(&server, "tenant=dev?cid=tab-7")?;
+    assert_eq!(sdk_like.expect_connected()?, "tab-7");
+
     let (mut c1, _) = Client::connect(&server, "")?;
     let (mut c2, _) = Client::connect(&server, "")?;
     let id1 = c1.expect_connected()?;

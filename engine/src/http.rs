@@ -177,11 +177,17 @@ async fn serve_requests(
         }
     }
     loop {
+        let first = first_deadline.is_some();
         let deadline = first_deadline
             .take()
             .unwrap_or_else(|| Instant::now() + timeout);
         let unparsed = HttpRoute::Unparsed;
-        let head = match monoio::time::timeout_at(deadline, read_head(stream, buf)).await {
+        let begun = std::cell::Cell::new(!buf.is_empty());
+        let head = match monoio::time::timeout_at(deadline, read_head(stream, buf, &begun)).await {
+            // A kept-alive connection with no byte of a next request is idle, not late:
+            // closed without a 408 or an error counted (found in review: a proxy's
+            // pooled connections each got one every `handshake_timeout_ms`).
+            Err(_) if !first && !begun.get() => return Served::Close(CloseReason::Client),
             Err(_) => return timed_out(shard, stream, timeout, "request head", unparsed).await,
             Ok(Err(e)) => {
                 return answer_read_error(shard, stream, e, max_body, timeout, unparsed).await
@@ -417,9 +423,16 @@ enum ReadError {
     Closed,
 }
 
-async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<RequestHead, ReadError> {
+/// Reads a request head; `begun` is set once any of its bytes has arrived (a timeout
+/// drops the read in progress and the bytes with it, so `buf` cannot tell).
+async fn read_head(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    begun: &std::cell::Cell<bool>,
+) -> Result<RequestHead, ReadError> {
     loop {
         if !buf.is_empty() {
+            begun.set(true);
             if let Some(head) = parse_request_head(buf).map_err(ReadError::Head)? {
                 return Ok(head);
             }

@@ -62,6 +62,36 @@ fn never_sent_body_is_408_within_the_deadline_and_frees_the_slot() -> Result<()>
     Ok(())
 }
 
+/// A kept-alive connection that sends nothing more is closed at the deadline without a
+/// 408 and without an error counted (found in review: every idle pooled connection of a
+/// proxy got a 408 and counted as an error each `handshake_timeout_ms`). A next request
+/// begun but not finished still gets its 408.
+#[test]
+fn an_idle_kept_alive_connection_is_closed_quietly() -> Result<()> {
+    let server = Server::start(&["--handshake-timeout-ms", "300"])?;
+    let mut conn = Conn::open(&server)?;
+    conn.send(get("/no/such/route"))?;
+    assert_keep_alive(&conn.response()?);
+    conn.expect_eof()?;
+    let mut late = Conn::open(&server)?;
+    late.send(get("/no/such/route"))?;
+    assert_keep_alive(&late.response()?);
+    late.send(b"GET /no/such/route HTTP/1.1\r\nHo".to_vec())?;
+    late.response()?.assert_error(408, "timeout");
+    let metrics = ringcast_tests::http_get(server.addr(), "/metrics")?;
+    let text = String::from_utf8_lossy(&metrics.body);
+    let timeouts: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("ringcast_errors_total{code=\"timeout\"}"))
+        .collect();
+    assert_eq!(
+        timeouts,
+        ["ringcast_errors_total{code=\"timeout\"} 1"],
+        "{text}"
+    );
+    Ok(())
+}
+
 #[test]
 fn oversized_bodies_are_413() -> Result<()> {
     let server = Server::start(&["--max-message-bytes", "4096"])?;

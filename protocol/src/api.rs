@@ -335,7 +335,7 @@ pub fn check_idempotency_key(key: &str) -> Result<(), Refusal> {
 /// `?limit=&after=&before=` of a history read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HistoryParams {
-    /// Messages wanted, 1 to [`MAX_HISTORY_LIMIT`].
+    /// Messages wanted, 1 to [`MAX_HISTORY_LIMIT`] (a larger `limit` asked is that).
     pub limit: usize,
     /// Only messages with a greater seq (the first `limit` of them).
     pub after: Option<u64>,
@@ -353,14 +353,12 @@ pub fn history_query(head: &RequestHead) -> Result<HistoryParams, Refusal> {
             }),
         }
     };
+    // Past the largest page, a page as large as there is: no plan keeps more, and the
+    // SDK shows a refusal as an empty history (found in review).
     let limit = match number("limit")? {
         None => DEFAULT_HISTORY_LIMIT,
-        Some(n) if (1..=MAX_HISTORY_LIMIT as u64).contains(&n) => n as usize,
-        Some(_) => {
-            return Err(Refusal::bad_request(format!(
-                "`limit` must be 1 to {MAX_HISTORY_LIMIT}"
-            )))
-        }
+        Some(0) => return Err(Refusal::bad_request("`limit` must be at least 1")),
+        Some(n) => usize::try_from(n).map_or(MAX_HISTORY_LIMIT, |n| n.min(MAX_HISTORY_LIMIT)),
     };
     Ok(HistoryParams {
         limit,
@@ -599,8 +597,11 @@ mod tests {
         );
         let q = query("limit=5&after=7&before=").unwrap();
         assert_eq!((q.limit, q.after, q.before), (5, Some(7), None));
-        for bad in ["limit=0", "limit=1001", "limit=x", "after=-1", "before=1.5"] {
+        for bad in ["limit=0", "limit=x", "after=-1", "before=1.5"] {
             assert_eq!(query(bad).unwrap_err().error, ApiError::BadRequest, "{bad}");
+        }
+        for big in ["limit=1001", "limit=5000", "limit=18446744073709551615"] {
+            assert_eq!(query(big).unwrap().limit, MAX_HISTORY_LIMIT, "{big}");
         }
     }
 

@@ -39,13 +39,15 @@ pub struct AcceptLog {
 }
 
 impl AcceptLog {
+    fn due(&self, now: Millis) -> bool {
+        self.last_line
+            .is_none_or(|last| now.0 >= last.0.saturating_add(INTERVAL_MS))
+    }
+
     /// An accept failed at `now`.
     pub fn failed(&mut self, now: Millis) -> Logged {
         self.failing = true;
-        let due = self
-            .last_line
-            .is_none_or(|last| now.0 >= last.0.saturating_add(INTERVAL_MS));
-        if !due {
+        if !self.due(now) {
             self.suppressed += 1;
             return Logged::Quiet;
         }
@@ -55,11 +57,15 @@ impl AcceptLog {
         }
     }
 
-    /// An accept succeeded: `Recovered` when the one before it failed.
-    pub fn accepted(&mut self) -> Logged {
-        if !std::mem::take(&mut self.failing) {
+    /// An accept succeeded at `now`: `Recovered` when accepts failed since the last
+    /// line and a line is due (found in review: at the descriptor limit, every close let
+    /// one accept through, so success and failure took turns, and each success logged).
+    pub fn accepted(&mut self, now: Millis) -> Logged {
+        if !self.failing || !self.due(now) {
             return Logged::Quiet;
         }
+        self.failing = false;
+        self.last_line = Some(now);
         Logged::Recovered {
             suppressed: std::mem::take(&mut self.suppressed),
         }
@@ -92,13 +98,31 @@ mod tests {
     #[test]
     fn the_first_success_after_failures_says_so_once() {
         let mut log = AcceptLog::default();
-        assert_eq!(log.accepted(), Logged::Quiet, "no failures yet");
+        assert_eq!(log.accepted(Millis(500)), Logged::Quiet, "no failures yet");
         log.failed(Millis(1_000));
         log.failed(Millis(1_010));
         log.failed(Millis(1_020));
-        assert_eq!(log.accepted(), Logged::Recovered { suppressed: 2 });
-        assert_eq!(log.accepted(), Logged::Quiet, "said once");
+        assert_eq!(
+            log.accepted(Millis(2_030)),
+            Logged::Recovered { suppressed: 2 }
+        );
+        assert_eq!(log.accepted(Millis(2_040)), Logged::Quiet, "said once");
         // A later failure is logged at once if the interval has passed.
-        assert_eq!(log.failed(Millis(2_500)), Logged::Failure { suppressed: 0 });
+        assert_eq!(log.failed(Millis(3_500)), Logged::Failure { suppressed: 0 });
+    }
+
+    /// At the descriptor limit, successes and failures take turns (each close lets one
+    /// accept through): still at most one line per interval.
+    #[test]
+    fn successes_and_failures_taking_turns_log_once_an_interval() {
+        let mut log = AcceptLog::default();
+        let lines = (0..100u64)
+            .flat_map(|i| {
+                let now = Millis(1_000 + 10 * i);
+                [log.failed(now), log.accepted(now)]
+            })
+            .filter(|l| *l != Logged::Quiet)
+            .count();
+        assert_eq!(lines, 1, "100 turns within one second");
     }
 }

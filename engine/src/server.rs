@@ -479,7 +479,7 @@ async fn accept_loop(shard: Rc<Shard>, listener: monoio::net::TcpListener) {
         match accepted {
             None => break,
             Some(Ok((stream, peer))) => {
-                if let Logged::Recovered { suppressed } = log.accepted() {
+                if let Logged::Recovered { suppressed } = log.accepted(shard.now()) {
                     tracing::info!(shard = %shard.id, suppressed, "accepting again");
                 }
                 spawn_connection(&shard, stream, peer);

@@ -90,7 +90,11 @@ pub fn run(config: Config, source: ConfigSource) -> anyhow::Result<()> {
     // review), and a SIGTERM meanwhile stops the server once it is, without listening.
     let histories = history::open_all(&config.data_dir, &config.history, shards)
         .context("cannot open history")?;
-    if mesh.is_shutting_down() {
+    // A drain (`drain_ms` > 0) is for a server that listens; one asked to stop before it
+    // does has nothing to drain (found in review: it then listened until the drain ran
+    // out).
+    if mesh.is_shutting_down() || shared.draining.load(Ordering::SeqCst) {
+        mesh.shutdown_all();
         signal_handle.close();
         tracing::info!("stopped before listening");
         return Ok(());

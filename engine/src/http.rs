@@ -239,11 +239,12 @@ async fn serve_requests(
                     return Served::Ren(open, ip_slot);
                 }
                 Err(refusal) => {
-                    let out = crate::api::respond_refusal(shard, &refusal, head.keep_alive());
+                    let keep_alive = head.keep_alive() && !shard.is_shutting_down();
+                    let out = crate::api::respond_refusal(shard, &refusal, keep_alive);
                     let status = status_of(&out);
                     let written = write_within(shard, stream, out, timeout).await;
                     count_request(shard, route_label, status, started);
-                    if !written || !head.keep_alive() {
+                    if !written || !keep_alive {
                         return Served::Close(CloseReason::Client);
                     }
                     continue;
@@ -251,7 +252,11 @@ async fn serve_requests(
             }
         }
         if crate::api::handles(&head.path) {
-            let out = crate::api::serve(shard, &head, &body).await;
+            let mut out = crate::api::serve(shard, &head, &body).await;
+            if shard.is_shutting_down() {
+                // Said in the answer, so a client does not send another request on it.
+                out = ringcast_protocol::http::closing(out);
+            }
             let status = status_of(&out);
             let written = write_within(shard, stream, out, timeout).await;
             count_request(shard, route_label, status, started);
@@ -266,7 +271,10 @@ async fn serve_requests(
             continue;
         }
         match route(shard, &head, client) {
-            Route::Respond(out, keep_alive) => {
+            Route::Respond(mut out, keep_alive) => {
+                if shard.is_shutting_down() {
+                    out = ringcast_protocol::http::closing(out);
+                }
                 let status = status_of(&out);
                 let written = write_within(shard, stream, out, timeout).await;
                 count_request(shard, route_label, status, started);

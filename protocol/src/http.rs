@@ -340,6 +340,28 @@ pub fn with_header(mut response: Vec<u8>, name: &str, value: &str) -> Vec<u8> {
     response
 }
 
+/// `response` (complete, from this module) made to close its connection: its
+/// `Connection: keep-alive` becomes `Connection: close` (the server is shutting down).
+pub fn closing(response: Vec<u8>) -> Vec<u8> {
+    const KEEP: &[u8] = b"\r\nConnection: keep-alive\r\n";
+    let head_end = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(response.len(), |at| at + 2);
+    let Some(at) = response[..head_end]
+        .windows(KEEP.len())
+        .position(|w| w == KEEP)
+    else {
+        return response;
+    };
+    let mut out = response;
+    out.splice(
+        at..at + KEEP.len(),
+        b"\r\nConnection: close\r\n".iter().copied(),
+    );
+    out
+}
+
 /// `response` (complete, from this module) whose `Connection` header also names
 /// `option` (`upgrade` with the `Upgrade` header of a 426, RFC 9110 §7.8).
 pub fn with_connection_option(response: Vec<u8>, option: &str) -> Vec<u8> {
@@ -412,6 +434,18 @@ mod tests {
     use super::*;
 
     const UPGRADE: &[u8] = b"GET /_rt/ws?cid=a%20b&tenant=dev HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+
+    #[test]
+    fn a_kept_alive_response_can_be_made_to_close() {
+        let out = closing(ok_json(b"{}", true));
+        assert!(out.starts_with(b"HTTP/1.1 200 OK\r\n"), "{out:?}");
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("\r\nConnection: close\r\n"), "{text}");
+        assert!(!text.contains("keep-alive"), "{text}");
+        assert!(text.ends_with("\r\n\r\n{}"), "{text}");
+        let already = ok_json(b"{}", false);
+        assert_eq!(closing(already.clone()), already);
+    }
 
     /// What the SDK sends for an endpoint that has a query of its own: `?cid=` appended.
     #[test]

@@ -129,7 +129,10 @@ fn accept_failures_are_logged_at_most_once_a_second_per_shard() -> Result<()> {
     // connecting until it is.
     poll_until(TIMEOUT, Duration::from_millis(100), || {
         let _ = http_get(server.addr(), "/healthz");
-        Ok(server.stderr_text().contains("accepting again").then_some(()))
+        Ok(server
+            .stderr_text()
+            .contains("accepting again")
+            .then_some(()))
     })
     .context("an 'accepting again' line")?;
     Ok(())

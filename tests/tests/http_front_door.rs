@@ -76,7 +76,7 @@ fn an_idle_kept_alive_connection_is_closed_quietly() -> Result<()> {
     let mut late = Conn::open(&server)?;
     late.send(get("/no/such/route"))?;
     assert_keep_alive(&late.response()?);
-    late.send(b"GET /no/such/route HTTP/1.1\r\nHo".to_vec())?;
+    late.send(b"GET /no/such/route HTTP/1.1\r\nHo")?;
     late.response()?.assert_error(408, "timeout");
     let metrics = ringcast_tests::http_get(server.addr(), "/metrics")?;
     let text = String::from_utf8_lossy(&metrics.body);

@@ -40,8 +40,12 @@ pub struct PresenceHold {
     /// The latest join sent for it: only that join's refusal forgets the hold (an
     /// earlier join refused after a later one was accepted must not).
     pub join: RequestId,
+    /// The join that made `user` this hold's user: only its answer, or a later one's,
+    /// confirms the hold (an answer to a join as an earlier user does not; found in
+    /// review).
+    pub since: RequestId,
     /// Whether the owner accepted a join of this user: a later join that gets no
-    /// answer then leaves the member alone (it was present before).
+    /// answer, or is refused, then leaves the member alone (it was present before).
     pub confirmed: bool,
 }
 

@@ -717,11 +717,12 @@ impl ShardCore {
             Some(previous) => {
                 // One member per connection and channel: joining as another user
                 // leaves as the previous one first.
+                // Its error, if any, answers the join's frame: it carries the join's ref.
                 self.ask_for_conn(
                     conn,
                     channel.clone(),
                     None,
-                    None,
+                    reference,
                     Question::PresenceLeave {
                         key: ChannelKey::new(conn.tenant.id.clone(), channel.clone()),
                         user_id: previous.to_string(),
@@ -732,6 +733,7 @@ impl ShardCore {
                 if let Some(hold) = presence.iter_mut().find(|h| h.channel == channel) {
                     hold.user = user.clone();
                     hold.join = join_request;
+                    hold.since = join_request;
                     hold.confirmed = false;
                 }
             }
@@ -750,6 +752,7 @@ impl ShardCore {
                     channel: channel.clone(),
                     user: user.clone(),
                     join: join_request,
+                    since: join_request,
                     confirmed: false,
                 });
             }
@@ -1573,9 +1576,9 @@ impl ShardCore {
                     Ok(Answer::PresenceJoined { .. }) => {
                         if let Some(user) = join_as {
                             let mut presence = conn.presence.borrow_mut();
-                            let hold = presence
-                                .iter_mut()
-                                .find(|h| h.channel == channel && h.user == user);
+                            let hold = presence.iter_mut().find(|h| {
+                                h.channel == channel && h.user == user && request >= h.since
+                            });
                             if let Some(hold) = hold {
                                 hold.confirmed = true;
                             }
@@ -1593,7 +1596,10 @@ impl ShardCore {
                         // Unless a later join for it is in flight (its answer decides).
                         if let Some(user) = join_as {
                             conn.presence.borrow_mut().retain(|h| {
-                                !(h.channel == channel && h.user == user && h.join == request)
+                                !(h.channel == channel
+                                    && h.user == user
+                                    && h.join == request
+                                    && !h.confirmed)
                             });
                         }
                         (code, message)

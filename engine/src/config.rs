@@ -352,8 +352,12 @@ fn elide_quoted(message: &str) -> String {
             out.push_str("\"…\"");
             rest = after_quoted(quoted);
         } else if out.ends_with(&VARIANT[..VARIANT.len() - 1]) {
+            // serde writes the variant raw: it may hold backticks itself, so it ends at
+            // the "`, expected" serde puts after it (or with the message).
             out.push_str("`…`");
-            rest = from[1..].split_once('`').map_or("", |(_, after)| after);
+            rest = from[1..]
+                .rfind("`, expected")
+                .map_or("", |end| &from[1 + end + 1..]);
         } else {
             out.push('`');
             rest = &from[1..];
@@ -750,6 +754,10 @@ mod tests {
         assert_eq!(
             elide_quoted("unknown field `api_key`"),
             "unknown field `api_key`"
+        );
+        assert_eq!(
+            elide_quoted("unknown variant `a`SECRET`, expected one of `free`"),
+            "unknown variant `…`, expected one of `free`"
         );
     }
 

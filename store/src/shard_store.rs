@@ -449,7 +449,16 @@ impl ShardStore {
         let plan = m.ring.plan(len, m.max_records);
         // Any key length with the same padded data offset gives the same classes.
         let key_len = m.data_off as usize - slot_format::SLOT_HEADER_LEN;
-        if m.class_log2 >= self.top_class(key_len) {
+        let top = self.top_class(key_len);
+        if m.class_log2 >= top {
+            // A ring given a smaller region under an earlier, smaller
+            // `max_bytes_per_ring` of the same class moves to a fresh slot of its class
+            // with the whole region when a record fits only there (found in review: it
+            // refused, or before that emptied, what new channels took).
+            let smaller = m.class_log2 == top && m.ring.data_len() < self.data_len(top, key_len);
+            if smaller && matches!(plan, Plan::TooLarge) {
+                return None;
+            }
             return Some(plan);
         }
         if m.ring
@@ -489,7 +498,9 @@ impl ShardStore {
             .max(old_log2 + 1)
             .min(self.top_class(key_len));
         let data_len = self.data_len(log2, key_len);
-        if log2 <= old_log2 || data_len < len {
+        // The same class only for a region larger than the ring's (see `plan_or_grow`).
+        let same_class = log2 == old_log2 && data_len > m.ring.data_len();
+        if (log2 <= old_log2 && !same_class) || data_len < len {
             return Ok(false);
         }
         let extra = (1u64 << log2) - (1u64 << old_log2);
@@ -513,15 +524,20 @@ impl ShardStore {
             .slot_at(old_loc.slot)
             + m.data_off as usize;
         let new_at = self.segments[loc.seg as usize].header.slot_at(loc.slot) + m.data_off as usize;
-        let (src, dst) = two_mut(&mut self.segments, old_loc.seg as usize, loc.seg as usize);
         let mut pos = 0u64;
         for i in keep_from..count {
             let at = m.ring.offset(i);
-            let rl = slot_format::record_len_at(&src.map.bytes()[old_at..], at);
+            let src = self.segments[old_loc.seg as usize].map.bytes();
+            let rl = slot_format::record_len_at(&src[old_at..], at);
             let from = old_at + at as usize;
             let to = new_at + pos as usize;
-            dst.map.bytes_mut()[to..to + rl as usize]
-                .copy_from_slice(&src.map.bytes()[from..from + rl as usize]);
+            let (src_seg, dst_seg) = (old_loc.seg as usize, loc.seg as usize);
+            copy_between(
+                &mut self.segments,
+                (src_seg, from),
+                (dst_seg, to),
+                rl as usize,
+            );
             ring.push(pos, rl);
             pos += rl;
         }
@@ -880,15 +896,13 @@ impl ShardStore {
         room.min(self.max_data) / slot_format::ALIGN * slot_format::ALIGN
     }
 
-    /// The longest record ring `idx` can keep: its top class's data region, or the
-    /// region it has when it is in that class already (a ring never moves within a
-    /// class, so one given a smaller region under an earlier `max_bytes_per_ring` keeps
-    /// it; found in review).
+    /// The longest record ring `idx` can keep: its top class's data region (a ring in a
+    /// class above the top, from an earlier larger `max_bytes_per_ring`, keeps its own).
     fn max_record_len(&self, idx: usize) -> u64 {
         let m = self.rings[idx].as_ref().expect("live ring");
         let key_len = m.data_off as usize - slot_format::SLOT_HEADER_LEN;
         let top = self.top_class(key_len);
-        if m.class_log2 >= top {
+        if m.class_log2 > top {
             m.ring.data_len()
         } else {
             self.data_len(top, key_len)
@@ -1539,8 +1553,27 @@ fn verify_meta(data: &[u8], m: &RingMeta) -> Result<usize, StoreError> {
     Ok(m.ring.len())
 }
 
-/// Two distinct elements of a slice, both mutable (growth copies between segments of
-/// different classes, which are never the same segment).
+/// Copies `len` bytes at `from` in segment `a` to `to` in segment `b`. A move within a
+/// class (see `plan_or_grow`) may stay in its segment, between two of its slots, which
+/// never overlap.
+fn copy_between(
+    segments: &mut [Segment],
+    (a, from): (usize, usize),
+    (b, to): (usize, usize),
+    len: usize,
+) {
+    if a == b {
+        segments[a]
+            .map
+            .bytes_mut()
+            .copy_within(from..from + len, to);
+        return;
+    }
+    let (src, dst) = two_mut(segments, a, b);
+    dst.map.bytes_mut()[to..to + len].copy_from_slice(&src.map.bytes()[from..from + len]);
+}
+
+/// Two distinct elements of a slice, both mutable.
 fn two_mut<T>(v: &mut [T], a: usize, b: usize) -> (&mut T, &mut T) {
     assert_ne!(a, b, "a ring never moves within its own segment");
     if a < b {

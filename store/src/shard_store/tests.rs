@@ -202,12 +202,12 @@ fn max_records_bounds_and_plan_changes() {
     assert_eq!((s.max_records(r), s.len(r), s.last_seq(r)), (1, 1, Seq(7)));
 }
 
-/// A ring already in its top class keeps the data region it was given: after a raised
-/// `max_bytes_per_ring` that maps to the same class, a record larger than that region but
-/// within the new bound is refused and changes nothing (found in review: it was taken,
-/// emptied the ring and was not kept).
+/// A ring already in its top class, given a smaller region under an earlier smaller
+/// `max_bytes_per_ring` of the same class, moves to a fresh slot of its class with the
+/// whole region when a record within the new bound fits only there (found in review: it
+/// was taken and emptied the ring; then it was refused while new channels took it).
 #[test]
-fn a_ring_in_its_top_class_refuses_what_its_own_region_cannot_hold() {
+fn a_ring_in_its_top_class_moves_to_the_whole_region_after_a_raised_bound() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = StoreConfig {
         max_bytes_per_ring: 5 * 1024,
@@ -230,15 +230,18 @@ fn a_ring_in_its_top_class_refuses_what_its_own_region_cannot_hold() {
     let r = s.lookup(b"k").unwrap();
     let before = payloads(&s, r, 0);
     let last = s.last_seq(r);
-    let refused = s.append(r, 99, None, &[2; 6000], 0..6000);
-    assert!(
-        matches!(refused, Err(StoreError::RecordTooLarge { .. })),
-        "{refused:?}"
-    );
-    assert_eq!(payloads(&s, r, 0), before);
-    assert_eq!(s.last_seq(r), last);
+    let seq = s.append(r, 99, None, &[2; 6000], 0..6000).unwrap();
+    assert_eq!(seq.0, last.0 + 1);
+    let kept = payloads(&s, r, 0);
+    assert_eq!(kept.last().unwrap(), &(seq.0, vec![2; 6000]), "kept");
+    // What else stays is the newest of what was there (the ring evicts to make room).
+    assert!(before.ends_with(&kept[..kept.len() - 1]));
     assert_eq!(s.stats().records_not_kept, 0);
     s.check_invariants().unwrap();
+    drop(s);
+    let (s, _) = open(dir.path(), raised);
+    let r = s.lookup(b"k").unwrap();
+    assert_eq!(payloads(&s, r, 0), kept, "and after a reopen");
 }
 
 /// A record larger than the ring's biggest slot is refused and changes nothing (it used

@@ -184,9 +184,15 @@ async function fetchHistory(query) {
   return added;
 }
 
+// The channel's members as the server has them now: replaces the list (after a
+// reconnect, leaves and joins may have been missed while the socket was down).
 async function fetchMembers() {
   const { members: list } = await getJson(`/api/realtime/presence/${encodeURIComponent(CHANNEL)}`);
-  for (const m of list) if (!members.has(m.userId)) upsertMember(m);
+  members.clear();
+  for (const m of list) {
+    members.set(m.userId, m.metadata);
+    nameOf(m.userId, m.metadata);
+  }
   renderOnline();
 }
 
@@ -228,9 +234,19 @@ function onChannelEvent(event) {
 async function onSubscribed(event) {
   if (subscribedOnce) {
     // The SDK subscribes again after a reconnect, without lastEventId: fetch what was
-    // published while the socket was down.
-    const added = await fetchHistory(`after=${store.lastSeq}&limit=1000`);
-    if (added) notice(`Reconnected: caught up on ${added} message${added === 1 ? '' : 's'}.`);
+    // published while the socket was down, and who is here now.
+    if (store.epoch !== null && event.epoch && store.epoch !== event.epoch) {
+      // Another history (the server lost its data): our seqs mean nothing in it.
+      clearMessages();
+      store.epoch = event.epoch;
+      saveStore();
+      await fetchHistory('limit=50');
+      notice('The room’s history restarted while you were away; showing the latest messages.');
+    } else {
+      const added = await fetchHistory(`after=${store.lastSeq}&limit=1000`);
+      if (added) notice(`Reconnected: caught up on ${added} message${added === 1 ? '' : 's'}.`);
+    }
+    await fetchMembers();
     return;
   }
   subscribedOnce = true;

@@ -58,6 +58,20 @@ pub fn check_syn_backlog(host: &dyn Host) -> Outcome {
     )
 }
 
+/// Whether `list` (`ip_local_reserved_ports`: `8000-8010,9000`) holds `port`.
+fn reserves(list: &str, port: u16) -> bool {
+    list.trim()
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .any(|item| {
+            let (low, high) = item.split_once('-').unwrap_or((item, item));
+            match (low.trim().parse::<u16>(), high.trim().parse::<u16>()) {
+                (Ok(low), Ok(high)) => (low..=high).contains(&port),
+                _ => false,
+            }
+        })
+}
+
 /// The `port_range` check.
 pub fn check_port_range(host: &dyn Host, needs: &Needs) -> Outcome {
     let path = "/proc/sys/net/ipv4/ip_local_port_range";
@@ -75,15 +89,21 @@ pub fn check_port_range(host: &dyn Host, needs: &Needs) -> Outcome {
     let mut change = "a TLS terminator or proxy on this host takes one ephemeral port per connection it opens to Ringcast; widen the range (harmless when no proxy is local)".to_owned();
     // The wider range covers the server's own port: reserved, no outgoing connection
     // takes it as its local port, which would stop a restarted server from listening.
-    if needs.listen_port != 0 {
-        let port = needs.listen_port;
+    // Added to what is reserved already (found in review: the command replaced it), and
+    // only for a port the wider range covers.
+    let reserved = host
+        .read("/proc/sys/net/ipv4/ip_local_reserved_ports")
+        .unwrap_or_default();
+    let port = needs.listen_port;
+    if port >= 1024 && !reserves(&reserved, port) {
         change.push_str(&format!(
             ", and reserve the listen port {port} so that no outgoing connection takes it (a restart could not listen on it then)"
         ));
-        commands.extend(sysctl_commands(
-            "net.ipv4.ip_local_reserved_ports",
-            &port.to_string(),
-        ));
+        let list = match reserved.trim() {
+            "" => port.to_string(),
+            kept => format!("{kept},{port}"),
+        };
+        commands.extend(sysctl_commands("net.ipv4.ip_local_reserved_ports", &list));
     }
     Outcome::Finding(Finding {
         problem: format!(
@@ -158,6 +178,41 @@ mod tests {
             "says why: {}",
             finding.change
         );
+    }
+
+    /// What is reserved already stays reserved, and a port reserved already (or below
+    /// 1024, outside the wider range) is not asked for again.
+    #[test]
+    fn the_reservation_keeps_what_is_reserved_already() {
+        let path = "/proc/sys/net/ipv4/ip_local_reserved_ports";
+        let host = FakeHost::untuned().with_file(path, "30000-32767\n");
+        let Outcome::Finding(finding) = check_port_range(&host, &NEEDS) else {
+            panic!("a finding");
+        };
+        let reserve = "sudo sysctl -w net.ipv4.ip_local_reserved_ports=\"30000-32767,3001\"";
+        assert!(
+            finding.commands.iter().any(|c| c == reserve),
+            "{:?}",
+            finding.commands
+        );
+        for (list, port) in [("1000-4000", 3001), ("", 443)] {
+            let host = FakeHost::untuned().with_file(path, list);
+            let needs = Needs {
+                listen_port: port,
+                ..NEEDS
+            };
+            let Outcome::Finding(finding) = check_port_range(&host, &needs) else {
+                panic!("a finding");
+            };
+            assert!(
+                finding
+                    .commands
+                    .iter()
+                    .all(|c| !c.contains("reserved_ports")),
+                "{list} / {port}: {:?}",
+                finding.commands
+            );
+        }
     }
 
     #[test]

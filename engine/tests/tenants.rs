@@ -8,6 +8,7 @@ use std::rc::Rc;
 use ringcast_engine::conn::Conn;
 use ringcast_engine::outbound::ConnState;
 use ringcast_engine::reload::{self, ConfigSource};
+use ringcast_engine::ren::stream::RenStream;
 use ringcast_engine::ren::Resume;
 use ringcast_engine::tenant::{Tenant, TokenKeyConfig};
 use ringcast_engine::token::{self, MintRequest, Permission, SKEW_SECS};
@@ -339,28 +340,32 @@ fn publishes_per_minute_is_exact_across_shards_and_refusals_leave_nothing() {
     );
 }
 
-#[test]
-fn a_reload_closes_a_removed_tenants_connections_and_raises_a_plan() {
-    let dir = tempfile::tempdir().unwrap();
+/// Writes `dir/ringcast.toml`: a data directory in `dir` for two shards, then `rest`.
+/// Returns the source a reload reads it from.
+fn config_file(dir: &tempfile::TempDir, rest: &str) -> ConfigSource {
     let path = dir.path().join("ringcast.toml");
     let data = dir.path().join("data");
-    let write = |text: &str| std::fs::write(&path, text).unwrap();
-    let head = format!("data_dir = \"{}\"\nshards = 2\n", data.display());
-    write(&format!(
-        "{head}default_tenant = \"a\"\n[[tenants]]\nid = \"a\"\nplan = \"free\"\n[[tenants]]\nid = \"b\"\nplan = \"free\"\nallow_anonymous_ren = true\n"
-    ));
-    let source = ConfigSource {
-        path: Some(path.clone()),
+    let text = format!("data_dir = \"{}\"\nshards = 2\n{rest}", data.display());
+    std::fs::write(&path, text).unwrap();
+    ConfigSource {
+        path: Some(path),
         flags: Default::default(),
-    };
-    let mut cluster = Cluster::with(2, |config| *config = source.load().unwrap());
+    }
+}
+
+/// Tenants `a` and `b` (with anonymous REN), `extra` lines before them.
+fn tenants_a_and_b(extra: &str) -> String {
+    format!(
+        "{extra}[[tenants]]\nid = \"a\"\nplan = \"free\"\n[[tenants]]\nid = \"b\"\nplan = \"free\"\nallow_anonymous_ren = true\n"
+    )
+}
+
+/// A connection of tenant `a`, one of `b` and an open REN stream of `b`, on shard 0.
+fn connect_a_and_b(cluster: &mut Cluster) -> (Rc<Conn>, Rc<Conn>, Rc<RenStream>) {
     let tenant = |cluster: &Cluster, id: &str| cluster.shared.tenants.load().get(id).unwrap();
-    let (tenant_a, tenant_b) = (tenant(&cluster, "a"), tenant(&cluster, "b"));
+    let (tenant_a, tenant_b) = (tenant(cluster, "a"), tenant(cluster, "b"));
     let a = cluster.shards[0].register_conn(tenant_a, "a");
     let b = cluster.shards[0].register_conn(tenant_b.clone(), "b");
-    take(&a);
-    take(&b);
-    // b's REN stream, open and answered.
     let stream = cluster.shards[0].ren_open(
         tenant_b,
         RenFilter::All,
@@ -369,7 +374,18 @@ fn a_reload_closes_a_removed_tenants_connections_and_raises_a_plan() {
         b"HEAD".to_vec(),
     );
     cluster.pump();
+    take(&a);
+    take(&b);
     assert_eq!(stream.state(), ConnState::Open);
+    (a, b, stream)
+}
+
+#[test]
+fn a_reload_closes_a_removed_tenants_connections_and_raises_a_plan() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = config_file(&dir, &tenants_a_and_b("default_tenant = \"a\"\n"));
+    let mut cluster = Cluster::with(2, |config| *config = source.load().unwrap());
+    let (a, b, stream) = connect_a_and_b(&mut cluster);
     let big = format!(
         r#"{{"action":"publish","channel":"x","data":"{}","ref":1}}"#,
         "y".repeat(100_000)
@@ -377,9 +393,10 @@ fn a_reload_closes_a_removed_tenants_connections_and_raises_a_plan() {
     let events = send(&mut cluster, 0, &a, &big);
     assert_eq!(error_code(&events), Some("message_too_large"));
 
-    write(&format!(
-        "{head}default_tenant = \"a\"\n[[tenants]]\nid = \"a\"\nplan = \"pro\"\n"
-    ));
+    config_file(
+        &dir,
+        "default_tenant = \"a\"\n[[tenants]]\nid = \"a\"\nplan = \"pro\"\n",
+    );
     reload::reload(&cluster.shared, &source).unwrap();
     let events = send(&mut cluster, 0, &a, &big);
     assert_eq!(
@@ -401,39 +418,16 @@ fn a_reload_closes_a_removed_tenants_connections_and_raises_a_plan() {
 #[test]
 fn a_tenant_removed_and_added_back_before_the_next_tick_still_closes_its_connections() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("ringcast.toml");
-    let data = dir.path().join("data");
-    let write = |text: &str| std::fs::write(&path, text).unwrap();
-    let head = format!("data_dir = \"{}\"\nshards = 2\n", data.display());
-    let both = format!(
-        "{head}[[tenants]]\nid = \"a\"\nplan = \"free\"\n[[tenants]]\nid = \"b\"\nplan = \"free\"\nallow_anonymous_ren = true\n"
-    );
-    write(&both);
-    let source = ConfigSource {
-        path: Some(path.clone()),
-        flags: Default::default(),
-    };
+    let both = tenants_a_and_b("");
+    let source = config_file(&dir, &both);
     let mut cluster = Cluster::with(2, |config| *config = source.load().unwrap());
-    let tenant = |cluster: &Cluster, id: &str| cluster.shared.tenants.load().get(id).unwrap();
-    let (tenant_a, tenant_b) = (tenant(&cluster, "a"), tenant(&cluster, "b"));
-    let a = cluster.shards[0].register_conn(tenant_a, "a");
-    let b = cluster.shards[0].register_conn(tenant_b.clone(), "b");
-    let stream = cluster.shards[0].ren_open(
-        tenant_b,
-        RenFilter::All,
-        "cid",
-        Resume::Fresh,
-        b"HEAD".to_vec(),
-    );
-    cluster.pump();
-    take(&a);
-    take(&b);
+    let (a, b, stream) = connect_a_and_b(&mut cluster);
 
     // b goes, and comes back (say with new keys) before any shard's next tick: what was
     // admitted under the removed b must still go (found in review: both were kept).
-    write(&format!("{head}[[tenants]]\nid = \"a\"\nplan = \"free\"\n"));
+    config_file(&dir, "[[tenants]]\nid = \"a\"\nplan = \"free\"\n");
     reload::reload(&cluster.shared, &source).unwrap();
-    write(&both);
+    config_file(&dir, &both);
     reload::reload(&cluster.shared, &source).unwrap();
     cluster.advance(1_000);
     cluster.pump();
@@ -444,10 +438,10 @@ fn a_tenant_removed_and_added_back_before_the_next_tick_still_closes_its_connect
     );
     answers_ping(&mut cluster, &a);
     // A b connection made now is the new b's, and stays.
-    let new_b = tenant(&cluster, "b");
+    let new_b = cluster.shared.tenants.load().get("b").unwrap();
     let again = cluster.shards[0].register_conn(new_b, "b");
     take(&again);
-    write(&format!("{both}# touched\n"));
+    config_file(&dir, &format!("{both}# touched\n"));
     reload::reload(&cluster.shared, &source).unwrap();
     cluster.advance(1_000);
     cluster.pump();
@@ -720,17 +714,12 @@ fn a_pending_resubscribe_whose_token_expires_ends_the_subscription() {
 
 /// Writes `tenant_lines` as the dev tenant's settings and a reload source for them.
 fn reload_source(dir: &tempfile::TempDir, tenant_lines: &str) -> ConfigSource {
-    let path = dir.path().join("ringcast.toml");
-    let data = dir.path().join("data");
-    let text = format!(
-        "data_dir = \"{}\"\nshards = 2\ndefault_tenant = \"dev\"\n[[tenants]]\nid = \"dev\"\nplan = \"pro\"\n{tenant_lines}",
-        data.display()
-    );
-    std::fs::write(&path, text).unwrap();
-    ConfigSource {
-        path: Some(path),
-        flags: Default::default(),
-    }
+    config_file(
+        dir,
+        &format!(
+            "default_tenant = \"dev\"\n[[tenants]]\nid = \"dev\"\nplan = \"pro\"\n{tenant_lines}"
+        ),
+    )
 }
 
 /// A reload's `history_messages` reaches channels that stay open (found in review: a

@@ -340,15 +340,28 @@ pub fn with_header(mut response: Vec<u8>, name: &str, value: &str) -> Vec<u8> {
     response
 }
 
-/// `response` (complete, from this module) made to close its connection: its
-/// `Connection: keep-alive` becomes `Connection: close` (the server is shutting down).
+/// `response` (complete, from this module) made to close its connection: the
+/// `keep-alive` of its `Connection` header (`keep-alive`, or `upgrade, keep-alive` of a
+/// 426) becomes `close` (the server is shutting down).
 pub fn closing(response: Vec<u8>) -> Vec<u8> {
-    const KEEP: &[u8] = b"\r\nConnection: keep-alive\r\n";
+    const NAME: &[u8] = b"\r\nConnection: ";
+    const KEEP: &[u8] = b"keep-alive";
     let head_end = response
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
         .map_or(response.len(), |at| at + 2);
-    let Some(at) = response[..head_end]
+    let Some(line) = response[..head_end]
+        .windows(NAME.len())
+        .position(|w| w == NAME)
+    else {
+        return response;
+    };
+    let value = line + NAME.len();
+    let line_end = response[value..head_end]
+        .windows(2)
+        .position(|w| w == b"\r\n")
+        .map_or(head_end, |at| value + at);
+    let Some(at) = response[value..line_end]
         .windows(KEEP.len())
         .position(|w| w == KEEP)
     else {
@@ -356,8 +369,8 @@ pub fn closing(response: Vec<u8>) -> Vec<u8> {
     };
     let mut out = response;
     out.splice(
-        at..at + KEEP.len(),
-        b"\r\nConnection: close\r\n".iter().copied(),
+        value + at..value + at + KEEP.len(),
+        b"close".iter().copied(),
     );
     out
 }
@@ -445,6 +458,15 @@ mod tests {
         assert!(text.ends_with("\r\n\r\n{}"), "{text}");
         let already = ok_json(b"{}", false);
         assert_eq!(closing(already.clone()), already);
+        let upgrade = with_connection_option(
+            api_error_response(ApiError::UpgradeRequired, "ws only", true),
+            "upgrade",
+        );
+        let text = String::from_utf8(closing(upgrade)).unwrap();
+        assert!(
+            text.contains("\r\nConnection: upgrade, close\r\n"),
+            "{text}"
+        );
     }
 
     /// What the SDK sends for an endpoint that has a query of its own: `?cid=` appended.

@@ -504,7 +504,9 @@ impl ShardStore {
             return Ok(false);
         }
         let extra = (1u64 << log2) - (1u64 << old_log2);
-        if !self.make_room(extra, Some(idx as u32)) {
+        // A same-class move adds nothing: it asks for no room (found in review: over a
+        // node bound lowered since, it evicted other channels for nothing).
+        if extra > 0 && !self.make_room(extra, Some(idx as u32)) {
             return Ok(false);
         }
         let loc = self.alloc_slot(log2)?;

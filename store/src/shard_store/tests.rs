@@ -244,6 +244,42 @@ fn a_ring_in_its_top_class_moves_to_the_whole_region_after_a_raised_bound() {
     assert_eq!(payloads(&s, r, 0), kept, "and after a reopen");
 }
 
+/// The same-class move adds no bytes, so it asks for no room: over a lowered node bound
+/// it evicts no other channel (found in review: it did), and the record is kept.
+#[test]
+fn a_same_class_move_evicts_nothing_over_a_lowered_node_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StoreConfig {
+        max_bytes_per_ring: 5 * 1024,
+        ..small_cfg()
+    };
+    {
+        let (mut s, _) = open(dir.path(), cfg);
+        let r = s.create(b"k", Epoch(3), 100).unwrap();
+        for ts in 0..30 {
+            put(&mut s, r, ts, &[1; 300]);
+        }
+        let o = s.create(b"o", Epoch(4), 100).unwrap();
+        for ts in 0..20 {
+            put(&mut s, o, ts, &[3; 200]);
+        }
+    }
+    let raised = StoreConfig {
+        max_bytes_per_ring: 7 * 1024,
+        max_total_bytes: Some(12 * 1024),
+        ..small_cfg()
+    };
+    let (mut s, _) = open(dir.path(), raised);
+    let r = s.lookup(b"k").unwrap();
+    s.pin(r);
+    let seq = s.append(r, 99, None, &[2; 6000], 0..6000).unwrap();
+    assert_eq!(payloads(&s, r, 0).last().unwrap().0, seq.0, "kept");
+    assert!(s.lookup(b"o").is_some(), "the other channel stays");
+    assert_eq!(s.stats().evictions, 0);
+    assert_eq!(s.stats().records_not_kept, 0);
+    s.check_invariants().unwrap();
+}
+
 /// A record larger than the ring's biggest slot is refused and changes nothing (it used
 /// to consume its seq and empty the ring).
 #[test]

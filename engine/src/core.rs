@@ -864,19 +864,27 @@ impl ShardCore {
             join_as,
             reference: reference.map(Bytes::copy_from_slice),
         };
-        self.requests
-            .insert(request, waiter, self.now().plus(timeout));
+        self.ask_owner(&key, request, waiter, timeout, question);
+    }
+
+    /// Sends `question` to `key`'s owner as `request`, `waiter` waiting for its answer
+    /// for `timeout_ms`.
+    fn ask_owner(
+        &mut self,
+        key: &ChannelKey,
+        request: RequestId,
+        waiter: Waiter,
+        timeout_ms: u64,
+        question: Question,
+    ) {
+        let deadline = self.now().plus(timeout_ms);
+        self.requests.insert(request, waiter, deadline);
         let reply = ReplyTo {
             shard: self.id,
             request,
         };
-        self.send_to_owner(
-            &key,
-            ShardMsg::Ask {
-                reply,
-                question: Box::new(question),
-            },
-        );
+        let question = Box::new(question);
+        self.send_to_owner(key, ShardMsg::Ask { reply, question });
     }
 
     /// Tells each owner which of this shard's presence-holding connections were seen
@@ -1648,14 +1656,7 @@ impl ShardCore {
         };
         let request = self.next_request();
         let timeout = self.shared.config.load().request_timeout_ms;
-        let deadline = self.now().plus(timeout);
-        self.requests.insert(request, Waiter::Quiet, deadline);
-        let reply = ReplyTo {
-            shard: self.id,
-            request,
-        };
-        let question = Box::new(question);
-        self.send_to_owner(&key, ShardMsg::Ask { reply, question });
+        self.ask_owner(&key, request, Waiter::Quiet, timeout, question);
     }
 
     /// Queues a presence change to every local subscriber of `key`, in the spelling each

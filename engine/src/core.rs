@@ -1458,17 +1458,26 @@ impl ShardCore {
     ) {
         let ok = outcome.is_ok();
         let conn = self.conns.get(&conn_id).cloned();
-        let waiting =
-            conn.filter(|c| c.subs.borrow().get(&key.channel) == Some(Sub::Pending(request)));
+        // The answer is for the connection's latest subscribe of the channel, or for an
+        // earlier one answered before it (a client may subscribe again before the first
+        // answer: found in review, the earlier answer was dropped, and with it a
+        // resume's replay). An earlier answer is applied as to a re-subscribe and leaves
+        // the latest pending: its own answer decides.
+        let state = conn
+            .as_ref()
+            .and_then(|c| c.subs.borrow().get(&key.channel));
+        let superseded = matches!(state, Some(Sub::Pending(latest)) if latest > request);
+        let waiting = conn.filter(|_| superseded || state == Some(Sub::Pending(request)));
         let activate = waiting.clone().filter(|_| ok);
         self.end_run();
         let mut watch = self.local.finish_subscribe(key, activate);
         if let Some(conn) = &waiting {
-            if ok {
+            // A superseded answer is sent, and nothing else: the latest one's follows.
+            if !superseded && ok {
                 conn.subs
                     .borrow_mut()
                     .insert(key.channel.clone(), Sub::Active(request));
-            } else {
+            } else if !superseded {
                 conn.subs.borrow_mut().remove(&key.channel);
                 self.cancel_sub_timer(Some(Sub::Pending(request)));
                 // A refused re-subscribe ends the earlier subscription too (the

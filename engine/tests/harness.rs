@@ -727,3 +727,55 @@ fn a_late_ping_still_gets_half_the_timeout_to_be_answered() {
     cluster.advance(1_000);
     assert_eq!(take(&conn).last().unwrap()["close"], 1001);
 }
+
+/// A second subscribe to a channel sent before the owner answered the first: both are
+/// answered, in order, each with its own replay (found in review: the first answer was
+/// dropped, and with it a resume's replay, while the second said `recovered: true`).
+#[test]
+fn a_repeated_subscribe_before_the_first_answer_is_answered_twice() {
+    let mut cluster = Cluster::new(2);
+    let channel = cluster.channel_owned_by(1, "twice:");
+    let sub = cluster.connect(0);
+    let plain = format!(r#"{{"action":"subscribe","channel":"{channel}","ref":"a"}}"#);
+    let again = format!(r#"{{"action":"subscribe","channel":"{channel}","ref":"b"}}"#);
+    cluster.send_burst(0, &sub, &[plain, again]);
+    cluster.pump();
+    let events = take(&sub);
+    let subscribed: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|e| e["event"] == "subscribed")
+        .collect();
+    assert_eq!(subscribed.len(), 2, "{events:?}");
+    // Live afterwards, once.
+    let publisher = cluster.connect(1);
+    let publish = format!(r#"{{"action":"publish","channel":"{channel}","data":1}}"#);
+    cluster.send(1, &publisher, &publish);
+    cluster.pump();
+    assert_eq!(seqs(&take(&sub)), [1]);
+}
+
+/// The SDK's order the other way round: a resume, then a plain subscribe before the
+/// resume's answer. The resume's replay still arrives.
+#[test]
+fn a_resume_followed_by_a_plain_subscribe_keeps_its_replay() {
+    let mut cluster = Cluster::new(2);
+    let channel = cluster.channel_owned_by(1, "keep:");
+    let publisher = cluster.connect(1);
+    let publish = format!(r#"{{"action":"publish","channel":"{channel}","data":1}}"#);
+    for _ in 0..5 {
+        cluster.send(1, &publisher, &publish);
+    }
+    cluster.pump();
+    let sub = cluster.connect(0);
+    let resume = format!(r#"{{"action":"subscribe","channel":"{channel}","lastEventId":2}}"#);
+    let plain = format!(r#"{{"action":"subscribe","channel":"{channel}"}}"#);
+    cluster.send_burst(0, &sub, &[resume, plain]);
+    cluster.pump();
+    let events = take(&sub);
+    assert_eq!(seqs(&events), [3, 4, 5], "{events:?}");
+    let first = events.iter().find(|e| e["event"] == "subscribed").unwrap();
+    assert_eq!(first["recovered"], true);
+    cluster.send(1, &publisher, &publish);
+    cluster.pump();
+    assert_eq!(seqs(&take(&sub)), [6]);
+}

@@ -81,6 +81,10 @@ pub struct Conn {
     /// Whether it sent anything (any frame, pongs included) since the idle sweep last
     /// looked; set by its session, cleared by the sweep.
     pub heard: Cell<bool>,
+    /// Its resumes (subscribes with `lastEventId`) sent to owners and not yet answered.
+    /// Each answer may carry up to half the outbound buffer of replay, so the session
+    /// stops reading at [`MAX_RESUMES_IN_FLIGHT`] (see [`Conn::may_read`]).
+    pub resumes_in_flight: Cell<u8>,
     /// When the idle sweep last found it had sent something (or it was registered).
     last_heard: Cell<Millis>,
     /// When the idle sweep pinged it since then, if it did.
@@ -113,7 +117,20 @@ fn websocket_farewell(code: CloseCode, reason: &str) -> Option<Bytes> {
     Some(close_frame(code, reason))
 }
 
+/// A connection's resumes in flight at most: their answers' replay, copied at the owner
+/// and queued to this shard, then takes at most the outbound buffer (found in review:
+/// 250 resumes in one read made the owner copy and queue about 1 MiB each, 275 MB in
+/// all, before any was cut to the room left).
+pub const MAX_RESUMES_IN_FLIGHT: u8 = 2;
+
 impl Conn {
+    /// Whether its session may act on another text frame: fewer than
+    /// [`MAX_RESUMES_IN_FLIGHT`] resumes await their answers, and no answered one waits
+    /// for room in its outbound queue ([`Outbound::want_room`]).
+    pub fn may_read(&self) -> bool {
+        self.resumes_in_flight.get() < MAX_RESUMES_IN_FLIGHT && !self.out.waits_for_room()
+    }
+
     /// A new open connection with an outbound bound of `limit` bytes.
     pub fn new(id: ConnId, tenant: Arc<Tenant>, limit: usize) -> Conn {
         Conn {
@@ -124,6 +141,7 @@ impl Conn {
             presence: RefCell::new(Vec::new()),
             presence_seen: Cell::new(false),
             heard: Cell::new(false),
+            resumes_in_flight: Cell::new(0),
             last_heard: Cell::new(Millis(0)),
             pinged_at: Cell::new(None),
             grant: None,

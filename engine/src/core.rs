@@ -23,7 +23,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use hashbrown::HashMap;
+use hashbrown::{HashMap, HashSet};
 use ringcast_protocol::client::{PresenceJoin, Publish, Subscribe};
 use ringcast_protocol::event::PresenceSpelling;
 use ringcast_protocol::{event, ChannelName, ClientFrame, CloseCode, ErrorCode, FrameParser};
@@ -117,6 +117,9 @@ pub struct ShardCore {
     /// The `sub_expiry` entry of each private subscription, by the request that
     /// subscribed (cancelled when the subscription ends otherwise).
     sub_timers: HashMap<RequestId, TimerKey>,
+    /// Resumes sent to owners and not yet answered (each counted in its connection's
+    /// `resumes_in_flight`).
+    resumes: HashSet<RequestId>,
     /// Connections admitted by a connection token, by its expiry (closed with 4001).
     conn_expiry: DeadlineQueue<ConnId>,
     /// The `conn_expiry` entry of each such connection.
@@ -184,6 +187,7 @@ impl ShardCore {
             presence_seen: Vec::new(),
             sub_expiry: DeadlineQueue::default(),
             sub_timers: HashMap::new(),
+            resumes: HashSet::new(),
             conn_expiry: DeadlineQueue::default(),
             conn_timers: HashMap::new(),
             reloads_seen: 0,
@@ -559,6 +563,11 @@ impl ShardCore {
             .insert(sub.channel.clone(), Sub::Pending(request));
         self.cancel_sub_timer(previous);
         let key = ChannelKey::new(conn.tenant.id.clone(), sub.channel);
+        if sub.last_event_id.is_some() {
+            self.resumes.insert(request);
+            let in_flight = &conn.resumes_in_flight;
+            in_flight.set(in_flight.get().saturating_add(1));
+        }
         self.end_run();
         self.local.begin_subscribe(&key);
         let msg = ShardMsg::Subscribe(SubscribeReq {
@@ -1458,6 +1467,12 @@ impl ShardCore {
     ) {
         let ok = outcome.is_ok();
         let conn = self.conns.get(&conn_id).cloned();
+        if self.resumes.remove(&request) {
+            if let Some(conn) = &conn {
+                let in_flight = &conn.resumes_in_flight;
+                in_flight.set(in_flight.get().saturating_sub(1));
+            }
+        }
         // The answer is for the connection's latest subscribe of the channel, or for an
         // earlier one answered before it (a client may subscribe again before the first
         // answer: found in review, the earlier answer was dropped, and with it a
@@ -1523,6 +1538,7 @@ impl ShardCore {
             self.now().0,
         );
         self.push(conn, subscribed);
+        conn.outbound().want_room();
     }
 
     /// An answer came back for `request`.

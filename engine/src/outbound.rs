@@ -101,6 +101,8 @@ pub struct Outbound {
     buffers: Cell<Buffers>,
     /// Set by the sweep: the writer gives back its batch's memory at its next turn.
     trim_requested: Cell<bool>,
+    /// The reader waits for half the bound to be free (see [`Outbound::want_room`]).
+    room_wanted: Cell<bool>,
     /// Why it stopped being open, and the code it closed with if the server sent one
     /// (`None` while open).
     closed_by: Cell<Option<(CloseReason, Option<CloseCode>)>>,
@@ -134,6 +136,7 @@ impl Outbound {
             reader_waker: Cell::new(None),
             buffers: Cell::new(Buffers::Released),
             trim_requested: Cell::new(false),
+            room_wanted: Cell::new(false),
             closed_by: Cell::new(None),
             sink: RefCell::new(None),
         }
@@ -148,6 +151,30 @@ impl Outbound {
     pub fn room(&self) -> usize {
         let queue = self.queue.borrow();
         queue.limit.saturating_sub(queue.bytes)
+    }
+
+    /// Asks for the reader to be woken once half the bound is free again, when it is
+    /// not already: after a resume's replay filled the queue past half, the session acts
+    /// on no further frame before then, so resumes sent in one read each find room for
+    /// their replay, and a client that sends them without reading its answers is not
+    /// closed with 4008 for it (found in review).
+    pub fn want_room(&self) {
+        let queue = self.queue.borrow();
+        self.room_wanted.set(queue.bytes > queue.limit / 2);
+    }
+
+    /// Whether the reader waits for room ([`Outbound::want_room`]) and it is not there.
+    pub fn waits_for_room(&self) -> bool {
+        self.room_wanted.get()
+    }
+
+    /// `written` bytes left the queue.
+    fn release(&self, queue: &mut Queue, written: usize) {
+        queue.bytes = queue.bytes.saturating_sub(written);
+        if self.room_wanted.get() && queue.bytes <= queue.limit / 2 {
+            self.room_wanted.set(false);
+            wake(&self.reader_waker);
+        }
     }
 
     /// From now on the shard's send ring sends through `sink` (no writer task).
@@ -180,7 +207,7 @@ impl Outbound {
     pub(crate) fn written(&self, written: usize) -> bool {
         self.buffers.set(Buffers::Busy);
         let mut queue = self.queue.borrow_mut();
-        queue.bytes = queue.bytes.saturating_sub(written);
+        self.release(&mut queue, written);
         !queue.frames.is_empty() || matches!(queue.state, ConnState::Closing(_))
     }
 
@@ -247,7 +274,8 @@ impl Outbound {
     /// was sent this way, benchmarks measure fan-out without a socket.
     pub fn take_queued(&self) -> Vec<Bytes> {
         let mut queue = self.queue.borrow_mut();
-        queue.bytes = 0;
+        let all = queue.bytes;
+        self.release(&mut queue, all);
         queue.frames.drain(..).collect()
     }
 
@@ -256,7 +284,8 @@ impl Outbound {
         let mut queue = self.queue.borrow_mut();
         let n = queue.frames.len();
         queue.frames.clear();
-        queue.bytes = 0;
+        let all = queue.bytes;
+        self.release(&mut queue, all);
         n
     }
 
@@ -506,7 +535,7 @@ async fn write_batch<W: AsyncWriteRent>(
             Some(Ok(written)) => {
                 meter.counters.bytes_out(meter.transport, written as u64);
                 let mut queue = out.queue.borrow_mut();
-                queue.bytes = queue.bytes.saturating_sub(written);
+                out.release(&mut queue, written);
             }
         }
     }

@@ -2,7 +2,8 @@
 //! control frames, and closes with the right code on protocol violations.
 //!
 //! Idle connections are the common case, so the task is kept small: rare paths (holding
-//! back a publisher while the mesh is under pressure, lingering after a close) are boxed, and the read buffer starts at
+//! back a publisher while the mesh is under pressure, pacing resumes (`Conn::may_read`),
+//! lingering after a close) are boxed, and the read buffer starts at
 //! 256 bytes, doubles while a message does not fit or a read fills it (so a publisher's
 //! burst is handled whole), and shrinks back once drained if it grew past 16 KB.
 //!
@@ -145,6 +146,16 @@ fn run_session(
                             }
                             shard.begin_batch();
                         }
+                        if matches!(message, Message::Text(_)) && !conn.may_read() {
+                            // Resumes in flight, or a replay filled the queue: replay is
+                            // bounded per connection, so the next frame waits.
+                            shard.end_batch();
+                            Box::pin(until_may_read(&shard, &conn)).await;
+                            if conn.state() != ConnState::Open {
+                                break 'serve;
+                            }
+                            shard.begin_batch();
+                        }
                         handle_message(&shard, &conn, &message, &buf[offset..]);
                         offset += consumed;
                         if conn.state() != ConnState::Open {
@@ -239,6 +250,15 @@ fn handle_message(shard: &Shard, conn: &Rc<Conn>, message: &Message, buf: &[u8])
             shard.end_batch();
             conn.outbound().close_by_client(answer);
         }
+    }
+}
+
+/// Waits until `conn` may act on another text frame, or closes meanwhile (a rare path:
+/// boxed by the caller, so it takes no room in the idle session's task).
+async fn until_may_read(shard: &Shard, conn: &Conn) {
+    monoio::select! {
+        _ = shard.until_may_read(conn) => {},
+        _ = conn.outbound().until_not_open() => {},
     }
 }
 

@@ -49,6 +49,8 @@ pub struct Shard {
     shutdown_waker: RefCell<Option<Waker>>,
     /// Sessions waiting for the mesh's pressure to pass.
     held_back: RefCell<Vec<Waker>>,
+    /// Sessions waiting for answers to their resumes ([`Conn::may_read`]).
+    resume_waiters: RefCell<Vec<Waker>>,
     /// The timer loop, to re-arm when an earlier deadline appears.
     timer_waker: RefCell<Option<Waker>>,
     /// When the timer loop will next wake by itself.
@@ -91,6 +93,7 @@ impl Shard {
             shutting_down: Cell::new(false),
             shutdown_waker: RefCell::new(None),
             held_back: RefCell::new(Vec::new()),
+            resume_waiters: RefCell::new(Vec::new()),
             timer_waker: RefCell::new(None),
             armed: Cell::new(Millis(0)),
             api_parser: RefCell::new(ApiParser::new()),
@@ -374,6 +377,10 @@ impl Shard {
                 waker.wake();
             }
         }
+        // Answers to resumes come through the inbox: their sessions look again.
+        for waker in self.resume_waiters.borrow_mut().drain(..) {
+            waker.wake();
+        }
         self.rearm_timer();
     }
 
@@ -432,6 +439,20 @@ impl Shard {
         .await
     }
 
+    /// Waits until `conn` may act on another text frame ([`Conn::may_read`]), or the
+    /// shard shuts down. Answers to resumes wake it from here; room in the outbound
+    /// queue wakes the connection's reader.
+    pub async fn until_may_read(&self, conn: &Conn) {
+        std::future::poll_fn(|cx| {
+            if conn.may_read() || self.is_shutting_down() {
+                return Poll::Ready(());
+            }
+            self.resume_waiters.borrow_mut().push(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+
     // ----- lifecycle -----
 
     /// Writes this shard's history to disk (the last step of shutdown).
@@ -448,6 +469,9 @@ impl Shard {
             waker.wake();
         }
         for waker in self.held_back.borrow_mut().drain(..) {
+            waker.wake();
+        }
+        for waker in self.resume_waiters.borrow_mut().drain(..) {
             waker.wake();
         }
         self.core().close_all();

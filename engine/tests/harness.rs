@@ -779,3 +779,37 @@ fn a_resume_followed_by_a_plain_subscribe_keeps_its_replay() {
     cluster.pump();
     assert_eq!(seqs(&take(&sub)), [6]);
 }
+
+/// Resumes are paced per connection: each one sent to another shard counts as in flight
+/// until answered, and an answer whose replay fills the queue past half asks the session
+/// to wait for room; `Conn::may_read` says when it may act on its next frame.
+#[test]
+fn resumes_in_flight_and_a_full_queue_pause_the_session() {
+    const LIMIT: usize = 16 * 1024;
+    let mut cluster = Cluster::with(2, |config| config.outbound_buffer_bytes = LIMIT);
+    let channel = cluster.channel_owned_by(1, "pace:");
+    let publisher = cluster.connect(1);
+    let data = "x".repeat(1_000);
+    for _ in 0..12 {
+        let publish = format!(r#"{{"action":"publish","channel":"{channel}","data":"{data}"}}"#);
+        cluster.send(1, &publisher, &publish);
+    }
+    cluster.pump();
+    let resumer = cluster.connect(0);
+    let resume = format!(r#"{{"action":"subscribe","channel":"{channel}","lastEventId":0}}"#);
+    cluster.send(0, &resumer, &resume);
+    assert!(resumer.may_read(), "one resume in flight");
+    cluster.send(0, &resumer, &resume);
+    assert_eq!(resumer.resumes_in_flight.get(), 2);
+    assert!(!resumer.may_read(), "two resumes in flight");
+    cluster.pump();
+    assert_eq!(resumer.resumes_in_flight.get(), 0);
+    // Answered, with half the buffer of replay queued: it waits for the client to read.
+    assert!(!resumer.may_read(), "the replay filled the queue past half");
+    let events = take(&resumer);
+    assert_eq!(
+        events.iter().filter(|e| e["event"] == "subscribed").count(),
+        2
+    );
+    assert!(resumer.may_read(), "read by the client");
+}

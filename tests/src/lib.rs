@@ -424,12 +424,21 @@ impl Server {
 
     /// Resident set size of the server process in KiB (`VmRSS` of /proc/PID/status).
     pub fn rss_kib(&self) -> Result<u64> {
+        self.status_kib("VmRSS:")
+    }
+
+    /// The server process's peak resident set size so far in KiB (`VmHWM`).
+    pub fn peak_rss_kib(&self) -> Result<u64> {
+        self.status_kib("VmHWM:")
+    }
+
+    fn status_kib(&self, field: &str) -> Result<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
         let line = status
             .lines()
-            .find(|l| l.starts_with("VmRSS:"))
-            .context("no VmRSS line")?;
-        let kib = line.split_whitespace().nth(1).context("VmRSS value")?;
+            .find(|l| l.starts_with(field))
+            .with_context(|| format!("no {field} line"))?;
+        let kib = line.split_whitespace().nth(1).context("status value")?;
         Ok(kib.parse()?)
     }
 

@@ -547,6 +547,20 @@ impl ShardCore {
                 return;
             }
         };
+        let limit = self
+            .live_tenant(conn)
+            .limits
+            .max_subscriptions_per_connection;
+        let subs = conn.subs.borrow();
+        if subs.get(&sub.channel).is_none() && subs.len() >= limit as usize {
+            drop(subs);
+            let message =
+                format!("this connection is subscribed to {limit} channels, the tenant's limit");
+            let channel = Some(sub.channel.as_str());
+            self.send_error(conn, channel, reference, ErrorCode::ChannelLimit, &message);
+            return;
+        }
+        drop(subs);
         let request = self.next_request();
         if let Some(expires) = access.expires {
             let expiry = SubExpiry {

@@ -41,6 +41,10 @@ pub struct Limits {
     pub publishes_per_minute: Option<u32>,
     /// Messages kept per channel.
     pub history_messages: u32,
+    /// Channels one connection may be subscribed to (`max_subscriptions_per_connection`,
+    /// default 1,000 on every plan). Each costs the connection's shard memory, and its
+    /// close one message to each channel's owner.
+    pub max_subscriptions_per_connection: u32,
     /// Presence limits (the same on every plan unless overridden).
     pub presence: PresenceLimits,
 }
@@ -72,6 +76,9 @@ impl Default for PresenceLimits {
     }
 }
 
+/// Subscriptions one connection may hold unless the tenant says otherwise.
+pub const DEFAULT_SUBSCRIPTIONS_PER_CONNECTION: u32 = 1_000;
+
 impl Plan {
     /// The plan's limits.
     pub fn limits(self) -> Limits {
@@ -81,6 +88,7 @@ impl Plan {
                 max_message_bytes: 64 * 1024,
                 publishes_per_minute: Some(500),
                 history_messages: 100,
+                max_subscriptions_per_connection: DEFAULT_SUBSCRIPTIONS_PER_CONNECTION,
                 presence: PresenceLimits::default(),
             },
             Plan::Builder => Limits {
@@ -88,6 +96,7 @@ impl Plan {
                 max_message_bytes: 128 * 1024,
                 publishes_per_minute: Some(5_000),
                 history_messages: 1_000,
+                max_subscriptions_per_connection: DEFAULT_SUBSCRIPTIONS_PER_CONNECTION,
                 presence: PresenceLimits::default(),
             },
             Plan::Pro => Limits {
@@ -95,6 +104,7 @@ impl Plan {
                 max_message_bytes: 512 * 1024,
                 publishes_per_minute: Some(50_000),
                 history_messages: 1_000,
+                max_subscriptions_per_connection: DEFAULT_SUBSCRIPTIONS_PER_CONNECTION,
                 presence: PresenceLimits::default(),
             },
             Plan::Enterprise => Limits {
@@ -102,6 +112,7 @@ impl Plan {
                 max_message_bytes: 1024 * 1024,
                 publishes_per_minute: None,
                 history_messages: 1_000,
+                max_subscriptions_per_connection: DEFAULT_SUBSCRIPTIONS_PER_CONNECTION,
                 presence: PresenceLimits::default(),
             },
         }
@@ -156,6 +167,9 @@ pub struct TenantConfig {
     /// Override of the presence-channels-per-connection bound (default 100).
     #[serde(default)]
     pub max_presence_channels_per_connection: Option<u32>,
+    /// Override of the subscriptions-per-connection bound (default 1,000).
+    #[serde(default)]
+    pub max_subscriptions_per_connection: Option<u32>,
     /// `colon` (default: `presence:join`, what the SDK listens for) or `dot`
     /// (`presence.join`) for this tenant's WebSocket connections.
     #[serde(default)]
@@ -212,6 +226,7 @@ impl TenantConfig {
             max_presence_metadata_bytes: None,
             max_presence_members: None,
             max_presence_channels_per_connection: None,
+            max_subscriptions_per_connection: None,
             presence_events: None,
             max_channels: None,
             publishes_per_minute: None,
@@ -334,6 +349,9 @@ impl TenantTable {
                 }
                 if let Some(rate) = c.publishes_per_minute {
                     limits.publishes_per_minute = Some(rate);
+                }
+                if let Some(max) = c.max_subscriptions_per_connection {
+                    limits.max_subscriptions_per_connection = max;
                 }
                 let presence = &mut limits.presence;
                 if let Some(ttl) = c.presence_ttl_secs {

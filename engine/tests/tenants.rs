@@ -848,3 +848,33 @@ fn errors_echo_the_ref_of_every_kind_of_frame() {
     assert_eq!(error_code(&events), Some("channel_limit"), "{events:?}");
     assert_eq!(first_ref(&events), 8);
 }
+
+/// A connection holds at most `max_subscriptions_per_connection` subscriptions: one more
+/// channel gets `channel_limit` and changes nothing; a repeated subscribe of a channel it
+/// holds, or one after an unsubscribe, is still answered (found in review: nothing
+/// bounded it, and a close of 20,000 subscriptions spilled the owners' inboxes).
+#[test]
+fn a_connection_holds_at_most_the_tenants_subscriptions() {
+    let mut cluster = Cluster::with(2, |config| {
+        config.tenants[0].max_subscriptions_per_connection = Some(3);
+    });
+    let conn = cluster.connect(0);
+    for i in 0..3 {
+        let events = subscribe(&mut cluster, &conn, &format!("cap:{i}"), None);
+        assert_eq!(events[0]["event"], "subscribed", "{events:?}");
+    }
+    let events = subscribe(&mut cluster, &conn, "cap:3", None);
+    assert_eq!(error_code(&events), Some("channel_limit"), "{events:?}");
+    assert_eq!(conn.subs.borrow().len(), 3);
+    let again = subscribe(&mut cluster, &conn, "cap:0", None);
+    assert_eq!(again[0]["event"], "subscribed", "{again:?}");
+    let left = send(
+        &mut cluster,
+        0,
+        &conn,
+        r#"{"action":"unsubscribe","channel":"cap:1"}"#,
+    );
+    assert_eq!(left[0]["event"], "unsubscribed");
+    let events = subscribe(&mut cluster, &conn, "cap:3", None);
+    assert_eq!(events[0]["event"], "subscribed", "{events:?}");
+}

@@ -9,6 +9,10 @@ use serde::Deserialize;
 
 use crate::tenant::{Plan, TenantConfig};
 
+/// Room a publish needs around its `data` (action, channel, token, ref, userId), which
+/// `max_message_bytes` must leave above every tenant's limit ([`Config::warnings`]).
+pub const FRAME_ENVELOPE_BYTES: usize = 8 * 1024;
+
 /// Most shards a node runs (`shards`).
 pub const MAX_SHARDS: usize = 1024;
 
@@ -587,6 +591,33 @@ impl Config {
 }
 
 impl Config {
+    /// What the config allows that cannot work as meant, one line each (logged at
+    /// start-up and reload, printed by `check-config`): the server's `max_message_bytes`
+    /// bounds a whole message, so it must leave room for the frame around each tenant's
+    /// largest `data`; otherwise a publish within the tenant's limit closes the WebSocket
+    /// with 1009 (or gets 413) instead of being delivered (found in review).
+    pub fn warnings(&self) -> Vec<String> {
+        let tenants = crate::tenant::TenantTable::new(&self.tenants, None);
+        let mut ids: Vec<&str> = self.tenants.iter().map(|t| t.id.as_str()).collect();
+        ids.sort_unstable();
+        ids.into_iter()
+            .filter_map(|id| tenants.get(id))
+            .filter(|t| t.limits.max_message_bytes + FRAME_ENVELOPE_BYTES > self.max_message_bytes)
+            .map(|t| {
+                format!(
+                    "tenant `{}`: publishes may carry {} bytes of data, but max_message_bytes \
+                     ({}) bounds the whole WebSocket message (1009 beyond) and HTTP body (413); \
+                     a publish near the tenant's limit is cut there: set max_message_bytes to \
+                     at least {} or lower the tenant's",
+                    t.id.as_str(),
+                    t.limits.max_message_bytes,
+                    self.max_message_bytes,
+                    t.limits.max_message_bytes + FRAME_ENVELOPE_BYTES,
+                )
+            })
+            .collect()
+    }
+
     /// What the server would run with, for `ringcast check-config` (no secrets).
     pub fn describe(&self) -> String {
         use std::fmt::Write as _;
@@ -631,6 +662,9 @@ impl Config {
                 t.allowed_origins.as_ref().map_or("any".to_owned(), |o| o.join(" ")),
                 t.allow_anonymous_ren,
             );
+        }
+        for warning in self.warnings() {
+            let _ = writeln!(out, "warning: {warning}");
         }
         out
     }
@@ -774,6 +808,27 @@ mod tests {
         assert_eq!(config.default_tenant.as_deref(), Some(DEV_TENANT));
         assert_eq!(config.tenants[0].plan, Plan::Enterprise);
         assert_eq!(config.listen.port(), 3001);
+    }
+
+    #[test]
+    fn warns_of_a_tenant_whose_messages_the_server_bound_would_cut() {
+        let config = |text: &str| {
+            Config::merge(toml::from_str(text).unwrap(), &Overrides::default()).unwrap()
+        };
+        // The default bound (2 MiB) leaves room around every plan's largest message.
+        let roomy = config("[[tenants]]\nid = \"a\"\nplan = \"enterprise\"\n");
+        assert_eq!(roomy.warnings(), Vec::<String>::new());
+        // 64 KiB holds no free-plan message of 64 KB and its frame: the plan's own
+        // limit is checked, not only an override.
+        let tight = config("max_message_bytes = 65536\n[[tenants]]\nid = \"a\"\nplan = \"free\"\n");
+        let warnings = tight.warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("tenant `a`"), "{warnings:?}");
+        assert!(tight.describe().contains("warning: tenant `a`"));
+        let lowered = config(
+            "max_message_bytes = 65536\n[[tenants]]\nid = \"a\"\nplan = \"free\"\nmax_message_bytes = 32768\n",
+        );
+        assert_eq!(lowered.warnings(), Vec::<String>::new());
     }
 
     #[test]

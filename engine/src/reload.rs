@@ -115,6 +115,9 @@ pub fn reload_and_log(shared: &Shared, source: &ConfigSource) {
                     "config reload: this setting changes only on restart"
                 );
             }
+            for warning in shared.config.load().warnings() {
+                tracing::warn!("{warning}");
+            }
             tracing::info!(
                 added = ?done.added,
                 removed = ?done.removed,

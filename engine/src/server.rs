@@ -139,6 +139,9 @@ pub fn run(config: Config, source: ConfigSource) -> anyhow::Result<()> {
         }
     }
     if started == shards {
+        for warning in config.warnings() {
+            tracing::warn!("{warning}");
+        }
         println!("ringcast listening on {addr} shards={shards}");
         tracing::info!(%addr, shards, dev = config.dev, "ringcast listening");
     }

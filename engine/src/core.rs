@@ -1143,8 +1143,8 @@ impl ShardCore {
         let was_counted = self.owned.is_counted(&req.key);
         let count_channel = (!was_counted).then_some(tenant.limits.max_channels);
         let rate = tenant.limits.publishes_per_minute;
-        match tenant.usage.try_publish_counting(now, rate, count_channel) {
-            Ok(()) => {}
+        let recorded = match tenant.usage.try_publish_counting(now, rate, count_channel) {
+            Ok(recorded) => recorded,
             Err(PublishRefused::Rate(retry)) => {
                 let limited = Answer::RateLimited {
                     retry_after_secs: retry.secs(),
@@ -1161,7 +1161,7 @@ impl ShardCore {
                 self.answer(req.reply, failed);
                 return;
             }
-        }
+        };
         let channel = req.key.channel.as_str();
         let user_id = req.user_id.as_deref();
         let published = self.owned.publish(&req.key, &tenant, now, user_id, |seq| {
@@ -1181,9 +1181,7 @@ impl ShardCore {
             }
             Err(e) => {
                 // Not published: give back its place in the rate window and its count.
-                if rate.is_some() {
-                    tenant.usage.refund_publish(now);
-                }
+                tenant.usage.refund_publish(recorded);
                 if !was_counted {
                     self.settle_channel(&req.key);
                 }

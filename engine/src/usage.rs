@@ -64,7 +64,7 @@ impl TenantUsage {
 
     /// Records a publish at `now_ms` if fewer than `limit` were recorded in the window
     /// before it (`None`: unlimited, nothing recorded; `0`: every publish refused).
-    pub fn try_publish(&self, now_ms: u64, limit: Option<u32>) -> Result<(), RetryAfter> {
+    pub fn try_publish(&self, now_ms: u64, limit: Option<u32>) -> Result<Recorded, RetryAfter> {
         self.try_publish_counting(now_ms, limit, None)
             .map_err(|refused| match refused {
                 PublishRefused::Rate(retry) => retry,
@@ -81,11 +81,11 @@ impl TenantUsage {
         now_ms: u64,
         limit: Option<u32>,
         count_channel: Option<Option<u32>>,
-    ) -> Result<(), PublishRefused> {
+    ) -> Result<Recorded, PublishRefused> {
         let Some(limit) = limit else {
             return match count_channel {
                 Some(max) if !self.try_count_channel(max) => Err(PublishRefused::ChannelLimit),
-                _ => Ok(()),
+                _ => Ok(Recorded(None)),
             };
         };
         let mut log = self.publishes.lock().unwrap_or_else(|e| e.into_inner());
@@ -114,24 +114,29 @@ impl TenantUsage {
             }
         }
         log.push_back(now_ms);
-        Ok(())
+        Ok(Recorded(Some(now_ms)))
     }
 
-    /// Gives back the place of a publish recorded at `now_ms` that then failed (its
-    /// history append), so that only published messages count.
-    pub fn refund_publish(&self, now_ms: u64) {
+    /// Gives back the place a publish took (`recorded`, what
+    /// [`TenantUsage::try_publish_counting`] returned) when it then failed (its history
+    /// append), so that only published messages count. Its own entry goes, not a later
+    /// one another shard recorded meanwhile (found in review: the newest went, which
+    /// freed the window early by the time between the two).
+    pub fn refund_publish(&self, recorded: Recorded) {
+        let Recorded(Some(at)) = recorded else {
+            return;
+        };
         let mut log = self.publishes.lock().unwrap_or_else(|e| e.into_inner());
-        // The entry may have been recorded at a slightly later time (see above); the
-        // latest entry not after it is as good as any: they are all in the window.
-        if let Some(at) = log
-            .iter()
-            .rposition(|&t| t >= now_ms)
-            .or(log.len().checked_sub(1))
-        {
-            log.remove(at);
+        if let Some(entry) = log.iter().rposition(|&t| t == at) {
+            log.remove(entry);
         }
     }
 }
+
+/// Where a publish was recorded in its tenant's rate window (`None`: unlimited, not
+/// recorded), for [`TenantUsage::refund_publish`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recorded(Option<u64>);
 
 /// Why [`TenantUsage::try_publish_counting`] refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -224,15 +229,25 @@ mod tests {
         assert!(full.try_count_channel(Some(1)));
         let refused = full.try_publish_counting(0, Some(10), Some(Some(1)));
         assert_eq!(refused, Err(PublishRefused::ChannelLimit));
-        assert!(
-            full.try_publish(0, Some(1)).is_ok(),
-            "a channel-refused publish took no place"
-        );
-        full.refund_publish(0);
+        let recorded = full.try_publish(0, Some(1));
+        assert!(recorded.is_ok(), "a channel-refused publish took no place");
+        full.refund_publish(recorded.unwrap());
         assert!(
             full.try_publish(0, Some(1)).is_ok(),
             "a refunded place is free again"
         );
+    }
+
+    #[test]
+    fn a_refund_gives_back_the_failed_publishs_own_entry() {
+        let usage = TenantUsage::default();
+        let failed = usage.try_publish(1_000, Some(2)).unwrap();
+        usage.try_publish(2_000, Some(2)).unwrap();
+        usage.refund_publish(failed);
+        usage.try_publish(3_000, Some(2)).unwrap();
+        // The window holds 2,000 and 3,000: the next place frees at 62,000, not 61,000.
+        assert_eq!(usage.try_publish(61_500, Some(2)), Err(RetryAfter(500)));
+        assert!(usage.try_publish(62_000, Some(2)).is_ok());
     }
 
     #[test]

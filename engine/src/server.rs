@@ -103,10 +103,15 @@ pub fn run(config: Config, source: ConfigSource) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let (events_tx, events_rx) = mpsc::channel::<ShardEvent>();
     let mut threads = Vec::with_capacity(shards);
+    // One clock for every shard: each reading the wall clock on its own could disagree
+    // for the life of the process after a clock step during start-up, and the rate
+    // windows and per-address buckets that shards share assume one time (found in review).
+    let clock = Clock::system();
     for (index, (listener, history)) in listeners.into_iter().zip(histories).enumerate() {
         let id = ShardId(index as u16);
         let core = (!cores.is_empty()).then(|| cores[index % cores.len()]);
         let (mesh, shared, events) = (mesh.clone(), shared.clone(), events_tx.clone());
+        let clock = clock.clone();
         let thread = std::thread::Builder::new()
             .name(format!("shard-{index}"))
             .spawn(move || {
@@ -114,7 +119,14 @@ pub fn run(config: Config, source: ConfigSource) -> anyhow::Result<()> {
                     id,
                     events: events.clone(),
                 };
-                shard_thread(id, core, listener, mesh, shared, history, events);
+                let wiring = ShardWiring {
+                    mesh,
+                    shared,
+                    history,
+                    clock,
+                    events,
+                };
+                shard_thread(id, core, listener, wiring);
             })
             .context("cannot start shard thread")?;
         threads.push(thread);
@@ -332,15 +344,29 @@ fn probe_unused(addr: SocketAddr) -> std::io::Result<()> {
     }
 }
 
+/// What a shard thread is handed besides its id, core and listener.
+struct ShardWiring {
+    mesh: Arc<Mesh>,
+    shared: Arc<Shared>,
+    history: HistoryStore,
+    /// The server's one clock.
+    clock: Clock,
+    events: mpsc::Sender<ShardEvent>,
+}
+
 fn shard_thread(
     id: ShardId,
     core: Option<core_affinity::CoreId>,
     listener: std::net::TcpListener,
-    mesh: Arc<Mesh>,
-    shared: Arc<Shared>,
-    history: HistoryStore,
-    events: mpsc::Sender<ShardEvent>,
+    wiring: ShardWiring,
 ) {
+    let ShardWiring {
+        mesh,
+        shared,
+        history,
+        clock,
+        events,
+    } = wiring;
     if let Some(core) = core {
         if !core_affinity::set_for_current(core) {
             tracing::warn!(shard = %id, core = core.id, "could not pin shard to its core");
@@ -363,8 +389,7 @@ fn shard_thread(
         };
         let grace = Duration::from_millis(shared.config.load().shutdown_grace_ms);
         let shard = Rc::new(
-            Shard::new(id, mesh.clone(), shared, history, Clock::system())
-                .with_send_ring(send_ring()),
+            Shard::new(id, mesh.clone(), shared, history, clock).with_send_ring(send_ring()),
         );
         monoio::spawn(accept_loop(shard.clone(), listener));
         let timer = shard.clone();

@@ -77,6 +77,7 @@ impl ShardStore {
             ring_generations: ChunkedVec::new(),
             free_ids: Vec::new(),
             pinned_rings: 0,
+            pinned_bytes: 0,
             index: SplitMap::new(),
             clock: 0,
             used_bytes: 0,
@@ -92,6 +93,8 @@ impl ShardStore {
             sync_done: 0,
             retiring: Vec::new(),
             freed_unsynced: Vec::new(),
+            #[cfg(test)]
+            evict_scans: 0,
             #[cfg(test)]
             journal: None,
         };

@@ -186,6 +186,9 @@ pub struct ShardStore {
     pub(crate) free_ids: Vec<u32>,
     /// Rings with `pinned` set (kept here so the counters need no scan of every ring).
     pub(crate) pinned_rings: usize,
+    /// Slot bytes of the rings with `pinned` set: what no eviction can free, so that
+    /// `make_room` refuses at once what it could not get (no scan, nothing evicted).
+    pub(crate) pinned_bytes: u64,
     pub(crate) index: SplitMap<Box<[u8]>, u32>,
     pub(crate) clock: u64,
     pub(crate) used_bytes: u64,
@@ -207,6 +210,9 @@ pub struct ShardStore {
     /// are msynced before the next `create`, so a key never comes back in a new slot
     /// while an old copy of it could still be read from the disk.
     pub(crate) freed_unsynced: Vec<(u32, usize)>,
+    /// Scans of every ring for eviction candidates (tests count them).
+    #[cfg(test)]
+    pub(crate) evict_scans: u64,
     #[cfg(test)]
     pub(crate) journal: Option<Vec<(PathBuf, usize, Vec<u8>)>>,
 }
@@ -588,6 +594,9 @@ impl ShardStore {
         }
         let mut moved = moved;
         moved.generation = moved.generation.wrapping_add(1);
+        if moved.pinned {
+            self.pinned_bytes += extra;
+        }
         self.rings[idx] = Some(moved);
         self.used_bytes += extra;
         self.stats.growths += 1;
@@ -735,15 +744,26 @@ impl ShardStore {
     /// it has open). Pinning is a flag, not a count.
     pub fn pin(&mut self, ring: RingId) {
         let idx = self.check(ring).expect("pin: stale RingId");
-        let was = std::mem::replace(&mut self.meta_mut(idx).pinned, true);
-        self.pinned_rings += usize::from(!was);
+        let m = self.meta_mut(idx);
+        let (was, size) = (std::mem::replace(&mut m.pinned, true), 1u64 << m.class_log2);
+        if !was {
+            self.pinned_rings += 1;
+            self.pinned_bytes += size;
+        }
     }
 
     /// Makes a ring evictable again.
     pub fn unpin(&mut self, ring: RingId) {
         let idx = self.check(ring).expect("unpin: stale RingId");
-        let was = std::mem::replace(&mut self.meta_mut(idx).pinned, false);
-        self.pinned_rings -= usize::from(was);
+        let m = self.meta_mut(idx);
+        let (was, size) = (
+            std::mem::replace(&mut m.pinned, false),
+            1u64 << m.class_log2,
+        );
+        if was {
+            self.pinned_rings -= 1;
+            self.pinned_bytes -= size;
+        }
     }
 
     /// Deletes a ring (idle channel): its slot is marked free with one write into the
@@ -1115,7 +1135,10 @@ impl ShardStore {
     /// Forgets ring `idx` and frees its slot.
     fn remove(&mut self, idx: usize) -> Box<[u8]> {
         let m = self.rings[idx].take().expect("live ring");
-        self.pinned_rings -= usize::from(m.pinned);
+        if m.pinned {
+            self.pinned_rings -= 1;
+            self.pinned_bytes -= 1 << m.class_log2;
+        }
         let key: Box<[u8]> = self.key_at(m.loc, m.class_log2).into();
         self.index.remove(&key);
         self.release_slot(m.loc, m.class_log2);
@@ -1128,12 +1151,26 @@ impl ShardStore {
         key
     }
 
-    /// Evicts unpinned rings, least recently appended first, until `extra` more slot
-    /// bytes fit under the bound. False if not enough can be evicted.
+    /// Evicts unpinned rings other than `exclude` (the ring growing), least recently
+    /// appended first, until `extra` more slot bytes fit under the bound. False, with
+    /// nothing evicted, if evicting all of them would not be enough.
     fn make_room(&mut self, extra: u64, exclude: Option<u32>) -> bool {
         let Some(max) = self.cfg.max_total_bytes else {
             return true;
         };
+        if self.used_bytes + extra <= max {
+            return true;
+        }
+        // Decided from the counters before anything goes (found in review: evictions
+        // made for a room never reached stayed made, and each refusal at a bound full of
+        // pinned rings scanned every ring).
+        let excluded = exclude
+            .and_then(|i| self.rings[i as usize].as_ref())
+            .filter(|m| !m.pinned)
+            .map_or(0, |m| 1u64 << m.class_log2);
+        if self.pinned_bytes + excluded + extra > max {
+            return false;
+        }
         while self.used_bytes + extra > max {
             if !self.evict_one(exclude) {
                 return false;
@@ -1162,6 +1199,10 @@ impl ShardStore {
                 return false;
             }
             rebuilt = true;
+            #[cfg(test)]
+            {
+                self.evict_scans += 1;
+            }
             let mut cands: Vec<(u64, u32, u32)> = self
                 .rings
                 .iter()
@@ -1492,6 +1533,16 @@ impl ShardStore {
             return Err(format!(
                 "{pinned} rings pinned, {} counted",
                 self.pinned_rings
+            ));
+        }
+        let pinned_bytes: u64 = (self.rings.iter().flatten())
+            .filter(|m| m.pinned)
+            .map(|m| 1u64 << m.class_log2)
+            .sum();
+        if pinned_bytes != self.pinned_bytes {
+            return Err(format!(
+                "{pinned_bytes} slot bytes pinned, {} counted",
+                self.pinned_bytes
             ));
         }
         if used != self.used_bytes || seen.len() != self.index.len() {

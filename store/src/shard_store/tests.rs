@@ -458,6 +458,52 @@ fn at_a_bound_full_of_pinned_rings_refused_growths_and_creates_scan_no_ring() {
     s.check_invariants().unwrap();
 }
 
+fn class_of(s: &ShardStore, r: RingId) -> u8 {
+    s.rings[r.index as usize].as_ref().unwrap().class_log2
+}
+
+/// A growth the node bound cannot make room for evicts nothing: here evicting the closed
+/// channel's ring `u` would not be enough (found in review: `make_room` evicted rings one
+/// by one and only then found the bound out of reach, so `u` was lost for a growth that
+/// was skipped anyway).
+#[test]
+fn a_growth_that_cannot_get_room_evicts_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StoreConfig {
+        max_total_bytes: Some(3840),
+        ..small_cfg()
+    };
+    let (mut s, _) = open(dir.path(), cfg);
+    let p = s.create(b"p", Epoch(1), 100).unwrap();
+    s.pin(p);
+    let mut ts = 1;
+    while class_of(&s, p) < 11 {
+        put(&mut s, p, ts, &[1; 300]);
+        ts += 1;
+    }
+    let r = s.create(b"r", Epoch(2), 100).unwrap();
+    s.pin(r);
+    while class_of(&s, r) < 10 {
+        put(&mut s, r, ts, &[2; 300]);
+        ts += 1;
+    }
+    let u = s.create(b"u", Epoch(3), 100).unwrap();
+    put(&mut s, u, ts, b"closed channel");
+    s.check_invariants().unwrap();
+    assert_eq!(s.stats().bytes_used, 2048 + 1024 + 512);
+    // r needs the 2 KiB class: 1 KiB more, and evicting u frees only 512 B.
+    let _ = s.append(r, ts + 1, None, &[3; 1200], 0..1200);
+    assert_eq!(class_of(&s, r), 10, "not grown");
+    assert!(
+        s.lookup(b"u").is_some(),
+        "u evicted though the growth failed"
+    );
+    assert_eq!(payloads(&s, u, 0), [(1, b"closed channel".to_vec())]);
+    assert_eq!(s.stats().evictions, 0);
+    assert_eq!(s.stats().bytes_used, 2048 + 1024 + 512);
+    s.check_invariants().unwrap();
+}
+
 #[test]
 fn every_sync_policy_appends_grows_and_flushes() {
     for sync in [

@@ -1,7 +1,8 @@
 //! `[history] max_total_bytes` on real shards with a fake clock: open channels' rings
-//! are never evicted; at the bound a new channel's publish is refused with `overloaded`
-//! and nothing else changes; once channels close, their rings make room (least recently
-//! written first) and an evicted channel comes back as a new epoch.
+//! are never evicted; at the bound a new channel's publish, or one its channel's ring
+//! cannot grow for, is refused with `overloaded` and nothing else changes; once channels
+//! close, their rings make room (least recently written first) and an evicted channel
+//! comes back as a new epoch.
 
 mod support;
 
@@ -92,6 +93,43 @@ fn the_node_bound_evicts_only_closed_channels_and_refuses_cleanly_when_none_is()
     );
     let s = state(&mut cluster, &conn, "full:3");
     assert_eq!(s["seq"], 2, "{s}");
+}
+
+/// At the bound, with every ring an open channel's, a message larger than a channel's
+/// ring as it is (the ring cannot grow) is refused with `overloaded`: not acked, and the
+/// channel keeps its messages and its next seq (found in review: it was acked, not kept,
+/// and the channel's history was emptied).
+#[test]
+fn at_the_bound_a_message_its_ring_cannot_grow_for_is_refused_and_the_history_stays() {
+    let mut cluster = Cluster::with(1, |config| {
+        config.history.max_total_bytes = Some(RINGS * 512);
+    });
+    let conn = cluster.connect(0);
+    for i in 0..RINGS {
+        assert_eq!(publish(&mut cluster, &conn, &format!("full:{i}"))["seq"], 1);
+    }
+    let big = format!(
+        r#"{{"action":"publish","channel":"full:3","data":"{}","ref":9}}"#,
+        "z".repeat(600)
+    );
+    cluster.send(0, &conn, &big);
+    cluster.pump();
+    let events = take(&conn);
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["event"], "error", "{events:?}");
+    assert_eq!(events[0]["ref"], 9);
+    assert_eq!(events[0]["data"]["code"], "overloaded", "{events:?}");
+
+    assert_eq!(publish(&mut cluster, &conn, "full:3")["seq"], 2);
+    cluster.send(
+        0,
+        &conn,
+        r#"{"action":"subscribe","channel":"full:3","lastEventId":0}"#,
+    );
+    cluster.pump();
+    let events = take(&conn);
+    assert_eq!(support::seqs(&events), vec![1, 2]);
+    assert_eq!(events.last().unwrap()["recovered"], true, "{events:?}");
 }
 
 /// A message larger than a channel's history can ever keep (`max_bytes_per_channel`) is

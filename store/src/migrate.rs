@@ -210,9 +210,12 @@ fn put(s: &mut ShardStore, o: &Owned) -> Result<(), StoreError> {
     s.pin(r);
     for (seq, (ts, uid, payload, data)) in (o.first_seq..).zip(&o.records) {
         match s.append(r, *ts, uid.as_deref(), payload, data.clone()) {
-            // Kept before under a larger `max_bytes_per_ring`: its seq stays consumed and
-            // the run breaks there, so a resume from before it is told of the gap.
-            Err(StoreError::RecordTooLarge { .. }) => s.raise_last_seq(r, crate::Seq(seq))?,
+            // Kept before under a larger `max_bytes_per_ring`, or larger than the slot
+            // the node bound leaves this ring: its seq stays consumed and the run breaks
+            // there, so a resume from before it is told of the gap.
+            Err(StoreError::RecordTooLarge { .. } | StoreError::Full) => {
+                s.raise_last_seq(r, crate::Seq(seq))?;
+            }
             other => {
                 other?;
             }

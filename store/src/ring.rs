@@ -32,8 +32,9 @@ pub(crate) struct Ring {
 /// Where an append goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Plan {
-    /// The record is larger than the whole data region: it consumes its seq and the log
-    /// is emptied, so readers see the gap.
+    /// The record is larger than the whole data region. Format 1's `RingLog` consumes
+    /// its seq and empties the log, so readers see the gap; the shard store grows the
+    /// ring or refuses the record.
     TooLarge,
     /// Evict the `evict` oldest records, then write the record at `at`; if `wrap_at` is
     /// set, write a wrap marker there first.

@@ -93,9 +93,11 @@ pub struct StoreStats {
     pub segments_prepared: u64,
     /// Background msyncs or segment creations that failed.
     pub background_errors: u64,
-    /// Records appended (their seqs consumed) but not kept: larger than the ring's
-    /// biggest slot, or than its current slot when the node bound left no room to
-    /// grow. Each empties its ring, so resuming readers see the gap.
+    /// Records appended (their seqs consumed) but not kept. Stays 0: `append` refuses
+    /// what it cannot keep, before it takes a seq ([`StoreError::RecordTooLarge`], or
+    /// [`StoreError::Full`] when the node bound leaves no room to grow), so every seq
+    /// it hands out is a kept record. Kept for the engine's
+    /// `ringcast_history_records_not_kept_total`, which graphs stay on.
     pub records_not_kept: u64,
 }
 
@@ -317,8 +319,10 @@ impl ShardStore {
     ///
     /// Grows the ring into a bigger slot instead of evicting by bytes while it is below
     /// `max_records` and its largest slot; evicts the oldest records otherwise. A record
-    /// too large for the largest slot consumes its seq but is not kept (the ring is then
-    /// empty with last_seq advanced), so readers see the gap. The [`RingId`] stays valid.
+    /// too large for the largest slot is refused with [`StoreError::RecordTooLarge`];
+    /// one larger than the ring's current slot that the byte bound leaves no room to
+    /// grow for, with [`StoreError::Full`]. Either takes no seq and changes nothing.
+    /// The [`RingId`] stays valid.
     pub fn append(
         &mut self,
         ring: RingId,
@@ -360,12 +364,24 @@ impl ShardStore {
                 return Err(StoreError::RecordTooLarge { len, max });
             }
         }
-        if plan.is_none() {
-            // Moved or not (the node's byte bound may leave no room), the placement is
-            // computed afresh below: not moved, the ring evicts its own oldest records,
-            // or, for a record larger than its slot, keeps nothing (`records_not_kept`).
-            self.grow(idx, len)?;
-        }
+        let plan = match plan {
+            Some(plan) => plan,
+            None => {
+                // Moved or not (the node's byte bound may leave no room), the placement
+                // is computed afresh: not moved, the ring evicts its own oldest records.
+                self.grow(idx, len)?;
+                let m = self.rings[idx].as_ref().expect("live ring");
+                m.ring.plan(len, m.max_records)
+            }
+        };
+        let Plan::Store { evict, at, wrap_at } = plan else {
+            // Larger than the ring's slot, and the node bound left no room to grow it:
+            // refused before it takes a seq, as a create at the bound is (the engine
+            // answers `overloaded`), so the ring keeps what it has and nothing is acked
+            // that is not kept (found in review: the seq was consumed and the ring
+            // emptied, and the engine acked the message).
+            return Err(StoreError::Full);
+        };
         let rec = NewRecord {
             seq: 0,
             ts_ms,
@@ -373,16 +389,17 @@ impl ShardStore {
             payload,
             data: (data.start, data.end - data.start),
         };
-        self.append_in_place(idx, rec, len, plan)
+        self.append_in_place(idx, rec, len, (evict, at, wrap_at))
     }
 
-    /// `plan`: the placement already computed for this ring and length, if any.
+    /// Writes `rec` (`len` bytes) where `ring.plan` placed it: `(evict, at, wrap_at)` of
+    /// its `Plan::Store`.
     fn append_in_place(
         &mut self,
         idx: usize,
         mut rec: NewRecord<'_>,
         len: u64,
-        plan: Option<Plan>,
+        (evict, at, wrap_at): (usize, u64, Option<u64>),
     ) -> Result<Seq, StoreError> {
         self.clock += 1;
         let clock = self.clock;
@@ -391,17 +408,6 @@ impl ShardStore {
         rec.seq = seq;
         m.last_append_ms = rec.ts_ms;
         m.touch = clock;
-        let plan = plan.unwrap_or_else(|| m.ring.plan(len, m.max_records));
-        let (evict, at, wrap_at) = match plan {
-            Plan::TooLarge => {
-                m.ring.skip_seq();
-                self.stats.records_not_kept += 1;
-                self.publish(idx);
-                self.sync_after_append(idx, None)?;
-                return Ok(Seq(seq));
-            }
-            Plan::Store { evict, at, wrap_at } => (evict, at, wrap_at),
-        };
         if evict > 0 {
             let ring = &self.rings[idx].as_ref().expect("live ring").ring;
             // Some records stay and the new bytes land where the old state calls free:

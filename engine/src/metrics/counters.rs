@@ -123,8 +123,8 @@ pub struct ShardCounters {
     pub history_segments_prepared: Count,
     /// Rings moved to a bigger slot as they filled (copied from the store).
     pub history_growths: Count,
-    /// Messages appended but not kept in history: too large for their ring's slot
-    /// (copied from the store).
+    /// Messages given a seq but not kept in history (copied from the store, where it
+    /// stays 0: what history cannot keep is refused before it takes a seq).
     pub history_records_not_kept: Count,
     /// Messages appended to history.
     pub history_appends: Count,

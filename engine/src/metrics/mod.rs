@@ -257,7 +257,7 @@ const COUNTERS: &[(&str, &str, Reader)] = &[
     ),
     (
         "history_records_not_kept",
-        "Messages delivered but not kept in history (larger than their ring's slot could be made); each empties its ring",
+        "Messages given a seq but not kept in history (stays 0: history refuses what it cannot keep before a seq is taken)",
         |c| c.history_records_not_kept.get(),
     ),
     ("history_appends", "Messages appended to history", |c| {

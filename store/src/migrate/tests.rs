@@ -152,6 +152,37 @@ fn reshard_under_a_smaller_ring_bound_keeps_seqs_past_a_record_it_cannot_hold() 
     s.check_invariants().unwrap();
 }
 
+/// A reshard under a node bound that leaves a ring no room to grow keeps going past a
+/// record it cannot hold there: its seq stays consumed and the run breaks there, as for
+/// a record over the ring bound (`append` refuses such a record with `Full` now, which
+/// would otherwise stop the start-up).
+#[test]
+fn reshard_under_a_full_node_bound_keeps_seqs_past_a_record_it_has_no_room_for() {
+    let root = tempfile::tempdir().unwrap();
+    let key = [b'k', 1];
+    {
+        let (mut s, _) = ShardStore::open(&ShardStore::shard_dir(root.path(), 0), cfg()).unwrap();
+        let r = s.create(&key, Epoch(7), 50).unwrap();
+        s.append(r, 1, None, &[1; 40], 0..40).unwrap();
+        s.append(r, 2, None, &[2; 6000], 0..6000).unwrap();
+        s.append(r, 3, None, &[3; 40], 0..40).unwrap();
+    }
+    let bounded = StoreConfig {
+        max_total_bytes: Some(1024),
+        ..cfg()
+    };
+    let report = reshard(root.path(), 2, bounded, |_| 1).unwrap();
+    assert_eq!(report.moved, 1);
+    let (s, _) = ShardStore::open(&ShardStore::shard_dir(root.path(), 1), bounded).unwrap();
+    let r = s.lookup(&key).unwrap();
+    assert_eq!((s.epoch(r), s.last_seq(r)), (Epoch(7), Seq(3)));
+    let kept: Vec<u64> = s.iter_after(r, Seq(0)).map(|rec| rec.seq.0).collect();
+    assert_eq!(kept, vec![3]);
+    assert!(!s.replay_complete(r, Seq(1)));
+    assert!(s.replay_complete(r, Seq(2)));
+    s.check_invariants().unwrap();
+}
+
 /// A reshard interrupted mid-copy leaves a partial copy (same epoch, fewer seqs) in the
 /// target; rerun with another shard count, both copies sit outside the new owner. The one
 /// further ahead must win, whichever is moved last (found in review: the last moved

@@ -1314,31 +1314,46 @@ mod power_loss {
     }
 }
 
-/// Under a full byte bound (every ring pinned), a record that fits only a bigger slot
-/// than the ring's is appended without being kept: its seq is consumed and the ring
-/// emptied, so resuming readers see the gap, and `records_not_kept` counts it. The
-/// publish itself is not refused (live subscribers still get it).
+/// At the node bound, a record larger than the ring's current slot whose growth finds no
+/// room is refused with `StoreError::Full` (the engine answers `overloaded`) and the ring
+/// keeps what it has: no seq taken, nothing evicted (found in review: it took its seq and
+/// emptied the ring, so the engine acked a message it did not keep and the channel lost
+/// its history). The growing ring's own slot is no room, pinned or not; once another
+/// ring is unpinned, the same record evicts it and is kept.
 #[test]
-fn a_record_needing_growth_under_a_full_bound_is_not_kept_and_counted() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = StoreConfig {
-        max_total_bytes: Some(2 * 512),
-        ..small_cfg()
-    };
-    let (mut s, _) = open(dir.path(), cfg);
-    let p = s.create(b"p", Epoch(1), 10).unwrap();
-    let r = s.create(b"r", Epoch(2), 10).unwrap();
-    s.pin(p);
-    s.pin(r);
-    put(&mut s, r, 1, b"one");
-    put(&mut s, r, 2, b"two");
-    assert_eq!(s.append(r, 3, None, &[7; 400], 0..400).unwrap(), Seq(3));
-    assert_eq!(s.len(r), 0);
-    assert_eq!(s.last_seq(r), Seq(3));
-    assert_eq!(s.stats().records_not_kept, 1);
-    assert_eq!(put(&mut s, r, 4, b"four"), Seq(4));
-    assert_eq!(payloads(&s, r, 0), [(4, b"four".to_vec())]);
-    s.check_invariants().unwrap();
+fn a_record_needing_growth_under_a_full_bound_is_refused_and_the_ring_keeps_its_records() {
+    for r_pinned in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = StoreConfig {
+            max_total_bytes: Some(2 * 512),
+            ..small_cfg()
+        };
+        let (mut s, _) = open(dir.path(), cfg);
+        let p = s.create(b"p", Epoch(1), 10).unwrap();
+        let r = s.create(b"r", Epoch(2), 10).unwrap();
+        s.pin(p);
+        if r_pinned {
+            s.pin(r);
+        }
+        put(&mut s, r, 1, b"one");
+        put(&mut s, r, 2, b"two");
+        let before = payloads(&s, r, 0);
+        let refused = s.append(r, 3, None, &[7; 400], 0..400);
+        assert!(matches!(refused, Err(StoreError::Full)), "{refused:?}");
+        assert_eq!((s.last_seq(r), payloads(&s, r, 0)), (Seq(2), before));
+        assert!(s.replay_complete(r, Seq(0)));
+        assert_eq!(s.stats().records_not_kept, 0);
+        assert_eq!(s.stats().evictions, 0);
+        assert_eq!(put(&mut s, r, 4, b"three"), Seq(3), "{r_pinned}");
+        s.check_invariants().unwrap();
+
+        s.unpin(p);
+        assert_eq!(s.append(r, 5, None, &[7; 400], 0..400).unwrap(), Seq(4));
+        assert_eq!(s.take_evicted(), vec![Box::from(&b"p"[..])]);
+        assert_eq!(payloads(&s, r, 0).last().unwrap(), &(4, vec![7; 400]));
+        assert_eq!(payloads(&s, r, 0).len(), 4);
+        s.check_invariants().unwrap();
+    }
 }
 
 /// `IntervalMs`: a ring that grew keeps its old slot intact until the background msync

@@ -473,11 +473,14 @@ impl ShardStore {
             }
             return Some(plan);
         }
-        if m.ring
+        let broken_run = m
+            .ring
             .newest_kept_seq()
-            .is_some_and(|s| s != m.ring.last_seq())
-        {
-            // A run broken by lost records restarts; that is not byte pressure.
+            .is_some_and(|s| s != m.ring.last_seq());
+        if broken_run && !matches!(plan, Plan::TooLarge) {
+            // A run broken by lost records restarts; that is not byte pressure. A record
+            // larger than the slot still grows it (found in review: it took its seq and
+            // was not kept).
             return Some(plan);
         }
         let count_evict = (m.ring.len() + 1).saturating_sub(m.max_records as usize);

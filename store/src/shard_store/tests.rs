@@ -1356,6 +1356,26 @@ fn a_record_needing_growth_under_a_full_bound_is_refused_and_the_ring_keeps_its_
     }
 }
 
+/// A ring whose kept run ends before its last seq (published records lost at a crash, or
+/// a migrated record it could not hold) grows for a record larger than its slot (found
+/// in review: it took the seq and kept nothing, so the engine acked a message not kept).
+#[test]
+fn a_ring_with_a_broken_run_grows_for_a_record_larger_than_its_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open(dir.path(), small_cfg());
+    let r = s.create(b"r", Epoch(2), 10).unwrap();
+    put(&mut s, r, 1, b"one");
+    put(&mut s, r, 2, b"two");
+    s.raise_last_seq(r, Seq(3)).unwrap();
+    assert_eq!(s.append(r, 4, None, &[7; 600], 0..600).unwrap(), Seq(4));
+    assert_eq!(payloads(&s, r, 0), [(4, vec![7; 600])]);
+    assert_eq!(s.stats().growths, 1);
+    assert_eq!(s.stats().records_not_kept, 0);
+    assert!(s.replay_complete(r, Seq(3)));
+    assert!(!s.replay_complete(r, Seq(2)));
+    s.check_invariants().unwrap();
+}
+
 /// `IntervalMs`: a ring that grew keeps its old slot intact until the background msync
 /// covering its new slot has completed (found in review: the old slot's release could
 /// reach the disk before the new slot, and a power loss then lost the whole ring).

@@ -772,6 +772,7 @@ impl ShardStore {
         if was {
             self.pinned_rings -= 1;
             self.pinned_bytes -= size;
+            self.queue_for_eviction(idx);
         }
     }
 
@@ -1186,6 +1187,29 @@ impl ShardStore {
             }
         }
         true
+    }
+
+    /// Puts ring `idx`, just unpinned, into the eviction queue if it is older than the
+    /// queue's newest entry. The queue holds the oldest candidates, and every unpinned
+    /// ring left out of it is newer than all of them, so eviction goes least recently
+    /// written first (found in review: a ring pinned when the queue was built, unpinned
+    /// since, went after newer rings). An empty queue is rebuilt by the next eviction.
+    fn queue_for_eviction(&mut self, idx: usize) {
+        let m = self.rings[idx].as_ref().expect("live ring");
+        let entry = (m.touch, idx as u32, self.ring_generations[idx]);
+        let q = &mut self.evict_queue;
+        // Newest first: the last entry is evicted first.
+        if q.first().is_none_or(|&newest| entry > newest) {
+            return;
+        }
+        // Still there (and valid again) if it was queued before it was pinned.
+        if let Err(at) = q.binary_search_by(|e| entry.cmp(e)) {
+            q.insert(at, entry);
+            if q.len() > EVICT_BATCH {
+                // The newest goes: what is left out stays newer than what is in.
+                q.remove(0);
+            }
+        }
     }
 
     fn evict_one(&mut self, exclude: Option<u32>) -> bool {

@@ -70,9 +70,10 @@ pub enum StoreError {
     /// `create` was given a key that already has a ring.
     #[error("the key already has a ring")]
     KeyExists,
-    /// The byte bound leaves no room and no unpinned ring is left to evict (the engine
-    /// answers `overloaded`).
-    #[error("store is full: every remaining ring is pinned")]
+    /// The byte bound leaves no room for a new ring, or for a record that needs its ring
+    /// to grow, even with every other unpinned ring evicted; nothing was evicted (the
+    /// engine answers `overloaded`).
+    #[error("store is full: the byte bound leaves no room, even with every unpinned ring evicted")]
     Full,
     /// The `RingId` was freed or evicted.
     #[error("unknown or freed ring")]

@@ -36,6 +36,7 @@ use crate::deadline::{DeadlineQueue, TimerKey};
 use crate::history::{HistoryError, HistoryStore, SubscribeAnswer};
 use crate::idempotency::{IdempotencyTable, Remembered};
 use crate::keys::{ChannelKey, ConnId, RequestId, ShardId};
+use crate::line_limit::LineLimit;
 use crate::mesh::{
     Answer, HttpPublish, Mesh, PublishReq, Question, ReplyTo, ShardMsg, SubscribeReq,
 };
@@ -120,6 +121,8 @@ pub struct ShardCore {
     /// Resumes sent to owners and not yet answered (each counted in its connection's
     /// `resumes_in_flight`).
     resumes: HashSet<RequestId>,
+    /// The "publish failed" log line's rate limit.
+    publish_failures: LineLimit,
     /// Connections admitted by a connection token, by its expiry (closed with 4001).
     conn_expiry: DeadlineQueue<ConnId>,
     /// The `conn_expiry` entry of each such connection.
@@ -188,6 +191,7 @@ impl ShardCore {
             sub_expiry: DeadlineQueue::default(),
             sub_timers: HashMap::new(),
             resumes: HashSet::new(),
+            publish_failures: LineLimit::default(),
             conn_expiry: DeadlineQueue::default(),
             conn_timers: HashMap::new(),
             reloads_seen: 0,
@@ -1237,7 +1241,11 @@ impl ShardCore {
     }
 
     fn publish_failed(&mut self, req: &PublishReq, message: String) {
-        tracing::error!(channel = %req.key.channel, message, "publish failed");
+        // A full node refuses every publish to a new channel: one line a second, not one
+        // per publish (found in review).
+        if let Some(suppressed) = self.publish_failures.admit(self.now()) {
+            tracing::error!(channel = %req.key.channel, message, suppressed, "publish failed");
+        }
         let failed = Answer::Failed {
             code: ErrorCode::Overloaded,
             message,

@@ -190,9 +190,14 @@ impl HistoryStore {
         let ring = match history.ring {
             Some(ring) => ring,
             None => {
+                let log_key = key.log_key();
+                // A message no ring could keep is refused before a ring is made for it.
+                let uid_len = user_id.map_or(0, str::len);
+                self.store
+                    .check_first_record(&log_key, uid_len, frame.len())?;
                 let ring = self
                     .store
-                    .create(&key.log_key(), history.epoch, history.max_records)?;
+                    .create(&log_key, history.epoch, history.max_records)?;
                 self.store.pin(ring);
                 history.ring = Some(ring);
                 ring

@@ -38,6 +38,7 @@ pub mod http;
 pub mod idempotency;
 mod iovec;
 pub mod keys;
+pub mod line_limit;
 pub mod logging;
 pub mod mesh;
 pub mod metrics;

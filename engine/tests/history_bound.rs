@@ -177,3 +177,49 @@ fn a_message_history_cannot_keep_is_refused_and_the_history_stays() {
     assert_eq!(support::seqs(&events), vec![1, 2, 3, 4]);
     assert_eq!(events.last().unwrap()["recovered"], true);
 }
+
+/// A message too large for any ring, sent to a channel with no history yet, is refused
+/// with `message_too_large` before a ring is made for it: the ring it made evicted a
+/// closed channel's history under the node bound, and at a bound full of open channels
+/// the client got `overloaded` instead (found in review).
+#[test]
+fn a_message_too_large_for_a_new_channel_makes_no_ring() {
+    let mut cluster = Cluster::with(1, |config| {
+        config.history.max_bytes_per_channel = 8 * 1024;
+        config.history.max_total_bytes = Some(RINGS * 512);
+    });
+    let conn = cluster.connect(0);
+    for i in 0..RINGS {
+        assert_eq!(publish(&mut cluster, &conn, &format!("full:{i}"))["seq"], 1);
+    }
+    let big = |channel: &str| {
+        format!(
+            r#"{{"action":"publish","channel":"{channel}","data":"{}","ref":9}}"#,
+            "z".repeat(9_000)
+        )
+    };
+    // Every ring's channel is open: the refusal is for the message, not for room.
+    cluster.send(0, &conn, &big("huge:a"));
+    cluster.pump();
+    let events = take(&conn);
+    assert_eq!(events[0]["data"]["code"], "message_too_large", "{events:?}");
+    // Closed channels: nothing is evicted for a message that cannot be kept.
+    cluster.advance(61_000);
+    cluster.send(0, &conn, &big("huge:b"));
+    cluster.pump();
+    let events = take(&conn);
+    assert_eq!(events[0]["data"]["code"], "message_too_large", "{events:?}");
+    for i in 0..RINGS {
+        let s = state(&mut cluster, &conn, &format!("full:{i}"));
+        assert_eq!(s["seq"], 1, "full:{i} kept its history: {s}");
+    }
+    // A userId too long to keep is still a bad request, on a new channel too.
+    let long_user = format!(
+        r#"{{"action":"publish","channel":"huge:c","data":1,"userId":"{}","ref":8}}"#,
+        "u".repeat(70_000)
+    );
+    cluster.send(0, &conn, &long_user);
+    cluster.pump();
+    let events = take(&conn);
+    assert_eq!(events[0]["data"]["code"], "bad_request", "{events:?}");
+}

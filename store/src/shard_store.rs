@@ -230,6 +230,30 @@ impl ShardStore {
         self.index.get(key).map(|&i| self.id_of(i))
     }
 
+    /// Whether a ring for `key` could ever keep a record of `payload_len` bytes with a
+    /// `uid_len`-byte user id: [`StoreError::RecordTooLarge`] if not. Asked before
+    /// [`ShardStore::create`] for a first record, so a record no ring could keep makes no
+    /// ring (which might evict another for it).
+    pub fn check_first_record(
+        &self,
+        key: &[u8],
+        uid_len: usize,
+        payload_len: usize,
+    ) -> Result<(), StoreError> {
+        if uid_len > usize::from(u16::MAX) {
+            return Err(StoreError::UidTooLong {
+                len: uid_len,
+                max: usize::from(u16::MAX),
+            });
+        }
+        let len = slot_format::record_len(uid_len, payload_len);
+        let max = self.data_len(self.top_class(key.len()), key.len());
+        if len > max {
+            return Err(StoreError::RecordTooLarge { len, max });
+        }
+        Ok(())
+    }
+
     /// Creates an empty ring for `key` (opaque, at most 512 bytes) with `epoch` and
     /// record bound `max_records` (at least 1). Fails with [`StoreError::KeyExists`] if
     /// the key has a ring, [`StoreError::Full`] if the byte bound leaves no room even

@@ -720,6 +720,10 @@ impl ShardCore {
         if let Some(user) = access.user {
             join.user_id = user;
         }
+        if let Err(message) = crate::presence::check_user_id(&join.user_id) {
+            self.send_error(conn, name, reference, ErrorCode::BadRequest, &message);
+            return;
+        }
         let limits = self.live_tenant(conn).limits.presence;
         if let Some(size) = join.metadata.map(<[u8]>::len) {
             if size > limits.max_metadata_bytes {
@@ -826,6 +830,7 @@ impl ShardCore {
             key: ChannelKey::new(conn.tenant.id.clone(), channel.clone()),
             user_id: update.user_id,
             metadata: update.metadata.map(Bytes::copy_from_slice),
+            holder: self.holder(conn),
         };
         self.ask_for_conn(conn, channel, None, reference, question);
     }
@@ -1411,12 +1416,16 @@ impl ShardCore {
                 key,
                 user_id,
                 metadata,
+                holder,
             } => {
                 let Some(tenant) = self.shared.tenants.load().get(key.tenant.as_str()) else {
                     return gone();
                 };
                 let limits = tenant.limits.presence;
-                match self.presence.update(&key, &user_id, metadata, &limits, now) {
+                match self
+                    .presence
+                    .update(&key, &user_id, metadata, holder, &limits, now)
+                {
                     Ok(announce) => {
                         let updated = announce.is_some();
                         if let Some(announce) = announce {

@@ -157,6 +157,8 @@ pub enum Question {
         user_id: String,
         /// Raw JSON metadata (`None`: `null`).
         metadata: Option<Bytes>,
+        /// Who updates: only an HTTP update renews the member's HTTP hold.
+        holder: PresenceHolder,
     },
     /// `holder` leaves: a connection's leave removes the member once no other holder
     /// is left; an HTTP leave removes it. Answer: [`Answer::PresenceLeft`].

@@ -139,6 +139,8 @@ struct PresenceChannel {
 type HolderConn = (ShardId, ConnId);
 /// What each connection holds: `(channel, userId)` pairs.
 type Held = HashMap<HolderConn, Vec<(ChannelKey, Rc<str>)>>;
+/// Each member's expiry, keyed by channel and userId.
+type Deadlines = DeadlineQueue<(ChannelKey, Rc<str>)>;
 
 /// The presence members of every channel this shard owns.
 #[derive(Debug, Default)]
@@ -146,7 +148,7 @@ pub struct PresenceTable {
     channels: HashMap<ChannelKey, PresenceChannel>,
     /// What each connection holds, for its `PresenceSeen` and `PresenceConnClosed`.
     held: Held,
-    deadlines: DeadlineQueue<(ChannelKey, Rc<str>)>,
+    deadlines: Deadlines,
     /// Members over every channel (the `ringcast_presence_members` gauge).
     total_members: usize,
 }
@@ -177,7 +179,12 @@ impl PresenceTable {
             total_members,
         } = self;
         if let Some(channel) = channels.get_mut(key) {
-            channel.ttl_ms = ttl_ms;
+            if channel.ttl_ms != ttl_ms {
+                // The tenant's TTL changed (a reload the tick has not applied yet): every
+                // member follows it now, or the tick would find nothing to change (found
+                // in review: the others kept their old deadlines).
+                rearm(key, channel, deadlines, ttl_ms);
+            }
             if let Some((user, member)) = channel.members.get_key_value_mut(user) {
                 member.last_seen = now;
                 hold(held, member, key, user, holder, now);
@@ -232,13 +239,16 @@ impl PresenceTable {
         })
     }
 
-    /// Replaces `user`'s metadata (and counts as seen, refreshing an HTTP hold too);
+    /// Replaces `user`'s metadata (and counts as seen; an update over HTTP also renews
+    /// the member's HTTP hold, one from a connection does not: found in review, it kept a
+    /// lapsed HTTP hold alive, so the connection's leave waited one more TTL);
     /// `Ok(None)` when it is not a member.
     pub fn update(
         &mut self,
         key: &ChannelKey,
         user: &str,
         metadata: Option<Bytes>,
+        holder: PresenceHolder,
         limits: &PresenceLimits,
         now: Millis,
     ) -> Result<Option<Announce>, PresenceRefused> {
@@ -251,7 +261,7 @@ impl PresenceTable {
             return Ok(None);
         };
         member.last_seen = now;
-        if member.http.is_some() {
+        if holder == PresenceHolder::Http && member.http.is_some() {
             member.http = Some(now);
         }
         member.metadata = metadata;
@@ -355,13 +365,7 @@ impl PresenceTable {
             let Some(ttl_ms) = ttl_of(&key.tenant).filter(|t| *t != channel.ttl_ms) else {
                 continue;
             };
-            channel.ttl_ms = ttl_ms;
-            for (user, member) in channel.members.iter_mut() {
-                let due = member.last_seen.plus(ttl_ms).plus(EXPIRY_GRACE_MS);
-                if !deadlines.reset(member.timer, due) {
-                    member.timer = deadlines.insert(due, (key.clone(), user.clone()));
-                }
-            }
+            rearm(key, channel, deadlines, ttl_ms);
         }
     }
 
@@ -461,6 +465,32 @@ impl PresenceTable {
         // Already stale when the entry just fired; live on a leave.
         self.deadlines.cancel(member.timer);
         Some((user, member))
+    }
+}
+
+/// `channel` takes the TTL `ttl_ms`: each member is re-armed from when it was last seen.
+fn rearm(key: &ChannelKey, channel: &mut PresenceChannel, deadlines: &mut Deadlines, ttl_ms: u64) {
+    channel.ttl_ms = ttl_ms;
+    for (user, member) in channel.members.iter_mut() {
+        let due = member.last_seen.plus(ttl_ms).plus(EXPIRY_GRACE_MS);
+        if !deadlines.reset(member.timer, due) {
+            member.timer = deadlines.insert(due, (key.clone(), user.clone()));
+        }
+    }
+}
+
+/// Bytes a presence `userId` may have (at least one): every join and leave carries it
+/// to every subscriber, and the members listing holds each one.
+pub const MAX_USER_ID_BYTES: usize = 256;
+
+/// Whether `user` may be a presence member's userId: `Err` says why not.
+pub fn check_user_id(user: &str) -> Result<(), String> {
+    match user.len() {
+        0 => Err("userId must not be empty".to_owned()),
+        n if n > MAX_USER_ID_BYTES => Err(format!(
+            "userId is {n} bytes; a presence userId has at most {MAX_USER_ID_BYTES}"
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -707,7 +737,9 @@ mod tests {
             t.join(&k, "b", None, conn(0, 2), &small, Millis(0)),
             Err(PresenceRefused::TooManyMembers { limit: 1 })
         ));
-        assert!(t.update(&k, "a", big, &small, Millis(0)).is_err());
+        assert!(t
+            .update(&k, "a", big, PresenceHolder::Http, &small, Millis(0))
+            .is_err());
         assert_eq!(t.members(&k)[0].metadata, None);
         assert_eq!(t.member_count(&k), 1);
         assert!(t.held.get(&(ShardId(0), ConnId(2))).is_none());
@@ -735,7 +767,10 @@ mod tests {
         );
         assert!(t.held.is_empty());
         assert!(t.deadlines.is_empty());
-        assert_eq!(t.update(&k, "a", None, &limits(), Millis(0)), Ok(None));
+        assert_eq!(
+            t.update(&k, "a", None, PresenceHolder::Http, &limits(), Millis(0)),
+            Ok(None)
+        );
     }
 
     #[test]
@@ -771,7 +806,15 @@ mod tests {
             Millis(20_000),
         )
         .unwrap();
-        t.update(&k, "b", None, &limits(), Millis(25_000)).unwrap();
+        t.update(
+            &k,
+            "b",
+            None,
+            PresenceHolder::Http,
+            &limits(),
+            Millis(25_000),
+        )
+        .unwrap();
         let left_at = 25_000 + lapse - 1;
         assert_eq!(t.leave(&k, "b", conn(0, 2), Millis(left_at)), (true, None));
         assert_eq!(t.member_count(&k), 1);

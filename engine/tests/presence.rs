@@ -419,6 +419,7 @@ fn the_engine_functions_behind_the_http_routes() {
         key: key(&channel),
         user_id: user.into(),
         metadata: Some(Bytes::from_static(b"{\"a\":2}")),
+        holder: PresenceHolder::Http,
     };
     assert_eq!(
         ask(&mut cluster, 0, &channel, update("server-bob")),
@@ -755,5 +756,62 @@ fn a_member_that_only_answers_pings_stays_present() {
         .filter(|(e, _)| e == "presence:leave")
         .collect();
     assert_eq!(left, vec![]);
+    assert_eq!(members(&mut cluster, 0, &channel).len(), 1);
+}
+
+/// A WebSocket `presence:update` renews no HTTP hold: after it the connection's leave,
+/// with the HTTP join long lapsed, removes the member at once (found in review: any
+/// update renewed the HTTP hold, so the leave waited for one more TTL).
+#[test]
+fn a_websocket_update_renews_no_http_hold() {
+    let mut cluster = Cluster::new(2);
+    let channel = cluster.channel_owned_by(1, "upd:");
+    let (watcher, tab) = (cluster.connect(0), cluster.connect(0));
+    subscribe(&mut cluster, 0, &watcher, &channel);
+    let http_join = Question::PresenceJoin {
+        key: key(&channel),
+        user_id: "alice".into(),
+        metadata: None,
+        holder: PresenceHolder::Http,
+    };
+    ask(&mut cluster, 0, &channel, http_join);
+    join(&mut cluster, 0, &tab, &channel, "alice");
+    for _ in 0..2 {
+        run_for(&mut cluster, 20_000);
+        cluster.send(0, &tab, r#"{"action":"ping"}"#);
+        cluster.pump();
+    }
+    take(&watcher);
+    let update = format!(
+        r#"{{"action":"presence:update","channel":"{channel}","userId":"alice","metadata":{{"n":2}}}}"#
+    );
+    cluster.send(0, &tab, &update);
+    cluster.pump();
+    leave(&mut cluster, 0, &tab, &channel);
+    assert_eq!(
+        presence_events(&take(&watcher)),
+        vec![
+            pair("presence:update", "alice"),
+            pair("presence:leave", "alice")
+        ]
+    );
+}
+
+/// A `userId` is 1 to 256 bytes: an empty or longer one is a bad request, over
+/// WebSocket as over HTTP, and nobody joins (found in review: only the frame bound, 2 MiB
+/// by default, bounded it, and every join went to every subscriber whole).
+#[test]
+fn a_presence_user_id_is_bounded() {
+    let mut cluster = Cluster::new(2);
+    let channel = cluster.channel_owned_by(1, "uid:");
+    let conn = cluster.connect(0);
+    for user in [String::new(), "u".repeat(257)] {
+        join(&mut cluster, 0, &conn, &channel, &user);
+        let events = take(&conn);
+        assert_eq!(events[0]["data"]["code"], "bad_request", "{events:?}");
+        assert!(conn.presence.borrow().is_empty());
+    }
+    join(&mut cluster, 0, &conn, &channel, &"u".repeat(256));
+    assert!(take(&conn).is_empty(), "256 bytes is fine");
     assert_eq!(members(&mut cluster, 0, &channel).len(), 1);
 }

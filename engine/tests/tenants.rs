@@ -878,3 +878,54 @@ fn a_connection_holds_at_most_the_tenants_subscriptions() {
     let events = subscribe(&mut cluster, &conn, "cap:3", None);
     assert_eq!(events[0]["event"], "subscribed", "{events:?}");
 }
+
+/// A reload lowering the presence TTL reaches the members already present even when a
+/// join comes before the housekeeping tick that applies it (found in review: the join set
+/// the channel's new TTL, so the tick saw nothing to change and the others kept their old
+/// deadlines).
+#[test]
+fn a_join_right_after_a_ttl_reload_still_rearms_the_other_members() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = |ttl: u64| {
+        format!("[[tenants]]\nid = \"dev\"\nplan = \"enterprise\"\npresence_ttl_secs = {ttl}\n")
+    };
+    let source = config_file(&dir, &format!("default_tenant = \"dev\"\n{}", dev(600)));
+    let mut cluster = Cluster::with(2, |config| {
+        *config = source.load().unwrap();
+    });
+    let channel = cluster.channel_owned_by(1, "ttl:");
+    let watcher = cluster.connect(0);
+    send(
+        &mut cluster,
+        0,
+        &watcher,
+        &format!(r#"{{"action":"subscribe","channel":"{channel}"}}"#),
+    );
+    for user in ["alice", "bob"] {
+        let conn = cluster.connect(0);
+        let frame =
+            format!(r#"{{"action":"presence:join","channel":"{channel}","userId":"{user}"}}"#);
+        send(&mut cluster, 0, &conn, &frame);
+        cluster.shards[0].unregister_conn(&conn, None);
+        cluster.pump();
+    }
+    take(&watcher);
+    config_file(&dir, &format!("default_tenant = \"dev\"\n{}", dev(2)));
+    reload::reload(&cluster.shared, &source).unwrap();
+    let carol = cluster.connect(0);
+    let frame = format!(r#"{{"action":"presence:join","channel":"{channel}","userId":"carol"}}"#);
+    send(&mut cluster, 0, &carol, &frame);
+    for _ in 0..6 {
+        cluster.advance(1_000);
+        cluster.pump();
+    }
+    let left: Vec<String> = take(&watcher)
+        .iter()
+        .filter(|e| e["event"] == "presence:leave")
+        .map(|e| e["userId"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        left.contains(&"alice".to_owned()) && left.contains(&"bob".to_owned()),
+        "{left:?}"
+    );
+}

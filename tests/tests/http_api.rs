@@ -728,6 +728,9 @@ fn presence_routes_refuse_bad_requests_with_json_errors() -> Result<()> {
     // WebSocket, and nothing joined.
     let big = format!(r#"{{"userId":"a","metadata":"{}"}}"#, "x".repeat(5000));
     post_with(join, &big)?.assert_error(403, "presence_limit");
+    // A userId over 256 bytes, as on WebSocket.
+    let long_user = format!(r#"{{"userId":"{}"}}"#, "u".repeat(257));
+    post_with(join, &long_user)?.assert_error(400, "bad_request");
     let listed = call(
         &server,
         request("GET", "/api/realtime/presence/room", auth, ""),

@@ -62,6 +62,8 @@ pub async fn act(
 ) -> Result<Vec<u8>, Refusal> {
     let key = channel_key(channel, tenant)?;
     let parsed = shard.parse_presence(action, body)?;
+    crate::presence::check_user_id(&parsed.user_id)
+        .map_err(|message| Refusal::new(ApiError::BadRequest, message))?;
     let limit = tenant.limits.presence.max_metadata_bytes;
     if let Some(size) = parsed.metadata.map(<[u8]>::len).filter(|s| *s > limit) {
         let refused = PresenceRefused::MetadataTooLarge { size, limit };
@@ -80,6 +82,7 @@ pub async fn act(
             key: key.clone(),
             user_id,
             metadata,
+            holder: PresenceHolder::Http,
         },
         PresenceAction::Leave => Question::PresenceLeave {
             key: key.clone(),

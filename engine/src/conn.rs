@@ -45,7 +45,8 @@ pub struct PresenceHold {
     /// review).
     pub since: RequestId,
     /// Whether the owner accepted a join of this user: a later join that gets no
-    /// answer, or is refused, then leaves the member alone (it was present before).
+    /// answer then leaves the member alone (it was present before). A refused one
+    /// drops the hold all the same: the owner refuses only a user it does not have.
     pub confirmed: bool,
 }
 

@@ -1654,14 +1654,15 @@ impl ShardCore {
                         "not a presence member of this channel (expired?); join again".to_owned(),
                     ),
                     Ok(Answer::Failed { code, message }) => {
-                        // The owner refused: the connection holds nothing there.
-                        // Unless a later join for it is in flight (its answer decides).
+                        // The owner refused: the connection holds nothing there, unless a
+                        // later join for it is in flight (its answer decides). Also after
+                        // an accepted earlier join: the owner refuses only a user it does
+                        // not have (the member expired; found in review: the hold stayed).
+                        // A metadata refusal raced by a reload is the one exception; that
+                        // member then expires unheld.
                         if let Some(user) = join_as {
                             conn.presence.borrow_mut().retain(|h| {
-                                !(h.channel == channel
-                                    && h.user == user
-                                    && h.join == request
-                                    && !h.confirmed)
+                                !(h.channel == channel && h.user == user && h.join == request)
                             });
                         }
                         (code, message)

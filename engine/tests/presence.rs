@@ -815,3 +815,32 @@ fn a_presence_user_id_is_bounded() {
     assert!(take(&conn).is_empty(), "256 bytes is fine");
     assert_eq!(members(&mut cluster, 0, &channel).len(), 1);
 }
+
+/// A re-join refused because the channel is full leaves the connection holding nothing,
+/// even when an earlier join of that user had been accepted: the member had expired (its
+/// connection stayed quiet), so the owner no longer has it (found in review: the hold
+/// stayed, and counted against the connection's channels).
+#[test]
+fn a_refused_rejoin_of_an_expired_member_drops_the_hold() {
+    let mut cluster = Cluster::with(2, |config| {
+        let dev = config.tenants.iter_mut().find(|t| t.id == "dev").unwrap();
+        dev.max_presence_members = Some(1);
+        config.idle_timeout_secs = 0;
+    });
+    let channel = cluster.channel_owned_by(1, "full:");
+    let (alice, bob) = (cluster.connect(0), cluster.connect(0));
+    join(&mut cluster, 0, &alice, &channel, "alice");
+    assert_eq!(alice.presence.borrow().len(), 1);
+    // Alice sends nothing and answers no ping: she expires.
+    run_for(&mut cluster, EXPIRES_AFTER_MS + 1_000);
+    take(&alice);
+    assert!(members(&mut cluster, 0, &channel).is_empty());
+    join(&mut cluster, 0, &bob, &channel, "bob");
+    join(&mut cluster, 0, &alice, &channel, "alice");
+    let events = take(&alice);
+    assert_eq!(events[0]["data"]["code"], "presence_limit", "{events:?}");
+    assert!(
+        alice.presence.borrow().is_empty(),
+        "the refused join holds nothing"
+    );
+}

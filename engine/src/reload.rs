@@ -71,7 +71,8 @@ pub fn reload(shared: &Shared, source: &ConfigSource) -> Result<Reloaded, Config
         log_level,
         demo,
         demo_bundle,
-        shutdown_grace_ms
+        shutdown_grace_ms,
+        ren
     );
     let previous = shared.tenants.load();
     let tenants = TenantTable::rebuild(&next.tenants, next.default_tenant.as_deref(), &previous);
@@ -159,14 +160,18 @@ mod tests {
 
         let next = source(
             &dir,
-            "shards = 4\nshutdown_grace_ms = 1\n[[tenants]]\nid = \"a\"\nplan = \"pro\"\n[[tenants]]\nid = \"c\"\nplan = \"free\"\n",
+            "shards = 4\nshutdown_grace_ms = 1\n[ren]\nbuffer_events = 5\n[[tenants]]\nid = \"a\"\nplan = \"pro\"\n[[tenants]]\nid = \"c\"\nplan = \"free\"\n",
         );
         let done = reload(&shared, &next).unwrap();
         assert_eq!(done.added, vec!["c".to_owned()]);
         assert_eq!(done.removed, vec!["b".to_owned()]);
         // The shutdown grace is read once by each shard at start (found in review: a
         // reload took a new value silently and shutdown used the old one).
-        assert_eq!(done.need_restart, vec!["shards", "shutdown_grace_ms"]);
+        // So are the REN buffer's bounds (found in review: a change was taken silently).
+        assert_eq!(
+            done.need_restart,
+            vec!["shards", "shutdown_grace_ms", "ren"]
+        );
         assert_eq!(
             shared.config.load().shards,
             1,

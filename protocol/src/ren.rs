@@ -33,6 +33,10 @@ pub const MAX_TYPE_BYTES: usize = 128;
 pub const MAX_FILTER_DOMAINS: usize = 64;
 /// Most events one `POST /api/ren/events` may carry.
 pub const MAX_BATCH_EVENTS: usize = 1000;
+/// Longest `src` (the body's, or the `X-Ren-Client` header that every event of a batch
+/// without one takes): a long header copied into each of a thousand events made about
+/// 16 MB of stream chunks from one small request (found in review).
+pub const MAX_SRC_BYTES: usize = 256;
 /// The heartbeat comment every stream gets (every 15 s).
 pub const PING: &[u8] = b":ping\n\n";
 /// What a stream gets right after its head: a comment, so the client sees bytes at once.
@@ -451,7 +455,14 @@ fn ren_event(
         None => None,
         Some(name) => Some(ChannelName::new(name).map_err(|e| bad("ch", &e.to_string()))?),
     };
-    let src = string("src")?.or(header_src);
+    let src = string("src")?;
+    if let Some(len) = src.map(str::len).filter(|n| *n > MAX_SRC_BYTES) {
+        return Err(bad(
+            "src",
+            &format!("is {len} bytes; at most {MAX_SRC_BYTES}"),
+        ));
+    }
+    let src = src.or(header_src);
     let size = [k, ns, v, ch, uid, src]
         .iter()
         .map(|s| s.map_or(0, str::len) + 8)

@@ -170,6 +170,11 @@ pub fn ren_client(head: &RequestHead) -> Result<Option<String>, Refusal> {
     let value = std::str::from_utf8(value)
         .map_err(|_| Refusal::new(ApiError::BadRequest, "X-Ren-Client is not UTF-8"))?
         .trim();
+    let max = ringcast_protocol::ren::MAX_SRC_BYTES;
+    if value.len() > max {
+        let message = format!("X-Ren-Client is {} bytes; at most {max}", value.len());
+        return Err(Refusal::new(ApiError::BadRequest, message));
+    }
     Ok((!value.is_empty()).then(|| value.to_owned()))
 }
 
@@ -217,5 +222,11 @@ mod tests {
         assert_eq!(ren_client(&head(b"X-Ren-Client:   \r\n")).unwrap(), None);
         let refused = ren_client(&head(b"X-Ren-Client: \xff\xfe\r\n")).unwrap_err();
         assert_eq!(refused.error, ApiError::BadRequest);
+        // Every event of a batch takes it: at most 256 bytes (found in review).
+        let long = format!("X-Ren-Client: {}\r\n", "a".repeat(257));
+        let refused = ren_client(&head(long.as_bytes())).unwrap_err();
+        assert_eq!(refused.error, ApiError::BadRequest);
+        let fits = format!("X-Ren-Client: {}\r\n", "a".repeat(256));
+        assert!(ren_client(&head(fits.as_bytes())).unwrap().is_some());
     }
 }

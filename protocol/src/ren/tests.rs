@@ -135,6 +135,9 @@ fn one_event_or_a_batch() {
     assert_eq!(batch[1].r, "jobs");
     assert!(second.get("uid").is_none());
     assert!(p.ren_events(b"[]", 0, None, 10).unwrap().is_empty());
+    // A `src` in the body is at most 256 bytes, as the header is.
+    let long = format!(r#"{{"t":"kv.put","src":"{}"}}"#, "s".repeat(257));
+    assert!(p.ren_events(long.as_bytes(), 0, None, 1000).is_err());
 }
 
 #[test]

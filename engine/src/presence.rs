@@ -38,7 +38,7 @@ use std::rc::Rc;
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
-use hashbrown::HashMap;
+use hashbrown::{HashMap, HashSet};
 use ringcast_protocol::event::{self, PresenceKind, PresenceSpelling};
 use ringcast_protocol::{ChannelName, TenantId};
 
@@ -121,8 +121,10 @@ pub struct Joined {
 struct Member {
     metadata: Option<Bytes>,
     last_seen: Millis,
-    /// Connections that joined as this user and have not left or closed.
-    conns: Vec<HolderConn>,
+    /// Connections that joined as this user and have not left or closed (a set: an app
+    /// may give every guest one userId, and a list made each join, leave and close of
+    /// one of N connections cost N steps; found in review).
+    conns: HashSet<HolderConn>,
     /// When the HTTP API last joined (or updated) it; `None`: not held by the HTTP API.
     http: Option<Millis>,
     timer: TimerKey,
@@ -215,7 +217,7 @@ impl PresenceTable {
         let mut member = Member {
             metadata: metadata.clone(),
             last_seen: now,
-            conns: Vec::new(),
+            conns: HashSet::new(),
             http: None,
             timer,
         };
@@ -291,8 +293,7 @@ impl PresenceTable {
             return (false, None);
         };
         if let PresenceHolder::Conn { shard, conn } = holder {
-            if let Some(at) = member.conns.iter().position(|h| *h == (shard, conn)) {
-                member.conns.swap_remove(at);
+            if member.conns.remove(&(shard, conn)) {
                 unindex(&mut self.held, (shard, conn), key, user);
             }
             let http_live = member
@@ -343,7 +344,7 @@ impl PresenceTable {
                 .get_mut(&key)
                 .and_then(|c| c.members.get_mut(&user))
             {
-                member.conns.retain(|h| *h != (from, conn));
+                member.conns.remove(&(from, conn));
                 if seen {
                     member.last_seen = now;
                 }
@@ -518,8 +519,7 @@ fn hold(
     match holder {
         PresenceHolder::Http => member.http = Some(now),
         PresenceHolder::Conn { shard, conn } => {
-            if !member.conns.contains(&(shard, conn)) {
-                member.conns.push((shard, conn));
+            if member.conns.insert((shard, conn)) {
                 held.entry((shard, conn))
                     .or_default()
                     .push((key.clone(), user.clone()));

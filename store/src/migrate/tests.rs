@@ -142,14 +142,7 @@ fn reshard_under_a_smaller_ring_bound_keeps_seqs_past_a_record_it_cannot_hold() 
     // Owned by shard 1 now: the ring is written afresh there.
     let report = reshard(root.path(), 2, small, |_| 1).unwrap();
     assert_eq!(report.moved, 1);
-    let (s, _) = ShardStore::open(&ShardStore::shard_dir(root.path(), 1), small).unwrap();
-    let r = s.lookup(&key).unwrap();
-    assert_eq!((s.epoch(r), s.last_seq(r)), (Epoch(7), Seq(3)));
-    let kept: Vec<u64> = s.iter_after(r, Seq(0)).map(|rec| rec.seq.0).collect();
-    assert_eq!(kept, vec![3]);
-    assert!(!s.replay_complete(r, Seq(1)));
-    assert!(s.replay_complete(r, Seq(2)));
-    s.check_invariants().unwrap();
+    assert_only_seq_3_kept_on_shard_1(root.path(), &key, small);
 }
 
 /// A reshard under a node bound that leaves a ring no room to grow keeps going past a
@@ -173,8 +166,14 @@ fn reshard_under_a_full_node_bound_keeps_seqs_past_a_record_it_has_no_room_for()
     };
     let report = reshard(root.path(), 2, bounded, |_| 1).unwrap();
     assert_eq!(report.moved, 1);
-    let (s, _) = ShardStore::open(&ShardStore::shard_dir(root.path(), 1), bounded).unwrap();
-    let r = s.lookup(&key).unwrap();
+    assert_only_seq_3_kept_on_shard_1(root.path(), &key, bounded);
+}
+
+/// After a reshard to shard 1 that could not hold seq 2: epoch 7, last seq 3, only seq 3
+/// kept, and a replay from before seq 2 is not complete.
+fn assert_only_seq_3_kept_on_shard_1(root: &std::path::Path, key: &[u8], cfg: StoreConfig) {
+    let (s, _) = ShardStore::open(&ShardStore::shard_dir(root, 1), cfg).unwrap();
+    let r = s.lookup(key).unwrap();
     assert_eq!((s.epoch(r), s.last_seq(r)), (Epoch(7), Seq(3)));
     let kept: Vec<u64> = s.iter_after(r, Seq(0)).map(|rec| rec.seq.0).collect();
     assert_eq!(kept, vec![3]);

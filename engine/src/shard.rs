@@ -447,7 +447,16 @@ impl Shard {
             if conn.may_read() || self.is_shutting_down() {
                 return Poll::Ready(());
             }
-            self.resume_waiters.borrow_mut().push(cx.waker().clone());
+            // Only a wait for answers registers here (an inbox batch brings them); a
+            // wait for room is woken through the connection's reader waker, and one
+            // registered here would stay until the next batch, on one shard for good
+            // (found in review).
+            if conn.resumes_in_flight.get() >= crate::conn::MAX_RESUMES_IN_FLIGHT {
+                let mut waiters = self.resume_waiters.borrow_mut();
+                if !waiters.iter().any(|w| w.will_wake(cx.waker())) {
+                    waiters.push(cx.waker().clone());
+                }
+            }
             Poll::Pending
         })
         .await

@@ -191,13 +191,16 @@ impl HistoryStore {
             Some(ring) => ring,
             None => {
                 let log_key = key.log_key();
-                // A message no ring could keep is refused before a ring is made for it.
+                // A message no ring could keep is refused before a ring is made for it,
+                // and the ring is made big enough for it.
                 let uid_len = user_id.map_or(0, str::len);
-                self.store
-                    .check_first_record(&log_key, uid_len, frame.len())?;
-                let ring = self
-                    .store
-                    .create(&log_key, history.epoch, history.max_records)?;
+                let ring = self.store.create_for_record(
+                    &log_key,
+                    history.epoch,
+                    history.max_records,
+                    uid_len,
+                    frame.len(),
+                )?;
                 self.store.pin(ring);
                 history.ring = Some(ring);
                 ring

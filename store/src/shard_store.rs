@@ -265,16 +265,36 @@ impl ShardStore {
         epoch: Epoch,
         max_records: u32,
     ) -> Result<RingId, StoreError> {
-        self.create_at(key, epoch, max_records, 0)
+        self.create_at(key, epoch, max_records, 0, INITIAL_DATA)
     }
 
-    /// Like `create`, but the first append gets seq `last_seq_before + 1` (migration).
+    /// Like `create`, for a ring whose first record has a `uid_len`-byte user id and a
+    /// `payload_len`-byte payload: refused as [`ShardStore::check_first_record`] would,
+    /// and made in a class that holds the record, so the room asked of the byte bound
+    /// is the room the record needs (found in review: a create evicted another ring for
+    /// an initial slot, then the append could not grow and was refused).
+    pub fn create_for_record(
+        &mut self,
+        key: &[u8],
+        epoch: Epoch,
+        max_records: u32,
+        uid_len: usize,
+        payload_len: usize,
+    ) -> Result<RingId, StoreError> {
+        self.check_first_record(key, uid_len, payload_len)?;
+        let len = slot_format::record_len(uid_len, payload_len);
+        self.create_at(key, epoch, max_records, 0, len.max(INITIAL_DATA))
+    }
+
+    /// Like `create`, but the first append gets seq `last_seq_before + 1` (migration),
+    /// in the smallest class with `data` bytes of records.
     pub(crate) fn create_at(
         &mut self,
         key: &[u8],
         epoch: Epoch,
         max_records: u32,
         last_seq_before: u64,
+        data: u64,
     ) -> Result<RingId, StoreError> {
         if key.len() > MAX_KEY_LEN {
             return Err(StoreError::KeyTooLong {
@@ -292,7 +312,7 @@ impl ShardStore {
         }
         self.sync_freed()?;
         self.poll_space();
-        let log2 = self.class_for(key.len(), INITIAL_DATA);
+        let log2 = self.class_for(key.len(), data);
         if !self.make_room(1 << log2, None) {
             return Err(StoreError::Full);
         }
@@ -523,9 +543,16 @@ impl ShardStore {
         let old_log2 = m.class_log2;
         let old_loc = m.loc;
         let count = m.ring.len();
-        let keep_from = (count + 1)
-            .saturating_sub(m.max_records as usize)
-            .min(count);
+        // A broken run restarts at this append (see `Ring::plan`): nothing of it is
+        // copied, so the room asked for is the new record's (found in review).
+        let broken_run = (m.ring.newest_kept_seq()).is_some_and(|s| s != m.ring.last_seq());
+        let keep_from = if broken_run {
+            count
+        } else {
+            (count + 1)
+                .saturating_sub(m.max_records as usize)
+                .min(count)
+        };
         let old_data = self.data_of(m);
         let mut bytes = 0;
         for i in keep_from..count {

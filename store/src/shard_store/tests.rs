@@ -1866,3 +1866,60 @@ fn an_empty_segment_file_is_set_aside() {
     assert_eq!(report.segments_discarded.len(), 1, "{report:?}");
     assert!(s.lookup(b"k1").is_some());
 }
+
+/// A broken run restarts at its next append, so a growth for it copies none of the old
+/// records and asks only for the room of the new one (found in review: it copied them,
+/// asked for a class big enough for all, and was refused at a bound that had room).
+#[test]
+fn a_broken_run_grows_for_the_new_record_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StoreConfig {
+        max_total_bytes: Some(1024),
+        ..small_cfg()
+    };
+    let (mut s, _) = open(dir.path(), cfg);
+    let r = s.create(b"r", Epoch(2), 10).unwrap();
+    // Two records fill most of the first slot; the next needs the class above alone,
+    // and the one above that with the two copied.
+    put(&mut s, r, 1, &[1; 120]);
+    put(&mut s, r, 2, &[2; 120]);
+    assert_eq!(class_of(&s, r), 9);
+    s.raise_last_seq(r, Seq(3)).unwrap();
+    assert_eq!(s.append(r, 4, None, &[7; 660], 0..660).unwrap(), Seq(4));
+    assert_eq!(payloads(&s, r, 0), [(4, vec![7; 660])]);
+    assert_eq!(class_of(&s, r), 10);
+    s.check_invariants().unwrap();
+}
+
+/// A first record larger than a new ring's initial slot makes a ring of the class that
+/// holds it, so a create at a full bound asks for the room the record needs (found in
+/// review: the create evicted a closed ring for an initial slot, then the append could
+/// not grow and was refused, so that ring was lost for nothing).
+#[test]
+fn a_first_record_larger_than_the_initial_slot_asks_for_its_room_before_evicting() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StoreConfig {
+        max_total_bytes: Some(2 * 512),
+        ..small_cfg()
+    };
+    let (mut s, _) = open(dir.path(), cfg);
+    let closed = s.create(b"closed", Epoch(1), 10).unwrap();
+    put(&mut s, closed, 1, b"kept");
+    let open_ring = s.create(b"open", Epoch(2), 10).unwrap();
+    s.pin(open_ring);
+    let refused = s.create_for_record(b"new", Epoch(3), 10, 0, 600);
+    assert!(matches!(refused, Err(StoreError::Full)), "{refused:?}");
+    assert_eq!(s.stats().evictions, 0);
+    assert_eq!(payloads(&s, closed, 0), [(1, b"kept".to_vec())]);
+    assert_eq!(s.lookup(b"new"), None);
+
+    // With room to be had, the ring is made in a class that takes the record as it is,
+    // and the closed ring goes for it.
+    s.unpin(open_ring);
+    s.free(open_ring).unwrap();
+    let r = s.create_for_record(b"new", Epoch(3), 10, 0, 600).unwrap();
+    assert_eq!(s.take_evicted(), vec![Box::from(&b"closed"[..])]);
+    assert_eq!(s.append(r, 2, None, &[7; 600], 0..600).unwrap(), Seq(1));
+    assert_eq!(s.stats().growths, 0);
+    s.check_invariants().unwrap();
+}

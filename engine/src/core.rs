@@ -118,6 +118,11 @@ pub struct ShardCore {
     /// The `sub_expiry` entry of each private subscription, by the request that
     /// subscribed (cancelled when the subscription ends otherwise).
     sub_timers: HashMap<RequestId, TimerKey>,
+    /// Presence in private channels of this shard's connections, by the expiry of the
+    /// token that admitted the latest join (`request` is that join).
+    presence_expiry: DeadlineQueue<SubExpiry>,
+    /// The `presence_expiry` entry of each such hold (replaced by a later join).
+    presence_timers: HashMap<(ConnId, ChannelName), TimerKey>,
     /// Resumes sent to owners and not yet answered (each counted in its connection's
     /// `resumes_in_flight`).
     resumes: HashSet<RequestId>,
@@ -190,6 +195,8 @@ impl ShardCore {
             presence_seen: Vec::new(),
             sub_expiry: DeadlineQueue::default(),
             sub_timers: HashMap::new(),
+            presence_expiry: DeadlineQueue::default(),
+            presence_timers: HashMap::new(),
             resumes: HashSet::new(),
             publish_failures: LineLimit::default(),
             conn_expiry: DeadlineQueue::default(),
@@ -221,7 +228,7 @@ impl ShardCore {
     /// Token-expiry deadlines held (private subscriptions, connection and REN stream
     /// tokens; tests).
     pub fn token_deadlines(&self) -> usize {
-        self.sub_expiry.len() + self.conn_expiry.len()
+        self.sub_expiry.len() + self.conn_expiry.len() + self.presence_expiry.len()
     }
 
     /// The presence members of the channels this shard owns (read-only; tests, benches).
@@ -342,6 +349,9 @@ impl ShardCore {
             self.cancel_sub_timer(Some(sub));
             let key = ChannelKey::new(conn.tenant.id.clone(), channel);
             self.leave_local(&key, conn.id);
+        }
+        for hold in conn.presence.borrow().iter() {
+            self.cancel_presence_timer(conn.id, &hold.channel);
         }
         // Its members stay at their owners until the TTL; the owners only forget that
         // this connection holds them.
@@ -601,6 +611,17 @@ impl ShardCore {
         self.send_to_owner(&key, msg);
     }
 
+    /// A presence hold in a private channel ended or was joined again: its token-expiry
+    /// entry goes.
+    fn cancel_presence_timer(&mut self, conn: ConnId, channel: &ChannelName) {
+        if self.presence_timers.is_empty() {
+            return;
+        }
+        if let Some(timer) = self.presence_timers.remove(&(conn, channel.clone())) {
+            self.presence_expiry.cancel(timer);
+        }
+    }
+
     /// A subscription ended (or was replaced): its token-expiry entry goes too.
     fn cancel_sub_timer(&mut self, sub: Option<Sub>) {
         let request = match sub {
@@ -788,6 +809,20 @@ impl ShardCore {
                 });
             }
         }
+        // A private channel's member leaves when the token that admitted its latest join
+        // expires (found in review: it stayed, and its updates reached the channel's
+        // subscribers, for as long as it pinged).
+        self.cancel_presence_timer(conn.id, &channel);
+        if let Some(expires) = access.expires {
+            let expiry = SubExpiry {
+                conn: conn.id,
+                channel: channel.clone(),
+                request: join_request,
+            };
+            let timer = self.presence_expiry.insert(expires, expiry);
+            self.presence_timers
+                .insert((conn.id, channel.clone()), timer);
+        }
         let question = Question::PresenceJoin {
             key: ChannelKey::new(conn.tenant.id.clone(), channel.clone()),
             user_id: join.user_id,
@@ -836,6 +871,7 @@ impl ShardCore {
     }
 
     fn presence_leave(&mut self, conn: &Rc<Conn>, channel: ChannelName, reference: Option<&[u8]>) {
+        self.cancel_presence_timer(conn.id, &channel);
         let user = {
             let mut presence = conn.presence.borrow_mut();
             presence
@@ -1849,6 +1885,9 @@ impl ShardCore {
         while let Some((_, expiry)) = self.sub_expiry.pop_expired(now) {
             self.end_expired_subscription(expiry);
         }
+        while let Some((_, expiry)) = self.presence_expiry.pop_expired(now) {
+            self.end_expired_presence(expiry);
+        }
         while let Some((_, conn)) = self.conn_expiry.pop_expired(now) {
             self.conn_timers.remove(&conn);
             if let Some(conn) = self.conns.get(&conn) {
@@ -1871,6 +1910,7 @@ impl ShardCore {
             self.requests.next_deadline(),
             self.presence.next_deadline(),
             self.sub_expiry.next_deadline(),
+            self.presence_expiry.next_deadline(),
             self.conn_expiry.next_deadline(),
         ]
         .into_iter()
@@ -1904,6 +1944,29 @@ impl ShardCore {
         // owner's answer, which then finds the subscription gone.
         let key = ChannelKey::new(conn.tenant.id.clone(), expiry.channel);
         self.leave_local(&key, conn.id);
+    }
+
+    /// The token that admitted a private channel's member expired: `unauthorized` for
+    /// the channel, and the member leaves as on `presence:leave` (a later join, with a
+    /// fresh token, replaced this entry).
+    fn end_expired_presence(&mut self, expiry: SubExpiry) {
+        self.presence_timers
+            .remove(&(expiry.conn, expiry.channel.clone()));
+        let Some(conn) = self.conns.get(&expiry.conn).cloned() else {
+            return;
+        };
+        let joined = conn
+            .presence
+            .borrow()
+            .iter()
+            .any(|h| h.channel == expiry.channel && h.join == expiry.request);
+        if !joined {
+            return;
+        }
+        let name = Some(expiry.channel.as_str());
+        let message = "the token for presence in this channel expired; join again with a fresh one";
+        self.send_error(&conn, name, None, ErrorCode::Unauthorized, message);
+        self.presence_leave(&conn, expiry.channel, None);
     }
 
     /// After a configuration reload: connections of removed tenants are closed.

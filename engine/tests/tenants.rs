@@ -929,3 +929,92 @@ fn a_join_right_after_a_ttl_reload_still_rearms_the_other_members() {
         "{left:?}"
     );
 }
+
+/// A member of a private channel leaves when the token that admitted its join expires,
+/// as on `presence:leave`, and can update nothing after (found in review: it stayed, and
+/// its `presence:update`s reached every subscriber, for as long as it pinged).
+#[test]
+fn a_private_channels_member_leaves_when_its_token_expires() {
+    let mut cluster = cluster(None, None);
+    let bob = cluster.connect(1);
+    let long = mint(
+        &cluster,
+        "private-room",
+        "bob",
+        &[Permission::Subscribe],
+        3600,
+    );
+    let frame = format!(r#"{{"action":"subscribe","channel":"private-room","token":"{long}"}}"#);
+    let events = send(&mut cluster, 1, &bob, &frame);
+    assert_eq!(events.last().unwrap()["event"], "subscribed", "{events:?}");
+    let mallory = cluster.connect(0);
+    let short = mint(
+        &cluster,
+        "private-room",
+        "mallory",
+        &[Permission::Subscribe],
+        10,
+    );
+    let join = format!(
+        r#"{{"action":"presence:join","channel":"private-room","userId":"m","token":"{short}"}}"#
+    );
+    send(&mut cluster, 0, &mallory, &join);
+    let events = take(&bob);
+    assert!(
+        events.iter().any(|e| e["event"] == "presence:join"),
+        "{events:?}"
+    );
+
+    // Mallory stays present by sending frames (the presence TTL is shorter).
+    for _ in 0..(10 + SKEW_SECS) / 5 - 1 {
+        cluster.advance(5_000);
+        send(&mut cluster, 0, &mallory, r#"{"action":"ping"}"#);
+    }
+    cluster.advance(5_000 - 1);
+    cluster.pump();
+    let (m, b) = (take(&mallory), take(&bob));
+    assert!(m.is_empty() && b.is_empty(), "not yet: {m:?} {b:?}");
+    cluster.advance(1);
+    cluster.pump();
+    let events = take(&mallory);
+    assert_eq!(error_code(&events), Some("unauthorized"), "{events:?}");
+    let events = take(&bob);
+    let left = events
+        .iter()
+        .find(|e| e["event"] == "presence:leave")
+        .unwrap_or_else(|| panic!("left: {events:?}"));
+    assert_eq!(left["userId"], "mallory", "{left}");
+
+    let update = r#"{"action":"presence:update","channel":"private-room","userId":"mallory","metadata":{"evil":true}}"#;
+    let events = send(&mut cluster, 0, &mallory, update);
+    assert_eq!(error_code(&events), Some("bad_request"), "{events:?}");
+    assert!(take(&bob).is_empty(), "no update reaches the channel");
+
+    // A join again with a fresh token is not ended by the old one's deadline, and the
+    // deadlines go with their holds.
+    let fresh = mint(
+        &cluster,
+        "private-room",
+        "mallory",
+        &[Permission::Subscribe],
+        3600,
+    );
+    for _ in 0..10 {
+        let join = format!(
+            r#"{{"action":"presence:join","channel":"private-room","userId":"m","token":"{fresh}"}}"#
+        );
+        send(&mut cluster, 0, &mallory, &join);
+    }
+    assert_eq!(cluster.shards[0].token_deadlines(), 1, "a join replaces it");
+    send(
+        &mut cluster,
+        0,
+        &mallory,
+        r#"{"action":"presence:leave","channel":"private-room"}"#,
+    );
+    assert_eq!(cluster.shards[0].token_deadlines(), 0, "a leave cancels it");
+    send(&mut cluster, 0, &mallory, &join.replace(&short, &fresh));
+    assert_eq!(cluster.shards[0].token_deadlines(), 1);
+    cluster.shards[0].unregister_conn(&mallory, None);
+    assert_eq!(cluster.shards[0].token_deadlines(), 0, "a close cancels it");
+}

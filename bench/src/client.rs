@@ -17,6 +17,7 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 
 use crate::payload::find_stamp;
+use crate::verify::{Seen, Verifier};
 use crate::ws;
 
 /// Which wire protocol the servers speak.
@@ -104,9 +105,11 @@ struct Conn {
     channels: Vec<String>,
     acks_left: usize,
     started_ns: u64,
-    /// A stopped reader (W6): the socket is never read again.
+    /// A stopped reader (W6): the socket is not read until resumed.
     paused: bool,
     queued: bool,
+    /// What it was delivered, for the checks.
+    seen: Seen,
 }
 
 /// Counters and histograms of what the pool saw. Latencies are in microseconds.
@@ -203,6 +206,12 @@ pub struct Pool {
     /// What the pool saw since the last reset.
     pub stats: Stats,
     tracker: Tracker,
+    /// Every delivery checked against what was published.
+    pub verifier: Verifier,
+    /// A connection subscribing to this channel gets this `SO_RCVBUF` (W6's stalled
+    /// readers: so the server, not the load generator's kernel, holds what they do not
+    /// read).
+    pub small_rcvbuf_on: Option<(String, usize)>,
 }
 
 impl Pool {
@@ -237,6 +246,8 @@ impl Pool {
             in_progress: 0,
             stats: Stats::new(),
             tracker: Tracker::default(),
+            verifier: Verifier::default(),
+            small_rcvbuf_on: None,
         })
     }
 
@@ -260,6 +271,11 @@ impl Pool {
     /// Starts one connection that will subscribe to `channels` once open.
     pub fn connect(&mut self, channels: Vec<String>) -> io::Result<ConnIx> {
         let mut stream = TcpStream::connect(self.addr)?;
+        if let Some((channel, bytes)) = &self.small_rcvbuf_on {
+            if channels.contains(channel) {
+                set_rcvbuf(&stream, *bytes)?;
+            }
+        }
         let ix = self.free.pop().unwrap_or_else(|| {
             self.conns.push(None);
             self.conns.len() - 1
@@ -271,6 +287,7 @@ impl Pool {
         )?;
         let cid = self.next_cid;
         self.next_cid += 1;
+        let seen = self.verifier.seen_for(&channels);
         self.conns[ix] = Some(Conn {
             stream,
             phase: Phase::Connecting,
@@ -284,6 +301,7 @@ impl Pool {
             started_ns: self.now_ns(),
             paused: false,
             queued: false,
+            seen,
         });
         self.in_progress += 1;
         Ok(ix)
@@ -307,11 +325,26 @@ impl Pool {
         matches!(&self.conns[ix], Some(c) if c.phase == Phase::Ready)
     }
 
-    /// Stops reading `ix` for good (a stalled reader).
+    /// Stops reading `ix` (a stalled reader).
     pub fn pause(&mut self, ix: ConnIx) {
         if let Some(c) = self.conns[ix].as_mut() {
             c.paused = true;
         }
+    }
+
+    /// Reads `ix` again, from what its kernel buffer holds: a close the server sent
+    /// while it was paused is then seen (counted in [`Stats::closed_by_server`]).
+    pub fn resume(&mut self, ix: ConnIx) {
+        if let Some(c) = self.conns[ix].as_mut() {
+            c.paused = false;
+            // Edge-triggered: what arrived while paused raised no new event.
+            self.on_readable(ix);
+        }
+    }
+
+    /// Whether `ix` is still open (not closed by either side).
+    pub fn is_open(&self, ix: ConnIx) -> bool {
+        self.conns[ix].is_some()
     }
 
     /// Opens `specs.len()` connections, at most `max_inflight` handshakes at a time, and
@@ -363,6 +396,7 @@ impl Pool {
         intended_ns: u64,
         expected: u32,
     ) {
+        self.verifier.published(id, channel, ix);
         let mut text = std::mem::take(&mut self.text_out);
         self.proto.publish_text(channel, data, &mut text);
         let mask = self.next_mask();
@@ -678,6 +712,9 @@ impl Pool {
 
     fn on_message(&mut self, ix: ConnIx, msg: &[u8]) {
         if let Some(stamp) = find_stamp(msg) {
+            if let Some(c) = self.conns[ix].as_mut() {
+                self.verifier.delivered(&mut c.seen, stamp.id);
+            }
             let now = self.now_ns();
             self.stats.deliveries += 1;
             let lat = now.saturating_sub(stamp.lg_ns) / 1000;
@@ -741,6 +778,27 @@ impl Pool {
     pub fn slots(&self) -> usize {
         self.conns.len()
     }
+}
+
+/// Sets `SO_RCVBUF` (the kernel doubles it, with a floor of about 2 KiB).
+fn set_rcvbuf(stream: &TcpStream, bytes: usize) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let value = bytes.min(i32::MAX as usize) as libc::c_int;
+    // SAFETY: the descriptor is open for the call (borrowed from `stream`), and the
+    // option value is a live `c_int` whose size is passed with it.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {

@@ -8,7 +8,7 @@
 //!
 //! `publish_api` the HTTP-vs-WebSocket publish workloads, `ws` the WebSocket codec, `payload` the stamped payload, `client` the connection
 //! pool, `workload` W1–W6 of `shared/BENCHMARKS.md`, `report` the result line, `procfs`
-//! what is read about the server from `/proc`.
+//! what is read about the server from `/proc`, `verify` the checks on every delivery.
 
 pub mod client;
 pub mod payload;
@@ -17,5 +17,6 @@ pub mod publish_api;
 pub mod ren_fanout;
 pub mod report;
 pub mod table;
+pub mod verify;
 pub mod workload;
 pub mod ws;

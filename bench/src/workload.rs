@@ -52,6 +52,10 @@ pub struct Config {
     pub max_inflight: usize,
     /// Percent of readers stopped in W6.
     pub stopped_pct: f64,
+    /// W6: publishes per second to the stopped readers' own channel in the stalled phase.
+    pub hot_rate: f64,
+    /// W6: their data size in bytes.
+    pub hot_payload: usize,
     /// Reconnects per second in W4's churn phase.
     pub churn_per_s: f64,
     /// W2/W6: write each open-loop phase's deliveries (arrival, latency) to
@@ -284,6 +288,27 @@ fn server_report(cfg: &Config, r: &mut Report, cpu0: Option<f64>, deliveries: u6
     }
 }
 
+/// What the checks on every delivery found (`verify`), since the pool started: a
+/// nonzero `delivery_errors` means the run's figures count wrong deliveries.
+fn verify_report(pool: &Pool, r: &mut Report) {
+    let c = pool.verifier.counts;
+    r.int("deliveries_checked", c.checked);
+    r.int("delivery_errors", c.errors());
+    r.int("misrouted", c.misrouted);
+    r.int("repeated_or_reordered", c.repeated_or_reordered);
+    r.int("unknown_ids", c.unknown);
+    if c.errors() > 0 {
+        eprintln!(
+            "loadgen: {} of {} deliveries broke a check ({} misrouted, {} repeated or reordered, {} unknown)",
+            c.errors(),
+            c.checked,
+            c.misrouted,
+            c.repeated_or_reordered,
+            c.unknown
+        );
+    }
+}
+
 /// W1 (closed loop, saturation) and W3 (open loop at a fixed rate): one publisher,
 /// N subscribers on channel `bench`.
 fn fanout(cfg: &Config, rate: Option<f64>, r: &mut Report) -> anyhow::Result<()> {
@@ -353,22 +378,32 @@ fn fanout(cfg: &Config, rate: Option<f64>, r: &mut Report) -> anyhow::Result<()>
     );
     r.int("closed_by_server", pool.stats.closed_by_server);
     server_report(cfg, r, cpu0, total);
+    verify_report(&pool, r);
     Ok(())
 }
 
 /// W2/W6 setup: C connections, each on `p{i}` and the 10-member group `g{i/10}`, plus
-/// publishers on no channel. Returns the subscriber and publisher indices and the
-/// channels with their expected delivery counts.
+/// publishers on no channel; with `hot = Some((channel, every))`, every `every`-th
+/// connection also follows `channel` (W6's readers to stop). Returns the subscriber and
+/// publisher indices and the channels with their expected delivery counts (`hot` not
+/// among them).
 #[allow(clippy::type_complexity)]
 fn personal_group_setup(
     cfg: &Config,
     pool: &mut Pool,
     r: &mut Report,
+    hot: Option<(&str, usize)>,
 ) -> anyhow::Result<(Vec<ConnIx>, Vec<ConnIx>, Vec<(String, u32)>)> {
     let c = cfg.subscribers;
     let pre = &cfg.channel_prefix;
     let mut specs: Vec<Vec<String>> = (0..c)
-        .map(|i| vec![format!("{pre}p{i}"), format!("{pre}g{}", i / 10)])
+        .map(|i| {
+            let mut spec = vec![format!("{pre}p{i}"), format!("{pre}g{}", i / 10)];
+            if let Some((channel, _)) = hot.filter(|(_, every)| i % every == 0) {
+                spec.push(channel.to_owned());
+            }
+            spec
+        })
         .collect();
     specs.extend((0..cfg.publishers.max(1)).map(|_| Vec::new()));
     let total = specs.len();
@@ -398,6 +433,10 @@ fn phase_report(pool: &Pool, r: &mut Report, tag: &str, o: &OpenLoop) {
         o.in_window as f64 / o.secs,
     );
     r.int(&format!("{tag}_lagging_msgs"), pool.outstanding());
+    r.int(
+        &format!("{tag}_closed_by_server"),
+        pool.stats.closed_by_server,
+    );
     r.hist(&format!("{tag}_latency"), &pool.stats.latency_us);
 }
 
@@ -451,13 +490,30 @@ fn write_latency_trace(
     Ok(())
 }
 
+/// W6's channel that only the readers to stop follow.
+const HOT: &str = "w6hot";
+
+/// What W6's stopped readers are sent beside W2's traffic: W2 alone sends each about
+/// 2 KB in the stalled phase, which kernel buffers hold whole, so no server would queue
+/// anything for them (found in review). Their `SO_RCVBUF` is set this small too.
+const STALLED_RCVBUF: usize = 4096;
+
 /// W2 (`stalled = false`): end-to-end latency at 50 % and 80 % of the probed maximum.
-/// W6 (`stalled = true`): the same traffic before and after 1 % of readers stop reading;
-/// server RSS sampled throughout.
+/// W6 (`stalled = true`): the same traffic before and after 1 % of readers stop reading,
+/// while a channel only they follow gets `hot_rate` publishes of `hot_payload` bytes a
+/// second; server RSS sampled throughout; at the end the stopped readers read again, to
+/// count those the server had closed.
 fn personal_and_group(cfg: &Config, stalled: bool, r: &mut Report) -> anyhow::Result<()> {
     let start = Instant::now();
     let mut pool = Pool::new(&cfg.url, cfg.protocol, start)?;
-    let (subs, pubs, channels) = personal_group_setup(cfg, &mut pool, r)?;
+    let every = (100.0 / cfg.stopped_pct.max(0.01)).round().max(1.0) as usize;
+    let hot = format!("{}{HOT}", cfg.channel_prefix);
+    if stalled {
+        pool.small_rcvbuf_on = Some((hot.clone(), STALLED_RCVBUF));
+    }
+    let hot_spec = stalled.then_some((hot.as_str(), every));
+    let (subs, pubs, channels) = personal_group_setup(cfg, &mut pool, r, hot_spec)?;
+    let hot_publisher = pubs[0];
     let mut tr = Traffic::new(pubs, channels, cfg);
     wait_for_start(cfg, &mut pool, r)?;
     let probed = match cfg.rate {
@@ -514,6 +570,7 @@ fn personal_and_group(cfg: &Config, stalled: bool, r: &mut Report) -> anyhow::Re
         if let Some(m) = rss(cfg) {
             r.int("server_rss_bytes", m);
         }
+        verify_report(&pool, r);
         return Ok(());
     }
 
@@ -527,7 +584,6 @@ fn personal_and_group(cfg: &Config, stalled: bool, r: &mut Report) -> anyhow::Re
     let rss_before = rss(cfg).unwrap_or(0);
     r.int("before_server_rss_bytes", rss_before);
 
-    let every = (100.0 / cfg.stopped_pct.max(0.01)).round().max(1.0) as usize;
     let stopped: Vec<ConnIx> = subs.iter().copied().step_by(every).collect();
     for &ix in &stopped {
         pool.pause(ix);
@@ -542,7 +598,19 @@ fn personal_and_group(cfg: &Config, stalled: bool, r: &mut Report) -> anyhow::Re
         published: 0,
     };
     let chunks = (cfg.duration_s / 0.25).ceil().max(1.0) as usize;
-    for _ in 0..chunks {
+    let mut hot_published = 0u64;
+    let mut data = Vec::new();
+    for chunk in 1..=chunks {
+        // This chunk's share of the hot channel's publishes, at its start.
+        let due = (cfg.hot_rate * 0.25 * chunk as f64) as u64;
+        while hot_published < due {
+            let now = pool.now_ns();
+            payload::write_data(&mut data, now, tr.next_id, cfg.hot_payload);
+            // Expected 0: every follower has stopped reading.
+            pool.publish(hot_publisher, &hot, &data, tr.next_id, now, 0);
+            tr.next_id += 1;
+            hot_published += 1;
+        }
         let o = open_loop(&mut pool, &mut tr, rate, 0.25, Duration::ZERO)?;
         agg.secs += o.secs;
         agg.in_window += o.in_window;
@@ -558,6 +626,32 @@ fn personal_and_group(cfg: &Config, stalled: bool, r: &mut Report) -> anyhow::Re
     r.int("stalled_server_rss_max_bytes", rss_max);
     r.int("stalled_server_rss_end_bytes", rss(cfg).unwrap_or(0));
     r.int("closed_by_server", pool.stats.closed_by_server);
+    r.num("hot_rate", cfg.hot_rate);
+    r.int("hot_published", hot_published);
+    r.int(
+        "hot_bytes_per_stopped_reader",
+        hot_published * cfg.hot_payload as u64,
+    );
+    // The stopped readers read again: what the server queued for them arrives, then the
+    // close it sent, if it did. Bounded: until all are closed, or 1 s passes with no
+    // read, or 10 s in all.
+    for &ix in &stopped {
+        pool.resume(ix);
+    }
+    let t = Instant::now();
+    let mut last = (pool.stats.reads, Instant::now());
+    while t.elapsed() < Duration::from_secs(10) && last.1.elapsed() < Duration::from_secs(1) {
+        if stopped.iter().all(|&ix| !pool.is_open(ix)) {
+            break;
+        }
+        pool.turn(Some(Duration::from_millis(5)))?;
+        if pool.stats.reads != last.0 {
+            last = (pool.stats.reads, Instant::now());
+        }
+    }
+    let closed = stopped.iter().filter(|&&ix| !pool.is_open(ix)).count();
+    r.int("stopped_readers_closed", closed as u64);
+    verify_report(&pool, r);
     Ok(())
 }
 

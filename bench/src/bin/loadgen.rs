@@ -70,6 +70,13 @@ struct Args {
     /// Percent of readers that stop reading in w6.
     #[arg(long, default_value_t = 1.0)]
     stopped_pct: f64,
+    /// w6: publishes per second, in the stalled phase, to the channel only the stopped
+    /// readers follow (0: none, W2's traffic alone).
+    #[arg(long, default_value_t = 100.0)]
+    hot_rate: f64,
+    /// w6: data size of those publishes in bytes.
+    #[arg(long, default_value_t = 8192)]
+    hot_payload: usize,
     /// Reconnects per second during w4's churn.
     #[arg(long, default_value_t = 3000.0)]
     churn_per_s: f64,
@@ -135,6 +142,8 @@ fn main() {
         publishers,
         max_inflight: a.max_inflight.max(1),
         stopped_pct: a.stopped_pct,
+        hot_rate: a.hot_rate,
+        hot_payload: a.hot_payload,
         churn_per_s: a.churn_per_s,
         nchan: a.nchan,
         latency_trace: a.latency_trace,

@@ -1547,8 +1547,16 @@ impl ShardCore {
             .as_ref()
             .and_then(|c| c.subs.borrow().get(&key.channel));
         let superseded = matches!(state, Some(Sub::Pending(latest)) if latest > request);
+        // Superseded by a resume, the answer lists no live subscriber: the resume's
+        // replay carries what comes between, and its answer lists the connection (found
+        // in review: the SDK's plain subscribe then resume on open got a message live
+        // and again in the replay, out of order).
+        let before_resume = matches!(
+            state,
+            Some(Sub::Pending(latest)) if latest > request && self.resumes.contains(&latest)
+        );
         let waiting = conn.filter(|_| superseded || state == Some(Sub::Pending(request)));
-        let activate = waiting.clone().filter(|_| ok);
+        let activate = waiting.clone().filter(|_| ok && !before_resume);
         self.end_run();
         let mut watch = self.local.finish_subscribe(key, activate);
         if let Some(conn) = &waiting {

@@ -780,6 +780,36 @@ fn a_resume_followed_by_a_plain_subscribe_keeps_its_replay() {
     assert_eq!(seqs(&take(&sub)), [6]);
 }
 
+/// The SDK's order on open: a plain subscribe, then a resume before the first answer,
+/// with a publish landing between the two at the owner. The resume's replay alone
+/// carries it (found in review: the plain answer made the connection a live subscriber,
+/// so the message came live and again in the replay, out of order).
+#[test]
+fn a_plain_subscribe_followed_by_a_resume_delivers_each_message_once() {
+    let mut cluster = Cluster::new(3);
+    let channel = cluster.channel_owned_by(1, "dup:");
+    let publisher = cluster.connect(2);
+    let publish = format!(r#"{{"action":"publish","channel":"{channel}","data":1}}"#);
+    for _ in 0..2 {
+        cluster.send(2, &publisher, &publish);
+    }
+    cluster.pump();
+    let sub = cluster.connect(0);
+    let plain = format!(r#"{{"action":"subscribe","channel":"{channel}"}}"#);
+    cluster.send(0, &sub, &plain);
+    cluster.send(2, &publisher, &publish);
+    let resume = format!(r#"{{"action":"subscribe","channel":"{channel}","lastEventId":2}}"#);
+    cluster.send(0, &sub, &resume);
+    cluster.pump();
+    let events = take(&sub);
+    assert_eq!(seqs(&events), [3], "{events:?}");
+    let subscribed = events.iter().filter(|e| e["event"] == "subscribed").count();
+    assert_eq!(subscribed, 2, "both answered: {events:?}");
+    cluster.send(2, &publisher, &publish);
+    cluster.pump();
+    assert_eq!(seqs(&take(&sub)), [4], "live afterwards, once");
+}
+
 /// Resumes are paced per connection: each one sent to another shard counts as in flight
 /// until answered, and an answer whose replay fills the queue past half asks the session
 /// to wait for room; `Conn::may_read` says when it may act on its next frame.

@@ -1600,6 +1600,7 @@ impl ShardCore {
         self.counters()
             .history_replayed_messages
             .add(answer.replay.len() as u64);
+        let replayed = !answer.replay.is_empty();
         for frame in answer.replay {
             self.push(conn, frame);
         }
@@ -1611,7 +1612,12 @@ impl ShardCore {
             self.now().0,
         );
         self.push(conn, subscribed);
-        conn.outbound().want_room();
+        // Only a replay pauses the reader (found in review: any answer did, so a
+        // connection kept past half full by live traffic stopped reading on a plain
+        // subscribe, pongs included, and could be closed as idle).
+        if replayed {
+            conn.outbound().want_room();
+        }
     }
 
     /// An answer came back for `request`.

@@ -843,3 +843,35 @@ fn resumes_in_flight_and_a_full_queue_pause_the_session() {
     );
     assert!(resumer.may_read(), "read by the client");
 }
+
+/// Only an answer that carried a replay pauses the session: a plain subscribe by a
+/// connection whose queue is past half full of live messages leaves it reading (found in
+/// review: it stopped reading, pongs included, and could be closed as idle while alive).
+#[test]
+fn a_plain_subscribe_with_a_full_queue_does_not_pause_the_session() {
+    const LIMIT: usize = 16 * 1024;
+    let mut cluster = Cluster::with(2, |config| config.outbound_buffer_bytes = LIMIT);
+    let channel = cluster.channel_owned_by(1, "live:");
+    let sub = cluster.connect(0);
+    let subscribe = format!(r#"{{"action":"subscribe","channel":"{channel}"}}"#);
+    cluster.send(0, &sub, &subscribe);
+    cluster.pump();
+    take(&sub);
+    let publisher = cluster.connect(1);
+    let data = "x".repeat(1_000);
+    for _ in 0..10 {
+        let publish = format!(r#"{{"action":"publish","channel":"{channel}","data":"{data}"}}"#);
+        cluster.send(1, &publisher, &publish);
+    }
+    cluster.pump();
+    let other = cluster.channel_owned_by(1, "other:");
+    cluster.send(
+        0,
+        &sub,
+        &format!(r#"{{"action":"subscribe","channel":"{other}"}}"#),
+    );
+    cluster.pump();
+    assert!(sub.may_read(), "no replay, no pause");
+    let events = take(&sub);
+    assert_eq!(seqs(&events).len(), 10, "{events:?}");
+}

@@ -1535,7 +1535,11 @@ impl ShardCore {
         if self.resumes.remove(&request) {
             if let Some(conn) = &conn {
                 let in_flight = &conn.resumes_in_flight;
-                in_flight.set(in_flight.get().saturating_sub(1));
+                let was = in_flight.replace(in_flight.get().saturating_sub(1));
+                if was >= crate::conn::MAX_RESUMES_IN_FLIGHT {
+                    // Its session may wait for this ([`Conn::may_read`]).
+                    conn.outbound().wake_reader();
+                }
             }
         }
         // The answer is for the connection's latest subscribe of the channel, or for an

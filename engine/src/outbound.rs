@@ -421,6 +421,17 @@ impl Outbound {
         .await
     }
 
+    /// Has `waker` woken with the reader's other events (see [`Outbound::wake_reader`]).
+    pub fn register_reader(&self, waker: &Waker) {
+        register(&self.reader_waker, waker);
+    }
+
+    /// Wakes the reader task: something it waits on besides the socket changed (an
+    /// answer to one of its resumes).
+    pub fn wake_reader(&self) {
+        wake(&self.reader_waker);
+    }
+
     fn wake_both(&self) {
         wake(&self.writer_waker);
         wake(&self.reader_waker);

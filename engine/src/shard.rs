@@ -49,8 +49,6 @@ pub struct Shard {
     shutdown_waker: RefCell<Option<Waker>>,
     /// Sessions waiting for the mesh's pressure to pass.
     held_back: RefCell<Vec<Waker>>,
-    /// Sessions waiting for answers to their resumes ([`Conn::may_read`]).
-    resume_waiters: RefCell<Vec<Waker>>,
     /// The timer loop, to re-arm when an earlier deadline appears.
     timer_waker: RefCell<Option<Waker>>,
     /// When the timer loop will next wake by itself.
@@ -93,7 +91,6 @@ impl Shard {
             shutting_down: Cell::new(false),
             shutdown_waker: RefCell::new(None),
             held_back: RefCell::new(Vec::new()),
-            resume_waiters: RefCell::new(Vec::new()),
             timer_waker: RefCell::new(None),
             armed: Cell::new(Millis(0)),
             api_parser: RefCell::new(ApiParser::new()),
@@ -377,10 +374,6 @@ impl Shard {
                 waker.wake();
             }
         }
-        // Answers to resumes come through the inbox: their sessions look again.
-        for waker in self.resume_waiters.borrow_mut().drain(..) {
-            waker.wake();
-        }
         self.rearm_timer();
     }
 
@@ -440,23 +433,16 @@ impl Shard {
     }
 
     /// Waits until `conn` may act on another text frame ([`Conn::may_read`]), or the
-    /// shard shuts down. Answers to resumes wake it from here; room in the outbound
-    /// queue wakes the connection's reader.
+    /// shard shuts down. Woken through the connection's reader waker: by the answer
+    /// that brings its resumes in flight below the bound, by room in its outbound
+    /// queue, and by its close (found in review: a shard-wide list, woken whole by every
+    /// inbox batch, cost each batch time quadratic in the sessions waiting).
     pub async fn until_may_read(&self, conn: &Conn) {
         std::future::poll_fn(|cx| {
             if conn.may_read() || self.is_shutting_down() {
                 return Poll::Ready(());
             }
-            // Only a wait for answers registers here (an inbox batch brings them); a
-            // wait for room is woken through the connection's reader waker, and one
-            // registered here would stay until the next batch, on one shard for good
-            // (found in review).
-            if conn.resumes_in_flight.get() >= crate::conn::MAX_RESUMES_IN_FLIGHT {
-                let mut waiters = self.resume_waiters.borrow_mut();
-                if !waiters.iter().any(|w| w.will_wake(cx.waker())) {
-                    waiters.push(cx.waker().clone());
-                }
-            }
+            conn.outbound().register_reader(cx.waker());
             Poll::Pending
         })
         .await
@@ -478,9 +464,6 @@ impl Shard {
             waker.wake();
         }
         for waker in self.held_back.borrow_mut().drain(..) {
-            waker.wake();
-        }
-        for waker in self.resume_waiters.borrow_mut().drain(..) {
             waker.wake();
         }
         self.core().close_all();

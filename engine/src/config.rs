@@ -201,6 +201,10 @@ pub struct MetricsConfig {
     /// At most this many tenants (the first by id) get their own label; the others are
     /// summed under `tenant="_other"`, so a scrape's size stays bounded.
     pub max_tenant_labels: usize,
+    /// When set, `GET /metrics` needs `Authorization: Bearer <this>` (401 otherwise):
+    /// the scrape is served on the public port, and with `tenant_labels` it lists every
+    /// tenant id with its traffic (found in review).
+    pub bearer_token: Option<String>,
 }
 
 impl Default for MetricsConfig {
@@ -208,6 +212,7 @@ impl Default for MetricsConfig {
         MetricsConfig {
             tenant_labels: false,
             max_tenant_labels: 100,
+            bearer_token: None,
         }
     }
 }
@@ -502,6 +507,15 @@ impl Config {
                 "max_message_bytes must be at least 1024".into(),
             ));
         }
+        if let Some(token) = &self.metrics.bearer_token {
+            if token.len() < 16 || !token.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(ConfigError::Invalid(
+                    "[metrics] bearer_token must be at least 16 printable ASCII characters \
+                     without spaces"
+                        .into(),
+                ));
+            }
+        }
         // Checked here, in the config's own words (found in review: start-up failed
         // later naming the store's `max_bytes_per_ring`, or said "every remaining ring
         // is pinned" for a node bound too small for one ring per shard).
@@ -597,10 +611,21 @@ impl Config {
     /// largest `data`; otherwise a publish within the tenant's limit closes the WebSocket
     /// with 1009 (or gets 413) instead of being delivered (found in review).
     pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        let public = !self.listen.ip().is_loopback();
+        if self.metrics.tenant_labels && self.metrics.bearer_token.is_none() && public {
+            warnings.push(format!(
+                "[metrics] tenant_labels is on and /metrics needs no bearer_token: anyone \
+                 who reaches {} can read every tenant id and its traffic; set \
+                 [metrics] bearer_token or keep /metrics from the public side",
+                self.listen
+            ));
+        }
         let tenants = crate::tenant::TenantTable::new(&self.tenants, None);
         let mut ids: Vec<&str> = self.tenants.iter().map(|t| t.id.as_str()).collect();
         ids.sort_unstable();
-        ids.into_iter()
+        let too_large = ids
+            .into_iter()
             .filter_map(|id| tenants.get(id))
             .filter(|t| t.limits.max_message_bytes + FRAME_ENVELOPE_BYTES > self.max_message_bytes)
             .map(|t| {
@@ -614,8 +639,9 @@ impl Config {
                     self.max_message_bytes,
                     t.limits.max_message_bytes + FRAME_ENVELOPE_BYTES,
                 )
-            })
-            .collect()
+            });
+        warnings.extend(too_large);
+        warnings
     }
 
     /// What the server would run with, for `ringcast check-config` (no secrets).
@@ -635,8 +661,14 @@ impl Config {
         );
         let _ = writeln!(
             out,
-            "metrics: tenant_labels = {}, max_tenant_labels = {}",
-            self.metrics.tenant_labels, self.metrics.max_tenant_labels
+            "metrics: tenant_labels = {}, max_tenant_labels = {}, bearer_token = {}",
+            self.metrics.tenant_labels,
+            self.metrics.max_tenant_labels,
+            if self.metrics.bearer_token.is_some() {
+                "set"
+            } else {
+                "none"
+            }
         );
         let default = self.default_tenant.as_deref().unwrap_or("(none)");
         let _ = writeln!(out, "default_tenant = {default}");
@@ -829,6 +861,39 @@ mod tests {
             "max_message_bytes = 65536\n[[tenants]]\nid = \"a\"\nplan = \"free\"\nmax_message_bytes = 32768\n",
         );
         assert_eq!(lowered.warnings(), Vec::<String>::new());
+    }
+
+    /// Tenant labels on a public address without a scrape token are warned of; a
+    /// token too short or with spaces is refused.
+    #[test]
+    fn metrics_bearer_token_is_checked_and_its_absence_warned_of() {
+        let config =
+            |text: &str| Config::merge(toml::from_str(text).unwrap(), &Overrides::default());
+        let labels = "[metrics]\ntenant_labels = true\n";
+        let public = config(&format!("listen = \"0.0.0.0:3913\"\n{labels}")).unwrap();
+        let warnings = public.warnings();
+        assert!(
+            warnings.iter().any(|w| w.contains("bearer_token")),
+            "{warnings:?}"
+        );
+        let local = config(&format!("listen = \"127.0.0.1:3913\"\n{labels}")).unwrap();
+        assert_eq!(local.warnings(), Vec::<String>::new());
+        let with_token = config(&format!(
+            "listen = \"0.0.0.0:3913\"\n{labels}bearer_token = \"0123456789abcdef\"\n"
+        ))
+        .unwrap();
+        assert_eq!(with_token.warnings(), Vec::<String>::new());
+        assert!(with_token.describe().contains("bearer_token = set"));
+        assert!(
+            !with_token.describe().contains("0123456789abcdef"),
+            "no secret"
+        );
+        for bad in ["short", "has spaces 0123456789"] {
+            let refused = config(&format!("[metrics]\nbearer_token = \"{bad}\"\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(refused.contains("bearer_token"), "{refused}");
+        }
     }
 
     #[test]

@@ -526,7 +526,7 @@ fn route(shard: &Rc<Shard>, head: &RequestHead, client: IpAddr) -> Route {
     let path = head.path.as_str();
     let is_get = head.method == "GET";
     if is_get {
-        if let Some(out) = probe_response(shard, path, keep_alive) {
+        if let Some(out) = probe_response(shard, head, keep_alive) {
             return respond(out);
         }
     }
@@ -552,8 +552,8 @@ fn route(shard: &Rc<Shard>, head: &RequestHead, client: IpAddr) -> Route {
 }
 
 /// The answer to `GET /healthz`, `/readyz` or `/metrics`; `None` for any other path.
-fn probe_response(shard: &Shard, path: &str, keep_alive: bool) -> Option<Vec<u8>> {
-    let out = match path {
+fn probe_response(shard: &Shard, head: &RequestHead, keep_alive: bool) -> Option<Vec<u8>> {
+    let out = match head.path.as_str() {
         "/healthz" => ok_json(br#"{"status":"ok"}"#, keep_alive),
         "/readyz" => match shard.shared.readiness(shard.mesh.is_shutting_down()) {
             Ok(()) => ok_json(br#"{"status":"ready"}"#, keep_alive),
@@ -563,6 +563,13 @@ fn probe_response(shard: &Shard, path: &str, keep_alive: bool) -> Option<Vec<u8>
                 refusal_response(error, why.message(), keep_alive)
             }
         },
+        "/metrics" if !crate::api::auth::may_scrape(head, &shard.shared.config.load()) => {
+            let error = ApiError::Unauthorized;
+            shard.shared.metrics.shard(shard.id).error(error.code());
+            let message = "/metrics needs `Authorization: Bearer <[metrics] bearer_token>`";
+            let response = refusal_response(error, message, keep_alive);
+            with_header(response, "WWW-Authenticate", "Bearer")
+        }
         "/metrics" => {
             let text = shard.shared.render_metrics(shard.mesh.is_shutting_down());
             ok_response(METRICS_CONTENT_TYPE, text.as_bytes(), keep_alive)
@@ -579,7 +586,7 @@ fn probe_without_slot(shard: &Shard, head: &RequestHead) -> Option<Vec<u8>> {
     if head.method != "GET" {
         return None;
     }
-    probe_response(shard, head.path.as_str(), false)
+    probe_response(shard, head, false)
 }
 
 /// The JSON error answer of a route outside the HTTP API, with the header its status

@@ -257,3 +257,36 @@ fn tenant_connections_count_sse_streams() -> Result<()> {
     await_value(&server, SSE, 0.0)?;
     Ok(())
 }
+
+/// With `[metrics] bearer_token`, a scrape needs `Authorization: Bearer <token>`: the
+/// scrape is served on the public port and, with `tenant_labels`, lists every tenant
+/// (found in review). Probes stay open.
+#[test]
+fn a_bearer_token_closes_metrics_to_anyone_without_it() -> Result<()> {
+    const TOKEN: &str = "scrape-0123456789abcdef";
+    let (_config_dir, config) = config_file(&format!(
+        "[metrics]\ntenant_labels = true\nbearer_token = \"{TOKEN}\"\n"
+    ))?;
+    let server = Server::start(&["--config", &config.display().to_string()])?;
+    let addr = server.addr();
+    let scrape_with = |authorization: &str| {
+        ringcast_tests::http_request(
+            addr,
+            format!(
+                "GET /metrics HTTP/1.1\r\nHost: {addr}\r\n{authorization}Connection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+    };
+    for refused in ["", "Authorization: Bearer wrong-0123456789abcdef\r\n"] {
+        let resp = scrape_with(refused)?;
+        resp.assert_error(401, "unauthorized");
+        assert_eq!(resp.header("www-authenticate"), Some("Bearer"));
+        assert!(!resp.body_text().contains("tenant="), "nothing listed");
+    }
+    let resp = scrape_with(&format!("Authorization: Bearer {TOKEN}\r\n"))?;
+    assert_eq!(resp.status, 200);
+    assert!(resp.body_text().contains("ringcast_tenant_"), "scraped");
+    assert_eq!(http_get(addr, "/healthz")?.status, 200);
+    Ok(())
+}

@@ -88,6 +88,15 @@ pub fn authorize(shared: &Shared, head: &RequestHead) -> Result<Arc<Tenant>, Ref
     Err(Refusal::new(ApiError::Unauthorized, "invalid API key"))
 }
 
+/// Whether `head` may read `/metrics`: always without `[metrics] bearer_token`, else
+/// with `Authorization: Bearer <that token>`.
+pub fn may_scrape(head: &RequestHead, config: &crate::config::Config) -> bool {
+    match &config.metrics.bearer_token {
+        None => true,
+        Some(token) => bearer(head).is_some_and(|presented| same_key(token.as_bytes(), presented)),
+    }
+}
+
 /// The key of `Authorization: Bearer <key>`.
 fn bearer(head: &RequestHead) -> Option<&[u8]> {
     let value = head.header("authorization")?.trim_ascii();

@@ -6,6 +6,7 @@ fn metrics(tenant_labels: bool, max_tenant_labels: usize) -> Metrics {
     let settings = MetricsConfig {
         tenant_labels,
         max_tenant_labels,
+        ..MetricsConfig::default()
     };
     Metrics::new(Mesh::new(2), &settings)
 }

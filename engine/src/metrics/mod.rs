@@ -21,6 +21,7 @@ pub mod histogram;
 pub mod labels;
 pub mod tenant;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use prometheus_client::collector::Collector;
@@ -30,6 +31,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
+use ringcast_protocol::TenantId;
 
 pub use self::counters::{Count, Level, ShardCounters};
 pub use self::labels::{CloseReason, HttpRoute, Transport, ERROR_LABELS};
@@ -100,35 +102,76 @@ pub struct Scrape {
 pub struct Metrics {
     shards: Arc<Shards>,
     settings: MetricsConfig,
-    other: Arc<OtherFloor>,
+    other: Arc<OtherCounters>,
 }
 
-/// Keeps the `_other` tenant counters from going down when a reload changes which
-/// tenants they sum (a tenant removed, or one moving to its own label): what each showed
-/// last, and what has been added since to hold it (found in review: a drop read as a
-/// counter reset gave `increase()` a false spike).
+/// The `_other` tenant counters, which sum whichever tenants sit past
+/// `max_tenant_labels`: each is what it showed at the last scrape plus what the tenants
+/// in `_other` now added since, so a reload that changes who they are neither makes it
+/// go down (a tenant removed, or one moving to its own label: Prometheus reads a drop as
+/// a reset and `increase()` shows a false spike) nor makes it jump (a tenant moving in
+/// brings only what it counts from then on, not its lifetime count). Found in review,
+/// twice. A tenant's reading at the last scrape is kept whatever its label, so one that
+/// moves in brings what it counted since it was last shown under its own label: each
+/// count shows in the increase of one series, the tenant's own or `_other`.
 #[derive(Debug, Default)]
-struct OtherFloor(std::sync::Mutex<Vec<(&'static str, u64, u64)>>);
+struct OtherCounters(std::sync::Mutex<Vec<OtherFamily>>);
 
-impl OtherFloor {
-    /// `computed` for `family` as shown: never below what was shown before.
-    fn monotonic(&self, family: &'static str, computed: u64) -> u64 {
-        let mut floors = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let at = match floors.iter().position(|(name, ..)| *name == family) {
+#[derive(Debug)]
+struct OtherFamily {
+    name: &'static str,
+    /// What `_other` showed last.
+    shown: u64,
+    /// Every tenant's count at the last scrape.
+    seen: HashMap<TenantId, u64>,
+}
+
+impl OtherCounters {
+    /// `_other`'s value of counter `family` (read by `read`) now: `rest` are the tenants
+    /// it sums, `named` the others. Called at every scrape, with `rest` empty too, so
+    /// that every tenant's last reading stays current.
+    fn advance(
+        &self,
+        family: &'static str,
+        named: &[&Arc<Tenant>],
+        rest: &[&Arc<Tenant>],
+        read: TenantReader,
+    ) -> u64 {
+        // Read under the lock: two scrapes at once must not apply their readings out of
+        // order (the older would look like a reset).
+        let mut families = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let at = match families.iter().position(|f| f.name == family) {
             Some(at) => at,
             None => {
-                floors.push((family, 0, 0));
-                floors.len() - 1
+                families.push(OtherFamily {
+                    name: family,
+                    shown: 0,
+                    seen: HashMap::new(),
+                });
+                families.len() - 1
             }
         };
-        let (_, last, offset) = &mut floors[at];
-        let mut shown = computed.saturating_add(*offset);
-        if shown < *last {
-            *offset += *last - shown;
-            shown = *last;
+        let state = &mut families[at];
+        let mut seen = HashMap::with_capacity(named.len() + rest.len());
+        for (tenant, in_other) in named
+            .iter()
+            .map(|t| (t, false))
+            .chain(rest.iter().map(|t| (t, true)))
+        {
+            let count = tenant.metrics.sum(read).max(0) as u64;
+            if in_other {
+                // First seen (its count is all since it was made), or lower than before (a
+                // tenant of that id removed and made again): counted from 0.
+                let since = match state.seen.get(&tenant.id) {
+                    Some(&last) if last <= count => last,
+                    _ => 0,
+                };
+                state.shown = state.shown.saturating_add(count - since);
+            }
+            seen.insert(tenant.id.clone(), count);
         }
-        *last = shown;
-        shown
+        state.seen = seen;
+        state.shown
     }
 }
 
@@ -190,7 +233,7 @@ struct Collect {
     scrape: Scrape,
     /// The tenant table and how many tenants get their own label.
     tenants: Option<(Arc<TenantTable>, usize)>,
-    other: Arc<OtherFloor>,
+    other: Arc<OtherCounters>,
 }
 
 type Reader = fn(&ShardCounters) -> u64;
@@ -570,7 +613,7 @@ fn encode_tenants(
     encoder: &mut DescriptorEncoder<'_>,
     tenants: &TenantTable,
     max: usize,
-    other: &OtherFloor,
+    other: &OtherCounters,
 ) -> Result<(), std::fmt::Error> {
     let mut sorted: Vec<&Arc<Tenant>> = tenants.iter().collect();
     sorted.sort_unstable_by(|a, b| a.id.as_str().cmp(b.id.as_str()));
@@ -627,17 +670,17 @@ fn encode_tenants(
         } else {
             MetricType::Counter
         };
+        let other_count = (!is_gauge).then(|| other.advance(name, named, rest, read));
         let mut family = encoder.encode_descriptor(name, help, None, kind)?;
         for (id, group) in &groups {
-            let value = sum(group, read);
             let labels = [("tenant", *id)];
             if is_gauge {
-                ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
+                ConstGauge::new(sum(group, read)).encode(family.encode_family(&labels)?)?;
             } else {
-                let mut value = value.max(0) as u64;
-                if *id == tenant::OTHER_TENANTS {
-                    value = other.monotonic(name, value);
-                }
+                let value = match other_count {
+                    Some(count) if *id == tenant::OTHER_TENANTS => count,
+                    _ => sum(group, read).max(0) as u64,
+                };
                 ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
             }
         }

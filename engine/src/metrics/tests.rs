@@ -191,7 +191,8 @@ fn tenant_families_are_bounded_by_max_tenant_labels() {
 
 /// `_other` sums whichever tenants sit past `max_tenant_labels`; a reload that changes
 /// who they are must not make its counters go down (Prometheus reads a drop as a reset,
-/// and `increase()` then shows a false spike; found in review). Gauges may go down.
+/// and `increase()` then shows a false spike; found in review), nor jump up by what a
+/// tenant moving in counted before. Gauges may go down.
 #[test]
 fn the_other_tenants_counters_never_go_down() {
     let metrics = metrics(true, 1);
@@ -237,6 +238,54 @@ fn the_other_tenants_counters_never_go_down() {
         .messages_published
         .add(2);
     assert_eq!(published(&metrics, &second), Some(10.0), "and counting on");
+
+    // Nor jump: a tenant moving into `_other` (a reload adds one that sorts before it)
+    // brings only what it counts from then on, not its lifetime count, which
+    // `increase()` would show as a burst that never happened (found in review).
+    let metrics = self::metrics(true, 1);
+    let render = |table: &Arc<TenantTable>| {
+        metrics.render(Scrape {
+            tenants: Some(table.clone()),
+            ready: true,
+            draining: false,
+        })
+    };
+    let shown = |text: &str, tenant: &str| {
+        sample(
+            text,
+            &format!("ringcast_tenant_messages_published_total{{tenant=\"{tenant}\"}}"),
+        )
+    };
+    let publish = |table: &TenantTable, id: &str, n: u64| {
+        let tenant = table.get(id).unwrap();
+        tenant
+            .metrics
+            .shard(ShardId(0), 2)
+            .messages_published
+            .add(n);
+    };
+    let first = build(&["b", "c"], None);
+    publish(&first, "b", 1_000_000);
+    publish(&first, "c", 5);
+    let text = render(&first);
+    assert_eq!(shown(&text, "b"), Some(1_000_000.0));
+    assert_eq!(shown(&text, "_other"), Some(5.0));
+    // a sorts first: a named, b moves into `_other`.
+    let second = build(&["a", "b", "c"], Some(&first));
+    let text = render(&second);
+    assert_eq!(shown(&text, "b"), None, "b has no label of its own now");
+    assert_eq!(shown(&text, "_other"), Some(5.0), "not 1,000,005");
+    publish(&second, "b", 1);
+    assert_eq!(shown(&render(&second), "_other"), Some(6.0));
+    publish(&second, "c", 2);
+    assert_eq!(shown(&render(&second), "_other"), Some(8.0));
+    // And back: b leaves `_other` (a goes); `_other` holds, b shows its own count.
+    let third = build(&["b", "c"], Some(&second));
+    let text = render(&third);
+    assert_eq!(shown(&text, "b"), Some(1_000_001.0));
+    assert_eq!(shown(&text, "_other"), Some(8.0));
+    publish(&third, "c", 1);
+    assert_eq!(shown(&render(&third), "_other"), Some(9.0));
 }
 
 #[test]

@@ -2,6 +2,7 @@
 //! that order of precedence (a flag beats the file, the file beats the default). Every
 //! flag has a twin key in the file.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -600,8 +601,47 @@ impl Config {
                 pair[0]
             )));
         }
-        Ok(())
+        check_credentials_are_per_tenant(&self.tenants)
     }
+}
+
+/// Refuses an API key or token secret that two tenants hold. A key is checked against
+/// the tenant the request names (`X-Tenant-Id`), so one that tenant A and tenant B both
+/// list lets A's holder act as B; a secret both hold lets either mint the other's
+/// tokens, and an API key that is another tenant's secret lets its holder mint them too
+/// (found in review: each tenant was checked alone). The error names the tenants and
+/// what each holds, never the value.
+fn check_credentials_are_per_tenant(tenants: &[TenantConfig]) -> Result<(), ConfigError> {
+    let mut holder: HashMap<&str, (&str, String)> = HashMap::new();
+    for t in tenants {
+        let api_keys = t
+            .api_keys
+            .iter()
+            .map(|key| (key.as_str(), "an api_keys entry".to_owned()));
+        let secrets = t.token_keys.iter().map(|key| {
+            (
+                key.secret.as_str(),
+                format!("the secret of token_keys `{}`", key.kid),
+            )
+        });
+        for (credential, what) in api_keys.chain(secrets) {
+            match holder.get(credential) {
+                Some((other, what_other)) if *other != t.id.as_str() => {
+                    return Err(ConfigError::Invalid(format!(
+                        "tenants `{other}` and `{}` share a credential ({what_other} of \
+                         `{other}` is also {what} of `{}`): each tenant needs keys and \
+                         secrets of its own",
+                        t.id, t.id
+                    )));
+                }
+                Some(_) => {}
+                None => {
+                    holder.insert(credential, (t.id.as_str(), what));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 impl Config {
@@ -947,6 +987,69 @@ mod tests {
         let file: FileConfig =
             toml::from_str("[[tenants]]\nid = \"_others\"\nplan = \"free\"\n").unwrap();
         assert!(Config::merge(file, &Overrides::default()).is_ok());
+    }
+
+    /// The same API key or token secret in two tenants would let one tenant's holder act
+    /// as the other (found in review): refused, naming the tenants and not the value.
+    #[test]
+    fn a_credential_held_by_two_tenants_is_refused() {
+        let key = "shared-api-key-0123456789";
+        let secret = "shared-token-secret-0123456789abcdef-0123";
+        let tenant = |id: &str, keys: &[&str], secret: Option<(&str, &str)>| {
+            let mut text =
+                format!("[[tenants]]\nid = \"{id}\"\nplan = \"free\"\napi_keys = {keys:?}\n");
+            if let Some((kid, secret)) = secret {
+                text.push_str(&format!(
+                    "[[tenants.token_keys]]\nkid = \"{kid}\"\nsecret = \"{secret}\"\n"
+                ));
+            }
+            text
+        };
+        let load = |text: String| {
+            let file: FileConfig = toml::from_str(&text).unwrap();
+            Config::merge(file, &Overrides::default())
+        };
+        let refused = |text: String| load(text).unwrap_err().to_string();
+        let a_own = tenant(
+            "a",
+            &["a-api-key-0123456789"],
+            Some(("ka", &"a".repeat(32))),
+        );
+        let b_own = tenant(
+            "b",
+            &["b-api-key-0123456789"],
+            Some(("kb", &"b".repeat(32))),
+        );
+        assert!(load(format!("{a_own}{b_own}")).is_ok());
+
+        let cases = [
+            (
+                tenant("a", &[key], None) + &tenant("b", &["b-api-key-0123456789", key], None),
+                "an api_keys entry of `a` is also an api_keys entry of `b`",
+            ),
+            (
+                tenant("a", &[], Some(("k1", secret))) + &tenant("b", &[], Some(("k2", secret))),
+                "the secret of token_keys `k1` of `a` is also the secret of token_keys `k2`",
+            ),
+            (
+                tenant("a", &[], Some(("k1", secret))) + &tenant("b", &[secret], None),
+                "is also an api_keys entry of `b`",
+            ),
+        ];
+        for (text, says) in cases {
+            let message = refused(text);
+            assert!(
+                message.contains("tenants `a` and `b` share a credential"),
+                "{message}"
+            );
+            assert!(message.contains(says), "{message}");
+            assert!(
+                !message.contains(key) && !message.contains(secret),
+                "{message}"
+            );
+        }
+        // One tenant listing a key twice crosses no tenant.
+        assert!(load(tenant("a", &[key, key], Some(("k1", secret)))).is_ok());
     }
 
     #[test]

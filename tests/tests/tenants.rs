@@ -380,12 +380,19 @@ fn check_config_prints_what_would_run_and_refuses_a_broken_file() -> Result<()> 
         ("plan.toml", "[[tenants]]\nid = \"a\"\nplan = \"platinum\"\n"),
         ("short.toml", "[[tenants]]\nid = \"a\"\nplan = \"free\"\n[[tenants.token_keys]]\nkid = \"k\"\nsecret = \"short\"\n"),
         ("origin.toml", "[[tenants]]\nid = \"a\"\nplan = \"free\"\nallowed_origins = [\"app.example\"]\n"),
+        // One API key in two tenants: either holder could act as the other.
+        ("shared.toml", "[[tenants]]\nid = \"a\"\nplan = \"free\"\napi_keys = [\"shared-api-key-0123456789\"]\n[[tenants]]\nid = \"b\"\nplan = \"free\"\napi_keys = [\"shared-api-key-0123456789\"]\n"),
     ] {
         let path = dir.path().join(name);
         std::fs::write(&path, body)?;
         let out = Command::new(ringcast_bin()).arg("check-config").arg(&path).output()?;
         assert_eq!(out.status.code(), Some(2), "{name}");
         assert!(!out.stderr.is_empty(), "{name} says why");
+        if name == "shared.toml" {
+            let stderr = String::from_utf8(out.stderr)?;
+            assert!(stderr.contains("tenants `a` and `b` share a credential"), "{stderr}");
+            assert!(!stderr.contains("shared-api-key"), "the key is not printed: {stderr}");
+        }
     }
     Ok(())
 }

@@ -6,17 +6,20 @@
 //! `exp` is required; `exp` and `nbf` are checked here against the shard's clock (so
 //! tests can move time) with [`SKEW_SECS`] of tolerance.
 //!
-//! Claims: `sub` (the verified userId), `channel` or `channels`, `permissions`
-//! (`subscribe`, `publish`; unknown entries are ignored), `exp`, `nbf?`, `iat?`,
-//! `tenant?` (when present, it must name the tenant the token is used with).
+//! Claims: `sub` (the verified userId, at most [`MAX_USER_ID_BYTES`] as a presence
+//! userId), `channel` or `channels`, `permissions` (`subscribe`, `publish`; unknown
+//! entries are ignored, so a token minted for a later version still works), `exp`,
+//! `nbf?`, `iat?`, `tenant?` (when present, it must name the tenant the token is used
+//! with). Minting refuses what verifying would refuse, and a token that allows nothing.
 //!
 //! Every refusal is `unauthorized` with a message saying which check failed, except a
 //! valid token without the permission asked for: `forbidden`.
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use ringcast_protocol::ErrorCode;
+use ringcast_protocol::{ChannelName, ErrorCode};
 use serde::{Deserialize, Serialize};
 
+use crate::presence::{check_user_id, MAX_USER_ID_BYTES};
 use crate::tenant::{Tenant, TokenKeyConfig};
 
 /// Clock skew allowed on `exp` and `nbf`.
@@ -206,6 +209,18 @@ pub fn verify(token: &str, tenant: &Tenant, now_ms: u64) -> Result<Grant, Refuse
             return Err(Refused::unauthorized("the token is for another tenant"));
         }
     }
+    // Every presence join of the connection would be refused for it (found in review);
+    // an empty `sub` is read as none, as before.
+    if let Some(sub) = claims
+        .sub
+        .as_deref()
+        .filter(|s| s.len() > MAX_USER_ID_BYTES)
+    {
+        return Err(Refused::unauthorized(format!(
+            "the token's `sub` is {} bytes; a userId has at most {MAX_USER_ID_BYTES}",
+            sub.len()
+        )));
+    }
     let mut channels = claims.channels.unwrap_or_default();
     channels.extend(claims.channel);
     let has = |p: Permission| claims.permissions.iter().any(|n| n == p.name());
@@ -252,8 +267,34 @@ pub struct MintRequest {
     pub kid: Option<String>,
 }
 
-/// Signs a token for `tenant` at `now_ms`. `Err` names what is missing.
+impl MintRequest {
+    /// Whether the token would be of use: channels that are channel names, a `sub` that
+    /// is a presence userId (1 to [`MAX_USER_ID_BYTES`] bytes, as [`verify`] wants), and
+    /// at least one permission. `Err` says what is wrong.
+    pub fn check(&self) -> Result<(), String> {
+        if self.channels.is_empty() {
+            return Err("a token names at least one channel".to_owned());
+        }
+        for channel in &self.channels {
+            ChannelName::new(channel).map_err(|e| e.to_string())?;
+        }
+        if let Some(user) = &self.user {
+            check_user_id(user)?;
+        }
+        if self.permissions.is_empty() {
+            return Err(
+                "a token needs at least one permission (subscribe, publish); one without allows nothing"
+                    .to_owned(),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Signs a token for `tenant` at `now_ms`. `Err` names what is missing or wrong
+/// ([`MintRequest::check`]).
 pub fn mint(tenant: &Tenant, request: &MintRequest, now_ms: u64) -> Result<String, String> {
+    request.check()?;
     let key = match &request.kid {
         Some(kid) => tenant
             .token_keys

@@ -18,6 +18,7 @@ use crate::client::TapeBuffers;
 use crate::error::ApiError;
 use crate::http::RequestHead;
 use crate::json::{raw_members, write_str, write_u64};
+use crate::ren::quoted;
 
 /// Longest idempotency key accepted, in bytes.
 pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 256;
@@ -250,13 +251,29 @@ pub struct TokenBody {
     pub expires_in_secs: u64,
 }
 
+/// The fields of a token request; any other is refused, so that a typo (`userid`,
+/// `expires_in`) is not minted silently into a token without a `sub` or with the default
+/// lifetime (found in review), as `POST /api/ren/events` refuses one.
+const TOKEN_FIELDS: [&str; 4] = ["channel", "userId", "permissions", "expiresIn"];
+/// The permissions a token can carry.
+const TOKEN_PERMISSIONS: [&str; 2] = ["subscribe", "publish"];
+
 impl ApiParser {
-    /// Parses a token request: `{channel, userId?, permissions?, expiresIn?}`.
+    /// Parses a token request: `{channel, userId?, permissions?, expiresIn?}`, no other
+    /// field. `permissions`, when given, names at least one of `subscribe` and `publish`
+    /// and nothing else: a token that allows nothing is a mistake, not a token.
     pub fn token_request(&mut self, body: &[u8]) -> Result<TokenBody, Refusal> {
         let tape = self.tape.parse(body).map_err(Refusal::bad_request)?;
         let root = tape.as_value();
-        if root.value_type() != ValueType::Object {
+        let Some(object) = root.as_object() else {
             return Err(Refusal::bad_request("the body must be a JSON object"));
+        };
+        if let Some((key, _)) = object.iter().find(|(key, _)| !TOKEN_FIELDS.contains(key)) {
+            return Err(Refusal::bad_request(format!(
+                "unknown field {} (known: {})",
+                quoted(key),
+                TOKEN_FIELDS.join(", ")
+            )));
         }
         let channel = match root.get("channel").as_ref().and_then(|v| v.as_str()) {
             Some(name) => ChannelName::new(name)
@@ -281,13 +298,28 @@ impl ApiParser {
                 let mut names = Vec::new();
                 for item in list.iter() {
                     match item.as_str() {
-                        Some(name @ ("subscribe" | "publish")) => names.push(name.to_owned()),
-                        _ => {
+                        Some(name) if TOKEN_PERMISSIONS.contains(&name) => {
+                            names.push(name.to_owned())
+                        }
+                        Some(name) => {
+                            return Err(Refusal::bad_request(format!(
+                                "unknown permission {} in `permissions` (known: {})",
+                                quoted(name),
+                                TOKEN_PERMISSIONS.join(", ")
+                            )))
+                        }
+                        None => {
                             return Err(Refusal::bad_request(
-                                "`permissions` entries are \"subscribe\" or \"publish\"",
+                                "`permissions` must be an array of strings",
                             ))
                         }
                     }
+                }
+                if names.is_empty() {
+                    return Err(Refusal::bad_request(format!(
+                        "`permissions` must name at least one of {} (leave it out for [\"subscribe\"])",
+                        TOKEN_PERMISSIONS.join(", ")
+                    )));
                 }
                 names
             }
@@ -603,6 +635,70 @@ mod tests {
         for big in ["limit=1001", "limit=5000", "limit=18446744073709551615"] {
             assert_eq!(query(big).unwrap().limit, MAX_HISTORY_LIMIT, "{big}");
         }
+    }
+
+    #[test]
+    fn token_requests() {
+        let mut p = ApiParser::new();
+        let body = br#"{"channel":"private-a","userId":"alice","permissions":["publish","subscribe"],"expiresIn":60}"#;
+        let b = p.token_request(body).unwrap();
+        assert_eq!(b.channel.as_str(), "private-a");
+        assert_eq!(b.user_id.as_deref(), Some("alice"));
+        assert_eq!(b.permissions, ["publish", "subscribe"]);
+        assert_eq!(b.expires_in_secs, 60);
+        let b = p
+            .token_request(br#"{"channel":"c","permissions":null}"#)
+            .unwrap();
+        assert_eq!(b.permissions, ["subscribe"]);
+        assert_eq!(b.expires_in_secs, DEFAULT_TOKEN_LIFETIME_SECS);
+
+        let mut refused = |body: &[u8]| p.token_request(body).unwrap_err();
+        // A misspelt field is refused by name, not minted into a token without a `sub`
+        // and with the default lifetime (found in review).
+        let r = refused(br#"{"channel":"private-a","expires_in":60,"userid":"alice"}"#);
+        assert_eq!(r.error, ApiError::BadRequest);
+        assert!(
+            r.message.contains("unknown field `expires_in`"),
+            "{}",
+            r.message
+        );
+        assert!(
+            r.message.contains("userId"),
+            "names the known fields: {}",
+            r.message
+        );
+        let r = refused(br#"{"channel":"c","userid":"alice"}"#);
+        assert!(r.message.contains("`userid`"), "{}", r.message);
+        // A token that allows nothing, and a permission that is not one.
+        let r = refused(br#"{"channel":"c","permissions":[]}"#);
+        assert_eq!(r.error, ApiError::BadRequest);
+        assert!(
+            r.message.contains("at least one of subscribe, publish"),
+            "{}",
+            r.message
+        );
+        let r = refused(br#"{"channel":"c","permissions":["subscribe","admin"]}"#);
+        assert_eq!(r.error, ApiError::BadRequest);
+        assert!(
+            r.message.contains("unknown permission `admin`"),
+            "{}",
+            r.message
+        );
+        let r = refused(br#"{"channel":"c","permissions":[1]}"#);
+        assert!(r.message.contains("array of strings"), "{}", r.message);
+        assert_eq!(
+            refused(br#"{"channel":""}"#).error,
+            ApiError::InvalidChannel
+        );
+        assert_eq!(refused(br#"[1]"#).error, ApiError::BadRequest);
+        assert_eq!(
+            refused(br#"{"channel":"c","userId":""}"#).error,
+            ApiError::BadRequest
+        );
+        assert_eq!(
+            refused(br#"{"channel":"c","expiresIn":0}"#).error,
+            ApiError::BadRequest
+        );
     }
 
     #[test]

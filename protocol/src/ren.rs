@@ -123,7 +123,7 @@ pub fn is_event_type(s: &str) -> bool {
 }
 
 /// `s` for an error message: quoted, and cut short if long.
-fn quoted(s: &str) -> String {
+pub(crate) fn quoted(s: &str) -> String {
     let mut end = s.len().min(40);
     while !s.is_char_boundary(end) {
         end -= 1;

@@ -164,6 +164,74 @@ fn private_channels_take_tokens_from_the_api_the_cli_and_the_connection() -> Res
     Ok(())
 }
 
+/// A token request that names an unknown field, no permission, an unknown one or a
+/// `userId` no presence join takes is a 400 saying so, not a token (found in review: a
+/// misspelt `userid` gave a token without `sub`); `ringcast token` refuses the same.
+#[test]
+fn token_requests_that_would_mint_a_useless_token_are_refused() -> Result<()> {
+    let (server, path) = start(&config("pro", &[("k1", SECRET_1)], false))?;
+    let long_user = "u".repeat(257);
+    for (body, says) in [
+        (
+            r#"{"channel":"private-a","expires_in":60,"userid":"alice"}"#.to_owned(),
+            "unknown field `expires_in`",
+        ),
+        (
+            r#"{"channel":"private-a","permissions":[]}"#.to_owned(),
+            "at least one of subscribe, publish",
+        ),
+        (
+            r#"{"channel":"private-a","permissions":["subscribe","admin"]}"#.to_owned(),
+            "unknown permission `admin`",
+        ),
+        (
+            format!(r#"{{"channel":"private-a","userId":"{long_user}"}}"#),
+            "userId is 257 bytes",
+        ),
+    ] {
+        let resp = api(&server, "POST", "/api/realtime/tokens", &auth(KEY_A), &body)?;
+        resp.assert_error(400, "bad_request");
+        let message = resp.json()?["error"]["message"].to_string();
+        assert!(message.contains(says), "{body}: {message}");
+    }
+    let good = r#"{"channel":"private-a","userId":"alice"}"#;
+    let resp = api(&server, "POST", "/api/realtime/tokens", &auth(KEY_A), good)?;
+    assert_eq!(resp.status, 200, "{}", resp.body_text());
+
+    let cli = |args: &[&str]| -> Result<(Option<i32>, String)> {
+        let out = Command::new(ringcast_bin())
+            .arg("token")
+            .arg("--config")
+            .arg(&path)
+            .args(["--tenant", "acme"])
+            .args(args)
+            .output()?;
+        Ok((out.status.code(), String::from_utf8(out.stderr)?))
+    };
+    let long_channel = "c".repeat(256);
+    for (args, says) in [
+        (vec!["--channel", ""], "channel name is empty"),
+        (vec!["--channel", &long_channel], "longer than 255 bytes"),
+        (
+            vec!["--channel", "private-a", "--user", &long_user],
+            "userId is 257 bytes",
+        ),
+        (
+            vec!["--channel", "private-a", "--permissions", ""],
+            "at least one permission",
+        ),
+    ] {
+        let (code, stderr) = cli(&args)?;
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+    assert_eq!(
+        cli(&["--channel", "private-a", "--user", "alice"])?.0,
+        Some(0)
+    );
+    Ok(())
+}
+
 #[test]
 fn a_token_stops_working_at_its_expiry() -> Result<()> {
     let (server, _) = start(&config("pro", &[("k1", SECRET_1)], false))?;

@@ -9,7 +9,8 @@ use crate::shard::Shard;
 use crate::tenant::Tenant;
 use crate::token::{self, MintRequest, Permission};
 
-/// Mints the token the body asks for.
+/// Mints the token the body asks for. A request for a token that [`token::verify`] would
+/// refuse (a `userId` over 256 bytes) or that allows nothing is a 400, not a token.
 pub fn tokens(shard: &Shard, body: &[u8], tenant: &Tenant) -> Result<Vec<u8>, Refusal> {
     let request = shard.parse_token_request(body)?;
     if tenant.token_keys.is_empty() {
@@ -18,17 +19,26 @@ pub fn tokens(shard: &Shard, body: &[u8], tenant: &Tenant) -> Result<Vec<u8>, Re
             "this tenant has no token_keys to sign with",
         ));
     }
+    // The parser let only known names through; one it did not know is refused here too
+    // rather than dropped (it was filtered away silently).
+    let permissions = request
+        .permissions
+        .iter()
+        .map(|p| {
+            Permission::parse(p).ok_or_else(|| {
+                Refusal::new(ApiError::BadRequest, format!("unknown permission `{p}`"))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let mint = MintRequest {
         channels: vec![request.channel.as_str().to_owned()],
         user: request.user_id,
-        permissions: request
-            .permissions
-            .iter()
-            .filter_map(|p| Permission::parse(p))
-            .collect(),
+        permissions,
         expires_in_secs: request.expires_in_secs,
         kid: None,
     };
+    mint.check()
+        .map_err(|e| Refusal::new(ApiError::BadRequest, e))?;
     let token = token::mint(tenant, &mint, shard.now().0)
         .map_err(|e| Refusal::new(ApiError::Internal, e))?;
     Ok(minted(&token))

@@ -209,3 +209,49 @@ fn numeric_dates_with_a_fraction_are_read_and_negative_ones_refused() {
     let token = sign_json(&claims("-5"));
     assert!(refused(&token, &acme).contains("invalid token"));
 }
+
+/// A `sub` longer than a presence userId would make every presence join of the
+/// connection a bad_request: the token is refused (found in review), and not minted.
+#[test]
+fn a_sub_longer_than_a_presence_user_id_is_refused_and_not_minted() {
+    let acme = tenant("acme", &[("k1", SECRET_A)]);
+    let mut long = claims("private-room", &["subscribe"], 60);
+    long.sub = Some("u".repeat(MAX_USER_ID_BYTES + 1));
+    let token = sign(Algorithm::HS256, Some("k1"), SECRET_A, &long);
+    let message = refused(&token, &acme);
+    assert!(message.contains("`sub` is 257 bytes"), "{message}");
+    long.sub = Some("u".repeat(MAX_USER_ID_BYTES));
+    let token = sign(Algorithm::HS256, Some("k1"), SECRET_A, &long);
+    assert!(verify(&token, &acme, NOW_MS).is_ok());
+
+    let request = |user: Option<String>, channel: &str, permissions: Vec<Permission>| MintRequest {
+        channels: vec![channel.to_owned()],
+        user,
+        permissions,
+        expires_in_secs: 60,
+        kid: None,
+    };
+    let subscribe = || vec![Permission::Subscribe];
+    let long_user = Some("u".repeat(MAX_USER_ID_BYTES + 1));
+    let err = mint(
+        &acme,
+        &request(long_user, "private-room", subscribe()),
+        NOW_MS,
+    )
+    .unwrap_err();
+    assert!(err.contains("at most 256"), "{err}");
+    let err = mint(
+        &acme,
+        &request(Some(String::new()), "c", subscribe()),
+        NOW_MS,
+    )
+    .unwrap_err();
+    assert!(err.contains("empty"), "{err}");
+    let err = mint(&acme, &request(None, "", subscribe()), NOW_MS).unwrap_err();
+    assert!(err.contains("channel name is empty"), "{err}");
+    let err = mint(&acme, &request(None, &"c".repeat(256), subscribe()), NOW_MS).unwrap_err();
+    assert!(err.contains("longer than 255"), "{err}");
+    let err = mint(&acme, &request(None, "c", vec![]), NOW_MS).unwrap_err();
+    assert!(err.contains("at least one permission"), "{err}");
+    assert!(mint(&acme, &request(None, &"c".repeat(255), subscribe()), NOW_MS).is_ok());
+}

@@ -7,7 +7,9 @@
 //!
 //! The system clock is monotonic and epoch-aligned: it reads the wall clock once at
 //! start-up and adds monotonic time since, so `ts` values on the wire are epoch
-//! milliseconds and deadlines never jump when the host's clock is stepped.
+//! milliseconds and deadlines never jump when the host's clock is stepped. A token's
+//! `exp` and `nbf`, times another machine wrote, are compared with the wall clock read
+//! afresh ([`Clock::wall_now`]): after a suspend the monotonic reading runs behind.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -64,6 +66,17 @@ impl Clock {
     /// Now, as epoch milliseconds.
     pub fn now_ms(&self) -> u64 {
         self.now().0
+    }
+
+    /// The host's wall clock now, read afresh: for comparing with times another machine
+    /// wrote (a token's `exp` and `nbf`). [`Clock::now`] can run behind it by however
+    /// long the host was suspended, or by an NTP step, since start-up; deadlines stay on
+    /// [`Clock::now`]. A manual clock reads its own time here too, so a test moves both.
+    pub fn wall_now(&self) -> u64 {
+        match self {
+            Clock::System { .. } => wall_ms(),
+            Clock::Manual(manual) => manual.now().0,
+        }
     }
 }
 

@@ -220,6 +220,12 @@ impl ShardCore {
         self.clock.now()
     }
 
+    /// Now, for checking a token: the wall clock for its `exp` and `nbf`, this shard's
+    /// clock for the deadline its grant carries.
+    pub fn token_time(&self) -> token::CheckTime {
+        token::CheckTime::read(&self.clock)
+    }
+
     /// Channels this shard owns that are open now (history mapped).
     pub fn open_channel_count(&self) -> usize {
         self.owned.len()
@@ -526,7 +532,7 @@ impl ShardCore {
         let grant: &Grant = match (token, conn.grant.as_deref()) {
             (Some(token), _) => {
                 let tenant = self.live_tenant(conn);
-                verified = token::verify(token, &tenant, self.now().0);
+                verified = token::verify(token, &tenant, self.token_time());
                 self.counters().token_verification(verified.is_ok());
                 verified.as_ref().map_err(Clone::clone)?
             }

@@ -648,7 +648,7 @@ fn websocket(shard: &Rc<Shard>, head: &RequestHead, client: IpAddr, keep_alive: 
     let grant = match head.query_param("token").filter(|t| !t.is_empty()) {
         None => None,
         Some(token) => {
-            let verified = token::verify(&token, &tenant, shard.now().0);
+            let verified = token::verify(&token, &tenant, shard.token_time());
             let counters = shard.shared.metrics.shard(shard.id);
             counters.token_verification(verified.is_ok());
             match verified {

@@ -419,6 +419,11 @@ impl Shard {
         self.core.borrow().now()
     }
 
+    /// Now, for checking or minting a token ([`crate::token::CheckTime`]).
+    pub fn token_time(&self) -> crate::token::CheckTime {
+        self.core.borrow().token_time()
+    }
+
     /// Waits while some shard spills (publishers stop reading until the spills drain).
     pub async fn until_no_pressure(&self) {
         self.shared.metrics.shard(self.id).publisher_holdbacks.inc();

@@ -3,8 +3,10 @@
 //! Standard JWT, HS256 only, through the `jsonwebtoken` crate (its HMAC check is
 //! constant-time). The header's `kid` picks one of the tenant's `token_keys`; a token
 //! without `kid` is tried against the tenant's only key and refused when it has several.
-//! `exp` is required; `exp` and `nbf` are checked here against the shard's clock (so
-//! tests can move time) with [`SKEW_SECS`] of tolerance.
+//! `exp` is required; `exp` and `nbf` are checked here against the wall clock at the
+//! time of the check ([`CheckTime`]) with [`SKEW_SECS`] of tolerance, not against the
+//! shard's monotonic clock, which runs behind the wall after a suspend or an NTP step
+//! (found in review: such an engine took tokens past their `exp`).
 //!
 //! Claims: `sub` (the verified userId, at most [`MAX_USER_ID_BYTES`] as a presence
 //! userId), `channel` or `channels`, `permissions` (`subscribe`, `publish`; unknown
@@ -19,6 +21,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use ringcast_protocol::{ChannelName, ErrorCode};
 use serde::{Deserialize, Serialize};
 
+use crate::clock::{Clock, Millis};
 use crate::presence::{check_user_id, MAX_USER_ID_BYTES};
 use crate::tenant::{Tenant, TokenKeyConfig};
 
@@ -122,7 +125,10 @@ pub struct Grant {
     pub subscribe: bool,
     /// May publish.
     pub publish: bool,
-    /// `exp`, in epoch milliseconds.
+    /// When it ends (`exp` plus [`SKEW_SECS`]) on the shard's clock, the clock of every
+    /// deadline (the connection's expiry timer included): the token's remaining lifetime
+    /// by the wall clock, added to the shard's clock at the check. After a suspend the
+    /// shard's clock is behind the wall; `exp` itself would then fire late by that much.
     pub expires_ms: u64,
 }
 
@@ -172,8 +178,37 @@ impl Refused {
     }
 }
 
-/// Verifies `token` for `tenant` at `now_ms`.
-pub fn verify(token: &str, tenant: &Tenant, now_ms: u64) -> Result<Grant, Refused> {
+/// When a token is checked: two readings of the time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckTime {
+    /// The wall clock, epoch milliseconds, read at the check: `exp` and `nbf` are
+    /// compared with it, since the issuer wrote them by its wall clock.
+    pub wall_ms: u64,
+    /// The shard's clock at the check, where [`Grant::expires_ms`] is placed.
+    pub clock: Millis,
+}
+
+impl CheckTime {
+    /// Reads both from `clock` ([`Clock::wall_now`] and [`Clock::now`]). Every caller of
+    /// [`verify`] gets its time here.
+    pub fn read(clock: &Clock) -> CheckTime {
+        CheckTime {
+            wall_ms: clock.wall_now(),
+            clock: clock.now(),
+        }
+    }
+
+    /// Both clocks reading `ms` (tests, benches).
+    pub fn at(ms: u64) -> CheckTime {
+        CheckTime {
+            wall_ms: ms,
+            clock: Millis(ms),
+        }
+    }
+}
+
+/// Verifies `token` for `tenant` at `at`.
+pub fn verify(token: &str, tenant: &Tenant, at: CheckTime) -> Result<Grant, Refused> {
     let header = jsonwebtoken::decode_header(token)
         .map_err(|e| Refused::unauthorized(format!("malformed token: {e}")))?;
     if header.alg != Algorithm::HS256 {
@@ -183,7 +218,7 @@ pub fn verify(token: &str, tenant: &Tenant, now_ms: u64) -> Result<Grant, Refuse
     let decoding = DecodingKey::from_secret(key.secret.as_bytes())
         .map_err(|e| Refused::unauthorized(format!("unusable key: {e}")))?;
     let mut validation = Validation::new(Algorithm::HS256);
-    // Time is checked below with the shard's clock; audience is not used.
+    // Time is checked below with the wall clock of `at`; audience is not used.
     validation.validate_exp = false;
     validation.validate_nbf = false;
     validation.validate_aud = false;
@@ -191,7 +226,7 @@ pub fn verify(token: &str, tenant: &Tenant, now_ms: u64) -> Result<Grant, Refuse
     let claims = jsonwebtoken::decode::<Claims>(token, &decoding, &validation)
         .map_err(|e| Refused::unauthorized(format!("invalid token: {e}")))?
         .claims;
-    let now = now_ms / 1000;
+    let now = at.wall_ms / 1000;
     let Some(exp) = claims.exp else {
         return Err(Refused::unauthorized("the token has no `exp`"));
     };
@@ -224,12 +259,16 @@ pub fn verify(token: &str, tenant: &Tenant, now_ms: u64) -> Result<Grant, Refuse
     let mut channels = claims.channels.unwrap_or_default();
     channels.extend(claims.channel);
     let has = |p: Permission| claims.permissions.iter().any(|n| n == p.name());
+    let remaining_ms = exp
+        .saturating_add(SKEW_SECS)
+        .saturating_mul(1000)
+        .saturating_sub(at.wall_ms);
     Ok(Grant {
         user: claims.sub.filter(|s| !s.is_empty()),
         subscribe: has(Permission::Subscribe),
         publish: has(Permission::Publish),
         channels,
-        expires_ms: exp.saturating_add(SKEW_SECS).saturating_mul(1000),
+        expires_ms: at.clock.plus(remaining_ms).0,
     })
 }
 
@@ -291,7 +330,8 @@ impl MintRequest {
     }
 }
 
-/// Signs a token for `tenant` at `now_ms`. `Err` names what is missing or wrong
+/// Signs a token for `tenant` at `now_ms` (the wall clock: the token's `iat` and `exp`
+/// are read by other machines). `Err` names what is missing or wrong
 /// ([`MintRequest::check`]).
 pub fn mint(tenant: &Tenant, request: &MintRequest, now_ms: u64) -> Result<String, String> {
     request.check()?;

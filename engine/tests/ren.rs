@@ -546,7 +546,7 @@ fn grant_on(
         kid: None,
     };
     let jwt = token::mint(&tenant, &request, now).unwrap();
-    token::verify(&jwt, &tenant, now).unwrap()
+    token::verify(&jwt, &tenant, token::CheckTime::at(now)).unwrap()
 }
 
 /// A fresh `*` stream of the dev tenant on `shard`, admitted with `grant`, opened.

@@ -11,7 +11,7 @@ use ringcast_engine::reload::{self, ConfigSource};
 use ringcast_engine::ren::stream::RenStream;
 use ringcast_engine::ren::Resume;
 use ringcast_engine::tenant::{Tenant, TokenKeyConfig};
-use ringcast_engine::token::{self, MintRequest, Permission, SKEW_SECS};
+use ringcast_engine::token::{self, CheckTime, MintRequest, Permission, SKEW_SECS};
 use ringcast_protocol::ren::RenFilter;
 use ringcast_protocol::CloseCode;
 use serde_json::Value;
@@ -213,7 +213,8 @@ fn a_connection_token_names_the_user_and_grants_its_channels() {
         &[Permission::Subscribe, Permission::Publish],
         60,
     );
-    let grant = token::verify(&token, &dev(&cluster), cluster.clock.now().0).unwrap();
+    let grant =
+        token::verify(&token, &dev(&cluster), CheckTime::at(cluster.clock.now().0)).unwrap();
     let tenant = dev(&cluster);
     let conn = cluster.shards[0].register_authenticated(tenant, "c", None, Some(grant));
     take(&conn);
@@ -621,7 +622,8 @@ fn a_connection_token_closes_its_connection_with_4001_at_expiry() {
         &[Permission::Subscribe],
         5,
     );
-    let grant = token::verify(&token, &dev(&cluster), cluster.clock.now().0).unwrap();
+    let grant =
+        token::verify(&token, &dev(&cluster), CheckTime::at(cluster.clock.now().0)).unwrap();
     let tenant = dev(&cluster);
     let conn = cluster.shards[0].register_authenticated(tenant, "e", None, Some(grant));
     take(&conn);

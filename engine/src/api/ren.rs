@@ -125,7 +125,7 @@ pub fn ren_user(
         (None, true) => Ok(None),
         // A token given is checked even where anonymous streams are allowed.
         (Some(token), _) => {
-            let verified = crate::token::verify(&token, tenant, shard.now().0);
+            let verified = crate::token::verify(&token, tenant, shard.token_time());
             let counters = shard.shared.metrics.shard(shard.id);
             counters.token_verification(verified.is_ok());
             match verified {

@@ -39,7 +39,8 @@ pub fn tokens(shard: &Shard, body: &[u8], tenant: &Tenant) -> Result<Vec<u8>, Re
     };
     mint.check()
         .map_err(|e| Refusal::new(ApiError::BadRequest, e))?;
-    let token = token::mint(tenant, &mint, shard.now().0)
+    // `iat` and `exp` by the wall clock, as verifiers elsewhere read them.
+    let token = token::mint(tenant, &mint, shard.token_time().wall_ms)
         .map_err(|e| Refusal::new(ApiError::Internal, e))?;
     Ok(minted(&token))
 }

@@ -52,7 +52,7 @@ fn b64url(bytes: &[u8]) -> String {
 }
 
 fn refused(token: &str, tenant: &Tenant) -> String {
-    let refusal = verify(token, tenant, NOW_MS).unwrap_err();
+    let refusal = verify(token, tenant, CheckTime::at(NOW_MS)).unwrap_err();
     assert_eq!(refusal.code, ErrorCode::Unauthorized, "{}", refusal.message);
     refusal.message
 }
@@ -66,7 +66,7 @@ fn a_good_token_grants_its_channels_permissions_and_user() {
         SECRET_A,
         &claims("private-room", &["subscribe"], 60),
     );
-    let grant = verify(&token, &acme, NOW_MS).unwrap();
+    let grant = verify(&token, &acme, CheckTime::at(NOW_MS)).unwrap();
     assert_eq!(grant.user.as_deref(), Some("alice"));
     assert!(grant.allows("private-room", Permission::Subscribe).is_ok());
     let no_publish = grant
@@ -82,12 +82,17 @@ fn a_good_token_grants_its_channels_permissions_and_user() {
 fn a_token_without_kid_needs_a_tenant_with_one_key() {
     let c = claims("private-room", &["subscribe"], 60);
     let token = sign(Algorithm::HS256, None, SECRET_A, &c);
-    assert!(verify(&token, &tenant("acme", &[("k1", SECRET_A)]), NOW_MS).is_ok());
+    assert!(verify(
+        &token,
+        &tenant("acme", &[("k1", SECRET_A)]),
+        CheckTime::at(NOW_MS)
+    )
+    .is_ok());
     let two = tenant("acme", &[("k1", SECRET_A), ("k2", SECRET_B)]);
     assert!(refused(&token, &two).contains("several keys"));
     // With a kid, either key of a rotation works.
     let by_k2 = sign(Algorithm::HS256, Some("k2"), SECRET_B, &c);
-    assert!(verify(&by_k2, &two, NOW_MS).is_ok());
+    assert!(verify(&by_k2, &two, CheckTime::at(NOW_MS)).is_ok());
 }
 
 #[test]
@@ -123,7 +128,7 @@ fn every_forgery_and_misuse_is_refused() {
     assert!(verify(
         &sign(Algorithm::HS256, Some("g1"), SECRET_B, &good),
         &globex,
-        NOW_MS
+        CheckTime::at(NOW_MS)
     )
     .is_ok());
     // Garbage.
@@ -138,9 +143,9 @@ fn expiry_and_not_before_allow_thirty_seconds_of_skew() {
         c.nbf = nbf_in.map(|n| (NOW_MS / 1000).saturating_add_signed(n));
         sign(Algorithm::HS256, Some("k1"), SECRET_A, &c)
     };
-    assert!(verify(&at(-29, None), &acme, NOW_MS).is_ok());
+    assert!(verify(&at(-29, None), &acme, CheckTime::at(NOW_MS)).is_ok());
     assert!(refused(&at(-30, None), &acme).contains("expired"));
-    assert!(verify(&at(60, Some(30)), &acme, NOW_MS).is_ok());
+    assert!(verify(&at(60, Some(30)), &acme, CheckTime::at(NOW_MS)).is_ok());
     assert!(refused(&at(60, Some(31)), &acme).contains("nbf"));
     let mut no_exp = claims("private-room", &["subscribe"], 0);
     no_exp.exp = None;
@@ -161,10 +166,14 @@ fn minted_tokens_verify_with_the_newest_key() {
     let token = mint(&acme, &request, NOW_MS).unwrap();
     let header = jsonwebtoken::decode_header(&token).unwrap();
     assert_eq!(header.kid.as_deref(), Some("new"));
-    let grant = verify(&token, &acme, NOW_MS).unwrap();
+    let grant = verify(&token, &acme, CheckTime::at(NOW_MS)).unwrap();
     assert_eq!(grant.user.as_deref(), Some("bob"));
     assert!(grant.allows("private-room", Permission::Publish).is_ok());
-    let expired = verify(&token, &acme, NOW_MS + (120 + SKEW_SECS) * 1000);
+    let expired = verify(
+        &token,
+        &acme,
+        CheckTime::at(NOW_MS + (120 + SKEW_SECS) * 1000),
+    );
     assert!(expired.is_err());
     let old = mint(
         &acme,
@@ -204,10 +213,60 @@ fn numeric_dates_with_a_fraction_are_read_and_negative_ones_refused() {
         jsonwebtoken::encode(&header, claims, &key).unwrap()
     };
     let token = sign_json(&claims(&format!("{}.75", now + 60)));
-    let grant = verify(&token, &acme, NOW_MS).unwrap();
+    let grant = verify(&token, &acme, CheckTime::at(NOW_MS)).unwrap();
     assert_eq!(grant.expires_ms, (now + 60 + SKEW_SECS) * 1000);
     let token = sign_json(&claims("-5"));
     assert!(refused(&token, &acme).contains("invalid token"));
+}
+
+/// The shard's clock can run far behind the wall (wall time read at start-up plus
+/// monotonic time since: a suspend or an NTP step leaves it behind). `exp` and `nbf` are
+/// read by the wall clock, and the grant's deadline is the remaining lifetime placed on
+/// the shard's clock (found in review: such an engine took tokens past their `exp`).
+#[test]
+fn expiry_is_checked_by_the_wall_clock_and_the_deadline_placed_on_the_shards() {
+    let acme = tenant("acme", &[("k1", SECRET_A)]);
+    let hour_ms = 3_600_000;
+    let behind = CheckTime {
+        wall_ms: NOW_MS,
+        clock: Millis(NOW_MS - hour_ms),
+    };
+    // Expired ten minutes ago by the wall; by the shard's clock it has 50 minutes left.
+    let expired = sign(
+        Algorithm::HS256,
+        Some("k1"),
+        SECRET_A,
+        &claims("private-room", &["subscribe"], -600),
+    );
+    let refusal = verify(&expired, &acme, behind).unwrap_err();
+    assert!(refusal.message.contains("expired"), "{}", refusal.message);
+    // Fresh, not valid before now by the wall: accepted, and it ends a minute (plus
+    // the skew) later on the shard's clock, where its expiry timer runs.
+    let mut fresh = claims("private-room", &["subscribe"], 60);
+    fresh.nbf = Some(NOW_MS / 1000);
+    let fresh = sign(Algorithm::HS256, Some("k1"), SECRET_A, &fresh);
+    let grant = verify(&fresh, &acme, behind).unwrap();
+    assert_eq!(grant.expires_ms, NOW_MS - hour_ms + (60 + SKEW_SECS) * 1000);
+
+    // What every caller passes: a system clock whose start-up reading is an hour
+    // behind the wall still checks by the wall (`CheckTime::read` reads it afresh).
+    let clock = Clock::System {
+        base_ms: crate::clock::wall_ms() - hour_ms,
+        base: std::time::Instant::now(),
+    };
+    let at = CheckTime::read(&clock);
+    assert!(at.wall_ms.abs_diff(crate::clock::wall_ms()) < 60_000);
+    assert!(at.clock.0.abs_diff(at.wall_ms - hour_ms) < 60_000);
+    let mut by_wall = claims("private-room", &["subscribe"], 0);
+    by_wall.exp = Some(at.wall_ms / 1000 - 600);
+    let token = sign(Algorithm::HS256, Some("k1"), SECRET_A, &by_wall);
+    assert!(verify(&token, &acme, at).is_err());
+    // A manual clock moves both readings.
+    let manual = crate::clock::ManualClock::new(Millis(NOW_MS));
+    assert_eq!(
+        CheckTime::read(&Clock::Manual(manual)),
+        CheckTime::at(NOW_MS)
+    );
 }
 
 /// A `sub` longer than a presence userId would make every presence join of the
@@ -222,7 +281,7 @@ fn a_sub_longer_than_a_presence_user_id_is_refused_and_not_minted() {
     assert!(message.contains("`sub` is 257 bytes"), "{message}");
     long.sub = Some("u".repeat(MAX_USER_ID_BYTES));
     let token = sign(Algorithm::HS256, Some("k1"), SECRET_A, &long);
-    assert!(verify(&token, &acme, NOW_MS).is_ok());
+    assert!(verify(&token, &acme, CheckTime::at(NOW_MS)).is_ok());
 
     let request = |user: Option<String>, channel: &str, permissions: Vec<Permission>| MintRequest {
         channels: vec![channel.to_owned()],

@@ -8,6 +8,10 @@
 //
 // Each tab is its own user (name in sessionStorage, so it survives a reload); the
 // messages a browser has seen and the last seq are shared by its tabs (localStorage).
+//
+// The page also works in an insecure context (http://<LAN address>:PORT/): it uses no API
+// that browsers give secure contexts only (crypto.randomUUID, navigator.locks,
+// navigator.clipboard, …).
 
 import { RealtimeClient, RenClient } from '/demo/platform.js';
 
@@ -32,13 +36,26 @@ const ANIMALS = ['Otter', 'Fox', 'Heron', 'Lynx', 'Panda', 'Robin', 'Badger', 'K
 const COLORS = ['#e4572e', '#17bebb', '#7a5cfa', '#f2a541', '#2e86de', '#29a35a', '#d94f8a', '#8a6d3b'];
 const pick = (list) => list[Math.floor(Math.random() * list.length)];
 
+/**
+ * A random UUID (version 4). Found in review: crypto.randomUUID() exists in secure
+ * contexts only (HTTPS, localhost); on http://<LAN address>:PORT/ it threw and the page
+ * stayed "connecting…". crypto.getRandomValues() is there in any context.
+ */
+function randomUuid() {
+  const b = crypto.getRandomValues(new Uint8Array(16));
+  b[6] = (b[6] & 0x0f) | 0x40; // version 4
+  b[8] = (b[8] & 0x3f) | 0x80; // variant 10
+  const hex = [...b].map((x) => x.toString(16).padStart(2, '0')).join('');
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
+}
+
 function whoAmI() {
   const saved = sessionStorage.getItem('ringcast-demo:me');
   if (saved) {
     try { return JSON.parse(saved); } catch { /* made anew below */ }
   }
   const me = {
-    id: `u-${crypto.randomUUID().slice(0, 8)}`,
+    id: `u-${randomUuid().slice(0, 8)}`,
     name: `${pick(ADJECTIVES)} ${pick(ANIMALS)}`,
     color: pick(COLORS),
   };

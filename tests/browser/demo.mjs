@@ -1,10 +1,15 @@
 // Drives the demo page (`ringcast serve --dev`, GET /) in headless Chromium (Debian's
-// /usr/bin/chromium, through playwright-core): two browsers (separate storage, as two
-// people) chat, see each other in the online list, see the leave when one navigates
-// away, and the returning one catches up on what it missed with `lastEventId`; the REN
-// (SSE) panel shows the mirrored events. Screenshots go to ARTIFACTS_DIR.
+// /usr/bin/chromium, through playwright-core). Screenshots go to ARTIFACTS_DIR.
 //
-// Usage: node tests/browser/demo.mjs http://127.0.0.1:PORT ARTIFACTS_DIR
+// MODE `full` (the default): two browsers (separate storage, as two people) chat, see each
+// other in the online list, see the leave when one navigates away, and the returning one
+// catches up on what it missed with `lastEventId`; the REN (SSE) panel shows the mirrored
+// events.
+// MODE `insecure`: BASE is a non-loopback http:// address, an insecure context (found in
+// review: crypto.randomUUID() is not there, the page threw and stayed "connecting…"): two
+// tabs go live without a page error, chat, and show REN events.
+//
+// Usage: node tests/browser/demo.mjs http://HOST:PORT ARTIFACTS_DIR [full|insecure]
 // Exit 0 and `demo: ok` on success; non-zero with a message on stderr otherwise.
 
 import { mkdirSync } from 'node:fs';
@@ -13,9 +18,10 @@ import { chromium } from 'playwright-core';
 
 const OVERALL_TIMEOUT_MS = 60000;
 const WAIT_MS = 8000;
-const [base, artifacts] = process.argv.slice(2);
-if (!base || !artifacts) {
-  console.error('usage: node demo.mjs http://HOST:PORT ARTIFACTS_DIR');
+const VIEWPORT = { width: 1100, height: 700 };
+const [base, artifacts, mode = 'full'] = process.argv.slice(2);
+if (!base || !artifacts || !['full', 'insecure'].includes(mode)) {
+  console.error('usage: node demo.mjs http://HOST:PORT ARTIFACTS_DIR [full|insecure]');
   process.exit(2);
 }
 mkdirSync(artifacts, { recursive: true });
@@ -26,27 +32,42 @@ setTimeout(() => {
 
 function fail(message) {
   console.error(`demo: FAIL: ${message}`);
+  for (const e of pageErrors) console.error(`demo: page error: ${e}`);
   process.exit(1);
 }
+
+/** Runs `run`, naming `what` when it throws (a timeout says which tab it was). */
+async function step(what, run) {
+  try {
+    return await run();
+  } catch (e) {
+    return fail(`${what}: ${e && e.message ? e.message : e}`);
+  }
+}
+
+const pageErrors = [];
 
 function check(cond, what, got) {
   if (!cond) fail(`${what}: got ${JSON.stringify(got)}`);
 }
 
-const pageErrors = [];
-
-async function open(browser, label) {
-  const context = await browser.newContext({ viewport: { width: 1100, height: 700 } });
-  const page = await context.newPage();
+/** Collects the page's errors and prints its failed requests and console complaints. */
+function watch(page, label) {
   page.setDefaultTimeout(WAIT_MS);
   page.on('pageerror', (e) => pageErrors.push(`${label}: ${e.stack || e}`));
   page.on('response', (r) => { if (r.status() >= 400) console.error(`[${label}] ${r.status()} ${r.url()}`); });
   page.on('console', (m) => {
     if (m.type() === 'error' || m.type() === 'warning') console.error(`[${label} console.${m.type()}] ${m.text()} ${JSON.stringify(m.location())}`);
   });
+}
+
+async function open(browser, label) {
+  const context = await browser.newContext({ viewport: VIEWPORT });
+  const page = await context.newPage();
+  watch(page, label);
   await goLive(page);
   const userId = await page.getAttribute('#me', 'data-user-id');
-  check(/^u-/.test(userId || ''), `${label}: #me data-user-id`, userId);
+  check(/^u-[0-9a-f]{8}$/.test(userId || ''), `${label}: #me data-user-id`, userId);
   return { page, userId, label };
 }
 
@@ -77,6 +98,38 @@ async function waitForMessage(page, text) {
 
 const online = (userId) => `#online li[data-user-id="${userId}"]`;
 
+/** Waits for `page`'s REN panel to show the realtime.message of `channel` with `seq`. */
+async function waitForRenMessage(page, channel, seq) {
+  await page.waitForFunction(([ch, s]) => [...document.querySelectorAll('#ren li[data-type="realtime.message"] .what')]
+    .some((el) => el.textContent.includes(ch) && el.textContent.includes(`seq ${s}`)), [channel, seq]);
+}
+
+/**
+ * The page from a non-loopback http:// address, an insecure context. Found in review:
+ * crypto.randomUUID() is not there, the page threw and stayed "connecting…".
+ */
+async function insecure(browser) {
+  const context = await browser.newContext({ viewport: VIEWPORT });
+  const pages = [];
+  for (const label of ['lan 1', 'lan 2']) {
+    const page = await context.newPage();
+    watch(page, label);
+    await page.goto(`${base}/?room=lan`);
+    check((await page.evaluate(() => isSecureContext)) === false, `${label}: ${base} is an insecure context`, true);
+    await step(`${label}: goes live`, () => page.waitForSelector('#status[data-state="live"]'));
+    const userId = await page.getAttribute('#me', 'data-user-id');
+    check(/^u-[0-9a-f]{8}$/.test(userId || ''), `${label}: #me data-user-id`, userId);
+    await page.waitForSelector(`${online(userId)} .you`);
+    await page.waitForSelector('#ren-state[data-state="open"]');
+    pages.push(page);
+  }
+  await send({ page: pages[1] }, 'Hello from the LAN');
+  await waitForMessage(pages[0], 'Hello from the LAN');
+  await waitForRenMessage(pages[1], 'demo:lan', 1);
+  await pages[1].screenshot({ path: join(artifacts, 'demo-insecure.png') });
+  await context.close();
+}
+
 async function main() {
   const browser = await chromium.launch({
     executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
@@ -84,69 +137,11 @@ async function main() {
     args: ['--no-sandbox', '--disable-dev-shm-usage'],
   });
   try {
-    const a = await open(browser, 'A');
-    // A's REN stream is open before B arrives, so B's join and the chat reach its panel.
-    await a.page.waitForSelector('#ren-state[data-state="open"]');
-    const b = await open(browser, 'B');
-
-    // Presence: each sees the other (and itself) online.
-    await a.page.waitForSelector(online(b.userId));
-    await b.page.waitForSelector(online(a.userId));
-    await a.page.waitForSelector(`${online(a.userId)} .you`);
-
-    // Chat both ways.
-    await send(a, 'Hello from the first tab');
-    await waitForMessage(b.page, 'Hello from the first tab');
-    await send(b, 'Hi! Second tab here.');
-    await waitForMessage(a.page, 'Hi! Second tab here.');
-    const seen = await messages(a.page);
-    check(seen.length === 2 && seen[0].seq === 1 && seen[1].seq === 2, 'A shows both messages in seq order', seen);
-
-    // The REN panel (RenClient over SSE) shows the mirrored publishes and the joins.
-    await a.page.waitForFunction(() => document.querySelectorAll('#ren li[data-type="realtime.message"]').length >= 2);
-    await a.page.waitForSelector('#ren li[data-type="presence.join"]');
-    const renText = await a.page.textContent('#ren');
-    check(renText.includes('demo:lobby') && renText.includes('seq 2'), 'REN panel text', renText);
-    await a.page.screenshot({ path: join(artifacts, 'demo-tab-a.png') });
-    await b.page.screenshot({ path: join(artifacts, 'demo-tab-b.png') });
-
-    // B navigates away: its presence leave reaches A (and A's REN panel).
-    await b.page.goto('about:blank');
-    await a.page.waitForSelector(online(b.userId), { state: 'detached' });
-    await a.page.waitForSelector('#ren li[data-type="presence.leave"]');
-
-    // While B is away, A writes twice; B comes back (same tab, same user) and catches up.
-    await send(a, 'Are you still there?');
-    await waitForMessage(a.page, 'Are you still there?');
-    await send(a, 'This one too, while you were away.');
-    await waitForMessage(a.page, 'This one too, while you were away.');
-    await goLive(b.page);
-    const again = await b.page.getAttribute('#me', 'data-user-id');
-    check(again === b.userId, 'B keeps its user across the navigation', again);
-    await waitForMessage(b.page, 'This one too, while you were away.');
-    await b.page.waitForSelector('#notice:not([hidden])');
-    const notice = await b.page.textContent('#notice');
-    check(notice.includes('Caught up on 2 messages') && notice.includes('lastEventId 2'),
-      'B was replayed the 2 messages after its lastEventId', notice);
-    const back = await messages(b.page);
-    check(JSON.stringify(back.map((m) => m.seq)) === '[1,2,3,4]', 'B shows seqs 1–4 (cache + replay)', back);
-    await a.page.waitForSelector(online(b.userId));
-    await b.page.waitForSelector(online(a.userId));
-
-    // A reload: everything is still there, nothing was missed.
-    await a.page.reload();
-    await a.page.waitForSelector('#status[data-state="live"]');
-    await a.page.waitForSelector('#notice:not([hidden])');
-    check((await a.page.textContent('#notice')).includes('up to date'), 'A after a reload', await a.page.textContent('#notice'));
-    const reloaded = await messages(a.page);
-    check(JSON.stringify(reloaded.map((m) => m.seq)) === '[1,2,3,4]', 'A after a reload shows seqs 1–4', reloaded);
-    await send(b, 'Welcome back, both of us.');
-    await waitForMessage(a.page, 'Welcome back, both of us.');
-    await a.page.waitForSelector(online(b.userId));
-    // demo.png is the one docs/demo.png is copied from.
-    await b.page.screenshot({ path: join(artifacts, 'demo.png') });
-    await a.page.screenshot({ path: join(artifacts, 'demo-reloaded.png') });
-
+    if (mode === 'insecure') {
+      await insecure(browser);
+    } else {
+      await twoBrowsers(browser);
+    }
     check(pageErrors.length === 0, 'no errors on the pages', pageErrors);
   } finally {
     await browser.close();
@@ -154,6 +149,72 @@ async function main() {
   console.log(`demo: screenshots in ${artifacts}`);
   console.log('demo: ok');
   process.exit(0);
+}
+
+/** Two browsers (separate storage, as two people) in the lobby. */
+async function twoBrowsers(browser) {
+  const a = await open(browser, 'A');
+  // A's REN stream is open before B arrives, so B's join and the chat reach its panel.
+  await a.page.waitForSelector('#ren-state[data-state="open"]');
+  const b = await open(browser, 'B');
+
+  // Presence: each sees the other (and itself) online.
+  await a.page.waitForSelector(online(b.userId));
+  await b.page.waitForSelector(online(a.userId));
+  await a.page.waitForSelector(`${online(a.userId)} .you`);
+
+  // Chat both ways.
+  await send(a, 'Hello from the first tab');
+  await waitForMessage(b.page, 'Hello from the first tab');
+  await send(b, 'Hi! Second tab here.');
+  await waitForMessage(a.page, 'Hi! Second tab here.');
+  const seen = await messages(a.page);
+  check(seen.length === 2 && seen[0].seq === 1 && seen[1].seq === 2, 'A shows both messages in seq order', seen);
+
+  // The REN panel (RenClient over SSE) shows the mirrored publishes and the joins.
+  await a.page.waitForFunction(() => document.querySelectorAll('#ren li[data-type="realtime.message"]').length >= 2);
+  await a.page.waitForSelector('#ren li[data-type="presence.join"]');
+  const renText = await a.page.textContent('#ren');
+  check(renText.includes('demo:lobby') && renText.includes('seq 2'), 'REN panel text', renText);
+  await a.page.screenshot({ path: join(artifacts, 'demo-tab-a.png') });
+  await b.page.screenshot({ path: join(artifacts, 'demo-tab-b.png') });
+
+  // B navigates away: its presence leave reaches A (and A's REN panel).
+  await b.page.goto('about:blank');
+  await a.page.waitForSelector(online(b.userId), { state: 'detached' });
+  await a.page.waitForSelector('#ren li[data-type="presence.leave"]');
+
+  // While B is away, A writes twice; B comes back (same tab, same user) and catches up.
+  await send(a, 'Are you still there?');
+  await waitForMessage(a.page, 'Are you still there?');
+  await send(a, 'This one too, while you were away.');
+  await waitForMessage(a.page, 'This one too, while you were away.');
+  await goLive(b.page);
+  const again = await b.page.getAttribute('#me', 'data-user-id');
+  check(again === b.userId, 'B keeps its user across the navigation', again);
+  await waitForMessage(b.page, 'This one too, while you were away.');
+  await b.page.waitForSelector('#notice:not([hidden])');
+  const notice = await b.page.textContent('#notice');
+  check(notice.includes('Caught up on 2 messages') && notice.includes('lastEventId 2'),
+    'B was replayed the 2 messages after its lastEventId', notice);
+  const back = await messages(b.page);
+  check(JSON.stringify(back.map((m) => m.seq)) === '[1,2,3,4]', 'B shows seqs 1–4 (cache + replay)', back);
+  await a.page.waitForSelector(online(b.userId));
+  await b.page.waitForSelector(online(a.userId));
+
+  // A reload: everything is still there, nothing was missed.
+  await a.page.reload();
+  await a.page.waitForSelector('#status[data-state="live"]');
+  await a.page.waitForSelector('#notice:not([hidden])');
+  check((await a.page.textContent('#notice')).includes('up to date'), 'A after a reload', await a.page.textContent('#notice'));
+  const reloaded = await messages(a.page);
+  check(JSON.stringify(reloaded.map((m) => m.seq)) === '[1,2,3,4]', 'A after a reload shows seqs 1–4', reloaded);
+  await send(b, 'Welcome back, both of us.');
+  await waitForMessage(a.page, 'Welcome back, both of us.');
+  await a.page.waitForSelector(online(b.userId));
+  // demo.png is the one docs/demo.png is copied from.
+  await b.page.screenshot({ path: join(artifacts, 'demo.png') });
+  await a.page.screenshot({ path: join(artifacts, 'demo-reloaded.png') });
 }
 
 main().catch((e) => fail(e && e.stack ? e.stack : String(e)));

@@ -2,10 +2,13 @@
 //! Chromium (`/usr/bin/chromium`, through playwright-core) against `ringcast serve --dev`:
 //! two browsers chat over the official SDK bundled for the browser, see each other join
 //! and leave, one catches up with `lastEventId` after navigating away and back, and the
-//! REN (SSE) panel shows the mirrored events. Screenshots land in
-//! `<target dir>/artifacts/browser/` (docs/demo.png is a copy of `demo.png`).
+//! REN (SSE) panel shows the mirrored events; the page also works from a non-loopback
+//! address (an insecure context). Screenshots land in `<target dir>/artifacts/browser/`
+//! (docs/demo.png is a copy of `demo.png`).
 
+use std::net::Ipv4Addr;
 use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -59,6 +62,46 @@ fn demo_page_chat_presence_catch_up_and_ren_in_chromium() -> Result<()> {
         let len = std::fs::metadata(artifacts.join(shot))?.len();
         assert!(len > 10_000, "{shot}: {len} bytes");
     }
+    Ok(())
+}
+
+/// A non-loopback IPv4 address of this machine: the first one `hostname -I` lists.
+fn non_loopback_ipv4() -> Option<Ipv4Addr> {
+    let out = Command::new("hostname").arg("-I").output().ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|word| word.parse::<Ipv4Addr>().ok())
+        .find(|ip| !ip.is_loopback() && !ip.is_unspecified())
+}
+
+/// Found in review: the page called `crypto.randomUUID()`, which browsers give secure
+/// contexts only (HTTPS, localhost), so opened as `http://<LAN address>:PORT/` it threw and
+/// stayed "connecting…". Here the server listens on every address and Chromium opens the
+/// page through one that is not loopback.
+#[test]
+fn demo_page_works_from_a_non_loopback_address_an_insecure_context() -> Result<()> {
+    require_browser_deps();
+    let Some(ip) = non_loopback_ipv4() else {
+        eprintln!(
+            "SKIPPED demo_page_works_from_a_non_loopback_address_an_insecure_context: \
+             `hostname -I` lists no non-loopback IPv4 address on this machine, so the demo \
+             cannot be opened from an insecure origin here"
+        );
+        return Ok(());
+    };
+    let server = Server::start(&["--listen", "0.0.0.0:0"])?;
+    let artifacts = artifacts_dir("browser")?;
+    NodeScript::new(&workspace_root().join("tests/browser"), "demo.mjs")
+        .args([
+            format!("http://{ip}:{}", server.addr().port()),
+            artifacts.display().to_string(),
+            "insecure".into(),
+        ])
+        .env("CHROMIUM", CHROMIUM)
+        .timeout(Duration::from_secs(60))
+        .run_ok(|| format!("server stderr tail:\n{}", server.stderr_tail()))?;
+    let len = std::fs::metadata(artifacts.join("demo-insecure.png"))?.len();
+    assert!(len > 10_000, "demo-insecure.png: {len} bytes");
     Ok(())
 }
 

@@ -4,7 +4,9 @@
 //   RealtimeClient  publish / subscribe on `demo:<room>`; catch-up after a reload with the
 //                   subscribe option `lastEventId` (last seq kept in localStorage)
 //   presence(ch)    join as this tab's user; onJoin / onLeave keep the online list
-//   RenClient       the tenant's REN stream (SSE), shown in the side panel
+//   RenClient       the tenant's REN stream (SSE), shown in the side panel: one stream per
+//                   browser, held by one of its tabs and relayed to the others
+//                   (BroadcastChannel), see "the REN stream" below
 //
 // Each tab is its own user (name in sessionStorage, so it survives a reload); the
 // messages a browser has seen and the last seq are shared by its tabs (localStorage).
@@ -323,25 +325,179 @@ ui.composer.addEventListener('submit', (e) => {
   ui.text.focus();
 });
 
-// ── the REN stream ──────────────────────────────────────────────────────────────────
-const ren = new RenClient({ endpoint: REN_ENDPOINT, subscriptions: ['realtime', 'presence'], clientId: me.id });
-ren.on(showRenEvent);
-// The RenClient tells no open/close either; its EventSource (`ren.es`, replaced on each
-// reconnect) does.
-const renState = $('ren-state');
-function showRenState() {
-  const open = ren.es?.readyState === 1; // EventSource.OPEN
-  renState.dataset.state = open ? 'open' : 'connecting';
-  renState.textContent = open ? 'open' : 'connecting…';
+// ── the REN stream: one per browser, shared by its tabs ─────────────────────────────
+// Found in review: every tab opened its own RenClient (an EventSource) at load. Over
+// HTTP/1.1, which ringcast serves, Chromium allows 6 connections per host for all the tabs
+// of a profile, and an SSE stream holds one for as long as it is open: a 6th tab's fetches
+// hung (no history, an empty online list) and a 7th tab did not load at all. WebSockets do
+// not count toward that limit, so each tab keeps its own RealtimeClient; the REN stream is
+// held by one tab, the leader, which relays its events to the others over a
+// BroadcastChannel.
+//
+// The election is BroadcastChannel messages and timers. navigator.locks would need fewer,
+// but browsers give it to secure contexts only, and the page is also opened as
+// http://<LAN address>:PORT/.
+// - The leader says `beat` (its claim and its stream's state) every BEAT_MS, at once when
+//   its stream's state changes and when a new tab asks `who`; on pagehide it says `bye`.
+// - A tab whose `who` goes unanswered, or that hears the leader's `bye`, or no beat for
+//   LEADER_GONE_MS, claims the stream after a random delay unless a leader spoke meanwhile.
+// - Two leaders (claims that crossed; the late beat of a tab the browser throttles in the
+//   background) settle on the newer claim: the other closes its stream when it hears it.
+// Without BroadcastChannel each tab holds a stream of its own, as every tab once did.
+const REN_BUS = 'ringcast-demo:ren';
+const BEAT_MS = 1000;
+const LEADER_GONE_MS = 5000;
+const WHO_WAIT_MS = 100;
+const CLAIM_JITTER_MS = 250;
+
+/**
+ * The SDK's RenClient reconnects from a timer after an error, and its `close()` leaves that
+ * timer running (the `connect()` it calls opens a new EventSource and clears `closed`): a
+ * tab that hands the stream over during a back-off would open it again, holding a
+ * connection for good. This one stays closed.
+ */
+class RenStream extends RenClient {
+  connect() {
+    if (this.shut) return;
+    super.connect();
+    // The RenClient tells no open/close; its EventSource (`es`, replaced on each
+    // reconnect) does.
+    this.es.addEventListener('open', showRenState);
+    this.es.addEventListener('error', showRenState);
+  }
+
+  close() {
+    this.shut = true;
+    super.close();
+  }
 }
-ren.es?.addEventListener('open', showRenState);
+
+const tabId = randomUuid();
+const bus = typeof BroadcastChannel === 'function' ? new BroadcastChannel(REN_BUS) : null;
+const renState = $('ren-state');
+let ren = null; // this tab's stream, while it leads
+let claim = null; // { at, id }: this tab's claim, while it leads
+let leader = null; // { at, id, state }: the other tab that leads, as heard last
+let heardAt = 0; // when that tab was heard last
+let beatsHeard = 0;
+let claimTimer = null;
+let beatState = null; // the stream state the last beat told
+
+/** Claims are ordered by time, then tab id; the greater one keeps the stream. */
+const newer = (a, b) => a.at > b.at || (a.at === b.at && a.id > b.id);
+const leaderGone = () => Date.now() - heardAt > LEADER_GONE_MS;
+
+function streamState() {
+  return ren?.es?.readyState === 1 ? 'open' : 'connecting'; // EventSource.OPEN
+}
+
+function beat() {
+  beatState = streamState();
+  bus?.postMessage({ t: 'beat', at: claim.at, id: claim.id, state: beatState });
+}
+
+function showRenState() {
+  let state = 'connecting';
+  if (ren) state = streamState();
+  else if (leader && !leaderGone()) state = leader.state;
+  if (ren && state !== beatState) beat();
+  renState.dataset.state = state;
+  // The tab that holds the stream, or one shown what another tab relays.
+  renState.dataset.role = ren ? 'leader' : 'relay';
+  renState.textContent = state === 'open' ? 'open' : 'connecting…';
+  renState.title = ren
+    ? 'This tab holds the REN stream and relays it to the other tabs of this browser.'
+    : 'Relayed from another tab of this browser, which holds the REN stream.';
+}
+
+function lead() {
+  claim = { at: Date.now(), id: tabId };
+  leader = null;
+  beat();
+  ren = new RenStream({ endpoint: REN_ENDPOINT, subscriptions: ['realtime', 'presence'], clientId: me.id });
+  ren.on((evt) => {
+    showRenEvent(evt);
+    bus?.postMessage({ t: 'event', from: tabId, evt });
+  });
+  showRenState();
+}
+
+function stepDown() {
+  ren.close();
+  ren = null;
+  claim = null;
+}
+
+function scheduleClaim(wait) {
+  if (ren || claimTimer !== null) return;
+  const heard = beatsHeard;
+  claimTimer = setTimeout(() => {
+    claimTimer = null;
+    if (!ren && beatsHeard === heard) lead();
+  }, wait + Math.random() * CLAIM_JITTER_MS);
+}
+
+function onBeat(m) {
+  if (ren) {
+    if (!newer(m, claim)) {
+      beat(); // ours stands: the other tab closes its stream when it hears this
+      return;
+    }
+    stepDown();
+  } else if (leader && leader.id !== m.id && newer(leader, m) && !leaderGone()) {
+    return; // an older leader, about to hear the newer one and stop
+  }
+  leader = { at: m.at, id: m.id, state: m.state };
+  heardAt = Date.now();
+  beatsHeard += 1;
+  showRenState();
+}
+
+if (bus) {
+  bus.onmessage = ({ data: m }) => {
+    if (m.t === 'beat') onBeat(m);
+    else if (m.t === 'who' && ren) beat();
+    else if (m.t === 'event' && !ren && m.from === leader?.id) showRenEvent(m.evt);
+    else if (m.t === 'bye' && m.id === leader?.id) {
+      leader = null;
+      heardAt = 0;
+      showRenState();
+      scheduleClaim(0);
+    }
+  };
+  bus.postMessage({ t: 'who' });
+  scheduleClaim(WHO_WAIT_MS);
+  let tickAt = Date.now();
+  setInterval(() => {
+    const now = Date.now();
+    // A tick that came late (the browser throttles a background tab's timers, to once a
+    // minute after a while) says nothing of the leader, whose beats are likely throttled
+    // the same way: two such tabs would take the stream from each other every minute. A
+    // tab coming back into view checks at once (visibilitychange below).
+    const onTime = now - tickAt < 3 * BEAT_MS;
+    tickAt = now;
+    if (ren) beat();
+    else if (onTime && leaderGone()) scheduleClaim(0);
+  }, BEAT_MS);
+  document.addEventListener('visibilitychange', () => {
+    if (document.visibilityState !== 'visible') return;
+    tickAt = Date.now();
+    if (!ren && leaderGone()) scheduleClaim(0);
+  });
+} else {
+  lead();
+}
 setInterval(showRenState, 500);
 
 // Leaving (closing the tab, a reload, navigating away): leave presence at once rather than
-// after the server's presence TTL.
+// after the server's presence TTL, and hand the REN stream to another tab.
 addEventListener('pagehide', () => {
   client.disconnect();
-  ren.close();
+  if (ren) {
+    stepDown();
+    bus?.postMessage({ t: 'bye', id: tabId });
+  }
+  bus?.close();
 });
 // A page restored from the back/forward cache has closed its connections: start afresh.
 addEventListener('pageshow', (e) => {

@@ -1,13 +1,17 @@
 // Drives the demo page (`ringcast serve --dev`, GET /) in headless Chromium (Debian's
 // /usr/bin/chromium, through playwright-core). Screenshots go to ARTIFACTS_DIR.
 //
-// MODE `full` (the default): two browsers (separate storage, as two people) chat, see each
-// other in the online list, see the leave when one navigates away, and the returning one
-// catches up on what it missed with `lastEventId`; the REN (SSE) panel shows the mirrored
-// events.
+// MODE `full` (the default):
+// - seven tabs of one browser on one room all load, fetch and see each other online, and
+//   share one REN stream (Chromium allows 6 HTTP/1.1 connections per host for all tabs;
+//   found in review: a stream per tab left a 6th tab's fetches hanging and a 7th tab
+//   blank); the stream passes to another tab when its tab goes;
+// - two browsers (separate storage, as two people) chat, see each other in the online
+//   list, see the leave when one navigates away, and the returning one catches up on what
+//   it missed with `lastEventId`; the REN (SSE) panel shows the mirrored events.
 // MODE `insecure`: BASE is a non-loopback http:// address, an insecure context (found in
 // review: crypto.randomUUID() is not there, the page threw and stayed "connecting…"): two
-// tabs go live without a page error, chat, and show REN events.
+// tabs go live without a page error and share the REN stream.
 //
 // Usage: node tests/browser/demo.mjs http://HOST:PORT ARTIFACTS_DIR [full|insecure]
 // Exit 0 and `demo: ok` on success; non-zero with a message on stderr otherwise.
@@ -16,7 +20,7 @@ import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { chromium } from 'playwright-core';
 
-const OVERALL_TIMEOUT_MS = 60000;
+const OVERALL_TIMEOUT_MS = 100000;
 const WAIT_MS = 8000;
 const VIEWPORT = { width: 1100, height: 700 };
 const [base, artifacts, mode = 'full'] = process.argv.slice(2);
@@ -98,10 +102,87 @@ async function waitForMessage(page, text) {
 
 const online = (userId) => `#online li[data-user-id="${userId}"]`;
 
+/** Polls `probe` (async, truthy when done) every 50 ms for at most WAIT_MS. */
+async function until(what, probe) {
+  const deadline = Date.now() + WAIT_MS;
+  let last;
+  for (;;) {
+    last = await probe();
+    if (last) return last;
+    if (Date.now() > deadline) fail(`${what}: not within ${WAIT_MS} ms`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
+
+/** The server's open SSE streams (`/metrics`, fetched by Node: no browser connection). */
+async function sseStreams() {
+  const text = await (await fetch(`${base}/metrics`)).text();
+  const line = text.split('\n').find((l) => l.startsWith('ringcast_connections{transport="sse"} '));
+  check(line, '/metrics has ringcast_connections{transport="sse"}', text.slice(0, 400));
+  return Number(line.split(' ')[1]);
+}
+
+const role = (page) => page.getAttribute('#ren-state', 'data-role');
+
 /** Waits for `page`'s REN panel to show the realtime.message of `channel` with `seq`. */
 async function waitForRenMessage(page, channel, seq) {
   await page.waitForFunction(([ch, s]) => [...document.querySelectorAll('#ren li[data-type="realtime.message"] .what')]
     .some((el) => el.textContent.includes(ch) && el.textContent.includes(`seq ${s}`)), [channel, seq]);
+}
+
+/**
+ * Seven tabs of one browser on one room. Found in review: each tab opened an SSE stream of
+ * its own, Chromium's 6 connections per host (HTTP/1.1, all tabs of a profile) ran out,
+ * the 6th tab's fetches hung and the 7th did not load. Now the tabs share one stream.
+ */
+async function manyTabs(browser) {
+  const TABS = 7;
+  const channel = 'demo:seven';
+  check((await sseStreams()) === 0, 'no SSE stream before the tabs', await sseStreams());
+  const context = await browser.newContext({ viewport: VIEWPORT });
+  const pages = [];
+  for (let i = 1; i <= TABS; i += 1) {
+    const page = await context.newPage();
+    watch(page, `tab ${i}`);
+    await step(`tab ${i}: loads`, () => page.goto(`${base}/?room=seven`));
+    await step(`tab ${i}: goes live`, () => page.waitForSelector('#status[data-state="live"]'));
+    // The tabs before it joined before it subscribed: it knows them from its fetch of the
+    // online list (GET /api/realtime/presence/…), not from join events.
+    await step(`tab ${i}: shows at least ${i} online`, () => page.waitForFunction(
+      (n) => Number(document.getElementById('online-count').textContent) >= n, i));
+    pages.push(page);
+  }
+  const last = pages[TABS - 1];
+  const health = await last.evaluate(() => fetch('/healthz', { signal: AbortSignal.timeout(3000) }).then((r) => r.status));
+  check(health === 200, `tab ${TABS}: GET /healthz`, health);
+  for (const [i, page] of pages.entries()) {
+    await step(`tab ${i + 1}: REN open`, () => page.waitForSelector('#ren-state[data-state="open"]'));
+  }
+  const roles = await Promise.all(pages.map(role));
+  check(JSON.stringify(roles) === JSON.stringify(['leader', ...Array(TABS - 1).fill('relay')]),
+    'the first tab holds the REN stream, the others are relayed it', roles);
+  check((await sseStreams()) === 1, 'one SSE stream for the seven tabs', await sseStreams());
+
+  // REN in the tab that holds the stream and in one it relays to.
+  await send({ page: last }, 'Seven tabs, one stream');
+  await waitForMessage(pages[0], 'Seven tabs, one stream');
+  await waitForRenMessage(pages[0], channel, 1);
+  await waitForRenMessage(last, channel, 1);
+  await last.screenshot({ path: join(artifacts, 'demo-tab-7.png') });
+
+  // The first tab goes: another takes the stream over, and REN goes on in the last tab.
+  await pages[0].goto('about:blank');
+  const rest = pages.slice(1);
+  await until('one of the other tabs holds the REN stream, alone', async () => {
+    const now = await Promise.all(rest.map(role));
+    return now.filter((r) => r === 'leader').length === 1 && (await sseStreams()) === 1;
+  });
+  for (const page of rest) await page.waitForSelector('#ren-state[data-state="open"]');
+  await send({ page: rest[0] }, 'After the hand-over');
+  await waitForMessage(last, 'After the hand-over');
+  await waitForRenMessage(last, channel, 2);
+  await context.close();
+  await until('no SSE stream once the tabs are closed', async () => (await sseStreams()) === 0);
 }
 
 /**
@@ -123,6 +204,8 @@ async function insecure(browser) {
     await page.waitForSelector('#ren-state[data-state="open"]');
     pages.push(page);
   }
+  const roles = await Promise.all(pages.map(role));
+  check(JSON.stringify(roles) === '["leader","relay"]', 'the tabs share the REN stream', roles);
   await send({ page: pages[1] }, 'Hello from the LAN');
   await waitForMessage(pages[0], 'Hello from the LAN');
   await waitForRenMessage(pages[1], 'demo:lan', 1);
@@ -140,6 +223,7 @@ async function main() {
     if (mode === 'insecure') {
       await insecure(browser);
     } else {
+      await manyTabs(browser);
       await twoBrowsers(browser);
     }
     check(pageErrors.length === 0, 'no errors on the pages', pageErrors);
@@ -212,6 +296,7 @@ async function twoBrowsers(browser) {
   await send(b, 'Welcome back, both of us.');
   await waitForMessage(a.page, 'Welcome back, both of us.');
   await a.page.waitForSelector(online(b.userId));
+  await b.page.waitForSelector('#ren-state[data-state="open"]');
   // demo.png is the one docs/demo.png is copied from.
   await b.page.screenshot({ path: join(artifacts, 'demo.png') });
   await a.page.screenshot({ path: join(artifacts, 'demo-reloaded.png') });

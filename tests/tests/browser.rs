@@ -1,10 +1,11 @@
 //! The demo page in a real browser: tests/browser/demo.mjs drives Debian's headless
 //! Chromium (`/usr/bin/chromium`, through playwright-core) against `ringcast serve --dev`:
-//! two browsers chat over the official SDK bundled for the browser, see each other join
-//! and leave, one catches up with `lastEventId` after navigating away and back, and the
-//! REN (SSE) panel shows the mirrored events; the page also works from a non-loopback
-//! address (an insecure context). Screenshots land in `<target dir>/artifacts/browser/`
-//! (docs/demo.png is a copy of `demo.png`).
+//! seven tabs of one browser load and share one REN stream, two browsers chat over the
+//! official SDK bundled for the browser, see each other join and leave, one catches up
+//! with `lastEventId` after navigating away and back, and the REN (SSE) panel shows the
+//! mirrored events; the page also works from a non-loopback address (an insecure
+//! context). Screenshots land in `<target dir>/artifacts/browser/` (docs/demo.png is a
+//! copy of `demo.png`).
 
 use std::net::Ipv4Addr;
 use std::path::Path;
@@ -56,9 +57,14 @@ fn demo_page_chat_presence_catch_up_and_ren_in_chromium() -> Result<()> {
             artifacts.display().to_string(),
         ])
         .env("CHROMIUM", CHROMIUM)
-        .timeout(Duration::from_secs(90))
+        .timeout(Duration::from_secs(120))
         .run_ok(|| format!("server stderr tail:\n{}", server.stderr_tail()))?;
-    for shot in ["demo.png", "demo-tab-a.png", "demo-reloaded.png"] {
+    for shot in [
+        "demo.png",
+        "demo-tab-a.png",
+        "demo-reloaded.png",
+        "demo-tab-7.png",
+    ] {
         let len = std::fs::metadata(artifacts.join(shot))?.len();
         assert!(len > 10_000, "{shot}: {len} bytes");
     }

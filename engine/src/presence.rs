@@ -172,7 +172,15 @@ impl PresenceTable {
         limits: &PresenceLimits,
         now: Millis,
     ) -> Result<Joined, PresenceRefused> {
-        check_metadata(metadata.as_ref(), limits)?;
+        if let Err(refused) = check_metadata(metadata.as_ref(), limits) {
+            // The connection drops its hold on a refusal, so the owner lets go of it too:
+            // a member it joined before (its metadata refused only in a reload's race)
+            // then expires unless held otherwise (found in review: it stayed held, and
+            // refreshed by the connection's other channels, while the client could not
+            // leave it).
+            self.release(key, user, holder);
+            return Err(refused);
+        }
         let ttl_ms = limits.ttl_secs.saturating_mul(1000);
         let Self {
             channels,
@@ -312,6 +320,22 @@ impl PresenceTable {
                 metadata: None,
             }),
         )
+    }
+
+    /// `holder` no longer holds `user` in `key` (the member stays until its TTL).
+    fn release(&mut self, key: &ChannelKey, user: &str, holder: PresenceHolder) {
+        let PresenceHolder::Conn { shard, conn } = holder else {
+            return;
+        };
+        let member = self
+            .channels
+            .get_mut(key)
+            .and_then(|c| c.members.get_mut(user));
+        if let Some(member) = member {
+            if member.conns.remove(&(shard, conn)) {
+                unindex(&mut self.held, (shard, conn), key, user);
+            }
+        }
     }
 
     /// Connections `conns` of shard `from` were seen at `now`.
@@ -714,6 +738,37 @@ mod tests {
         assert_eq!(t.channel_count(), 0);
         assert!(t.held.is_empty());
         assert!(t.deadlines.is_empty());
+    }
+
+    /// A re-join refused for its metadata (a reload lowered the bound while it was on its
+    /// way) lets go of the connection's hold, as the connection does: the member then
+    /// expires, though the connection is seen for its other channels (found in review: it
+    /// stayed held and refreshed, and the client could not leave it).
+    #[test]
+    fn a_rejoin_refused_for_its_metadata_lets_go_of_the_connections_hold() {
+        let mut t = PresenceTable::default();
+        let (a, b) = (key("a"), key("b"));
+        t.join(&a, "u", None, conn(0, 1), &limits(), Millis(0))
+            .unwrap();
+        t.join(&b, "u", None, conn(0, 1), &limits(), Millis(0))
+            .unwrap();
+        let tight = PresenceLimits {
+            max_metadata_bytes: 4,
+            ..limits()
+        };
+        let big = Bytes::from_static(b"{\"s\":12345}");
+        assert!(t
+            .join(&a, "u", Some(big), conn(0, 1), &tight, Millis(1))
+            .is_err());
+        t.seen(ShardId(0), &[ConnId(1)], Millis(20_000));
+        assert_eq!(expired(&mut t, TTL + EXPIRY_GRACE_MS), vec!["u"]);
+        assert_eq!(t.member_count(&a), 0);
+        assert_eq!(t.member_count(&b), 1, "still held and seen");
+        assert_eq!(
+            t.held[&(ShardId(0), ConnId(1))].len(),
+            1,
+            "only b's hold left"
+        );
     }
 
     #[test]

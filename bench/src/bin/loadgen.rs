@@ -74,8 +74,10 @@ struct Args {
     /// readers follow (0: none, W2's traffic alone).
     #[arg(long, default_value_t = 100.0)]
     hot_rate: f64,
-    /// w6: data size of those publishes in bytes.
-    #[arg(long, default_value_t = 8192)]
+    /// w6: data size of those publishes in bytes (with `--hot-rate` 100, 3.2 MB/s per
+    /// stopped reader: past a 4 MiB kernel send buffer and Ringcast's 4 MiB outbound
+    /// bound within a 5 s phase).
+    #[arg(long, default_value_t = 32768)]
     hot_payload: usize,
     /// Reconnects per second during w4's churn.
     #[arg(long, default_value_t = 3000.0)]

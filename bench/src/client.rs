@@ -342,6 +342,17 @@ impl Pool {
         }
     }
 
+    /// Sends a WebSocket ping on `ix`: a server that closed the connection answers with
+    /// a reset, so the close is seen even when its FIN never came (an orphaned socket
+    /// the kernel gave up on while its peer did not read).
+    pub fn probe(&mut self, ix: ConnIx) {
+        let mask = self.next_mask();
+        if let Some(c) = self.conns[ix].as_mut() {
+            ws::encode_client_frame(ws::OP_PING, b"probe", mask, &mut c.wbuf);
+        }
+        self.mark_dirty(ix);
+    }
+
     /// Whether `ix` is still open (not closed by either side).
     pub fn is_open(&self, ix: ConnIx) -> bool {
         self.conns[ix].is_some()

@@ -633,10 +633,12 @@ fn personal_and_group(cfg: &Config, stalled: bool, r: &mut Report) -> anyhow::Re
         hot_published * cfg.hot_payload as u64,
     );
     // The stopped readers read again: what the server queued for them arrives, then the
-    // close it sent, if it did. Bounded: until all are closed, or 1 s passes with no
+    // close it sent, if it did; a ping each makes a closed one's reset show (found on
+    // the first runs: the server had closed all 100, the load generator saw none). Bounded: until all are closed, or 1 s passes with no
     // read, or 10 s in all.
     for &ix in &stopped {
         pool.resume(ix);
+        pool.probe(ix);
     }
     let t = Instant::now();
     let mut last = (pool.stats.reads, Instant::now());

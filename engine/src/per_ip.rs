@@ -4,15 +4,17 @@
 //! second's worth). Over either, the handshake gets 429 and nothing else changes.
 //!
 //! The client address is the one `client_addr` settles on (so behind a trusted proxy,
-//! the real client). State is shared by every shard: 64 locked maps, chosen by the
-//! address's hash, each entry a count and a bucket; an entry goes once its address has no
+//! the real client); IPv6 addresses count by their /64 ([`key`]). State is shared by
+//! every shard: 64 locked maps, chosen by the key's hash, each entry a count and a bucket; an entry goes once its address has no
 //! connection and a full bucket. Taken once per handshake and once per close, never per
 //! message.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::{Arc, Mutex};
+
+use crate::client_addr::canonical;
 
 /// Lock stripes.
 const STRIPES: usize = 64;
@@ -32,6 +34,20 @@ struct Entry {
     /// Handshakes available, in thousandths.
     tokens_milli: u64,
     refilled_ms: u64,
+}
+
+/// The address an entry counts for: an IPv4 address as it is (an IPv4-mapped IPv6
+/// address as its IPv4, as `client_addr` reads it), an IPv6 address by its /64 prefix.
+/// One host, or one subscriber's network, usually gets a whole /64 and picks any address
+/// in it: counted one by one, a single client had 2^64 budgets (found in review).
+pub fn key(addr: IpAddr) -> IpAddr {
+    match canonical(addr) {
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !u128::from(u64::MAX);
+            IpAddr::V6(Ipv6Addr::from(prefix))
+        }
+        v4 => v4,
+    }
 }
 
 /// Why a handshake was refused.
@@ -102,6 +118,8 @@ impl Default for PerIp {
 #[derive(Debug)]
 pub struct IpSlot {
     table: Arc<PerIp>,
+    /// The client address as seen (logged); it counts under [`key`] of it, worked out
+    /// again when needed rather than kept (one slot per idle connection).
     addr: IpAddr,
 }
 
@@ -114,16 +132,17 @@ impl IpSlot {
 
 impl Drop for IpSlot {
     fn drop(&mut self) {
-        let mut stripe = self.table.stripe(self.addr);
-        if let Some(entry) = stripe.addrs.get_mut(&self.addr) {
+        let key = key(self.addr);
+        let mut stripe = self.table.stripe(key);
+        if let Some(entry) = stripe.addrs.get_mut(&key) {
             entry.open = entry.open.saturating_sub(1);
         }
     }
 }
 
 impl PerIp {
-    fn stripe(&self, addr: IpAddr) -> std::sync::MutexGuard<'_, Stripe> {
-        let at = (self.hasher.hash_one(addr) as usize) % STRIPES;
+    fn stripe(&self, key: IpAddr) -> std::sync::MutexGuard<'_, Stripe> {
+        let at = (self.hasher.hash_one(key) as usize) % STRIPES;
         self.stripes[at].lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -136,7 +155,8 @@ impl PerIp {
         now_ms: u64,
     ) -> Result<IpSlot, IpRefused> {
         let capacity = u64::from(limits.handshakes_per_sec) * 1000;
-        let mut stripe = table.stripe(addr);
+        let key = key(addr);
+        let mut stripe = table.stripe(key);
         // Forget addresses that are idle and whose bucket is full again, each time the
         // stripe has doubled since.
         if stripe.addrs.len() >= stripe.sweep_at {
@@ -147,7 +167,7 @@ impl PerIp {
             });
             stripe.sweep_at = (2 * stripe.addrs.len()).max(SWEEP_FROM);
         }
-        let entry = stripe.addrs.entry(addr).or_insert(Entry {
+        let entry = stripe.addrs.entry(key).or_insert(Entry {
             open: 0,
             tokens_milli: capacity,
             refilled_ms: now_ms,
@@ -177,7 +197,8 @@ impl PerIp {
 
     /// Open connections of `addr` (tests, metrics).
     pub fn open(&self, addr: IpAddr) -> u32 {
-        self.stripe(addr).addrs.get(&addr).map_or(0, |e| e.open)
+        let key = key(addr);
+        self.stripe(key).addrs.get(&key).map_or(0, |e| e.open)
     }
 }
 
@@ -272,6 +293,32 @@ mod tests {
             PerIp::admit(&table, A, limits, 2_250).is_ok(),
             "four more after a second"
         );
+    }
+
+    /// Addresses of one IPv6 /64 share an entry: a host picks any address in its prefix
+    /// (found in review: each one counted apart). Another /64 is its own; an
+    /// IPv4-mapped address is its IPv4.
+    #[test]
+    fn ipv6_addresses_count_by_their_64_prefix() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let table = Arc::new(PerIp::default());
+        let limits = IpLimits {
+            max_connections: 1,
+            handshakes_per_sec: 0,
+        };
+        let _first = PerIp::admit(&table, ip("2001:db8:1:2::1"), limits, 0).unwrap();
+        assert_eq!(
+            PerIp::admit(&table, ip("2001:db8:1:2:ffff:ffff:ffff:fffe"), limits, 0).unwrap_err(),
+            IpRefused::TooManyConnections(1)
+        );
+        assert!(PerIp::admit(&table, ip("2001:db8:1:3::1"), limits, 0).is_ok());
+        assert_eq!(table.open(ip("2001:db8:1:2::abcd")), 1);
+        let _v4 = PerIp::admit(&table, ip("::ffff:203.0.113.7"), limits, 0).unwrap();
+        assert!(
+            PerIp::admit(&table, A, limits, 0).is_err(),
+            "mapped is IPv4"
+        );
+        assert_eq!(key(ip("2001:db8:1:2:3:4:5:6")), ip("2001:db8:1:2::"));
     }
 
     #[test]

@@ -12,6 +12,13 @@
 //!                                       (`/` and `/demo/*`: demo.rs, when `demo` is on)
 //! ```
 //!
+//! Admission (`admission.rs`) came first, at the accept: a connection whose address is
+//! over `max_connections_per_ip` is answered 429 here before anything is read; one past
+//! `max_connections` has its head read for a probe, else 503. A connection keeps its
+//! place among its address's connections (`per_ip.rs`) through keep-alive and into the
+//! WebSocket or SSE stream it becomes; an upgrade takes one handshake of the address's
+//! rate.
+//!
 //! Deadline: each request's head and body together must arrive within
 //! `handshake_timeout_ms`, counted from when the server starts waiting for that request,
 //! so a client that trickles bytes cannot hold a connection slot longer than that per
@@ -40,11 +47,11 @@ use ringcast_protocol::http::{
 use ringcast_protocol::proxy::{self, ProxyParse};
 use ringcast_protocol::ApiError;
 
-use crate::admission::ConnectionSlot;
+use crate::admission::Admission;
 use crate::client_addr::canonical;
 use crate::demo::DemoSite;
 use crate::metrics::{CloseReason, HttpRoute, Transport};
-use crate::per_ip::{IpSlot, PerIp};
+use crate::per_ip::{IpRefused, IpSlot, PerIp};
 use crate::session::{start_session, SessionSetup};
 use crate::shard::Shard;
 use crate::token;
@@ -52,15 +59,21 @@ use crate::token;
 /// What to do with a request.
 enum Route {
     Respond(Vec<u8>, bool),
-    Upgrade { setup: SessionSetup },
+    /// `ip`: see [`admit_upgrade`].
+    Upgrade {
+        setup: SessionSetup,
+        ip: Option<IpSlot>,
+    },
 }
 
-/// How the HTTP phase of a connection ended.
+/// How the HTTP phase of a connection ended. The [`IpSlot`] of a stream is one taken for
+/// the client a trusted proxy named, `None` when the connection's own counts for it
+/// ([`admit_upgrade`]).
 enum Served {
     Close(CloseReason),
     /// `GET /api/maravilla/ren`: the connection becomes a REN (SSE) stream.
-    Ren(crate::api::ren::RenOpen, IpSlot),
-    Upgrade(SessionSetup),
+    Ren(crate::api::ren::RenOpen, Option<IpSlot>),
+    Upgrade(SessionSetup, Option<IpSlot>),
 }
 
 /// `/metrics`'s content type: `prometheus-client` writes OpenMetrics text (a closing `#
@@ -74,39 +87,62 @@ const LINGER: Duration = Duration::from_secs(1);
 /// After an error answer, how many bytes the server reads and drops, at most.
 const LINGER_BYTES: usize = 64 * 1024;
 
-/// Serves one accepted connection from `peer` (the address `accept` gave). `slot` is
-/// `None` when the server is full: the request head is read and answered with 503, or,
-/// for `GET /healthz`, `/readyz` and `/metrics`, with their usual answer; either way the
+/// Serves one accepted connection from `peer` (the address `accept` gave), as
+/// `admission` lets it: over its address's budget it gets 429 at once; past
+/// `max_connections` the request head is read and answered with 503, or, for `GET
+/// /healthz`, `/readyz` and `/metrics`, with their usual answer; either way the
 /// connection then closes.
 pub async fn serve_connection(
     shard: Rc<Shard>,
     mut stream: TcpStream,
     peer: SocketAddr,
-    slot: Option<ConnectionSlot>,
+    admission: Admission,
 ) {
-    let mut buf: Vec<u8> = Vec::with_capacity(1024);
     let peer = canonical(peer.ip());
+    let (slot, mut own_ip) = match admission {
+        Admission::Open { slot, ip } => (Some(slot), ip),
+        Admission::Full { ip } => (None, ip),
+        Admission::AddressFull(refused) => {
+            let timeout = Duration::from_millis(shard.shared.config.load().handshake_timeout_ms);
+            refuse_address(&shard, &mut stream, refused, timeout).await;
+            shard.connection_closed(Transport::Http, CloseReason::Limit, peer);
+            return;
+        }
+    };
+    let mut buf: Vec<u8> = Vec::with_capacity(1024);
     // The client the close is logged with: the peer until a request names another.
     let mut client = peer;
-    let served = serve_requests(&shard, &mut stream, &mut buf, &mut client, slot.is_some()).await;
+    let has_slot = slot.is_some();
+    let served = serve_requests(
+        &shard,
+        &mut stream,
+        &mut buf,
+        &mut client,
+        has_slot,
+        &mut own_ip,
+    )
+    .await;
     match served {
         Served::Close(reason) => {
             shard.connection_closed(Transport::Http, reason, client);
-            // The slot is free before the client can see the close: a client that waits
-            // for EOF and connects again finds it free.
+            // The slots are free before the client can see the close: a client that
+            // waits for EOF and connects again finds them free.
+            drop(own_ip);
             drop(slot);
             drop(stream);
         }
-        Served::Ren(open, ip_slot) => {
-            if let Some(slot) = slot {
-                crate::ren::serve::start_stream(shard, stream, open, (slot, ip_slot));
+        // A stream's place is the one taken for its client, else the connection's own
+        // (always there then: `admit_upgrade`).
+        Served::Ren(open, ip) => {
+            if let (Some(slot), Some(ip)) = (slot, ip.or(own_ip)) {
+                crate::ren::serve::start_stream(shard, stream, open, (slot, ip));
             }
         }
-        Served::Upgrade(setup) => {
-            if let Some(slot) = slot {
+        Served::Upgrade(setup, ip) => {
+            if let (Some(slot), Some(ip)) = (slot, ip.or(own_ip)) {
                 // Tasks of their own, so this HTTP-phase state is freed while the
                 // WebSocket lives (idle connections stay small).
-                start_session(shard, stream, buf, setup, slot);
+                start_session(shard, stream, buf, setup, (slot, ip));
             }
         }
     }
@@ -114,13 +150,16 @@ pub async fn serve_connection(
 
 /// Reads and answers requests until one closes the connection or upgrades it. `client`
 /// comes in as the TCP peer and is kept up to date with the client address the last
-/// request came from (a trusted proxy's PROXY header or `X-Forwarded-For`).
+/// request came from (a trusted proxy's PROXY header or `X-Forwarded-For`). `own_ip` is
+/// the connection's place among its client's connections: taken at the accept, or here
+/// for the client a PROXY header names.
 async fn serve_requests(
     shard: &Rc<Shard>,
     stream: &mut TcpStream,
     buf: &mut Vec<u8>,
     client: &mut IpAddr,
     has_slot: bool,
+    own_ip: &mut Option<IpSlot>,
 ) -> Served {
     let peer = *client;
     let (timeout, max_body, proxy_protocol) = {
@@ -167,6 +206,19 @@ async fn serve_requests(
                 buf.drain(..len);
                 relayed = client_of_header.map_or(peer, |c| canonical(c.ip()));
                 *client = relayed;
+                // The proxy's connection carries this one client from here on: it counts
+                // as the client's, as a direct one would from its accept. (`LOCAL` names
+                // no one: the proxy itself, whose connections are not counted.)
+                if !shard.shared.trusted.load().trusts(relayed) {
+                    let limits = shard.shared.config.load().ip_limits();
+                    match PerIp::connect(&shard.shared.per_ip, relayed, limits, shard.now().0) {
+                        Ok(ip) => *own_ip = Some(ip),
+                        Err(refused) => {
+                            refuse_address(shard, stream, refused, timeout).await;
+                            return Served::Close(CloseReason::Limit);
+                        }
+                    }
+                }
             }
             Ok(Ok(ProxyParse::Invalid(why))) => {
                 let error = ApiError::BadRequest;
@@ -231,12 +283,12 @@ async fn serve_requests(
         let started = std::time::Instant::now();
         if crate::api::ren::is_stream_request(&head) {
             // The address's budget first, as for WebSocket handshakes.
-            let opened = admit_ip(shard, client)
-                .and_then(|ip_slot| Ok((crate::api::ren::open(shard, &head)?, ip_slot)));
+            let opened = admit_upgrade(shard, own_ip.as_ref(), client)
+                .and_then(|ip| Ok((crate::api::ren::open(shard, &head)?, ip)));
             match opened {
-                Ok((open, ip_slot)) => {
+                Ok((open, ip)) => {
                     count_request(shard, route_label, 200, started);
-                    return Served::Ren(open, ip_slot);
+                    return Served::Ren(open, ip);
                 }
                 Err(refusal) => {
                     let keep_alive = head.keep_alive() && !shard.is_shutting_down();
@@ -270,7 +322,7 @@ async fn serve_requests(
             }
             continue;
         }
-        match route(shard, &head, client) {
+        match route(shard, &head, client, own_ip.as_ref()) {
             Route::Respond(mut out, keep_alive) => {
                 if shard.is_shutting_down() {
                     out = ringcast_protocol::http::closing(out);
@@ -285,10 +337,10 @@ async fn serve_requests(
                     return Served::Close(CloseReason::Shutdown);
                 }
             }
-            Route::Upgrade { setup } => {
+            Route::Upgrade { setup, ip } => {
                 // The 101 goes out with `connected`, from the connection's writer.
                 count_request(shard, route_label, 101, started);
-                return Served::Upgrade(setup);
+                return Served::Upgrade(setup, ip);
             }
         }
     }
@@ -356,11 +408,43 @@ async fn refuse(
     timeout: Duration,
     route: HttpRoute,
 ) {
+    let out = api_error_response(error, message, false);
+    send_refusal(shard, stream, error, out, timeout, route).await;
+}
+
+/// Writes `out`, the answer with `error` that ends the connection, then lingers.
+async fn send_refusal(
+    shard: &Rc<Shard>,
+    stream: &mut TcpStream,
+    error: ApiError,
+    out: Vec<u8>,
+    timeout: Duration,
+    route: HttpRoute,
+) {
     shard.shared.metrics.shard(shard.id).error(error.code());
     let started = std::time::Instant::now();
-    let out = api_error_response(error, message, false);
     let written = write_within(shard, stream, out, timeout).await;
     count_request(shard, route, error.status(), started);
+    if written {
+        linger(stream).await;
+    }
+}
+
+/// 429 and close for a connection whose client address has `max_connections_per_ip`
+/// open, before any request is read (found in review: such connections were read for
+/// up to `handshake_timeout_ms` each). What the client sends meanwhile is drained by the
+/// linger, so the answer is not lost to a reset.
+async fn refuse_address(
+    shard: &Rc<Shard>,
+    stream: &mut TcpStream,
+    refused: IpRefused,
+    timeout: Duration,
+) {
+    let refusal = Refusal::new(ApiError::RateLimited, refused.to_string()).retry_after(1);
+    let started = std::time::Instant::now();
+    let out = crate::api::respond_refusal(shard, &refusal, false);
+    let written = write_within(shard, stream, out, timeout).await;
+    count_request(shard, HttpRoute::Unparsed, refusal.error.status(), started);
     if written {
         linger(stream).await;
     }
@@ -480,11 +564,23 @@ async fn read_body(
     }
 }
 
-/// A place for one more long-lived connection (WebSocket, SSE) of `client`, or the 429
-/// that refuses it (see `per_ip.rs`).
-fn admit_ip(shard: &Shard, client: IpAddr) -> Result<IpSlot, Refusal> {
+/// Admits the upgrade of a connection to a long-lived one (WebSocket, SSE) for
+/// `client`, or gives the 429 that refuses it (see `per_ip.rs`). A connection whose own
+/// place (`own`) counts for `client` takes one handshake of its rate and keeps that
+/// place: `Ok(None)`. Otherwise (a trusted proxy's connection, the client named by
+/// `X-Forwarded-For`) a handshake and a place of `client`'s own are taken: `Ok(Some)`.
+fn admit_upgrade(
+    shard: &Shard,
+    own: Option<&IpSlot>,
+    client: IpAddr,
+) -> Result<Option<IpSlot>, Refusal> {
     let limits = shard.shared.config.load().ip_limits();
-    PerIp::admit(&shard.shared.per_ip, client, limits, shard.now().0)
+    let now = shard.now().0;
+    let admitted = match own {
+        Some(own) if own.counts_for(client) => own.handshake(limits, now).map(|()| None),
+        _ => PerIp::admit(&shard.shared.per_ip, client, limits, now).map(Some),
+    };
+    admitted
         .map_err(|refused| Refusal::new(ApiError::RateLimited, refused.to_string()).retry_after(1))
 }
 
@@ -516,7 +612,7 @@ async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(), Read
 }
 
 /// Answers a complete request that is not for the HTTP API (`crate::api` answers those).
-fn route(shard: &Rc<Shard>, head: &RequestHead, client: IpAddr) -> Route {
+fn route(shard: &Rc<Shard>, head: &RequestHead, client: IpAddr, own_ip: Option<&IpSlot>) -> Route {
     let keep_alive = head.keep_alive();
     let respond = |out: Vec<u8>| Route::Respond(out, keep_alive);
     let error = |error: ApiError, message: &str| {
@@ -532,7 +628,7 @@ fn route(shard: &Rc<Shard>, head: &RequestHead, client: IpAddr) -> Route {
     }
     match path {
         "/_rt/ws" if !is_get => error(ApiError::MethodNotAllowed, "use GET to open a WebSocket"),
-        "/_rt/ws" => websocket(shard, head, client, keep_alive),
+        "/_rt/ws" => websocket(shard, head, client, own_ip, keep_alive),
         "/healthz" | "/readyz" | "/metrics" if !is_get => {
             error(ApiError::MethodNotAllowed, "use GET")
         }
@@ -603,7 +699,13 @@ fn refusal_response(error: ApiError, message: &str, keep_alive: bool) -> Vec<u8>
     }
 }
 
-fn websocket(shard: &Rc<Shard>, head: &RequestHead, client: IpAddr, keep_alive: bool) -> Route {
+fn websocket(
+    shard: &Rc<Shard>,
+    head: &RequestHead,
+    client: IpAddr,
+    own_ip: Option<&IpSlot>,
+    keep_alive: bool,
+) -> Route {
     let error = |error: ApiError, message: &str| {
         shard.shared.metrics.shard(shard.id).error(error.code());
         Route::Respond(refusal_response(error, message, keep_alive), keep_alive)
@@ -625,8 +727,8 @@ fn websocket(shard: &Rc<Shard>, head: &RequestHead, client: IpAddr, keep_alive: 
     // address's budget too (found in review: only handshakes that would succeed
     // counted, so one address could have tokens checked without bound). The slot is
     // given back when the handshake is refused.
-    let ip_slot = match admit_ip(shard, client) {
-        Ok(slot) => slot,
+    let ip = match admit_upgrade(shard, own_ip, client) {
+        Ok(ip) => ip,
         Err(refusal) => {
             let out = crate::api::respond_refusal(shard, &refusal, keep_alive);
             return Route::Respond(out, keep_alive);
@@ -676,9 +778,9 @@ fn websocket(shard: &Rc<Shard>, head: &RequestHead, client: IpAddr, keep_alive: 
             client_id,
             presence_events,
             grant,
-            ip_slot,
             response,
         },
+        ip,
     }
 }
 

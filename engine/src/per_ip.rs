@@ -1,13 +1,21 @@
-//! Per-client-address limits on long-lived connections (WebSocket upgrades and SSE
-//! streams): how many may be open at once (`max_connections_per_ip`) and how many
-//! handshakes per second (`handshakes_per_sec_per_ip`, a token bucket holding one
-//! second's worth). Over either, the handshake gets 429 and nothing else changes.
+//! Per-client-address limits: how many TCP connections may be open at once
+//! (`max_connections_per_ip`) and how many WebSocket and SSE handshakes per second
+//! (`handshakes_per_sec_per_ip`, a token bucket holding one second's worth).
 //!
-//! The client address is the one `client_addr` settles on (so behind a trusted proxy,
-//! the real client); IPv6 addresses count by their /64 ([`key`]). State is shared by
-//! every shard: 64 locked maps, chosen by the key's hash, each entry a count and a bucket; an entry goes once its address has no
-//! connection and a full bucket. Taken once per handshake and once per close, never per
-//! message.
+//! Every connection counts from its accept, whatever it carries: a plain HTTP connection,
+//! one that has not finished its request head, a WebSocket, an SSE stream (found in
+//! review: only upgrades counted, so one address holding idle keep-alive or half-sent
+//! requests could take every `max_connections` slot and lock everyone else out). Over
+//! the connection limit a new connection gets 429 before anything is read; over the
+//! handshake rate the upgrade (or stream request) gets 429 and the connection stays.
+//!
+//! The client address is the one `client_addr` settles on. A trusted proxy's own
+//! connections are not counted (they carry many clients): a PROXY header's client is
+//! counted from the header, an `X-Forwarded-For` client from its upgrade. IPv6 addresses
+//! count by their /64 ([`key`]). State is shared by every shard: 64 locked maps, chosen
+//! by the key's hash, each entry a count and a bucket; an entry goes once its address has
+//! no connection and a full bucket. Taken once per connection, once per handshake and
+//! once per close, never per message.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -50,7 +58,7 @@ pub fn key(addr: IpAddr) -> IpAddr {
     }
 }
 
-/// Why a handshake was refused.
+/// Why a connection or handshake was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IpRefused {
     /// The address has `max_connections` open.
@@ -128,6 +136,24 @@ impl IpSlot {
     pub fn addr(&self) -> IpAddr {
         self.addr
     }
+
+    /// Whether `addr` counts under the same entry as this slot.
+    pub fn counts_for(&self, addr: IpAddr) -> bool {
+        key(self.addr) == key(addr)
+    }
+
+    /// Takes one handshake of this slot's address at `now_ms` (the connection is
+    /// counted already, so only the rate applies).
+    pub fn handshake(&self, limits: IpLimits, now_ms: u64) -> Result<(), IpRefused> {
+        if limits.handshakes_per_sec == 0 {
+            // Nothing to count (the `--dev` default): no lock taken per upgrade.
+            return Ok(());
+        }
+        let key = key(self.addr);
+        let mut stripe = self.table.stripe(key);
+        let entry = stripe.entry(key, limits, now_ms);
+        entry.take_handshake(limits, now_ms)
+    }
 }
 
 impl Drop for IpSlot {
@@ -140,54 +166,104 @@ impl Drop for IpSlot {
     }
 }
 
+impl Entry {
+    /// Refills the bucket to `now_ms`; then whether a handshake is available.
+    fn handshake_available(&mut self, limits: IpLimits, now_ms: u64) -> Result<(), IpRefused> {
+        if limits.handshakes_per_sec == 0 {
+            return Ok(());
+        }
+        let capacity = u64::from(limits.handshakes_per_sec) * 1000;
+        // One token per 1000 / rate ms: rate × elapsed ms thousandths.
+        let elapsed = now_ms.saturating_sub(self.refilled_ms);
+        self.tokens_milli =
+            (self.tokens_milli + elapsed * u64::from(limits.handshakes_per_sec)).min(capacity);
+        self.refilled_ms = now_ms.max(self.refilled_ms);
+        if self.tokens_milli < 1000 {
+            return Err(IpRefused::TooManyHandshakes(limits.handshakes_per_sec));
+        }
+        Ok(())
+    }
+
+    /// Takes one handshake, or refuses and takes nothing.
+    fn take_handshake(&mut self, limits: IpLimits, now_ms: u64) -> Result<(), IpRefused> {
+        self.handshake_available(limits, now_ms)?;
+        if limits.handshakes_per_sec > 0 {
+            self.tokens_milli -= 1000;
+        }
+        Ok(())
+    }
+
+    /// Whether one more connection fits.
+    fn connection_available(&self, limits: IpLimits) -> Result<(), IpRefused> {
+        if limits.max_connections > 0 && self.open >= limits.max_connections {
+            return Err(IpRefused::TooManyConnections(limits.max_connections));
+        }
+        Ok(())
+    }
+}
+
+impl Stripe {
+    /// The entry of `key` (made with a full bucket), once idle addresses are forgotten
+    /// if the stripe has doubled since the last time.
+    fn entry(&mut self, key: IpAddr, limits: IpLimits, now_ms: u64) -> &mut Entry {
+        let capacity = u64::from(limits.handshakes_per_sec) * 1000;
+        if self.addrs.len() >= self.sweep_at {
+            self.addrs.retain(|_, e| {
+                let refill =
+                    now_ms.saturating_sub(e.refilled_ms) * u64::from(limits.handshakes_per_sec);
+                e.open > 0 || e.tokens_milli + refill < capacity
+            });
+            self.sweep_at = (2 * self.addrs.len()).max(SWEEP_FROM);
+        }
+        self.addrs.entry(key).or_insert(Entry {
+            open: 0,
+            tokens_milli: capacity,
+            refilled_ms: now_ms,
+        })
+    }
+}
+
 impl PerIp {
     fn stripe(&self, key: IpAddr) -> std::sync::MutexGuard<'_, Stripe> {
         let at = (self.hasher.hash_one(key) as usize) % STRIPES;
         self.stripes[at].lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Admits one handshake from `addr` at `now_ms` under `limits`: the slot holds its
-    /// place among the address's open connections until dropped.
+    /// Admits one connection from `addr` at `now_ms` under `limits`, taking no
+    /// handshake (a connection just accepted): the slot holds its place among the
+    /// address's open connections until dropped.
+    pub fn connect(
+        table: &Arc<PerIp>,
+        addr: IpAddr,
+        limits: IpLimits,
+        now_ms: u64,
+    ) -> Result<IpSlot, IpRefused> {
+        let key = key(addr);
+        let mut stripe = table.stripe(key);
+        let entry = stripe.entry(key, limits, now_ms);
+        entry.connection_available(limits)?;
+        entry.open += 1;
+        Ok(IpSlot {
+            table: table.clone(),
+            addr,
+        })
+    }
+
+    /// Admits one handshake and one more connection from `addr` at `now_ms` under
+    /// `limits` (a client that a trusted proxy named, on a connection not counted for
+    /// it); refused, it takes neither.
     pub fn admit(
         table: &Arc<PerIp>,
         addr: IpAddr,
         limits: IpLimits,
         now_ms: u64,
     ) -> Result<IpSlot, IpRefused> {
-        let capacity = u64::from(limits.handshakes_per_sec) * 1000;
         let key = key(addr);
         let mut stripe = table.stripe(key);
-        // Forget addresses that are idle and whose bucket is full again, each time the
-        // stripe has doubled since.
-        if stripe.addrs.len() >= stripe.sweep_at {
-            stripe.addrs.retain(|_, e| {
-                let refill =
-                    now_ms.saturating_sub(e.refilled_ms) * u64::from(limits.handshakes_per_sec);
-                e.open > 0 || e.tokens_milli + refill < capacity
-            });
-            stripe.sweep_at = (2 * stripe.addrs.len()).max(SWEEP_FROM);
-        }
-        let entry = stripe.addrs.entry(key).or_insert(Entry {
-            open: 0,
-            tokens_milli: capacity,
-            refilled_ms: now_ms,
-        });
-        if limits.handshakes_per_sec > 0 {
-            // One token per 1000 / rate ms: rate × elapsed ms thousandths.
-            let elapsed = now_ms.saturating_sub(entry.refilled_ms);
-            entry.tokens_milli =
-                (entry.tokens_milli + elapsed * u64::from(limits.handshakes_per_sec)).min(capacity);
-            entry.refilled_ms = now_ms.max(entry.refilled_ms);
-            if entry.tokens_milli < 1000 {
-                return Err(IpRefused::TooManyHandshakes(limits.handshakes_per_sec));
-            }
-        }
-        if limits.max_connections > 0 && entry.open >= limits.max_connections {
-            return Err(IpRefused::TooManyConnections(limits.max_connections));
-        }
-        if limits.handshakes_per_sec > 0 {
-            entry.tokens_milli -= 1000;
-        }
+        let entry = stripe.entry(key, limits, now_ms);
+        entry.handshake_available(limits, now_ms)?;
+        entry.connection_available(limits)?;
+        entry.take_handshake(limits, now_ms)?;
         entry.open += 1;
         Ok(IpSlot {
             table: table.clone(),
@@ -306,19 +382,46 @@ mod tests {
             max_connections: 1,
             handshakes_per_sec: 0,
         };
-        let _first = PerIp::admit(&table, ip("2001:db8:1:2::1"), limits, 0).unwrap();
+        let _first = PerIp::connect(&table, ip("2001:db8:1:2::1"), limits, 0).unwrap();
         assert_eq!(
-            PerIp::admit(&table, ip("2001:db8:1:2:ffff:ffff:ffff:fffe"), limits, 0).unwrap_err(),
+            PerIp::connect(&table, ip("2001:db8:1:2:ffff:ffff:ffff:fffe"), limits, 0).unwrap_err(),
             IpRefused::TooManyConnections(1)
         );
-        assert!(PerIp::admit(&table, ip("2001:db8:1:3::1"), limits, 0).is_ok());
+        assert_eq!(
+            PerIp::admit(&table, ip("2001:db8:1:2::99"), limits, 0).unwrap_err(),
+            IpRefused::TooManyConnections(1)
+        );
+        assert!(PerIp::connect(&table, ip("2001:db8:1:3::1"), limits, 0).is_ok());
         assert_eq!(table.open(ip("2001:db8:1:2::abcd")), 1);
-        let _v4 = PerIp::admit(&table, ip("::ffff:203.0.113.7"), limits, 0).unwrap();
+        let _v4 = PerIp::connect(&table, ip("::ffff:203.0.113.7"), limits, 0).unwrap();
         assert!(
-            PerIp::admit(&table, A, limits, 0).is_err(),
+            PerIp::connect(&table, A, limits, 0).is_err(),
             "mapped is IPv4"
         );
         assert_eq!(key(ip("2001:db8:1:2:3:4:5:6")), ip("2001:db8:1:2::"));
+    }
+
+    /// A counted connection's upgrade takes a handshake and no second place; refused,
+    /// the connection keeps its place.
+    #[test]
+    fn a_counted_connection_takes_handshakes_only() {
+        let table = Arc::new(PerIp::default());
+        let limits = IpLimits {
+            max_connections: 1,
+            handshakes_per_sec: 1,
+        };
+        let slot = PerIp::connect(&table, A, limits, 1_000).unwrap();
+        assert!(slot.counts_for(A) && !slot.counts_for(B));
+        slot.handshake(limits, 1_000).unwrap();
+        assert_eq!(table.open(A), 1);
+        assert_eq!(
+            slot.handshake(limits, 1_500).unwrap_err(),
+            IpRefused::TooManyHandshakes(1)
+        );
+        assert_eq!(table.open(A), 1);
+        assert!(slot.handshake(limits, 2_000).is_ok(), "refilled");
+        drop(slot);
+        assert_eq!(table.open(A), 0);
     }
 
     #[test]

@@ -21,7 +21,6 @@ use anyhow::Context as _;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::accept_log::{AcceptLog, Logged};
-use crate::admission::ConnectionSlot;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::datadir;
@@ -556,8 +555,8 @@ fn take_backlog(shard: &Rc<Shard>, listener: &monoio::net::TcpListener) {
 }
 
 fn spawn_connection(shard: &Rc<Shard>, stream: monoio::net::TcpStream, peer: SocketAddr) {
-    let slot = ConnectionSlot::acquire(&shard.shared, shard.id);
-    monoio::spawn(serve_connection(shard.clone(), stream, peer, slot));
+    let admission = crate::admission::admit(&shard.shared, shard.id, peer.ip(), shard.now().0);
+    monoio::spawn(serve_connection(shard.clone(), stream, peer, admission));
 }
 
 /// Gives other tasks on this thread one turn.

@@ -59,8 +59,6 @@ pub struct SessionSetup {
     pub presence_events: Option<PresenceSpelling>,
     /// What its connection token (`?token=`) verified.
     pub grant: Option<Grant>,
-    /// Its place among its client address's open connections (released at the end).
-    pub ip_slot: IpSlot,
     /// The `101 Switching Protocols` response, not written yet: it leaves with
     /// `connected` in the connection's first `writev`.
     pub response: Vec<u8>,
@@ -68,7 +66,8 @@ pub struct SessionSetup {
 
 /// Starts serving one upgraded connection: registers it, attaches it to the shard's send
 /// ring (or spawns its writer task where there is none), spawns its session task, and
-/// queues `connected`. `slot` is released when the session ends.
+/// queues `connected`. `slot` (its `max_connections` slot and its place among its client
+/// address's connections) is released when the session ends.
 ///
 /// The set-up runs here, outside the session task, so the task keeps only what it needs
 /// while the connection lives (an async fn's arguments stay in its task to the end).
@@ -77,14 +76,13 @@ pub fn start_session(
     stream: TcpStream,
     leftover: Vec<u8>,
     setup: SessionSetup,
-    slot: ConnectionSlot,
+    slot: (ConnectionSlot, IpSlot),
 ) {
     let SessionSetup {
         tenant,
         client_id,
         presence_events,
         grant,
-        ip_slot,
         response,
     } = setup;
     let preface = Some(bytes::Bytes::from(response));
@@ -102,7 +100,7 @@ pub fn start_session(
     } else {
         leftover
     };
-    monoio::spawn(run_session(shard, conn, reader, buf, (slot, ip_slot)));
+    monoio::spawn(run_session(shard, conn, reader, buf, slot));
 }
 
 /// Reads and handles the connection's frames until it closes.

@@ -1,7 +1,8 @@
 //! The client address behind proxies and the per-address limits (issue #15): only
 //! trusted proxies are believed (`X-Forwarded-For`, PROXY protocol v1 and v2), a PROXY
-//! header from anyone else is refused, and over a per-address limit a handshake gets 429
-//! while everything else goes on.
+//! header from anyone else is refused, every connection of an address counts from its
+//! accept (over the limit it gets 429 before anything is read), and over the handshake
+//! rate an upgrade gets 429 while everything else goes on.
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
@@ -46,6 +47,17 @@ fn open_from(
     Ok((read_http_response(&mut stream, WAIT)?, stream))
 }
 
+/// A connection from `local` (any 127.x address).
+fn connect_from(server: &Server, local: &str) -> Result<TcpStream> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    let bind: SocketAddr = format!("{local}:0").parse()?;
+    socket.bind(&bind.into())?;
+    socket.connect(&server.addr().into())?;
+    Ok(socket.into())
+}
+
+const HEALTHZ: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+
 fn open(server: &Server, headers: &str) -> Result<(HttpResponse, TcpStream)> {
     open_from(server, "127.0.0.1", b"", headers)
 }
@@ -77,6 +89,85 @@ fn over_the_per_address_connection_limit_the_handshake_gets_429_until_one_closes
     drop(b_stream);
     let again = poll_until(WAIT, Duration::from_millis(20), || {
         let (resp, stream) = open(&server, "")?;
+        Ok((resp.status == 101).then_some(stream))
+    })?;
+    drop(again);
+    Ok(())
+}
+
+/// Every connection counts for its address from the accept, not only WebSockets and SSE
+/// streams (found in review: 40 kept-alive `/healthz` connections from one address took
+/// every `max_connections` slot, and another address's WebSocket got 503). Over the
+/// limit a connection gets 429 at once, before its request is read.
+#[test]
+fn one_address_cannot_take_every_connection_slot() -> Result<()> {
+    let server = start(
+        "max_connections = 40\nmax_connections_per_ip = 2\nhandshakes_per_sec_per_ip = 0\n\
+         handshake_timeout_ms = 3000",
+    )?;
+    // One at a time, so the first two are the ones admitted.
+    let mut kept = Vec::new();
+    let mut refused = 0;
+    for _ in 0..40 {
+        let mut conn = connect_from(&server, "127.0.0.5")?;
+        conn.write_all(HEALTHZ)?;
+        let resp = read_http_response(&mut conn, WAIT)?;
+        if resp.status == 200 {
+            assert_eq!(resp.header("connection"), Some("keep-alive"));
+        } else {
+            resp.assert_error(429, "rate_limited");
+            assert_eq!(resp.header("retry-after"), Some("1"));
+            assert_eq!(resp.header("connection"), Some("close"));
+            refused += 1;
+        }
+        kept.push(conn);
+    }
+    assert_eq!(refused, 38, "two of the address's connections admitted");
+    // A half-sent head over the limit is refused at once: read, it would wait for the
+    // rest until `handshake_timeout_ms` and get 408.
+    let mut dripping = connect_from(&server, "127.0.0.5")?;
+    dripping.write_all(&HEALTHZ[..10])?;
+    read_http_response(&mut dripping, Duration::from_millis(2500))?
+        .assert_error(429, "rate_limited");
+    // Another address still gets in.
+    let (ws, _ws) = open_from(&server, "127.0.0.6", b"", "")?;
+    assert_eq!(ws.status, 101, "{}", ws.body_text());
+    // The two admitted are still served, kept alive.
+    for conn in kept.iter_mut().take(2) {
+        conn.write_all(HEALTHZ)?;
+        assert_eq!(read_http_response(conn, WAIT)?.status, 200);
+    }
+    // The address's WebSocket is refused too: its two places are taken.
+    let (over, _) = open_from(&server, "127.0.0.5", b"", "")?;
+    over.assert_error(429, "rate_limited");
+    Ok(())
+}
+
+/// Behind a trusted proxy's PROXY header, the connection counts for the client the
+/// header names from there on, whatever it carries; the proxy's own connections (no
+/// header) are not counted.
+#[test]
+fn a_proxy_header_counts_the_connection_for_its_client() -> Result<()> {
+    let server = start(
+        "proxy_protocol = true\ntrusted_proxies = [\"127.0.0.1\"]\nmax_connections_per_ip = 1\n\
+         handshakes_per_sec_per_ip = 0",
+    )?;
+    let mut plain = TcpStream::connect(server.addr())?;
+    plain.write_all(&[proxy_v1("198.51.100.7"), HEALTHZ.to_vec()].concat())?;
+    assert_eq!(read_http_response(&mut plain, WAIT)?.status, 200);
+    let (same, _) = open_from(&server, "127.0.0.1", &proxy_v1("198.51.100.7"), "")?;
+    same.assert_error(429, "rate_limited");
+    // The proxy's own connections, several at once.
+    let mut bare: Vec<TcpStream> = Vec::new();
+    for _ in 0..3 {
+        let mut conn = TcpStream::connect(server.addr())?;
+        conn.write_all(HEALTHZ)?;
+        assert_eq!(read_http_response(&mut conn, WAIT)?.status, 200);
+        bare.push(conn);
+    }
+    drop(plain);
+    let again = poll_until(WAIT, Duration::from_millis(20), || {
+        let (resp, stream) = open_from(&server, "127.0.0.1", &proxy_v1("198.51.100.7"), "")?;
         Ok((resp.status == 101).then_some(stream))
     })?;
     drop(again);

@@ -19,6 +19,10 @@
 //! WebSocket or SSE stream it becomes; an upgrade takes one handshake of the address's
 //! rate.
 //!
+//! `HEAD` is answered on every GET route as GET is, without the body (RFC 9110 §9.3.2),
+//! but for the two that become streams: `HEAD /_rt/ws` gets GET's answer to a request
+//! without an upgrade (426), `HEAD /api/maravilla/ren` 405.
+//!
 //! Deadline: each request's head and body together must arrive within
 //! `handshake_timeout_ms`, counted from when the server starts waiting for that request,
 //! so a client that trickles bytes cannot hold a connection slot longer than that per
@@ -42,7 +46,7 @@ use ringcast_protocol::body::{BodyDecoder, BodyError, BodyPoll};
 use ringcast_protocol::event::PresenceSpelling;
 use ringcast_protocol::http::{
     api_error_response, ok_json, ok_response, parse_request_head, switching_protocols,
-    with_connection_option, with_header, HttpError, RequestHead, Upgrade, CONTINUE,
+    with_connection_option, with_header, without_body, HttpError, RequestHead, Upgrade, CONTINUE,
 };
 use ringcast_protocol::proxy::{self, ProxyParse};
 use ringcast_protocol::ApiError;
@@ -234,6 +238,7 @@ async fn serve_requests(
             .take()
             .unwrap_or_else(|| Instant::now() + timeout);
         let unparsed = HttpRoute::Unparsed;
+        let mut head_only = false;
         let begun = std::cell::Cell::new(!buf.is_empty());
         let head = match monoio::time::timeout_at(deadline, read_head(stream, buf, &begun)).await {
             // A kept-alive connection with no byte of a next request is idle, not late:
@@ -244,8 +249,17 @@ async fn serve_requests(
             Ok(Err(e)) => {
                 return answer_read_error(shard, stream, e, max_body, timeout, unparsed).await
             }
-            Ok(Ok(head)) => head,
+            Ok(Ok(mut head)) => {
+                // HEAD goes on as a GET whose answer loses its body (RFC 9110 §9.3.2;
+                // found in review: every HEAD got 405).
+                if head.method == "HEAD" {
+                    head.method = "GET".to_owned();
+                    head_only = true;
+                }
+                head
+            }
         };
+        let answer = |out: Vec<u8>| if head_only { without_body(out) } else { out };
         // From its head to its answer, shutdown waits for this request.
         let _in_progress = shard.request_in_progress();
         let route_label = HttpRoute::of(&head.path);
@@ -258,7 +272,7 @@ async fn serve_requests(
             if let Some(out) = probe_without_slot(shard, &head) {
                 let started = std::time::Instant::now();
                 let status = status_of(&out);
-                let written = write_within(shard, stream, out, timeout).await;
+                let written = write_within(shard, stream, answer(out), timeout).await;
                 count_request(shard, route_label, status, started);
                 if written {
                     linger(stream).await;
@@ -267,7 +281,8 @@ async fn serve_requests(
             }
             let message = "max_connections reached; retry later";
             let error = ApiError::Overloaded;
-            refuse(shard, stream, error, message, timeout, route_label).await;
+            let out = answer(api_error_response(error, message, false));
+            send_refusal(shard, stream, error, out, timeout, route_label).await;
             return Served::Close(CloseReason::Limit);
         }
         buf.drain(..head.head_len);
@@ -282,9 +297,15 @@ async fn serve_requests(
         };
         let started = std::time::Instant::now();
         if crate::api::ren::is_stream_request(&head) {
-            // The address's budget first, as for WebSocket handshakes.
-            let opened = admit_upgrade(shard, own_ip.as_ref(), client)
-                .and_then(|ip| Ok((crate::api::ren::open(shard, &head)?, ip)));
+            let opened = if head_only {
+                // A stream's GET answer has no end: there is no head of it to give.
+                let message = "HEAD cannot open a REN stream; use GET";
+                Err(Refusal::new(ApiError::MethodNotAllowed, message).allowing("GET"))
+            } else {
+                // The address's budget first, as for WebSocket handshakes.
+                admit_upgrade(shard, own_ip.as_ref(), client)
+                    .and_then(|ip| Ok((crate::api::ren::open(shard, &head)?, ip)))
+            };
             match opened {
                 Ok((open, ip)) => {
                     count_request(shard, route_label, 200, started);
@@ -292,7 +313,7 @@ async fn serve_requests(
                 }
                 Err(refusal) => {
                     let keep_alive = head.keep_alive() && !shard.is_shutting_down();
-                    let out = crate::api::respond_refusal(shard, &refusal, keep_alive);
+                    let out = answer(crate::api::respond_refusal(shard, &refusal, keep_alive));
                     let status = status_of(&out);
                     let written = write_within(shard, stream, out, timeout).await;
                     count_request(shard, route_label, status, started);
@@ -304,7 +325,7 @@ async fn serve_requests(
             }
         }
         if crate::api::handles(&head.path) {
-            let mut out = crate::api::serve(shard, &head, &body).await;
+            let mut out = answer(crate::api::serve(shard, &head, &body).await);
             if shard.is_shutting_down() {
                 // Said in the answer, so a client does not send another request on it.
                 out = ringcast_protocol::http::closing(out);
@@ -322,8 +343,9 @@ async fn serve_requests(
             }
             continue;
         }
-        match route(shard, &head, client, own_ip.as_ref()) {
-            Route::Respond(mut out, keep_alive) => {
+        match route(shard, &head, head_only, client, own_ip.as_ref()) {
+            Route::Respond(out, keep_alive) => {
+                let mut out = answer(out);
                 if shard.is_shutting_down() {
                     out = ringcast_protocol::http::closing(out);
                 }
@@ -612,7 +634,14 @@ async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(), Read
 }
 
 /// Answers a complete request that is not for the HTTP API (`crate::api` answers those).
-fn route(shard: &Rc<Shard>, head: &RequestHead, client: IpAddr, own_ip: Option<&IpSlot>) -> Route {
+/// `head_only`: the request was a HEAD, here as a GET.
+fn route(
+    shard: &Rc<Shard>,
+    head: &RequestHead,
+    head_only: bool,
+    client: IpAddr,
+    own_ip: Option<&IpSlot>,
+) -> Route {
     let keep_alive = head.keep_alive();
     let respond = |out: Vec<u8>| Route::Respond(out, keep_alive);
     let error = |error: ApiError, message: &str| {
@@ -628,6 +657,11 @@ fn route(shard: &Rc<Shard>, head: &RequestHead, client: IpAddr, own_ip: Option<&
     }
     match path {
         "/_rt/ws" if !is_get => error(ApiError::MethodNotAllowed, "use GET to open a WebSocket"),
+        // What a GET without an upgrade gets: a HEAD cannot upgrade.
+        "/_rt/ws" if head_only => error(
+            ApiError::UpgradeRequired,
+            "this endpoint speaks WebSocket only",
+        ),
         "/_rt/ws" => websocket(shard, head, client, own_ip, keep_alive),
         "/healthz" | "/readyz" | "/metrics" if !is_get => {
             error(ApiError::MethodNotAllowed, "use GET")
@@ -676,8 +710,8 @@ fn probe_response(shard: &Shard, head: &RequestHead, keep_alive: bool) -> Option
 }
 
 /// The answer to a probe that arrived while `max_connections` is reached (`GET
-/// /healthz`, `/readyz`, `/metrics`), always with `Connection: close`; `None` for any
-/// other request, which is refused with 503.
+/// /healthz`, `/readyz`, `/metrics`, or a HEAD of one, here as a GET), always with
+/// `Connection: close`; `None` for any other request, which is refused with 503.
 fn probe_without_slot(shard: &Shard, head: &RequestHead) -> Option<Vec<u8>> {
     if head.method != "GET" {
         return None;
@@ -686,11 +720,12 @@ fn probe_without_slot(shard: &Shard, head: &RequestHead) -> Option<Vec<u8>> {
 }
 
 /// The JSON error answer of a route outside the HTTP API, with the header its status
-/// requires: `Allow` on a 405 (every such route takes GET), `Upgrade` on a 426.
+/// requires: `Allow` on a 405 (every such route takes GET, and so HEAD), `Upgrade` on a
+/// 426.
 fn refusal_response(error: ApiError, message: &str, keep_alive: bool) -> Vec<u8> {
     let response = api_error_response(error, message, keep_alive);
     match error {
-        ApiError::MethodNotAllowed => with_header(response, "Allow", "GET"),
+        ApiError::MethodNotAllowed => with_header(response, "Allow", "GET, HEAD"),
         ApiError::UpgradeRequired => {
             let response = with_header(response, "Upgrade", "websocket");
             with_connection_option(response, "upgrade")

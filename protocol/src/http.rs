@@ -308,6 +308,16 @@ pub fn switching_protocols(accept: &str, extra_headers: &[(&str, &str)]) -> Vec<
     out.into_bytes()
 }
 
+/// `response` (complete, from this module) as the answer to a `HEAD` request: the same
+/// status and headers, `Content-Length` (of the body a GET gets) included, and no body
+/// (RFC 9110 §9.3.2).
+pub fn without_body(mut response: Vec<u8>) -> Vec<u8> {
+    if let Some(at) = response.windows(4).position(|w| w == b"\r\n\r\n") {
+        response.truncate(at + 4);
+    }
+    response
+}
+
 /// The interim answer to `Expect: 100-continue`.
 pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
@@ -609,6 +619,15 @@ mod tests {
         .unwrap()
         .unwrap();
         assert!(matches!(no_key.websocket_upgrade(), Upgrade::Malformed(_)));
+    }
+
+    #[test]
+    fn a_head_answer_keeps_status_and_headers_but_no_body() {
+        let get = ok_json(br#"{"status":"ok"}"#, true);
+        let text = String::from_utf8(without_body(get)).unwrap();
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+        assert!(text.contains("\r\nContent-Length: 15\r\n"), "{text}");
+        assert!(text.ends_with("\r\n\r\n"), "{text}");
     }
 
     #[test]

@@ -1073,6 +1073,31 @@ impl HttpConn {
         self.response_within(TIMEOUT)
     }
 
+    /// The next response to a HEAD request: its head only (its `Content-Length` is the
+    /// GET body's, which is not sent), within [`TIMEOUT`]. The body is left empty; bytes
+    /// after the head stay for the next response.
+    pub fn head_response(&mut self) -> Result<HttpResponse> {
+        let deadline = Instant::now() + TIMEOUT;
+        let head_end = loop {
+            if let Some(pos) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break pos + 4;
+            }
+            if self.fill(deadline)? == 0 {
+                bail!(
+                    "EOF before a complete response head; got {:?}",
+                    String::from_utf8_lossy(&self.buf)
+                );
+            }
+        };
+        let (status, headers) = parse_response_head(&self.buf[..head_end])?;
+        self.buf.drain(..head_end);
+        Ok(HttpResponse {
+            status,
+            headers,
+            body: Vec::new(),
+        })
+    }
+
     /// Waits (bounded) for the server to close the connection, with nothing more sent.
     pub fn expect_eof(&mut self) -> Result<()> {
         let deadline = Instant::now() + TIMEOUT;

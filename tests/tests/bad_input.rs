@@ -242,7 +242,7 @@ fn http_ws_without_upgrade_is_426_and_wrong_method_405() -> Result<()> {
     );
     let refused = http_request(addr, post.as_bytes())?;
     refused.assert_error(405, "method_not_allowed");
-    assert_eq!(refused.header("allow"), Some("GET"));
+    assert_eq!(refused.header("allow"), Some("GET, HEAD"));
     Ok(())
 }
 

@@ -346,3 +346,53 @@ fn api_paths_are_percent_decoded() -> Result<()> {
     }
     Ok(())
 }
+
+fn head(path: &str) -> String {
+    format!("HEAD {path} HTTP/1.1\r\nHost: x\r\n\r\n")
+}
+
+/// HEAD is answered on GET routes as GET is, without the body (found in review: every
+/// HEAD got 405); the connection then carries the next request. On the two stream
+/// routes it gets what a GET without the stream gets (`/_rt/ws`: 426), or 405.
+#[test]
+fn head_gets_the_get_answer_without_its_body() -> Result<()> {
+    let server = Server::start(&[])?;
+    let mut conn = Conn::open(&server)?;
+    for path in ["/healthz", "/readyz", "/api/realtime/channels"] {
+        conn.send(get(path))?;
+        let full = conn.response()?;
+        assert_eq!(full.status, 200, "GET {path}: {}", full.body_text());
+        conn.send(head(path))?;
+        let bare = conn.head_response()?;
+        assert_eq!(bare.status, 200, "HEAD {path}");
+        assert_keep_alive(&bare);
+        assert_eq!(
+            bare.header("content-length"),
+            Some(full.body.len().to_string().as_str()),
+            "HEAD {path} names the GET body's length"
+        );
+        assert_eq!(bare.header("content-type"), full.header("content-type"));
+        // No body came: the next answer on the connection starts right after the head.
+        conn.send(get("/healthz"))?;
+        let next = conn.response()?;
+        assert_eq!(next.status, 200, "after HEAD {path}");
+        assert_eq!(next.body_text(), r#"{"status":"ok"}"#);
+    }
+    conn.send(head("/_rt/ws"))?;
+    let ws = conn.head_response()?;
+    assert_eq!(ws.status, 426);
+    assert_eq!(ws.header("upgrade"), Some("websocket"));
+    conn.send(head("/api/maravilla/ren"))?;
+    let ren = conn.head_response()?;
+    assert_eq!((ren.status, ren.header("allow")), (405, Some("GET")));
+    conn.send(head("/nope"))?;
+    assert_eq!(conn.head_response()?.status, 404);
+    // Another method names HEAD as allowed.
+    conn.send(post("/healthz", "Content-Length: 0\r\n", ""))?;
+    let post = conn.response()?;
+    post.assert_error(405, "method_not_allowed");
+    assert_eq!(post.header("allow"), Some("GET, HEAD"));
+    conn.send(get("/healthz"))?;
+    assert_eq!(conn.response()?.status, 200, "still kept alive");
+    Ok(())
+}

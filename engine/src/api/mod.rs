@@ -115,11 +115,17 @@ fn choose(head: &RequestHead) -> Result<(ApiRoute, &'static str), Refusal> {
 async fn answer(shard: &Rc<Shard>, head: &RequestHead, body: &[u8]) -> Result<Vec<u8>, Refusal> {
     let (route, method) = choose(head)?;
     if head.method != method {
+        // `http.rs` answers HEAD as GET on every GET route but the stream's.
+        let allow = match (&route, method) {
+            (ApiRoute::RenStream, _) => method,
+            (_, "GET") => "GET, HEAD",
+            _ => method,
+        };
         return Err(Refusal::new(
             ApiError::MethodNotAllowed,
             format!("use {method} on this route"),
         )
-        .allowing(method));
+        .allowing(allow));
     }
     let tenant = auth::authorize(&shard.shared, head)?;
     match route {

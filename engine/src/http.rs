@@ -754,6 +754,22 @@ fn websocket(
             )
         }
         Upgrade::Malformed(why) => return error(ApiError::BadRequest, why),
+        // RFC 6455 §4.4: 426 naming the version spoken, so the client can retry with it.
+        Upgrade::UnsupportedVersion => {
+            let error = ApiError::UpgradeRequired;
+            shard.shared.metrics.shard(shard.id).error(error.code());
+            let message = "WebSocket version 13 only (Sec-WebSocket-Version: 13)";
+            let out = refusal_response(error, message, keep_alive);
+            let out = with_header(out, "Sec-WebSocket-Version", "13");
+            return Route::Respond(out, keep_alive);
+        }
+        Upgrade::UnsupportedSubprotocol(offered) => {
+            let message = format!(
+                "no WebSocket subprotocol is supported (offered: {offered}); \
+                 connect without Sec-WebSocket-Protocol"
+            );
+            return error(ApiError::BadRequest, &message);
+        }
     };
     if shard.is_shutting_down() {
         return error(ApiError::Overloaded, "server shutting down");

@@ -200,32 +200,61 @@ impl RequestHead {
         rest.split('/').map(percent_decode_segment).collect()
     }
 
-    /// What the request says about a WebSocket upgrade.
+    /// What the request says about a WebSocket upgrade (RFC 6455 §4.2.1). `Upgrade` and
+    /// `Connection` are lists, read across every line of each (found in review: only the
+    /// first line was read, so `Connection: keep-alive` and `Connection: Upgrade` on two
+    /// lines were refused).
     pub fn websocket_upgrade(&self) -> Upgrade {
+        let lists = |name: &'static str, token: &str| {
+            self.headers
+                .all_named(name)
+                .any(|v| header_has_token(v, token))
+        };
         // An `Upgrade` header in an HTTP/1.0 request is ignored (RFC 9110 §7.8).
-        let wants_upgrade = self.minor_version >= 1
-            && self
-                .header("upgrade")
-                .is_some_and(|v| header_has_token(v, "websocket"));
-        if !wants_upgrade {
+        if self.minor_version < 1 || !lists("upgrade", "websocket") {
             return Upgrade::NotRequested;
         }
-        if !self
-            .header("connection")
-            .is_some_and(|v| header_has_token(v, "upgrade"))
-        {
+        if !lists("connection", "upgrade") {
             return Upgrade::Malformed("`Connection: Upgrade` missing");
         }
-        if self.header("sec-websocket-version") != Some(b"13") {
-            return Upgrade::Malformed("`Sec-WebSocket-Version: 13` required");
+        match self.header("sec-websocket-version").map(<[u8]>::trim_ascii) {
+            None => return Upgrade::Malformed("`Sec-WebSocket-Version: 13` required"),
+            Some(b"13") => {}
+            // Answered 426 with the version spoken, so the client can retry with it
+            // (RFC 6455 §4.4).
+            Some(_) => return Upgrade::UnsupportedVersion,
         }
-        match self.header("sec-websocket-key") {
-            Some(key) if !key.is_empty() => Upgrade::Valid {
-                accept: tungstenite::handshake::derive_accept_key(key),
-            },
-            _ => Upgrade::Malformed("`Sec-WebSocket-Key` missing"),
+        let accept = match self.header("sec-websocket-key").map(<[u8]>::trim_ascii) {
+            None | Some(b"") => return Upgrade::Malformed("`Sec-WebSocket-Key` missing"),
+            Some(key) if !is_websocket_key(key) => {
+                return Upgrade::Malformed(
+                    "`Sec-WebSocket-Key` must be the base64 of 16 bytes (24 characters)",
+                )
+            }
+            Some(key) => tungstenite::handshake::derive_accept_key(key),
+        };
+        // No subprotocol is spoken: one offered is refused by name, where answering
+        // without one would leave the client (a browser fails the connection) guessing.
+        let offered: Vec<String> = self
+            .headers
+            .all_named("sec-websocket-protocol")
+            .flat_map(|v| v.split(|&b| b == b','))
+            .map(<[u8]>::trim_ascii)
+            .filter(|p| !p.is_empty())
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .collect();
+        if !offered.is_empty() {
+            return Upgrade::UnsupportedSubprotocol(offered.join(", "));
         }
+        Upgrade::Valid { accept }
     }
+}
+
+/// Whether `key` is a `Sec-WebSocket-Key`: the base64 of 16 bytes, 22 characters of the
+/// base64 alphabet and `==` (RFC 6455 §4.1, item 7).
+fn is_websocket_key(key: &[u8]) -> bool {
+    let base64 = |b: &u8| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/';
+    key.len() == 24 && key[..22].iter().all(base64) && &key[22..] == b"=="
 }
 
 /// Why a request path was refused ([`ApiError::BadRequest`]).
@@ -286,6 +315,10 @@ pub enum Upgrade {
     },
     /// An upgrade with missing or wrong headers.
     Malformed(&'static str),
+    /// `Sec-WebSocket-Version` is not 13, the one version spoken.
+    UnsupportedVersion,
+    /// `Sec-WebSocket-Protocol` offers subprotocols (the list, as sent); none is spoken.
+    UnsupportedSubprotocol(String),
 }
 
 fn header_has_token(value: &[u8], token: &str) -> bool {
@@ -619,6 +652,103 @@ mod tests {
         .unwrap()
         .unwrap();
         assert!(matches!(no_key.websocket_upgrade(), Upgrade::Malformed(_)));
+    }
+
+    /// `UPGRADE` with `from` replaced by `to`.
+    fn upgrade_with(from: &str, to: &str) -> Upgrade {
+        let raw = std::str::from_utf8(UPGRADE).unwrap();
+        assert!(raw.contains(from), "{from}");
+        head_of(&raw.replacen(from, to, 1)).websocket_upgrade()
+    }
+
+    #[test]
+    fn a_version_other_than_13_is_unsupported() {
+        let version = "Sec-WebSocket-Version: 13\r\n";
+        assert_eq!(
+            upgrade_with(version, "Sec-WebSocket-Version: 8\r\n"),
+            Upgrade::UnsupportedVersion
+        );
+        assert_eq!(
+            upgrade_with(version, "Sec-WebSocket-Version: 14\r\n"),
+            Upgrade::UnsupportedVersion
+        );
+        assert!(matches!(
+            upgrade_with(version, ""),
+            Upgrade::Malformed(why) if why.contains("Version")
+        ));
+    }
+
+    #[test]
+    fn the_key_is_the_base64_of_16_bytes() {
+        let key = "dGhlIHNhbXBsZSBub25jZQ==";
+        for bad in [
+            "dGhlIHNhbXBsZSBub25jZQ",       // no padding
+            "dGhlIHNhbXBsZSBub25jZQ=",      // short
+            "abc",                          // not 16 bytes
+            "dGhlIHNhbXBsZSBub25jZQ==dGhl", // longer
+            "dGhlIHNhbXBsZSBub25j!Q==",     // outside the alphabet
+            "dGhlIHNhbXBsZSBub25jZQQ=",     // 17 bytes' worth
+        ] {
+            assert!(
+                matches!(upgrade_with(key, bad), Upgrade::Malformed(why) if why.contains("16 bytes")),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            upgrade_with(key, "AAAAAAAAAAAAAAAAAAAAAA=="),
+            Upgrade::Valid { .. }
+        ));
+        assert!(matches!(
+            upgrade_with(key, "+/+/+/+/+/+/+/+/+/+/+w=="),
+            Upgrade::Valid { .. }
+        ));
+    }
+
+    #[test]
+    fn an_offered_subprotocol_is_refused_by_name() {
+        let last = "\r\n\r\n";
+        assert_eq!(
+            upgrade_with(last, "\r\nSec-WebSocket-Protocol: chat, superchat\r\n\r\n"),
+            Upgrade::UnsupportedSubprotocol("chat, superchat".into())
+        );
+        assert_eq!(
+            upgrade_with(
+                last,
+                "\r\nSec-WebSocket-Protocol: mqtt\r\nSec-WebSocket-Protocol: wamp\r\n\r\n"
+            ),
+            Upgrade::UnsupportedSubprotocol("mqtt, wamp".into())
+        );
+        assert!(
+            matches!(
+                upgrade_with(last, "\r\nSec-WebSocket-Protocol:\r\n\r\n"),
+                Upgrade::Valid { .. }
+            ),
+            "an empty offer offers nothing"
+        );
+    }
+
+    /// `Connection` and `Upgrade` are lists across every line of each (found in review).
+    #[test]
+    fn connection_and_upgrade_are_read_across_lines() {
+        let connection = "Connection: keep-alive, Upgrade\r\n";
+        assert!(matches!(
+            upgrade_with(
+                connection,
+                "Connection: keep-alive\r\nConnection: Upgrade\r\n"
+            ),
+            Upgrade::Valid { .. }
+        ));
+        assert!(matches!(
+            upgrade_with(
+                "Upgrade: websocket\r\n",
+                "Upgrade: h2c\r\nUpgrade: websocket\r\n"
+            ),
+            Upgrade::Valid { .. }
+        ));
+        assert!(matches!(
+            upgrade_with(connection, "Connection: keep-alive\r\n"),
+            Upgrade::Malformed(_)
+        ));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use ringcast_tests::{
     frame_header, http_get, http_request, json, masked_frame, read_http_response, unmasked_frame,
-    upgrade_request, Client, ConnectError, Server, TIMEOUT,
+    upgrade_request, Client, ConnectError, HttpResponse, Server, TIMEOUT,
 };
 use serde_json::Value;
 
@@ -243,6 +243,40 @@ fn http_ws_without_upgrade_is_426_and_wrong_method_405() -> Result<()> {
     let refused = http_request(addr, post.as_bytes())?;
     refused.assert_error(405, "method_not_allowed");
     assert_eq!(refused.header("allow"), Some("GET, HEAD"));
+    Ok(())
+}
+
+/// RFC 6455 §4.4: a version other than 13 gets 426 naming 13; a key that is not the
+/// base64 of 16 bytes, or an offered subprotocol (none is spoken), gets 400 saying so;
+/// `Connection` split over two lines is one list (found in review).
+#[test]
+fn websocket_handshakes_are_checked_as_rfc_6455_asks() -> Result<()> {
+    let server = Server::start(&[])?;
+    let addr = server.addr();
+    let upgrade = String::from_utf8(upgrade_request(addr, "/_rt/ws"))?;
+    let with = |from: &str, to: &str| -> Result<HttpResponse> {
+        assert!(upgrade.contains(from), "{from}");
+        http_request(addr, upgrade.replacen(from, to, 1).as_bytes())
+    };
+    let old = with("Sec-WebSocket-Version: 13", "Sec-WebSocket-Version: 8")?;
+    old.assert_error(426, "upgrade_required");
+    assert_eq!(old.header("sec-websocket-version"), Some("13"));
+    assert_eq!(old.header("upgrade"), Some("websocket"));
+    let short = with("dGhlIHNhbXBsZSBub25jZQ==", "c2hvcnQ=")?;
+    short.assert_error(400, "bad_request");
+    assert!(
+        short.body_text().contains("16 bytes"),
+        "{}",
+        short.body_text()
+    );
+    let chat = with("\r\n\r\n", "\r\nSec-WebSocket-Protocol: chat\r\n\r\n")?;
+    chat.assert_error(400, "bad_request");
+    assert!(chat.body_text().contains("chat"), "{}", chat.body_text());
+    let split = with(
+        "Connection: Upgrade\r\n",
+        "Connection: keep-alive\r\nConnection: Upgrade\r\n",
+    )?;
+    assert_eq!(split.status, 101, "{}", split.body_text());
     Ok(())
 }
 

@@ -786,7 +786,12 @@ fn websocket(
         }
     };
     let tenant_id = head.query_param("tenant");
-    let Some(tenant) = shard.shared.tenants.load().resolve(tenant_id.as_deref()) else {
+    // With `--dev`, the SDK's default tenant id is the dev tenant, as over HTTP and REN
+    // (found in review: `?tenant=dev-tenant-001` got 404 here alone).
+    let tenants = shard.shared.tenants.load();
+    let dev = shard.shared.config.load().dev;
+    let named = crate::api::auth::dev_alias(dev, &tenants, tenant_id.as_deref());
+    let Some(tenant) = tenants.resolve(named) else {
         return error(ApiError::UnknownTenant, "no such tenant");
     };
     if let Some(origin) = head.header("origin") {

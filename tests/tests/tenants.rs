@@ -464,3 +464,19 @@ fn check_config_prints_what_would_run_and_refuses_a_broken_file() -> Result<()> 
     }
     Ok(())
 }
+
+/// With `--dev`, the SDK's default tenant id is the dev tenant on a WebSocket too, as on
+/// the HTTP API and the REN stream (found in review: `?tenant=dev-tenant-001` got 404
+/// here alone): its publish reaches a subscriber of the `dev` tenant.
+#[test]
+fn dev_takes_the_sdk_default_tenant_id_on_websockets_too() -> Result<()> {
+    let server = Server::start(&[])?;
+    let mut dev = Client::open(&server, "tenant=dev")?;
+    dev.subscribe("chat:lobby")?;
+    let mut sdk = Client::open(&server, "tenant=dev-tenant-001")?;
+    sdk.send_json(&json!({"action":"publish","channel":"chat:lobby","data":{"t":"hi"},"ref":1}))?;
+    sdk.expect_event("ack")?;
+    let message = dev.recv_until(|e| e["event"] == "realtime.message", WAIT)?;
+    assert_eq!(message["data"]["t"], "hi");
+    Ok(())
+}

@@ -83,7 +83,8 @@ pub struct Config {
     /// Whether the listener reads a PROXY protocol header (v1 or v2) from trusted
     /// proxies; from any other peer one is refused.
     pub proxy_protocol: bool,
-    /// Open WebSocket/SSE connections per client address (`0`: unlimited).
+    /// Open TCP connections per client address, of every kind, counted from the accept
+    /// (IPv6 by its /64; a trusted proxy's own connections not; `0`: unlimited).
     pub max_connections_per_ip: u32,
     /// WebSocket/SSE handshakes per second per client address (`0`: unlimited).
     pub handshakes_per_sec_per_ip: u32,

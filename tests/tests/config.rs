@@ -3,9 +3,12 @@
 
 use std::net::TcpStream;
 use std::process::Command;
+use std::time::Duration;
 
-use anyhow::Result;
-use ringcast_tests::{ringcast_bin, Client, ConnectError, Server};
+use anyhow::{Context, Result};
+use ringcast_tests::{
+    config_file, ringcast_bin, run_to_exit, workspace_root, Client, ConnectError, Server,
+};
 
 const SERVE_FLAGS: &[&str] = &[
     "--config",
@@ -145,5 +148,70 @@ fn help_mentions_every_flag() -> Result<()> {
             "`ringcast serve --help` does not mention {flag}:\n{help}"
         );
     }
+    Ok(())
+}
+
+/// The README's ```toml block, with each quoted placeholder (a string holding `…`, such
+/// as `"…at least 32 bytes…"`) replaced by a distinct value long enough for an API key
+/// and a token secret alike.
+fn readme_config() -> Result<String> {
+    let readme = std::fs::read_to_string(workspace_root().join("README.md"))?;
+    let mut blocks = readme.split("```toml\n").skip(1);
+    let block = blocks.next().context("README.md has no ```toml block")?;
+    assert!(
+        blocks.next().is_none(),
+        "README.md has more than one ```toml block; say which one this test reads"
+    );
+    let block = block.split("\n```").next().unwrap_or(block);
+    let mut placeholders = 0;
+    let lines: Vec<String> = block
+        .lines()
+        .map(|line| {
+            // Between quotes: odd pieces (the block's strings have no escaped quotes).
+            let pieces: Vec<String> = line
+                .split('"')
+                .enumerate()
+                .map(|(i, piece)| {
+                    if i % 2 == 1 && piece.contains('\u{2026}') {
+                        placeholders += 1;
+                        format!("readme-placeholder-{placeholders:02}-0123456789abcdef")
+                    } else {
+                        piece.to_owned()
+                    }
+                })
+                .collect();
+            pieces.join("\"")
+        })
+        .collect();
+    assert!(placeholders > 0, "no placeholders found in:\n{block}");
+    Ok(lines.join("\n") + "\n")
+}
+
+/// Found in review: the README's example set `allowed_origins` and
+/// `allow_anonymous_ren` twice in `[[tenants]]`, which TOML refuses ("duplicate key"),
+/// so the file the README shows did not load.
+#[test]
+fn the_readme_example_config_loads() -> Result<()> {
+    let text = readme_config()?;
+    let (_dir, path) = config_file(&text)?;
+    let out = run_to_exit(
+        &["check-config", &path.display().to_string()],
+        Duration::from_secs(30),
+    )?;
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        out.status.success(),
+        "ringcast check-config on the README's example: {}\n{stderr}\n{text}",
+        out.status
+    );
+    assert!(
+        stdout.contains("default_tenant = acme")
+            && stdout.contains("tenant acme: plan Pro")
+            && stdout.contains("allowed_origins https://app.acme.example"),
+        "what check-config says it would run:\n{stdout}"
+    );
     Ok(())
 }

@@ -1,11 +1,12 @@
 //! Live reload (SIGHUP): re-read the configuration file and swap in what may change while
 //! the server runs: tenants (new ones, plans, overrides, API keys, token keys, origins),
-//! timeouts and size limits of new connections. Connections stay open.
+//! `dev`, the default tenant, trusted proxies, per-address limits, `max_connections`,
+//! timeouts, and size limits of new connections. Connections stay open.
 //!
 //! A file that does not parse or validate is refused whole (a log line; the running
 //! configuration stays). Settings fixed at start-up (listen address, PROXY protocol,
 //! shards, data directory, history, inbox capacity, idempotency table, `[metrics]`, log
-//! format and level, the demo page, the shutdown grace) keep their running values, with
+//! format and level, the demo page, the shutdown grace, `[ren]`) keep their running values, with
 //! a log line naming each one that changed. A removed tenant's connections are closed
 //! with 4510 by their shards at the next housekeeping tick (at most one second), also when
 //! a later reload has added the tenant back by then (`TenantTable::still_has`).

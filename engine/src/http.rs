@@ -794,6 +794,9 @@ fn websocket(
     let Some(tenant) = tenants.resolve(named) else {
         return error(ApiError::UnknownTenant, "no such tenant");
     };
+    if let Err(refused) = crate::dev_guard::check(head, &shard.shared.config.load(), &tenant) {
+        return error(refused.error, &refused.message);
+    }
     if let Some(origin) = head.header("origin") {
         let origin = std::str::from_utf8(origin).unwrap_or("");
         if !tenant.allows_origin(origin.trim()) {

@@ -31,6 +31,7 @@ pub mod core;
 pub mod datadir;
 pub mod deadline;
 pub mod demo;
+pub mod dev_guard;
 pub mod doctor;
 pub mod fd_table;
 pub mod history;

@@ -396,3 +396,58 @@ fn head_gets_the_get_answer_without_its_body() -> Result<()> {
     assert_eq!(conn.response()?.status, 200, "still kept alive");
     Ok(())
 }
+
+/// `--dev` asks for no API key, so it takes browser requests from local pages only: a
+/// page on another site cannot publish (a `text/plain` POST needs no preflight) or open
+/// a WebSocket, and a DNS name rebound to the loopback listener is refused (found in
+/// review). Requests without `Origin` (backends, the SDK in Node) are not affected.
+#[test]
+fn dev_refuses_foreign_pages_and_rebound_hosts() -> Result<()> {
+    let server = Server::start(&[])?;
+    let publish = |host: &str, origin: Option<&str>| -> Result<HttpResponse> {
+        let body = r#"{"channel":"guard","data":1}"#;
+        let origin = origin.map_or(String::new(), |o| format!("Origin: {o}\r\n"));
+        let mut conn = Conn::open(&server)?;
+        conn.send(format!(
+            "POST /api/realtime/publish HTTP/1.1\r\nHost: {host}\r\nContent-Type: text/plain\r\n\
+             {origin}Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        ))?;
+        conn.response()
+    };
+    let local = server.addr().to_string();
+    publish(&local, Some("https://evil.example"))?.assert_error(403, "forbidden");
+    publish(&local, Some("null"))?.assert_error(403, "forbidden");
+    publish("evil.example:3001", Some("http://evil.example:3001"))?.assert_error(403, "forbidden");
+    publish("evil.example", None)?.assert_error(403, "forbidden");
+    for (host, origin) in [
+        (local.as_str(), None),
+        (local.as_str(), Some("http://localhost:5173")),
+        (local.as_str(), Some("http://127.0.0.1:8080")),
+        ("localhost:3001", Some("http://app.localhost:5173")),
+        ("ringcast", None),
+    ] {
+        let resp = publish(host, origin)?;
+        assert_eq!(resp.status, 200, "{host} {origin:?}: {}", resp.body_text());
+    }
+
+    let upgrade = |origin: &str| {
+        format!(
+            "GET /_rt/ws HTTP/1.1\r\nHost: {local}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nOrigin: {origin}\r\n\r\n"
+        )
+    };
+    let mut conn = Conn::open(&server)?;
+    conn.send(upgrade("https://evil.example"))?;
+    conn.response()?.assert_error(403, "forbidden");
+    let mut conn = Conn::open(&server)?;
+    conn.send(upgrade("http://localhost:5173"))?;
+    assert_eq!(conn.response()?.status, 101);
+
+    let mut conn = Conn::open(&server)?;
+    conn.send(format!(
+        "GET /api/maravilla/ren HTTP/1.1\r\nHost: {local}\r\nOrigin: https://evil.example\r\n\r\n"
+    ))?;
+    conn.response()?.assert_error(403, "forbidden");
+    Ok(())
+}

@@ -58,6 +58,7 @@ pub fn authorize(shared: &Shared, head: &RequestHead) -> Result<Arc<Tenant>, Ref
         return Err(Refusal::new(ApiError::UnknownTenant, message));
     };
     if dev {
+        crate::dev_guard::check(head, &shared.config.load(), &tenant)?;
         return Ok(tenant);
     }
     if tenant.api_keys.is_empty() {

@@ -57,6 +57,7 @@ pub fn open(shard: &Shard, head: &RequestHead) -> Result<RenOpen, Refusal> {
         return Err(Refusal::new(ApiError::Overloaded, "server shutting down"));
     }
     let tenant = stream_tenant(shard, head)?;
+    crate::dev_guard::check(head, &shard.shared.config.load(), &tenant)?;
     let grant = ren_user(shard, &tenant, head)?;
     let origin = cors_origin(&tenant, head)?;
     let filter = RenFilter::parse(head.query_param("s").as_deref())?;

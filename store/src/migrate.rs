@@ -206,7 +206,13 @@ fn put(s: &mut ShardStore, o: &Owned) -> Result<(), StoreError> {
         }
         s.free(old)?;
     }
-    let r = s.create_at(&o.key, o.epoch, o.max_records.max(1), o.first_seq - 1, 0)?;
+    let r = s.create_at(
+        &o.key,
+        o.epoch,
+        o.max_records.max(1),
+        o.first_seq - 1,
+        crate::shard_store::INITIAL_DATA,
+    )?;
     s.pin(r);
     for (seq, (ts, uid, payload, data)) in (o.first_seq..).zip(&o.records) {
         match s.append(r, *ts, uid.as_deref(), payload, data.clone()) {

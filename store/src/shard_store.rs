@@ -25,7 +25,7 @@ use crate::split_map::SplitMap;
 use crate::{Epoch, Record, Seq, StoreError, SyncPolicy};
 
 /// A new ring starts in the smallest class with at least this many data bytes.
-const INITIAL_DATA: u64 = 128;
+pub(crate) const INITIAL_DATA: u64 = 128;
 /// How many eviction candidates one scan of the rings collects (oldest first).
 const EVICT_BATCH: usize = 1024;
 /// How far ahead of a segment's high-water mark its pages are faulted in (at least one
@@ -312,7 +312,7 @@ impl ShardStore {
         }
         self.sync_freed()?;
         self.poll_space();
-        let log2 = self.class_for(key.len(), data);
+        let log2 = self.class_for(key.len(), data.max(INITIAL_DATA));
         if !self.make_room(1 << log2, None) {
             return Err(StoreError::Full);
         }

@@ -1604,13 +1604,14 @@ impl ShardCore {
     /// client never caught up (found in review). A cut replay says `recovered: false`.
     fn push_subscribed(&mut self, conn: &Rc<Conn>, key: &ChannelKey, mut answer: SubscribeAnswer) {
         let recovered = answer.recovered;
+        // Decided before the cut: a replay cut to nothing still pauses (found in review).
+        let replayed = !answer.replay.is_empty();
         if answer.truncate_to(conn.outbound().room() / 2) && recovered {
             self.counters().history_truncations.inc();
         }
         self.counters()
             .history_replayed_messages
             .add(answer.replay.len() as u64);
-        let replayed = !answer.replay.is_empty();
         for frame in answer.replay {
             self.push(conn, frame);
         }
@@ -1721,9 +1722,20 @@ impl ShardCore {
                         // A metadata refusal raced by a reload is the one exception; that
                         // member then expires unheld.
                         if let Some(user) = join_as {
-                            conn.presence.borrow_mut().retain(|h| {
-                                !(h.channel == channel && h.user == user && h.join == request)
-                            });
+                            let dropped = {
+                                let mut presence = conn.presence.borrow_mut();
+                                let before = presence.len();
+                                presence.retain(|h| {
+                                    !(h.channel == channel && h.user == user && h.join == request)
+                                });
+                                presence.len() < before
+                            };
+                            if dropped {
+                                // The deadline was set for this join, the hold's latest
+                                // (found in review: a refused private join's stayed until
+                                // its token's `exp`, a close not removing it).
+                                self.cancel_presence_timer(conn.id, &channel);
+                            }
                         }
                         (code, message)
                     }
@@ -1763,6 +1775,8 @@ impl ShardCore {
         if !held {
             return;
         }
+        // Its token-expiry entry (a private channel's) goes with it (found in review).
+        self.cancel_presence_timer(conn.id, &channel);
         let key = ChannelKey::new(conn.tenant.id.clone(), channel);
         let question = Question::PresenceLeave {
             key: key.clone(),

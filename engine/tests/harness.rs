@@ -844,6 +844,45 @@ fn resumes_in_flight_and_a_full_queue_pause_the_session() {
     assert!(resumer.may_read(), "read by the client");
 }
 
+/// A resume whose replay is cut to nothing, the queue being nearly full of live
+/// messages, still pauses the session, so the next resumes find room for theirs (found
+/// in review: the pause was decided after the cut).
+#[test]
+fn a_resume_whose_replay_is_cut_to_nothing_still_pauses_the_session() {
+    const LIMIT: usize = 16 * 1024;
+    let mut cluster = Cluster::with(2, |config| config.outbound_buffer_bytes = LIMIT);
+    let live = cluster.channel_owned_by(1, "live:");
+    let hist = cluster.channel_owned_by(1, "hist:");
+    let publisher = cluster.connect(1);
+    let data = "x".repeat(1_000);
+    let publish =
+        |channel: &str| format!(r#"{{"action":"publish","channel":"{channel}","data":"{data}"}}"#);
+    for _ in 0..3 {
+        cluster.send(1, &publisher, &publish(&hist));
+    }
+    cluster.pump();
+    let sub = cluster.connect(0);
+    cluster.send(
+        0,
+        &sub,
+        &format!(r#"{{"action":"subscribe","channel":"{live}"}}"#),
+    );
+    cluster.pump();
+    take(&sub);
+    for _ in 0..14 {
+        cluster.send(1, &publisher, &publish(&live));
+    }
+    cluster.pump();
+    let resume = format!(r#"{{"action":"subscribe","channel":"{hist}","lastEventId":0}}"#);
+    cluster.send(0, &sub, &resume);
+    cluster.pump();
+    assert!(!sub.may_read(), "answered past half full: paused");
+    let events = take(&sub);
+    let subscribed = events.iter().find(|e| e["event"] == "subscribed").unwrap();
+    assert_eq!(subscribed["recovered"], false, "{subscribed}");
+    assert!(sub.may_read(), "read by the client");
+}
+
 /// Only an answer that carried a replay pauses the session: a plain subscribe by a
 /// connection whose queue is past half full of live messages leaves it reading (found in
 /// review: it stopped reading, pongs included, and could be closed as idle while alive).

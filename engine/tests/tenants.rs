@@ -1020,3 +1020,35 @@ fn a_private_channels_member_leaves_when_its_token_expires() {
     cluster.shards[0].unregister_conn(&mallory, None);
     assert_eq!(cluster.shards[0].token_deadlines(), 0, "a close cancels it");
 }
+
+/// A private join the owner refuses leaves no token-expiry entry behind, nor does its
+/// connection's close (found in review: each refused join's stayed until its token's
+/// `exp`, so connect, join, close in a loop grew the shard's deadlines without bound).
+#[test]
+fn a_refused_private_join_leaves_no_token_deadline() {
+    let mut cluster = cluster(Some(1), None);
+    let conn = cluster.connect(0);
+    // The tenant's one channel, taken by a public subscription.
+    let events = send(
+        &mut cluster,
+        0,
+        &conn,
+        r#"{"action":"subscribe","channel":"pub-a"}"#,
+    );
+    assert_eq!(events.last().unwrap()["event"], "subscribed", "{events:?}");
+    let token = mint(
+        &cluster,
+        "private-room",
+        "bob",
+        &[Permission::Subscribe],
+        3600,
+    );
+    let join = format!(
+        r#"{{"action":"presence:join","channel":"private-room","userId":"bob","token":"{token}"}}"#
+    );
+    let events = send(&mut cluster, 0, &conn, &join);
+    assert_eq!(error_code(&events), Some("channel_limit"), "{events:?}");
+    assert_eq!(cluster.shards[0].token_deadlines(), 0, "refused: none left");
+    cluster.shards[0].unregister_conn(&conn, None);
+    assert_eq!(cluster.shards[0].token_deadlines(), 0);
+}

@@ -40,6 +40,9 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Development mode: the `dev` tenant, no API key.
     pub dev: bool,
+    /// With `dev`: `Host` names with a dot taken besides `localhost`, `*.localhost` and
+    /// `host.docker.internal` (see `dev_guard.rs`; a tunnel's or LAN name).
+    pub dev_allowed_hosts: Vec<String>,
     /// Connections beyond this get `503 overloaded`.
     pub max_connections: usize,
     /// Largest WebSocket message accepted (close 1009 beyond).
@@ -239,6 +242,7 @@ pub struct FileConfig {
     shards: Option<usize>,
     data_dir: Option<PathBuf>,
     dev: Option<bool>,
+    dev_allowed_hosts: Option<Vec<String>>,
     max_connections: Option<usize>,
     max_message_bytes: Option<usize>,
     outbound_buffer_bytes: Option<usize>,
@@ -443,6 +447,7 @@ impl Config {
                 .or(file.data_dir)
                 .unwrap_or_else(|| PathBuf::from("./data")),
             dev,
+            dev_allowed_hosts: file.dev_allowed_hosts.unwrap_or_default(),
             max_connections: flags
                 .max_connections
                 .or(file.max_connections)

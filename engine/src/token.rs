@@ -8,8 +8,9 @@
 //! shard's monotonic clock, which runs behind the wall after a suspend or an NTP step
 //! (found in review: such an engine took tokens past their `exp`).
 //!
-//! Claims: `sub` (the verified userId, at most [`MAX_USER_ID_BYTES`] as a presence
-//! userId), `channel` or `channels`, `permissions` (`subscribe`, `publish`; unknown
+//! Claims: `sub` (the verified userId; one over [`crate::presence::MAX_USER_ID_BYTES`] is taken, but
+//! cannot join presence, whose userIds are bounded, and is never minted), `channel` or
+//! `channels`, `permissions` (`subscribe`, `publish`; unknown
 //! entries are ignored, so a token minted for a later version still works), `exp`,
 //! `nbf?`, `iat?`, `tenant?` (when present, it must name the tenant the token is used
 //! with). Minting refuses what verifying would refuse, and a token that allows nothing.
@@ -22,7 +23,7 @@ use ringcast_protocol::{ChannelName, ErrorCode};
 use serde::{Deserialize, Serialize};
 
 use crate::clock::{Clock, Millis};
-use crate::presence::{check_user_id, MAX_USER_ID_BYTES};
+use crate::presence::check_user_id;
 use crate::tenant::{Tenant, TokenKeyConfig};
 
 /// Clock skew allowed on `exp` and `nbf`.
@@ -244,18 +245,6 @@ pub fn verify(token: &str, tenant: &Tenant, at: CheckTime) -> Result<Grant, Refu
             return Err(Refused::unauthorized("the token is for another tenant"));
         }
     }
-    // Every presence join of the connection would be refused for it (found in review);
-    // an empty `sub` is read as none, as before.
-    if let Some(sub) = claims
-        .sub
-        .as_deref()
-        .filter(|s| s.len() > MAX_USER_ID_BYTES)
-    {
-        return Err(Refused::unauthorized(format!(
-            "the token's `sub` is {} bytes; a userId has at most {MAX_USER_ID_BYTES}",
-            sub.len()
-        )));
-    }
     let mut channels = claims.channels.unwrap_or_default();
     channels.extend(claims.channel);
     let has = |p: Permission| claims.permissions.iter().any(|n| n == p.name());
@@ -308,7 +297,7 @@ pub struct MintRequest {
 
 impl MintRequest {
     /// Whether the token would be of use: channels that are channel names, a `sub` that
-    /// is a presence userId (1 to [`MAX_USER_ID_BYTES`] bytes, as [`verify`] wants), and
+    /// is a presence userId (1 to [`crate::presence::MAX_USER_ID_BYTES`] bytes), and
     /// at least one permission. `Err` says what is wrong.
     pub fn check(&self) -> Result<(), String> {
         if self.channels.is_empty() {

@@ -418,6 +418,10 @@ fn dev_refuses_foreign_pages_and_rebound_hosts() -> Result<()> {
     let local = server.addr().to_string();
     publish(&local, Some("https://evil.example"))?.assert_error(403, "forbidden");
     publish(&local, Some("null"))?.assert_error(403, "forbidden");
+    // A page served from a public address is foreign too (found in review: any IP
+    // address passed).
+    publish(&local, Some("http://203.0.113.5"))?.assert_error(403, "forbidden");
+    publish(&local, Some("http://[2001:db8::1]:8080"))?.assert_error(403, "forbidden");
     publish("evil.example:3001", Some("http://evil.example:3001"))?.assert_error(403, "forbidden");
     publish("evil.example", None)?.assert_error(403, "forbidden");
     for (host, origin) in [
@@ -426,6 +430,8 @@ fn dev_refuses_foreign_pages_and_rebound_hosts() -> Result<()> {
         (local.as_str(), Some("http://127.0.0.1:8080")),
         ("localhost:3001", Some("http://app.localhost:5173")),
         ("ringcast", None),
+        ("host.docker.internal:3001", None),
+        (local.as_str(), Some("http://192.168.1.5:5173")),
     ] {
         let resp = publish(host, origin)?;
         assert_eq!(resp.status, 200, "{host} {origin:?}: {}", resp.body_text());
@@ -449,5 +455,34 @@ fn dev_refuses_foreign_pages_and_rebound_hosts() -> Result<()> {
         "GET /api/maravilla/ren HTTP/1.1\r\nHost: {local}\r\nOrigin: https://evil.example\r\n\r\n"
     ))?;
     conn.response()?.assert_error(403, "forbidden");
+    Ok(())
+}
+
+/// With `allowed_origins` on the dev tenant, those decide on the HTTP API too, and
+/// `dev_allowed_hosts` adds names with a dot (found in review: with `allowed_origins`
+/// the HTTP API checked no Origin at all).
+#[test]
+fn dev_with_allowed_origins_checks_them_on_the_api_and_takes_listed_hosts() -> Result<()> {
+    let (server, _config) = Server::start_with_config(
+        "dev = true\ndev_allowed_hosts = [\"mybox.lan\"]\n\
+         [[tenants]]\nid = \"dev\"\nplan = \"enterprise\"\nallowed_origins = [\"http://ok.example\"]\n",
+        &[],
+    )?;
+    let publish = |host: &str, origin: &str| -> Result<HttpResponse> {
+        let body = r#"{"channel":"guard","data":1}"#;
+        let mut conn = Conn::open(&server)?;
+        conn.send(format!(
+            "POST /api/realtime/publish HTTP/1.1\r\nHost: {host}\r\nContent-Type: text/plain\r\n\
+             Origin: {origin}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ))?;
+        conn.response()
+    };
+    let local = server.addr().to_string();
+    publish(&local, "https://evil.example")?.assert_error(403, "forbidden");
+    publish(&local, "http://localhost:5173")?.assert_error(403, "forbidden");
+    assert_eq!(publish(&local, "http://ok.example")?.status, 200);
+    assert_eq!(publish("mybox.lan:3001", "http://ok.example")?.status, 200);
+    publish("other.lan:3001", "http://ok.example")?.assert_error(403, "forbidden");
     Ok(())
 }

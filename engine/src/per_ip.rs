@@ -238,15 +238,7 @@ impl PerIp {
         limits: IpLimits,
         now_ms: u64,
     ) -> Result<IpSlot, IpRefused> {
-        let key = key(addr);
-        let mut stripe = table.stripe(key);
-        let entry = stripe.entry(key, limits, now_ms);
-        entry.connection_available(limits)?;
-        entry.open += 1;
-        Ok(IpSlot {
-            table: table.clone(),
-            addr,
-        })
+        Self::take(table, addr, limits, now_ms, false)
     }
 
     /// Admits one handshake and one more connection from `addr` at `now_ms` under
@@ -258,12 +250,28 @@ impl PerIp {
         limits: IpLimits,
         now_ms: u64,
     ) -> Result<IpSlot, IpRefused> {
+        Self::take(table, addr, limits, now_ms, true)
+    }
+
+    /// One more connection from `addr`, and with `handshake` one handshake too; refused,
+    /// it takes neither.
+    fn take(
+        table: &Arc<PerIp>,
+        addr: IpAddr,
+        limits: IpLimits,
+        now_ms: u64,
+        handshake: bool,
+    ) -> Result<IpSlot, IpRefused> {
         let key = key(addr);
         let mut stripe = table.stripe(key);
         let entry = stripe.entry(key, limits, now_ms);
-        entry.handshake_available(limits, now_ms)?;
+        if handshake {
+            entry.handshake_available(limits, now_ms)?;
+        }
         entry.connection_available(limits)?;
-        entry.take_handshake(limits, now_ms)?;
+        if handshake {
+            entry.take_handshake(limits, now_ms)?;
+        }
         entry.open += 1;
         Ok(IpSlot {
             table: table.clone(),

@@ -1037,17 +1037,7 @@ impl HttpConn {
     /// The next response (head and Content-Length body), within `timeout`.
     pub fn response_within(&mut self, timeout: Duration) -> Result<HttpResponse> {
         let deadline = Instant::now() + timeout;
-        let head_end = loop {
-            if let Some(pos) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break pos + 4;
-            }
-            if self.fill(deadline)? == 0 {
-                bail!(
-                    "EOF before a complete response head; got {:?}",
-                    String::from_utf8_lossy(&self.buf)
-                );
-            }
-        };
+        let head_end = self.head_end(deadline)?;
         let (status, headers) = parse_response_head(&self.buf[..head_end])?;
         let length = match headers.iter().find(|(k, _)| k == "content-length") {
             Some((_, v)) => v.parse::<usize>()?,
@@ -1068,6 +1058,21 @@ impl HttpConn {
         })
     }
 
+    /// Where the buffered response head ends, reading until it is complete or `deadline`.
+    fn head_end(&mut self, deadline: Instant) -> Result<usize> {
+        loop {
+            if let Some(pos) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                return Ok(pos + 4);
+            }
+            if self.fill(deadline)? == 0 {
+                bail!(
+                    "EOF before a complete response head; got {:?}",
+                    String::from_utf8_lossy(&self.buf)
+                );
+            }
+        }
+    }
+
     /// The next response, within [`TIMEOUT`].
     pub fn response(&mut self) -> Result<HttpResponse> {
         self.response_within(TIMEOUT)
@@ -1077,18 +1082,7 @@ impl HttpConn {
     /// GET body's, which is not sent), within [`TIMEOUT`]. The body is left empty; bytes
     /// after the head stay for the next response.
     pub fn head_response(&mut self) -> Result<HttpResponse> {
-        let deadline = Instant::now() + TIMEOUT;
-        let head_end = loop {
-            if let Some(pos) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break pos + 4;
-            }
-            if self.fill(deadline)? == 0 {
-                bail!(
-                    "EOF before a complete response head; got {:?}",
-                    String::from_utf8_lossy(&self.buf)
-                );
-            }
-        };
+        let head_end = self.head_end(Instant::now() + TIMEOUT)?;
         let (status, headers) = parse_response_head(&self.buf[..head_end])?;
         self.buf.drain(..head_end);
         Ok(HttpResponse {

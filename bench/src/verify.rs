@@ -1,8 +1,15 @@
 //! Checks every delivery against what was published, so a server that loses its way
 //! cannot score by it: a copy may reach only a connection subscribed to the message's
-//! channel, and each connection must see each publisher's messages to a channel once
-//! each and in the order published (SPEC's per-channel order; a duplicate shows as a
+//! channel, and each connection must see each publisher's messages to a channel at most
+//! once and in the order published (SPEC's per-channel order; a duplicate shows as a
 //! repeat). Messages from different publishers may interleave in any order.
+//!
+//! What these checks cannot see is a message that never arrives: a lost copy breaks no
+//! order. Loss shows as lag instead (the pool's `lagging_msgs`: published, not yet
+//! delivered to every expected subscriber), and per connection and channel as
+//! [`Verifier::received`] against what was published there (W6's stopped readers: a
+//! server that drops what a slow reader's queue cannot hold, without closing it, scores
+//! no error here; found in review).
 //!
 //! Cost: one hash lookup per publish (the channel's name), a few compares per delivery.
 
@@ -37,18 +44,31 @@ pub struct ChannelId(u32);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct PublisherId(u32);
 
-/// What one connection saw: per channel it subscribes to, one past the newest message
-/// id from each publisher (0: none yet).
+/// What one connection saw on one channel it subscribes to.
+#[derive(Debug)]
+struct SeenOn {
+    channel: ChannelId,
+    /// Per publisher, one past the newest message id (0: none yet).
+    newest: Vec<u64>,
+    /// Deliveries that passed the checks (a repeat is not counted again).
+    received: u64,
+}
+
+/// What one connection saw, per channel it subscribes to.
 #[derive(Debug, Default)]
 pub struct Seen {
-    subs: Vec<(ChannelId, Vec<u64>)>,
+    subs: Vec<SeenOn>,
 }
 
 /// The origin of every message published, and the counts.
 #[derive(Debug, Default)]
 pub struct Verifier {
     channels: HashMap<Box<str>, ChannelId>,
-    publishers: HashMap<usize, PublisherId>,
+    /// Keyed by the connection's `cid`, unique for the pool's life: a pool slot is
+    /// reused after a close, so keying by slot made a new publisher the old one's
+    /// successor, and its messages overtaking the old one's still in flight a false
+    /// reordering (found in review).
+    publishers: HashMap<u64, PublisherId>,
     /// Indexed by message id (ids are dense from 0).
     origin: Vec<Option<(ChannelId, PublisherId)>>,
     /// What the checks found.
@@ -71,13 +91,28 @@ impl Verifier {
         Seen {
             subs: channels
                 .iter()
-                .map(|c| (self.channel(c), Vec::new()))
+                .map(|c| SeenOn {
+                    channel: self.channel(c),
+                    newest: Vec::new(),
+                    received: 0,
+                })
                 .collect(),
         }
     }
 
-    /// Message `id` went to `channel` from the connection at pool index `publisher`.
-    pub fn published(&mut self, id: u64, channel: &str, publisher: usize) {
+    /// How many messages on `channel` a connection that has seen `seen` received and
+    /// that passed the checks; `None` if it does not subscribe to `channel`. Against
+    /// what was published there, the rest were lost (or are still on their way).
+    pub fn received(&self, seen: &Seen, channel: &str) -> Option<u64> {
+        let channel = *self.channels.get(channel)?;
+        seen.subs
+            .iter()
+            .find(|s| s.channel == channel)
+            .map(|s| s.received)
+    }
+
+    /// Message `id` went to `channel` from the connection whose `cid` is `publisher`.
+    pub fn published(&mut self, id: u64, channel: &str, publisher: u64) {
         let channel = self.channel(channel);
         let next = PublisherId(self.publishers.len() as u32);
         let publisher = *self.publishers.entry(publisher).or_insert(next);
@@ -95,18 +130,19 @@ impl Verifier {
             self.counts.unknown += 1;
             return;
         };
-        let Some((_, newest)) = seen.subs.iter_mut().find(|(c, _)| *c == channel) else {
+        let Some(on) = seen.subs.iter_mut().find(|s| s.channel == channel) else {
             self.counts.misrouted += 1;
             return;
         };
         let p = publisher.0 as usize;
-        if newest.len() <= p {
-            newest.resize(p + 1, 0);
+        if on.newest.len() <= p {
+            on.newest.resize(p + 1, 0);
         }
-        if id < newest[p] {
+        if id < on.newest[p] {
             self.counts.repeated_or_reordered += 1;
         } else {
-            newest[p] = id + 1;
+            on.newest[p] = id + 1;
+            on.received += 1;
         }
     }
 }
@@ -161,6 +197,32 @@ mod tests {
         let mut other = v.seen_for(&channels(&["a"]));
         v.delivered(&mut other, 0);
         assert_eq!(v.counts.errors(), 2);
+    }
+
+    #[test]
+    fn received_counts_per_connection_and_channel_so_a_loss_shows() {
+        let mut v = Verifier::default();
+        let mut reader = v.seen_for(&channels(&["a", "hot"]));
+        let mut other = v.seen_for(&channels(&["hot"]));
+        for id in 0..5 {
+            v.published(id, "hot", 1);
+        }
+        v.published(5, "a", 1);
+        // The server dropped 2 and 3 for `reader`: in order, no check breaks.
+        for id in [0, 1, 4, 5] {
+            v.delivered(&mut reader, id);
+        }
+        // A repeat is an error, not a second receipt.
+        v.delivered(&mut reader, 4);
+        for id in 0..5 {
+            v.delivered(&mut other, id);
+        }
+        assert_eq!(v.counts.repeated_or_reordered, 1, "{:?}", v.counts);
+        assert_eq!(v.received(&reader, "hot"), Some(3), "5 published, 2 lost");
+        assert_eq!(v.received(&reader, "a"), Some(1));
+        assert_eq!(v.received(&other, "hot"), Some(5));
+        assert_eq!(v.received(&other, "a"), None, "not subscribed");
+        assert_eq!(v.received(&other, "never-named"), None);
     }
 
     #[test]

@@ -30,6 +30,27 @@ pub fn rss_bytes(pid: u32) -> Option<u64> {
     kib_field(&status, "VmRSS:")
 }
 
+/// What `/proc/<pid>/status` says of a process's resident memory, read at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Memory {
+    /// `VmRSS`: every resident page, file pages mapped included (Ringcast's history
+    /// segments are mmapped files, so they count here while the kernel keeps them).
+    pub rss: u64,
+    /// `RssAnon`: resident anonymous pages only (heap, stacks, queues): what the
+    /// process holds itself, without its mapped files (found in review: W6's growth
+    /// could be history pages as well as queues).
+    pub rss_anon: u64,
+}
+
+/// `VmRSS` and `RssAnon` of `pid` in bytes, from one read of `/proc/<pid>/status`.
+pub fn memory(pid: u32) -> Option<Memory> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    Some(Memory {
+        rss: kib_field(&status, "VmRSS:")?,
+        rss_anon: kib_field(&status, "RssAnon:")?,
+    })
+}
+
 /// Kernel slab memory of the whole box in bytes (`Slab` in `/proc/meminfo`). Socket
 /// buffers of BOTH ends of a loopback connection land here.
 pub fn slab_bytes() -> Option<u64> {
@@ -97,6 +118,8 @@ mod tests {
         assert!(x != 1);
         assert!(cpu_seconds(me).unwrap() >= 0.0);
         assert!(rss_bytes(me).unwrap() > 100 * 1024);
+        let m = memory(me).unwrap();
+        assert!(m.rss_anon > 0 && m.rss_anon <= m.rss, "{m:?}");
         assert!(slab_bytes().unwrap() > 0);
         assert!(steal_ms().unwrap() >= 0.0);
         assert_eq!(

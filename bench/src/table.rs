@@ -123,15 +123,25 @@ const SECTIONS: &[Section] = &[
         cols: &[
             col("rate msgs/s", "rate", Fmt::Rate),
             col("p99 before ms", "before_latency_p99_us", Fmt::Ms),
-            col("p99 stalled ms", "stalled_latency_p99_us", Fmt::Ms),
+            col("p99 stalled ms (others)", "stalled_latency_p99_us", Fmt::Ms),
+            col("others' lag msgs", "stalled_lagging_msgs", Fmt::Int),
             col("RSS before B", "before_server_rss_bytes", Fmt::Int),
             col("RSS max B", "stalled_server_rss_max_bytes", Fmt::Int),
+            col("RssAnon before B", "before_server_rss_anon_bytes", Fmt::Int),
+            col(
+                "RssAnon max B",
+                "stalled_server_rss_anon_max_bytes",
+                Fmt::Int,
+            ),
             col(
                 "hot B per stopped reader",
                 "hot_bytes_per_stopped_reader",
                 Fmt::Int,
             ),
             col("stopped readers closed", "stopped_readers_closed", Fmt::Int),
+            col("of them 4008", "stopped_readers_closed_4008", Fmt::Int),
+            col("open ones with loss", "stopped_readers_with_loss", Fmt::Int),
+            col("hot msgs they lost", "stopped_readers_lost_msgs", Fmt::Int),
             col("others closed", "closed_by_server", Fmt::Int),
             col("delivery errors", "delivery_errors", Fmt::Int),
         ],
@@ -313,6 +323,23 @@ mod tests {
         );
         assert!(!t.contains("W5"));
         assert!(!t.contains("median"), "single runs get no median row: {t}");
+    }
+
+    #[test]
+    fn w6_shows_closes_by_code_loss_and_anonymous_memory() {
+        let lines = r#"
+{"server":"bun","workload":"w6","subscribers":10000,"payload":64,"rate":40000.0,"stalled_lagging_msgs":3,"before_server_rss_anon_bytes":1000,"stalled_server_rss_anon_max_bytes":2000,"stopped_readers_closed":0,"stopped_readers_closed_4008":0,"stopped_readers_with_loss":100,"stopped_readers_lost_msgs":24100}
+"#;
+        let t = render(lines);
+        assert!(t.contains("| others' lag msgs |"), "{t}");
+        assert!(
+            t.contains("| of them 4008 | open ones with loss | hot msgs they lost |"),
+            "{t}"
+        );
+        assert!(
+            t.contains("| 3 | – | – | 1000 | 2000 | – | 0 | 0 | 100 | 24100 |"),
+            "{t}"
+        );
     }
 
     #[test]

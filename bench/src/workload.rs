@@ -7,7 +7,7 @@
 //!   that INTENDED time, so a late loop turn never hides latency (no coordinated
 //!   omission).
 
-use std::io::Write;
+use std::io::{self, Write};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -213,6 +213,56 @@ struct OpenLoop {
     published: u64,
 }
 
+/// An open-loop schedule: burst `b` is due at `t0 + b·K/rate` on the pool's clock.
+#[derive(Debug)]
+struct Schedule {
+    t0: u64,
+    bursts_per_s: f64,
+    /// The next burst to send.
+    b: u64,
+}
+
+impl Schedule {
+    /// Starts now, at `rate` publishes a second.
+    fn new(pool: &Pool, tr: &Traffic, rate: f64) -> Schedule {
+        Schedule {
+            t0: pool.now_ns(),
+            bursts_per_s: (rate / tr.burst as f64).max(1e-3),
+            b: 0,
+        }
+    }
+
+    fn due(&self, b: u64) -> u64 {
+        self.t0 + (b as f64 * 1e9 / self.bursts_per_s) as u64
+    }
+
+    /// Sends every burst as it falls due, reading meanwhile, until `end` (pool clock,
+    /// ns). The schedule goes on where the last call left it: time spent between calls
+    /// makes the bursts due meanwhile late, stamped with when they were due.
+    fn run_until(&mut self, pool: &mut Pool, tr: &mut Traffic, end: u64) -> io::Result<()> {
+        loop {
+            let now = pool.now_ns();
+            if now >= end {
+                return Ok(());
+            }
+            // Every burst already due leaves now, stamped with the time it was due.
+            while self.due(self.b) <= now {
+                tr.burst(pool, self.due(self.b));
+                self.b += 1;
+            }
+            let wait = self.due(self.b).min(end).saturating_sub(pool.now_ns());
+            // epoll waits whole milliseconds: below one, spin (the load generator owns
+            // its core).
+            let timeout = if wait < 1_000_000 {
+                Duration::ZERO
+            } else {
+                Duration::from_nanos(wait)
+            };
+            pool.turn(Some(timeout))?;
+        }
+    }
+}
+
 /// Open loop at `rate` publishes/s for `secs`, then up to `drain` for stragglers.
 fn open_loop(
     pool: &mut Pool,
@@ -221,32 +271,11 @@ fn open_loop(
     secs: f64,
     drain: Duration,
 ) -> anyhow::Result<OpenLoop> {
-    let bursts_per_s = (rate / tr.burst as f64).max(1e-3);
-    let due = |b: u64, t0: u64| t0 + (b as f64 * 1e9 / bursts_per_s) as u64;
-    let t0 = pool.now_ns();
-    let end = t0 + (secs * 1e9) as u64;
+    let mut schedule = Schedule::new(pool, tr, rate);
+    let t0 = schedule.t0;
     let d0 = pool.stats.deliveries;
     let id0 = tr.next_id;
-    let mut b = 0u64;
-    loop {
-        let now = pool.now_ns();
-        if now >= end {
-            break;
-        }
-        // Every burst already due leaves now, stamped with the time it was due.
-        while due(b, t0) <= now {
-            tr.burst(pool, due(b, t0));
-            b += 1;
-        }
-        let wait = due(b, t0).min(end).saturating_sub(pool.now_ns());
-        // epoll waits whole milliseconds: below one, spin (the load generator owns its core).
-        let timeout = if wait < 1_000_000 {
-            Duration::ZERO
-        } else {
-            Duration::from_nanos(wait)
-        };
-        pool.turn(Some(timeout))?;
-    }
+    schedule.run_until(pool, tr, t0 + (secs * 1e9) as u64)?;
     let secs = (pool.now_ns() - t0) as f64 / 1e9;
     let in_window = pool.stats.deliveries - d0;
     let t_drain = Instant::now();
@@ -266,6 +295,10 @@ fn cpu(cfg: &Config) -> Option<f64> {
 
 fn rss(cfg: &Config) -> Option<u64> {
     cfg.server_pid.and_then(procfs::rss_bytes)
+}
+
+fn memory(cfg: &Config) -> Option<procfs::Memory> {
+    cfg.server_pid.and_then(procfs::memory)
 }
 
 fn connect_report(pool: &Pool, r: &mut Report, secs: f64, n: usize) {
@@ -382,18 +415,53 @@ fn fanout(cfg: &Config, rate: Option<f64>, r: &mut Report) -> anyhow::Result<()>
     Ok(())
 }
 
+/// What W2/W6's set-up opened.
+#[derive(Debug)]
+struct PersonalGroup {
+    /// Connection `i` of C is on `p{i}` and `g{i/10}`.
+    subs: Vec<ConnIx>,
+    /// On no channel: W2's publishers.
+    pubs: Vec<ConnIx>,
+    /// W6: one more on no channel, the hot channel's own publisher, so W2's publishes
+    /// do not queue behind its bursts of 32 KiB in the load generator's own socket
+    /// (found in review: they shared W2's first publisher).
+    hot_pub: Option<ConnIx>,
+    /// W2's channels and how many deliveries each publish to them expects.
+    channels: Vec<(String, u32)>,
+    /// The same counts less W6's readers to stop (`channels`' order): what the other
+    /// readers are expected to get while those do not read.
+    live: Vec<u32>,
+}
+
+/// W2's channels for C connections with their expected delivery counts (`p{i}` 1, `g{g}`
+/// its members), and the counts less every `every`-th connection (W6's readers to stop;
+/// `None`: no reader stops).
+fn personal_group_channels(
+    pre: &str,
+    c: usize,
+    every: Option<usize>,
+) -> (Vec<(String, u32)>, Vec<u32>) {
+    let stops = |i: usize| every.is_some_and(|e| i.is_multiple_of(e));
+    let mut channels: Vec<(String, u32)> = (0..c).map(|i| (format!("{pre}p{i}"), 1)).collect();
+    let mut live: Vec<u32> = (0..c).map(|i| u32::from(!stops(i))).collect();
+    for g in 0..c.div_ceil(10) {
+        let members = g * 10..(g * 10 + 10).min(c);
+        channels.push((format!("{pre}g{g}"), members.len() as u32));
+        live.push(members.filter(|&i| !stops(i)).count() as u32);
+    }
+    (channels, live)
+}
+
 /// W2/W6 setup: C connections, each on `p{i}` and the 10-member group `g{i/10}`, plus
 /// publishers on no channel; with `hot = Some((channel, every))`, every `every`-th
-/// connection also follows `channel` (W6's readers to stop). Returns the subscriber and
-/// publisher indices and the channels with their expected delivery counts (`hot` not
-/// among them).
-#[allow(clippy::type_complexity)]
+/// connection also follows `channel` (W6's readers to stop), and one more connection on
+/// no channel publishes to it.
 fn personal_group_setup(
     cfg: &Config,
     pool: &mut Pool,
     r: &mut Report,
     hot: Option<(&str, usize)>,
-) -> anyhow::Result<(Vec<ConnIx>, Vec<ConnIx>, Vec<(String, u32)>)> {
+) -> anyhow::Result<PersonalGroup> {
     let c = cfg.subscribers;
     let pre = &cfg.channel_prefix;
     let mut specs: Vec<Vec<String>> = (0..c)
@@ -405,17 +473,21 @@ fn personal_group_setup(
             spec
         })
         .collect();
-    specs.extend((0..cfg.publishers.max(1)).map(|_| Vec::new()));
+    let publishers = cfg.publishers.max(1);
+    specs.extend((0..publishers + usize::from(hot.is_some())).map(|_| Vec::new()));
     let total = specs.len();
     let (ixs, secs, errors) =
         pool.connect_all(specs, cfg.max_inflight, Duration::from_secs(180))?;
     anyhow::ensure!(errors == 0, "{errors} of {total} connections failed");
     connect_report(pool, r, secs, total);
-    let (subs, pubs) = ixs.split_at(c);
-    let mut channels: Vec<(String, u32)> = (0..c).map(|i| (format!("{pre}p{i}"), 1)).collect();
-    channels
-        .extend((0..c.div_ceil(10)).map(|g| (format!("{pre}g{g}"), (c - g * 10).min(10) as u32)));
-    Ok((subs.to_vec(), pubs.to_vec(), channels))
+    let (channels, live) = personal_group_channels(pre, c, hot.map(|(_, every)| every));
+    Ok(PersonalGroup {
+        subs: ixs[..c].to_vec(),
+        pubs: ixs[c..c + publishers].to_vec(),
+        hot_pub: ixs.get(c + publishers).copied().filter(|_| hot.is_some()),
+        channels,
+        live,
+    })
 }
 
 /// Finds the closed-loop maximum publish rate with many messages in flight.
@@ -494,6 +566,11 @@ fn write_latency_trace(
 /// 80 %, as W2's second phase; it ran at half before 2026-12-08).
 const W6_LOAD: f64 = 0.8;
 
+/// W6's stalled phase goes in chunks this long: the hot channel's publishes are spread
+/// over them (at 100/s, 5 of 32 KiB a chunk) and server memory is sampled after each.
+/// They went in 250 ms chunks before, 25 × 32 KiB at once (found in review).
+const W6_CHUNK_S: f64 = 0.05;
+
 /// W6's channel that only the readers to stop follow.
 const HOT: &str = "w6hot";
 
@@ -517,9 +594,9 @@ fn personal_and_group(cfg: &Config, stalled: bool, r: &mut Report) -> anyhow::Re
         pool.small_rcvbuf_on = Some((hot.clone(), STALLED_RCVBUF));
     }
     let hot_spec = stalled.then_some((hot.as_str(), every));
-    let (subs, pubs, channels) = personal_group_setup(cfg, &mut pool, r, hot_spec)?;
-    let hot_publisher = pubs[0];
-    let mut tr = Traffic::new(pubs, channels, cfg);
+    let set = personal_group_setup(cfg, &mut pool, r, hot_spec)?;
+    let (subs, hot_publisher, live) = (set.subs, set.hot_pub, set.live);
+    let mut tr = Traffic::new(set.pubs, set.channels, cfg);
     wait_for_start(cfg, &mut pool, r)?;
     let probed = match cfg.rate {
         Some(rate) if stalled => rate / W6_LOAD,
@@ -586,28 +663,43 @@ fn personal_and_group(cfg: &Config, stalled: bool, r: &mut Report) -> anyhow::Re
     let o = open_loop(&mut pool, &mut tr, rate, cfg.duration_s, drain)?;
     phase_report(&pool, r, "before", &o);
     write_latency_trace(cfg, &pool, "before", trace_start)?;
-    let rss_before = rss(cfg).unwrap_or(0);
-    r.int("before_server_rss_bytes", rss_before);
+    let mem_before = memory(cfg);
+    r.int("before_server_rss_bytes", mem_before.map_or(0, |m| m.rss));
+    r.int(
+        "before_server_rss_anon_bytes",
+        mem_before.map_or(0, |m| m.rss_anon),
+    );
 
+    // The readers to stop are those on the hot channel: every `every`-th connection.
     let stopped: Vec<ConnIx> = subs.iter().copied().step_by(every).collect();
     for &ix in &stopped {
         pool.pause(ix);
     }
     r.int("stopped_readers", stopped.len() as u64);
+    // Publishes now expect the other readers only, so `stalled_lagging_msgs` counts what
+    // they miss, not what the stopped readers do not read (found in review: it counted
+    // both).
+    tr.expected = live;
     pool.reset_stats();
     let trace_start = TraceStart::now(&pool);
-    let mut rss_max = rss_before;
-    let mut agg = OpenLoop {
-        secs: 0.0,
-        in_window: 0,
-        published: 0,
-    };
-    let chunks = (cfg.duration_s / 0.25).ceil().max(1.0) as usize;
+    let hot_publisher = hot_publisher.context("W6 opens a hot publisher")?;
+    let (mut rss_max, mut anon_max) = mem_before.map_or((0, 0), |m| (m.rss, m.rss_anon));
+    let mut schedule = Schedule::new(&pool, &tr, rate);
+    let t0 = schedule.t0;
+    let end = t0 + (cfg.duration_s * 1e9) as u64;
+    let d0 = pool.stats.deliveries;
+    let chunk_ns = (W6_CHUNK_S * 1e9) as u64;
     let mut hot_published = 0u64;
     let mut data = Vec::new();
-    for chunk in 1..=chunks {
+    // Time spent on the hot publishes and the memory sample between the chunks, while
+    // W2's bursts wait (they leave late, stamped with when they were due).
+    let (mut between_ns, mut between_max_ns) = (0u64, 0u64);
+    let mut chunk = 0u64;
+    while pool.now_ns() < end {
+        let b0 = pool.now_ns();
+        chunk += 1;
         // This chunk's share of the hot channel's publishes, at its start.
-        let due = (cfg.hot_rate * 0.25 * chunk as f64) as u64;
+        let due = (cfg.hot_rate * W6_CHUNK_S * chunk as f64) as u64;
         while hot_published < due {
             let now = pool.now_ns();
             payload::write_data(&mut data, now, tr.next_id, cfg.hot_payload);
@@ -616,19 +708,31 @@ fn personal_and_group(cfg: &Config, stalled: bool, r: &mut Report) -> anyhow::Re
             tr.next_id += 1;
             hot_published += 1;
         }
-        let o = open_loop(&mut pool, &mut tr, rate, 0.25, Duration::ZERO)?;
-        agg.secs += o.secs;
-        agg.in_window += o.in_window;
-        agg.published += o.published;
-        rss_max = rss_max.max(rss(cfg).unwrap_or(0));
+        if let Some(m) = memory(cfg) {
+            rss_max = rss_max.max(m.rss);
+            anon_max = anon_max.max(m.rss_anon);
+        }
+        let took = pool.now_ns() - b0;
+        between_ns += took;
+        between_max_ns = between_max_ns.max(took);
+        schedule.run_until(&mut pool, &mut tr, (t0 + chunk * chunk_ns).min(end))?;
     }
+    let agg = OpenLoop {
+        secs: (pool.now_ns() - t0) as f64 / 1e9,
+        in_window: pool.stats.deliveries - d0,
+        published: schedule.b * tr.burst as u64,
+    };
     let t = Instant::now();
     while t.elapsed() < drain {
         pool.turn(Some(Duration::from_millis(5)))?;
     }
     phase_report(&pool, r, "stalled", &agg);
     write_latency_trace(cfg, &pool, "stalled", trace_start)?;
+    r.int("stalled_chunks", chunk);
+    r.num("stalled_between_chunks_ms", between_ns as f64 / 1e6);
+    r.num("stalled_between_chunks_max_us", between_max_ns as f64 / 1e3);
     r.int("stalled_server_rss_max_bytes", rss_max);
+    r.int("stalled_server_rss_anon_max_bytes", anon_max);
     r.int("stalled_server_rss_end_bytes", rss(cfg).unwrap_or(0));
     r.int("closed_by_server", pool.stats.closed_by_server);
     r.num("hot_rate", cfg.hot_rate);
@@ -639,8 +743,8 @@ fn personal_and_group(cfg: &Config, stalled: bool, r: &mut Report) -> anyhow::Re
     );
     // The stopped readers read again: what the server queued for them arrives, then the
     // close it sent, if it did; a ping each makes a closed one's reset show (found on
-    // the first runs: the server had closed all 100, the load generator saw none). Bounded: until all are closed, or 1 s passes with no
-    // read, or 10 s in all.
+    // the first runs: the server had closed all 100, the load generator saw none).
+    // Bounded: until all are closed, or 1 s passes with no read, or 10 s in all.
     for &ix in &stopped {
         pool.resume(ix);
         pool.probe(ix);
@@ -656,10 +760,59 @@ fn personal_and_group(cfg: &Config, stalled: bool, r: &mut Report) -> anyhow::Re
             last = (pool.stats.reads, Instant::now());
         }
     }
-    let closed = stopped.iter().filter(|&&ix| !pool.is_open(ix)).count();
-    r.int("stopped_readers_closed", closed as u64);
+    let s = stopped_readers_end(&pool, &stopped, &hot, hot_published);
+    r.int("stopped_readers_closed", s.closed);
+    r.int("stopped_readers_closed_4008", s.closed_4008);
+    r.int("stopped_readers_lost_msgs", s.lost_msgs);
+    r.int("stopped_readers_with_loss", s.with_loss);
+    if s.lost_msgs > 0 {
+        eprintln!(
+            "loadgen: {} stopped readers still open lost {} hot messages in all (of {} each)",
+            s.with_loss, s.lost_msgs, hot_published
+        );
+    }
     verify_report(&pool, r);
     Ok(())
+}
+
+/// How W6's stopped readers ended, once they had read again.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct StoppedEnd {
+    /// Closed by the server (close frame, EOF or reset).
+    closed: u64,
+    /// Of those, by a close frame with 4008 (Ringcast's outbound bound).
+    closed_4008: u64,
+    /// Hot messages the ones still open never got: dropped by the server without a
+    /// close. A closed one is not counted: its close tells the client to reconnect and
+    /// catch up.
+    lost_msgs: u64,
+    /// Readers still open that lost any.
+    with_loss: u64,
+}
+
+fn stopped_readers_end(
+    pool: &Pool,
+    stopped: &[ConnIx],
+    hot: &str,
+    hot_published: u64,
+) -> StoppedEnd {
+    let mut s = StoppedEnd::default();
+    for &ix in stopped {
+        match pool.received(ix, hot) {
+            Some(got) => {
+                let lost = hot_published.saturating_sub(got);
+                s.lost_msgs += lost;
+                s.with_loss += u64::from(lost > 0);
+            }
+            None if !pool.is_open(ix) => {
+                s.closed += 1;
+                s.closed_4008 += u64::from(pool.close_code(ix) == Some(4008));
+            }
+            // Open and not on the hot channel: W6 stops only readers on it.
+            None => {}
+        }
+    }
+    s
 }
 
 /// W4: a storm of connections (each subscribing to its personal channel), then churn:
@@ -774,4 +927,31 @@ fn idle(cfg: &Config, r: &mut Report) -> anyhow::Result<()> {
     }
     r.int("closed_by_server", pool.stats.closed_by_server);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn live_counts_leave_out_the_readers_to_stop() {
+        let (channels, live) = personal_group_channels("x", 25, Some(10));
+        let names: Vec<&str> = channels.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names.len(), 25 + 3);
+        assert_eq!(
+            (names[0], names[24], names[25], names[27]),
+            ("xp0", "xp24", "xg0", "xg2")
+        );
+        let all: Vec<u32> = channels.iter().map(|(_, e)| *e).collect();
+        assert_eq!(&all[25..], &[10, 10, 5]);
+        // Connections 0, 10 and 20 stop: their own channels expect none, each group one
+        // fewer.
+        assert_eq!(
+            (live[0], live[1], live[10], live[20], live[24]),
+            (0, 1, 0, 0, 1)
+        );
+        assert_eq!(&live[25..], &[9, 9, 4]);
+        let (_, none_stop) = personal_group_channels("", 25, None);
+        assert_eq!(none_stop, all);
+    }
 }

@@ -108,6 +108,8 @@ struct Conn {
     started_ns: u64,
     /// A stopped reader (W6): the socket is not read until resumed.
     paused: bool,
+    /// The server's close frame, once parsed: its code, if it carried one.
+    close_frame: Option<Option<u16>>,
     queued: bool,
     /// What it was delivered, for the checks.
     seen: Seen,
@@ -209,14 +211,30 @@ pub struct Pool {
     tracker: Tracker,
     /// Every delivery checked against what was published.
     pub verifier: Verifier,
-    /// A connection subscribing to this channel gets this `SO_RCVBUF` (W6's stalled
-    /// readers: so the server, not the load generator's kernel, holds what they do not
-    /// read).
-    pub small_rcvbuf_on: Option<(String, usize)>,
-    /// The code of the close frame each slot's last connection got from the server,
-    /// kept after the slot is freed until it is reused; none for a close by EOF or
-    /// reset (W6 tells Ringcast's 4008 from other closes; found in review).
-    close_codes: HashMap<ConnIx, u16>,
+    /// How the server ended each slot's last connection, and what it had received,
+    /// kept after the slot is freed until it is reused (W6 tells Ringcast's 4008 from
+    /// other closes; found in review).
+    ended: HashMap<ConnIx, Gone>,
+}
+
+/// How the server ended a connection, as the pool saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// A close frame, with its code (`None`: an empty body, which carries none).
+    CloseFrame(Option<u16>),
+    /// EOF before any close frame.
+    Eof,
+    /// A read or write failed: a reset, mostly.
+    Error,
+    /// A frame or a handshake answer that did not parse.
+    Malformed,
+}
+
+/// A connection the server ended.
+#[derive(Debug)]
+struct Gone {
+    how: Ended,
+    seen: Seen,
 }
 
 impl Pool {
@@ -252,8 +270,7 @@ impl Pool {
             stats: Stats::new(),
             tracker: Tracker::default(),
             verifier: Verifier::default(),
-            small_rcvbuf_on: None,
-            close_codes: HashMap::new(),
+            ended: HashMap::new(),
         })
     }
 
@@ -277,11 +294,6 @@ impl Pool {
     /// Starts one connection that will subscribe to `channels` once open.
     pub fn connect(&mut self, channels: Vec<String>) -> io::Result<ConnIx> {
         let mut stream = TcpStream::connect(self.addr)?;
-        if let Some((channel, bytes)) = &self.small_rcvbuf_on {
-            if channels.contains(channel) {
-                set_rcvbuf(&stream, *bytes)?;
-            }
-        }
         let ix = self.free.pop().unwrap_or_else(|| {
             self.conns.push(None);
             self.conns.len() - 1
@@ -291,7 +303,7 @@ impl Pool {
             Token(ix),
             Interest::READABLE | Interest::WRITABLE,
         )?;
-        self.close_codes.remove(&ix);
+        self.ended.remove(&ix);
         let cid = self.next_cid;
         self.next_cid += 1;
         let seen = self.verifier.seen_for(&channels);
@@ -307,6 +319,7 @@ impl Pool {
             channels,
             started_ns: self.now_ns(),
             paused: false,
+            close_frame: None,
             queued: false,
             seen,
         });
@@ -316,15 +329,20 @@ impl Pool {
 
     /// Closes a connection from the client side (churn).
     pub fn close(&mut self, ix: ConnIx) {
-        if let Some(mut c) = self.conns[ix].take() {
-            let _ = self.poll.registry().deregister(&mut c.stream);
-            if c.phase == Phase::Ready {
-                self.stats.ready = self.stats.ready.saturating_sub(1);
-            } else {
-                self.in_progress -= 1;
-            }
-            self.free.push(ix);
+        self.take(ix);
+    }
+
+    /// Drops `ix`'s connection and frees its slot; returns what it was.
+    fn take(&mut self, ix: ConnIx) -> Option<Conn> {
+        let mut c = self.conns[ix].take()?;
+        let _ = self.poll.registry().deregister(&mut c.stream);
+        if c.phase == Phase::Ready {
+            self.stats.ready = self.stats.ready.saturating_sub(1);
+        } else {
+            self.in_progress -= 1;
         }
+        self.free.push(ix);
+        Some(c)
     }
 
     /// Whether `ix` is open and subscribed.
@@ -366,17 +384,30 @@ impl Pool {
         self.conns[ix].is_some()
     }
 
+    /// How the server ended `ix`'s connection; `None` while it is open, or when the
+    /// client closed it.
+    pub fn ended(&self, ix: ConnIx) -> Option<Ended> {
+        self.ended.get(&ix).map(|g| g.how)
+    }
+
     /// The close code the server sent `ix`'s connection, once it is closed; `None`
     /// while open, or when it went by EOF or reset, or with a close frame with no code.
     pub fn close_code(&self, ix: ConnIx) -> Option<u16> {
-        self.close_codes.get(&ix).copied()
+        match self.ended(ix)? {
+            Ended::CloseFrame(code) => code,
+            _ => None,
+        }
     }
 
-    /// Messages on `channel` that the open connection `ix` received and that passed the
-    /// checks; `None` if it is closed or does not subscribe to `channel`.
+    /// Messages on `channel` that `ix`'s connection received and that passed the
+    /// checks, up to now or to the server's close; `None` if it does not subscribe to
+    /// `channel`, or the client closed it.
     pub fn received(&self, ix: ConnIx, channel: &str) -> Option<u64> {
-        let c = self.conns[ix].as_ref()?;
-        self.verifier.received(&c.seen, channel)
+        let seen = match &self.conns[ix] {
+            Some(c) => &c.seen,
+            None => &self.ended.get(&ix)?.seen,
+        };
+        self.verifier.received(seen, channel)
     }
 
     /// Opens `specs.len()` connections, at most `max_inflight` handshakes at a time, and
@@ -505,8 +536,9 @@ impl Pool {
         Ok(())
     }
 
-    fn fail(&mut self, ix: ConnIx) {
-        let Some(c) = self.conns[ix].as_ref() else {
+    /// The connection ended, `how`: counted, dropped, and remembered.
+    fn fail(&mut self, ix: ConnIx, how: Ended) {
+        let Some(c) = self.take(ix) else {
             return;
         };
         if c.phase == Phase::Ready {
@@ -514,7 +546,7 @@ impl Pool {
         } else {
             self.stats.connect_errors += 1;
         }
-        self.close(ix);
+        self.ended.insert(ix, Gone { how, seen: c.seen });
     }
 
     fn on_writable(&mut self, ix: ConnIx) {
@@ -523,14 +555,14 @@ impl Pool {
         };
         if c.phase == Phase::Connecting {
             if let Ok(Some(_)) | Err(_) = c.stream.take_error() {
-                self.fail(ix);
+                self.fail(ix, Ended::Error);
                 return;
             }
             match c.stream.peer_addr() {
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
                 Err(_) => {
-                    self.fail(ix);
+                    self.fail(ix, Ended::Error);
                     return;
                 }
             }
@@ -572,7 +604,7 @@ impl Pool {
             }
             c.wbuf.drain(..off);
             if broken {
-                self.fail(ix);
+                self.fail(ix, Ended::Error);
             }
             // A partial write waits for the next writable event, which re-queues it.
         }
@@ -595,13 +627,17 @@ impl Pool {
             }
             match c.stream.read(&mut scratch) {
                 Ok(0) => {
-                    self.fail(ix);
+                    self.fail(ix, Ended::Eof);
                     break;
                 }
                 Ok(n) => {
                     self.stats.reads += 1;
                     if !self.ingest(ix, &scratch[..n]) {
-                        self.fail(ix);
+                        let how = match self.conns[ix].as_ref().and_then(|c| c.close_frame) {
+                            Some(code) => Ended::CloseFrame(code),
+                            None => Ended::Malformed,
+                        };
+                        self.fail(ix, how);
                         break;
                     }
                     if n < scratch.len() && !to_eof {
@@ -613,7 +649,7 @@ impl Pool {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => {
-                    self.fail(ix);
+                    self.fail(ix, Ended::Error);
                     break;
                 }
             }
@@ -696,9 +732,7 @@ impl Pool {
                     self.mark_dirty(ix);
                 }
                 ws::OP_CLOSE => {
-                    if let Some(code) = close_code(body) {
-                        self.close_codes.insert(ix, code);
-                    }
+                    self.conns[ix].as_mut()?.close_frame = Some(close_code(body));
                     return None;
                 }
                 _ => {}
@@ -824,27 +858,6 @@ impl Pool {
     }
 }
 
-/// Sets `SO_RCVBUF` (the kernel doubles it, with a floor of about 2 KiB).
-fn set_rcvbuf(stream: &TcpStream, bytes: usize) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let value = bytes.min(i32::MAX as usize) as libc::c_int;
-    // SAFETY: the descriptor is open for the call (borrowed from `stream`), and the
-    // option value is a live `c_int` whose size is passed with it.
-    let rc = unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            (&value as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 /// The status code of a close frame's body (RFC 6455 §5.5.1: its first 2 bytes, big
 /// endian); `None` for an empty body, which carries none.
 fn close_code(body: &[u8]) -> Option<u16> {
@@ -888,9 +901,13 @@ mod tests {
         assert_eq!(close_code(&[0x0f]), None);
     }
 
-    /// A server on loopback that answers each of `closes.len()` handshakes, then ends
-    /// the connection: with a close frame of that body, or (`None`) by EOF.
-    fn closing_server(closes: Vec<Option<Vec<u8>>>) -> (SocketAddr, std::thread::JoinHandle<()>) {
+    /// A server on loopback that answers each of `closes.len()` handshakes, sends
+    /// `message` as a text frame, then ends the connection: with a close frame of that
+    /// body, or (`None`) by EOF.
+    fn closing_server(
+        message: Vec<u8>,
+        closes: Vec<Option<Vec<u8>>>,
+    ) -> (SocketAddr, std::thread::JoinHandle<()>) {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = listener.local_addr().expect("addr");
         let t = std::thread::spawn(move || {
@@ -916,6 +933,7 @@ mod tests {
                      Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
                 )
                 .into_bytes();
+                ws::encode_server_frame(ws::OP_TEXT, &message, &mut out);
                 if let Some(body) = close {
                     ws::encode_server_frame(ws::OP_CLOSE, &body, &mut out);
                 }
@@ -930,9 +948,13 @@ mod tests {
     fn a_close_frames_code_is_kept_per_connection_and_an_eof_has_none() {
         let mut body = 4008u16.to_be_bytes().to_vec();
         body.extend_from_slice(b"slow consumer");
-        let (addr, server) = closing_server(vec![Some(body), None, Some(Vec::new())]);
+        let mut message = Vec::new();
+        crate::payload::write_data(&mut message, 1, 0, 64);
+        let (addr, server) = closing_server(message, vec![Some(body), None, Some(Vec::new())]);
         let url = format!("ws://{addr}/_rt/ws");
         let mut pool = Pool::new(&url, Protocol::Ringcast, Instant::now()).expect("pool");
+        // Message 0 went to "a": each connection gets it before its close.
+        pool.verifier.published(0, "a", u64::MAX);
         // One at a time, so each meets its own answer, in the same slot (reused): the
         // code is read as each ends, and a reuse forgets the last one's.
         let mut codes = Vec::new();
@@ -947,10 +969,18 @@ mod tests {
                 pool.turn(Some(Duration::from_millis(10))).expect("turn");
             }
             assert!(!pool.is_open(ix), "the server closed it: {codes:?}");
-            codes.push(pool.close_code(ix));
+            codes.push((pool.close_code(ix), pool.ended(ix)));
+            assert_eq!(pool.received(ix, "a"), Some(1), "kept past the close");
         }
         server.join().expect("server");
-        assert_eq!(codes, vec![Some(4008), None, None]);
+        assert_eq!(
+            codes,
+            vec![
+                (Some(4008), Some(Ended::CloseFrame(Some(4008)))),
+                (None, Some(Ended::Eof)),
+                (None, Some(Ended::CloseFrame(None))),
+            ]
+        );
     }
 
     #[test]

@@ -140,6 +140,7 @@ const SECTIONS: &[Section] = &[
             ),
             col("stopped readers closed", "stopped_readers_closed", Fmt::Int),
             col("of them 4008", "stopped_readers_closed_4008", Fmt::Int),
+            col("of them EOF", "stopped_readers_closed_eof", Fmt::Int),
             col("open ones with loss", "stopped_readers_with_loss", Fmt::Int),
             col("hot msgs they lost", "stopped_readers_lost_msgs", Fmt::Int),
             col("others closed", "closed_by_server", Fmt::Int),
@@ -328,16 +329,16 @@ mod tests {
     #[test]
     fn w6_shows_closes_by_code_loss_and_anonymous_memory() {
         let lines = r#"
-{"server":"bun","workload":"w6","subscribers":10000,"payload":64,"rate":40000.0,"stalled_lagging_msgs":3,"before_server_rss_anon_bytes":1000,"stalled_server_rss_anon_max_bytes":2000,"stopped_readers_closed":0,"stopped_readers_closed_4008":0,"stopped_readers_with_loss":100,"stopped_readers_lost_msgs":24100}
+{"server":"bun","workload":"w6","subscribers":10000,"payload":64,"rate":40000.0,"stalled_lagging_msgs":3,"before_server_rss_anon_bytes":1000,"stalled_server_rss_anon_max_bytes":2000,"stopped_readers_closed":0,"stopped_readers_closed_4008":0,"stopped_readers_closed_eof":0,"stopped_readers_with_loss":100,"stopped_readers_lost_msgs":24100}
 "#;
         let t = render(lines);
         assert!(t.contains("| others' lag msgs |"), "{t}");
         assert!(
-            t.contains("| of them 4008 | open ones with loss | hot msgs they lost |"),
+            t.contains("| of them 4008 | of them EOF | open ones with loss | hot msgs they lost |"),
             "{t}"
         );
         assert!(
-            t.contains("| 3 | – | – | 1000 | 2000 | – | 0 | 0 | 100 | 24100 |"),
+            t.contains("| 3 | – | – | 1000 | 2000 | – | 0 | 0 | 0 | 100 | 24100 |"),
             "{t}"
         );
     }

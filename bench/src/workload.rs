@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use crate::client::{ConnIx, Pool, Protocol};
+use crate::client::{ConnIx, Ended, Pool, Protocol};
 use crate::payload;
 use crate::procfs;
 use crate::report::Report;
@@ -572,12 +572,16 @@ const W6_LOAD: f64 = 0.8;
 const W6_CHUNK_S: f64 = 0.05;
 
 /// W6's channel that only the readers to stop follow.
+///
+/// They keep the kernel's default receive buffer (128 KiB on this box; it grows only
+/// while read). A 4 KiB `SO_RCVBUF`, set at first so that the server and not the load
+/// generator's kernel would hold what they did not read, made loopback TCP drop the
+/// server's segments (each larger than that buffer), and the server's retransmissions
+/// backed off to seconds (`ss` on Bun's side after 3 s: rto 3.3 s, backoff 4), so when
+/// the readers read again they got what the server still held at about one 32 KiB
+/// message per 0.8 s, and the end's 1 s wait counted Bun's queue as lost (found checking
+/// the loss count). The default buffer holds under 1 % of the 16 MB sent.
 const HOT: &str = "w6hot";
-
-/// What W6's stopped readers are sent beside W2's traffic: W2 alone sends each about
-/// 2 KB in the stalled phase, which kernel buffers hold whole, so no server would queue
-/// anything for them (found in review). Their `SO_RCVBUF` is set this small too.
-const STALLED_RCVBUF: usize = 4096;
 
 /// W2 (`stalled = false`): end-to-end latency at 50 % and 80 % of the probed maximum.
 /// W6 (`stalled = true`): the same traffic at [`W6_LOAD`] of the probed maximum before
@@ -590,9 +594,6 @@ fn personal_and_group(cfg: &Config, stalled: bool, r: &mut Report) -> anyhow::Re
     let mut pool = Pool::new(&cfg.url, cfg.protocol, start)?;
     let every = (100.0 / cfg.stopped_pct.max(0.01)).round().max(1.0) as usize;
     let hot = format!("{}{HOT}", cfg.channel_prefix);
-    if stalled {
-        pool.small_rcvbuf_on = Some((hot.clone(), STALLED_RCVBUF));
-    }
     let hot_spec = stalled.then_some((hot.as_str(), every));
     let set = personal_group_setup(cfg, &mut pool, r, hot_spec)?;
     let (subs, hot_publisher, live) = (set.subs, set.hot_pub, set.live);
@@ -763,6 +764,9 @@ fn personal_and_group(cfg: &Config, stalled: bool, r: &mut Report) -> anyhow::Re
     let s = stopped_readers_end(&pool, &stopped, &hot, hot_published);
     r.int("stopped_readers_closed", s.closed);
     r.int("stopped_readers_closed_4008", s.closed_4008);
+    r.int("stopped_readers_closed_eof", s.closed_eof);
+    r.int("stopped_readers_closed_error", s.closed_error);
+    r.int("stopped_readers_closed_hot_received", s.closed_hot_received);
     r.int("stopped_readers_lost_msgs", s.lost_msgs);
     r.int("stopped_readers_with_loss", s.with_loss);
     if s.lost_msgs > 0 {
@@ -778,10 +782,16 @@ fn personal_and_group(cfg: &Config, stalled: bool, r: &mut Report) -> anyhow::Re
 /// How W6's stopped readers ended, once they had read again.
 #[derive(Debug, Default, PartialEq, Eq)]
 struct StoppedEnd {
-    /// Closed by the server (close frame, EOF or reset).
+    /// Closed by the server, however the load generator saw it.
     closed: u64,
     /// Of those, by a close frame with 4008 (Ringcast's outbound bound).
     closed_4008: u64,
+    /// Of those, by EOF with no close frame before it.
+    closed_eof: u64,
+    /// Of those, by a failed read or write (a reset, mostly).
+    closed_error: u64,
+    /// Hot messages the closed ones got before their close.
+    closed_hot_received: u64,
     /// Hot messages the ones still open never got: dropped by the server without a
     /// close. A closed one is not counted: its close tells the client to reconnect and
     /// catch up.
@@ -798,18 +808,20 @@ fn stopped_readers_end(
 ) -> StoppedEnd {
     let mut s = StoppedEnd::default();
     for &ix in stopped {
-        match pool.received(ix, hot) {
-            Some(got) => {
-                let lost = hot_published.saturating_sub(got);
-                s.lost_msgs += lost;
-                s.with_loss += u64::from(lost > 0);
-            }
-            None if !pool.is_open(ix) => {
-                s.closed += 1;
-                s.closed_4008 += u64::from(pool.close_code(ix) == Some(4008));
-            }
-            // Open and not on the hot channel: W6 stops only readers on it.
-            None => {}
+        let got = pool.received(ix, hot).unwrap_or(0);
+        if pool.is_open(ix) {
+            let lost = hot_published.saturating_sub(got);
+            s.lost_msgs += lost;
+            s.with_loss += u64::from(lost > 0);
+            continue;
+        }
+        s.closed += 1;
+        s.closed_hot_received += got;
+        match pool.ended(ix) {
+            Some(Ended::CloseFrame(Some(4008))) => s.closed_4008 += 1,
+            Some(Ended::Eof) => s.closed_eof += 1,
+            Some(Ended::Error) => s.closed_error += 1,
+            _ => {}
         }
     }
     s

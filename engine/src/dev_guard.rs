@@ -85,8 +85,11 @@ fn host_part(authority: &str) -> &str {
 
 /// `localhost` or a `*.localhost` name (RFC 6761: always loopback).
 fn is_localhost(host: &str) -> bool {
-    let lower = host.to_ascii_lowercase();
-    lower == "localhost" || lower.ends_with(".localhost")
+    const SUFFIX: &str = ".localhost";
+    host.eq_ignore_ascii_case("localhost")
+        || (host.len() > SUFFIX.len()
+            && host.is_char_boundary(host.len() - SUFFIX.len())
+            && host[host.len() - SUFFIX.len()..].eq_ignore_ascii_case(SUFFIX))
 }
 
 /// Whether a request's `Host` can be taken: not a DNS name an attacker could point here.

@@ -462,14 +462,10 @@ async fn refuse_address(
     refused: IpRefused,
     timeout: Duration,
 ) {
-    let refusal = Refusal::new(ApiError::RateLimited, refused.to_string()).retry_after(1);
-    let started = std::time::Instant::now();
-    let out = crate::api::respond_refusal(shard, &refusal, false);
-    let written = write_within(shard, stream, out, timeout).await;
-    count_request(shard, HttpRoute::Unparsed, refusal.error.status(), started);
-    if written {
-        linger(stream).await;
-    }
+    let error = ApiError::RateLimited;
+    let out = api_error_response(error, &refused.to_string(), false);
+    let out = with_header(out, "Retry-After", "1");
+    send_refusal(shard, stream, error, out, timeout, HttpRoute::Unparsed).await;
 }
 
 /// Counts one answered request of `route` with `status`, timed from `started`.
@@ -789,12 +785,12 @@ fn websocket(
     // With `--dev`, the SDK's default tenant id is the dev tenant, as over HTTP and REN
     // (found in review: `?tenant=dev-tenant-001` got 404 here alone).
     let tenants = shard.shared.tenants.load();
-    let dev = shard.shared.config.load().dev;
-    let named = crate::api::auth::dev_alias(dev, &tenants, tenant_id.as_deref());
+    let config = shard.shared.config.load();
+    let named = crate::api::auth::dev_alias(config.dev, &tenants, tenant_id.as_deref());
     let Some(tenant) = tenants.resolve(named) else {
         return error(ApiError::UnknownTenant, "no such tenant");
     };
-    if let Err(refused) = crate::dev_guard::check(head, &shard.shared.config.load(), &tenant) {
+    if let Err(refused) = crate::dev_guard::check(head, &config, &tenant) {
         return error(refused.error, &refused.message);
     }
     if let Some(origin) = head.header("origin") {

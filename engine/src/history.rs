@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use ringcast_protocol::event;
 use ringcast_store::{
-    migrate_v1, reshard, Epoch, RingId, Seq, ShardStore, StoreConfig, StoreError, StoreStats,
-    SyncPolicy,
+    open_for_start, Epoch, RingId, Seq, ShardOpenReport, ShardStore, StoreConfig, StoreError,
+    StoreStats, SyncPolicy,
 };
 
 use crate::config::{FlushPolicy, HistoryConfig};
@@ -55,7 +55,11 @@ pub fn open_all(
     let cfg = store_config(config, shards);
     let owner = |key: &[u8]| log_key_owner(key, shards).unwrap_or(ShardId(0)).index();
     let data_span = |frame: &[u8]| event::message_data_span(frame).unwrap_or(0..0);
-    let migrated = migrate_v1(&root, &root, shards, cfg, owner, data_span)?;
+    let started = open_for_start(&root, shards, cfg, owner, data_span)?;
+    for report in &started.removed {
+        log_open_report(report);
+    }
+    let migrated = &started.migrated;
     if migrated.migrated > 0 || !migrated.unreadable.is_empty() {
         tracing::info!(
             logs = migrated.migrated,
@@ -64,7 +68,7 @@ pub fn open_all(
             "history: carried format-1 logs over to format 2"
         );
     }
-    let moved = reshard(&root, shards, cfg, owner)?;
+    let moved = &started.resharded;
     if moved.moved > 0 || moved.dirs_removed > 0 {
         tracing::info!(
             rings = moved.moved,
@@ -72,9 +76,31 @@ pub fn open_all(
             "history: moved rings to their owners for the new shard count"
         );
     }
-    (0..shards)
-        .map(|k| HistoryStore::open_dir(&ShardStore::shard_dir(&root, k), config, cfg))
-        .collect()
+    Ok(started
+        .stores
+        .into_iter()
+        .map(|(store, report)| {
+            log_open_report(&report);
+            HistoryStore::new(store, config)
+        })
+        .collect())
+}
+
+/// Logs what a store's recovery found that an operator should know: channels whose
+/// history was lost, segments set aside, records dropped.
+fn log_open_report(report: &ShardOpenReport) {
+    for (key, reason) in &report.rings_reset {
+        tracing::warn!(key = %String::from_utf8_lossy(key), %reason, "history reset: new epoch");
+    }
+    for (path, reason) in &report.segments_discarded {
+        tracing::warn!(path = %path.display(), %reason, "history segment set aside");
+    }
+    if report.torn_tail_dropped > 0 {
+        tracing::warn!(
+            dropped = report.torn_tail_dropped,
+            "history: records failing their checksum dropped"
+        );
+    }
 }
 
 /// How the engine's history settings map onto one shard's store.
@@ -105,31 +131,14 @@ pub struct HistoryStore {
 }
 
 impl HistoryStore {
-    /// Opens (creating) the store in `dir`.
-    fn open_dir(
-        dir: &Path,
-        config: &HistoryConfig,
-        cfg: StoreConfig,
-    ) -> Result<HistoryStore, HistoryError> {
-        let (store, report) = ShardStore::open(dir, cfg)?;
-        for (key, reason) in &report.rings_reset {
-            tracing::warn!(key = %String::from_utf8_lossy(key), %reason, "history reset: new epoch");
-        }
-        for (path, reason) in &report.segments_discarded {
-            tracing::warn!(path = %path.display(), %reason, "history segment set aside");
-        }
-        if report.torn_tail_dropped > 0 {
-            tracing::warn!(
-                dropped = report.torn_tail_dropped,
-                "history: records failing their checksum dropped"
-            );
-        }
-        Ok(HistoryStore {
+    /// The history of one shard, served from `store`.
+    fn new(store: ShardStore, config: &HistoryConfig) -> HistoryStore {
+        HistoryStore {
             store,
             config: config.clone(),
             last_flush_ms: 0,
             idle_sweep_next: 0,
-        })
+        }
     }
 
     /// The history of `key`, with the tenant's bound on kept messages: its ring when one

@@ -58,6 +58,7 @@
 //! set_max_records(ring, n)   pin / unpin (ring)   free(ring)   idle_rings(older_than_ms)
 //! take_evicted() -> keys      flush() (non-blocking)   sync_all() (blocking)   stats()
 //! migrate_v1(v1_dir, root, shards, cfg, owner_of, data_span)   reshard(root, shards, cfg, owner_of)
+//! open_for_start(root, shards, cfg, owner_of, data_span) -> Started   (both, one open each)
 //! ```
 
 #![deny(unsafe_code)]
@@ -84,7 +85,7 @@ use std::fmt;
 pub use dir::LogDir;
 pub use error::StoreError;
 pub use log::{Iter, RingLog};
-pub use migrate::{migrate_v1, reshard, MigrateReport, ReshardReport};
+pub use migrate::{migrate_v1, open_for_start, reshard, MigrateReport, ReshardReport, Started};
 pub use shard_open::ShardOpenReport;
 pub use shard_store::{RingId, ShardIter, ShardStore, StoreConfig, StoreStats};
 pub use split_map::SplitMap;

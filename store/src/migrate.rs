@@ -10,7 +10,9 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use crate::format;
-use crate::{Epoch, LogConfig, RingLog, ShardStore, StoreConfig, StoreError, SyncPolicy};
+use crate::{
+    Epoch, LogConfig, RingLog, ShardOpenReport, ShardStore, StoreConfig, StoreError, SyncPolicy,
+};
 
 /// What [`migrate_v1`] did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -45,6 +47,53 @@ struct Owned {
     records: Vec<OwnedRecord>,
 }
 
+/// A data directory's shard stores, each opened once at start-up ([`open_for_start`]).
+#[derive(Debug)]
+pub struct Started {
+    /// The stores of shards `0..shards`, each with what its recovery found.
+    pub stores: Vec<(ShardStore, ShardOpenReport)>,
+    /// What recovery found in the stores of shards at or past `shards` (a run with more
+    /// shards left them); their rings were moved to their owners and their directories
+    /// removed.
+    pub removed: Vec<ShardOpenReport>,
+    /// The format-1 logs carried over.
+    pub migrated: MigrateReport,
+    /// The rings moved to their owners for the shard count.
+    pub resharded: ReshardReport,
+}
+
+/// What a server runs before its shards start: opens every shard store under `root`
+/// once, carries the format-1 logs directly in `root` over ([`migrate_v1`]), moves rings
+/// whose owner changed with the shard count ([`reshard`]), and hands the stores of
+/// shards `0..shards` on with their open reports (found in review: start-up opened
+/// every store once per step, so each recovery ran two or three times, and what the
+/// first found, a ring reset or a segment set aside, was repaired without a word).
+pub fn open_for_start(
+    root: &Path,
+    shards: usize,
+    cfg: StoreConfig,
+    owner_of: impl Fn(&[u8]) -> usize,
+    data_span: impl Fn(&[u8]) -> Range<u32>,
+) -> Result<Started, StoreError> {
+    let (mut stores, mut reports): (Vec<_>, Vec<_>) =
+        open_all(root, existing_shards(root, shards), cfg)?
+            .into_iter()
+            .unzip();
+    let migrated = migrate_into(root, &mut stores[..shards], &owner_of, &data_span)?;
+    let moved = move_to_owners(&mut stores, shards, &owner_of)?;
+    let removed = reports.split_off(shards);
+    let dirs_removed = remove_surplus(root, &mut stores, shards)?;
+    Ok(Started {
+        stores: stores.into_iter().zip(reports).collect(),
+        removed,
+        migrated,
+        resharded: ReshardReport {
+            moved,
+            dirs_removed,
+        },
+    })
+}
+
 /// Carries every `*.rlog` file (format v1) in `v1_dir` into the v2 store of the shard
 /// `owner_of(key)` picks (`<root>/shard-<k>`, `k < shards`), with the same epoch and
 /// seqs, then deletes the v1 files. `data_span(payload)` gives the span of the JSON
@@ -56,6 +105,20 @@ pub fn migrate_v1(
     cfg: StoreConfig,
     owner_of: impl Fn(&[u8]) -> usize,
     data_span: impl Fn(&[u8]) -> Range<u32>,
+) -> Result<MigrateReport, StoreError> {
+    let mut stores: Vec<ShardStore> = open_all(root, shards, cfg)?
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect();
+    migrate_into(v1_dir, &mut stores, &owner_of, &data_span)
+}
+
+/// [`migrate_v1`] into stores already open (`stores[k]` is shard `k`'s).
+fn migrate_into(
+    v1_dir: &Path,
+    stores: &mut [ShardStore],
+    owner_of: &impl Fn(&[u8]) -> usize,
+    data_span: &impl Fn(&[u8]) -> Range<u32>,
 ) -> Result<MigrateReport, StoreError> {
     let mut report = MigrateReport::default();
     let mut files = Vec::new();
@@ -75,21 +138,20 @@ pub fn migrate_v1(
         return Ok(report);
     }
     files.sort();
-    let mut stores = open_all(root, shards, cfg)?;
     for path in &files {
-        let Some(owned) = read_v1(path, &data_span)? else {
+        let Some(owned) = read_v1(path, data_span)? else {
             report.unreadable.push(path.clone());
             continue;
         };
-        let k = owner_of(&owned.key).min(shards - 1);
+        let k = owner_of(&owned.key).min(stores.len() - 1);
         report.records += owned.records.len() as u64;
         put(&mut stores[k], &owned)?;
         report.migrated += 1;
     }
-    for s in &mut stores {
+    // Every copy is on disk before any source goes.
+    for s in stores.iter_mut() {
         s.sync_all()?;
     }
-    drop(stores);
     for path in files {
         std::fs::remove_file(&path).map_err(StoreError::io("remove", &path))?;
     }
@@ -106,7 +168,21 @@ pub fn reshard(
     cfg: StoreConfig,
     owner_of: impl Fn(&[u8]) -> usize,
 ) -> Result<ReshardReport, StoreError> {
-    let mut report = ReshardReport::default();
+    let mut stores: Vec<ShardStore> = open_all(root, existing_shards(root, shards), cfg)?
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect();
+    let moved = move_to_owners(&mut stores, shards, &owner_of)?;
+    let dirs_removed = remove_surplus(root, &mut stores, shards)?;
+    Ok(ReshardReport {
+        moved,
+        dirs_removed,
+    })
+}
+
+/// How many shard stores `root` holds: `shards`, or more when a run with more shards
+/// left `shard-<k>` directories past them.
+fn existing_shards(root: &Path, shards: usize) -> usize {
     let mut existing = shards;
     if let Ok(entries) = std::fs::read_dir(root) {
         for e in entries.flatten() {
@@ -120,14 +196,24 @@ pub fn reshard(
             }
         }
     }
-    let mut stores = open_all(root, existing, cfg)?;
-    for j in 0..existing {
+    existing
+}
+
+/// [`reshard`]'s moves among open stores (`stores[k]` is shard `k`'s, `shards` of them
+/// keep rings): returns how many rings moved.
+fn move_to_owners(
+    stores: &mut [ShardStore],
+    shards: usize,
+    owner_of: &impl Fn(&[u8]) -> usize,
+) -> Result<usize, StoreError> {
+    let mut count = 0;
+    for j in 0..stores.len() {
         let keys: Vec<Box<[u8]>> = stores[j].index.keys().cloned().collect();
         // Every ring of `j` that belongs elsewhere is written there first; the targets
         // are msynced once, and only then are the sources freed (found in review: an
         // msync of the whole target per ring made a large reshard take minutes).
         let mut moved = Vec::new();
-        let mut targets = vec![false; existing];
+        let mut targets = vec![false; stores.len()];
         for key in keys {
             let k = owner_of(&key).min(shards - 1);
             if k == j {
@@ -148,27 +234,41 @@ pub fn reshard(
         }
         for r in moved {
             stores[j].free(r)?;
-            report.moved += 1;
+            count += 1;
         }
     }
-    for s in &mut stores {
+    for s in stores.iter_mut() {
         s.sync_all()?;
     }
-    drop(stores);
+    Ok(count)
+}
+
+/// Closes the stores at or past `shards` (emptied by [`move_to_owners`]) and removes
+/// their directories; returns how many.
+fn remove_surplus(
+    root: &Path,
+    stores: &mut Vec<ShardStore>,
+    shards: usize,
+) -> Result<usize, StoreError> {
+    let existing = stores.len();
+    stores.truncate(shards);
     for j in shards..existing {
         let dir = ShardStore::shard_dir(root, j);
         std::fs::remove_dir_all(&dir).map_err(StoreError::io("remove", &dir))?;
-        report.dirs_removed += 1;
     }
-    Ok(report)
+    Ok(existing.saturating_sub(shards))
 }
 
-fn open_all(root: &Path, n: usize, cfg: StoreConfig) -> Result<Vec<ShardStore>, StoreError> {
+fn open_all(
+    root: &Path,
+    n: usize,
+    cfg: StoreConfig,
+) -> Result<Vec<(ShardStore, ShardOpenReport)>, StoreError> {
     if n == 0 {
         return Err(StoreError::InvalidConfig("at least one shard"));
     }
     (0..n)
-        .map(|k| ShardStore::open(&ShardStore::shard_dir(root, k), cfg).map(|(s, _)| s))
+        .map(|k| ShardStore::open(&ShardStore::shard_dir(root, k), cfg))
         .collect()
 }
 

@@ -222,3 +222,53 @@ fn a_rerun_with_another_shard_count_keeps_the_copy_further_ahead() {
         s.check_invariants().unwrap();
     }
 }
+
+/// `open_for_start` opens each store once: what its recovery found (here a segment set
+/// aside, in a shard that is kept and in one that is removed) is in the report it hands
+/// on, and the stores it returns serve the moved rings with no second open.
+#[test]
+fn open_for_start_reports_what_the_one_open_found_and_hands_on_the_stores() {
+    let root = tempfile::tempdir().unwrap();
+    let mut expect = Vec::new();
+    {
+        let mut stores: Vec<ShardStore> = (0..3)
+            .map(|k| {
+                ShardStore::open(&ShardStore::shard_dir(root.path(), k), cfg())
+                    .unwrap()
+                    .0
+            })
+            .collect();
+        for i in 0..12u8 {
+            let key = [b'k', i];
+            let s = &mut stores[owner(3)(&key)];
+            let r = s.create(&key, Epoch(u64::from(i) + 1), 50).unwrap();
+            for n in 0..u64::from(i) {
+                s.append(r, n, None, &[i; 40], 0..40).unwrap();
+            }
+            expect.push((key, contents(s, &key)));
+        }
+        for s in &mut stores {
+            s.sync_all().unwrap();
+        }
+    }
+    // A spare segment (no ring in it) in shard 0 and one in shard 2, damaged.
+    for k in [0, 2] {
+        let dir = ShardStore::shard_dir(root.path(), k);
+        let spare = dir.join("c12-999.seg");
+        std::fs::write(&spare, b"not a segment header").unwrap();
+    }
+    let no_v1 = |_: &[u8]| 0..0;
+    let started = open_for_start(root.path(), 2, cfg(), owner(2), no_v1).unwrap();
+    assert_eq!(started.stores.len(), 2);
+    assert_eq!(started.stores[0].1.segments_discarded.len(), 1);
+    assert_eq!(started.removed.len(), 1);
+    assert_eq!(started.removed[0].segments_discarded.len(), 1);
+    assert!(started.resharded.moved > 0);
+    assert_eq!(started.resharded.dirs_removed, 1);
+    assert!(!ShardStore::shard_dir(root.path(), 2).exists());
+    for (key, want) in &expect {
+        let (s, _) = &started.stores[owner(2)(key)];
+        assert_eq!(&contents(s, key), want);
+        s.check_invariants().unwrap();
+    }
+}

@@ -2071,9 +2071,6 @@ impl ShardCore {
             .set(stats.records_not_kept);
     }
 
-    /// Up to [`CONN_SWEEP_PER_TICK`] connections (whole parts of the table) give back
-    /// the buffers they did not use since their last sweep; the next tick goes on where
-    /// this one stopped.
     /// Part of the connection table (in turn, [`CONN_SWEEP_PER_TICK`] a tick): idle
     /// connections give their write buffers back, and quiet ones are pinged, then
     /// closed (`idle_timeout_secs`; found in review: a peer gone without a FIN stayed

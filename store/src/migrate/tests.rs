@@ -298,7 +298,10 @@ fn evictions_during_the_start_up_moves_reach_the_serving_store() {
     let target = &mut started.stores[1].0;
     let evicted = target.take_evicted();
     assert!(!evicted.is_empty(), "the bound must have evicted some");
-    let kept = keys.iter().filter(|k| target.lookup(&k[..]).is_some()).count();
+    let kept = keys
+        .iter()
+        .filter(|k| target.lookup(&k[..]).is_some())
+        .count();
     assert_eq!(kept + evicted.len(), keys.len());
     target.check_invariants().unwrap();
 }

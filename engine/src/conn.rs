@@ -7,6 +7,7 @@
 //! where the shard has no ring.
 
 use std::cell::{Cell, RefCell};
+use std::num::NonZeroU64;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -25,10 +26,52 @@ use crate::token::Grant;
 /// The state of one of the connection's subscriptions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sub {
-    /// Sent to the owner; waiting for the answer to this request.
-    Pending(RequestId),
+    /// Sent to the owner; waiting for the answer to this request. `live` is set when the
+    /// connection already receives the channel (it subscribes again, or resumes, on a
+    /// channel it is subscribed to).
+    Pending {
+        request: RequestId,
+        live: Option<FirstLive>,
+    },
     /// Receiving messages, admitted by the answer to this request.
-    Active(RequestId),
+    Active { request: RequestId, live: FirstLive },
+}
+
+impl Sub {
+    /// The request whose answer the subscription waits for or was admitted by.
+    pub fn request(self) -> RequestId {
+        match self {
+            Sub::Pending { request, .. } | Sub::Active { request, .. } => request,
+        }
+    }
+
+    /// Since when the connection receives the channel live, if it does.
+    pub fn live(self) -> Option<FirstLive> {
+        match self {
+            Sub::Pending { live, .. } => live,
+            Sub::Active { live, .. } => Some(live),
+        }
+    }
+}
+
+/// The first seq a subscription was sent live: one past the `seq` of the answer that
+/// made it live. A resume on a subscribed channel replays only the messages before it,
+/// since the connection was sent the others live (found in review: a resume arriving
+/// just after a plain subscribe was answered, as the SDK's order on open can, replayed
+/// messages the connection had already been sent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FirstLive(pub NonZeroU64);
+
+impl FirstLive {
+    /// Live after an answer at `seq`.
+    pub fn after(seq: u64) -> FirstLive {
+        FirstLive(NonZeroU64::new(seq.saturating_add(1)).unwrap_or(NonZeroU64::MAX))
+    }
+
+    /// The seq.
+    pub fn seq(self) -> u64 {
+        self.0.get()
+    }
 }
 
 /// A channel a connection joined presence in, as its shard records it.

@@ -31,7 +31,7 @@ use ringcast_store::SplitMap;
 
 use crate::clock::{Clock, Millis};
 use crate::close_log::{CloseLog, Closed};
-use crate::conn::{Conn, Idle, PresenceHold, Sub};
+use crate::conn::{Conn, FirstLive, Idle, PresenceHold, Sub};
 use crate::deadline::{DeadlineQueue, TimerKey};
 use crate::history::{HistoryError, HistoryStore, SubscribeAnswer};
 use crate::idempotency::{IdempotencyTable, Remembered};
@@ -591,10 +591,11 @@ impl ShardCore {
             let timer = self.sub_expiry.insert(expires, expiry);
             self.sub_timers.insert(request, timer);
         }
+        let live = conn.subs.borrow().get(&sub.channel).and_then(Sub::live);
         let previous = conn
             .subs
             .borrow_mut()
-            .insert(sub.channel.clone(), Sub::Pending(request));
+            .insert(sub.channel.clone(), Sub::Pending { request, live });
         self.cancel_sub_timer(previous);
         let key = ChannelKey::new(conn.tenant.id.clone(), sub.channel);
         if sub.last_event_id.is_some() {
@@ -611,7 +612,8 @@ impl ShardCore {
             request,
             last_event_id: sub.last_event_id,
             epoch: sub.epoch.map(String::into_boxed_str),
-            max_replay_bytes: conn.outbound().limit() / 2,
+            max_replay_bytes: u32::try_from(conn.outbound().limit() / 2).unwrap_or(u32::MAX),
+            replay_below: live.map(|first| first.0),
             reference: reference.map(Box::from),
         });
         self.send_to_owner(&key, msg);
@@ -630,9 +632,8 @@ impl ShardCore {
 
     /// A subscription ended (or was replaced): its token-expiry entry goes too.
     fn cancel_sub_timer(&mut self, sub: Option<Sub>) {
-        let request = match sub {
-            Some(Sub::Pending(request) | Sub::Active(request)) => request,
-            None => return,
+        let Some(request) = sub.map(Sub::request) else {
+            return;
         };
         if let Some(timer) = self.sub_timers.remove(&request) {
             self.sub_expiry.cancel(timer);
@@ -1322,7 +1323,8 @@ impl ShardCore {
                     &req.key,
                     req.last_event_id,
                     req.epoch.as_deref(),
-                    req.max_replay_bytes,
+                    req.max_replay_bytes as usize,
+                    req.replay_below.map(std::num::NonZeroU64::get),
                 );
                 if req.last_event_id.is_some() {
                     let counters = self.counters();
@@ -1556,28 +1558,48 @@ impl ShardCore {
         let state = conn
             .as_ref()
             .and_then(|c| c.subs.borrow().get(&key.channel));
-        let superseded = matches!(state, Some(Sub::Pending(latest)) if latest > request);
+        let superseded =
+            matches!(state, Some(Sub::Pending { request: latest, .. }) if latest > request);
         // Superseded by a resume, the answer lists no live subscriber: the resume's
         // replay carries what comes between, and its answer lists the connection (found
         // in review: the SDK's plain subscribe then resume on open got a message live
         // and again in the replay, out of order).
         let before_resume = matches!(
             state,
-            Some(Sub::Pending(latest)) if latest > request && self.resumes.contains(&latest)
+            Some(Sub::Pending { request: latest, .. })
+                if latest > request && self.resumes.contains(&latest)
         );
-        let waiting = conn.filter(|_| superseded || state == Some(Sub::Pending(request)));
+        let waiting = conn.filter(|_| {
+            superseded
+                || state.is_some_and(|s| matches!(s, Sub::Pending { .. }) && s.request() == request)
+        });
         let activate = waiting.clone().filter(|_| ok && !before_resume);
+        // Live from here unless it was already: a resume on a subscribed channel then
+        // replays only what came before.
+        let answered_seq = outcome.as_ref().map_or(0, |answer| answer.seq);
+        let live = state
+            .and_then(Sub::live)
+            .unwrap_or(FirstLive::after(answered_seq));
         self.end_run();
-        let mut watch = self.local.finish_subscribe(key, activate);
+        let mut watch = self.local.finish_subscribe(key, activate.clone());
         if let Some(conn) = &waiting {
             // A superseded answer is sent, and nothing else: the latest one's follows.
             if !superseded && ok {
                 conn.subs
                     .borrow_mut()
-                    .insert(key.channel.clone(), Sub::Active(request));
+                    .insert(key.channel.clone(), Sub::Active { request, live });
+            } else if superseded && activate.is_some() {
+                // Listed live by this earlier answer: the latest one, still pending,
+                // keeps when.
+                let latest = state.map_or(request, Sub::request);
+                let pending = Sub::Pending {
+                    request: latest,
+                    live: Some(live),
+                };
+                conn.subs.borrow_mut().insert(key.channel.clone(), pending);
             } else if !superseded {
                 conn.subs.borrow_mut().remove(&key.channel);
-                self.cancel_sub_timer(Some(Sub::Pending(request)));
+                self.cancel_sub_timer(state);
                 // A refused re-subscribe ends the earlier subscription too (the
                 // connection was told `subscribed` before; now it gets the error).
                 let listed = self
@@ -1966,7 +1988,7 @@ impl ShardCore {
         };
         let state = conn.subs.borrow().get(&expiry.channel);
         match state {
-            Some(Sub::Active(request) | Sub::Pending(request)) if request == expiry.request => {}
+            Some(sub) if sub.request() == expiry.request => {}
             _ => return,
         }
         self.end_run();

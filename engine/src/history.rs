@@ -235,6 +235,7 @@ impl HistoryStore {
         last_event_id: Option<u64>,
         epoch: Option<&str>,
         max_replay_bytes: usize,
+        replay_below: Option<u64>,
     ) -> SubscribeAnswer {
         let seq = self.last_seq(history);
         let mut answer = SubscribeAnswer {
@@ -262,7 +263,12 @@ impl HistoryStore {
         // Newest first, so a replay too big for the subscriber's buffer keeps its newest
         // messages (contiguous with what comes live) and copies no more than it keeps.
         let mut bytes = 0;
+        let below = replay_below.unwrap_or(u64::MAX);
         for record in self.store.iter_after(ring, Seq(after)).rev() {
+            if record.seq.0 >= below {
+                // Sent to this connection live.
+                continue;
+            }
             bytes += record.payload.len();
             if bytes > max_replay_bytes {
                 answer.recovered = false;

@@ -296,7 +296,10 @@ pub struct SubscribeReq {
     pub epoch: Option<Box<str>>,
     /// At most this many bytes of replay: half the connection's outbound buffer (its
     /// shard may keep fewer, see [`ShardMsg::Subscribed`]).
-    pub max_replay_bytes: usize,
+    pub max_replay_bytes: u32,
+    /// Replay only seqs below this one: the connection was sent the others live (a
+    /// resume on a channel it is subscribed to).
+    pub replay_below: Option<std::num::NonZeroU64>,
     /// The frame's raw `ref`, echoed by an error event the owner answers with.
     pub reference: Option<Box<[u8]>>,
 }

@@ -338,10 +338,16 @@ impl OwnedChannels {
         last_event_id: Option<u64>,
         epoch: Option<&str>,
         max_replay_bytes: usize,
+        replay_below: Option<u64>,
     ) -> SubscribeAnswer {
         let channel = self.channels.get(key).expect("channel opened before");
-        self.store
-            .subscribe_answer(&channel.history, last_event_id, epoch, max_replay_bytes)
+        self.store.subscribe_answer(
+            &channel.history,
+            last_event_id,
+            epoch,
+            max_replay_bytes,
+            replay_below,
+        )
     }
 
     /// The open channel `key`.

@@ -9,6 +9,8 @@
 use hashbrown::HashMap;
 use ringcast_protocol::ChannelName;
 
+#[cfg(test)]
+use crate::conn::FirstLive;
 use crate::conn::Sub;
 
 /// Entries kept in the scanned vector before moving to a hash map.
@@ -107,7 +109,16 @@ mod tests {
     fn behaves_as_a_map_below_and_above_the_switch() {
         let mut set = SubSet::default();
         for i in 0..40 {
-            assert_eq!(set.insert(name(i), Sub::Pending(RequestId(i as u64))), None);
+            assert_eq!(
+                set.insert(
+                    name(i),
+                    Sub::Pending {
+                        request: RequestId(i as u64),
+                        live: None
+                    }
+                ),
+                None
+            );
             assert_eq!(set.len(), i + 1);
             if i < SCAN_UP_TO {
                 assert!(matches!(set, SubSet::Few(_)), "{i} entries are scanned");
@@ -115,11 +126,35 @@ mod tests {
         }
         assert!(matches!(set, SubSet::Many(_)), "40 entries are hashed");
         for i in 0..40 {
-            assert_eq!(set.get(&name(i)), Some(Sub::Pending(RequestId(i as u64))));
+            assert_eq!(
+                set.get(&name(i)),
+                Some(Sub::Pending {
+                    request: RequestId(i as u64),
+                    live: None
+                })
+            );
         }
-        let replaced = set.insert(name(3), Sub::Active(RequestId(99)));
-        assert_eq!(replaced, Some(Sub::Pending(RequestId(3))));
-        assert_eq!(set.remove(&name(3)), Some(Sub::Active(RequestId(99))));
+        let replaced = set.insert(
+            name(3),
+            Sub::Active {
+                request: RequestId(99),
+                live: FirstLive::after(0),
+            },
+        );
+        assert_eq!(
+            replaced,
+            Some(Sub::Pending {
+                request: RequestId(3),
+                live: None
+            })
+        );
+        assert_eq!(
+            set.remove(&name(3)),
+            Some(Sub::Active {
+                request: RequestId(99),
+                live: FirstLive::after(0)
+            })
+        );
         assert_eq!(set.remove(&name(3)), None);
         assert_eq!(set.take_all().len(), 39);
         assert!(set.is_empty());
@@ -128,15 +163,48 @@ mod tests {
     #[test]
     fn a_few_entries_replace_and_remove_in_place() {
         let mut set = SubSet::default();
-        set.insert(name(1), Sub::Pending(RequestId(1)));
-        set.insert(name(2), Sub::Pending(RequestId(2)));
+        set.insert(
+            name(1),
+            Sub::Pending {
+                request: RequestId(1),
+                live: None,
+            },
+        );
+        set.insert(
+            name(2),
+            Sub::Pending {
+                request: RequestId(2),
+                live: None,
+            },
+        );
         assert_eq!(
-            set.insert(name(1), Sub::Active(RequestId(1))),
-            Some(Sub::Pending(RequestId(1)))
+            set.insert(
+                name(1),
+                Sub::Active {
+                    request: RequestId(1),
+                    live: FirstLive::after(0)
+                }
+            ),
+            Some(Sub::Pending {
+                request: RequestId(1),
+                live: None
+            })
         );
         assert_eq!(set.len(), 2, "a replace adds nothing");
-        assert_eq!(set.remove(&name(1)), Some(Sub::Active(RequestId(1))));
-        assert_eq!(set.get(&name(2)), Some(Sub::Pending(RequestId(2))));
+        assert_eq!(
+            set.remove(&name(1)),
+            Some(Sub::Active {
+                request: RequestId(1),
+                live: FirstLive::after(0)
+            })
+        );
+        assert_eq!(
+            set.get(&name(2)),
+            Some(Sub::Pending {
+                request: RequestId(2),
+                live: None
+            })
+        );
         assert_eq!(set.get(&name(1)), None);
     }
 }

@@ -1,0 +1,447 @@
+//! A randomized soak of the WebSocket protocol against the real binary: several clients
+//! at once, each a seeded random walk of subscribes, resumes (alone and in the SDK's
+//! order on open: a plain `subscribe`, then a resume before its answer), unsubscribes,
+//! acknowledged publishes, presence joins and leaves, pings, reconnects and bad frames,
+//! on a few channels that live on both shards.
+//!
+//! What every client checks as it goes: each channel it follows is delivered in seq
+//! order with no gap and no duplicate, from the first seq its subscribe or resume
+//! promised, until its `unsubscribed`; a resume's `subscribed` comes after every
+//! message it replayed and says `recovered: true`; no message arrives for a channel it
+//! does not follow; no `error` arrives but the one a bad frame asks for. At the end, a
+//! fresh client replays every channel from the start: every acknowledged publish is
+//! there, at its acked seq, with its data, and every client saw that same data.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use ringcast_tests::{json, Client, Server, TIMEOUT};
+use serde_json::Value;
+
+const CLIENTS: usize = 6;
+const OPS_PER_CLIENT: usize = 220;
+const CHANNELS: usize = 5;
+/// The whole soak stops failing-fast after this long (every loop is bounded by it).
+const SOAK_LIMIT: Duration = Duration::from_secs(120);
+
+/// Seqs and data of every acknowledged publish, by channel.
+type Acked = Arc<Mutex<BTreeMap<String, BTreeMap<u64, String>>>>;
+
+/// A small seeded generator (xorshift64*): the same seed walks the same ops.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// Where one followed channel stands for this client.
+#[derive(Debug)]
+struct Following {
+    /// The seq the next message must carry.
+    next: u64,
+    /// `subscribed` answers still to come (2 after the SDK's plain-then-resume pair).
+    answers_due: u32,
+    /// A resume is among the answers due: the last `subscribed` must be recovered and
+    /// come right after the replay.
+    resuming: bool,
+    /// `unsubscribe` sent, `unsubscribed` not yet seen.
+    leaving: bool,
+    /// The SDK's pair in flight: the resume's `lastEventId` and the seqs seen since.
+    /// Messages sent live after the plain answer may come before the replay of older
+    /// ones, but each seq comes once, and by the resume's answer all of them have.
+    window: Option<(u64, BTreeSet<u64>)>,
+}
+
+struct Walker {
+    id: usize,
+    server_addr: std::net::SocketAddr,
+    /// The last frames sent and events read, for a failure's message.
+    trail: std::collections::VecDeque<String>,
+    /// Channels this connection joined presence in.
+    present: std::collections::HashSet<String>,
+    /// A bad frame was sent: its `bad_request` error is expected next.
+    error_expected: bool,
+    client: Client,
+    rng: Rng,
+    epoch: HashMap<String, Value>,
+    following: HashMap<String, Following>,
+    /// The last seq seen per channel (kept across unsubscribes and reconnects).
+    last_seen: HashMap<String, u64>,
+    /// Data of every message seen, by channel and seq.
+    seen: BTreeMap<(String, u64), String>,
+    acked: Acked,
+    published: u64,
+    deadline: Instant,
+}
+
+fn channel_name(k: usize) -> String {
+    format!("soak:{k}")
+}
+
+impl Walker {
+    fn left(&self) -> Result<Duration> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        ensure!(
+            !left.is_zero(),
+            "client {} ran past the soak's limit",
+            self.id
+        );
+        Ok(left.min(TIMEOUT))
+    }
+
+    /// Reads one event and checks it against the model. Returns it for the caller's
+    /// own wait.
+    fn observe(&mut self) -> Result<Value> {
+        let left = self.left()?;
+        let ev = self.client.recv_event(left)?;
+        self.note(format!("<- {ev}"));
+        let channel = ev["channel"].as_str().unwrap_or("").to_owned();
+        match ev["event"].as_str().unwrap_or("") {
+            "realtime.message" => {
+                let seq = ev["seq"].as_u64().context("message seq")?;
+                let f = self
+                    .following
+                    .get_mut(&channel)
+                    .with_context(|| format!("a message for an unfollowed channel: {ev}"))?;
+                if let Some((from, seqs)) = &mut f.window {
+                    ensure!(
+                        seq > *from && seqs.insert(seq),
+                        "client {}: {channel} seq {seq} again, or not after {from}: {ev}",
+                        self.id
+                    );
+                } else {
+                    // A plain subscribe's first message comes after its answer (`next` is
+                    // 0 until then); after it, and in a resume's replay, no gap or
+                    // duplicate.
+                    ensure!(
+                        seq == f.next,
+                        "client {}: {channel} seq {seq}, expected {} (gap, duplicate, or before the answer): {ev}",
+                        self.id,
+                        f.next
+                    );
+                    f.next = seq + 1;
+                }
+                let last = self.last_seen.entry(channel.clone()).or_default();
+                *last = (*last).max(seq);
+                self.seen.insert((channel, seq), ev["data"].to_string());
+            }
+            "subscribed" => {
+                let seq = ev["seq"].as_u64().context("subscribed seq")?;
+                let f = self
+                    .following
+                    .get_mut(&channel)
+                    .with_context(|| format!("an unasked subscribed: {ev}"))?;
+                ensure!(f.answers_due > 0, "an extra subscribed: {ev}");
+                f.answers_due -= 1;
+                if f.answers_due == 0 {
+                    if let Some((from, seqs)) = f.window.take() {
+                        ensure!(ev["recovered"] == true, "resume not recovered: {ev}");
+                        let want: BTreeSet<u64> = (from + 1..=seq).collect();
+                        ensure!(
+                            seqs == want,
+                            "client {}: {channel} resumed from {from}, answered at {seq}, seen {seqs:?}",
+                            self.id
+                        );
+                        f.next = seq + 1;
+                    } else if f.resuming {
+                        ensure!(ev["recovered"] == true, "resume not recovered: {ev}");
+                        ensure!(
+                            f.next == seq + 1,
+                            "client {}: resume answered at seq {seq} after replaying up to {}",
+                            self.id,
+                            f.next - 1
+                        );
+                    } else {
+                        f.next = seq + 1;
+                    }
+                    f.resuming = false;
+                }
+                self.epoch.insert(channel, ev["epoch"].clone());
+            }
+            "unsubscribed" => {
+                let f = self
+                    .following
+                    .remove(&channel)
+                    .with_context(|| format!("an unasked unsubscribed: {ev}"))?;
+                ensure!(f.leaving, "unsubscribed without unsubscribe: {ev}");
+            }
+            "error" if self.error_expected && ev["data"]["code"] == "bad_request" => {
+                self.error_expected = false;
+            }
+            "error" => bail!("client {}: unexpected error {ev}", self.id),
+            "ack" | "pong" | "presence:join" | "presence:update" | "presence:leave"
+            | "presence.join" | "presence.update" | "presence.leave" | "connected" => {}
+            other => bail!("client {}: unknown event {other}: {ev}", self.id),
+        }
+        Ok(ev)
+    }
+
+    /// Observes events until `done` holds for one.
+    fn until(&mut self, what: &str, mut done: impl FnMut(&Value) -> bool) -> Result<Value> {
+        for _ in 0..100_000 {
+            let ev = self
+                .observe()
+                .with_context(|| format!("waiting for {what}"))?;
+            if done(&ev) {
+                return Ok(ev);
+            }
+        }
+        bail!("client {}: no {what} in 100,000 events", self.id)
+    }
+
+    fn settle(&mut self, channel: &str) -> Result<()> {
+        let ch = channel.to_owned();
+        while self
+            .following
+            .get(&ch)
+            .is_some_and(|f| f.answers_due > 0 || f.leaving)
+        {
+            self.observe().with_context(|| format!("settling {ch}"))?;
+        }
+        Ok(())
+    }
+
+    fn subscribe_plain(&mut self, channel: &str) -> Result<()> {
+        self.following.insert(
+            channel.to_owned(),
+            Following {
+                next: 0,
+                answers_due: 1,
+                resuming: false,
+                leaving: false,
+                window: None,
+            },
+        );
+        self.send(&json!({"action": "subscribe", "channel": channel}))?;
+        self.settle(channel)
+    }
+
+    /// A resume from the last seq seen (0 when none); with `plain_first`, the SDK's
+    /// order on open: a plain subscribe, then the resume before the first answer.
+    fn send_resume(&mut self, channel: &str, plain_first: bool) -> Result<()> {
+        let last = self.last_seen.get(channel).copied().unwrap_or(0);
+        self.following.insert(
+            channel.to_owned(),
+            Following {
+                next: last + 1,
+                answers_due: 1 + u32::from(plain_first),
+                resuming: true,
+                leaving: false,
+                window: plain_first.then(|| (last, BTreeSet::new())),
+            },
+        );
+        if plain_first {
+            self.send(&json!({"action": "subscribe", "channel": channel}))?;
+        }
+        let mut frame = json!({"action": "subscribe", "channel": channel, "lastEventId": last});
+        if let Some(epoch) = self.epoch.get(channel) {
+            frame["epoch"] = epoch.clone();
+        }
+        self.send(&frame)
+    }
+
+    fn publish(&mut self, channel: &str) -> Result<()> {
+        self.published += 1;
+        let reference = format!("c{}-{}", self.id, self.published);
+        let data =
+            json!({"c": self.id, "n": self.published, "pad": "x".repeat(self.rng.below(300))});
+        self.send(&json!({
+            "action": "publish", "channel": channel, "data": data, "ref": reference,
+        }))?;
+        let ack = self.until("ack", |ev| ev["ref"] == reference.as_str())?;
+        ensure!(ack["event"] == "ack", "publish refused: {ack}");
+        let seq = ack["seq"].as_u64().context("ack seq")?;
+        let previous = self
+            .acked
+            .lock()
+            .unwrap()
+            .entry(channel.to_owned())
+            .or_default()
+            .insert(seq, data.to_string());
+        ensure!(previous.is_none(), "seq {seq} of {channel} acked twice");
+        Ok(())
+    }
+
+    fn reconnect(&mut self) -> Result<()> {
+        let channels: Vec<String> = self
+            .following
+            .iter()
+            .filter(|(_, f)| !f.leaving)
+            .map(|(c, _)| c.clone())
+            .collect();
+        self.following.clear();
+        self.present.clear();
+        let stream = std::net::TcpStream::connect(self.server_addr)?;
+        let (client, _) = Client::handshake(stream, self.server_addr, "")
+            .map_err(|e| anyhow::anyhow!("reconnect: {e}"))?;
+        self.client = client;
+        self.client.expect_event("connected")?;
+        // Every channel at once, as the SDK resubscribes on open.
+        for channel in &channels {
+            let plain_first = self.rng.below(2) == 0;
+            self.send_resume(channel, plain_first)?;
+        }
+        for channel in &channels {
+            self.settle(channel)?;
+        }
+        Ok(())
+    }
+
+    fn note(&mut self, line: String) {
+        if self.trail.len() == 40 {
+            self.trail.pop_front();
+        }
+        self.trail.push_back(line.chars().take(160).collect());
+    }
+
+    fn send(&mut self, frame: &Value) -> Result<()> {
+        self.note(format!("-> {frame}"));
+        self.client.send_json(frame)
+    }
+
+    fn step(&mut self) -> Result<()> {
+        let channel = channel_name(self.rng.below(CHANNELS));
+        let followed = self.following.contains_key(&channel);
+        match self.rng.below(100) {
+            0..=34 => self.publish(&channel),
+            35..=49 if !followed => self.subscribe_plain(&channel),
+            50..=59 if !followed => {
+                let plain_first = self.rng.below(2) == 0;
+                self.send_resume(&channel, plain_first)?;
+                self.settle(&channel)
+            }
+            60..=69 if followed => {
+                self.following.get_mut(&channel).expect("followed").leaving = true;
+                self.send(&json!({"action": "unsubscribe", "channel": channel}))?;
+                self.settle(&channel)
+            }
+            70..=75 => {
+                let user = format!("user-{}", self.id);
+                self.send(&json!({
+                    "action": "presence:join", "channel": channel, "userId": user,
+                    "metadata": {"op": self.published},
+                }))?;
+                self.present.insert(channel);
+                self.send(&json!({"action": "ping"}))?;
+                self.until("pong", |ev| ev["event"] == "pong").map(drop)
+            }
+            76..=79 if self.present.remove(&channel) => {
+                self.send(&json!({"action": "presence:leave", "channel": channel}))?;
+                self.send(&json!({"action": "ping"}))?;
+                self.until("pong", |ev| ev["event"] == "pong").map(drop)
+            }
+            80..=85 => {
+                self.send(&json!({"action": "ping"}))?;
+                self.until("pong", |ev| ev["event"] == "pong").map(drop)
+            }
+            86..=90 => {
+                self.error_expected = true;
+                self.client
+                    .send_raw_text("{\"action\": \"publish\", \"chan")?;
+                self.until("the bad frame's error", |ev| ev["event"] == "error")?;
+                ensure!(
+                    !self.error_expected,
+                    "the bad frame's error was not bad_request"
+                );
+                Ok(())
+            }
+            91..=94 => self.reconnect(),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[test]
+fn a_random_walk_of_clients_loses_duplicates_and_reorders_nothing() -> Result<()> {
+    let server = Server::start(&[])?;
+    let acked: Acked = Arc::default();
+    let deadline = Instant::now() + SOAK_LIMIT;
+    let seed = 0x5eed_0000_0000_0001u64;
+    let threads: Vec<_> = (0..CLIENTS)
+        .map(|id| {
+            let (client, _) = Client::connect(&server, "")?;
+            let mut walker = Walker {
+                id,
+                server_addr: server.addr(),
+                error_expected: false,
+                present: Default::default(),
+                trail: Default::default(),
+                client,
+                rng: Rng(seed ^ (id as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+                epoch: HashMap::new(),
+                following: HashMap::new(),
+                last_seen: HashMap::new(),
+                seen: BTreeMap::new(),
+                acked: acked.clone(),
+                published: 0,
+                deadline,
+            };
+            walker.client.expect_event("connected")?;
+            Ok(std::thread::spawn(move || -> Result<_> {
+                for op in 0..OPS_PER_CLIENT {
+                    if let Err(e) = walker.step() {
+                        let trail: Vec<_> = walker.trail.iter().cloned().collect();
+                        return Err(e.context(format!(
+                            "client {id}, op {op}, seed {seed:#x}; last frames:\n{}",
+                            trail.join("\n")
+                        )));
+                    }
+                }
+                Ok(walker.seen)
+            }))
+        })
+        .collect::<Result<_>>()?;
+    let mut seen_by_all = Vec::new();
+    for t in threads {
+        seen_by_all.push(t.join().expect("client thread")?);
+    }
+
+    let acked = acked.lock().unwrap().clone();
+    let mut reader = Client::open(&server, "")?;
+    for (channel, messages) in &acked {
+        reader.send_json(&json!({"action": "subscribe", "channel": channel, "lastEventId": 0}))?;
+        let mut replayed = BTreeMap::new();
+        loop {
+            let ev = reader.recv_event(TIMEOUT)?;
+            match ev["event"].as_str() {
+                Some("realtime.message") => {
+                    replayed.insert(ev["seq"].as_u64().context("seq")?, ev["data"].to_string());
+                }
+                Some("subscribed") => {
+                    ensure!(ev["recovered"] == true, "{ev}");
+                    break;
+                }
+                _ => {}
+            }
+        }
+        ensure!(
+            &replayed == messages,
+            "{channel}: the replay from 0 is not what was acked ({} replayed, {} acked)",
+            replayed.len(),
+            messages.len()
+        );
+    }
+    for seen in &seen_by_all {
+        for ((channel, seq), data) in seen {
+            let want = acked.get(channel).and_then(|m| m.get(seq));
+            ensure!(
+                want == Some(data),
+                "{channel} seq {seq}: a client saw {data}, acked was {want:?}"
+            );
+        }
+    }
+    let total: usize = acked.values().map(BTreeMap::len).sum();
+    ensure!(total > 100, "the walk published only {total} messages");
+    Ok(())
+}

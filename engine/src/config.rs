@@ -40,8 +40,9 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Development mode: the `dev` tenant, no API key.
     pub dev: bool,
-    /// With `dev`: `Host` names with a dot taken besides `localhost`, `*.localhost` and
-    /// `host.docker.internal` (see `dev_guard.rs`; a tunnel's or LAN name).
+    /// With `dev`: host names with a dot (a tunnel's, a LAN name) or addresses taken
+    /// as `Host` besides `localhost`, `*.localhost` and `*.internal`, and as a page's
+    /// `Origin` (see `dev_guard.rs`). Bare hosts, without scheme, port or path.
     pub dev_allowed_hosts: Vec<String>,
     /// Connections beyond this get `503 overloaded`.
     pub max_connections: usize,

@@ -424,16 +424,63 @@ fn dev_refuses_foreign_pages_and_rebound_hosts() -> Result<()> {
     publish(&local, Some("http://[2001:db8::1]:8080"))?.assert_error(403, "forbidden");
     publish("evil.example:3001", Some("http://evil.example:3001"))?.assert_error(403, "forbidden");
     publish("evil.example", None)?.assert_error(403, "forbidden");
-    for (host, origin) in [
-        (local.as_str(), None),
-        (local.as_str(), Some("http://localhost:5173")),
-        (local.as_str(), Some("http://127.0.0.1:8080")),
-        ("localhost:3001", Some("http://app.localhost:5173")),
-        ("ringcast", None),
-        ("host.docker.internal:3001", None),
-        (local.as_str(), Some("http://192.168.1.5:5173")),
+    // A page opened from disk (Firefox sends `null`, Chromium's WebSocket `file://`).
+    publish(&local, Some("file://"))?.assert_error(403, "forbidden");
+    // A page of another host on this network, on a server it reached over loopback:
+    // that host could not reach the server itself (found in review: any private
+    // address passed, so another guest of a café's Wi-Fi could drive it).
+    assert!(
+        std::net::UdpSocket::bind("192.168.1.5:0").is_err(),
+        "this test needs 192.168.1.5 not to be an address of this machine"
+    );
+    for host in [
+        local.as_str(),
+        "localhost:3001",
+        "[::1]:3001",
+        "0.0.0.0:3001",
     ] {
-        let resp = publish(host, origin)?;
+        publish(host, Some("http://192.168.1.5:5173"))?.assert_error(403, "forbidden");
+    }
+    let mut ok = vec![
+        (local.clone(), None),
+        (local.clone(), Some("http://localhost:5173".to_owned())),
+        (local.clone(), Some("http://127.0.0.1:8080".to_owned())),
+        (
+            "localhost:3001".to_owned(),
+            Some("http://app.localhost:5173".to_owned()),
+        ),
+        ("ringcast".to_owned(), None),
+        ("host.docker.internal:3001".to_owned(), None),
+        // Podman's, Lima's and Docker's other names for the host (found in review).
+        ("host.containers.internal:3001".to_owned(), None),
+        ("host.lima.internal:3001".to_owned(), None),
+        ("gateway.docker.internal:3001".to_owned(), None),
+        // Pages only this machine serves: Python's `http.server` prints 0.0.0.0.
+        (local.clone(), Some("http://0.0.0.0:8000".to_owned())),
+        (local.clone(), Some("http://[::]:8000".to_owned())),
+        // Reached over the network: its hosts can reach the server anyway.
+        (
+            "192.168.1.5:3001".to_owned(),
+            Some("http://192.168.1.77:5173".to_owned()),
+        ),
+        (
+            "[fd00::5]:3001".to_owned(),
+            Some("http://[fe80::9]:5173".to_owned()),
+        ),
+    ];
+    // A page on this machine's own private address (a dev server started with
+    // `--host`), when the machine has one: its route to a private network says which.
+    if let Some(own) = own_private_address() {
+        let origin = match own {
+            std::net::IpAddr::V4(v4) => format!("http://{v4}:5173"),
+            std::net::IpAddr::V6(v6) => format!("http://[{v6}]:5173"),
+        };
+        ok.push((local.clone(), Some(origin)));
+    } else {
+        eprintln!("no private address on this machine: its own-address case is not run");
+    }
+    for (host, origin) in &ok {
+        let resp = publish(host, origin.as_deref())?;
         assert_eq!(resp.status, 200, "{host} {origin:?}: {}", resp.body_text());
     }
 
@@ -455,6 +502,67 @@ fn dev_refuses_foreign_pages_and_rebound_hosts() -> Result<()> {
         "GET /api/maravilla/ren HTTP/1.1\r\nHost: {local}\r\nOrigin: https://evil.example\r\n\r\n"
     ))?;
     conn.response()?.assert_error(403, "forbidden");
+    Ok(())
+}
+
+/// This machine's address on a private network (RFC 1918 or IPv6 unique-local), if it
+/// has one: the source address of a route to such a network (a UDP `connect` sends
+/// nothing).
+fn own_private_address() -> Option<std::net::IpAddr> {
+    use std::net::{IpAddr, UdpSocket};
+    let private = |ip: &IpAddr| match ip {
+        IpAddr::V4(v4) => v4.is_private(),
+        IpAddr::V6(v6) => (v6.segments()[0] & 0xfe00) == 0xfc00,
+    };
+    [
+        ("0.0.0.0:0", "10.255.255.254:9"),
+        ("0.0.0.0:0", "172.31.255.254:9"),
+        ("0.0.0.0:0", "192.168.255.254:9"),
+        ("[::]:0", "[fdff:ffff:ffff::1]:9"),
+    ]
+    .into_iter()
+    .filter_map(|(bind, to)| {
+        let socket = UdpSocket::bind(bind).ok()?;
+        socket.connect(to).ok()?;
+        Some(socket.local_addr().ok()?.ip())
+    })
+    .find(private)
+}
+
+/// `dev_allowed_hosts` names are taken as page origins too (found in review: with the
+/// page behind one tunnel and the server behind another, both listed, the page got 403).
+#[test]
+fn dev_takes_listed_hosts_as_origins() -> Result<()> {
+    let good =
+        "dev = true\ndev_allowed_hosts = [\"a.tunnel.dev\", \"b.tunnel.dev\", \"192.168.1.77\"]\n";
+    let (server, _config) = Server::start_with_config(good, &[])?;
+    let publish = |host: &str, origin: &str| -> Result<HttpResponse> {
+        let body = r#"{"channel":"guard","data":1}"#;
+        let mut conn = Conn::open(&server)?;
+        conn.send(format!(
+            "POST /api/realtime/publish HTTP/1.1\r\nHost: {host}\r\nContent-Type: text/plain\r\n\
+             Origin: {origin}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ))?;
+        conn.response()
+    };
+    let local = server.addr().to_string();
+    let check = || -> Result<()> {
+        for (host, origin) in [
+            ("b.tunnel.dev", "https://a.tunnel.dev"),
+            ("b.tunnel.dev:443", "https://A.tunnel.dev:8443"),
+            // A listed address on a server reached over loopback.
+            (local.as_str(), "http://192.168.1.77:5173"),
+        ] {
+            let resp = publish(host, origin)?;
+            assert_eq!(resp.status, 200, "{host} {origin}: {}", resp.body_text());
+        }
+        publish("b.tunnel.dev", "https://c.tunnel.dev")?.assert_error(403, "forbidden");
+        publish(&local, "http://192.168.1.78:5173")?.assert_error(403, "forbidden");
+        Ok(())
+    };
+    check()?;
+
     Ok(())
 }
 

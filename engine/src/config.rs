@@ -600,6 +600,9 @@ impl Config {
         }
         crate::client_addr::TrustedProxies::parse(&self.trusted_proxies)
             .map_err(ConfigError::Invalid)?;
+        for entry in &self.dev_allowed_hosts {
+            crate::dev_guard::check_listed_host(entry).map_err(ConfigError::Invalid)?;
+        }
         let mut ids: Vec<&str> = self.tenants.iter().map(|t| t.id.as_str()).collect();
         ids.sort_unstable();
         if let Some(pair) = ids.windows(2).find(|w| w[0] == w[1]) {
@@ -973,6 +976,25 @@ mod tests {
             let file: FileConfig = toml::from_str(&format!("[history]\n{history}\n")).unwrap();
             let refused = Config::merge(file, &Overrides::default()).unwrap_err();
             assert!(refused.to_string().contains(named), "{refused}");
+        }
+    }
+
+    /// A `dev_allowed_hosts` entry with a scheme, port or path would never match the
+    /// host it is compared with (found in review): refused, naming it.
+    #[test]
+    fn dev_allowed_hosts_entries_are_bare_hosts() {
+        let config =
+            |text: &str| Config::merge(toml::from_str(text).unwrap(), &Overrides::default());
+        let ok = config("dev_allowed_hosts = [\"mybox.lan\", \"192.168.1.7\", \"fd00::9\"]\n");
+        assert_eq!(ok.unwrap().dev_allowed_hosts.len(), 3);
+        for bad in ["mybox.lan:3001", "https://x.ngrok.app", "mybox.lan/", ""] {
+            let refused = config(&format!("dev_allowed_hosts = [\"{bad}\"]\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                refused.contains(&format!("dev_allowed_hosts entry `{bad}`")),
+                "{refused}"
+            );
         }
     }
 

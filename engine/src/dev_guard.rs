@@ -100,6 +100,44 @@ pub fn check(head: &RequestHead, config: &Config, tenant: &Tenant) -> Result<(),
     Err(Refusal::new(ApiError::Forbidden, why))
 }
 
+/// Checks one `dev_allowed_hosts` entry: it is compared with the host of `Host` and
+/// `Origin`, without scheme, port or path, so an entry with any of those would never
+/// match (found in review: `"mybox.lan:3001"` and `"https://x.ngrok.app"` were taken and
+/// silently matched nothing). The error names the entry and what is wrong with it.
+pub fn check_listed_host(entry: &str) -> Result<(), String> {
+    let why = if entry.is_empty() {
+        "is empty"
+    } else if entry.contains("://") {
+        "has a scheme"
+    } else if entry.contains('/') {
+        "has a path"
+    } else if entry.parse::<IpAddr>().is_ok() {
+        return Ok(());
+    } else if entry.starts_with('[') {
+        "is in brackets (write an IPv6 address without them, and without a port)"
+    } else if entry.contains(':') {
+        "has a port (ports are not compared)"
+    } else if !is_host_name(entry) {
+        "is not a host name (letters, digits, `-` and `_`, with dots between labels)"
+    } else {
+        return Ok(());
+    };
+    Err(format!(
+        "dev_allowed_hosts entry `{entry}` {why}: list bare host names or IP addresses, \
+         such as `mybox.lan`, `abc.ngrok.app` or `192.168.1.7`"
+    ))
+}
+
+/// Dot-separated labels of ASCII letters, digits, `-` and `_`, none empty.
+fn is_host_name(name: &str) -> bool {
+    name.split('.').all(|label| {
+        !label.is_empty()
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    })
+}
+
 /// The host of `authority` (`host`, `host:port`, `[v6]:port`), without its port.
 fn host_part(authority: &str) -> &str {
     if let Some(rest) = authority.strip_prefix('[') {
@@ -470,6 +508,35 @@ mod tests {
             ".internal.",
         ] {
             assert!(!host_allowed(refused, &listed), "{refused}");
+        }
+    }
+
+    #[test]
+    fn listed_hosts_must_be_bare_names_or_addresses() {
+        for ok in [
+            "mybox.lan",
+            "abc.ngrok.app",
+            "my_box",
+            "192.168.1.7",
+            "fd00::9",
+        ] {
+            assert_eq!(check_listed_host(ok), Ok(()), "{ok}");
+        }
+        for (bad, why) in [
+            ("", "is empty"),
+            ("https://x.ngrok.app", "has a scheme"),
+            ("mybox.lan/app", "has a path"),
+            ("mybox.lan:3001", "has a port"),
+            ("192.168.1.7:3001", "has a port"),
+            ("[fd00::9]", "in brackets"),
+            ("[fd00::9]:3001", "in brackets"),
+            ("mybox.lan.", "not a host name"),
+            ("my box", "not a host name"),
+            ("*.ngrok.app", "not a host name"),
+        ] {
+            let error = check_listed_host(bad).unwrap_err();
+            assert!(error.contains(&format!("`{bad}`")), "{error}");
+            assert!(error.contains(why), "{bad}: {error}");
         }
     }
 

@@ -530,12 +530,14 @@ fn own_private_address() -> Option<std::net::IpAddr> {
 }
 
 /// `dev_allowed_hosts` names are taken as page origins too (found in review: with the
-/// page behind one tunnel and the server behind another, both listed, the page got 403).
+/// page behind one tunnel and the server behind another, both listed, the page got 403),
+/// and an entry that could never match (a scheme, a port, a path) is refused at reload
+/// and by `check-config`, naming it.
 #[test]
-fn dev_takes_listed_hosts_as_origins() -> Result<()> {
+fn dev_takes_listed_hosts_as_origins_and_refuses_entries_that_cannot_match() -> Result<()> {
     let good =
         "dev = true\ndev_allowed_hosts = [\"a.tunnel.dev\", \"b.tunnel.dev\", \"192.168.1.77\"]\n";
-    let (server, _config) = Server::start_with_config(good, &[])?;
+    let (server, path) = Server::start_with_config(good, &[])?;
     let publish = |host: &str, origin: &str| -> Result<HttpResponse> {
         let body = r#"{"channel":"guard","data":1}"#;
         let mut conn = Conn::open(&server)?;
@@ -563,6 +565,29 @@ fn dev_takes_listed_hosts_as_origins() -> Result<()> {
     };
     check()?;
 
+    for entry in [
+        "a.tunnel.dev:443",
+        "https://a.tunnel.dev",
+        "a.tunnel.dev/app",
+        "",
+    ] {
+        let bad = format!("dev = true\ndev_allowed_hosts = [\"b.tunnel.dev\", \"{entry}\"]\n");
+        std::fs::write(&path, &bad)?;
+        let out = std::process::Command::new(ringcast_tests::ringcast_bin())
+            .arg("check-config")
+            .arg(&path)
+            .output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{entry:?}: {stderr}");
+        assert!(
+            stderr.contains(&format!("dev_allowed_hosts entry `{entry}`")),
+            "{entry:?}: {stderr}"
+        );
+    }
+    // A reload with such an entry is refused whole: the listed names still hold.
+    server.signal(libc::SIGHUP)?;
+    server.await_log_line(&["config reload refused", "dev_allowed_hosts entry ``"])?;
+    check()?;
     Ok(())
 }
 

@@ -11,6 +11,9 @@
 //! does not follow; no `error` arrives but the one a bad frame asks for. At the end, a
 //! fresh client replays every channel from the start: every acknowledged publish is
 //! there, at its acked seq, with its data, and every client saw that same data.
+//!
+//! Three walks with their own seeds, on 1, 2 and 3 shards. `RINGCAST_SOAK_SEED=<n>`
+//! replaces each walk's seed (a failure prints it), to replay one.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -363,11 +366,33 @@ impl Walker {
 }
 
 #[test]
-fn a_random_walk_of_clients_loses_duplicates_and_reorders_nothing() -> Result<()> {
-    let server = Server::start(&[])?;
+fn a_random_walk_on_two_shards_loses_duplicates_and_reorders_nothing() -> Result<()> {
+    walk(0x5eed_0000_0000_0001, 2)
+}
+
+#[test]
+fn a_random_walk_on_three_shards_loses_duplicates_and_reorders_nothing() -> Result<()> {
+    walk(0x5eed_0000_0000_0002, 3)
+}
+
+#[test]
+fn a_random_walk_on_one_shard_loses_duplicates_and_reorders_nothing() -> Result<()> {
+    walk(0x5eed_0000_0000_0003, 1)
+}
+
+/// One soak: `CLIENTS` walkers from `seed` on a server with `shards` shards.
+fn walk(seed: u64, shards: usize) -> Result<()> {
+    let seed = match std::env::var("RINGCAST_SOAK_SEED") {
+        Ok(s) => {
+            let s = s.trim_start_matches("0x");
+            u64::from_str_radix(s, 16).context("RINGCAST_SOAK_SEED is hex")?
+        }
+        Err(_) => seed,
+    };
+    let shards = shards.to_string();
+    let server = Server::start(&["--shards", &shards])?;
     let acked: Acked = Arc::default();
     let deadline = Instant::now() + SOAK_LIMIT;
-    let seed = 0x5eed_0000_0000_0001u64;
     let threads: Vec<_> = (0..CLIENTS)
         .map(|id| {
             let (client, _) = Client::connect(&server, "")?;

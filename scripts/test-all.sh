@@ -13,5 +13,5 @@ cargo test --workspace -- --test-threads=2
 # The writer-task path (the legacy driver's, and every connection's where the kernel
 # refuses a send ring) once more end to end: WebSocket traffic, slow consumers, closes,
 # SSE streams.
-RINGCAST_SEND_RING=0 cargo test -p ringcast-tests --test pubsub --test slow_consumer --test soak \
+RINGCAST_SEND_RING=0 cargo test -p ringcast-tests --test pubsub --test slow_consumer --test soak --test soak_ren \
   --test shutdown --test framing --test close_logs --test ren -- --test-threads=2

@@ -380,8 +380,61 @@ fn a_random_walk_on_one_shard_loses_duplicates_and_reorders_nothing() -> Result<
     walk(0x5eed_0000_0000_0003, 1)
 }
 
+/// A walk while the configuration is reloaded (SIGHUP) over and over, each time with
+/// another presence TTL and message bound that the walk never reaches: a reload swaps
+/// every tenant's limits under live traffic and must change nothing the walk sees.
+#[test]
+fn a_random_walk_under_config_reloads_loses_duplicates_and_reorders_nothing() -> Result<()> {
+    let config = |n: u64| {
+        format!(
+            "[[tenants]]\nid = \"dev\"\nplan = \"enterprise\"\npresence_ttl_secs = {}\n\
+             max_message_bytes = {}\n",
+            30 + n % 7,
+            1_000_000 + n * 1_000
+        )
+    };
+    let (server, path) = Server::start_with_config(&config(0), &["--dev"])?;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reloader = {
+        let (stop, pid) = (stop.clone(), server.pid());
+        std::thread::spawn(move || -> Result<u64> {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && n < 2_000 {
+                n += 1;
+                std::fs::write(&path, config(n))?;
+                // SAFETY: kill(2) has no memory-safety preconditions; `pid` is the
+                // server, a child of this process that is not reaped while `server`
+                // lives (the walk holds it until this thread is joined).
+                let rc = unsafe { libc::kill(pid as libc::pid_t, libc::SIGHUP) };
+                ensure!(rc == 0, "SIGHUP: {}", std::io::Error::last_os_error());
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Ok(n)
+        })
+    };
+    let walked = walk_on(&server, 0x5eed_0000_0000_0004);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let reloads = reloader.join().expect("reloader thread")?;
+    walked?;
+    ensure!(reloads > 5, "only {reloads} reloads during the walk");
+    server.await_log_line(&["config reloaded"])?;
+    ensure!(
+        !server.stderr_text().contains("reload refused"),
+        "a reload was refused: {}",
+        server.stderr_tail()
+    );
+    Ok(())
+}
+
 /// One soak: `CLIENTS` walkers from `seed` on a server with `shards` shards.
 fn walk(seed: u64, shards: usize) -> Result<()> {
+    let shards = shards.to_string();
+    let server = Server::start(&["--shards", &shards])?;
+    walk_on(&server, seed)
+}
+
+/// `CLIENTS` walkers from `seed` (or `RINGCAST_SOAK_SEED`) on `server`.
+fn walk_on(server: &Server, seed: u64) -> Result<()> {
     let seed = match std::env::var("RINGCAST_SOAK_SEED") {
         Ok(s) => {
             let s = s.trim_start_matches("0x");
@@ -389,13 +442,11 @@ fn walk(seed: u64, shards: usize) -> Result<()> {
         }
         Err(_) => seed,
     };
-    let shards = shards.to_string();
-    let server = Server::start(&["--shards", &shards])?;
     let acked: Acked = Arc::default();
     let deadline = Instant::now() + SOAK_LIMIT;
     let threads: Vec<_> = (0..CLIENTS)
         .map(|id| {
-            let (client, _) = Client::connect(&server, "")?;
+            let (client, _) = Client::connect(server, "")?;
             let mut walker = Walker {
                 id,
                 server_addr: server.addr(),
@@ -433,7 +484,7 @@ fn walk(seed: u64, shards: usize) -> Result<()> {
     }
 
     let acked = acked.lock().unwrap().clone();
-    let mut reader = Client::open(&server, "")?;
+    let mut reader = Client::open(server, "")?;
     for (channel, messages) in &acked {
         reader.send_json(&json!({"action": "subscribe", "channel": channel, "lastEventId": 0}))?;
         let mut replayed = BTreeMap::new();

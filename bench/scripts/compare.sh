@@ -29,6 +29,10 @@ set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 ORIG_ARGS="$*"
 cd "$ROOT"
+# Where cargo puts what it builds: `CARGO_TARGET_DIR` when set (relative to ROOT, as cargo
+# reads it from here), so a worktree with a target directory of its own runs its own
+# binaries, not those of another build (found in review: target/release was hard-coded).
+REL="$(realpath -m "${CARGO_TARGET_DIR:-target}")/release"
 
 SERVERS="ringcast floor node-ws socketio bun"
 WORKLOADS="w1 w5"
@@ -101,22 +105,22 @@ NOTES=""
 # Other crates of the workspace may be mid-edit: a failed build falls back to the binaries
 # already built, and the table says so.
 if ! cargo build --release -p ringcast-bench > "$OUT/build-bench.log" 2>&1; then
-  if [ -x target/release/loadgen ] && [ -x target/release/floor ] && [ -x target/release/benchtable ]; then
-    NOTES+="- ringcast-bench did not build (build-bench.log); used the binaries from $(date -r target/release/loadgen '+%F %T')."$'\n'
+  if [ -x "$REL/loadgen" ] && [ -x "$REL/floor" ] && [ -x "$REL/benchtable" ]; then
+    NOTES+="- ringcast-bench did not build (build-bench.log); used the binaries from $(date -r "$REL/loadgen" '+%F %T')."$'\n'
   else
     echo "cannot build ringcast-bench (see $OUT/build-bench.log)" >&2
     exit 1
   fi
 fi
 if ! cargo build --release -p ringcast-engine > "$OUT/build-engine.log" 2>&1; then
-  if [ -x target/release/ringcast ]; then
-    NOTES+="- ringcast-engine did not build (build-engine.log); used target/release/ringcast from $(date -r target/release/ringcast '+%F %T')."$'\n'
+  if [ -x "$REL/ringcast" ]; then
+    NOTES+="- ringcast-engine did not build (build-engine.log); used $REL/ringcast from $(date -r "$REL/ringcast" '+%F %T')."$'\n'
   else
     BROKEN[ringcast]="build failed"
   fi
 fi
 echo -n "$NOTES"
-LOADGEN="$ROOT/target/release/loadgen"
+LOADGEN="$REL/loadgen"
 
 # --- peers: installed from the npm registry by this script ------------------------------
 for peer in node-ws socketio bun; do
@@ -208,6 +212,6 @@ done
   echo
   echo -n "$NOTES"
   [ -n "$NOTES" ] && echo
-  "$ROOT/target/release/benchtable" "$JSONL"
+  "$REL/benchtable" "$JSONL"
 } > "$OUT/table.md"
 cat "$OUT/table.md"

@@ -1,7 +1,8 @@
 # Sourced by compare.sh, scaling.sh, w2-profile.sh and w2-growth-ab.sh: starting (compare.sh,
 # w2-profile.sh, w2-growth-ab.sh) and stopping the server under test and waiting for its port. Uses the
 # globals SRV_PID (the server's pid) and DATA_DIR (a Ringcast data directory to remove,
-# or empty); start_server also reads ROOT, PIN_SERVER (e.g. "taskset -c 0"), SHARDS,
+# or empty); start_server also reads ROOT, REL (the folder of the built ringcast and floor
+# binaries; default ROOT/target/release), PIN_SERVER (e.g. "taskset -c 0"), SHARDS,
 # BASELINE (the binary for server "baseline"), BASELINE_ARGS (more `serve` flags for it,
 # optional) and BROKEN (name -> why it cannot run).
 
@@ -40,7 +41,7 @@ start_server() {
   local path="/_rt/ws" proto=ringcast
   case "$name" in
     ringcast|baseline)
-      local bin="$ROOT/target/release/ringcast"
+      local bin="${REL:-$ROOT/target/release}/ringcast"
       local -a extra=()
       if [ "$name" = baseline ]; then
         bin=$BASELINE
@@ -54,7 +55,7 @@ start_server() {
       ;;
     floor)
       path="/"; proto=floor
-      $PIN_SERVER "$ROOT/target/release/floor" --listen 127.0.0.1:0 > "$log" 2>&1 &
+      $PIN_SERVER "${REL:-$ROOT/target/release}/floor" --listen 127.0.0.1:0 > "$log" 2>&1 &
       ;;
     node-ws)
       $PIN_SERVER node "$ROOT/bench/peers/node-ws/server.mjs" 0 > "$log" 2>&1 &

@@ -5,7 +5,9 @@
 #   bench/scripts/compare.sh --quick    # under a minute (after the first build/install)
 #
 # Options: --servers "ringcast floor node-ws socketio bun"  --workloads "w1 w5 w3 w2 w6 w4"
-#          --duration-s S  --subscribers "100 1000 10000"  --bursts "1 16"  --payloads "64"
+#          --duration-s S  --subscribers "100 1000 10000" (W1's subscribers; given, also
+#          W2's and W6's connections, a case per number, else 10000)
+#          --bursts "1 16"  --payloads "64"
 #          --repeat R (each case R times, servers taking turns)  --shards N (Ringcast)
 #          --baseline BIN (adds server "baseline": another ringcast binary, e.g. the last
 #          commit's, for an A/B of an engine change in one run)
@@ -15,14 +17,16 @@
 #          --w5-connections "1000 10000" (W5: connections per case)
 #          --w5-inflight N (W5: handshakes in flight, default 512; the outside measurement
 #          of connection set-up used 5,000 connections with 128 in flight)
-#          --w2-max R (W2: take R msgs/s as every server's maximum instead of probing it,
-#          so the 50 % and 80 % phases run at the same rates for all of them)
+#          --w2-max R (W2/W6: take R msgs/s as every server's maximum instead of probing
+#          it, so W2's 50 % and 80 % phases and W6's two at 80 % run at the same rates for
+#          all of them)
 #          --latency-trace (W2/W6: each case also writes its deliveries' latency traces,
 #          <server>-<workload>-r<round>.<phase>.tsv; read them with latency-gaps.py)
 #
 # Every server runs pinned to CPU 0 and the load generator to CPU 1 (taskset), with the
 # same workload and payloads; each server is started fresh for every case and always
-# stopped afterwards. Results: bench/results/<stamp>/{results.jsonl,table.md,*.log}.
+# stopped afterwards. Results: bench/results/<stamp>/{results.jsonl,table.md,*.log}
+# (the folder BENCH_RESULTS instead of bench/results, when set).
 # A server that fails to build, install or start gets a row saying so; the run goes on.
 set -uo pipefail
 
@@ -59,7 +63,7 @@ while [ $# -gt 0 ]; do
     --quick) QUICK=1 ;;
     --servers) SERVERS=$2; shift ;;
     --workloads) WORKLOADS=$2; shift ;;
-    --subscribers) SUBS=$2; shift ;;
+    --subscribers) SUBS=$2; W2_SUBS=$2; shift ;;
     --bursts) BURSTS=$2; shift ;;
     --payloads) PAYLOADS=$2; shift ;;
     --duration-s) DURATION=$2; shift ;;
@@ -72,7 +76,7 @@ while [ $# -gt 0 ]; do
     --w5-inflight) W5_EXTRA="--max-inflight $2"; shift ;;
     --w2-max) W2_EXTRA="--rate $2"; shift ;;
     --w1-publishers) LOADGEN_EXTRA="$LOADGEN_EXTRA --publishers $2 --window $2"; shift ;;
-    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -88,7 +92,7 @@ if [ "$QUICK" = 1 ]; then
 fi
 
 STAMP=$(date +%Y%m%d-%H%M%S)
-OUT="$ROOT/bench/results/$STAMP"
+OUT="${BENCH_RESULTS:-$ROOT/bench/results}/$STAMP"
 mkdir -p "$OUT"
 JSONL="$OUT/results.jsonl"
 : > "$JSONL"
@@ -198,8 +202,10 @@ for wl in $WORKLOADS; do
           run_all w3 "$n" "$p" 1 --rate "$W3_RATE"
         done; done ;;
     w5) for n in $W5_SUBS; do run_all w5 "$n" 64 1 $W5_EXTRA; done ;;
-    w2) run_all w2 "$W2_SUBS" 64 1 $W2_EXTRA ;;
-    w6) run_all w6 "$W2_SUBS" 64 1 ;;
+    w2) for n in $W2_SUBS; do run_all w2 "$n" 64 1 $W2_EXTRA; done ;;
+    # `--w2-max` too: W6 takes it as the maximum, as W2 does (found in review: it got
+    # none, so each server ran W6 at 80 % of its own probe).
+    w6) for n in $W2_SUBS; do run_all w6 "$n" 64 1 $W2_EXTRA; done ;;
     w4) run_all w4 19000 64 1 --max-inflight 1024 ;;
     *) echo "unknown workload $wl" >&2 ;;
   esac

@@ -36,6 +36,14 @@ struct Section {
     cols: &'static [Col],
     /// Columns that get a "Ringcast ÷ this" ratio.
     ratios: &'static [&'static str],
+    /// Fields the rows a ratio compares should agree on, though they are no case key:
+    /// where they differ the ratio is marked `†` and a note under the table says so.
+    /// W6's `rate` is each server's own 80 % of its probe unless `compare.sh --w2-max`
+    /// gave them one maximum (found in review: its `ringcast ÷ bun` of p99 compared
+    /// loads up to 2.4 × apart, unmarked).
+    same_for_ratio: &'static [&'static str],
+    /// The note under the table when a ratio was marked.
+    mismatch_note: &'static str,
 }
 
 const SECTIONS: &[Section] = &[
@@ -50,6 +58,8 @@ const SECTIONS: &[Section] = &[
             col("CPU-s per M deliveries", "cpu_s_per_m_deliveries", Fmt::F2),
         ],
         ratios: &["deliveries_per_s", "cpu_s_per_m_deliveries"],
+        same_for_ratio: &[],
+        mismatch_note: "",
     },
     Section {
         workload: "w3",
@@ -63,6 +73,8 @@ const SECTIONS: &[Section] = &[
             col("CPU-s per M deliveries", "cpu_s_per_m_deliveries", Fmt::F2),
         ],
         ratios: &["cpu_s_per_m_deliveries"],
+        same_for_ratio: &[],
+        mismatch_note: "",
     },
     Section {
         workload: "w2",
@@ -81,6 +93,8 @@ const SECTIONS: &[Section] = &[
             col("delivery errors", "delivery_errors", Fmt::Int),
         ],
         ratios: &["max_msgs_per_s"],
+        same_for_ratio: &[],
+        mismatch_note: "",
     },
     Section {
         workload: "w4",
@@ -95,6 +109,8 @@ const SECTIONS: &[Section] = &[
             col("churn errors", "churn_errors", Fmt::Int),
         ],
         ratios: &["storm_connects_per_s"],
+        same_for_ratio: &[],
+        mismatch_note: "",
     },
     Section {
         workload: "w5",
@@ -115,6 +131,8 @@ const SECTIONS: &[Section] = &[
             col("loadgen busy", "connect_loadgen_busy", Fmt::F2),
         ],
         ratios: &["rss_per_conn_bytes"],
+        same_for_ratio: &[],
+        mismatch_note: "",
     },
     Section {
         workload: "w6",
@@ -147,6 +165,10 @@ const SECTIONS: &[Section] = &[
             col("delivery errors", "delivery_errors", Fmt::Int),
         ],
         ratios: &["stalled_latency_p99_us"],
+        same_for_ratio: &["rate"],
+        mismatch_note: "† The rows compared ran at different rates (`rate msgs/s`, each \
+            server's own 80 % of its probed maximum): that ratio compares latencies at \
+            different loads. `compare.sh --w2-max R` runs every server at 80 % of R.",
     },
 ];
 
@@ -155,6 +177,16 @@ pub const REFERENCE: &str = "ringcast";
 
 fn num(v: &Value, key: &str) -> Option<f64> {
     v.get(key).and_then(Value::as_f64)
+}
+
+/// Whether every run in `runs` has the same `key` (to a part in a million), or none has it.
+fn all_same(runs: &[&Value], key: &str) -> bool {
+    let xs: Vec<Option<f64>> = runs.iter().map(|v| num(v, key)).collect();
+    xs.windows(2).all(|w| match (w[0], w[1]) {
+        (Some(a), Some(b)) => (a - b).abs() <= 1e-6 * a.abs().max(b.abs()),
+        (None, None) => true,
+        _ => false,
+    })
 }
 
 /// The median of `key` over `runs` (the mean of the middle two for an even count).
@@ -232,6 +264,7 @@ pub fn render(lines: &str) -> String {
                 cases.push(c);
             }
         }
+        let mut marked = false;
         for case in &cases {
             let in_case: Vec<&&Value> = rows
                 .iter()
@@ -248,9 +281,22 @@ pub fn render(lines: &str) -> String {
             // Ratios are taken against Ringcast's median in the case, so repeated runs
             // (`--repeat`) are compared with a typical Ringcast run, not its first one.
             let reference = ok(REFERENCE);
-            let ratio_cell = |key: &str, value: Option<f64>| match (median(&reference, key), value)
-            {
-                (Some(a), Some(b)) if b != 0.0 => format!("{:.2}", a / b),
+            // `this`: the runs the cell's value comes from (one row's, or a server's for
+            // its median row); marked when they and the reference disagree on a field of
+            // `same_for_ratio`.
+            let mut ratio_cell = |key: &str, value: Option<f64>, this: &[&Value]| match (
+                median(&reference, key),
+                value,
+            ) {
+                (Some(a), Some(b)) if b != 0.0 => {
+                    let compared: Vec<&Value> = reference.iter().chain(this).copied().collect();
+                    if sec.same_for_ratio.iter().all(|k| all_same(&compared, k)) {
+                        format!("{:.2}", a / b)
+                    } else {
+                        marked = true;
+                        format!("{:.2} †", a / b)
+                    }
+                }
                 _ => "–".into(),
             };
             let mut servers: Vec<&str> = Vec::new();
@@ -271,7 +317,7 @@ pub fn render(lines: &str) -> String {
                     out.push_str(&format!(" {} |", show(num(v, c.key), c.fmt)));
                 }
                 for r in sec.ratios {
-                    out.push_str(&format!(" {} |", ratio_cell(r, num(v, r))));
+                    out.push_str(&format!(" {} |", ratio_cell(r, num(v, r), &[**v])));
                 }
                 out.push('\n');
             }
@@ -288,10 +334,16 @@ pub fn render(lines: &str) -> String {
                     out.push_str(&format!(" {} |", show(median(&runs, c.key), c.fmt)));
                 }
                 for r in sec.ratios {
-                    out.push_str(&format!(" **{}** |", ratio_cell(r, median(&runs, r))));
+                    out.push_str(&format!(
+                        " **{}** |",
+                        ratio_cell(r, median(&runs, r), &runs)
+                    ));
                 }
                 out.push('\n');
             }
+        }
+        if marked {
+            out.push_str(&format!("\n{}\n", sec.mismatch_note));
         }
         out.push('\n');
     }
@@ -341,6 +393,30 @@ mod tests {
             t.contains("| 3 | – | – | 1000 | 2000 | – | 0 | 0 | 0 | 100 | 24100 |"),
             "{t}"
         );
+    }
+
+    #[test]
+    fn a_w6_ratio_between_rows_at_different_rates_is_marked() {
+        // Found in review: each server ran W6 at 80 % of its own probe, and the table
+        // gave `ringcast ÷ bun` of p99s taken at loads up to 2.4 × apart, unmarked.
+        let row = |server: &str, rate: f64, p99: u64| {
+            format!(
+                r#"{{"server":"{server}","workload":"w6","subscribers":10000,"payload":64,"rate":{rate},"stalled_latency_p99_us":{p99}}}"#
+            )
+        };
+        let apart = [row("ringcast", 40000.0, 2000), row("bun", 30000.0, 1000)].join("\n");
+        let t = render(&apart);
+        assert!(t.contains("| bun | 30.0k | – | 1.00 |"), "{t}");
+        assert!(t.contains(" 2.00 † |"), "{t}");
+        assert!(
+            t.contains("† The rows compared ran at different rates"),
+            "{t}"
+        );
+        // Every server at one rate (`compare.sh --w2-max`): a plain ratio.
+        let same = [row("ringcast", 32000.0, 2000), row("bun", 32000.0, 1000)].join("\n");
+        let t = render(&same);
+        assert!(t.contains(" 2.00 |"), "{t}");
+        assert!(!t.contains('†'), "{t}");
     }
 
     #[test]

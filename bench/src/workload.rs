@@ -583,9 +583,10 @@ const W6_CHUNK_S: f64 = 0.05;
 /// the loss count). The default buffer holds under 1 % of the 16 MB sent.
 const HOT: &str = "w6hot";
 
-/// W2 (`stalled = false`): end-to-end latency at 50 % and 80 % of the probed maximum.
-/// W6 (`stalled = true`): the same traffic at [`W6_LOAD`] of the probed maximum before
-/// and after 1 % of readers stop reading,
+/// W2 (`stalled = false`): end-to-end latency at 50 % and 80 % of the maximum (`--rate`,
+/// or else the closed-loop probe's).
+/// W6 (`stalled = true`): the same traffic at [`W6_LOAD`] of the maximum before and after
+/// 1 % of readers stop reading,
 /// while a channel only they follow gets `hot_rate` publishes of `hot_payload` bytes a
 /// second; server RSS sampled throughout; at the end the stopped readers read again, to
 /// count those the server had closed.
@@ -600,8 +601,9 @@ fn personal_and_group(cfg: &Config, stalled: bool, r: &mut Report) -> anyhow::Re
     let mut tr = Traffic::new(set.pubs, set.channels, cfg);
     wait_for_start(cfg, &mut pool, r)?;
     let probed = match cfg.rate {
-        Some(rate) if stalled => rate / W6_LOAD,
-        // W2 with `--rate`: that is the maximum, for every server alike.
+        // With `--rate`, W2 and W6 alike: that is the maximum, for every server alike,
+        // and the phases run at their fractions of it (found in review: W6 ran at `--rate`
+        // itself, so compare.sh's `--w2-max R` could not reach it as it reaches W2).
         Some(rate) => {
             r.num("max_msgs_per_s", rate);
             rate

@@ -39,8 +39,8 @@ struct Args {
     #[arg(long, default_value_t = 1)]
     burst: usize,
     /// Open-loop publishes per second. w1 without it runs closed loop (saturation);
-    /// w3 defaults to 10000; w6 defaults to half the probed maximum; w2 with it takes it
-    /// as the maximum (no probe) and runs its phases at 50 % and 80 % of it.
+    /// w3 defaults to 10000; w2 and w6 take it as the maximum (no probe; without it they
+    /// probe one) and run their phases at fractions of it: w2 at 50 % and 80 %, w6 at 80 %.
     #[arg(long)]
     rate: Option<f64>,
     /// Measured seconds per phase.

@@ -173,7 +173,13 @@ run_case() {
   fi
   echo "$line" >> "$JSONL"
   stop_server
-  case "$line" in *'"error"'*) echo "error (see $log)" ;; *) echo ok ;; esac
+  case "$line" in
+    *'"error"'*) echo "error (see $log)" ;;
+    # W6's stalled phase sent each stopped reader no more than the buffers hold: its
+    # closed and lost counts are no result (found in review: --quick's rows, silently).
+    *'"stalled_past_buffers":0'*) echo "ok, but the stalled phase stayed within the buffers (see the table)" ;;
+    *) echo ok ;;
+  esac
 }
 
 # Servers take turns within each case, so drift on a shared box hits them alike.

@@ -64,6 +64,24 @@ fn kib_field(text: &str, name: &str) -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// The most a TCP socket's send buffer grows to, in bytes: the third field of
+/// `/proc/sys/net/ipv4/tcp_wmem` (4 MiB on this box).
+pub fn tcp_wmem_max() -> Option<u64> {
+    nth_number(&fs::read_to_string("/proc/sys/net/ipv4/tcp_wmem").ok()?, 2)
+}
+
+/// A TCP socket's receive buffer to begin with, in bytes: the second field of
+/// `/proc/sys/net/ipv4/tcp_rmem` (128 KiB on this box). One that is not read does not
+/// grow past it.
+pub fn tcp_rmem_default() -> Option<u64> {
+    nth_number(&fs::read_to_string("/proc/sys/net/ipv4/tcp_rmem").ok()?, 1)
+}
+
+/// The `n`-th (from 0) whitespace-separated number of `text`.
+fn nth_number(text: &str, n: usize) -> Option<u64> {
+    text.split_whitespace().nth(n)?.parse().ok()
+}
+
 /// CPU time the hypervisor gave to others while this box's CPUs wanted it (`steal` of
 /// the `cpu` line of `/proc/stat`, all CPUs), in milliseconds. A phase with much of it
 /// saw stalls that are neither the server's nor the load generator's.
@@ -122,6 +140,10 @@ mod tests {
         assert!(m.rss_anon > 0 && m.rss_anon <= m.rss, "{m:?}");
         assert!(slab_bytes().unwrap() > 0);
         assert!(steal_ms().unwrap() >= 0.0);
+        assert!(tcp_wmem_max().unwrap() > 0);
+        assert!(tcp_rmem_default().unwrap() > 0);
+        assert_eq!(nth_number("4096\t131072\t33554432\n", 1), Some(131072));
+        assert_eq!(nth_number("4096 16384", 2), None);
         assert_eq!(
             kib_field("Foo:   12 kB\nSlab:  3 kB\n", "Slab:"),
             Some(3072)

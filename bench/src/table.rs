@@ -44,6 +44,51 @@ struct Section {
     same_for_ratio: &'static [&'static str],
     /// The note under the table when a ratio was marked.
     mismatch_note: &'static str,
+    /// A warning under the table about its rows, if they call for one.
+    warn: fn(&[&Value]) -> Option<String>,
+}
+
+fn no_warning(_: &[&Value]) -> Option<String> {
+    None
+}
+
+/// W6 rows whose stalled phase sent each stopped reader no more than its server and the
+/// kernels hold for it (`stalled_past_buffers` 0): their 0 closed and 0 lost are no
+/// result (found in review: compare.sh `--quick` gave such rows, silently).
+fn w6_within_buffers(rows: &[&Value]) -> Option<String> {
+    let within: Vec<&&Value> = rows
+        .iter()
+        .filter(|v| num(v, "stalled_past_buffers") == Some(0.0))
+        .collect();
+    if within.is_empty() {
+        return None;
+    }
+    let mut servers: Vec<&str> = Vec::new();
+    for v in &within {
+        let s = v.get("server").and_then(Value::as_str).unwrap_or("?");
+        if !servers.contains(&s) {
+            servers.push(s);
+        }
+    }
+    let most = |key: &str, pick: fn(f64, f64) -> f64| {
+        within
+            .iter()
+            .filter_map(|v| num(v, key))
+            .reduce(pick)
+            .unwrap_or(0.0)
+    };
+    Some(format!(
+        "⚠ The stalled phase of {} row{} above ({}) sent each stopped reader at most {:.0} B, \
+         within the {:.0} B its server and the kernels buffer for it: no server had to \
+         close or drop anything, so those rows' stopped readers closed and lost say \
+         nothing. Give W6 more time (`--duration-s 5` sends 16 MB; `compare.sh --quick` \
+         runs 1 s).",
+        within.len(),
+        if within.len() == 1 { "" } else { "s" },
+        servers.join(", "),
+        most("hot_bytes_per_stopped_reader", f64::max),
+        most("hot_buffered_bytes_per_stopped_reader", f64::min),
+    ))
 }
 
 const SECTIONS: &[Section] = &[
@@ -60,6 +105,7 @@ const SECTIONS: &[Section] = &[
         ratios: &["deliveries_per_s", "cpu_s_per_m_deliveries"],
         same_for_ratio: &[],
         mismatch_note: "",
+        warn: no_warning,
     },
     Section {
         workload: "w3",
@@ -75,6 +121,7 @@ const SECTIONS: &[Section] = &[
         ratios: &["cpu_s_per_m_deliveries"],
         same_for_ratio: &[],
         mismatch_note: "",
+        warn: no_warning,
     },
     Section {
         workload: "w2",
@@ -95,6 +142,7 @@ const SECTIONS: &[Section] = &[
         ratios: &["max_msgs_per_s"],
         same_for_ratio: &[],
         mismatch_note: "",
+        warn: no_warning,
     },
     Section {
         workload: "w4",
@@ -111,6 +159,7 @@ const SECTIONS: &[Section] = &[
         ratios: &["storm_connects_per_s"],
         same_for_ratio: &[],
         mismatch_note: "",
+        warn: no_warning,
     },
     Section {
         workload: "w5",
@@ -133,6 +182,7 @@ const SECTIONS: &[Section] = &[
         ratios: &["rss_per_conn_bytes"],
         same_for_ratio: &[],
         mismatch_note: "",
+        warn: no_warning,
     },
     Section {
         workload: "w6",
@@ -169,6 +219,7 @@ const SECTIONS: &[Section] = &[
         mismatch_note: "† The rows compared ran at different rates (`rate msgs/s`, each \
             server's own 80 % of its probed maximum): that ratio compares latencies at \
             different loads. `compare.sh --w2-max R` runs every server at 80 % of R.",
+        warn: w6_within_buffers,
     },
 ];
 
@@ -345,6 +396,9 @@ pub fn render(lines: &str) -> String {
         if marked {
             out.push_str(&format!("\n{}\n", sec.mismatch_note));
         }
+        if let Some(warning) = (sec.warn)(&rows) {
+            out.push_str(&format!("\n{warning}\n"));
+        }
         out.push('\n');
     }
     out
@@ -393,6 +447,24 @@ mod tests {
             t.contains("| 3 | – | – | 1000 | 2000 | – | 0 | 0 | 0 | 100 | 24100 |"),
             "{t}"
         );
+    }
+
+    #[test]
+    fn a_w6_row_whose_stalled_phase_stayed_within_the_buffers_gets_a_warning() {
+        // compare.sh --quick: 1 s of 100 × 32 KiB, 3.3 MB per stopped reader, within the
+        // 8.5 MB its server and the kernels hold (found in review: 0 closed, 0 lost, and
+        // nothing said that it meant nothing).
+        let lines = r#"
+{"server":"ringcast","workload":"w6","subscribers":2000,"payload":64,"rate":30000.0,"hot_bytes_per_stopped_reader":3276800,"hot_buffered_bytes_per_stopped_reader":8519680,"stalled_past_buffers":0,"stopped_readers_closed":0}
+{"server":"bun","workload":"w6","subscribers":2000,"payload":64,"rate":30000.0,"hot_bytes_per_stopped_reader":16384000,"hot_buffered_bytes_per_stopped_reader":8519680,"stalled_past_buffers":1,"stopped_readers_closed":0}
+"#;
+        let t = render(lines);
+        assert!(
+            t.contains("⚠ The stalled phase of 1 row above (ringcast) sent each stopped reader at most 3276800 B, within the 8519680 B"),
+            "{t}"
+        );
+        let past = lines.replace("\"stalled_past_buffers\":0", "\"stalled_past_buffers\":1");
+        assert!(!render(&past).contains('⚠'), "{}", render(&past));
     }
 
     #[test]

@@ -571,6 +571,24 @@ const W6_LOAD: f64 = 0.8;
 /// They went in 250 ms chunks before, 25 × 32 KiB at once (found in review).
 const W6_CHUNK_S: f64 = 0.05;
 
+/// What a server under test queues for one reader that stopped, at most, before it closes
+/// it or drops what it would send: 4 MiB, Ringcast's default outbound bound (4008 past
+/// it) and the `backpressureLimit` of `peers/bun/server.mjs` (dropped past it).
+const W6_SERVER_QUEUE_BYTES: u64 = 4 << 20;
+
+/// What one stopped reader's path holds before its server has to close it or drop
+/// anything: the server's own queue ([`W6_SERVER_QUEUE_BYTES`]), its kernel send buffer
+/// (grown up to `tcp_wmem`'s most) and the reader's receive buffer (`tcp_rmem`'s default:
+/// not grown while unread). 8.5 MB on this box, what each of Bun's stopped readers got
+/// in the run of 2026-12-08 (259 × 32 KiB). A stalled phase that sends a reader no more
+/// than this measures nothing about stalled readers: compare.sh `--quick`'s 1 s sends
+/// 3.3 MB (found in review: its rows showed 0 closed, 0 lost, and said nothing).
+fn stopped_reader_buffers() -> u64 {
+    W6_SERVER_QUEUE_BYTES
+        + procfs::tcp_wmem_max().unwrap_or(4 << 20)
+        + procfs::tcp_rmem_default().unwrap_or(128 << 10)
+}
+
 /// W6's channel that only the readers to stop follow.
 ///
 /// They keep the kernel's default receive buffer (128 KiB on this box; it grows only
@@ -740,10 +758,19 @@ fn personal_and_group(cfg: &Config, stalled: bool, r: &mut Report) -> anyhow::Re
     r.int("closed_by_server", pool.stats.closed_by_server);
     r.num("hot_rate", cfg.hot_rate);
     r.int("hot_published", hot_published);
-    r.int(
-        "hot_bytes_per_stopped_reader",
-        hot_published * cfg.hot_payload as u64,
-    );
+    let hot_bytes = hot_published * cfg.hot_payload as u64;
+    let buffered = stopped_reader_buffers();
+    r.int("hot_bytes_per_stopped_reader", hot_bytes);
+    r.int("hot_buffered_bytes_per_stopped_reader", buffered);
+    r.int("stalled_past_buffers", u64::from(hot_bytes > buffered));
+    if hot_bytes <= buffered {
+        eprintln!(
+            "loadgen: W6's stalled phase sent each stopped reader {hot_bytes} B, within what \
+             its server and the kernels buffer for it (about {buffered} B): no server had \
+             to close or drop anything, so the stopped readers' closes and losses say \
+             nothing (give it more with --duration-s, --hot-rate or --hot-payload)"
+        );
+    }
     // The stopped readers read again: what the server queued for them arrives, then the
     // close it sent, if it did; a ping each makes a closed one's reset show (found on
     // the first runs: the server had closed all 100, the load generator saw none).

@@ -74,3 +74,25 @@ fn w6_takes_rate_as_the_maximum_and_runs_at_80_percent_of_it() {
     assert_eq!(num(&v, "rate"), 800.0, "{v}");
     assert_eq!(num(&v, "stopped_readers"), 1.0, "{v}");
 }
+
+#[test]
+fn a_stalled_phase_within_the_buffers_says_so() {
+    // 0.3 s of 100 publishes/s of 1 KiB: 30 KB per stopped reader, which kernel buffers
+    // alone take whole, as compare.sh --quick's 1 s (3.3 MB) is within what the servers
+    // and kernels hold (found in review: such a row showed 0 closed, 0 lost, silently).
+    let (v, stderr) = w6(&["--rate", "1000", "--hot-payload", "1024"]);
+    assert_eq!(
+        num(&v, "hot_bytes_per_stopped_reader"),
+        30.0 * 1024.0,
+        "{v}"
+    );
+    assert!(
+        num(&v, "hot_buffered_bytes_per_stopped_reader") > 4.0 * 1024.0 * 1024.0,
+        "{v}"
+    );
+    assert_eq!(num(&v, "stalled_past_buffers"), 0.0, "{v}");
+    assert!(
+        stderr.contains("within what its server and the kernels buffer"),
+        "{stderr}"
+    );
+}

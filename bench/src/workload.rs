@@ -771,25 +771,8 @@ fn personal_and_group(cfg: &Config, stalled: bool, r: &mut Report) -> anyhow::Re
              nothing (give it more with --duration-s, --hot-rate or --hot-payload)"
         );
     }
-    // The stopped readers read again: what the server queued for them arrives, then the
-    // close it sent, if it did; a ping each makes a closed one's reset show (found on
-    // the first runs: the server had closed all 100, the load generator saw none).
-    // Bounded: until all are closed, or 1 s passes with no read, or 10 s in all.
-    for &ix in &stopped {
-        pool.resume(ix);
-        pool.probe(ix);
-    }
-    let t = Instant::now();
-    let mut last = (pool.stats.reads, Instant::now());
-    while t.elapsed() < Duration::from_secs(10) && last.1.elapsed() < Duration::from_secs(1) {
-        if stopped.iter().all(|&ix| !pool.is_open(ix)) {
-            break;
-        }
-        pool.turn(Some(Duration::from_millis(5)))?;
-        if pool.stats.reads != last.0 {
-            last = (pool.stats.reads, Instant::now());
-        }
-    }
+    let probed = read_stopped_again(&mut pool, &stopped)?;
+    r.int("stopped_readers_probed", probed);
     let s = stopped_readers_end(&pool, &stopped, &hot, hot_published);
     r.int("stopped_readers_closed", s.closed);
     r.int("stopped_readers_closed_4008", s.closed_4008);
@@ -805,6 +788,59 @@ fn personal_and_group(cfg: &Config, stalled: bool, r: &mut Report) -> anyhow::Re
         );
     }
     verify_report(&pool, r);
+    Ok(())
+}
+
+/// W6's end: how long the stopped readers are read with nothing arriving before those
+/// still open are probed, and before the end is called.
+const END_QUIET: Duration = Duration::from_secs(1);
+
+/// W6's end: how long it reads the stopped readers at most, probes included.
+const END_LIMIT: Duration = Duration::from_secs(10);
+
+/// W6's end: the stopped readers read again: what the server queued for them arrives,
+/// then the close it sent, if it did. Those still open once [`END_QUIET`] passes with
+/// nothing read get a ping each, which makes a closed one's reset show (found on the
+/// first runs: the server had closed all 100, the load generator saw none). Only then: a
+/// ping that reaches a socket the server has closed while it still holds data unsent
+/// makes the kernel reset the connection and throw that data away, so a ping sent right
+/// after the resume (as until the review of 2026-12-08) could turn a reader that would
+/// have read everything and the EOF into a reset with part of it. Bounded: each pass
+/// until all its readers are closed or [`END_QUIET`] passes with no read, both within
+/// [`END_LIMIT`]. Returns how many were probed.
+fn read_stopped_again(pool: &mut Pool, stopped: &[ConnIx]) -> io::Result<u64> {
+    let t = Instant::now();
+    for &ix in stopped {
+        pool.resume(ix);
+    }
+    read_until_quiet(pool, stopped, t)?;
+    let open: Vec<ConnIx> = stopped
+        .iter()
+        .copied()
+        .filter(|&ix| pool.is_open(ix))
+        .collect();
+    for &ix in &open {
+        pool.probe(ix);
+    }
+    if !open.is_empty() {
+        read_until_quiet(pool, &open, t)?;
+    }
+    Ok(open.len() as u64)
+}
+
+/// Turns the pool until every one of `conns` is closed, or [`END_QUIET`] passes with no
+/// read, or [`END_LIMIT`] since `t0`.
+fn read_until_quiet(pool: &mut Pool, conns: &[ConnIx], t0: Instant) -> io::Result<()> {
+    let mut last = (pool.stats.reads, Instant::now());
+    while t0.elapsed() < END_LIMIT && last.1.elapsed() < END_QUIET {
+        if conns.iter().all(|&ix| !pool.is_open(ix)) {
+            break;
+        }
+        pool.turn(Some(Duration::from_millis(5)))?;
+        if pool.stats.reads != last.0 {
+            last = (pool.stats.reads, Instant::now());
+        }
+    }
     Ok(())
 }
 
@@ -973,6 +1009,175 @@ fn idle(cfg: &Config, r: &mut Report) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use std::io::Read;
+    use std::net::{SocketAddr, TcpListener, TcpStream};
+    use std::os::fd::AsRawFd;
+    use std::sync::mpsc;
+    use std::thread::JoinHandle;
+
+    use crate::ws;
+
+    /// Accepts one connection on `listener` and answers as the floor does: the handshake,
+    /// then the client's subscribe with `{"event":"subscribed"}`.
+    fn accept_floor(listener: &TcpListener) -> TcpStream {
+        let (mut s, _) = listener.accept().expect("accept");
+        let mut req = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut buf).expect("read");
+            assert!(n > 0, "client went before its request ended");
+            req.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8_lossy(&req).into_owned();
+        let key = text
+            .lines()
+            .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
+            .expect("key")
+            .trim()
+            .to_owned();
+        let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+        let out = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+        )
+        .into_bytes();
+        s.write_all(&out).expect("write");
+        // The subscribe, one client frame, read before it is answered: the client sends
+        // nothing more until then, so whatever comes later is read later.
+        let mut frame = Vec::new();
+        while !matches!(ws::parse_frame(&frame), Ok(Some(_))) {
+            let n = s.read(&mut buf).expect("read");
+            assert!(n > 0, "client went before subscribing");
+            frame.extend_from_slice(&buf[..n]);
+        }
+        let mut out = Vec::new();
+        ws::encode_server_frame(ws::OP_TEXT, b"{\"event\":\"subscribed\"}", &mut out);
+        s.write_all(&out).expect("write");
+        s
+    }
+
+    /// Ends `s` with a reset (`SO_LINGER` 0), as the kernel ends an orphaned socket that
+    /// data reaches, throwing away what it had not sent.
+    fn reset(s: TcpStream) {
+        let l = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // SAFETY: `s` is an open socket for the call; `l` is a valid linger of the size
+        // given.
+        unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&l as *const libc::linger).cast(),
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            )
+        };
+        drop(s);
+    }
+
+    /// Whether anything from the client is waiting on `s`, without waiting for it.
+    fn client_sent(s: &mut TcpStream) -> bool {
+        s.set_nonblocking(true).expect("nonblocking");
+        let got = matches!(s.read(&mut [0u8; 64]), Ok(n) if n > 0);
+        s.set_nonblocking(false).expect("blocking");
+        got
+    }
+
+    /// A server for one stopped reader on channel `hot`: once told to go, it sends
+    /// `messages` stamped messages `gap` apart (ids from 0; `gap` zero: all at once),
+    /// then, with `close`, ends the connection (EOF), else holds it open, sending nothing
+    /// (up to 10 s). Anything from the client after the go makes it reset the connection,
+    /// as a socket the server has closed does (the kernel answers data with a reset and
+    /// throws away what it still held); the handle says whether that happened.
+    fn stalled_server(
+        messages: u64,
+        gap: Duration,
+        close: bool,
+    ) -> (SocketAddr, mpsc::Sender<()>, JoinHandle<bool>) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (go, went) = mpsc::channel::<()>();
+        let t = std::thread::spawn(move || {
+            let mut s = accept_floor(&listener);
+            went.recv().expect("go");
+            let mut data = Vec::new();
+            for id in 0..messages {
+                let mut frame = Vec::new();
+                payload::write_data(&mut data, 1, id, 64);
+                ws::encode_server_frame(ws::OP_TEXT, &data, &mut frame);
+                s.write_all(&frame).expect("write");
+                // The pace of a server still delivering what it queued.
+                std::thread::sleep(gap);
+                if client_sent(&mut s) {
+                    reset(s);
+                    return true;
+                }
+            }
+            if close {
+                return false;
+            }
+            s.set_read_timeout(Some(Duration::from_secs(10)))
+                .expect("timeout");
+            if matches!(s.read(&mut [0u8; 64]), Ok(n) if n > 0) {
+                reset(s);
+                return true;
+            }
+            false
+        });
+        (addr, go, t)
+    }
+
+    /// A pool with one reader on `hot` at `addr`, subscribed and then stopped, which
+    /// expects messages 0..`messages` there.
+    fn stopped_reader(addr: SocketAddr, messages: u64) -> (Pool, ConnIx) {
+        let url = format!("ws://{addr}/");
+        let mut pool = Pool::new(&url, Protocol::Floor, Instant::now()).expect("pool");
+        for id in 0..messages {
+            pool.verifier.published(id, "hot", u64::MAX);
+        }
+        let ix = pool.connect(vec!["hot".into()]).expect("connect");
+        // Bounded: 1,000 turns of at most 10 ms.
+        for _ in 0..1000 {
+            if pool.is_ready(ix) {
+                break;
+            }
+            pool.turn(Some(Duration::from_millis(10))).expect("turn");
+        }
+        assert!(pool.is_ready(ix), "subscribed");
+        pool.pause(ix);
+        (pool, ix)
+    }
+
+    #[test]
+    fn a_reader_still_being_sent_to_is_not_probed_so_it_gets_everything_and_the_eof() {
+        // Found in review: the ping went out right after the resume, while the server was
+        // still delivering; to a socket it has closed (an orphan with data unsent), that
+        // ping makes the kernel reset the connection and discard the rest.
+        let (addr, go, server) = stalled_server(10, Duration::from_millis(50), true);
+        let (mut pool, ix) = stopped_reader(addr, 10);
+        go.send(()).expect("go");
+        assert_eq!(read_stopped_again(&mut pool, &[ix]).expect("read"), 0);
+        let reset = server.join().expect("server");
+        assert!(!reset, "the reader was probed while the server still sent");
+        assert_eq!(pool.ended(ix), Some(Ended::Eof));
+        assert_eq!(pool.received(ix, "hot"), Some(10));
+    }
+
+    #[test]
+    fn a_reader_still_open_after_the_quiet_second_is_probed_and_its_reset_seen() {
+        // A server that closed a stopped reader whose FIN never came (the kernel gave up
+        // on it): only the probe's reset shows the close.
+        let (addr, go, server) = stalled_server(3, Duration::ZERO, false);
+        let (mut pool, ix) = stopped_reader(addr, 3);
+        go.send(()).expect("go");
+        assert_eq!(read_stopped_again(&mut pool, &[ix]).expect("read"), 1);
+        assert!(server.join().expect("server"), "the reader was probed");
+        assert_eq!(pool.ended(ix), Some(Ended::Error));
+        assert_eq!(pool.received(ix, "hot"), Some(3));
+    }
 
     #[test]
     fn live_counts_leave_out_the_readers_to_stop() {

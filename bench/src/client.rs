@@ -110,6 +110,8 @@ struct Conn {
     paused: bool,
     /// The server's close frame, once parsed: its code, if it carried one.
     close_frame: Option<Option<u16>>,
+    /// `error` events the server sent it, for its life.
+    errors: u64,
     queued: bool,
     /// What it was delivered, for the checks.
     seen: Seen,
@@ -143,6 +145,15 @@ pub struct Stats {
     pub reads: u64,
     /// Messages whose every expected delivery arrived.
     pub completed: u64,
+    /// `error` events the server sent (`{"event":"error",…}`): refused publishes
+    /// (`overloaded`, `rate_limited`, `message_too_large`, …) or subscribes. A refused
+    /// publish is never delivered, so it also stays in [`Pool::outstanding`]: the pool
+    /// cannot tell which publish an error answers (its publishes carry no `ref`, which
+    /// would make the server acknowledge every one), only count them (found in review:
+    /// they were ignored, so refusals passed for lag or loss).
+    pub error_events: u64,
+    /// The same, by `data.code` (`?` when it carried none).
+    pub error_codes: HashMap<String, u64>,
     /// Per delivery, when [`Pool::trace_latency`] is on: (arrival µs since the load
     /// generator started, latency µs), in arrival order.
     pub latency_trace: Vec<(u64, u64)>,
@@ -164,6 +175,8 @@ impl Stats {
             frames_in: 0,
             reads: 0,
             completed: 0,
+            error_events: 0,
+            error_codes: HashMap::new(),
             latency_trace: Vec::new(),
         }
     }
@@ -235,6 +248,7 @@ pub enum Ended {
 struct Gone {
     how: Ended,
     seen: Seen,
+    errors: u64,
 }
 
 impl Pool {
@@ -320,6 +334,7 @@ impl Pool {
             started_ns: self.now_ns(),
             paused: false,
             close_frame: None,
+            errors: 0,
             queued: false,
             seen,
         });
@@ -396,6 +411,15 @@ impl Pool {
         match self.ended(ix)? {
             Ended::CloseFrame(code) => code,
             _ => None,
+        }
+    }
+
+    /// `error` events the server sent `ix`'s connection, for its life (kept past a close
+    /// by the server, as [`Pool::received`] is); 0 if the client closed it.
+    pub fn error_events(&self, ix: ConnIx) -> u64 {
+        match &self.conns[ix] {
+            Some(c) => c.errors,
+            None => self.ended.get(&ix).map_or(0, |g| g.errors),
         }
     }
 
@@ -546,7 +570,14 @@ impl Pool {
         } else {
             self.stats.connect_errors += 1;
         }
-        self.ended.insert(ix, Gone { how, seen: c.seen });
+        self.ended.insert(
+            ix,
+            Gone {
+                how,
+                seen: c.seen,
+                errors: c.errors,
+            },
+        );
     }
 
     fn on_writable(&mut self, ix: ConnIx) {
@@ -817,6 +848,16 @@ impl Pool {
             Some(c) => c.phase,
             None => return,
         };
+        // Before the acks below: `not_subscribed` holds "subscribed".
+        if contains(msg, b"\"event\":\"error\"") {
+            self.stats.error_events += 1;
+            let code = error_code(msg).unwrap_or("?");
+            *self.stats.error_codes.entry(code.to_owned()).or_default() += 1;
+            if let Some(c) = self.conns[ix].as_mut() {
+                c.errors += 1;
+            }
+            return;
+        }
         match (self.proto, phase) {
             (Protocol::SocketIo, _) if msg == b"2" => self.send_text(ix, b"3"),
             (Protocol::SocketIo, Phase::Opening) if msg.starts_with(b"0{") => {
@@ -862,6 +903,15 @@ impl Pool {
 /// endian); `None` for an empty body, which carries none.
 fn close_code(body: &[u8]) -> Option<u16> {
     Some(u16::from_be_bytes([*body.first()?, *body.get(1)?]))
+}
+
+/// The `"code"` of an `error` event (`{"event":"error","data":{"code":"overloaded",…}}`),
+/// found by a byte search as the stamps are.
+fn error_code(msg: &[u8]) -> Option<&str> {
+    const KEY: &[u8] = b"\"code\":\"";
+    let at = msg.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
+    let len = msg[at..].iter().position(|&b| b == b'"')?;
+    std::str::from_utf8(&msg[at..at + len]).ok()
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
@@ -981,6 +1031,39 @@ mod tests {
                 (None, Some(Ended::CloseFrame(None))),
             ]
         );
+    }
+
+    #[test]
+    fn error_events_are_counted_per_phase_and_connection_with_their_codes() {
+        // Found in review: the pool ignored `error` events, so a publish the server
+        // refused (`overloaded`, `rate_limited`) showed only as others' lag or as loss.
+        let message =
+            br#"{"event":"error","channel":"w6hot","data":{"code":"overloaded","message":"x"},"ts":1}"#
+                .to_vec();
+        let (addr, server) = closing_server(message, vec![Some(1000u16.to_be_bytes().to_vec())]);
+        let url = format!("ws://{addr}/_rt/ws");
+        let mut pool = Pool::new(&url, Protocol::Ringcast, Instant::now()).expect("pool");
+        let ix = pool.connect(Vec::new()).expect("connect");
+        // Bounded: 1,000 turns of at most 10 ms.
+        for _ in 0..1000 {
+            if !pool.is_open(ix) {
+                break;
+            }
+            pool.turn(Some(Duration::from_millis(10))).expect("turn");
+        }
+        server.join().expect("server");
+        assert!(!pool.is_open(ix));
+        assert_eq!(pool.stats.error_events, 1);
+        assert_eq!(pool.stats.error_codes.get("overloaded"), Some(&1));
+        assert_eq!(pool.error_events(ix), 1, "kept past the close");
+        pool.reset_stats();
+        assert_eq!(pool.stats.error_events, 0, "per phase");
+        assert_eq!(pool.error_events(ix), 1, "per connection, for its life");
+        assert_eq!(
+            error_code(br#"{"event":"error","data":{"code":"rate_limited"}}"#),
+            Some("rate_limited")
+        );
+        assert_eq!(error_code(br#"{"event":"error"}"#), None);
     }
 
     #[test]

@@ -208,9 +208,27 @@ const SECTIONS: &[Section] = &[
             ),
             col("stopped readers closed", "stopped_readers_closed", Fmt::Int),
             col("of them 4008", "stopped_readers_closed_4008", Fmt::Int),
+            // Found in review: closes of any other kind were counted in `closed` only.
+            col(
+                "of them other close code",
+                "stopped_readers_closed_other",
+                Fmt::Int,
+            ),
             col("of them EOF", "stopped_readers_closed_eof", Fmt::Int),
+            col("of them reset", "stopped_readers_closed_error", Fmt::Int),
+            col(
+                "of them unparsable frame",
+                "stopped_readers_closed_malformed",
+                Fmt::Int,
+            ),
             col("open ones with loss", "stopped_readers_with_loss", Fmt::Int),
             col("hot msgs they lost", "stopped_readers_lost_msgs", Fmt::Int),
+            col("hot publishes refused", "hot_refused", Fmt::Int),
+            col(
+                "error events in the stalled phase",
+                "stalled_error_events",
+                Fmt::Int,
+            ),
             col("others closed", "closed_by_server", Fmt::Int),
             col("delivery errors", "delivery_errors", Fmt::Int),
         ],
@@ -435,16 +453,18 @@ mod tests {
     #[test]
     fn w6_shows_closes_by_code_loss_and_anonymous_memory() {
         let lines = r#"
-{"server":"bun","workload":"w6","subscribers":10000,"payload":64,"rate":40000.0,"stalled_lagging_msgs":3,"before_server_rss_anon_bytes":1000,"stalled_server_rss_anon_max_bytes":2000,"stopped_readers_closed":0,"stopped_readers_closed_4008":0,"stopped_readers_closed_eof":0,"stopped_readers_with_loss":100,"stopped_readers_lost_msgs":24100}
+{"server":"bun","workload":"w6","subscribers":10000,"payload":64,"rate":40000.0,"stalled_lagging_msgs":3,"before_server_rss_anon_bytes":1000,"stalled_server_rss_anon_max_bytes":2000,"stopped_readers_closed":9,"stopped_readers_closed_4008":1,"stopped_readers_closed_other":2,"stopped_readers_closed_eof":3,"stopped_readers_closed_error":2,"stopped_readers_closed_malformed":1,"stopped_readers_with_loss":91,"stopped_readers_lost_msgs":21931,"hot_refused":4,"stalled_error_events":6}
 "#;
         let t = render(lines);
         assert!(t.contains("| others' lag msgs |"), "{t}");
         assert!(
-            t.contains("| of them 4008 | of them EOF | open ones with loss | hot msgs they lost |"),
+            t.contains("| stopped readers closed | of them 4008 | of them other close code | of them EOF | of them reset | of them unparsable frame | open ones with loss | hot msgs they lost | hot publishes refused | error events in the stalled phase |"),
             "{t}"
         );
         assert!(
-            t.contains("| 3 | – | – | 1000 | 2000 | – | 0 | 0 | 0 | 100 | 24100 |"),
+            t.contains(
+                "| 3 | – | – | 1000 | 2000 | – | 9 | 1 | 2 | 3 | 2 | 1 | 91 | 21931 | 4 | 6 |"
+            ),
             "{t}"
         );
     }

@@ -403,6 +403,8 @@ fn fanout(cfg: &Config, rate: Option<f64>, r: &mut Report) -> anyhow::Result<()>
     r.num("msgs_per_s", published as f64 / secs);
     r.num("deliveries_per_s", deliveries as f64 / secs);
     r.int("lagging_msgs", pool.outstanding());
+    r.int("error_events", pool.stats.error_events);
+    report_error_codes(&pool, &cfg.workload);
     r.hist("completion", &pool.stats.completion_us);
     r.hist("latency", &pool.stats.latency_us);
     r.num(
@@ -509,7 +511,25 @@ fn phase_report(pool: &Pool, r: &mut Report, tag: &str, o: &OpenLoop) {
         &format!("{tag}_closed_by_server"),
         pool.stats.closed_by_server,
     );
+    r.int(&format!("{tag}_error_events"), pool.stats.error_events);
+    report_error_codes(pool, tag);
     r.hist(&format!("{tag}_latency"), &pool.stats.latency_us);
+}
+
+/// Says on stderr which `error` events the server sent since the last reset, if any:
+/// refused publishes are not lag or loss (found in review: they were not counted).
+fn report_error_codes(pool: &Pool, tag: &str) {
+    if pool.stats.error_events == 0 {
+        return;
+    }
+    let mut codes: Vec<(&String, &u64)> = pool.stats.error_codes.iter().collect();
+    codes.sort();
+    let codes: Vec<String> = codes.iter().map(|(c, n)| format!("{c} {n}")).collect();
+    eprintln!(
+        "loadgen: {tag}: the server sent {} error events ({}); a refused publish also counts as lag",
+        pool.stats.error_events,
+        codes.join(", ")
+    );
 }
 
 /// Where a phase's latency trace starts: the pool's clock and `CLOCK_MONOTONIC`, read
@@ -773,18 +793,24 @@ fn personal_and_group(cfg: &Config, stalled: bool, r: &mut Report) -> anyhow::Re
     }
     let probed = read_stopped_again(&mut pool, &stopped)?;
     r.int("stopped_readers_probed", probed);
-    let s = stopped_readers_end(&pool, &stopped, &hot, hot_published);
+    // The hot publisher publishes nothing else: each error event it got is a hot
+    // publish the server refused, which no reader gets, so not a loss.
+    let hot_refused = pool.error_events(hot_publisher).min(hot_published);
+    r.int("hot_refused", hot_refused);
+    let s = stopped_readers_end(&pool, &stopped, &hot, hot_published - hot_refused);
     r.int("stopped_readers_closed", s.closed);
     r.int("stopped_readers_closed_4008", s.closed_4008);
+    r.int("stopped_readers_closed_other", s.closed_other);
     r.int("stopped_readers_closed_eof", s.closed_eof);
     r.int("stopped_readers_closed_error", s.closed_error);
+    r.int("stopped_readers_closed_malformed", s.closed_malformed);
     r.int("stopped_readers_closed_hot_received", s.closed_hot_received);
     r.int("stopped_readers_lost_msgs", s.lost_msgs);
     r.int("stopped_readers_with_loss", s.with_loss);
     if s.lost_msgs > 0 {
         eprintln!(
-            "loadgen: {} stopped readers still open lost {} hot messages in all (of {} each)",
-            s.with_loss, s.lost_msgs, hot_published
+            "loadgen: {} stopped readers still open lost {} hot messages in all (of {} each, {} refused)",
+            s.with_loss, s.lost_msgs, hot_published, hot_refused
         );
     }
     verify_report(&pool, r);
@@ -851,13 +877,18 @@ struct StoppedEnd {
     closed: u64,
     /// Of those, by a close frame with 4008 (Ringcast's outbound bound).
     closed_4008: u64,
+    /// Of those, by a close frame with another code (1008, 1011, 1001, …) or none.
+    closed_other: u64,
     /// Of those, by EOF with no close frame before it.
     closed_eof: u64,
     /// Of those, by a failed read or write (a reset, mostly).
     closed_error: u64,
+    /// Of those, by a frame the load generator could not parse.
+    closed_malformed: u64,
     /// Hot messages the closed ones got before their close.
     closed_hot_received: u64,
-    /// Hot messages the ones still open never got: dropped by the server without a
+    /// Hot messages the ones still open never got, of those the server took (a refused
+    /// publish is no loss: its publisher was told): dropped by the server without a
     /// close. A closed one is not counted: its close tells the client to reconnect and
     /// catch up.
     lost_msgs: u64,
@@ -865,31 +896,42 @@ struct StoppedEnd {
     with_loss: u64,
 }
 
+/// `hot_accepted`: the hot publishes the server took (published less refused).
 fn stopped_readers_end(
     pool: &Pool,
     stopped: &[ConnIx],
     hot: &str,
-    hot_published: u64,
+    hot_accepted: u64,
 ) -> StoppedEnd {
     let mut s = StoppedEnd::default();
     for &ix in stopped {
         let got = pool.received(ix, hot).unwrap_or(0);
         if pool.is_open(ix) {
-            let lost = hot_published.saturating_sub(got);
+            let lost = hot_accepted.saturating_sub(got);
             s.lost_msgs += lost;
             s.with_loss += u64::from(lost > 0);
             continue;
         }
-        s.closed += 1;
-        s.closed_hot_received += got;
-        match pool.ended(ix) {
-            Some(Ended::CloseFrame(Some(4008))) => s.closed_4008 += 1,
-            Some(Ended::Eof) => s.closed_eof += 1,
-            Some(Ended::Error) => s.closed_error += 1,
-            _ => {}
-        }
+        s.count_close(pool.ended(ix), got);
     }
     s
+}
+
+impl StoppedEnd {
+    /// A stopped reader that is closed: `how` it ended (`None`: the client closed it,
+    /// which W6 never does; counted as other, so the kinds add up to `closed`), and the
+    /// hot messages it got first.
+    fn count_close(&mut self, how: Option<Ended>, got: u64) {
+        self.closed += 1;
+        self.closed_hot_received += got;
+        match how {
+            Some(Ended::CloseFrame(Some(4008))) => self.closed_4008 += 1,
+            Some(Ended::CloseFrame(_)) | None => self.closed_other += 1,
+            Some(Ended::Eof) => self.closed_eof += 1,
+            Some(Ended::Error) => self.closed_error += 1,
+            Some(Ended::Malformed) => self.closed_malformed += 1,
+        }
+    }
 }
 
 /// W4: a storm of connections (each subscribing to its personal channel), then churn:
@@ -1177,6 +1219,37 @@ mod tests {
         assert!(server.join().expect("server"), "the reader was probed");
         assert_eq!(pool.ended(ix), Some(Ended::Error));
         assert_eq!(pool.received(ix, "hot"), Some(3));
+    }
+
+    #[test]
+    fn every_way_a_stopped_reader_ends_is_counted_once() {
+        // Found in review: closes with another code (1008, 1011, 1001), with no code, or
+        // by a frame that did not parse counted in `closed` and under no kind.
+        let mut s = StoppedEnd::default();
+        for how in [
+            Some(Ended::CloseFrame(Some(4008))),
+            Some(Ended::CloseFrame(Some(1011))),
+            Some(Ended::CloseFrame(None)),
+            Some(Ended::Eof),
+            Some(Ended::Error),
+            Some(Ended::Malformed),
+        ] {
+            s.count_close(how, 2);
+        }
+        assert_eq!(
+            s,
+            StoppedEnd {
+                closed: 6,
+                closed_4008: 1,
+                closed_other: 2,
+                closed_eof: 1,
+                closed_error: 1,
+                closed_malformed: 1,
+                closed_hot_received: 12,
+                lost_msgs: 0,
+                with_loss: 0,
+            }
+        );
     }
 
     #[test]

@@ -73,6 +73,20 @@ fn w6_takes_rate_as_the_maximum_and_runs_at_80_percent_of_it() {
     assert_eq!(num(&v, "max_msgs_per_s"), 1000.0, "{v}");
     assert_eq!(num(&v, "rate"), 800.0, "{v}");
     assert_eq!(num(&v, "stopped_readers"), 1.0, "{v}");
+    // The floor closes nothing and refuses nothing; the reader, still open after the
+    // quiet second, was probed.
+    for key in [
+        "stopped_readers_closed",
+        "stopped_readers_closed_other",
+        "stopped_readers_closed_malformed",
+        "stopped_readers_lost_msgs",
+        "hot_refused",
+        "before_error_events",
+        "stalled_error_events",
+    ] {
+        assert_eq!(num(&v, key), 0.0, "{key}: {v}");
+    }
+    assert_eq!(num(&v, "stopped_readers_probed"), 1.0, "{v}");
 }
 
 #[test]

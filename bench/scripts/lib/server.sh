@@ -39,6 +39,10 @@ start_server() {
   SRV_ERR=""
   if [ -n "${BROKEN[$name]:-}" ]; then SRV_ERR=${BROKEN[$name]}; return 1; fi
   local path="/_rt/ws" proto=ringcast
+  # Emptied here, and the server appends (O_APPEND), as compare.sh's load generator does
+  # to the same log: a server writing at its own offset overwrote the load generator's
+  # lines (found running W6 with --quick: its warning was gone under the shutdown lines).
+  : > "$log"
   case "$name" in
     ringcast|baseline)
       local bin="${REL:-$ROOT/target/release}/ringcast"
@@ -51,21 +55,21 @@ start_server() {
       fi
       DATA_DIR=$(mktemp -d)
       $PIN_SERVER "$bin" serve --dev --listen 127.0.0.1:0 \
-        --shards "$SHARDS" --data-dir "$DATA_DIR" "${extra[@]}" > "$log" 2>&1 &
+        --shards "$SHARDS" --data-dir "$DATA_DIR" "${extra[@]}" >> "$log" 2>&1 &
       ;;
     floor)
       path="/"; proto=floor
-      $PIN_SERVER "${REL:-$ROOT/target/release}/floor" --listen 127.0.0.1:0 > "$log" 2>&1 &
+      $PIN_SERVER "${REL:-$ROOT/target/release}/floor" --listen 127.0.0.1:0 >> "$log" 2>&1 &
       ;;
     node-ws)
-      $PIN_SERVER node "$ROOT/bench/peers/node-ws/server.mjs" 0 > "$log" 2>&1 &
+      $PIN_SERVER node "$ROOT/bench/peers/node-ws/server.mjs" 0 >> "$log" 2>&1 &
       ;;
     socketio)
       path="/"; proto=socketio
-      $PIN_SERVER node "$ROOT/bench/peers/socketio/server.mjs" 0 > "$log" 2>&1 &
+      $PIN_SERVER node "$ROOT/bench/peers/socketio/server.mjs" 0 >> "$log" 2>&1 &
       ;;
     bun)
-      $PIN_SERVER "$ROOT/bench/peers/bun/node_modules/.bin/bun" "$ROOT/bench/peers/bun/server.mjs" 0 > "$log" 2>&1 &
+      $PIN_SERVER "$ROOT/bench/peers/bun/node_modules/.bin/bun" "$ROOT/bench/peers/bun/server.mjs" 0 >> "$log" 2>&1 &
       ;;
     *) SRV_ERR="unknown server"; return 1 ;;
   esac

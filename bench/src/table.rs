@@ -78,16 +78,19 @@ fn w6_within_buffers(rows: &[&Value]) -> Option<String> {
             .unwrap_or(0.0)
     };
     Some(format!(
-        "⚠ The stalled phase of {} row{} above ({}) sent each stopped reader at most {:.0} B, \
+        "⚠ The stalled phase of {} above ({}) sent each stopped reader at most {:.0} B, \
          within the {:.0} B its server and the kernels buffer for it: no server had to \
-         close or drop anything, so those rows' stopped readers closed and lost say \
-         nothing. Give W6 more time (`--duration-s 5` sends 16 MB; `compare.sh --quick` \
-         runs 1 s).",
-        within.len(),
-        if within.len() == 1 { "" } else { "s" },
+         close or drop anything, so {} stopped readers closed and lost say nothing. Give \
+         W6 more time (`--duration-s 5` sends 16 MB; `compare.sh --quick` runs 1 s).",
+        if within.len() == 1 {
+            "1 row".to_owned()
+        } else {
+            format!("{} rows", within.len())
+        },
         servers.join(", "),
         most("hot_bytes_per_stopped_reader", f64::max),
         most("hot_buffered_bytes_per_stopped_reader", f64::min),
+        if within.len() == 1 { "its" } else { "their" },
     ))
 }
 

@@ -818,7 +818,7 @@ fn personal_and_group(cfg: &Config, stalled: bool, r: &mut Report) -> anyhow::Re
 }
 
 /// W6's end: how long the stopped readers are read with nothing arriving before those
-/// still open are probed, and before the end is called.
+/// still open are probed, and after the probes before reading stops.
 const END_QUIET: Duration = Duration::from_secs(1);
 
 /// W6's end: how long it reads the stopped readers at most, probes included.
@@ -827,7 +827,7 @@ const END_LIMIT: Duration = Duration::from_secs(10);
 /// W6's end: the stopped readers read again: what the server queued for them arrives,
 /// then the close it sent, if it did. Those still open once [`END_QUIET`] passes with
 /// nothing read get a ping each, which makes a closed one's reset show (found on the
-/// first runs: the server had closed all 100, the load generator saw none). Only then: a
+/// first runs: the server had closed all 100, the load generator saw none). Not sooner: a
 /// ping that reaches a socket the server has closed while it still holds data unsent
 /// makes the kernel reset the connection and throw that data away, so a ping sent right
 /// after the resume (as until the review of 2026-12-08) could turn a reader that would

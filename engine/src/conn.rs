@@ -203,12 +203,17 @@ impl Conn {
     /// pong, browsers by themselves, even in a background tab whose timers are
     /// throttled); quiet for `close_after_ms` and pinged at an earlier look, it is closed
     /// with 1001 (never without a ping first, however long the sweep took to come round;
-    /// found in review). Returns what this look did.
+    /// found in review). With `ping_after_ms` 0 it is pinged at every look, heard or
+    /// not (a presence TTL of 2 s or less: a look that only restarted the clock would
+    /// leave two ticks between pings, longer than such a member lasts). Returns what this
+    /// look did.
     pub fn check_idle(&self, now: Millis, ping_after_ms: u64, close_after_ms: Option<u64>) -> Idle {
         if self.heard.replace(false) {
             self.last_heard.set(now);
             self.pinged_at.set(None);
-            return Idle::Heard;
+            if ping_after_ms > 0 {
+                return Idle::Heard;
+            }
         }
         if self.state() != ConnState::Open {
             return Idle::Heard;
@@ -233,6 +238,12 @@ impl Conn {
             return Idle::Closed;
         }
         Idle::Quiet
+    }
+
+    /// A ping to send it now, outside the sweep (noted as the sweep's own would be).
+    pub fn ping_now(&self, now: Millis) -> Bytes {
+        self.pinged_at.set(Some(now));
+        ping_frame()
     }
 
     /// The same connection with presence events spelled `spelling`.

@@ -830,6 +830,13 @@ impl ShardCore {
             self.presence_timers
                 .insert((conn.id, channel.clone()), timer);
         }
+        // With a TTL this short the owner counts the join as seen now, yet the sweep's
+        // first ping would come up to a tick later and its pong's "seen" a tick after
+        // that: too late. The heartbeat starts at the join instead.
+        if presence_ping_after_ms(limits.ttl_secs) == 0 {
+            let ping = conn.ping_now(self.now());
+            self.push(conn, ping);
+        }
         let question = Question::PresenceJoin {
             key: ChannelKey::new(conn.tenant.id.clone(), channel.clone()),
             user_id: join.user_id,
@@ -2114,13 +2121,13 @@ impl ShardCore {
                 // presence TTL: its pong counts as seen, so a member whose browser tab
                 // throttles the SDK's 25 s pings (a background tab: about once a minute)
                 // does not expire while its socket is open (found in review: it did, and
-                // never came back).
+                // never came back). See `presence_ping_after_ms`.
                 let presence_ping = if conn.presence.borrow().is_empty() {
                     None
                 } else {
                     tenants
                         .get(conn.tenant.id.as_str())
-                        .map(|t| t.limits.presence.ttl_secs.saturating_mul(1000) / 2)
+                        .map(|t| presence_ping_after_ms(t.limits.presence.ttl_secs))
                 };
                 let idle_ping = close_after.map(|close| close / 2);
                 let Some(ping_after) = idle_ping.into_iter().chain(presence_ping).min() else {
@@ -2142,6 +2149,17 @@ impl ShardCore {
     pub fn retry_spills(&mut self) {
         self.out.retry_spills();
     }
+}
+
+/// How long a connection holding presence in a tenant with a TTL of `ttl_secs` may be
+/// quiet before the sweep pings it: half the TTL, less one tick. The sweep looks once a
+/// tick and the pong's "seen" reaches the owner at the next one, so a ping at half the
+/// TTL could be answered too late for a short TTL; for 2 s or less this is 0: pinged at
+/// every tick, and at the join (found with the second soak, `tests/tests/soak_http.rs`,
+/// run with a 1 s TTL for its blink tenant: pings went out every other tick, and a
+/// member answering every one expired about two seconds after its join).
+pub fn presence_ping_after_ms(ttl_secs: u64) -> u64 {
+    (ttl_secs.saturating_mul(1000) / 2).saturating_sub(HOUSEKEEPING_MS)
 }
 
 /// The summary line of close log lines left out by the rate limit.

@@ -759,6 +759,55 @@ fn a_member_that_only_answers_pings_stays_present() {
     assert_eq!(members(&mut cluster, 0, &channel).len(), 1);
 }
 
+/// The same with the shortest TTLs the config takes (1 and 2 s), joined mid-tick or
+/// right after a housekeeping tick: the pings come often enough, and early enough, that
+/// each pong reaches the owner before the member's deadline (found with the second soak,
+/// `tests/tests/soak_http.rs`, run with a 1 s TTL: pings went out every other tick, a
+/// tick after the quiet half-TTL was noticed, and a member answering every one expired
+/// about two seconds after its join).
+#[test]
+fn a_member_that_only_answers_pings_stays_present_with_a_short_ttl() {
+    for ttl in [1, 2] {
+        for join_after_ms in [500, 1_001] {
+            let mut cluster = Cluster::with(2, |config| {
+                let dev = config.tenants.iter_mut().find(|t| t.id == "dev");
+                dev.expect("a dev tenant").presence_ttl_secs = Some(ttl);
+            });
+            let channel = cluster.channel_owned_by(1, "tab:");
+            let watcher = cluster.connect(0);
+            subscribe(&mut cluster, 0, &watcher, &channel);
+            let tab = cluster.connect(0);
+            // (1,001 ms: just after the first housekeeping tick.)
+            cluster.advance(join_after_ms);
+            cluster.pump();
+            join(&mut cluster, 0, &tab, &channel, "alice");
+            take(&watcher);
+            let mut pings = 0;
+            for step in 0..200 {
+                if step > 0 {
+                    cluster.advance(100);
+                    cluster.pump();
+                }
+                for frame in take(&tab) {
+                    if frame.get("ping").is_some() {
+                        pings += 1;
+                        tab.heard.set(true);
+                        cluster.shards[0].on_ws_ping(&tab);
+                    }
+                }
+            }
+            let what = format!("TTL {ttl} s, joined at {join_after_ms} ms");
+            assert!(pings >= 10, "{what}: {pings} pings in 20 s");
+            let left: Vec<_> = presence_events(&take(&watcher))
+                .into_iter()
+                .filter(|(e, _)| e == "presence:leave")
+                .collect();
+            assert_eq!(left, vec![], "{what}");
+            assert_eq!(members(&mut cluster, 0, &channel).len(), 1, "{what}");
+        }
+    }
+}
+
 /// A WebSocket `presence:update` renews no HTTP hold: after it the connection's leave,
 /// with the HTTP join long lapsed, removes the member at once (found in review: any
 /// update renewed the HTTP hold, so the leave waited for one more TTL).

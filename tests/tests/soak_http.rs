@@ -59,7 +59,7 @@ use blink::blink;
 use walker_presence::Member;
 
 const WALKERS: usize = 6;
-const OPS_PER_WALKER: usize = 400;
+const OPS_PER_WALKER: usize = 600;
 const PUBLIC: usize = 3;
 const PRIVATE: usize = 2;
 /// The whole soak stops failing-fast after this long (every loop is bounded by it).

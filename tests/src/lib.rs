@@ -29,6 +29,7 @@ pub use serde_json::json;
 
 pub mod node;
 pub mod sse;
+pub mod walk;
 
 /// Default wait for one expected event.
 pub const TIMEOUT: Duration = Duration::from_secs(5);

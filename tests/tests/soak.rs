@@ -14,15 +14,16 @@
 //!
 //! Walks with their own seeds: on 1, 2 and 3 shards; under a SIGHUP reload every 20 ms;
 //! and across three kill -9 restarts, after which every walker resumes and every
-//! acknowledged publish must be kept at its seq. `RINGCAST_SOAK_SEED=<hex>` replaces
+//! acknowledged publish must be kept at its seq. `RINGCAST_SOAK_SEED=<0x-hex>` replaces
 //! each walk's seed (a failure prints it), to replay one.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+use ringcast_tests::walk::{soak_seed, time_left, Delivery, Observe, Rng, Trail};
 use ringcast_tests::{json, Client, Server, TIMEOUT};
 use serde_json::Value;
 
@@ -35,38 +36,13 @@ const SOAK_LIMIT: Duration = Duration::from_secs(120);
 /// Seqs and data of every acknowledged publish, by channel.
 type Acked = Arc<Mutex<BTreeMap<String, BTreeMap<u64, String>>>>;
 
-/// A small seeded generator (xorshift64*): the same seed walks the same ops.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
-
 /// Where one followed channel stands for this client.
 #[derive(Debug)]
 struct Following {
-    /// The seq the next message must carry.
-    next: u64,
-    /// `subscribed` answers still to come (2 after the SDK's plain-then-resume pair).
-    answers_due: u32,
-    /// A resume is among the answers due: the last `subscribed` must be recovered and
-    /// come right after the replay.
-    resuming: bool,
+    /// What it must be delivered next.
+    delivery: Delivery,
     /// `unsubscribe` sent, `unsubscribed` not yet seen.
     leaving: bool,
-    /// The SDK's pair in flight: the resume's `lastEventId` and the seqs seen since.
-    /// Messages sent live after the plain answer may come before the replay of older
-    /// ones, but each seq comes once, and by the resume's answer all of them have.
-    window: Option<(u64, BTreeSet<u64>)>,
 }
 
 /// Where the server is while another thread kills and restarts it (the kill -9 walk).
@@ -100,7 +76,7 @@ struct Walker {
     /// The data of the publish waiting for its ack.
     in_flight: Option<String>,
     /// The last frames sent and events read, for a failure's message.
-    trail: std::collections::VecDeque<String>,
+    trail: Trail,
     /// Channels this connection joined presence in.
     present: std::collections::HashSet<String>,
     /// A bad frame was sent: its `bad_request` error is expected next.
@@ -124,121 +100,16 @@ fn channel_name(k: usize) -> String {
 
 impl Walker {
     fn left(&self) -> Result<Duration> {
-        let left = self.deadline.saturating_duration_since(Instant::now());
-        ensure!(
-            !left.is_zero(),
-            "client {} ran past the soak's limit",
-            self.id
-        );
-        Ok(left.min(TIMEOUT))
-    }
-
-    /// Reads one event and checks it against the model. Returns it for the caller's
-    /// own wait.
-    fn observe(&mut self) -> Result<Value> {
-        let left = self.left()?;
-        let ev = self.client.recv_event(left)?;
-        self.note(format!("<- {ev}"));
-        let channel = ev["channel"].as_str().unwrap_or("").to_owned();
-        match ev["event"].as_str().unwrap_or("") {
-            "realtime.message" => {
-                let seq = ev["seq"].as_u64().context("message seq")?;
-                let f = self
-                    .following
-                    .get_mut(&channel)
-                    .with_context(|| format!("a message for an unfollowed channel: {ev}"))?;
-                if let Some((from, seqs)) = &mut f.window {
-                    ensure!(
-                        seq > *from && seqs.insert(seq),
-                        "client {}: {channel} seq {seq} again, or not after {from}: {ev}",
-                        self.id
-                    );
-                } else {
-                    // A plain subscribe's first message comes after its answer (`next` is
-                    // 0 until then); after it, and in a resume's replay, no gap or
-                    // duplicate.
-                    ensure!(
-                        seq == f.next,
-                        "client {}: {channel} seq {seq}, expected {} (gap, duplicate, or before the answer): {ev}",
-                        self.id,
-                        f.next
-                    );
-                    f.next = seq + 1;
-                }
-                let last = self.last_seen.entry(channel.clone()).or_default();
-                *last = (*last).max(seq);
-                self.seen.insert((channel, seq), ev["data"].to_string());
-            }
-            "subscribed" => {
-                let seq = ev["seq"].as_u64().context("subscribed seq")?;
-                let f = self
-                    .following
-                    .get_mut(&channel)
-                    .with_context(|| format!("an unasked subscribed: {ev}"))?;
-                ensure!(f.answers_due > 0, "an extra subscribed: {ev}");
-                f.answers_due -= 1;
-                if f.answers_due == 0 {
-                    if let Some((from, seqs)) = f.window.take() {
-                        ensure!(ev["recovered"] == true, "resume not recovered: {ev}");
-                        let want: BTreeSet<u64> = (from + 1..=seq).collect();
-                        ensure!(
-                            seqs == want,
-                            "client {}: {channel} resumed from {from}, answered at {seq}, seen {seqs:?}",
-                            self.id
-                        );
-                        f.next = seq + 1;
-                    } else if f.resuming {
-                        ensure!(ev["recovered"] == true, "resume not recovered: {ev}");
-                        ensure!(
-                            f.next == seq + 1,
-                            "client {}: resume answered at seq {seq} after replaying up to {}",
-                            self.id,
-                            f.next - 1
-                        );
-                    } else {
-                        f.next = seq + 1;
-                    }
-                    f.resuming = false;
-                }
-                self.epoch.insert(channel, ev["epoch"].clone());
-            }
-            "unsubscribed" => {
-                let f = self
-                    .following
-                    .remove(&channel)
-                    .with_context(|| format!("an unasked unsubscribed: {ev}"))?;
-                ensure!(f.leaving, "unsubscribed without unsubscribe: {ev}");
-            }
-            "error" if self.error_expected && ev["data"]["code"] == "bad_request" => {
-                self.error_expected = false;
-            }
-            "error" => bail!("client {}: unexpected error {ev}", self.id),
-            "ack" | "pong" | "presence:join" | "presence:update" | "presence:leave"
-            | "presence.join" | "presence.update" | "presence.leave" | "connected" => {}
-            other => bail!("client {}: unknown event {other}: {ev}", self.id),
-        }
-        Ok(ev)
+        time_left(self.deadline, &format!("client {}", self.id))
     }
 
     /// Observes events until `done` holds for one.
-    fn until(&mut self, what: &str, mut done: impl FnMut(&Value) -> bool) -> Result<Value> {
-        for _ in 0..100_000 {
-            let ev = self
-                .observe()
-                .with_context(|| format!("waiting for {what}"))?;
-            if done(&ev) {
-                return Ok(ev);
-            }
-        }
-        bail!("client {}: no {what} in 100,000 events", self.id)
-    }
-
     fn settle(&mut self, channel: &str) -> Result<()> {
         let ch = channel.to_owned();
         while self
             .following
             .get(&ch)
-            .is_some_and(|f| f.answers_due > 0 || f.leaving)
+            .is_some_and(|f| !f.delivery.answered() || f.leaving)
         {
             self.observe().with_context(|| format!("settling {ch}"))?;
         }
@@ -246,16 +117,11 @@ impl Walker {
     }
 
     fn subscribe_plain(&mut self, channel: &str) -> Result<()> {
-        self.following.insert(
-            channel.to_owned(),
-            Following {
-                next: 0,
-                answers_due: 1,
-                resuming: false,
-                leaving: false,
-                window: None,
-            },
-        );
+        let following = Following {
+            delivery: Delivery::plain(),
+            leaving: false,
+        };
+        self.following.insert(channel.to_owned(), following);
         self.send(&json!({"action": "subscribe", "channel": channel}))?;
         self.settle(channel)
     }
@@ -264,16 +130,11 @@ impl Walker {
     /// order on open: a plain subscribe, then the resume before the first answer.
     fn send_resume(&mut self, channel: &str, plain_first: bool) -> Result<()> {
         let last = self.last_seen.get(channel).copied().unwrap_or(0);
-        self.following.insert(
-            channel.to_owned(),
-            Following {
-                next: last + 1,
-                answers_due: 1 + u32::from(plain_first),
-                resuming: true,
-                leaving: false,
-                window: plain_first.then(|| (last, BTreeSet::new())),
-            },
-        );
+        let following = Following {
+            delivery: Delivery::resume(last, plain_first),
+            leaving: false,
+        };
+        self.following.insert(channel.to_owned(), following);
         if plain_first {
             self.send(&json!({"action": "subscribe", "channel": channel}))?;
         }
@@ -372,10 +233,7 @@ impl Walker {
     }
 
     fn note(&mut self, line: String) {
-        if self.trail.len() == 40 {
-            self.trail.pop_front();
-        }
-        self.trail.push_back(line.chars().take(160).collect());
+        self.trail.note(line);
     }
 
     fn send(&mut self, frame: &Value) -> Result<()> {
@@ -432,6 +290,56 @@ impl Walker {
             91..=94 => self.reconnect(),
             _ => Ok(()),
         }
+    }
+}
+
+impl Observe for Walker {
+    fn observe(&mut self) -> Result<Value> {
+        let left = self.left()?;
+        let ev = self.client.recv_event(left)?;
+        self.note(format!("<- {ev}"));
+        let channel = ev["channel"].as_str().unwrap_or("").to_owned();
+        match ev["event"].as_str().unwrap_or("") {
+            "realtime.message" => {
+                let seq = ev["seq"].as_u64().context("message seq")?;
+                let f = self
+                    .following
+                    .get_mut(&channel)
+                    .with_context(|| format!("a message for an unfollowed channel: {ev}"))?;
+                f.delivery
+                    .message(seq)
+                    .map_err(|e| anyhow::anyhow!("client {}: {channel} {e}: {ev}", self.id))?;
+                let last = self.last_seen.entry(channel.clone()).or_default();
+                *last = (*last).max(seq);
+                self.seen.insert((channel, seq), ev["data"].to_string());
+            }
+            "subscribed" => {
+                let seq = ev["seq"].as_u64().context("subscribed seq")?;
+                let f = self
+                    .following
+                    .get_mut(&channel)
+                    .with_context(|| format!("an unasked subscribed: {ev}"))?;
+                f.delivery
+                    .subscribed(seq, ev["recovered"] == true)
+                    .map_err(|e| anyhow::anyhow!("client {}: {channel}: {e}: {ev}", self.id))?;
+                self.epoch.insert(channel, ev["epoch"].clone());
+            }
+            "unsubscribed" => {
+                let f = self
+                    .following
+                    .remove(&channel)
+                    .with_context(|| format!("an unasked unsubscribed: {ev}"))?;
+                ensure!(f.leaving, "unsubscribed without unsubscribe: {ev}");
+            }
+            "error" if self.error_expected && ev["data"]["code"] == "bad_request" => {
+                self.error_expected = false;
+            }
+            "error" => bail!("client {}: unexpected error {ev}", self.id),
+            "ack" | "pong" | "presence:join" | "presence:update" | "presence:leave"
+            | "presence.join" | "presence.update" | "presence.leave" | "connected" => {}
+            other => bail!("client {}: unknown event {other}: {ev}", self.id),
+        }
+        Ok(ev)
     }
 }
 
@@ -562,13 +470,7 @@ fn walk_on(
     seed: u64,
     crashes: Option<(Arc<Crashes>, std::sync::mpsc::Sender<usize>)>,
 ) -> Result<()> {
-    let seed = match std::env::var("RINGCAST_SOAK_SEED") {
-        Ok(s) => {
-            let s = s.trim_start_matches("0x");
-            u64::from_str_radix(s, 16).context("RINGCAST_SOAK_SEED is hex")?
-        }
-        Err(_) => seed,
-    };
+    let seed = soak_seed(seed)?;
     let ops = if crashes.is_some() {
         3 * OPS_PER_CLIENT
     } else {
@@ -588,9 +490,9 @@ fn walk_on(
                 in_flight: None,
                 error_expected: false,
                 present: Default::default(),
-                trail: Default::default(),
+                trail: Trail::new(40, 160),
                 client,
-                rng: Rng(seed ^ (id as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+                rng: Rng::new(seed, id as u64),
                 epoch: HashMap::new(),
                 following: HashMap::new(),
                 last_seen: HashMap::new(),
@@ -607,10 +509,9 @@ fn walk_on(
                         other => other,
                     };
                     if let Err(e) = stepped {
-                        let trail: Vec<_> = walker.trail.iter().cloned().collect();
                         return Err(e.context(format!(
                             "client {id}, op {op}, seed {seed:#x}; last frames:\n{}",
-                            trail.join("\n")
+                            walker.trail.text()
                         )));
                     }
                     if let Some(progress) = &progress {

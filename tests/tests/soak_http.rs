@@ -42,11 +42,12 @@
 //!
 //! `RINGCAST_SOAK_SEED` (decimal or 0x-hex) walks another seed.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, ensure, Context, Result};
+use ringcast_tests::walk::{soak_seed, time_left, Delivery, Observe, Rng, Trail};
 use ringcast_tests::{json, ringcast_bin, Client, HttpConn, HttpResponse, Server, TIMEOUT};
 use serde_json::Value;
 
@@ -74,26 +75,6 @@ const DEFAULT_SEED: u64 = 0x5eed_0000_0000_0002;
 /// Which of a walker's connections holds a member.
 const MAIN: usize = 0;
 const TWIN: usize = 1;
-
-/// A small seeded generator (xorshift64*): the same seed walks the same ops.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn chance(&mut self, one_in: usize) -> bool {
-        self.below(one_in) == 0
-    }
-}
 
 /// A published message as acknowledged (or as seen: the same fields).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -183,16 +164,10 @@ fn describe(kind: &str, user: &str, metadata: &Value) -> String {
 /// Where one followed channel stands for this walker.
 #[derive(Debug)]
 struct Following {
-    /// The seq the next message must carry.
-    next: u64,
-    /// `subscribed` answers still to come (2 after the SDK's plain-then-resume pair).
-    answers_due: u32,
-    /// A resume is among the answers due.
-    resuming: bool,
+    /// What it must be delivered next.
+    delivery: Delivery,
     /// `unsubscribe` sent, `unsubscribed` not yet seen.
     leaving: bool,
-    /// The SDK's pair in flight: the resume's `lastEventId` and the seqs seen since.
-    window: Option<(u64, BTreeSet<u64>)>,
     /// Admitted by this token, which expires within seconds.
     expiring: Option<String>,
     /// Each member's presence as this subscription's events tell it (absent: not told).
@@ -205,13 +180,10 @@ struct Following {
 }
 
 impl Following {
-    fn new(next: u64, answers_due: u32, resuming: bool) -> Following {
+    fn new(delivery: Delivery) -> Following {
         Following {
-            next,
-            answers_due,
-            resuming,
+            delivery,
             leaving: false,
-            window: None,
             expiring: None,
             users: HashMap::new(),
             interval: None,
@@ -221,7 +193,7 @@ impl Following {
 
     /// Answered and not leaving: what comes now comes live.
     fn settled(&self) -> bool {
-        self.answers_due == 0 && !self.leaving && self.window.is_none()
+        self.delivery.answered() && !self.leaving
     }
 }
 
@@ -269,7 +241,7 @@ struct Walker<'s> {
     /// Channels where the twin sent a presence action since its last barrier.
     twin_dirty: HashSet<String>,
     /// The last frames sent and events read, for a failure's message.
-    trail: VecDeque<String>,
+    trail: Trail,
     deadline: Instant,
     tokens: HashMap<String, Tokens>,
     epoch: HashMap<String, Value>,
@@ -312,20 +284,11 @@ impl Walker<'_> {
     }
 
     fn left(&self) -> Result<Duration> {
-        let left = self.deadline.saturating_duration_since(Instant::now());
-        ensure!(
-            !left.is_zero(),
-            "walker {} ran past the soak's limit",
-            self.id
-        );
-        Ok(left.min(TIMEOUT))
+        time_left(self.deadline, &format!("walker {}", self.id))
     }
 
     fn note(&mut self, line: String) {
-        if self.trail.len() == 60 {
-            self.trail.pop_front();
-        }
-        self.trail.push_back(line.chars().take(220).collect());
+        self.trail.note(line);
     }
 
     fn send(&mut self, frame: &Value) -> Result<()> {
@@ -356,80 +319,6 @@ impl Walker<'_> {
 
     // ----- reading -----
 
-    /// Reads one event and checks it against the model. Returns it for the caller's
-    /// own wait.
-    fn observe(&mut self) -> Result<Value> {
-        let left = self.left()?;
-        let ev = self.client.recv_event(left)?;
-        self.note(format!("<- {ev}"));
-        let channel = ev["channel"].as_str().unwrap_or("").to_owned();
-        let name = ev["event"].as_str().unwrap_or("").to_owned();
-        if let Some((expired, strict)) = self.after_expiry.take() {
-            if name == "unsubscribed" && channel == expired {
-                self.following.remove(&channel);
-                self.report.expiries += 1;
-                return Ok(ev);
-            }
-            ensure!(
-                !strict,
-                "walker {}: the expired token's unauthorized for {expired} was not followed by its unsubscribed: {ev}",
-                self.id
-            );
-        }
-        if let Some((kind, colon)) = presence_kind(&name) {
-            self.observe_presence(&ev, &channel, kind, colon)?;
-            return Ok(ev);
-        }
-        match name.as_str() {
-            "realtime.message" => self.observe_message(&ev, channel)?,
-            "subscribed" => {
-                let seq = ev["seq"].as_u64().context("subscribed seq")?;
-                let f = self
-                    .following
-                    .get_mut(&channel)
-                    .with_context(|| format!("an unasked subscribed: {ev}"))?;
-                ensure!(f.answers_due > 0, "an extra subscribed: {ev}");
-                f.answers_due -= 1;
-                if f.answers_due == 0 {
-                    if let Some((from, seqs)) = f.window.take() {
-                        ensure!(ev["recovered"] == true, "resume not recovered: {ev}");
-                        let want: BTreeSet<u64> = (from + 1..=seq).collect();
-                        ensure!(
-                            seqs == want,
-                            "walker {}: {channel} resumed from {from}, answered at {seq}, seen {seqs:?}",
-                            self.id
-                        );
-                        f.next = seq + 1;
-                    } else if f.resuming {
-                        ensure!(ev["recovered"] == true, "resume not recovered: {ev}");
-                        ensure!(
-                            f.next == seq + 1,
-                            "walker {}: resume answered at seq {seq} after replaying up to {}",
-                            self.id,
-                            f.next - 1
-                        );
-                    } else {
-                        f.next = seq + 1;
-                    }
-                    f.resuming = false;
-                    f.interval = None;
-                }
-                self.epoch.insert(channel, ev["epoch"].clone());
-            }
-            "unsubscribed" => {
-                let f = self
-                    .following
-                    .remove(&channel)
-                    .with_context(|| format!("an unasked unsubscribed: {ev}"))?;
-                ensure!(f.leaving, "unsubscribed without unsubscribe: {ev}");
-            }
-            "error" => self.observe_error(&ev, channel)?,
-            "ack" | "pong" | "connected" => {}
-            other => bail!("walker {}: unknown event {other}: {ev}", self.id),
-        }
-        Ok(ev)
-    }
-
     fn observe_message(&mut self, ev: &Value, channel: String) -> Result<()> {
         let seq = ev["seq"].as_u64().context("message seq")?;
         let id = self.id;
@@ -438,19 +327,9 @@ impl Walker<'_> {
             .get_mut(&channel)
             .with_context(|| format!("a message for an unfollowed channel: {ev}"))?;
         let live = f.settled();
-        if let Some((from, seqs)) = &mut f.window {
-            ensure!(
-                seq > *from && seqs.insert(seq),
-                "walker {id}: {channel} seq {seq} again, or not after {from}: {ev}"
-            );
-        } else {
-            ensure!(
-                seq == f.next,
-                "walker {id}: {channel} seq {seq}, expected {} (gap, duplicate, or before the answer): {ev}",
-                f.next
-            );
-            f.next = seq + 1;
-        }
+        f.delivery
+            .message(seq)
+            .map_err(|e| anyhow::anyhow!("walker {id}: {channel} {e}: {ev}"))?;
         if live {
             if let Some((k, events)) = f.interval.take() {
                 if k + 1 == seq {
@@ -551,7 +430,7 @@ impl Walker<'_> {
                 .get(&channel)
                 .filter(|f| f.expiring.is_some())
             {
-                let answered = f.answers_due == 0;
+                let answered = f.delivery.answers_due == 0;
                 if !answered {
                     // Refused at the subscribe (the token was already past), or ended
                     // while pending: in that case `unsubscribed` comes next.
@@ -565,23 +444,11 @@ impl Walker<'_> {
     }
 
     /// Observes events until `done` holds for one.
-    fn until(&mut self, what: &str, mut done: impl FnMut(&Value) -> bool) -> Result<Value> {
-        for _ in 0..100_000 {
-            let ev = self
-                .observe()
-                .with_context(|| format!("waiting for {what}"))?;
-            if done(&ev) {
-                return Ok(ev);
-            }
-        }
-        bail!("walker {}: no {what} in 100,000 events", self.id)
-    }
-
     fn settle(&mut self, channel: &str) -> Result<()> {
         while self
             .following
             .get(channel)
-            .is_some_and(|f| f.answers_due > 0 || f.leaving)
+            .is_some_and(|f| !f.delivery.answered() || f.leaving)
         {
             self.observe()
                 .with_context(|| format!("settling {channel}"))?;
@@ -617,7 +484,7 @@ impl Walker<'_> {
     fn subscribe_plain(&mut self, channel: &str) -> Result<()> {
         self.twin_applied(channel)?;
         self.following
-            .insert(channel.to_owned(), Following::new(0, 1, false));
+            .insert(channel.to_owned(), Following::new(Delivery::plain()));
         let mut frame = json!({"action": "subscribe", "channel": channel});
         self.token_field(channel, &mut frame);
         self.send(&frame)?;
@@ -634,7 +501,7 @@ impl Walker<'_> {
 
     fn send_expiring(&mut self, channel: &str, token: String) -> Result<()> {
         self.twin_applied(channel)?;
-        let mut f = Following::new(0, 1, false);
+        let mut f = Following::new(Delivery::plain());
         f.expiring = Some(token.clone());
         self.following.insert(channel.to_owned(), f);
         self.send(&json!({"action": "subscribe", "channel": channel, "token": token}))
@@ -645,8 +512,7 @@ impl Walker<'_> {
     fn send_resume(&mut self, channel: &str, plain_first: bool) -> Result<()> {
         self.twin_applied(channel)?;
         let last = self.last_seen.get(channel).copied().unwrap_or(0);
-        let mut f = Following::new(last + 1, 1 + u32::from(plain_first), true);
-        f.window = plain_first.then(|| (last, BTreeSet::new()));
+        let f = Following::new(Delivery::resume(last, plain_first));
         self.following.insert(channel.to_owned(), f);
         if plain_first {
             let mut frame = json!({"action": "subscribe", "channel": channel});
@@ -792,7 +658,7 @@ impl Walker<'_> {
             while self
                 .following
                 .get(channel)
-                .is_some_and(|f| f.settled() && f.next <= seq)
+                .is_some_and(|f| f.settled() && f.delivery.next <= seq)
             {
                 self.observe()
                     .with_context(|| format!("waiting for the barrier {channel} seq {seq}"))?;
@@ -1263,6 +1129,61 @@ impl Walker<'_> {
     }
 }
 
+impl Observe for Walker<'_> {
+    fn observe(&mut self) -> Result<Value> {
+        let left = self.left()?;
+        let ev = self.client.recv_event(left)?;
+        self.note(format!("<- {ev}"));
+        let channel = ev["channel"].as_str().unwrap_or("").to_owned();
+        let name = ev["event"].as_str().unwrap_or("").to_owned();
+        if let Some((expired, strict)) = self.after_expiry.take() {
+            if name == "unsubscribed" && channel == expired {
+                self.following.remove(&channel);
+                self.report.expiries += 1;
+                return Ok(ev);
+            }
+            ensure!(
+                !strict,
+                "walker {}: the expired token's unauthorized for {expired} was not followed by its unsubscribed: {ev}",
+                self.id
+            );
+        }
+        if let Some((kind, colon)) = presence_kind(&name) {
+            self.observe_presence(&ev, &channel, kind, colon)?;
+            return Ok(ev);
+        }
+        match name.as_str() {
+            "realtime.message" => self.observe_message(&ev, channel)?,
+            "subscribed" => {
+                let seq = ev["seq"].as_u64().context("subscribed seq")?;
+                let f = self
+                    .following
+                    .get_mut(&channel)
+                    .with_context(|| format!("an unasked subscribed: {ev}"))?;
+                let done = f
+                    .delivery
+                    .subscribed(seq, ev["recovered"] == true)
+                    .map_err(|e| anyhow::anyhow!("walker {}: {channel}: {e}: {ev}", self.id))?;
+                if done {
+                    f.interval = None;
+                }
+                self.epoch.insert(channel, ev["epoch"].clone());
+            }
+            "unsubscribed" => {
+                let f = self
+                    .following
+                    .remove(&channel)
+                    .with_context(|| format!("an unasked unsubscribed: {ev}"))?;
+                ensure!(f.leaving, "unsubscribed without unsubscribe: {ev}");
+            }
+            "error" => self.observe_error(&ev, channel)?,
+            "ack" | "pong" | "connected" => {}
+            other => bail!("walker {}: unknown event {other}: {ev}", self.id),
+        }
+        Ok(ev)
+    }
+}
+
 fn config() -> String {
     format!(
         "[[tenants]]\nid = \"dev\"\nplan = \"enterprise\"\npresence_ttl_secs = {MAIN_TTL_SECS}\n\
@@ -1273,13 +1194,7 @@ fn config() -> String {
 }
 
 fn seed() -> Result<u64> {
-    let Ok(text) = std::env::var("RINGCAST_SOAK_SEED") else {
-        return Ok(DEFAULT_SEED);
-    };
-    Ok(match text.strip_prefix("0x") {
-        Some(hex) => u64::from_str_radix(hex, 16)?,
-        None => text.parse()?,
-    })
+    soak_seed(DEFAULT_SEED)
 }
 
 /// Mints a walker's tokens: the full one of the first private channel over the API, of
@@ -1346,14 +1261,14 @@ fn http_api_presence_and_private_channels_agree_with_the_websocket_walk() -> Res
             id,
             server: &server,
             acked: &acked,
-            rng: Rng(seed ^ (id as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+            rng: Rng::new(seed, id as u64),
             client: Client::open(&server, query)?,
             dotted,
             api: HttpConn::open(&server)?,
             twin: Client::open(&server, "")?,
             twin_user: HashMap::new(),
             twin_dirty: HashSet::new(),
-            trail: VecDeque::new(),
+            trail: Trail::new(60, 220),
             deadline,
             tokens: mint_tokens(&server, &config_path, &format!("u{id}"))?,
             epoch: HashMap::new(),
@@ -1390,10 +1305,9 @@ fn http_api_presence_and_private_channels_agree_with_the_websocket_walk() -> Res
                     }
                     let outcome = outcome.and_then(|()| walker.finish().context("finishing"));
                     if let Err(e) = outcome {
-                        let trail: Vec<_> = walker.trail.iter().cloned().collect();
                         return Err(e.context(format!(
                             "walker {id}, seed {seed:#x}; last frames:\n{}",
-                            trail.join("\n")
+                            walker.trail.text()
                         )));
                     }
                     walker.report.walked = started.elapsed();

@@ -8,7 +8,7 @@
 //! each id once, in increasing order, and exactly the reference's events its filter
 //! takes from its first event on; no `ren.meta` (nothing is older than the buffer).
 //! Mirrored messages carry the channel, data and seq their publish was acknowledged with,
-//! and every app event arrives once. `RINGCAST_SOAK_SEED=<hex>` replays a walk.
+//! and every app event arrives once. `RINGCAST_SOAK_SEED=<0x-hex>` replays a walk.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use ringcast_tests::sse::{SseEvent, SseItem, SseStream};
+use ringcast_tests::walk::{soak_seed, Rng};
 use ringcast_tests::{http_request, json, Client, HttpResponse, Server, TIMEOUT};
 use serde_json::Value;
 
@@ -43,21 +44,6 @@ struct Seen {
     id: u64,
     r: String,
     data: Value,
-}
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
 }
 
 fn post(server: &Server, path: &str, body: &str) -> Result<HttpResponse> {
@@ -233,17 +219,14 @@ fn produce(server: &Server, id: usize, mut rng: Rng, produced: &Mutex<Produced>)
 
 #[test]
 fn readers_resuming_at_random_get_every_event_their_filter_takes_once() -> Result<()> {
-    let seed = match std::env::var("RINGCAST_SOAK_SEED") {
-        Ok(s) => u64::from_str_radix(s.trim_start_matches("0x"), 16).context("hex seed")?,
-        Err(_) => 0x5eed_0000_0000_0ee1,
-    };
+    let seed = soak_seed(0x5eed_0000_0000_0ee1)?;
     let server = Arc::new(Server::start(&["--shards", "3"])?);
     let deadline = Instant::now() + SOAK_LIMIT;
-    let rng = |k: u64| Rng(seed ^ (k + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let rng = |k: u64| Rng::new(seed, k);
     let (ready, opened) = std::sync::mpsc::channel();
     let reference = {
         let (server, ready) = (server.clone(), ready.clone());
-        std::thread::spawn(move || read(&server, "*", Rng(1), false, deadline, ready))
+        std::thread::spawn(move || read(&server, "*", Rng::new(seed, 99), false, deadline, ready))
     };
     let mut readers = Vec::new();
     for (k, filter) in FILTERS.iter().enumerate() {

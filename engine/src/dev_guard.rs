@@ -4,19 +4,19 @@
 //! preflight, or open a WebSocket to its channels; and a DNS name rebound to the
 //! server's address could read its history as a same-origin page).
 //!
-//! - The `Host` must be `localhost`, a `*.localhost` name, a `*.internal` name
-//!   (`host.docker.internal`, `host.containers.internal`, `host.lima.internal`, …), an IP
+//! - The `Host` must be `localhost`, a `*.localhost` name, one of the names container
+//!   runtimes give the host (`host.docker.internal`, `host.containers.internal`, …), an IP
 //!   address, a name without a dot (a container's or the machine's own name), or one of
 //!   `dev_allowed_hosts`: a public DNS name can be rebound to any address, so it is
-//!   taken only when listed (a tunnel's, a LAN name). `.internal` is ICANN's reserved
-//!   private-use TLD, so no public name can be rebound under it.
+//!   taken only when listed (a tunnel's, a LAN name).
 //! - An `Origin`, when the tenant has no `allowed_origins`, must be a page of this
 //!   machine (`localhost`, a `*.localhost` name, a loopback address, `0.0.0.0` or `::`),
 //!   the request's own host (which passed the `Host` check), or one of
 //!   `dev_allowed_hosts` (found in review: with a page behind one tunnel and the server
 //!   behind another, both listed, the page was refused). A private or link-local
 //!   address is taken only when the server was reached over the network (the `Host` is
-//!   not a loopback name or address: those hosts can reach it directly anyway) or when
+//!   a non-loopback address, or a name listed in `dev_allowed_hosts`: those hosts can
+//!   reach it directly anyway; an unlisted name may point at 127.0.0.1) or when
 //!   it is one of this machine's own addresses (found in review: any private address was
 //!   taken, so a page from another guest of a café's Wi-Fi could drive a server that
 //!   listens on loopback only, which that guest cannot reach by itself). With
@@ -53,7 +53,8 @@ pub fn check(head: &RequestHead, config: &Config, tenant: &Tenant) -> Result<(),
         return Err(Refusal::new(
             ApiError::Forbidden,
             format!(
-                "a --dev server answers Host `localhost`, a *.localhost or *.internal name, \
+                "a --dev server answers Host `localhost`, a *.localhost name, a container \
+                 runtime's name for the host (host.docker.internal, …), \
                  an IP address, a name without a dot or one listed in dev_allowed_hosts, not \
                  `{host}` (a DNS name pointed at this server is how a foreign page would \
                  reach it)"
@@ -177,10 +178,23 @@ fn is_listed(host: &str, listed: &[String]) -> bool {
     listed.iter().any(|l| same_host(l, host))
 }
 
+/// The names container and VM runtimes give the host machine (under `.internal`, the
+/// reserved private-use TLD). Only these: a company's own `.internal` zone is a DNS name
+/// like any other, which a colleague's machine could rebind (found in review: every
+/// `*.internal` name was taken).
+const CONTAINER_HOSTS: [&str; 6] = [
+    "host.docker.internal",
+    "gateway.docker.internal",
+    "kubernetes.docker.internal",
+    "host.containers.internal",
+    "host.lima.internal",
+    "host.orb.internal",
+];
+
 /// Whether a request's `Host` can be taken: not a DNS name an attacker could point here.
 fn host_allowed(host: &str, listed: &[String]) -> bool {
     is_localhost(host)
-        || ends_with_label(host, ".internal")
+        || CONTAINER_HOSTS.iter().any(|h| h.eq_ignore_ascii_case(host))
         || host.parse::<IpAddr>().is_ok()
         || !host.contains('.')
         || is_listed(host, listed)
@@ -250,8 +264,16 @@ fn origin_allowed(
     match place(origin_host) {
         Place::ThisMachine => Ok(()),
         Place::Network(ip) => {
-            // A request without a Host is taken as one over loopback: it proves nothing.
-            let over_network = host.is_some_and(|host| place(host) != Place::ThisMachine);
+            // Reached over the network only when the Host says so beyond doubt: a
+            // non-loopback address, or a name the operator listed. A name without a dot
+            // or a container name may point at 127.0.0.1 in /etc/hosts (`localhost4`,
+            // the machine's own name, `kubernetes.docker.internal`; found in review: such
+            // a Host let any private page through), and a request without a Host proves
+            // nothing.
+            let over_network = host.is_some_and(|host| {
+                let address = host.parse::<IpAddr>().is_ok();
+                (address && place(host) != Place::ThisMachine) || is_listed(host, listed)
+            });
             if over_network || own_addresses().iter().any(|a| a.to_canonical() == ip) {
                 Ok(())
             } else {
@@ -407,6 +429,21 @@ mod tests {
             assert_eq!(verdict("fd00::2", host, &[], &own), Ok(()), "{host}");
             assert_eq!(verdict("::ffff:192.168.1.5", host, &[], &own), Ok(()));
         }
+        // Names that may point at 127.0.0.1 in /etc/hosts prove nothing either (found
+        // in review: `localhost4` let any private page through).
+        for host in [
+            "localhost4",
+            "ip6-localhost",
+            "ringcast",
+            "kubernetes.docker.internal",
+            "host.docker.internal",
+        ] {
+            assert_eq!(
+                verdict("192.168.1.77", host, &[], &own),
+                Err(Refused::OtherMachine),
+                "{host}"
+            );
+        }
         // No Host proves nothing: taken as loopback.
         assert_eq!(
             origin_allowed("192.168.1.77", None, &[], || ips(&own)),
@@ -419,14 +456,8 @@ mod tests {
     #[test]
     fn a_private_page_on_a_server_reached_over_the_network_is_taken() {
         let asked = std::cell::Cell::new(false);
-        for host in [
-            "192.168.1.5",
-            "10.0.0.2",
-            "fd00::2",
-            "ringcast",
-            "host.docker.internal",
-        ] {
-            let listed: Vec<String> = Vec::new();
+        for host in ["192.168.1.5", "10.0.0.2", "fd00::2", "mybox.lan"] {
+            let listed: Vec<String> = vec!["mybox.lan".to_owned()];
             let ok = origin_allowed("192.168.1.77", Some(host), &listed, || {
                 asked.set(true);
                 Vec::new()
@@ -506,6 +537,8 @@ mod tests {
             "internal.evil.example",
             "evil.internal.example",
             ".internal.",
+            "dc1.corp.internal",
+            "app.internal",
         ] {
             assert!(!host_allowed(refused, &listed), "{refused}");
         }

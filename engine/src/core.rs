@@ -1618,7 +1618,12 @@ impl ShardCore {
                 }
             }
             match outcome {
-                Ok(answer) => self.push_subscribed(conn, key, answer),
+                Ok(mut answer) => {
+                    if let Some(first) = state.and_then(Sub::live) {
+                        answer.drop_from(first.seq());
+                    }
+                    self.push_subscribed(conn, key, answer)
+                }
                 Err(error) => {
                     self.push(conn, error);
                 }

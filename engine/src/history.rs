@@ -240,8 +240,9 @@ impl HistoryStore {
         let seq = self.last_seq(history);
         let mut answer = SubscribeAnswer {
             replay: Vec::new(),
+            replay_from: 0,
             seq,
-            epoch: history.epoch(),
+            epoch: history.epoch().into_boxed_str(),
             recovered: true,
         };
         let Some(after) = last_event_id else {
@@ -251,15 +252,17 @@ impl HistoryStore {
             // Nothing was ever published in this history: nothing after 0 can be missing
             // from it. A position in another epoch may have missed messages of that one
             // (freed with its ring since), so it must refetch.
-            answer.recovered = after == 0 && epoch.is_none_or(|e| e == answer.epoch);
+            answer.recovered = after == 0 && epoch.is_none_or(|e| e == &*answer.epoch);
             return answer;
         };
-        if epoch.is_some_and(|e| e != answer.epoch) || after > seq {
+        if epoch.is_some_and(|e| e != &*answer.epoch) || after > seq {
             // The client's position belongs to another history: it must refetch.
             answer.recovered = false;
             return answer;
         }
-        answer.recovered = self.store.replay_complete(ring, Seq(after));
+        // A resume on a live subscription needs only the seqs below the live ones.
+        let needs_none = replay_below.is_some_and(|below| below <= after.saturating_add(1));
+        answer.recovered = needs_none || self.store.replay_complete(ring, Seq(after));
         // Newest first, so a replay too big for the subscriber's buffer keeps its newest
         // messages (contiguous with what comes live) and copies no more than it keeps.
         let mut bytes = 0;
@@ -275,6 +278,7 @@ impl HistoryStore {
                 break;
             }
             answer.replay.push(Bytes::copy_from_slice(record.payload));
+            answer.replay_from = record.seq.0;
         }
         answer.replay.reverse();
         answer
@@ -353,15 +357,28 @@ impl ChannelHistory {
 pub struct SubscribeAnswer {
     /// Replayed messages, oldest first: the newest that fit the replay's byte bound.
     pub replay: Vec<Bytes>,
+    /// The seq of `replay[0]`; the others follow one by one (kept records are one run).
+    pub replay_from: u64,
     /// Latest seq.
     pub seq: u64,
     /// The history's epoch, as sent to clients.
-    pub epoch: String,
+    pub epoch: Box<str>,
     /// Whether every message after `lastEventId` was replayed.
     pub recovered: bool,
 }
 
 impl SubscribeAnswer {
+    /// Drops the replayed messages at or after seq `first_live`: the connection was sent
+    /// those live (found in review: a plain subscribe answered while a resume and then
+    /// another plain subscribe were on their way made the connection live, and the
+    /// resume's full replay then sent those messages again).
+    pub fn drop_from(&mut self, first_live: u64) {
+        let keep = first_live.saturating_sub(self.replay_from);
+        if (keep as usize) < self.replay.len() {
+            self.replay.truncate(keep as usize);
+        }
+    }
+
     /// Keeps the newest messages of the replay that fit in `max_bytes`; if that drops
     /// any, the answer is no longer `recovered`. Returns whether it dropped some.
     pub fn truncate_to(&mut self, max_bytes: usize) -> bool {
@@ -380,6 +397,7 @@ impl SubscribeAnswer {
             return false;
         }
         self.replay.drain(..dropped);
+        self.replay_from += dropped as u64;
         self.recovered = false;
         true
     }

@@ -494,6 +494,36 @@ mod tests {
         }
     }
 
+    /// A resume on a live subscription needs only the seqs below its first live one:
+    /// when those are all there (here: none needed), it is `recovered`, even though
+    /// older messages than `lastEventId` the free plan's bound dropped (found in review:
+    /// it said `recovered: false` because the whole range to the latest seq was asked
+    /// of the history). The replay holds only seqs below the live ones.
+    #[test]
+    fn a_resume_below_the_live_seqs_is_recovered_when_those_are_kept() {
+        let tenant = dev_tenant();
+        let (_data, mut table) = fresh_table(&HistoryConfig::default());
+        let key = key("c");
+        // Free plan: 100 kept. Live from 141 on (answered at 140), then 110 more came
+        // live: 250 published, 151..=250 kept.
+        for _ in 0..250 {
+            append(&mut table, &key, 5);
+        }
+        table.open(&key, &tenant, 5);
+        // Resumed after 140: nothing needed, nothing replayed, recovered.
+        let answer = table.subscribe_answer(&key, Some(140), None, 1 << 20, Some(141));
+        assert!(answer.replay.is_empty());
+        assert!(answer.recovered);
+        // Resumed after 120: 121..=140 were needed and are gone.
+        let answer = table.subscribe_answer(&key, Some(120), None, 1 << 20, Some(141));
+        assert!(answer.replay.is_empty());
+        assert!(!answer.recovered);
+        // Live from 201 on: resumed after 180, 181..=200 replayed (the rest came live).
+        let answer = table.subscribe_answer(&key, Some(180), None, 1 << 20, Some(201));
+        assert_eq!((answer.replay.len(), answer.replay_from), (20, 181));
+        assert!(answer.recovered);
+    }
+
     #[test]
     fn a_publish_gets_the_next_seq_in_its_frame_and_its_history() {
         let tenant = dev_tenant();

@@ -859,6 +859,38 @@ fn a_resume_after_a_plain_answer_replays_only_what_was_not_sent_live() {
     assert_eq!(seqs(&events), [1, 2], "{events:?}");
 }
 
+/// A plain subscribe, a resume and another plain subscribe before any answer, with
+/// publishes landing between them at the owner: the first answer makes the connection
+/// live (the latest request is plain), so the resume's replay must not send what came
+/// live again (found in review). Each seq once.
+#[test]
+fn plain_resume_plain_before_any_answer_delivers_each_message_once() {
+    let mut cluster = Cluster::new(3);
+    let channel = cluster.channel_owned_by(1, "dup3:");
+    let publisher = cluster.connect(2);
+    let publish = format!(r#"{{"action":"publish","channel":"{channel}","data":1}}"#);
+    cluster.send(2, &publisher, &publish);
+    cluster.pump();
+    let sub = cluster.connect(0);
+    let plain = format!(r#"{{"action":"subscribe","channel":"{channel}"}}"#);
+    let resume = format!(r#"{{"action":"subscribe","channel":"{channel}","lastEventId":0}}"#);
+    cluster.send(0, &sub, &plain);
+    cluster.send(2, &publisher, &publish);
+    cluster.send(0, &sub, &resume);
+    cluster.send(2, &publisher, &publish);
+    cluster.send(0, &sub, &plain);
+    cluster.pump();
+    let events = take(&sub);
+    let mut got = seqs(&events);
+    got.sort_unstable();
+    assert_eq!(got, [1, 2, 3], "each seq once: {events:?}");
+    let answers = events.iter().filter(|e| e["event"] == "subscribed").count();
+    assert_eq!(answers, 3, "{events:?}");
+    cluster.send(2, &publisher, &publish);
+    cluster.pump();
+    assert_eq!(seqs(&take(&sub)), [4], "live afterwards, once");
+}
+
 /// Resumes are paced per connection: each one sent to another shard counts as in flight
 /// until answered, and an answer whose replay fills the queue past half asks the session
 /// to wait for room; `Conn::may_read` says when it may act on its next frame.

@@ -55,11 +55,16 @@ pub fn open_all(
     let cfg = store_config(config, shards);
     let owner = |key: &[u8]| log_key_owner(key, shards).unwrap_or(ShardId(0)).index();
     let data_span = |frame: &[u8]| event::message_data_span(frame).unwrap_or(0..0);
-    let started = open_for_start(&root, shards, cfg, owner, data_span)?;
-    for report in &started.removed {
-        log_open_report(report);
-    }
+    // Told as each store opens, before a later step could fail (found in review).
+    let on_open = |k: usize, report: &ShardOpenReport| log_open_report(k, shards, report);
+    let started = open_for_start(&root, shards, cfg, owner, data_span, on_open)?;
     let migrated = &started.migrated;
+    for path in &migrated.unreadable {
+        tracing::warn!(
+            path = %path.display(),
+            "history: a format-1 log whose header is unreadable was removed; its channel starts a new epoch"
+        );
+    }
     if migrated.migrated > 0 || !migrated.unreadable.is_empty() {
         tracing::info!(
             logs = migrated.migrated,
@@ -79,24 +84,29 @@ pub fn open_all(
     Ok(started
         .stores
         .into_iter()
-        .map(|(store, report)| {
-            log_open_report(&report);
-            HistoryStore::new(store, config)
-        })
+        .map(|store| HistoryStore::new(store, config))
         .collect())
 }
 
-/// Logs what a store's recovery found that an operator should know: channels whose
-/// history was lost, segments set aside, records dropped.
-fn log_open_report(report: &ShardOpenReport) {
+/// Logs what shard `k`'s store recovery found that an operator should know: channels
+/// whose history was lost, segments set aside, records dropped. A shard at or past
+/// `shards` is a directory a run with more shards left: its rings move and it is removed
+/// (a segment set aside there goes with it).
+fn log_open_report(k: usize, shards: usize, report: &ShardOpenReport) {
+    let surplus = k >= shards;
     for (key, reason) in &report.rings_reset {
-        tracing::warn!(key = %String::from_utf8_lossy(key), %reason, "history reset: new epoch");
+        tracing::warn!(shard = k, key = %String::from_utf8_lossy(key), %reason, "history reset: new epoch");
     }
     for (path, reason) in &report.segments_discarded {
-        tracing::warn!(path = %path.display(), %reason, "history segment set aside");
+        if surplus {
+            tracing::warn!(shard = k, path = %path.display(), %reason, "history segment unreadable, in a shard directory past the shard count that is now removed");
+        } else {
+            tracing::warn!(shard = k, path = %path.display(), %reason, "history segment set aside");
+        }
     }
     if report.torn_tail_dropped > 0 {
         tracing::warn!(
+            shard = k,
             dropped = report.torn_tail_dropped,
             "history: records failing their checksum dropped"
         );

@@ -50,12 +50,8 @@ struct Owned {
 /// A data directory's shard stores, each opened once at start-up ([`open_for_start`]).
 #[derive(Debug)]
 pub struct Started {
-    /// The stores of shards `0..shards`, each with what its recovery found.
-    pub stores: Vec<(ShardStore, ShardOpenReport)>,
-    /// What recovery found in the stores of shards at or past `shards` (a run with more
-    /// shards left them); their rings were moved to their owners and their directories
-    /// removed.
-    pub removed: Vec<ShardOpenReport>,
+    /// The stores of shards `0..shards`.
+    pub stores: Vec<ShardStore>,
     /// The format-1 logs carried over.
     pub migrated: MigrateReport,
     /// The rings moved to their owners for the shard count.
@@ -63,29 +59,35 @@ pub struct Started {
 }
 
 /// What a server runs before its shards start: opens every shard store under `root`
-/// once, carries the format-1 logs directly in `root` over ([`migrate_v1`]), moves rings
-/// whose owner changed with the shard count ([`reshard`]), and hands the stores of
-/// shards `0..shards` on with their open reports (found in review: start-up opened
-/// every store once per step, so each recovery ran two or three times, and what the
-/// first found, a ring reset or a segment set aside, was repaired without a word).
+/// once, and hands `on_open` each one's index and open report as soon as it is open (so
+/// what recovery found and repaired is told even when a later step fails; shard
+/// indexes at or past `shards` are directories a run with more shards left). Then
+/// carries the format-1 logs directly in `root` over ([`migrate_v1`]), moves rings
+/// whose owner changed with the shard count ([`reshard`]), and hands on the stores of
+/// shards `0..shards` (found in review: start-up opened every store once per step, so
+/// each recovery ran two or three times, and what the first found, a ring reset or a
+/// segment set aside, was repaired without a word).
 pub fn open_for_start(
     root: &Path,
     shards: usize,
     cfg: StoreConfig,
     owner_of: impl Fn(&[u8]) -> usize,
     data_span: impl Fn(&[u8]) -> Range<u32>,
+    mut on_open: impl FnMut(usize, &ShardOpenReport),
 ) -> Result<Started, StoreError> {
-    let (mut stores, mut reports): (Vec<_>, Vec<_>) =
-        open_all(root, existing_shards(root, shards), cfg)?
-            .into_iter()
-            .unzip();
+    let mut stores = Vec::new();
+    for (k, (store, report)) in open_all(root, existing_shards(root, shards), cfg)?
+        .into_iter()
+        .enumerate()
+    {
+        on_open(k, &report);
+        stores.push(store);
+    }
     let migrated = migrate_into(root, &mut stores[..shards], &owner_of, &data_span)?;
     let moved = move_to_owners(&mut stores, shards, &owner_of)?;
-    let removed = reports.split_off(shards);
     let dirs_removed = remove_surplus(root, &mut stores, shards)?;
     Ok(Started {
-        stores: stores.into_iter().zip(reports).collect(),
-        removed,
+        stores,
         migrated,
         resharded: ReshardReport {
             moved,

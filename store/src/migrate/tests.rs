@@ -258,16 +258,16 @@ fn open_for_start_reports_what_the_one_open_found_and_hands_on_the_stores() {
         std::fs::write(&spare, b"not a segment header").unwrap();
     }
     let no_v1 = |_: &[u8]| 0..0;
-    let started = open_for_start(root.path(), 2, cfg(), owner(2), no_v1).unwrap();
+    let mut reports = Vec::new();
+    let on_open = |k, r: &ShardOpenReport| reports.push((k, r.segments_discarded.len()));
+    let started = open_for_start(root.path(), 2, cfg(), owner(2), no_v1, on_open).unwrap();
     assert_eq!(started.stores.len(), 2);
-    assert_eq!(started.stores[0].1.segments_discarded.len(), 1);
-    assert_eq!(started.removed.len(), 1);
-    assert_eq!(started.removed[0].segments_discarded.len(), 1);
+    assert_eq!(reports, [(0, 1), (1, 0), (2, 1)]);
     assert!(started.resharded.moved > 0);
     assert_eq!(started.resharded.dirs_removed, 1);
     assert!(!ShardStore::shard_dir(root.path(), 2).exists());
     for (key, want) in &expect {
-        let (s, _) = &started.stores[owner(2)(key)];
+        let s = &started.stores[owner(2)(key)];
         assert_eq!(&contents(s, key), want);
         s.check_invariants().unwrap();
     }
@@ -293,9 +293,9 @@ fn evictions_during_the_start_up_moves_reach_the_serving_store() {
         ..cfg()
     };
     let no_v1 = |_: &[u8]| 0..0;
-    let mut started = open_for_start(root.path(), 2, bounded, |_| 1, no_v1).unwrap();
+    let mut started = open_for_start(root.path(), 2, bounded, |_| 1, no_v1, |_, _| {}).unwrap();
     assert_eq!(started.resharded.moved, keys.len());
-    let target = &mut started.stores[1].0;
+    let target = &mut started.stores[1];
     let evicted = target.take_evicted();
     assert!(!evicted.is_empty(), "the bound must have evicted some");
     let kept = keys

@@ -79,28 +79,36 @@ fn v1_logs_move_into_their_owner_shards_with_the_same_epoch_and_seqs() {
     assert_eq!(again.migrated, 0);
 }
 
+/// `rings` rings (`k0`, `k1`, …, ring `i` with `i` records) in three shard stores under
+/// `root`, each in the store `owner(3)` picks, synced; returns each key's contents.
+fn fill_three_shards(root: &std::path::Path, rings: u8) -> Vec<([u8; 2], Contents)> {
+    let mut stores: Vec<ShardStore> = (0..3)
+        .map(|k| {
+            ShardStore::open(&ShardStore::shard_dir(root, k), cfg())
+                .unwrap()
+                .0
+        })
+        .collect();
+    let mut expect = Vec::new();
+    for i in 0..rings {
+        let key = [b'k', i];
+        let s = &mut stores[owner(3)(&key)];
+        let r = s.create(&key, Epoch(u64::from(i) + 1), 50).unwrap();
+        for n in 0..u64::from(i) {
+            s.append(r, n, None, &[i; 40], 0..40).unwrap();
+        }
+        expect.push((key, contents(s, &key)));
+    }
+    for s in &mut stores {
+        s.sync_all().unwrap();
+    }
+    expect
+}
+
 #[test]
 fn reshard_moves_rings_to_their_new_owner_and_removes_surplus_shard_dirs() {
     let root = tempfile::tempdir().unwrap();
-    let mut expect = Vec::new();
-    {
-        let mut stores: Vec<ShardStore> = (0..3)
-            .map(|k| {
-                ShardStore::open(&ShardStore::shard_dir(root.path(), k), cfg())
-                    .unwrap()
-                    .0
-            })
-            .collect();
-        for i in 0..30u8 {
-            let key = [b'k', i];
-            let s = &mut stores[owner(3)(&key)];
-            let r = s.create(&key, Epoch(u64::from(i) + 1), 50).unwrap();
-            for n in 0..u64::from(i) {
-                s.append(r, n, None, &[i; 40], 0..40).unwrap();
-            }
-            expect.push((key, contents(s, &key)));
-        }
-    }
+    let expect = fill_three_shards(root.path(), 30);
     let report = reshard(root.path(), 2, cfg(), owner(2)).unwrap();
     assert!(report.moved > 0);
     assert_eq!(report.dirs_removed, 1);
@@ -229,28 +237,7 @@ fn a_rerun_with_another_shard_count_keeps_the_copy_further_ahead() {
 #[test]
 fn open_for_start_reports_what_the_one_open_found_and_hands_on_the_stores() {
     let root = tempfile::tempdir().unwrap();
-    let mut expect = Vec::new();
-    {
-        let mut stores: Vec<ShardStore> = (0..3)
-            .map(|k| {
-                ShardStore::open(&ShardStore::shard_dir(root.path(), k), cfg())
-                    .unwrap()
-                    .0
-            })
-            .collect();
-        for i in 0..12u8 {
-            let key = [b'k', i];
-            let s = &mut stores[owner(3)(&key)];
-            let r = s.create(&key, Epoch(u64::from(i) + 1), 50).unwrap();
-            for n in 0..u64::from(i) {
-                s.append(r, n, None, &[i; 40], 0..40).unwrap();
-            }
-            expect.push((key, contents(s, &key)));
-        }
-        for s in &mut stores {
-            s.sync_all().unwrap();
-        }
-    }
+    let expect = fill_three_shards(root.path(), 12);
     // A spare segment (no ring in it) in shard 0 and one in shard 2, damaged.
     for k in [0, 2] {
         let dir = ShardStore::shard_dir(root.path(), k);

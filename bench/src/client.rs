@@ -962,27 +962,8 @@ mod tests {
         let addr = listener.local_addr().expect("addr");
         let t = std::thread::spawn(move || {
             for close in closes {
-                let (mut s, _) = listener.accept().expect("accept");
-                let mut req = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !contains(&req, b"\r\n\r\n") {
-                    let n = s.read(&mut buf).expect("read");
-                    assert!(n > 0, "client went before its request ended");
-                    req.extend_from_slice(&buf[..n]);
-                }
-                let text = String::from_utf8_lossy(&req).into_owned();
-                let key = text
-                    .lines()
-                    .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
-                    .expect("key")
-                    .trim()
-                    .to_owned();
-                let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
-                let mut out = format!(
-                    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
-                     Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
-                )
-                .into_bytes();
+                let mut s = ws::accept_handshake(&listener);
+                let mut out = Vec::new();
                 ws::encode_server_frame(ws::OP_TEXT, &message, &mut out);
                 if let Some(body) = close {
                     ws::encode_server_frame(ws::OP_CLOSE, &body, &mut out);

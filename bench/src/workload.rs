@@ -1063,28 +1063,8 @@ mod tests {
     /// Accepts one connection on `listener` and answers as the floor does: the handshake,
     /// then the client's subscribe with `{"event":"subscribed"}`.
     fn accept_floor(listener: &TcpListener) -> TcpStream {
-        let (mut s, _) = listener.accept().expect("accept");
-        let mut req = Vec::new();
+        let mut s = ws::accept_handshake(listener);
         let mut buf = [0u8; 1024];
-        while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-            let n = s.read(&mut buf).expect("read");
-            assert!(n > 0, "client went before its request ended");
-            req.extend_from_slice(&buf[..n]);
-        }
-        let text = String::from_utf8_lossy(&req).into_owned();
-        let key = text
-            .lines()
-            .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
-            .expect("key")
-            .trim()
-            .to_owned();
-        let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
-        let out = format!(
-            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
-             Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
-        )
-        .into_bytes();
-        s.write_all(&out).expect("write");
         // The subscribe, one client frame, read before it is answered: the client sends
         // nothing more until then, so whatever comes later is read later.
         let mut frame = Vec::new();

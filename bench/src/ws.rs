@@ -234,6 +234,35 @@ fn base64(data: &[u8]) -> String {
     s
 }
 
+/// Test support: accepts one connection on `listener` and answers its WebSocket
+/// handshake with a 101, as a server would; the stream is then past the handshake.
+#[cfg(test)]
+pub(crate) fn accept_handshake(listener: &std::net::TcpListener) -> std::net::TcpStream {
+    use std::io::{Read, Write};
+    let (mut s, _) = listener.accept().expect("accept");
+    let mut req = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = s.read(&mut buf).expect("read");
+        assert!(n > 0, "client went before its request ended");
+        req.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&req).into_owned();
+    let key = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
+        .expect("key")
+        .trim()
+        .to_owned();
+    let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let out = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+    );
+    s.write_all(out.as_bytes()).expect("write");
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

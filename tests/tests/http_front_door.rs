@@ -397,6 +397,20 @@ fn head_gets_the_get_answer_without_its_body() -> Result<()> {
     Ok(())
 }
 
+/// The `text/plain` publish a page can send without a preflight, with `Host: host` and
+/// `Origin: origin` (none when `None`).
+fn page_publish(server: &Server, host: &str, origin: Option<&str>) -> Result<HttpResponse> {
+    let body = r#"{"channel":"guard","data":1}"#;
+    let origin = origin.map_or(String::new(), |o| format!("Origin: {o}\r\n"));
+    let mut conn = Conn::open(server)?;
+    conn.send(format!(
+        "POST /api/realtime/publish HTTP/1.1\r\nHost: {host}\r\nContent-Type: text/plain\r\n\
+         {origin}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    ))?;
+    conn.response()
+}
+
 /// `--dev` asks for no API key, so it takes browser requests from local pages only: a
 /// page on another site cannot publish (a `text/plain` POST needs no preflight) or open
 /// a WebSocket, and a DNS name rebound to the loopback listener is refused (found in
@@ -404,17 +418,7 @@ fn head_gets_the_get_answer_without_its_body() -> Result<()> {
 #[test]
 fn dev_refuses_foreign_pages_and_rebound_hosts() -> Result<()> {
     let server = Server::start(&[])?;
-    let publish = |host: &str, origin: Option<&str>| -> Result<HttpResponse> {
-        let body = r#"{"channel":"guard","data":1}"#;
-        let origin = origin.map_or(String::new(), |o| format!("Origin: {o}\r\n"));
-        let mut conn = Conn::open(&server)?;
-        conn.send(format!(
-            "POST /api/realtime/publish HTTP/1.1\r\nHost: {host}\r\nContent-Type: text/plain\r\n\
-             {origin}Content-Length: {}\r\n\r\n{body}",
-            body.len()
-        ))?;
-        conn.response()
-    };
+    let publish = |host: &str, origin: Option<&str>| page_publish(&server, host, origin);
     let local = server.addr().to_string();
     publish(&local, Some("https://evil.example"))?.assert_error(403, "forbidden");
     publish(&local, Some("null"))?.assert_error(403, "forbidden");
@@ -538,16 +542,7 @@ fn dev_takes_listed_hosts_as_origins_and_refuses_entries_that_cannot_match() -> 
     let good =
         "dev = true\ndev_allowed_hosts = [\"a.tunnel.dev\", \"b.tunnel.dev\", \"192.168.1.77\"]\n";
     let (server, path) = Server::start_with_config(good, &[])?;
-    let publish = |host: &str, origin: &str| -> Result<HttpResponse> {
-        let body = r#"{"channel":"guard","data":1}"#;
-        let mut conn = Conn::open(&server)?;
-        conn.send(format!(
-            "POST /api/realtime/publish HTTP/1.1\r\nHost: {host}\r\nContent-Type: text/plain\r\n\
-             Origin: {origin}\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        ))?;
-        conn.response()
-    };
+    let publish = |host: &str, origin: &str| page_publish(&server, host, Some(origin));
     let local = server.addr().to_string();
     let check = || -> Result<()> {
         for (host, origin) in [
@@ -601,16 +596,7 @@ fn dev_with_allowed_origins_checks_them_on_the_api_and_takes_listed_hosts() -> R
          [[tenants]]\nid = \"dev\"\nplan = \"enterprise\"\nallowed_origins = [\"http://ok.example\"]\n",
         &[],
     )?;
-    let publish = |host: &str, origin: &str| -> Result<HttpResponse> {
-        let body = r#"{"channel":"guard","data":1}"#;
-        let mut conn = Conn::open(&server)?;
-        conn.send(format!(
-            "POST /api/realtime/publish HTTP/1.1\r\nHost: {host}\r\nContent-Type: text/plain\r\n\
-             Origin: {origin}\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        ))?;
-        conn.response()
-    };
+    let publish = |host: &str, origin: &str| page_publish(&server, host, Some(origin));
     let local = server.addr().to_string();
     publish(&local, "https://evil.example")?.assert_error(403, "forbidden");
     publish(&local, "http://localhost:5173")?.assert_error(403, "forbidden");

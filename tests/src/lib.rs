@@ -1107,6 +1107,19 @@ impl HttpConn {
     }
 }
 
+/// What `encodeURIComponent` makes of `s` (the SDK encodes channel names so).
+pub fn encode_component(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.!~*'()".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// Writes `request` to a new connection to `addr` and reads one response (bounded by
 /// [`TIMEOUT`]).
 pub fn http_request(addr: SocketAddr, request: &[u8]) -> Result<HttpResponse> {

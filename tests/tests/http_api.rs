@@ -7,7 +7,9 @@
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
-use ringcast_tests::{json, poll_until, Client, HttpConn, HttpResponse, Server, TIMEOUT};
+use ringcast_tests::{
+    encode_component, json, poll_until, Client, HttpConn, HttpResponse, Server, TIMEOUT,
+};
 use serde_json::Value;
 
 fn request(method: &str, path: &str, headers: &str, body: &str) -> String {
@@ -441,19 +443,6 @@ fn every_error_status_has_a_json_body() -> Result<()> {
     ok_json(&held.response()?)?;
     call(&full, publish_with(r#"{"channel":"c","data":1}"#))?.assert_error(503, "overloaded");
     Ok(())
-}
-
-/// What `encodeURIComponent` makes of `s` (the SDK encodes channel names so).
-fn encode_component(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.!~*'()".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 fn presence_path(channel: &str, action: &str) -> String {

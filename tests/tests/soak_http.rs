@@ -48,7 +48,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, ensure, Context, Result};
 use ringcast_tests::walk::{soak_seed, time_left, Delivery, Observe, Rng, Trail};
-use ringcast_tests::{json, ringcast_bin, Client, HttpConn, HttpResponse, Server, TIMEOUT};
+use ringcast_tests::{
+    encode_component, json, ringcast_bin, Client, HttpConn, HttpResponse, Server, TIMEOUT,
+};
 use serde_json::Value;
 
 #[path = "soak_http/blink.rs"]
@@ -115,19 +117,6 @@ fn short_token(kid: &str, secret: &str, channel: &str, user: &str, lifetime_secs
     header.kid = Some(kid.into());
     let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()).expect("an HMAC key");
     jsonwebtoken::encode(&header, &claims, &key).expect("HS256 encodes")
-}
-
-/// What `encodeURIComponent` makes of `s` (the SDK encodes channel names so).
-fn encode_component(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.!~*'()".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 fn request(method: &str, path: &str, headers: &str, body: &str) -> String {

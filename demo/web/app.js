@@ -382,6 +382,12 @@ let heardAt = 0; // when that tab was heard last
 let beatsHeard = 0;
 let claimTimer = null;
 let beatState = null; // the stream state the last beat told
+let leaving = false; // set on pagehide: the bus is closed, and this tab claims nothing more
+
+/** Says `m` to the other tabs; nothing once this tab is leaving (its bus is closed). */
+function post(m) {
+  if (!leaving) bus?.postMessage(m);
+}
 
 /** Claims are ordered by time, then tab id; the greater one keeps the stream. */
 const newer = (a, b) => a.at > b.at || (a.at === b.at && a.id > b.id);
@@ -393,7 +399,7 @@ function streamState() {
 
 function beat() {
   beatState = streamState();
-  bus?.postMessage({ t: 'beat', at: claim.at, id: claim.id, state: beatState });
+  post({ t: 'beat', at: claim.at, id: claim.id, state: beatState });
 }
 
 function showRenState() {
@@ -411,13 +417,14 @@ function showRenState() {
 }
 
 function lead() {
+  if (leaving) return;
   claim = { at: Date.now(), id: tabId };
   leader = null;
   beat();
   ren = new RenStream({ endpoint: REN_ENDPOINT, subscriptions: ['realtime', 'presence'], clientId: me.id });
   ren.on((evt) => {
     showRenEvent(evt);
-    bus?.postMessage({ t: 'event', from: tabId, evt });
+    post({ t: 'event', from: tabId, evt });
   });
   showRenState();
 }
@@ -429,7 +436,7 @@ function stepDown() {
 }
 
 function scheduleClaim(wait) {
-  if (ren || claimTimer !== null) return;
+  if (ren || leaving || claimTimer !== null) return;
   const heard = beatsHeard;
   claimTimer = setTimeout(() => {
     claimTimer = null;
@@ -465,7 +472,7 @@ if (bus) {
       scheduleClaim(0);
     }
   };
-  bus.postMessage({ t: 'who' });
+  post({ t: 'who' });
   scheduleClaim(WHO_WAIT_MS);
   let tickAt = Date.now();
   setInterval(() => {
@@ -490,13 +497,18 @@ if (bus) {
 setInterval(showRenState, 500);
 
 // Leaving (closing the tab, a reload, navigating away): leave presence at once rather than
-// after the server's presence TTL, and hand the REN stream to another tab.
+// after the server's presence TTL, and hand the REN stream to another tab. A claim timer
+// set by another tab's `bye` just before may still fire: `leaving` keeps it from leading
+// (found in CI: such a tab posted its beat on the closed bus, an InvalidStateError).
 addEventListener('pagehide', () => {
   client.disconnect();
   if (ren) {
     stepDown();
-    bus?.postMessage({ t: 'bye', id: tabId });
+    post({ t: 'bye', id: tabId });
   }
+  leaving = true;
+  if (claimTimer !== null) clearTimeout(claimTimer);
+  claimTimer = null;
   bus?.close();
 });
 // A page restored from the back/forward cache has closed its connections: start afresh.

@@ -126,6 +126,7 @@ pub fn fuzz_store_config() -> StoreConfig {
         max_total_bytes: None,
         sync: SyncPolicy::Never,
         segment_bytes: 4096,
+        max_tombstones: crate::DEFAULT_TOMBSTONES,
     }
 }
 

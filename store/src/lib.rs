@@ -79,6 +79,7 @@ mod slot_format;
 mod slot_recover;
 mod space;
 pub mod split_map;
+mod tombstones;
 
 use std::fmt;
 
@@ -87,8 +88,9 @@ pub use error::StoreError;
 pub use log::{Iter, RingLog};
 pub use migrate::{migrate_v1, open_for_start, reshard, MigrateReport, ReshardReport, Started};
 pub use shard_open::ShardOpenReport;
-pub use shard_store::{RingId, ShardIter, ShardStore, StoreConfig, StoreStats};
+pub use shard_store::{RingId, ShardIter, ShardStore, StoreConfig, StoreStats, DEFAULT_TOMBSTONES};
 pub use split_map::SplitMap;
+pub use tombstones::Tombstone;
 
 /// Per-channel sequence number. The first record of an epoch is 1; `Seq(0)` means
 /// "nothing yet" (as in `subscribed.seq` for a channel never published to).

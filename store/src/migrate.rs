@@ -10,6 +10,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use crate::format;
+use crate::tombstones;
 use crate::{
     Epoch, LogConfig, RingLog, ShardOpenReport, ShardStore, StoreConfig, StoreError, SyncPolicy,
 };
@@ -85,6 +86,7 @@ pub fn open_for_start(
     }
     let migrated = migrate_into(root, &mut stores[..shards], &owner_of, &data_span)?;
     let moved = move_to_owners(&mut stores, shards, &owner_of)?;
+    move_tombstones(&mut stores, shards, &owner_of)?;
     let dirs_removed = remove_surplus(root, &mut stores, shards)?;
     Ok(Started {
         stores,
@@ -175,6 +177,7 @@ pub fn reshard(
         .map(|(s, _)| s)
         .collect();
     let moved = move_to_owners(&mut stores, shards, &owner_of)?;
+    move_tombstones(&mut stores, shards, &owner_of)?;
     let dirs_removed = remove_surplus(root, &mut stores, shards)?;
     Ok(ReshardReport {
         moved,
@@ -235,7 +238,7 @@ fn move_to_owners(
             }
         }
         for r in moved {
-            stores[j].free(r)?;
+            stores[j].forget(r)?;
             count += 1;
         }
     }
@@ -243,6 +246,46 @@ fn move_to_owners(
         s.sync_all()?;
     }
     Ok(count)
+}
+
+/// Moves tombstones (`tombstones.rs`) to their keys' owner shards, as
+/// [`move_to_owners`] did the rings, so a channel let go before a change of `--shards`
+/// still goes on numbering. Only when some store holds another's: the files are then
+/// rewritten, each with its own.
+fn move_tombstones(
+    stores: &mut [ShardStore],
+    shards: usize,
+    owner_of: &impl Fn(&[u8]) -> usize,
+) -> Result<(), StoreError> {
+    let mut held = Vec::with_capacity(stores.len());
+    for s in stores.iter() {
+        let path = s.dir.join(tombstones::FILE);
+        held.push(tombstones::read(&s.dir).map_err(StoreError::io("read tombstones", path))?);
+    }
+    let owner = |key: &[u8]| owner_of(key).min(shards - 1);
+    let foreign = held
+        .iter()
+        .enumerate()
+        .any(|(j, records)| records.iter().any(|(key, _)| owner(key) != j));
+    if !foreign {
+        return Ok(());
+    }
+    let mut by_owner: Vec<Vec<_>> = (0..shards).map(|_| Vec::new()).collect();
+    for records in held {
+        for (key, t) in records {
+            let k = owner(&key);
+            if stores[k].lookup(&key).is_none() {
+                by_owner[k].push((key, t));
+            }
+        }
+    }
+    for (k, records) in by_owner.iter().enumerate() {
+        let s = &mut stores[k];
+        let path = s.dir.join(tombstones::FILE);
+        s.tombstones = tombstones::rewrite(&s.dir, s.cfg.max_tombstones, records)
+            .map_err(StoreError::io("write tombstones", path))?;
+    }
+    Ok(())
 }
 
 /// Closes the stores at or past `shards` (emptied by [`move_to_owners`]) and removes
@@ -306,7 +349,7 @@ fn put(s: &mut ShardStore, o: &Owned) -> Result<(), StoreError> {
         if s.epoch(old) == o.epoch && ahead {
             return Ok(());
         }
-        s.free(old)?;
+        s.forget(old)?;
     }
     let r = s.create_at(
         &o.key,

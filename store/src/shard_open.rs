@@ -17,6 +17,7 @@ use crate::slot_format::{self, MAX_CLASS_LOG2, MIN_CLASS_LOG2};
 use crate::slot_recover::{self, Recovered};
 use crate::space::Space;
 use crate::split_map::SplitMap;
+use crate::tombstones::{self, Tombstones};
 use crate::SyncPolicy;
 use crate::{Epoch, StoreError, StoreStats};
 
@@ -38,6 +39,11 @@ pub struct ShardOpenReport {
     /// Segment files set aside (renamed to `*.corrupt`) because their header was
     /// unreadable, with the reason. Their rings are lost.
     pub segments_discarded: Vec<(PathBuf, String)>,
+    /// Tombstones read back (channels let go by policy that go on numbering).
+    pub tombstones: usize,
+    /// The tombstone file ended in a torn or damaged record, dropped (a kill or power
+    /// loss mid-append); those channels' next rings start a new epoch.
+    pub tombstones_tail_dropped: bool,
 }
 
 struct Candidate {
@@ -93,6 +99,7 @@ impl ShardStore {
             sync_done: 0,
             retiring: Vec::new(),
             freed_unsynced: Vec::new(),
+            tombstones: Tombstones::new(0),
             #[cfg(test)]
             evict_scans: 0,
             #[cfg(test)]
@@ -199,6 +206,15 @@ impl ShardStore {
         // Rings whose keys do not fit the smallest class start in the next one: the
         // background thread makes its space now, before the first publish needs it.
         store.prepare_ahead(small);
+        let (tombstones, torn) =
+            tombstones::load(dir, cfg.max_tombstones, |key| store.index.contains_key(key))
+                .map_err(StoreError::io(
+                    "read tombstones",
+                    dir.join(tombstones::FILE),
+                ))?;
+        store.tombstones = tombstones;
+        report.tombstones = store.tombstones.len();
+        report.tombstones_tail_dropped = torn;
         Ok((store, report))
     }
 

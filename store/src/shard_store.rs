@@ -22,6 +22,7 @@ use crate::slot_format::{
 };
 use crate::space::{self, Done, Job, Space};
 use crate::split_map::SplitMap;
+use crate::tombstones::{self, Tombstone, Tombstones};
 use crate::{Epoch, Record, Seq, StoreError, SyncPolicy};
 
 /// A new ring starts in the smallest class with at least this many data bytes.
@@ -48,7 +49,15 @@ pub struct StoreConfig {
     /// Target size of one segment file (virtual; files are sparse). A segment holds
     /// `segment_bytes / slot size` slots, at least 4.
     pub segment_bytes: u64,
+    /// How many channels whose rings were let go by policy (freed as idle, evicted under
+    /// the byte bound) keep their epoch and last seq, so that their next ring goes on
+    /// numbering (`tombstones.rs`); the oldest go first past it. 0: none do (their next
+    /// ring starts a new epoch at seq 1).
+    pub max_tombstones: usize,
 }
+
+/// [`StoreConfig::max_tombstones`] by default: about 56 MB of memory per store when full.
+pub const DEFAULT_TOMBSTONES: usize = 1 << 20;
 
 impl Default for StoreConfig {
     fn default() -> StoreConfig {
@@ -57,6 +66,7 @@ impl Default for StoreConfig {
             max_total_bytes: None,
             sync: SyncPolicy::Never,
             segment_bytes: 64 << 20,
+            max_tombstones: DEFAULT_TOMBSTONES,
         }
     }
 }
@@ -212,6 +222,8 @@ pub struct ShardStore {
     /// are msynced before the next `create`, so a key never comes back in a new slot
     /// while an old copy of it could still be read from the disk.
     pub(crate) freed_unsynced: Vec<(u32, usize)>,
+    /// Where channels whose rings were let go by policy stood (`tombstones.rs`).
+    pub(crate) tombstones: Tombstones,
     /// Scans of every ring for eviction candidates (tests count them).
     #[cfg(test)]
     pub(crate) evict_scans: u64,
@@ -259,13 +271,25 @@ impl ShardStore {
     /// the key has a ring, [`StoreError::Full`] if the byte bound leaves no room even
     /// after evicting every unpinned ring. Waits (counted in
     /// [`StoreStats::space_waits`]) only if the background thread has no slot ready.
+    /// A key with a tombstone (its ring let go by policy) keeps the tombstone's epoch
+    /// instead, and its first record gets the seq after the tombstone's.
     pub fn create(
         &mut self,
         key: &[u8],
         epoch: Epoch,
         max_records: u32,
     ) -> Result<RingId, StoreError> {
-        self.create_at(key, epoch, max_records, 0, INITIAL_DATA)
+        let (epoch, after) = self.continued(key, epoch, 0);
+        self.create_at(key, epoch, max_records, after, INITIAL_DATA)
+    }
+
+    /// A key let go by policy goes on numbering where it stood (`tombstones.rs`), unless
+    /// the caller took its tombstone and says where (`after` > 0).
+    fn continued(&self, key: &[u8], epoch: Epoch, after: u64) -> (Epoch, u64) {
+        match self.tombstones.get(key) {
+            Some(t) if after == 0 => (t.epoch, t.last_seq.0),
+            _ => (epoch, after),
+        }
     }
 
     /// Like `create`, for a ring whose first record has a `uid_len`-byte user id and a
@@ -281,9 +305,73 @@ impl ShardStore {
         uid_len: usize,
         payload_len: usize,
     ) -> Result<RingId, StoreError> {
+        self.create_for_record_after(key, epoch, max_records, Seq(0), uid_len, payload_len)
+    }
+
+    /// Like `create_for_record`, for a key whose numbering stood at `after` in `epoch`
+    /// (a [`ShardStore::take_tombstone`]): its first record gets seq `after + 1`.
+    pub fn create_for_record_after(
+        &mut self,
+        key: &[u8],
+        epoch: Epoch,
+        max_records: u32,
+        after: Seq,
+        uid_len: usize,
+        payload_len: usize,
+    ) -> Result<RingId, StoreError> {
         self.check_first_record(key, uid_len, payload_len)?;
         let len = slot_format::record_len(uid_len, payload_len);
-        self.create_at(key, epoch, max_records, 0, len.max(INITIAL_DATA))
+        let (epoch, after) = self.continued(key, epoch, after.0);
+        self.create_at(key, epoch, max_records, after, len.max(INITIAL_DATA))
+    }
+
+    /// Where `key`'s numbering stood when its ring was let go by policy, if it was and
+    /// its tombstone is still kept. Its next `create` goes on from there.
+    pub fn tombstone(&self, key: &[u8]) -> Option<Tombstone> {
+        self.tombstones.get(key)
+    }
+
+    /// Like [`ShardStore::tombstone`], and forgets it (in memory; the file keeps it until
+    /// the next open finds the key's ring): for a caller that will create the ring with
+    /// [`ShardStore::create_for_record_after`], or give it back with
+    /// [`ShardStore::put_tombstone`], so that no other eviction's cap drops it meanwhile.
+    pub fn take_tombstone(&mut self, key: &[u8]) -> Option<Tombstone> {
+        self.tombstones.take(key)
+    }
+
+    /// Gives back a tombstone [`ShardStore::take_tombstone`] took, its ring not created.
+    pub fn put_tombstone(&mut self, key: &[u8], stone: Tombstone) {
+        if self.lookup(key).is_none() {
+            self.tombstones.insert(key, stone);
+        }
+    }
+
+    /// Tombstones kept in memory.
+    pub fn tombstone_count(&self) -> usize {
+        self.tombstones.len()
+    }
+
+    /// Ring `idx` is let go by policy: where its numbering stood is kept, in memory and
+    /// (by the background thread) in the file.
+    fn bury(&mut self, key: &[u8], stone: Tombstone) {
+        if !self.tombstones.enabled() {
+            return;
+        }
+        self.tombstones.insert(key, stone);
+        let record = tombstones::encode(key, stone);
+        let path = self.dir.join(tombstones::FILE);
+        if !self.space.send(Job::Tombstone { path, record }) {
+            self.stats.background_errors += 1;
+        }
+    }
+
+    /// Where ring `idx`'s numbering stands.
+    fn stone_of(&self, idx: usize) -> Tombstone {
+        let m = self.rings[idx].as_ref().expect("live ring");
+        Tombstone {
+            epoch: m.epoch,
+            last_seq: Seq(m.ring.last_seq()),
+        }
     }
 
     /// Like `create`, but the first append gets seq `last_seq_before + 1` (migration),
@@ -347,6 +435,7 @@ impl ShardStore {
         meta.generation = 1;
         self.rings[index as usize] = Some(meta);
         self.index.insert(key.into(), index);
+        self.tombstones.take(key);
         self.used_bytes += 1 << log2;
         if self.cfg.sync == SyncPolicy::EveryAppend {
             if let Err(e) = self.sync_slot(loc, log2) {
@@ -829,8 +918,19 @@ impl ShardStore {
 
     /// Deletes a ring (idle channel): its slot is marked free with one write into the
     /// mapping, no syscall, and reused by later rings. The handle becomes stale; the
-    /// key's next `create` starts a new history.
+    /// key's records are gone, and its next `create` goes on numbering in the same epoch
+    /// (its tombstone, while kept; else a new history).
     pub fn free(&mut self, ring: RingId) -> Result<(), StoreError> {
+        let idx = self.check(ring)?;
+        let stone = self.stone_of(idx);
+        let key = self.remove(idx);
+        self.bury(&key, stone);
+        Ok(())
+    }
+
+    /// Deletes a ring whose history lives on elsewhere (migration, reshard): no
+    /// tombstone.
+    pub(crate) fn forget(&mut self, ring: RingId) -> Result<(), StoreError> {
         let idx = self.check(ring)?;
         self.remove(idx);
         Ok(())
@@ -1273,7 +1373,9 @@ impl ShardStore {
                         .as_ref()
                         .is_some_and(|m| !m.pinned && m.touch == touch);
                 if ok {
+                    let stone = self.stone_of(i as usize);
                     let key = self.remove(i as usize);
+                    self.bury(&key, stone);
                     self.evicted.push(key);
                     self.stats.evictions += 1;
                     return true;
@@ -1469,6 +1571,7 @@ impl ShardStore {
                 self.stats.background_errors += 1;
                 self.retry_retiring(serial);
             }
+            Done::TombstoneFailed => self.stats.background_errors += 1,
         }
     }
 

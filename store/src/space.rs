@@ -1,4 +1,5 @@
-//! The store's background thread: creates segment files ahead of need and msyncs.
+//! The store's background thread: creates segment files ahead of need, msyncs, and
+//! appends tombstones.
 //!
 //! The shard thread must not block on open/set_len/mmap/msync. A [`Space`] owns one
 //! `std::thread` that takes [`Job`]s over a channel and answers with [`Done`]s, which the
@@ -16,6 +17,7 @@ use std::thread::JoinHandle;
 
 use crate::mmap::{FlushHandle, SegmentMap};
 use crate::slot_format::{self, SegmentHeader};
+use crate::tombstones;
 
 /// Work for the background thread.
 #[derive(Debug)]
@@ -42,6 +44,9 @@ pub(crate) enum Job {
         at: usize,
         len: usize,
     },
+    /// Append a record to the store's tombstone file at `path` (`tombstones.rs`); a
+    /// failure is answered with `TombstoneFailed`.
+    Tombstone { path: PathBuf, record: Vec<u8> },
 }
 
 impl Job {
@@ -68,6 +73,9 @@ pub(crate) enum Done {
     /// The `Sync` job with this serial is done: every range reached the disk (`ok`), or
     /// some msync failed.
     Synced { serial: u64, ok: bool },
+    /// A tombstone record could not be appended: that channel's next ring, after a
+    /// restart, starts a new epoch at seq 1 as if it had none.
+    TombstoneFailed,
 }
 
 /// Handle on the background thread; dropping it finishes the queued jobs that matter
@@ -167,6 +175,9 @@ fn run(job: Job) -> Option<Done> {
             map.populate_for_write(at, len);
             None
         }
+        Job::Tombstone { path, record } => tombstones::append(&path, &record)
+            .err()
+            .map(|_| Done::TombstoneFailed),
     }
 }
 

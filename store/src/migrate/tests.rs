@@ -292,3 +292,49 @@ fn evictions_during_the_start_up_moves_reach_the_serving_store() {
     assert_eq!(kept + evicted.len(), keys.len());
     target.check_invariants().unwrap();
 }
+
+/// A channel let go (freed as idle) before a change of the shard count still goes on
+/// numbering at its new owner.
+#[test]
+fn reshard_moves_tombstones_to_their_keys_new_owner() {
+    let root = tempfile::tempdir().unwrap();
+    let keys: Vec<[u8; 3]> = (0..6u8).map(|i| [b't', b'/', b'0' + i]).collect();
+    {
+        let mut stores: Vec<ShardStore> = (0..3)
+            .map(|k| {
+                ShardStore::open(&ShardStore::shard_dir(root.path(), k), cfg())
+                    .unwrap()
+                    .0
+            })
+            .collect();
+        for (i, key) in keys.iter().enumerate() {
+            let s = &mut stores[owner(3)(key)];
+            let r = s.create(key, Epoch(i as u64 + 10), 50).unwrap();
+            for n in 0..=i as u64 {
+                s.append(r, n, None, &[1; 40], 0..40).unwrap();
+            }
+            s.free(r).unwrap();
+        }
+    }
+    reshard(root.path(), 2, cfg(), owner(2)).unwrap();
+    let mut stores: Vec<ShardStore> = (0..2)
+        .map(|k| {
+            ShardStore::open(&ShardStore::shard_dir(root.path(), k), cfg())
+                .unwrap()
+                .0
+        })
+        .collect();
+    for (i, key) in keys.iter().enumerate() {
+        let (k, other) = (owner(2)(key), 1 - owner(2)(key));
+        assert_eq!(stores[other].tombstone(key), None);
+        let want = crate::Tombstone {
+            epoch: Epoch(i as u64 + 10),
+            last_seq: Seq(i as u64 + 1),
+        };
+        assert_eq!(stores[k].tombstone(key), Some(want), "key {i}");
+        let r = stores[k].create(key, Epoch(99), 50).unwrap();
+        assert_eq!(stores[k].epoch(r), want.epoch);
+        let seq = stores[k].append(r, 0, None, &[2; 40], 0..40).unwrap();
+        assert_eq!(seq, Seq(i as u64 + 2));
+    }
+}

@@ -10,6 +10,7 @@ pub(crate) fn small_cfg() -> StoreConfig {
         max_total_bytes: None,
         sync: SyncPolicy::Never,
         segment_bytes: 64 * 1024,
+        max_tombstones: crate::DEFAULT_TOMBSTONES,
     }
 }
 
@@ -1052,6 +1053,9 @@ mod model {
 
     #[derive(Default, Clone, Debug)]
     struct ModelRing {
+        /// The seq before the first appended: where a freed ring of the key stood.
+        base: u64,
+        epoch: u64,
         appended: Vec<(u64, Vec<u8>, Option<Vec<u8>>)>,
         max_records: u32,
         /// No record below this seq can be kept any more.
@@ -1076,10 +1080,12 @@ mod model {
             let cfg = StoreConfig { max_bytes_per_ring: 4096, ..small_cfg() };
             let (mut s, _) = open(dir.path(), cfg);
             let mut model: std::collections::BTreeMap<u8, ModelRing> = Default::default();
-            // Every history gets its own epoch, as `Epoch::fresh` gives the engine: a
-            // ring freed and created again must not meet its predecessor's records
-            // under the same epoch (their CRCs cover it, which is what keeps them out).
+            // Every history gets its own epoch, as `Epoch::fresh` gives the engine, but
+            // a ring freed and created again goes on in its predecessor's epoch and
+            // numbering (its tombstone): its seqs, all past the old ones, must never
+            // meet the predecessor's records left in a reused slot.
             let mut epochs = 100u64;
+            let mut gone: std::collections::BTreeMap<u8, (u64, u64)> = Default::default();
             for op in ops {
                 match op {
                     Op::Append { key, len, uid } => {
@@ -1087,13 +1093,16 @@ mod model {
                         let r = match s.lookup(&k) {
                             Some(r) => r,
                             None => {
-                                model.insert(key, ModelRing { max_records: 12, floor: 1, ..Default::default() });
                                 epochs += 1;
-                                s.create(&k, Epoch(epochs), 12).unwrap()
+                                let (epoch, base) = gone.remove(&key).unwrap_or((epochs, 0));
+                                model.insert(key, ModelRing { base, epoch, max_records: 12, floor: base + 1, ..Default::default() });
+                                let r = s.create(&k, Epoch(epochs), 12).unwrap();
+                                prop_assert_eq!(s.epoch(r), Epoch(epoch));
+                                r
                             }
                         };
                         let m = model.get_mut(&key).unwrap();
-                        let seq = m.appended.len() as u64 + 1;
+                        let seq = m.base + m.appended.len() as u64 + 1;
                         let p = payload(key, seq, len);
                         let u = uid.then(|| vec![key; 3]);
                         prop_assert_eq!(s.append(r, seq, u.as_deref(), &p, 0..p.len() as u32).unwrap(), Seq(seq));
@@ -1102,7 +1111,8 @@ mod model {
                     Op::Free(key) => {
                         if let Some(r) = s.lookup(&[b'k', key]) {
                             s.free(r).unwrap();
-                            model.remove(&key);
+                            let m = model.remove(&key).unwrap();
+                            gone.insert(key, (m.epoch, m.base + m.appended.len() as u64));
                         }
                     }
                     Op::SetMax(key, n) => {
@@ -1110,7 +1120,7 @@ mod model {
                             s.set_max_records(r, n).unwrap();
                             let m = model.get_mut(&key).unwrap();
                             m.max_records = n;
-                            let last = m.appended.len() as u64;
+                            let last = m.base + m.appended.len() as u64;
                             m.floor = m.floor.max(last.saturating_sub(u64::from(n)) + 1);
                             m.floor = m.floor.max(s.first_seq(r).map_or(last + 1, |f| f.0));
                         }
@@ -1129,7 +1139,7 @@ mod model {
                 prop_assert_eq!(s.ring_count(), model.len());
                 for (key, m) in &model {
                     let r = s.lookup(&[b'k', *key]).unwrap();
-                    prop_assert_eq!(s.last_seq(r).0, m.appended.len() as u64);
+                    prop_assert_eq!(s.last_seq(r).0, m.base + m.appended.len() as u64);
                     let kept: Vec<_> = s.iter_after(r, Seq(0)).map(|rec| (rec.seq.0, rec.payload.to_vec(), rec.uid.map(<[u8]>::to_vec))).collect();
                     prop_assert!(kept.len() <= m.max_records as usize);
                     // A gap-free suffix of what was appended, byte for byte.
@@ -1380,9 +1390,13 @@ mod power_loss {
         img
     }
 
+    /// Without tombstones: these recreate keys on new epochs, the case a freed
+    /// slot's header must be durable for (a key let go by policy goes on in its
+    /// epoch while its tombstone is kept, which `tombstones` tests).
     fn every_append() -> StoreConfig {
         StoreConfig {
             sync: SyncPolicy::EveryAppend,
+            max_tombstones: 0,
             ..small_cfg()
         }
     }
@@ -1937,4 +1951,96 @@ fn a_long_key_gets_a_slot_that_holds_it_whatever_room_is_asked() {
     assert_eq!(put(&mut s, r, 1, b"one"), Seq(1));
     assert_eq!(s.key(r), &key[..]);
     s.check_invariants().unwrap();
+}
+
+/// A ring let go by policy (freed as idle, evicted under the byte bound) leaves a
+/// tombstone: the key's next ring keeps its epoch and goes on numbering, across a
+/// reopen, so a client's old position shows its gap (found in a SPEC audit: the new ring
+/// started again at seq 1 and a resume with only `lastEventId` skipped its first seqs).
+mod tombstones {
+    use super::*;
+
+    fn filled(s: &mut ShardStore, key: &[u8], epoch: u64, n: u64) -> RingId {
+        let r = s.create(key, Epoch(epoch), 100).unwrap();
+        for i in 0..n {
+            s.append(r, i, None, &[7; 30], 0..30).unwrap();
+        }
+        r
+    }
+
+    #[test]
+    fn a_freed_ring_s_key_goes_on_in_its_epoch_after_its_last_seq_across_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _) = open(dir.path(), small_cfg());
+        let r = filled(&mut s, b"a", 5, 3);
+        s.free(r).unwrap();
+        let stone = Tombstone {
+            epoch: Epoch(5),
+            last_seq: Seq(3),
+        };
+        assert_eq!(s.tombstone(b"a"), Some(stone));
+        drop(s);
+        let (mut s, report) = open(dir.path(), small_cfg());
+        assert_eq!(
+            (report.tombstones, report.tombstones_tail_dropped),
+            (1, false)
+        );
+        assert_eq!(s.tombstone(b"a"), Some(stone));
+        let r = s.create(b"a", Epoch(6), 100).unwrap();
+        assert_eq!((s.epoch(r), s.last_seq(r)), (Epoch(5), Seq(3)));
+        assert_eq!(s.tombstone(b"a"), None, "the ring holds it now");
+        assert_eq!(s.append(r, 9, None, b"x", 0..1).unwrap(), Seq(4));
+        // The old position 3 missed nothing; 2 missed seq 3, which is gone.
+        assert!(s.replay_complete(r, Seq(3)));
+        assert!(!s.replay_complete(r, Seq(2)));
+        drop(s);
+        // The ring supersedes its tombstone at the next open.
+        let (s, report) = open(dir.path(), small_cfg());
+        assert_eq!(report.tombstones, 0);
+        let r = s.lookup(b"a").unwrap();
+        assert_eq!((s.epoch(r), s.last_seq(r)), (Epoch(5), Seq(4)));
+    }
+
+    #[test]
+    fn an_evicted_ring_leaves_a_tombstone_and_a_taken_one_can_be_given_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = StoreConfig {
+            max_total_bytes: Some(2 * 512),
+            ..small_cfg()
+        };
+        let (mut s, _) = open(dir.path(), cfg);
+        filled(&mut s, b"a", 1, 2);
+        filled(&mut s, b"b", 2, 1);
+        filled(&mut s, b"c", 3, 1); // evicts a, the least recently written
+        assert_eq!(s.take_evicted(), vec![Box::from(&b"a"[..])]);
+        let stone = s.take_tombstone(b"a").unwrap();
+        assert_eq!((stone.epoch, stone.last_seq), (Epoch(1), Seq(2)));
+        assert_eq!(s.tombstone(b"a"), None);
+        s.put_tombstone(b"a", stone);
+        assert_eq!(s.tombstone(b"a"), Some(stone));
+        let r = s
+            .create_for_record_after(b"a", Epoch(9), 100, Seq(0), 0, 10)
+            .unwrap();
+        assert_eq!((s.epoch(r), s.last_seq(r)), (Epoch(1), Seq(2)));
+    }
+
+    #[test]
+    fn with_no_tombstones_kept_a_freed_key_starts_afresh_and_the_file_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _) = open(dir.path(), small_cfg());
+        let r = filled(&mut s, b"a", 5, 3);
+        s.free(r).unwrap();
+        drop(s);
+        let off = StoreConfig {
+            max_tombstones: 0,
+            ..small_cfg()
+        };
+        let (mut s, _) = open(dir.path(), off);
+        assert!(!dir.path().join("tombstones.log").exists());
+        let r = s.create(b"a", Epoch(6), 100).unwrap();
+        assert_eq!((s.epoch(r), s.last_seq(r)), (Epoch(6), Seq(0)));
+        let r2 = filled(&mut s, b"b", 7, 1);
+        s.free(r2).unwrap();
+        assert_eq!(s.tombstone(b"b"), None);
+    }
 }

@@ -19,7 +19,7 @@ use bytes::Bytes;
 use ringcast_protocol::event;
 use ringcast_store::{
     open_for_start, Epoch, RingId, Seq, ShardOpenReport, ShardStore, StoreConfig, StoreError,
-    StoreStats, SyncPolicy,
+    StoreStats, SyncPolicy, Tombstone,
 };
 
 use crate::config::{FlushPolicy, HistoryConfig};
@@ -111,6 +111,13 @@ fn log_open_report(k: usize, shards: usize, report: &ShardOpenReport) {
             "history: records failing their checksum dropped"
         );
     }
+    if report.tombstones_tail_dropped {
+        tracing::warn!(
+            shard = k,
+            kept = report.tombstones,
+            "history: the tombstone file ended in a torn record, dropped (a channel let go just before a crash starts a new epoch)"
+        );
+    }
 }
 
 /// How the engine's history settings map onto one shard's store.
@@ -127,6 +134,7 @@ fn store_config(config: &HistoryConfig, shards: usize) -> StoreConfig {
             .map(|total| (total / shards.max(1) as u64).max(1)),
         sync,
         segment_bytes: SEGMENT_BYTES,
+        max_tombstones: ringcast_store::DEFAULT_TOMBSTONES,
     }
 }
 
@@ -153,13 +161,18 @@ impl HistoryStore {
 
     /// The history of `key`, with the tenant's bound on kept messages: its ring when one
     /// exists (pinned while the channel is open), else an empty history whose ring the
-    /// first append creates.
+    /// first append creates. A channel whose ring was let go by policy (idle, evicted)
+    /// goes on where its numbering stood: same epoch, next seq (its tombstone, held
+    /// here until the ring is made or the channel closes).
     pub fn open_channel(&mut self, key: &ChannelKey, tenant: &Tenant) -> ChannelHistory {
         let max_records = tenant.limits.history_messages.max(1);
-        let Some(ring) = self.store.lookup(&key.log_key()) else {
+        let log_key = key.log_key();
+        let Some(ring) = self.store.lookup(&log_key) else {
+            let stone = self.store.take_tombstone(&log_key);
             return ChannelHistory {
                 ring: None,
-                epoch: Epoch::fresh(None),
+                epoch: stone.map_or_else(|| Epoch::fresh(None), |t| t.epoch),
+                after: stone.map_or(0, |t| t.last_seq.0),
                 max_records,
             };
         };
@@ -171,6 +184,7 @@ impl HistoryStore {
         ChannelHistory {
             ring: Some(ring),
             epoch: self.store.epoch(ring),
+            after: 0,
             max_records,
         }
     }
@@ -188,10 +202,19 @@ impl HistoryStore {
         }
     }
 
-    /// The channel was closed: its ring may be evicted or expire again.
-    pub fn close(&mut self, history: &ChannelHistory) {
-        if let Some(ring) = history.ring {
-            self.store.unpin(ring);
+    /// The channel was closed: its ring may be evicted or expire again; a tombstone it
+    /// held with no ring made goes back to the store.
+    pub fn close(&mut self, key: &ChannelKey, history: &ChannelHistory) {
+        match history.ring {
+            Some(ring) => self.store.unpin(ring),
+            None if history.after > 0 => {
+                let stone = Tombstone {
+                    epoch: history.epoch,
+                    last_seq: Seq(history.after),
+                };
+                self.store.put_tombstone(&key.log_key(), stone);
+            }
+            None => {}
         }
     }
 
@@ -213,10 +236,11 @@ impl HistoryStore {
                 // A message no ring could keep is refused before a ring is made for it,
                 // and the ring is made big enough for it.
                 let uid_len = user_id.map_or(0, str::len);
-                let ring = self.store.create_for_record(
+                let ring = self.store.create_for_record_after(
                     &log_key,
                     history.epoch,
                     history.max_records,
+                    Seq(history.after),
                     uid_len,
                     frame.len(),
                 )?;
@@ -233,7 +257,9 @@ impl HistoryStore {
 
     /// The latest seq (0 when nothing was published in this epoch).
     pub fn last_seq(&self, history: &ChannelHistory) -> u64 {
-        history.ring.map_or(0, |ring| self.store.last_seq(ring).0)
+        history
+            .ring
+            .map_or(history.after, |ring| self.store.last_seq(ring).0)
     }
 
     /// What a subscriber gets: replayed frames after `last_event_id` (the newest that
@@ -259,10 +285,10 @@ impl HistoryStore {
             return answer;
         };
         let Some(ring) = history.ring else {
-            // Nothing was ever published in this history: nothing after 0 can be missing
-            // from it. A position in another epoch may have missed messages of that one
-            // (freed with its ring since), so it must refetch.
-            answer.recovered = after == 0 && epoch.is_none_or(|e| e == &*answer.epoch);
+            // No record is kept: only a client that had every seq up to where the
+            // numbering stands (0, or a let-go ring's last seq) missed nothing. A position
+            // in another epoch may have missed messages of that one, so it must refetch.
+            answer.recovered = after == seq && epoch.is_none_or(|e| e == &*answer.epoch);
             return answer;
         };
         if epoch.is_some_and(|e| e != &*answer.epoch) || after > seq {
@@ -352,6 +378,8 @@ impl HistoryStore {
 pub struct ChannelHistory {
     ring: Option<RingId>,
     epoch: Epoch,
+    /// With no ring: the seq its numbering stands at (a tombstone's last seq; else 0).
+    after: u64,
     max_records: u32,
 }
 

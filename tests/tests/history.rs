@@ -6,6 +6,8 @@
 //! history) is reported with `recovered: false`. Replay and live delivery join without
 //! loss or duplicates, also while the channel is being published to.
 
+use std::time::Duration;
+
 use anyhow::{Context, Result};
 use ringcast_tests::{json, Client, Server, TIMEOUT};
 use serde_json::Value;
@@ -948,5 +950,68 @@ fn a_damaged_segment_is_logged_at_start() -> Result<()> {
     assert!(replayed.is_empty(), "{replayed:?}");
     assert_eq!(after["recovered"], false, "{after}");
     assert_ne!(after["epoch"], before["epoch"], "{after}");
+    Ok(())
+}
+
+/// A channel whose history was freed as idle (`[history] idle_ttl_secs`) goes on
+/// numbering in its epoch, also after a restart: the SDK resumes with `lastEventId`
+/// alone, so a new history starting again at seq 1 had a client back after the TTL
+/// replayed from the wrong place with `recovered: true`, its first new messages
+/// silently skipped (found in a SPEC audit). The owner closes a channel nobody watches
+/// after 60 s, and only then is its ring freed: this test waits about a minute.
+#[test]
+fn a_channel_freed_as_idle_goes_on_numbering_so_an_old_position_shows_its_gap() -> Result<()> {
+    let (mut server, _conf) = start_with_config("[history]\nidle_ttl_secs = 1\n")?;
+    let channel = "hist:idle";
+    let mut publisher = Client::open(&server, "")?;
+    let acked = publish_acked(&mut publisher, channel, (1..=3).map(|i| json!({"i": i})))?;
+    assert_eq!(acked, vec![1, 2, 3]);
+    let (epoch, seq) = current_epoch(&server, "", channel)?;
+    assert_eq!(seq, 3);
+    publisher.close_quietly();
+    ringcast_tests::poll_until(Duration::from_secs(120), Duration::from_millis(100), || {
+        let freed = server
+            .stderr_text()
+            .lines()
+            .any(|l| l.contains("freed idle channels' history rings"));
+        Ok(freed.then_some(()))
+    })
+    .with_context(|| format!("the ring was not freed:\n{}", server.stderr_tail()))?;
+    // Nothing is kept, and the numbering stands where it was, also after a restart.
+    server.restart_after_terminate()?;
+    let mut sub = Client::open(&server, "")?;
+    let (replayed, subscribed) = subscribe_from(&mut sub, channel, 3, None)?;
+    assert!(replayed.is_empty());
+    assert_eq!(
+        (
+            &subscribed["seq"],
+            &subscribed["epoch"],
+            &subscribed["recovered"]
+        ),
+        (&json!(3), &epoch, &json!(true)),
+        "a client at seq 3 missed nothing: {subscribed}"
+    );
+    let (_, subscribed) = subscribe_from(&mut Client::open(&server, "")?, channel, 1, None)?;
+    assert_eq!(
+        subscribed["recovered"], false,
+        "seqs 2 and 3 are gone: {subscribed}"
+    );
+
+    let mut publisher = Client::open(&server, "")?;
+    let acked = publish_acked(&mut publisher, channel, (4..=5).map(|i| json!({"i": i})))?;
+    assert_eq!(acked, vec![4, 5], "the numbering goes on");
+    let (replayed, subscribed) = subscribe_from(&mut Client::open(&server, "")?, channel, 3, None)?;
+    assert_eq!(seqs(&replayed), vec![4, 5]);
+    assert_eq!(
+        (&subscribed["epoch"], &subscribed["recovered"]),
+        (&epoch, &json!(true)),
+        "{subscribed}"
+    );
+    let (replayed, subscribed) = subscribe_from(&mut Client::open(&server, "")?, channel, 2, None)?;
+    assert_eq!(seqs(&replayed), vec![4, 5]);
+    assert_eq!(
+        subscribed["recovered"], false,
+        "seq 3 is gone: {subscribed}"
+    );
     Ok(())
 }

@@ -24,6 +24,7 @@
 //!       │         slot_format.rs: segment/slot headers, state slots, records (pure)
 //!       │         shard_open.rs + slot_recover.rs: scan slots, rebuild index, torn tails
 //!       │         space.rs: background thread — creates segments ahead of need, msyncs
+//!       │         tombstones.rs: epoch + last seq of rings let go, so numbering goes on
 //!       ▼
 //!   mmap.rs ── the one place with `unsafe`: maps `<root>/shard-<k>/c<class>-<n>.seg`
 //!       ▼
@@ -36,9 +37,11 @@
 //!   ring's slot header), so a process killed mid-append leaves every earlier record
 //!   intact; the next open drops the torn tail and keeps the rest. A move to a bigger
 //!   slot writes the new slot completely before freeing the old one.
-//! - Within one [`Epoch`] a [`Seq`] is never reused. A new epoch begins only when the
-//!   history was lost (ring freed, evicted, or unrecoverable: [`ShardOpenReport`] says
-//!   which); the caller supplies it to [`ShardStore::create`].
+//! - Within one [`Epoch`] a [`Seq`] is never reused. A ring freed or evicted leaves a
+//!   tombstone ([`Tombstone`]: its epoch and last seq), and the key's next ring goes on
+//!   from it; a new epoch begins only when the history was lost (unrecoverable:
+//!   [`ShardOpenReport`] says which; or its tombstone dropped past the cap); the caller
+//!   supplies it to [`ShardStore::create`].
 //! - Kept records always form one gap-free run of seqs; [`ShardStore::replay_complete`]
 //!   answers "was everything after this seq kept?".
 //! - A ring only ever reads and writes its own slot; rings never overlap (checked by
@@ -57,6 +60,7 @@
 //! replay_complete(ring, after)   iter_after(ring, after)   iter_before(ring, before, limit)
 //! set_max_records(ring, n)   pin / unpin (ring)   free(ring)   idle_rings(older_than_ms)
 //! take_evicted() -> keys      flush() (non-blocking)   sync_all() (blocking)   stats()
+//! tombstone / take_tombstone / put_tombstone (key)   create_for_record_after(…, after, …)
 //! migrate_v1(v1_dir, root, shards, cfg, owner_of, data_span)   reshard(root, shards, cfg, owner_of)
 //! open_for_start(root, shards, cfg, owner_of, data_span) -> Started   (both, one open each)
 //! ```

@@ -787,7 +787,9 @@ fn websocket(
     let tenants = shard.shared.tenants.load();
     let config = shard.shared.config.load();
     let named = crate::api::auth::dev_alias(config.dev, &tenants, tenant_id.as_deref());
-    let Some(tenant) = tenants.resolve(named) else {
+    // An empty `?tenant=` is the default tenant, as an empty `X-Tenant-Id` is over HTTP
+    // and REN (found in a SPEC audit: 404 here alone).
+    let Some(tenant) = tenants.resolve(named.filter(|id| !id.is_empty())) else {
         return error(ApiError::UnknownTenant, "no such tenant");
     };
     if let Err(refused) = crate::dev_guard::check(head, &config, &tenant) {

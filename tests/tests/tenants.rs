@@ -480,3 +480,19 @@ fn dev_takes_the_sdk_default_tenant_id_on_websockets_too() -> Result<()> {
     assert_eq!(message["data"]["t"], "hi");
     Ok(())
 }
+
+/// An empty `?tenant=` on the WebSocket is the default tenant, as an empty `X-Tenant-Id`
+/// is over HTTP (found in a SPEC audit: the upgrade answered 404 `unknown_tenant`).
+#[test]
+fn an_empty_tenant_parameter_is_the_default_tenant() -> Result<()> {
+    let (server, _conf) = start(&config("pro", &[], false))?;
+    let mut named = Client::open(&server, "tenant=acme")?;
+    named.subscribe("chat:lobby")?;
+    let mut empty = Client::open(&server, "tenant=")?;
+    empty
+        .send_json(&json!({"action":"publish","channel":"chat:lobby","data":{"t":"hi"},"ref":1}))?;
+    empty.expect_event("ack")?;
+    let message = named.recv_until(|e| e["event"] == "realtime.message", WAIT)?;
+    assert_eq!(message["data"]["t"], "hi");
+    Ok(())
+}

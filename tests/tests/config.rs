@@ -151,18 +151,29 @@ fn help_mentions_every_flag() -> Result<()> {
     Ok(())
 }
 
-/// The README's ```toml block, with each quoted placeholder (a string holding `…`, such
-/// as `"…at least 32 bytes…"`) replaced by a distinct value long enough for an API key
-/// and a token secret alike.
-fn readme_config() -> Result<String> {
+/// The README's ```toml blocks, in order.
+fn readme_toml_blocks() -> Result<Vec<String>> {
     let readme = std::fs::read_to_string(workspace_root().join("README.md"))?;
-    let mut blocks = readme.split("```toml\n").skip(1);
-    let block = blocks.next().context("README.md has no ```toml block")?;
+    Ok(readme
+        .split("```toml\n")
+        .skip(1)
+        .map(|block| block.split("\n```").next().unwrap_or(block).to_owned())
+        .collect())
+}
+
+/// The README's reference ```toml block (the one with every setting: tenant `acme`),
+/// with each quoted placeholder (a string holding `…`, such as `"…at least 32 bytes…"`)
+/// replaced by a distinct value long enough for an API key and a token secret alike.
+fn readme_config() -> Result<String> {
+    let blocks = readme_toml_blocks()?;
+    let mut reference = blocks.iter().filter(|b| b.contains("id = \"acme\""));
+    let block = reference
+        .next()
+        .context("README.md has no ```toml block with tenant acme")?;
     assert!(
-        blocks.next().is_none(),
-        "README.md has more than one ```toml block; say which one this test reads"
+        reference.next().is_none(),
+        "README.md has more than one ```toml block with tenant acme; say which one this test reads"
     );
-    let block = block.split("\n```").next().unwrap_or(block);
     let mut placeholders = 0;
     let lines: Vec<String> = block
         .lines()
@@ -213,5 +224,58 @@ fn the_readme_example_config_loads() -> Result<()> {
             && stdout.contains("allowed_origins https://app.acme.example"),
         "what check-config says it would run:\n{stdout}"
     );
+    Ok(())
+}
+
+/// The README's file for trying `private-` channels in dev mode (the `dev` tenant with a
+/// token key): the server runs on it alone, and a token `ringcast token` mints from it
+/// lets a WebSocket subscribe to a private channel (found in a SPEC audit: `--dev` alone
+/// has no key, so private channels could not be tried, and the README did not say how).
+#[test]
+fn the_readme_dev_file_with_a_token_key_opens_private_channels() -> Result<()> {
+    // `--dev` alone: the tokens route says how to get a key.
+    let plain = Server::start(&[])?;
+    let body = r#"{"channel":"private-room","permissions":["subscribe"],"expiresIn":60}"#;
+    let request = format!(
+        "POST /api/realtime/tokens HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let resp = ringcast_tests::http_request(plain.addr(), request.as_bytes())?;
+    assert_eq!(resp.status, 400, "{}", resp.body_text());
+    assert!(
+        resp.body_text().contains("[[tenants.token_keys]]"),
+        "{}",
+        resp.body_text()
+    );
+
+    let blocks = readme_toml_blocks()?;
+    let text = blocks
+        .iter()
+        .find(|b| b.contains("id = \"dev\"") && b.contains("token_keys"))
+        .context("README.md has no ```toml block declaring the dev tenant with a token key")?;
+    let (server, path) = Server::start_with_config(text, &[])?;
+    let out = Command::new(ringcast_bin())
+        .args(["token", "--config"])
+        .arg(&path)
+        .args([
+            "--tenant",
+            "dev",
+            "--channel",
+            "private-room",
+            "--permissions",
+            "subscribe",
+        ])
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "ringcast token: {stderr}");
+    let token = String::from_utf8(out.stdout)?.trim().to_owned();
+    let mut client = Client::open(&server, "")?;
+    client.send_json(&serde_json::json!({"action":"subscribe","channel":"private-room"}))?;
+    let refused = client.expect_event("error")?;
+    assert_eq!(refused["data"]["code"], "unauthorized", "{refused}");
+    client.send_json(
+        &serde_json::json!({"action":"subscribe","channel":"private-room","token":token}),
+    )?;
+    client.expect_event("subscribed")?;
     Ok(())
 }

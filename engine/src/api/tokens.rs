@@ -14,10 +14,14 @@ use crate::token::{self, MintRequest, Permission};
 pub fn tokens(shard: &Shard, body: &[u8], tenant: &Tenant) -> Result<Vec<u8>, Refusal> {
     let request = shard.parse_token_request(body)?;
     if tenant.token_keys.is_empty() {
-        return Err(Refusal::new(
-            ApiError::BadRequest,
-            "this tenant has no token_keys to sign with",
-        ));
+        // `--dev` alone declares none: say how to get one (found in a SPEC audit).
+        let message = if tenant.id.as_str() == crate::config::DEV_TENANT {
+            "this tenant has no token_keys to sign with: declare the dev tenant with a \
+             [[tenants.token_keys]] entry in a config file (README, \"Configuration\")"
+        } else {
+            "this tenant has no token_keys to sign with"
+        };
+        return Err(Refusal::new(ApiError::BadRequest, message));
     }
     // The parser let only known names through; one it did not know is refused here too
     // rather than dropped (it was filtered away silently).

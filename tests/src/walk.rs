@@ -124,6 +124,17 @@ pub struct Delivery {
     /// Messages sent live after the plain answer may come before the replay of older
     /// ones, but each seq comes once, and by the resume's answer all of them have.
     window: Option<(u64, BTreeSet<u64>)>,
+    /// A resume that takes a replay of only the kept messages ([`Delivery::resume_kept`]).
+    kept: Option<Kept>,
+}
+
+/// What a [`Delivery::resume_kept`] asked for and what its replay began with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Kept {
+    /// The resume's `lastEventId`.
+    last: u64,
+    /// The first seq replayed, once one came.
+    first: Option<u64>,
 }
 
 impl Delivery {
@@ -134,6 +145,7 @@ impl Delivery {
             answers_due: 1,
             resuming: false,
             window: None,
+            kept: None,
         }
     }
 
@@ -145,7 +157,25 @@ impl Delivery {
             answers_due: 1 + u32::from(plain_first),
             resuming: true,
             window: plain_first.then(BTreeSet::new).map(|seen| (last, seen)),
+            kept: None,
         }
+    }
+
+    /// A resume from `last` on a channel whose history keeps only its newest messages
+    /// (the tenant's `history_messages`): the replay is every kept message after `last`,
+    /// in order, then `subscribed`. A replay that begins after `last + 1` (those between
+    /// were no longer kept) must be answered `recovered: false`, one that begins there
+    /// (or an empty one) `recovered: true`.
+    pub fn resume_kept(last: u64) -> Delivery {
+        Delivery {
+            kept: Some(Kept { last, first: None }),
+            ..Delivery::resume(last, false)
+        }
+    }
+
+    /// The first seq a [`Delivery::resume_kept`] replayed, once it replayed one.
+    pub fn first_replayed(&self) -> Option<u64> {
+        self.kept.and_then(|k| k.first)
     }
 
     /// Every answer came, and each seq since is accounted for.
@@ -160,6 +190,13 @@ impl Delivery {
                 return Err(format!("seq {seq} again, or not after {from}"));
             }
             return Ok(());
+        }
+        if let Some(kept @ Kept { first: None, .. }) = &mut self.kept {
+            // The replay's first message: it may start later than asked, not earlier.
+            if self.answers_due > 0 && seq >= self.next {
+                kept.first = Some(seq);
+                self.next = seq;
+            }
         }
         if seq != self.next {
             return Err(format!(
@@ -180,7 +217,15 @@ impl Delivery {
         if self.answers_due > 0 {
             return Ok(false);
         }
-        if self.resuming && !recovered {
+        if let Some(Kept { last, first }) = self.kept {
+            let lost = first.is_some_and(|first| first > last + 1);
+            if lost == recovered {
+                return Err(format!(
+                    "resume from {last} answered at {seq} recovered: {recovered}, its replay \
+                     beginning at {first:?}"
+                ));
+            }
+        } else if self.resuming && !recovered {
             return Err(format!("resume answered at {seq} not recovered"));
         }
         if let Some((from, seqs)) = self.window.take() {
@@ -218,6 +263,31 @@ mod tests {
         assert!(d.answered());
         assert!(d.message(9).is_err(), "a gap");
         d.message(8).unwrap();
+    }
+
+    #[test]
+    fn a_resume_of_kept_messages_says_whether_its_replay_begins_where_asked() {
+        let mut d = Delivery::resume_kept(2);
+        d.message(6).unwrap();
+        d.message(7).unwrap();
+        assert!(d.message(9).is_err(), "a gap inside the replay");
+        assert_eq!(d.first_replayed(), Some(6));
+        assert!(d.clone().subscribed(7, true).is_err(), "3 to 5 were lost");
+        assert_eq!(d.subscribed(7, false), Ok(true));
+        d.message(8).unwrap();
+
+        let mut d = Delivery::resume_kept(2);
+        d.message(3).unwrap();
+        assert!(d.clone().subscribed(3, false).is_err(), "nothing was lost");
+        assert_eq!(d.subscribed(3, true), Ok(true));
+
+        let mut d = Delivery::resume_kept(4);
+        assert!(d.clone().message(4).is_err(), "before what was asked");
+        assert!(
+            d.clone().subscribed(6, false).is_err(),
+            "5 and 6 not replayed"
+        );
+        assert_eq!(d.subscribed(4, true), Ok(true));
     }
 
     #[test]

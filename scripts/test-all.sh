@@ -14,4 +14,4 @@ cargo test --workspace -- --test-threads=2
 # refuses a send ring) once more end to end: WebSocket traffic, slow consumers, closes,
 # SSE streams.
 RINGCAST_SEND_RING=0 cargo test -p ringcast-tests --test pubsub --test slow_consumer --test soak --test soak_ren \
-  --test shutdown --test framing --test close_logs --test ren -- --test-threads=2
+  --test soak_limits --test shutdown --test framing --test close_logs --test ren -- --test-threads=2

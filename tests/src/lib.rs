@@ -1107,6 +1107,15 @@ impl HttpConn {
     }
 }
 
+/// An HTTP/1.1 request with a JSON `body` (`headers`: whole lines, each ending in CRLF).
+pub fn json_request(method: &str, path: &str, headers: &str, body: &str) -> String {
+    format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n{headers}\r\n{body}",
+        body.len()
+    )
+}
+
 /// What `encodeURIComponent` makes of `s` (the SDK encodes channel names so).
 pub fn encode_component(s: &str) -> String {
     let mut out = String::new();

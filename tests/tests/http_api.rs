@@ -8,23 +8,17 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use ringcast_tests::{
-    encode_component, json, poll_until, Client, HttpConn, HttpResponse, Server, TIMEOUT,
+    encode_component, json, json_request, poll_until, Client, HttpConn, HttpResponse, Server,
+    TIMEOUT,
 };
 use serde_json::Value;
 
-fn request(method: &str, path: &str, headers: &str, body: &str) -> String {
-    format!(
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{headers}\r\n{body}",
-        body.len()
-    )
-}
-
 fn post(path: &str, body: &str) -> String {
-    request("POST", path, "", body)
+    json_request("POST", path, "", body)
 }
 
 fn get(path: &str) -> String {
-    request("GET", path, "", "")
+    json_request("GET", path, "", "")
 }
 
 /// One request on a fresh connection.
@@ -182,7 +176,7 @@ fn idempotent_retries_answer_the_same_seq_and_deliver_once() -> Result<()> {
     let mut sub = Client::open(&server, "")?;
     sub.subscribe("orders")?;
     let with_header = |key: &str, data: &str| {
-        request(
+        json_request(
             "POST",
             "/api/realtime/publish",
             &format!("Idempotency-Key: {key}\r\n"),
@@ -223,7 +217,7 @@ fn idempotent_retries_answer_the_same_seq_and_deliver_once() -> Result<()> {
     let page = ok_json(&call(&server, get("/api/realtime/history/orders"))?)?;
     assert_eq!(seqs(&page), vec![1, 2]);
     // Body and header naming different keys is a client bug.
-    let both = request(
+    let both = json_request(
         "POST",
         "/api/realtime/publish",
         "Idempotency-Key: x\r\n",
@@ -333,7 +327,7 @@ plan = "pro"
 fn api_keys_are_checked_per_tenant() -> Result<()> {
     let server = keyed_server(&[])?;
     let body = r#"{"channel":"c","data":1}"#;
-    let with = |headers: &str| request("POST", "/api/realtime/publish", headers, body);
+    let with = |headers: &str| json_request("POST", "/api/realtime/publish", headers, body);
     call(&server, with(""))?.assert_error(401, "unauthorized");
     call(&server, with("Authorization: Bearer nope\r\n"))?.assert_error(401, "unauthorized");
     call(
@@ -358,7 +352,7 @@ fn api_keys_are_checked_per_tenant() -> Result<()> {
     // Tenants are separate: `b`'s channel `c` is not `a`'s.
     let resp = call(
         &server,
-        request(
+        json_request(
             "GET",
             "/api/realtime/history/c",
             "X-Tenant-Id: b\r\nAuthorization: Bearer key-b-0123456789abcdef\r\n",
@@ -373,19 +367,19 @@ fn api_keys_are_checked_per_tenant() -> Result<()> {
 fn every_error_status_has_a_json_body() -> Result<()> {
     let server = keyed_server(&["--max-message-bytes", "8192"])?;
     let auth = "Authorization: Bearer key-a-0123456789abcdef\r\n";
-    let publish_with = |body: &str| request("POST", "/api/realtime/publish", auth, body);
+    let publish_with = |body: &str| json_request("POST", "/api/realtime/publish", auth, body);
     // 400
     call(&server, publish_with("{not json"))?.assert_error(400, "bad_request");
     call(&server, publish_with(r#"{"channel":"c"}"#))?.assert_error(400, "bad_request");
     call(&server, publish_with(r#"{"channel":"","data":1}"#))?.assert_error(400, "invalid_channel");
     call(
         &server,
-        request("GET", "/api/realtime/history/c?limit=0", auth, ""),
+        json_request("GET", "/api/realtime/history/c?limit=0", auth, ""),
     )?
     .assert_error(400, "bad_request");
     call(
         &server,
-        request("GET", "/api/realtime/history/%FF", auth, ""),
+        json_request("GET", "/api/realtime/history/%FF", auth, ""),
     )?
     .assert_error(400, "bad_request");
     // 401, 403
@@ -396,7 +390,7 @@ fn every_error_status_has_a_json_body() -> Result<()> {
     .assert_error(401, "unauthorized");
     call(
         &server,
-        request(
+        json_request(
             "GET",
             "/api/realtime/channels",
             "Authorization: Bearer key-b-0123456789abcdef\r\n",
@@ -405,10 +399,11 @@ fn every_error_status_has_a_json_body() -> Result<()> {
     )?
     .assert_error(403, "forbidden");
     // 404
-    call(&server, request("GET", "/api/realtime/nope", auth, ""))?.assert_error(404, "not_found");
+    call(&server, json_request("GET", "/api/realtime/nope", auth, ""))?
+        .assert_error(404, "not_found");
     call(
         &server,
-        request(
+        json_request(
             "GET",
             "/api/realtime/channels",
             "X-Tenant-Id: ghost\r\n",
@@ -417,12 +412,15 @@ fn every_error_status_has_a_json_body() -> Result<()> {
     )?
     .assert_error(404, "unknown_tenant");
     // 405, naming the route's method
-    let wrong = call(&server, request("GET", "/api/realtime/publish", auth, ""))?;
+    let wrong = call(
+        &server,
+        json_request("GET", "/api/realtime/publish", auth, ""),
+    )?;
     wrong.assert_error(405, "method_not_allowed");
     assert_eq!(wrong.header("allow"), Some("POST"));
     call(
         &server,
-        request("DELETE", "/api/realtime/history/c", auth, ""),
+        json_request("DELETE", "/api/realtime/history/c", auth, ""),
     )?
     .assert_error(405, "method_not_allowed");
     // 413: over the tenant's message size (2 KiB), and over the server's body limit.
@@ -431,15 +429,18 @@ fn every_error_status_has_a_json_body() -> Result<()> {
     let huge = format!(r#"{{"channel":"c","data":"{}"}}"#, "x".repeat(9000));
     call(&server, publish_with(&huge))?.assert_error(413, "payload_too_large");
     // A REN stream of a tenant without anonymous streams needs a token.
-    call(&server, request("GET", "/api/maravilla/ren", auth, ""))?
+    call(&server, json_request("GET", "/api/maravilla/ren", auth, ""))?
         .assert_error(401, "unauthorized");
-    call(&server, request("POST", "/api/realtime/tokens", auth, "{}"))?
-        .assert_error(400, "bad_request");
+    call(
+        &server,
+        json_request("POST", "/api/realtime/tokens", auth, "{}"),
+    )?
+    .assert_error(400, "bad_request");
     // 503: every connection slot taken (a server of its own, so that the slots of the
     // connections above, closed but perhaps not yet seen closed, do not count).
     let full = keyed_server(&["--max-connections", "1"])?;
     let mut held = HttpConn::open(&full)?;
-    held.send(request("GET", "/api/realtime/channels", auth, ""))?;
+    held.send(json_request("GET", "/api/realtime/channels", auth, ""))?;
     ok_json(&held.response()?)?;
     call(&full, publish_with(r#"{"channel":"c","data":1}"#))?.assert_error(503, "overloaded");
     Ok(())
@@ -687,7 +688,7 @@ fn an_http_join_expires_after_the_ttl_unless_joined_again() -> Result<()> {
 fn presence_routes_refuse_bad_requests_with_json_errors() -> Result<()> {
     let server = keyed_server(&[])?;
     let auth = "Authorization: Bearer key-a-0123456789abcdef\r\n";
-    let post_with = |path: &str, body: &str| call(&server, request("POST", path, auth, body));
+    let post_with = |path: &str, body: &str| call(&server, json_request("POST", path, auth, body));
     let join = "/api/realtime/presence/room/join";
     for body in [
         "",
@@ -722,19 +723,19 @@ fn presence_routes_refuse_bad_requests_with_json_errors() -> Result<()> {
     post_with(join, &long_user)?.assert_error(400, "bad_request");
     let listed = call(
         &server,
-        request("GET", "/api/realtime/presence/room", auth, ""),
+        json_request("GET", "/api/realtime/presence/room", auth, ""),
     )?;
     assert_eq!(ok_json(&listed)?, json!({"members": []}));
     // Methods, unknown actions, keys.
-    call(&server, request("GET", join, auth, ""))?.assert_error(405, "method_not_allowed");
+    call(&server, json_request("GET", join, auth, ""))?.assert_error(405, "method_not_allowed");
     call(
         &server,
-        request("POST", "/api/realtime/presence/room", auth, "{}"),
+        json_request("POST", "/api/realtime/presence/room", auth, "{}"),
     )?
     .assert_error(405, "method_not_allowed");
     call(
         &server,
-        request("DELETE", "/api/realtime/presence/room/leave", auth, ""),
+        json_request("DELETE", "/api/realtime/presence/room/leave", auth, ""),
     )?
     .assert_error(405, "method_not_allowed");
     post_with("/api/realtime/presence/room/kick", r#"{"userId":"a"}"#)?
@@ -742,7 +743,7 @@ fn presence_routes_refuse_bad_requests_with_json_errors() -> Result<()> {
     call(&server, post(join, r#"{"userId":"a"}"#))?.assert_error(401, "unauthorized");
     call(
         &server,
-        request(
+        json_request(
             "GET",
             "/api/realtime/presence/room",
             "Authorization: Bearer key-b-0123456789abcdef\r\n",

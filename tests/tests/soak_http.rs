@@ -49,7 +49,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, ensure, Context, Result};
 use ringcast_tests::walk::{soak_seed, time_left, Delivery, Observe, Rng, Trail};
 use ringcast_tests::{
-    encode_component, json, ringcast_bin, Client, HttpConn, HttpResponse, Server, TIMEOUT,
+    encode_component, json, json_request, ringcast_bin, Client, HttpConn, HttpResponse, Server,
+    TIMEOUT,
 };
 use serde_json::Value;
 
@@ -117,14 +118,6 @@ fn short_token(kid: &str, secret: &str, channel: &str, user: &str, lifetime_secs
     header.kid = Some(kid.into());
     let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()).expect("an HMAC key");
     jsonwebtoken::encode(&header, &claims, &key).expect("HS256 encodes")
-}
-
-fn request(method: &str, path: &str, headers: &str, body: &str) -> String {
-    format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\n{headers}\r\n{body}",
-        body.len()
-    )
 }
 
 /// `presence:join` → (`join`, true), `presence.leave` → (`leave`, false).
@@ -673,7 +666,7 @@ impl Walker<'_> {
         body: &str,
     ) -> Result<HttpResponse> {
         self.note(format!("=> {method} {path} {headers:?} {body}"));
-        self.api.send(request(method, path, headers, body))?;
+        self.api.send(json_request(method, path, headers, body))?;
         let resp = self.api.response()?;
         self.note(format!("<= {} {}", resp.status, resp.body_text()));
         Ok(resp)
@@ -793,7 +786,7 @@ impl Walker<'_> {
         let (headers, body, user) = self.publish_request(channel, &data, Some(&key));
         let mut other = HttpConn::open(self.server)?;
         self.note(format!("=> twice POST publish {headers:?} {body}"));
-        let req = request("POST", "/api/realtime/publish", &headers, &body);
+        let req = json_request("POST", "/api/realtime/publish", &headers, &body);
         other.send(&req)?;
         self.api.send(&req)?;
         let (a, b) = (self.api.response()?, other.response()?);
@@ -847,8 +840,8 @@ impl Walker<'_> {
             encode_component(channel)
         );
         self.note(format!("=> pipelined POST publish {body} + GET {path}"));
-        let mut both = request("POST", "/api/realtime/publish", &headers, &body);
-        both.push_str(&request("GET", &path, "", ""));
+        let mut both = json_request("POST", "/api/realtime/publish", &headers, &body);
+        both.push_str(&json_request("GET", &path, "", ""));
         self.api.send(both)?;
         let published = self.api.response()?;
         let page = self.api.response()?;
@@ -1196,7 +1189,7 @@ fn mint_tokens(
     let api = |channel: &str, permissions: Value| -> Result<String> {
         let body = json!({"channel": channel, "userId": user, "permissions": permissions, "expiresIn": 3600});
         let mut conn = HttpConn::open(server)?;
-        conn.send(request(
+        conn.send(json_request(
             "POST",
             "/api/realtime/tokens",
             "",

@@ -74,8 +74,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use ringcast_tests::walk::{soak_seed, Rng};
 use ringcast_tests::{
-    encode_component, json, poll_until, Client, ConnectError, HttpConn, HttpResponse, Server,
-    TIMEOUT,
+    encode_component, json, json_request, poll_until, Client, ConnectError, HttpConn, HttpResponse,
+    Server, TIMEOUT,
 };
 use serde_json::Value;
 
@@ -105,15 +105,6 @@ const DEFAULT_SEED: u64 = 0x5eed_0000_0000_0011;
 #[test]
 fn tenants_plans_and_limits_reloaded_under_load_refuse_exactly_and_lose_nothing() -> Result<()> {
     soak(soak_seed(DEFAULT_SEED)?)
-}
-
-/// An HTTP request with a JSON body.
-fn request(method: &str, path: &str, headers: &str, body: &str) -> String {
-    format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\n{headers}\r\n{body}",
-        body.len()
-    )
 }
 
 /// The wire contract's error shape: `status`, JSON, `{"error":{"code","message"}}`.
@@ -1101,7 +1092,7 @@ impl<'s> Coordinator<'s> {
         body: &str,
     ) -> Result<HttpResponse> {
         let headers = format!("X-Tenant-Id: {tenant}\r\nAuthorization: Bearer {key}\r\n");
-        self.http.send(request(method, path, &headers, body))?;
+        self.http.send(json_request(method, path, &headers, body))?;
         self.http.response()
     }
 

@@ -150,7 +150,7 @@ impl Watcher {
 /// An HTTP request to the blink tenant, answered 200.
 fn blink_api(server: &Server, method: &str, path: &str, body: &str) -> Result<Value> {
     let mut conn = HttpConn::open(server)?;
-    conn.send(request(method, path, "X-Tenant-Id: blink\r\n", body))?;
+    conn.send(json_request(method, path, "X-Tenant-Id: blink\r\n", body))?;
     let resp = conn.response()?;
     ensure!(
         resp.status == 200,

@@ -9,13 +9,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use ringcast_tests::walk::{time_left, Delivery, Observe, Rng, Trail};
-use ringcast_tests::{encode_component, json, Client, ConnectError, HttpConn, Server};
+use ringcast_tests::{
+    encode_component, json, json_request, Client, ConnectError, HttpConn, Server,
+};
 use serde_json::Value;
 use tungstenite::Message;
 
 use super::tenants::{token, Limits, TenantSpec, TENANTS};
 use super::world::{Book, Snapshot, World};
-use super::{http_error, request, PRIVATE, PUBLIC};
+use super::{http_error, PRIVATE, PUBLIC};
 
 /// Where one followed channel stands.
 #[derive(Debug)]
@@ -1148,7 +1150,7 @@ impl<'s> Walker<'s> {
             None => format!("X-Tenant-Id: {}\r\n", self.tenant),
         };
         self.note(format!("=> {method} {path} {body}"));
-        self.api.send(request(method, path, &headers, body))?;
+        self.api.send(json_request(method, path, &headers, body))?;
         let resp = self.api.response()?;
         self.note(format!("<= {} {}", resp.status, resp.body_text()));
         Ok(resp)

@@ -360,7 +360,8 @@ impl ShardStore {
         self.tombstones.insert(key, stone);
         let record = tombstones::encode(key, stone);
         let path = self.dir.join(tombstones::FILE);
-        if !self.space.send(Job::Tombstone { path, record }) {
+        let cap = self.cfg.max_tombstones;
+        if !self.space.send(Job::Tombstone { path, record, cap }) {
             self.stats.background_errors += 1;
         }
     }

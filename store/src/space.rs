@@ -46,7 +46,11 @@ pub(crate) enum Job {
     },
     /// Append a record to the store's tombstone file at `path` (`tombstones.rs`); a
     /// failure is answered with `TombstoneFailed`.
-    Tombstone { path: PathBuf, record: Vec<u8> },
+    Tombstone {
+        path: PathBuf,
+        record: Vec<u8>,
+        cap: usize,
+    },
 }
 
 impl Job {
@@ -98,11 +102,12 @@ impl Space {
         let thread = std::thread::Builder::new()
             .name("ringcast-store-space".into())
             .spawn(move || {
+                let mut tombstones = tombstones::Appender::default();
                 for job in job_rx {
                     if closed.load(Ordering::Relaxed) && job.is_advisory() {
                         continue;
                     }
-                    let answer = run(job);
+                    let answer = run(job, &mut tombstones);
                     if let Some(a) = answer {
                         if done_tx.send(a).is_err() {
                             break;
@@ -150,7 +155,7 @@ impl Drop for Space {
     }
 }
 
-fn run(job: Job) -> Option<Done> {
+fn run(job: Job, tombstones: &mut tombstones::Appender) -> Option<Done> {
     match job {
         Job::Create { path, header } => Some(match create(&path, &header) {
             Ok(map) => Done::Created { path, header, map },
@@ -175,7 +180,8 @@ fn run(job: Job) -> Option<Done> {
             map.populate_for_write(at, len);
             None
         }
-        Job::Tombstone { path, record } => tombstones::append(&path, &record)
+        Job::Tombstone { path, record, cap } => tombstones
+            .append(&path, &record, cap)
             .err()
             .map(|_| Done::TombstoneFailed),
     }

@@ -177,7 +177,27 @@ pub(crate) fn load(
         return Ok((set, false));
     }
     let (records, torn) = decode(&bytes);
-    // The last record of each key, in the order of those last records.
+    let kept = latest(&records, cap, live);
+    for &(key, r) in &kept {
+        set.insert(key, r);
+    }
+    if torn || kept.len() != records.len() {
+        let mut out = Vec::new();
+        for &(key, r) in &kept {
+            out.extend_from_slice(&encode(key, r));
+        }
+        replace(&path, &out)?;
+    }
+    Ok((set, torn))
+}
+
+/// Of `records` (oldest first), each key's last one, unless `live` says the key has a
+/// ring, and of those the newest `cap`, in order.
+fn latest<'a>(
+    records: &[(&'a [u8], Tombstone)],
+    cap: usize,
+    live: impl Fn(&[u8]) -> bool,
+) -> Vec<(&'a [u8], Tombstone)> {
     let mut last: HashMap<&[u8], usize> = HashMap::new();
     for (i, (key, _)) in records.iter().enumerate() {
         last.insert(key, i);
@@ -191,17 +211,7 @@ pub(crate) fn load(
     if kept.len() > cap {
         kept.drain(..kept.len() - cap);
     }
-    for &(key, r) in &kept {
-        set.insert(key, r);
-    }
-    if torn || kept.len() != records.len() {
-        let mut out = Vec::new();
-        for &(key, r) in &kept {
-            out.extend_from_slice(&encode(key, r));
-        }
-        replace(&path, &out)?;
-    }
-    Ok((set, torn))
+    kept
 }
 
 /// Writes `bytes` as the file at `path` through a temporary file and a rename.
@@ -244,15 +254,38 @@ pub(crate) fn rewrite(
     Ok(set)
 }
 
-/// The background thread's side: appends a record to a store's file. The file is
-/// opened for each record, so a file the start-up replaced is never written through a
-/// stale descriptor.
-pub(crate) fn append(path: &Path, record: &[u8]) -> io::Result<()> {
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)?
-        .write_all(record)
+/// The background thread's side: appends records to stores' files, and rewrites a file
+/// with each key's last record (the newest `cap`) once `cap` more were appended to it
+/// since, so a server that runs for months letting channels go keeps it bounded (keys
+/// that have a ring again are only dropped at the next open, which knows the rings).
+/// A file is opened for each record, so one the start-up replaced is never written
+/// through a stale descriptor.
+#[derive(Debug, Default)]
+pub(crate) struct Appender {
+    appended: HashMap<std::path::PathBuf, usize>,
+}
+
+impl Appender {
+    pub(crate) fn append(&mut self, path: &Path, record: &[u8], cap: usize) -> io::Result<()> {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?
+            .write_all(record)?;
+        let appended = self.appended.entry(path.to_path_buf()).or_default();
+        *appended += 1;
+        if *appended >= cap.max(1) {
+            *appended = 0;
+            let bytes = std::fs::read(path)?;
+            let (records, _) = decode(&bytes);
+            let mut out = Vec::new();
+            for (key, t) in latest(&records, cap, |_| false) {
+                out.extend_from_slice(&encode(key, t));
+            }
+            replace(path, &out)?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -326,14 +359,28 @@ mod tests {
     fn appended_records_are_read_back() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(FILE);
-        append(&path, &encode(b"x", r(7, 70))).unwrap();
-        append(&path, &encode(b"y", r(8, 80))).unwrap();
+        let mut app = Appender::default();
+        app.append(&path, &encode(b"x", r(7, 70)), 10).unwrap();
+        app.append(&path, &encode(b"y", r(8, 80)), 10).unwrap();
         let (set, torn) = load(dir.path(), 10, |_| false).unwrap();
         assert!(!torn);
         assert_eq!(
             (set.get(b"x"), set.get(b"y")),
             (Some(r(7, 70)), Some(r(8, 80)))
         );
+        // Past `cap` appends the file is rewritten with each key's last record, the
+        // newest `cap` of them: it stays bounded however many rings are let go.
+        let len_of = |recs: usize| recs * encode(b"k0", r(1, 1)).len();
+        for round in 0..50u64 {
+            for k in 0..6u8 {
+                app.append(&path, &encode(&[b'k', b'0' + k], r(1, round)), 4)
+                    .unwrap();
+            }
+        }
+        let len = std::fs::metadata(&path).unwrap().len() as usize;
+        assert!(len <= len_of(4 + 4), "{len} bytes");
+        let (set, _) = load(dir.path(), 4, |_| false).unwrap();
+        assert_eq!(set.get(b"k5"), Some(r(1, 49)), "the newest are kept");
         let (_, _) = load(dir.path(), 0, |_| false).unwrap();
         assert!(!path.exists(), "off: the file goes");
     }

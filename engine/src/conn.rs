@@ -138,8 +138,15 @@ pub struct Conn {
     /// What its connection token (`/_rt/ws?token=`) verified: its user, and any
     /// `private-` channels it grants. `None`: an anonymous connection.
     pub grant: Option<Box<Grant>>,
+    /// Its client id (`connected.clientId`: the `cid` it gave, else generated), when at
+    /// most [`MAX_SRC_LEN`] bytes: the `src` of its publishes' REN events, the id the
+    /// SDK's `RenClient` compares with `getClientId()` to skip its own writes.
+    pub client_id: Option<Box<str>>,
     out: Outbound,
 }
+
+/// The longest client id a connection's publishes carry as their REN `src`.
+pub const MAX_SRC_LEN: usize = 128;
 
 impl std::fmt::Debug for Conn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -189,6 +196,7 @@ impl Conn {
             last_heard: Cell::new(Millis(0)),
             pinged_at: Cell::new(None),
             grant: None,
+            client_id: None,
             out: Outbound::new(limit, websocket_farewell),
         }
     }
@@ -255,6 +263,13 @@ impl Conn {
     /// The same connection authenticated by a connection token.
     pub fn with_grant(mut self, grant: Option<Grant>) -> Conn {
         self.grant = grant.map(Box::new);
+        self
+    }
+
+    /// Its client id, kept as its publishes' REN `src` unless longer than
+    /// [`MAX_SRC_LEN`].
+    pub fn with_client_id(mut self, client_id: &str) -> Conn {
+        self.client_id = (client_id.len() <= MAX_SRC_LEN).then(|| Box::from(client_id));
         self
     }
 

@@ -38,7 +38,7 @@ use crate::idempotency::{IdempotencyTable, Remembered};
 use crate::keys::{ChannelKey, ConnId, RequestId, ShardId};
 use crate::line_limit::LineLimit;
 use crate::mesh::{
-    Answer, HttpPublish, Mesh, PublishReq, Question, ReplyTo, ShardMsg, SubscribeReq,
+    Answer, Mesh, PublishExtras, PublishReq, Question, ReplyTo, ShardMsg, SubscribeReq,
 };
 use crate::metrics::{CloseReason, ShardCounters, Transport};
 use crate::outbound::Pushed;
@@ -305,7 +305,9 @@ impl ShardCore {
     ) -> Rc<Conn> {
         let limit = self.shared.config.load().outbound_buffer_bytes;
         let expires = grant.as_ref().map(|g| Millis(g.expires_ms));
-        let mut conn = Conn::new(ConnId(self.next_id()), tenant, limit).with_grant(grant);
+        let mut conn = Conn::new(ConnId(self.next_id()), tenant, limit)
+            .with_grant(grant)
+            .with_client_id(client_id);
         if let Some(expires) = expires {
             let timer = self.conn_expiry.insert(expires, conn.id);
             self.conn_timers.insert(conn.id, timer);
@@ -718,13 +720,28 @@ impl ShardCore {
             key: key.clone(),
             data: Bytes::copy_from_slice(publish.data),
             user_id,
-            http: None,
+            http: self.ws_publish_extras(conn),
             reply: Some(ReplyTo {
                 shard: self.id,
                 request,
             }),
         });
         self.send_to_owner(&key, msg);
+    }
+
+    /// A WebSocket publish's REN `src`, its connection's client id, while its tenant has
+    /// a REN stream (else the publish carries no box at all). The seed's self-filtering
+    /// (`event.src === ren.getClientId()`) then works for writes over the SDK's
+    /// `RealtimeClient`, which sends that id as `cid` (found in a SPEC audit: only HTTP
+    /// publishes carried one).
+    fn ws_publish_extras(&self, conn: &Conn) -> Option<Box<PublishExtras>> {
+        let src = conn.client_id.as_ref()?;
+        self.shared.ren.is_active(&conn.tenant.id).then(|| {
+            Box::new(PublishExtras {
+                src: Some(src.clone()),
+                ..PublishExtras::default()
+            })
+        })
     }
 
     // ----- presence (client side: the member lives at the channel's owner) -----
@@ -1038,7 +1055,7 @@ impl ShardCore {
         user_id: Option<Box<str>>,
         timeout_ms: u64,
     ) -> AnswerReceiver {
-        self.publish_for_task_once(key, data, user_id, HttpPublish::default(), timeout_ms)
+        self.publish_for_task_once(key, data, user_id, PublishExtras::default(), timeout_ms)
     }
 
     /// [`ShardCore::publish_for_task`] with what only HTTP publishes carry: an
@@ -1049,7 +1066,7 @@ impl ShardCore {
         key: ChannelKey,
         data: Bytes,
         user_id: Option<Box<str>>,
-        http: HttpPublish,
+        http: PublishExtras,
         timeout_ms: u64,
     ) -> AnswerReceiver {
         let owner = key.owner(self.shards);

@@ -254,25 +254,27 @@ pub struct PublishReq {
     pub data: Bytes,
     /// The `userId` to show on the message.
     pub user_id: Option<Box<str>>,
-    /// What only HTTP publishes carry (boxed: a WebSocket publish stays small, and so
+    /// What some publishes carry (boxed: a plain WebSocket publish stays small, and so
     /// does every inbox slot).
-    pub http: Option<Box<HttpPublish>>,
+    pub http: Option<Box<PublishExtras>>,
     /// Where the owner sends `Answer::Published` or `Answer::Failed`; `None`: nobody waits.
     pub reply: Option<ReplyTo>,
 }
 
-/// The parts of a publish only the HTTP API gives.
+/// The parts of a publish only some give: an HTTP publish's idempotency key, and the
+/// client a publish came from (the REN event's `src`).
 #[derive(Debug, Default)]
-pub struct HttpPublish {
+pub struct PublishExtras {
     /// Its idempotency key: a retry with the same key (on the same channel, within the
     /// TTL) is answered with the first publish's seq and ts and publishes nothing.
     pub idempotency_key: Option<Box<str>>,
-    /// The client it came from, as its `X-Ren-Client` names it: the `src` of its REN
-    /// event, so that client can skip its own writes.
+    /// The client it came from: an HTTP publish's `X-Ren-Client`, a WebSocket publish's
+    /// connection `cid` (while its tenant has a REN stream). The `src` of its REN event,
+    /// so that client can skip its own writes.
     pub src: Option<Box<str>>,
 }
 
-impl HttpPublish {
+impl PublishExtras {
     /// Whether it carries nothing (then the publish carries no box at all).
     pub fn is_empty(&self) -> bool {
         self.idempotency_key.is_none() && self.src.is_none()

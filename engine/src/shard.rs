@@ -25,7 +25,7 @@ use crate::conn::Conn;
 use crate::core::ShardCore;
 use crate::history::HistoryStore;
 use crate::keys::{ChannelKey, ShardId};
-use crate::mesh::{HttpPublish, Mesh, Question, ShardMsg};
+use crate::mesh::{Mesh, PublishExtras, Question, ShardMsg};
 use crate::requests::Outcome;
 use crate::send_ring::SendRing;
 use crate::shared::Shared;
@@ -267,7 +267,7 @@ impl Shard {
         key: ChannelKey,
         data: Bytes,
         user_id: Option<Box<str>>,
-        http: HttpPublish,
+        http: PublishExtras,
         timeout_ms: u64,
     ) -> Outcome {
         let answer = self

@@ -9,7 +9,7 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 use ringcast_engine::keys::{tenant_owner, ShardId};
-use ringcast_engine::mesh::{Answer, HttpPublish};
+use ringcast_engine::mesh::{Answer, PublishExtras};
 use ringcast_engine::outbound::ConnState;
 use ringcast_engine::ren::stream::RenStream;
 use ringcast_engine::ren::Resume;
@@ -152,9 +152,9 @@ fn publishes_presence_and_app_events_reach_every_stream_whose_filter_takes_them(
     // session `tab-7` (its `X-Ren-Client`).
     let other = cluster.channel_owned_by(0, "http:");
     let data = Bytes::from_static(b"[1,2]");
-    let http = HttpPublish {
+    let http = PublishExtras {
         src: Some(Box::from("tab-7")),
-        ..HttpPublish::default()
+        ..PublishExtras::default()
     };
     let key = support::key(&other);
     let mut rx = cluster.shards[1].publish_for_task_once(key, data, None, http, 1_000);
@@ -219,9 +219,9 @@ fn publishes_presence_and_app_events_reach_every_stream_whose_filter_takes_them(
     assert_eq!(message["uid"], "alice");
     assert_eq!(message["v"], "1");
     assert_eq!(message["data"]["text"], "hi");
-    assert!(
-        message.get("src").is_none(),
-        "a WebSocket publish names no src"
+    assert_eq!(
+        message["src"], "test",
+        "a WebSocket publish names its connection's client id"
     );
     assert_eq!(seen[1].data()["data"], serde_json::json!([1, 2]));
     assert_eq!(

@@ -92,15 +92,18 @@ fn streams_get_mirrors_and_app_events_their_filter_takes() -> Result<()> {
     );
     assert_eq!(wanted.header("cache-control"), Some("no-cache"));
 
-    // A WebSocket publish (acknowledged: it is in history and mirrored).
-    let mut ws = Client::connect_on_shard(&server, 0)?;
+    // A WebSocket publish (acknowledged: it is in history and mirrored), with the
+    // connection's `cid` as `src`, so that client can skip its own write as the seed's
+    // REN docs show (`event.src === ren.getClientId()`; the SDK's RealtimeClient sends
+    // that id as `cid`).
+    let mut ws = Client::connect_on_shard_with(&server, 0, "cid=tab-1")?;
     ws.send_json(&json!({"action":"publish","channel":"chat:lobby","data":{"text":"hi","n":[1,2.50]},"userId":"alice","ref":1}))?;
     ws.expect_event("ack")?;
     let message = next(&mut wanted)?;
     assert_eq!(message.event, "realtime.message");
     assert_eq!(
         message.data,
-        json!({"t":"realtime.message","r":"realtime","v":"1","ch":"chat:lobby",
+        json!({"t":"realtime.message","r":"realtime","v":"1","ch":"chat:lobby","src":"tab-1",
                "data":{"text":"hi","n":[1,2.5]},"uid":"alice","ts":message.data["ts"]})
     );
     // An HTTP publish.

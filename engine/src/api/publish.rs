@@ -10,7 +10,7 @@ use ringcast_protocol::http::RequestHead;
 use ringcast_protocol::ApiError;
 
 use crate::keys::ChannelKey;
-use crate::mesh::{Answer, HttpPublish};
+use crate::mesh::{Answer, PublishExtras};
 use crate::shard::Shard;
 use crate::tenant::Tenant;
 
@@ -51,7 +51,7 @@ pub async fn publish(
         }
         (body, header) => body.or(header),
     };
-    let http = HttpPublish {
+    let http = PublishExtras {
         idempotency_key: idempotency_key.map(String::into_boxed_str),
         src: super::ren::ren_client(head)?.map(String::into_boxed_str),
     };

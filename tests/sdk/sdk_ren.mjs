@@ -1,17 +1,20 @@
 // Runs the official SDK's RenClient (@maravilla-labs/platform) against a running ringcast
 // server: two clients with different subscriptions receive filtered REN events (app events
 // pushed with the SDK's renFetch, which adds X-Ren-Client, and mirrored channel
-// publishes, one of them through renFetch), and each drops its own writes by comparing
-// `src` with getClientId(), as the seed shows.
+// publishes, one of them through renFetch and one through the SDK's RealtimeClient, whose
+// WebSocket carries the same client id as `cid`), and each drops its own writes by
+// comparing `src` with getClientId(), as the seed shows.
 //
 // Usage: node tests/sdk/sdk_ren.mjs http://127.0.0.1:PORT
 // Exit 0 on success; non-zero with a message on stderr otherwise.
 
 import { EventSource } from 'eventsource';
-import { RenClient, renFetch } from '@maravilla-labs/platform';
+import { WebSocket } from 'ws';
+import { RealtimeClient, RenClient, renFetch } from '@maravilla-labs/platform';
 
-// Node 20 has no global EventSource; the SDK uses the global one.
+// Node 20 has no global EventSource or WebSocket; the SDK uses the global ones.
 globalThis.EventSource = EventSource;
+globalThis.WebSocket = WebSocket;
 
 const OVERALL_TIMEOUT_MS = 15000;
 const base = process.argv[2];
@@ -131,6 +134,20 @@ async function main() {
   const fromBPublish = await waitFor(a, (e) => e.t === 'realtime.message' && e.data?.n === 8, 'n:8 on a');
   if (fromBPublish.src !== 'tab-b') fail(`mirrored renFetch publish: ${JSON.stringify(fromBPublish)}`);
   await waitFor(b, (e) => e.t === 'realtime.message' && e.data?.n === 8, 'n:8 on b', 5000, 'raw');
+
+  // A publish over the SDK's RealtimeClient as tab-a (its WebSocket sends `cid=tab-a`):
+  // mirrored with src tab-a, so b sees it and a drops its own.
+  const wsEndpoint = `${base.replace(/^http/, 'ws')}/_rt/ws`;
+  const rt = new RealtimeClient({ wsEndpoint, autoReconnect: false, clientId: 'tab-a' });
+  const rtConnected = new Promise((resolve) => rt.onAny((e) => { if (e?.event === 'connected') resolve(e); }));
+  rt.connect();
+  await rtConnected;
+  rt.publish(channel, { n: 9 });
+  const fromRt = await waitFor(b, (e) => e.t === 'realtime.message' && e.data?.n === 9, 'n:9 on b');
+  if (fromRt.src !== 'tab-a') fail(`mirrored RealtimeClient publish: ${JSON.stringify(fromRt)}`);
+  await waitFor(a, (e) => e.t === 'realtime.message' && e.data?.n === 9, 'n:9 on a', 5000, 'raw');
+  if (a.others.some((e) => e.data?.n === 9)) fail('a did not drop its own RealtimeClient publish');
+  rt.disconnect();
 
   if (!a.raw.some((e) => e.k === 'todo:1' && e.src === 'tab-a')) fail('a was not sent its own write');
   if (a.others.some((e) => e.k === 'todo:1')) fail('a did not drop its own write');

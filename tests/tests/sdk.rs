@@ -5,7 +5,8 @@
 //! with a RealtimeClient subscriber whose presence handle sees the changes;
 //! tests/sdk/sdk_presence.mjs watches another client join, update and leave presence;
 //! tests/sdk/sdk_ren.mjs runs two `RenClient`s (filters, self-filtering by `src`, events
-//! pushed with the SDK's `renFetch`, a mirrored publish).
+//! pushed with the SDK's `renFetch`, mirrored publishes over HTTP, `renFetch` and a
+//! `RealtimeClient` whose `cid` becomes their `src`).
 
 use std::time::Duration;
 

@@ -11,7 +11,8 @@ bash scripts/install-test-deps.sh
 cargo build -p ringcast-engine --bin ringcast
 cargo test --workspace -- --test-threads=2
 # The writer-task path (the legacy driver's, and every connection's where the kernel
-# refuses a send ring) once more end to end: WebSocket traffic, slow consumers, closes,
-# SSE streams.
+# refuses a send ring) once more end to end: WebSocket traffic, slow consumers (also the
+# slow-consumer soak), closes, SSE streams.
 RINGCAST_SEND_RING=0 cargo test -p ringcast-tests --test pubsub --test slow_consumer --test soak --test soak_ren \
-  --test soak_limits --test shutdown --test framing --test close_logs --test ren -- --test-threads=2
+  --test soak_limits --test soak_slow --test shutdown --test framing --test close_logs \
+  --test ren -- --test-threads=2

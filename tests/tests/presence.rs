@@ -1,5 +1,5 @@
 //! Presence end to end: the real binary, a short TTL from the config file, a client that
-//! disappears without leaving.
+//! disappears without leaving, the tenant's `presence_events` spelling.
 
 use std::time::{Duration, Instant};
 
@@ -41,5 +41,42 @@ fn a_dropped_member_expires_after_the_configured_ttl() -> Result<()> {
         "kept until the TTL, not dropped at once: {waited:?}"
     );
     assert_eq!(dotted.expect_event("presence.leave")?["userId"], "alice");
+    Ok(())
+}
+
+/// SPEC §3 "Presence event names" and README's `presence_events = "dot"`: the tenant
+/// setting in the config file, with no `?presence_events=` on the connection, makes that
+/// tenant's WebSocket subscribers get `presence.join` / `presence.update` /
+/// `presence.leave`; another tenant of the same server keeps the SDK's colon spelling.
+#[test]
+fn the_tenant_setting_presence_events_dot_spells_only_that_tenants_events_dotted() -> Result<()> {
+    let (server, _) = Server::start_with_config(
+        "[[tenants]]\nid = \"dotted\"\nplan = \"pro\"\npresence_events = \"dot\"\n\
+         [[tenants]]\nid = \"plain\"\nplan = \"pro\"\n",
+        &[],
+    )?;
+    let channel = "room:spelling";
+    for (tenant, sep) in [("dotted", '.'), ("plain", ':')] {
+        let query = format!("tenant={tenant}");
+        let mut watcher = Client::open(&server, &query)?;
+        watcher.subscribe(channel)?;
+        let mut member = Client::open(&server, &query)?;
+        for frame in [
+            json!({"action": "presence:join", "channel": channel, "userId": "ana", "metadata": {"v": 1}}),
+            json!({"action": "presence:update", "channel": channel, "userId": "ana", "metadata": {"v": 2}}),
+            json!({"action": "presence:leave", "channel": channel}),
+        ] {
+            member.send_json(&frame)?;
+        }
+        for kind in ["join", "update", "leave"] {
+            // The very next event, so the other spelling arriving instead fails here.
+            let event = watcher.expect_event(&format!("presence{sep}{kind}"))?;
+            assert_eq!(
+                (event["channel"].as_str(), event["userId"].as_str()),
+                (Some(channel), Some("ana")),
+                "{tenant}: {event}"
+            );
+        }
+    }
     Ok(())
 }

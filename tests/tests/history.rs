@@ -49,7 +49,13 @@ fn subscribe_from(
     if let Some(epoch) = epoch {
         frame["epoch"] = epoch.clone();
     }
-    c.send_json(&frame)?;
+    catch_up(c, channel, &frame)
+}
+
+/// Sends `frame` (a `subscribe` to `channel`) as given; returns the replayed messages and
+/// the `subscribed` event.
+fn catch_up(c: &mut Client, channel: &str, frame: &Value) -> Result<(Vec<Value>, Value)> {
+    c.send_json(frame)?;
     let mut replayed = Vec::new();
     for _ in 0..5000 {
         let ev = c
@@ -121,6 +127,54 @@ fn last_event_id_replays_missed_messages_then_live() -> Result<()> {
         (subscribed["seq"].clone(), subscribed["recovered"].clone()),
         (json!(6), json!(true))
     );
+    Ok(())
+}
+
+/// SPEC §3 `subscribe` `lastEventId?`, `epoch?`: the parser takes `lastEventId` as a
+/// numeric string (`"2"`) as well as a number, and `epoch` as a JSON number as well as
+/// the string `subscribed` carries; either form replays and recovers as the usual one
+/// does, a numeric epoch that is not the channel's is compared (not ignored), and a
+/// `lastEventId` string that is not a number is a `bad_request` saying so.
+#[test]
+fn last_event_id_as_a_string_and_epoch_as_a_number_are_taken_as_their_usual_forms() -> Result<()> {
+    let server = Server::start(&[])?;
+    let channel = "hist:forms";
+    let mut publisher = Client::open(&server, "")?;
+    publish_acked(&mut publisher, channel, (1..=4).map(|i| json!({"i": i})))?;
+    let (epoch, _) = current_epoch(&server, "", channel)?;
+    let epoch_number: u64 = epoch.as_str().context("epoch")?.parse()?;
+
+    for frame in [
+        json!({"action": "subscribe", "channel": channel, "lastEventId": "2"}),
+        json!({"action": "subscribe", "channel": channel, "lastEventId": 2, "epoch": epoch_number}),
+        json!({"action": "subscribe", "channel": channel, "lastEventId": "2", "epoch": epoch_number}),
+    ] {
+        let mut c = Client::open(&server, "")?;
+        let (replayed, subscribed) = catch_up(&mut c, channel, &frame)?;
+        assert_eq!(seqs(&replayed), vec![3, 4], "{frame}");
+        assert_eq!(
+            (subscribed["seq"].clone(), subscribed["recovered"].clone()),
+            (json!(4), json!(true)),
+            "{frame}: {subscribed}"
+        );
+        assert_eq!(subscribed["epoch"], epoch, "{frame}: {subscribed}");
+    }
+
+    // A numeric epoch of another history is compared like its string form.
+    let other = epoch_number.wrapping_add(1);
+    let mut stale = Client::open(&server, "")?;
+    let frame =
+        json!({"action": "subscribe", "channel": channel, "lastEventId": "2", "epoch": other});
+    let (_, subscribed) = catch_up(&mut stale, channel, &frame)?;
+    assert_eq!(subscribed["recovered"], false, "{frame}: {subscribed}");
+
+    let mut bad = Client::open(&server, "")?;
+    bad.send_json(&json!({"action": "subscribe", "channel": channel, "lastEventId": "two"}))?;
+    let error = bad.expect_event("error")?;
+    assert_eq!(error["data"]["code"], "bad_request", "{error}");
+    let message = error["data"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("`lastEventId`"), "{error}");
+    bad.ping_pong()?;
     Ok(())
 }
 

@@ -404,6 +404,53 @@ fn streams_count_against_max_connections() -> Result<()> {
     Ok(())
 }
 
+/// Every value of the response header `name` (lower case), in order.
+fn header_values<'a>(stream: &'a SseStream, name: &str) -> Vec<&'a str> {
+    stream
+        .headers
+        .iter()
+        .filter(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+        .collect()
+}
+
+/// docs/wire-contract.md, REN "CORS": a stream opened with an `Origin` the tenant takes
+/// answers `Access-Control-Allow-Origin: <that origin>` with `Vary: Origin`, so a cache
+/// keeps one answer per Origin; one opened without `Origin` (a backend) carries neither,
+/// as documented.
+#[test]
+fn a_stream_opened_with_an_origin_answers_vary_origin() -> Result<()> {
+    let server = Server::start(&[])?;
+    let page = "http://localhost:5173";
+    let with_origin = open_with(&server, STREAM, &[("Origin", page)])?;
+    assert_eq!(
+        header_values(&with_origin, "access-control-allow-origin"),
+        [page]
+    );
+    assert_eq!(header_values(&with_origin, "vary"), ["Origin"]);
+    let without = open(&server, STREAM)?;
+    assert_eq!(
+        header_values(&without, "access-control-allow-origin"),
+        Vec::<&str>::new()
+    );
+    assert_eq!(header_values(&without, "vary"), Vec::<&str>::new());
+    Ok(())
+}
+
+/// docs/wire-contract.md, REN "Answer": the head carries `X-Accel-Buffering: no` (nginx
+/// passes events on as they come instead of buffering the response) and
+/// `Connection: close` (the stream has no length; it ends when the connection does),
+/// also for a request that asked for keep-alive.
+#[test]
+fn the_stream_head_tells_proxies_not_to_buffer_and_that_it_ends_the_connection() -> Result<()> {
+    let server = Server::start(&[])?;
+    let stream = open_with(&server, STREAM, &[("Connection", "keep-alive")])?;
+    assert_eq!(header_values(&stream, "x-accel-buffering"), ["no"]);
+    assert_eq!(header_values(&stream, "connection"), ["close"]);
+    assert_eq!(header_values(&stream, "content-length"), Vec::<&str>::new());
+    Ok(())
+}
+
 /// Without `--dev`: anonymous streams only where the tenant allows them, otherwise a
 /// tenant JWT (`ringcast token`), CORS from `allowed_origins`, ingest behind the API key.
 #[test]

@@ -232,6 +232,52 @@ fn token_requests_that_would_mint_a_useless_token_are_refused() -> Result<()> {
     Ok(())
 }
 
+/// SPEC §9 `ringcast token … [--kid K]` and its `--help` ("default: the tenant's newest,
+/// its last token_keys entry"): `--kid k1` signs with k1's secret and names k1 in the JWT
+/// header even though k2 is the newest key, and the server takes it for a private
+/// channel; without `--kid` the header names k2; an unknown kid prints no token, says
+/// which key is missing and exits 2.
+#[test]
+fn token_kid_signs_with_the_named_key_and_refuses_an_unknown_one() -> Result<()> {
+    let (server, path) = start(&config("pro", &[("k1", SECRET_1), ("k2", SECRET_2)], false))?;
+    let args = [
+        "--tenant",
+        "acme",
+        "--channel",
+        "private-kid",
+        "--expires-in",
+        "600",
+    ];
+    let kid_of =
+        |token: &str| -> Result<Option<String>> { Ok(jsonwebtoken::decode_header(token)?.kid) };
+
+    let named = cli_token(&path, &[&args[..], &["--kid", "k1"]].concat())?;
+    assert_eq!(kid_of(&named)?.as_deref(), Some("k1"));
+    let k1 = jsonwebtoken::DecodingKey::from_secret(SECRET_1.as_bytes())?;
+    let validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+    jsonwebtoken::decode::<Value>(&named, &k1, &validation).context("signed with k1's secret")?;
+    let mut client = Client::open(&server, "tenant=acme")?;
+    client.send_json(&json!({"action":"subscribe","channel":"private-kid","token":named}))?;
+    let subscribed = client.expect_event("subscribed")?;
+    assert_eq!(subscribed["channel"], "private-kid", "{subscribed}");
+
+    let newest = cli_token(&path, &args)?;
+    assert_eq!(kid_of(&newest)?.as_deref(), Some("k2"));
+
+    let out = Command::new(ringcast_bin())
+        .arg("token")
+        .arg("--config")
+        .arg(&path)
+        .args(args)
+        .args(["--kid", "k9"])
+        .output()?;
+    let stderr = String::from_utf8(out.stderr)?;
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(out.stdout.is_empty(), "no token printed");
+    assert!(stderr.contains("has no key `k9`"), "{stderr}");
+    Ok(())
+}
+
 #[test]
 fn a_token_stops_working_at_its_expiry() -> Result<()> {
     let (server, _) = start(&config("pro", &[("k1", SECRET_1)], false))?;

@@ -115,7 +115,7 @@ fn log_open_report(k: usize, shards: usize, report: &ShardOpenReport) {
         tracing::warn!(
             shard = k,
             kept = report.tombstones,
-            "history: the tombstone file ended in a torn record, dropped (a channel let go just before a crash starts a new epoch)"
+            "history: the tombstone file ended in a torn record, dropped (a channel let go just before a crash starts a new epoch at seq 1)"
         );
     }
 }

@@ -110,13 +110,35 @@ fn hash(key: &[u8]) -> u64 {
     })
 }
 
-/// One record, as appended to the file.
+/// Record kinds (byte 6).
+const KIND_TOMBSTONE: u8 = 0;
+const KIND_CONSUMED: u8 = 1;
+
+/// One tombstone record, as appended to the file.
 pub(crate) fn encode(key: &[u8], stone: Tombstone) -> Vec<u8> {
+    record(key, KIND_TOMBSTONE, stone)
+}
+
+/// A record saying `key`'s tombstone was used: a ring goes on from it. Appended (in
+/// order with the key's later tombstones) when such a ring is made, so that an open
+/// that finds neither that ring nor a later tombstone (a kill before the later one was
+/// written, the ring lost to damage) does not bring the older tombstone back: numbering
+/// from it would hand out the lost ring's seqs again in the same epoch (found in
+/// review). Such a key starts a new epoch at seq 1 instead.
+pub(crate) fn encode_consumed(key: &[u8]) -> Vec<u8> {
+    let none = Tombstone {
+        epoch: Epoch(1),
+        last_seq: Seq(0),
+    };
+    record(key, KIND_CONSUMED, none)
+}
+
+fn record(key: &[u8], kind: u8, stone: Tombstone) -> Vec<u8> {
     let key_len = u16::try_from(key.len()).expect("keys are at most 512 bytes");
     let mut rec = Vec::with_capacity(HEAD + key.len());
     rec.extend_from_slice(&[0; 4]);
     rec.extend_from_slice(&key_len.to_le_bytes());
-    rec.extend_from_slice(&[0; 2]);
+    rec.extend_from_slice(&[kind, 0]);
     rec.extend_from_slice(&stone.epoch.0.to_le_bytes());
     rec.extend_from_slice(&stone.last_seq.0.to_le_bytes());
     rec.extend_from_slice(key);
@@ -125,9 +147,12 @@ pub(crate) fn encode(key: &[u8], stone: Tombstone) -> Vec<u8> {
     rec
 }
 
+/// A record as read: its key, and its tombstone (`None`: a consumed record).
+type Entry<'a> = (&'a [u8], Option<Tombstone>);
+
 /// The records of `bytes`, in order, up to the first torn or damaged one; and whether
 /// anything was left after them.
-fn decode(bytes: &[u8]) -> (Vec<(&[u8], Tombstone)>, bool) {
+fn decode(bytes: &[u8]) -> (Vec<Entry<'_>>, bool) {
     let mut out = Vec::new();
     let mut at = 0;
     while bytes.len() - at >= HEAD {
@@ -142,16 +167,14 @@ fn decode(bytes: &[u8]) -> (Vec<(&[u8], Tombstone)>, bool) {
         }
         let word = |i: usize| u64::from_le_bytes(rec[i..i + 8].try_into().expect("8 bytes"));
         let (epoch, last_seq) = (word(8), word(16));
-        if epoch == 0 {
+        if epoch == 0 || rec[6] > KIND_CONSUMED {
             break;
         }
-        out.push((
-            &rec[HEAD..HEAD + key_len],
-            Tombstone {
-                epoch: Epoch(epoch),
-                last_seq: Seq(last_seq),
-            },
-        ));
+        let stone = (rec[6] == KIND_TOMBSTONE).then_some(Tombstone {
+            epoch: Epoch(epoch),
+            last_seq: Seq(last_seq),
+        });
+        out.push((&rec[HEAD..HEAD + key_len], stone));
         at += HEAD + key_len;
     }
     (out, at < bytes.len())
@@ -191,10 +214,10 @@ pub(crate) fn load(
     Ok((set, torn))
 }
 
-/// Of `records` (oldest first), each key's last one, unless `live` says the key has a
-/// ring, and of those the newest `cap`, in order.
+/// Of `records` (oldest first), each key's last one, unless it is a consumed record or
+/// `live` says the key has a ring, and of those the newest `cap`, in order.
 fn latest<'a>(
-    records: &[(&'a [u8], Tombstone)],
+    records: &[Entry<'a>],
     cap: usize,
     live: impl Fn(&[u8]) -> bool,
 ) -> Vec<(&'a [u8], Tombstone)> {
@@ -206,7 +229,7 @@ fn latest<'a>(
         .iter()
         .enumerate()
         .filter(|&(i, (key, _))| last[key] == i && !live(key))
-        .map(|(_, &r)| r)
+        .filter_map(|(_, &(key, stone))| Some((key, stone?)))
         .collect();
     if kept.len() > cap {
         kept.drain(..kept.len() - cap);
@@ -230,8 +253,8 @@ pub(crate) fn read(dir: &Path) -> io::Result<Vec<(Box<[u8]>, Tombstone)>> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e),
     };
-    Ok(decode(&bytes)
-        .0
+    let (records, _) = decode(&bytes);
+    Ok(latest(&records, usize::MAX, |_| false)
         .into_iter()
         .map(|(key, t)| (Box::from(key), t))
         .collect())
@@ -267,11 +290,17 @@ pub(crate) struct Appender {
 
 impl Appender {
     pub(crate) fn append(&mut self, path: &Path, record: &[u8], cap: usize) -> io::Result<()> {
-        std::fs::OpenOptions::new()
+        let mut file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(path)?
-            .write_all(record)?;
+            .open(path)?;
+        let len = file.metadata()?.len();
+        if let Err(e) = file.write_all(record) {
+            // A part-written record would hide every later one from `decode` (found in
+            // review): cut it off.
+            let _ = file.set_len(len);
+            return Err(e);
+        }
         let appended = self.appended.entry(path.to_path_buf()).or_default();
         *appended += 1;
         if *appended >= cap.max(1) {
@@ -349,10 +378,43 @@ mod tests {
         let again = std::fs::read(dir.path().join(FILE)).unwrap();
         let (records, torn) = decode(&again);
         assert!(!torn);
-        assert_eq!(records, vec![(&b"b"[..], r(2, 4)), (&b"a"[..], r(1, 9))]);
+        assert_eq!(
+            records,
+            vec![(&b"b"[..], Some(r(2, 4))), (&b"a"[..], Some(r(1, 9)))]
+        );
         // Past the cap, the oldest go.
         let (set, _) = load(dir.path(), 1, |_| false).unwrap();
         assert_eq!((set.get(b"a"), set.get(b"b")), (Some(r(1, 9)), None));
+    }
+
+    /// Half a record (a kill mid-write; a failed write is cut off by the appender) is
+    /// dropped at load and the file rewritten, so later records are read again (found in
+    /// review: it hid every later one for good).
+    #[test]
+    fn a_torn_tail_is_dropped_so_later_records_read_and_a_consumed_record_ends_a_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE);
+        let mut app = Appender::default();
+        app.append(&path, &encode(b"a", r(5, 10)), 10).unwrap();
+        // What a failed write leaves behind, as the appender's cut would not: a torn tail
+        // is dropped at load, and the records before it kept.
+        let half = encode(b"a", r(5, 20));
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes.extend_from_slice(&half[..half.len() / 2]);
+        std::fs::write(&path, &bytes).unwrap();
+        let (set, torn) = load(dir.path(), 10, |_| false).unwrap();
+        assert!(torn);
+        assert_eq!(set.get(b"a"), Some(r(5, 10)));
+        // Rewritten without the torn tail: a later record is read again.
+        app.append(&path, &encode(b"a", r(5, 20)), 10).unwrap();
+        let (set, torn) = load(dir.path(), 10, |_| false).unwrap();
+        assert!(!torn);
+        assert_eq!(set.get(b"a"), Some(r(5, 20)));
+        // A consumed record ends the key's tombstone.
+        app.append(&path, &encode_consumed(b"a"), 10).unwrap();
+        let (set, _) = load(dir.path(), 10, |_| false).unwrap();
+        assert_eq!(set.get(b"a"), None);
+        assert!(read(dir.path()).unwrap().is_empty());
     }
 
     #[test]

@@ -258,7 +258,9 @@ fn move_tombstones(
     owner_of: &impl Fn(&[u8]) -> usize,
 ) -> Result<(), StoreError> {
     let mut held = Vec::with_capacity(stores.len());
-    for s in stores.iter() {
+    for s in stores.iter_mut() {
+        // Evictions made by the moves queued their tombstones: in the files first.
+        s.wait_for_background();
         let path = s.dir.join(tombstones::FILE);
         held.push(tombstones::read(&s.dir).map_err(StoreError::io("read tombstones", path))?);
     }

@@ -387,6 +387,21 @@ impl ShardStore {
         }
     }
 
+    /// Waits until the background thread has done every job queued so far (start-up
+    /// only: a reshard reads the tombstone files that evictions during its moves append
+    /// to; found in review).
+    pub(crate) fn wait_for_background(&mut self) {
+        if !self.space.send(Job::Barrier) {
+            return;
+        }
+        while let Some(done) = self.space.recv() {
+            if matches!(done, Done::Barrier) {
+                break;
+            }
+            self.install(done);
+        }
+    }
+
     /// Where ring `idx`'s numbering stands.
     fn stone_of(&self, idx: usize) -> Tombstone {
         let m = self.rings[idx].as_ref().expect("live ring");
@@ -1594,6 +1609,7 @@ impl ShardStore {
                 self.retry_retiring(serial);
             }
             Done::TombstoneFailed => self.stats.background_errors += 1,
+            Done::Barrier => {}
         }
     }
 

@@ -51,6 +51,8 @@ pub(crate) enum Job {
         record: Vec<u8>,
         cap: usize,
     },
+    /// Answered with `Barrier` once every job queued before it is done.
+    Barrier,
 }
 
 impl Job {
@@ -80,6 +82,8 @@ pub(crate) enum Done {
     /// A tombstone record could not be appended: that channel's next ring, after a
     /// restart, starts a new epoch at seq 1 as if it had none.
     TombstoneFailed,
+    /// Every job queued before the `Barrier` job is done.
+    Barrier,
 }
 
 /// Handle on the background thread; dropping it finishes the queued jobs that matter
@@ -184,6 +188,7 @@ fn run(job: Job, tombstones: &mut tombstones::Appender) -> Option<Done> {
             .append(&path, &record, cap)
             .err()
             .map(|_| Done::TombstoneFailed),
+        Job::Barrier => Some(Done::Barrier),
     }
 }
 

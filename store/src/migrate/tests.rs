@@ -338,3 +338,66 @@ fn reshard_moves_tombstones_to_their_keys_new_owner() {
         assert_eq!(seq, Seq(i as u64 + 2));
     }
 }
+
+/// A reshard whose moves evict rings under a smaller per-store bound keeps those rings'
+/// tombstones, also when it rewrites the tombstone files (found in review: they were
+/// queued for the background thread and the rewrite, from the files, left them out).
+#[test]
+fn reshard_keeps_the_tombstones_of_rings_its_moves_evict() {
+    let root = tempfile::tempdir().unwrap();
+    let keys: Vec<[u8; 3]> = (0..12u8).map(|i| [b'e', b'/', i]).collect();
+    {
+        let mut stores: Vec<ShardStore> = (0..3)
+            .map(|k| {
+                ShardStore::open(&ShardStore::shard_dir(root.path(), k), cfg())
+                    .unwrap()
+                    .0
+            })
+            .collect();
+        for (i, key) in keys.iter().enumerate() {
+            let s = &mut stores[owner(3)(key)];
+            let r = s.create(key, Epoch(i as u64 + 1), 50).unwrap();
+            s.append(r, i as u64, None, &[1; 40], 0..40).unwrap();
+        }
+        // A tombstone on shard 2, which goes: the files must be rewritten.
+        let gone = [b'g', b'/', 2];
+        let s = &mut stores[owner(3)(&gone)];
+        let r = s.create(&gone, Epoch(99), 50).unwrap();
+        s.append(r, 0, None, &[1; 40], 0..40).unwrap();
+        s.free(r).unwrap();
+    }
+    // Room for 3 rings per store: the moves evict.
+    let bounded = StoreConfig {
+        max_total_bytes: Some(3 * 512),
+        ..cfg()
+    };
+    reshard(root.path(), 2, bounded, owner(2)).unwrap();
+    let stores: Vec<ShardStore> = (0..2)
+        .map(|k| {
+            ShardStore::open(&ShardStore::shard_dir(root.path(), k), bounded)
+                .unwrap()
+                .0
+        })
+        .collect();
+    let mut evicted = 0;
+    for (i, key) in keys.iter().enumerate() {
+        let s = &stores[owner(2)(key)];
+        if s.lookup(key).is_some() {
+            continue;
+        }
+        evicted += 1;
+        let want = crate::Tombstone {
+            epoch: Epoch(i as u64 + 1),
+            last_seq: Seq(1),
+        };
+        assert_eq!(
+            s.tombstone(key),
+            Some(want),
+            "key {i}: evicted, no tombstone"
+        );
+    }
+    assert!(evicted > 0, "the bound made the moves evict");
+    assert!(stores[owner(2)(&[b'g', b'/', 2])]
+        .tombstone(&[b'g', b'/', 2])
+        .is_some());
+}

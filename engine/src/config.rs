@@ -160,6 +160,11 @@ pub struct HistoryConfig {
     /// a new or growing ring would pass it, the rings of closed channels are evicted,
     /// least recently written first; open channels' rings never are. Absent: unbounded.
     pub max_total_bytes: Option<u64>,
+    /// Channels whose history was freed as idle or evicted that keep their epoch and
+    /// last seq, per shard (tombstones: their next publish goes on numbering, so a
+    /// resume from before shows its gap); past it the oldest start a new epoch at seq 1
+    /// instead. About 100 B of memory each. 0: none.
+    pub max_tombstones_per_shard: usize,
 }
 
 impl Default for HistoryConfig {
@@ -170,6 +175,7 @@ impl Default for HistoryConfig {
             flush_interval_ms: 1000,
             idle_ttl_secs: 7 * 24 * 3600,
             max_total_bytes: None,
+            max_tombstones_per_shard: ringcast_store::DEFAULT_TOMBSTONES,
         }
     }
 }
@@ -977,6 +983,24 @@ mod tests {
             let refused = Config::merge(file, &Overrides::default()).unwrap_err();
             assert!(refused.to_string().contains(named), "{refused}");
         }
+    }
+
+    /// `[history] max_tombstones_per_shard` reaches the stores' config (0 turns
+    /// tombstones off); absent, the store's default.
+    #[test]
+    fn max_tombstones_per_shard_reaches_the_store_config() {
+        let parse = |text: &str| {
+            let file: FileConfig = toml::from_str(text).unwrap();
+            Config::merge(file, &Overrides::default()).unwrap().history
+        };
+        let off = parse("[history]\nmax_tombstones_per_shard = 0\n");
+        assert_eq!(off.max_tombstones_per_shard, 0);
+        assert_eq!(crate::history::store_config(&off, 2).max_tombstones, 0);
+        let default = parse("");
+        assert_eq!(
+            crate::history::store_config(&default, 2).max_tombstones,
+            ringcast_store::DEFAULT_TOMBSTONES
+        );
     }
 
     /// A `dev_allowed_hosts` entry with a scheme, port or path would never match the

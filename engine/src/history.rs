@@ -121,7 +121,7 @@ fn log_open_report(k: usize, shards: usize, report: &ShardOpenReport) {
 }
 
 /// How the engine's history settings map onto one shard's store.
-fn store_config(config: &HistoryConfig, shards: usize) -> StoreConfig {
+pub(crate) fn store_config(config: &HistoryConfig, shards: usize) -> StoreConfig {
     let sync = match config.flush {
         FlushPolicy::Never => SyncPolicy::Never,
         FlushPolicy::EveryAppend => SyncPolicy::EveryAppend,
@@ -134,7 +134,7 @@ fn store_config(config: &HistoryConfig, shards: usize) -> StoreConfig {
             .map(|total| (total / shards.max(1) as u64).max(1)),
         sync,
         segment_bytes: SEGMENT_BYTES,
-        max_tombstones: ringcast_store::DEFAULT_TOMBSTONES,
+        max_tombstones: config.max_tombstones_per_shard,
     }
 }
 

@@ -2037,6 +2037,20 @@ mod tombstones {
         }
     }
 
+    /// Key `a` freed at seq 3 of epoch 5, reopened, and made again from its tombstone
+    /// with seqs 4–6: the store, that ring, and the tombstone file's length before.
+    fn made_from_a_tombstone(dir: &Path) -> (ShardStore, RingId, u64) {
+        let (mut s, _) = open(dir, small_cfg());
+        let r = filled(&mut s, b"a", 5, 3);
+        s.free(r).unwrap();
+        drop(s);
+        let before = std::fs::metadata(dir.join("tombstones.log")).unwrap().len();
+        let (mut s, _) = open(dir, small_cfg());
+        let r = filled(&mut s, b"a", 6, 3);
+        assert_eq!((s.epoch(r), s.last_seq(r)), (Epoch(5), Seq(6)));
+        (s, r, before)
+    }
+
     /// A ring made from a tombstone leaves a consumed record, so a kill between the
     /// ring's `free` and the background thread's append of its new tombstone does not
     /// bring the older tombstone back (found in review: the key then numbered from it
@@ -2045,14 +2059,7 @@ mod tombstones {
     fn a_lost_later_tombstone_does_not_bring_an_older_one_back() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("tombstones.log");
-        let (mut s, _) = open(dir.path(), small_cfg());
-        let r = filled(&mut s, b"a", 5, 3);
-        s.free(r).unwrap();
-        drop(s);
-        let before = std::fs::metadata(&file).unwrap().len();
-        let (mut s, _) = open(dir.path(), small_cfg());
-        let r = filled(&mut s, b"a", 6, 3);
-        assert_eq!((s.epoch(r), s.last_seq(r)), (Epoch(5), Seq(6)));
+        let (mut s, r, before) = made_from_a_tombstone(dir.path());
         let len = file_len_past(&file, before);
         assert!(len > before, "the consumed record is written");
         s.free(r).unwrap();
@@ -2075,13 +2082,7 @@ mod tombstones {
     #[test]
     fn a_ring_lost_at_open_does_not_bring_back_the_tombstone_it_was_made_from() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut s, _) = open(dir.path(), small_cfg());
-        let r = filled(&mut s, b"a", 5, 3);
-        s.free(r).unwrap();
-        drop(s);
-        let (mut s, _) = open(dir.path(), small_cfg());
-        filled(&mut s, b"a", 6, 3);
-        drop(s);
+        drop(made_from_a_tombstone(dir.path()));
         for e in std::fs::read_dir(dir.path()).unwrap() {
             let p = e.unwrap().path();
             if p.extension().is_some_and(|x| x == "seg") {

@@ -585,6 +585,16 @@ impl<'s> Walker<'s> {
         before
     }
 
+    /// The book records a presence join of `user` on `channel` going out.
+    fn book_join(&self, channel: &str, user: &str) {
+        let mut book = self.world.book(self.tenant);
+        book.touched.insert(channel.to_owned());
+        book.joined
+            .entry(channel.to_owned())
+            .or_default()
+            .insert(user.to_owned());
+    }
+
     /// The book as an action on `channel` goes out.
     fn before(&self, channel: &str) -> Before {
         let coming = self.snap.coming(self.tenant);
@@ -839,15 +849,7 @@ impl<'s> Walker<'s> {
             self.world.book(self.tenant).count(want);
             return Ok(());
         }
-        {
-            let world = self.world;
-            let mut book = world.book(self.tenant);
-            book.touched.insert(channel.to_owned());
-            book.joined
-                .entry(channel.to_owned())
-                .or_default()
-                .insert(user.clone());
-        }
+        self.book_join(channel, &user);
         let before = self.before(channel);
         let member_already = !self.present.insert(channel.to_owned());
         self.joining = Some(channel.to_owned());
@@ -949,15 +951,7 @@ impl<'s> Walker<'s> {
                 .count("presence_limit (metadata)");
             return Ok(());
         }
-        {
-            let world = self.world;
-            let mut book = world.book(self.tenant);
-            book.touched.insert(channel.to_owned());
-            book.joined
-                .entry(channel.to_owned())
-                .or_default()
-                .insert(user.clone());
-        }
+        self.book_join(channel, &user);
         let before = self.before(channel);
         let resp = self.http("POST", &format!("{path}/join"), key.as_deref(), &body)?;
         self.stat("http joins");

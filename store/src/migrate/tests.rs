@@ -9,6 +9,17 @@ fn cfg() -> StoreConfig {
     }
 }
 
+/// The stores of shards `0..n` under `root`, opened.
+fn open_shards(root: &std::path::Path, n: usize, cfg: StoreConfig) -> Vec<ShardStore> {
+    (0..n)
+        .map(|k| {
+            ShardStore::open(&ShardStore::shard_dir(root, k), cfg)
+                .unwrap()
+                .0
+        })
+        .collect()
+}
+
 fn owner(shards: usize) -> impl Fn(&[u8]) -> usize {
     move |k: &[u8]| usize::from(k[k.len() - 1]) % shards
 }
@@ -56,13 +67,7 @@ fn v1_logs_move_into_their_owner_shards_with_the_same_epoch_and_seqs() {
         std::fs::read_dir(&v1).unwrap().next().is_none(),
         "v1 files deleted"
     );
-    let stores: Vec<ShardStore> = (0..2)
-        .map(|k| {
-            ShardStore::open(&ShardStore::shard_dir(root.path(), k), cfg())
-                .unwrap()
-                .0
-        })
-        .collect();
+    let stores = open_shards(root.path(), 2, cfg());
     for (key, epoch, last, recs) in expect {
         let s = &stores[owner(2)(&key)];
         let (e, l, got) = contents(s, &key);
@@ -82,13 +87,7 @@ fn v1_logs_move_into_their_owner_shards_with_the_same_epoch_and_seqs() {
 /// `rings` rings (`k0`, `k1`, …, ring `i` with `i` records) in three shard stores under
 /// `root`, each in the store `owner(3)` picks, synced; returns each key's contents.
 fn fill_three_shards(root: &std::path::Path, rings: u8) -> Vec<([u8; 2], Contents)> {
-    let mut stores: Vec<ShardStore> = (0..3)
-        .map(|k| {
-            ShardStore::open(&ShardStore::shard_dir(root, k), cfg())
-                .unwrap()
-                .0
-        })
-        .collect();
+    let mut stores = open_shards(root, 3, cfg());
     let mut expect = Vec::new();
     for i in 0..rings {
         let key = [b'k', i];
@@ -113,13 +112,7 @@ fn reshard_moves_rings_to_their_new_owner_and_removes_surplus_shard_dirs() {
     assert!(report.moved > 0);
     assert_eq!(report.dirs_removed, 1);
     assert!(!ShardStore::shard_dir(root.path(), 2).exists());
-    let stores: Vec<ShardStore> = (0..2)
-        .map(|k| {
-            ShardStore::open(&ShardStore::shard_dir(root.path(), k), cfg())
-                .unwrap()
-                .0
-        })
-        .collect();
+    let stores = open_shards(root.path(), 2, cfg());
     for (key, want) in &expect {
         assert_eq!(&contents(&stores[owner(2)(key)], key), want);
         assert!(stores[1 - owner(2)(key)].lookup(key).is_none());
@@ -201,13 +194,7 @@ fn a_rerun_with_another_shard_count_keeps_the_copy_further_ahead() {
         let root = tempfile::tempdir().unwrap();
         let key = [b'k', 9];
         {
-            let mut stores: Vec<ShardStore> = (0..2)
-                .map(|k| {
-                    ShardStore::open(&ShardStore::shard_dir(root.path(), k), cfg())
-                        .unwrap()
-                        .0
-                })
-                .collect();
+            let mut stores = open_shards(root.path(), 2, cfg());
             for (at, n) in [(complete_in, 10u8), (partial_in, 3)] {
                 let r = stores[at].create(&key, Epoch(7), 50).unwrap();
                 for i in 1..=n {
@@ -300,13 +287,7 @@ fn reshard_moves_tombstones_to_their_keys_new_owner() {
     let root = tempfile::tempdir().unwrap();
     let keys: Vec<[u8; 3]> = (0..6u8).map(|i| [b't', b'/', b'0' + i]).collect();
     {
-        let mut stores: Vec<ShardStore> = (0..3)
-            .map(|k| {
-                ShardStore::open(&ShardStore::shard_dir(root.path(), k), cfg())
-                    .unwrap()
-                    .0
-            })
-            .collect();
+        let mut stores = open_shards(root.path(), 3, cfg());
         for (i, key) in keys.iter().enumerate() {
             let s = &mut stores[owner(3)(key)];
             let r = s.create(key, Epoch(i as u64 + 10), 50).unwrap();
@@ -317,13 +298,7 @@ fn reshard_moves_tombstones_to_their_keys_new_owner() {
         }
     }
     reshard(root.path(), 2, cfg(), owner(2)).unwrap();
-    let mut stores: Vec<ShardStore> = (0..2)
-        .map(|k| {
-            ShardStore::open(&ShardStore::shard_dir(root.path(), k), cfg())
-                .unwrap()
-                .0
-        })
-        .collect();
+    let mut stores = open_shards(root.path(), 2, cfg());
     for (i, key) in keys.iter().enumerate() {
         let (k, other) = (owner(2)(key), 1 - owner(2)(key));
         assert_eq!(stores[other].tombstone(key), None);
@@ -347,13 +322,7 @@ fn reshard_keeps_the_tombstones_of_rings_its_moves_evict() {
     let root = tempfile::tempdir().unwrap();
     let keys: Vec<[u8; 3]> = (0..12u8).map(|i| [b'e', b'/', i]).collect();
     {
-        let mut stores: Vec<ShardStore> = (0..3)
-            .map(|k| {
-                ShardStore::open(&ShardStore::shard_dir(root.path(), k), cfg())
-                    .unwrap()
-                    .0
-            })
-            .collect();
+        let mut stores = open_shards(root.path(), 3, cfg());
         for (i, key) in keys.iter().enumerate() {
             let s = &mut stores[owner(3)(key)];
             let r = s.create(key, Epoch(i as u64 + 1), 50).unwrap();
@@ -372,13 +341,7 @@ fn reshard_keeps_the_tombstones_of_rings_its_moves_evict() {
         ..cfg()
     };
     reshard(root.path(), 2, bounded, owner(2)).unwrap();
-    let stores: Vec<ShardStore> = (0..2)
-        .map(|k| {
-            ShardStore::open(&ShardStore::shard_dir(root.path(), k), bounded)
-                .unwrap()
-                .0
-        })
-        .collect();
+    let stores = open_shards(root.path(), 2, bounded);
     let mut evicted = 0;
     for (i, key) in keys.iter().enumerate() {
         let s = &stores[owner(2)(key)];

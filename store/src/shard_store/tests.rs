@@ -2051,6 +2051,20 @@ mod tombstones {
         (s, r, before)
     }
 
+    /// Reopened, `dir` holds no tombstone and key `a` starts a new epoch at seq 1.
+    /// Returns the segments the open set aside.
+    fn assert_a_starts_a_new_epoch(dir: &Path) -> Vec<(std::path::PathBuf, String)> {
+        let (mut s, report) = open(dir, small_cfg());
+        assert_eq!(report.tombstones, 0);
+        let r = s.create(b"a", Epoch(7), 100).unwrap();
+        assert_eq!(
+            (s.epoch(r), s.last_seq(r)),
+            (Epoch(7), Seq(0)),
+            "a new epoch"
+        );
+        report.segments_discarded
+    }
+
     /// A ring made from a tombstone leaves a consumed record, so a kill between the
     /// ring's `free` and the background thread's append of its new tombstone does not
     /// bring the older tombstone back (found in review: the key then numbered from it
@@ -2067,14 +2081,7 @@ mod tombstones {
         // The kill came before the background thread appended (5, 6).
         let f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
         f.set_len(len).unwrap();
-        let (mut s, report) = open(dir.path(), small_cfg());
-        assert_eq!(report.tombstones, 0);
-        let r = s.create(b"a", Epoch(7), 100).unwrap();
-        assert_eq!(
-            (s.epoch(r), s.last_seq(r)),
-            (Epoch(7), Seq(0)),
-            "a new epoch"
-        );
+        assert_a_starts_a_new_epoch(dir.path());
     }
 
     /// A ring made from a tombstone and lost to damage at the next open: its key starts
@@ -2091,15 +2098,7 @@ mod tombstones {
                 std::fs::write(&p, b).unwrap();
             }
         }
-        let (mut s, report) = open(dir.path(), small_cfg());
-        assert!(!report.segments_discarded.is_empty());
-        assert_eq!(report.tombstones, 0);
-        let r = s.create(b"a", Epoch(7), 100).unwrap();
-        assert_eq!(
-            (s.epoch(r), s.last_seq(r)),
-            (Epoch(7), Seq(0)),
-            "a new epoch"
-        );
+        assert!(!assert_a_starts_a_new_epoch(dir.path()).is_empty());
     }
 
     #[test]

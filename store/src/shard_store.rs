@@ -364,7 +364,11 @@ impl ShardStore {
             return;
         }
         self.tombstones.insert(key, stone);
-        let record = tombstones::encode(key, stone);
+        self.append_tombstone_record(tombstones::encode(key, stone));
+    }
+
+    /// Queues `record` for the background thread's append to the tombstone file.
+    fn append_tombstone_record(&mut self, record: Vec<u8>) {
         let path = self.dir.join(tombstones::FILE);
         let cap = self.cfg.max_tombstones;
         if !self.space.send(Job::Tombstone { path, record, cap }) {
@@ -379,12 +383,7 @@ impl ShardStore {
         if after == 0 || !self.tombstones.enabled() {
             return;
         }
-        let record = tombstones::encode_consumed(key);
-        let path = self.dir.join(tombstones::FILE);
-        let cap = self.cfg.max_tombstones;
-        if !self.space.send(Job::Tombstone { path, record, cap }) {
-            self.stats.background_errors += 1;
-        }
+        self.append_tombstone_record(tombstones::encode_consumed(key));
     }
 
     /// Waits until the background thread has done every job queued so far (start-up
